@@ -1,0 +1,57 @@
+"""`python -m autotune`: registers subcommands and turns known errors into one line + exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, AutotuneError
+from . import probe as probe_cmd
+
+COMMANDS = [probe_cmd]
+
+EPILOG = """\
+exit codes: 0 ok, 2 bad input, 3 does not fit, 4 recipe made on other hardware (check), 130 interrupted.
+Set AUTOTUNE_DEBUG=1 to see full tracebacks.
+
+Start with:  python -m autotune probe --help"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m autotune",
+        description="Find the batch sizes and memory settings that fit your GPUs by running real training steps.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"autotune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    debug = os.environ.get("AUTOTUNE_DEBUG", "") not in ("", "0")
+    try:
+        return args.run(args) or 0
+    except AutotuneError as exc:
+        if debug:
+            raise
+        print(f"autotune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("autotune: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001
+        if debug:
+            raise
+        print(f"autotune: unexpected error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,93 @@
+"""Presentation: live progress on stderr, summary tables, JSON. Compute modules never print."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from ..probe import ProgressSink
+from ..recipe import Recipe, TrialResult
+from ..sizes import format_size
+
+_STYLE = {"fit": "green", "oom": "red", "over_budget": "yellow", "error": "red bold", "skipped": "dim"}
+
+
+def stderr_console(quiet: bool = False) -> Console:
+    return Console(stderr=True, quiet=quiet, highlight=False)
+
+
+def describe_settings(settings: dict) -> str:
+    parts = []
+    for key, short in (("per_device_train_batch_size", "batch"), ("per_device_eval_batch_size", "eval batch"),
+                       ("attn_implementation", "attn"), ("gradient_checkpointing", "gc")):
+        if key in settings and settings[key] is not None:
+            value = settings[key]
+            parts.append(f"{short} {'on' if value is True else 'off' if value is False else value}")
+    return ", ".join(parts)
+
+
+class ConsoleProgress(ProgressSink):
+    """One line per trial on stderr, as it finishes; a status spinner while it runs."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.count = 0
+        self._status = None
+
+    def stage(self, text: str) -> None:
+        self.console.print(f"[dim]·[/dim] {text}")
+
+    def trial_started(self, phase: str, settings: dict) -> None:
+        if self.console.is_terminal:
+            self._status = self.console.status(f"trial {self.count + 1}: {phase} {describe_settings(settings)}")
+            self._status.start()
+
+    def trial_finished(self, result: TrialResult) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        self.count += 1
+        style = _STYLE.get(result.outcome, "")
+        peak = format_size(result.peak_bytes) if result.peak_bytes is not None else "-"
+        speed = f"{result.tokens_per_s:,.0f} tok/s" if result.tokens_per_s else ""
+        self.console.print(f"trial {self.count:>2} {result.phase:<5} {describe_settings(result.settings):<34} "
+                           f"[{style}]{result.outcome:<11}[/{style}] {peak:>10} {speed}", soft_wrap=True)
+
+
+def trials_table(recipe: Recipe) -> Table:
+    table = Table(title="trials", title_justify="left")
+    for column in ("#", "phase", "settings", "outcome", "peak", "% budget", "tok/s", "time"):
+        table.add_column(column, justify="right" if column in ("#", "peak", "% budget", "tok/s", "time") else "left", no_wrap=True)
+    budget = recipe.search.budget_bytes
+    for i, t in enumerate(recipe.search.trials, 1):
+        share = f"{100 * t.peak_bytes / budget:.1f}" if t.peak_bytes else "-"
+        table.add_row(str(i), t.phase, describe_settings(t.settings), f"[{_STYLE.get(t.outcome, '')}]{t.outcome}",
+                      format_size(t.peak_bytes), share, f"{t.tokens_per_s:,.0f}" if t.tokens_per_s else "-", f"{t.wall_s:.1f}s")
+    return table
+
+
+def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
+    s, search, v = recipe.settings, recipe.search, recipe.validation
+    console.print(trials_table(recipe))
+    console.print(f"device      {recipe.hardware.name}, usable {format_size(search.budget_bytes)} "
+                  f"(margin {search.margin:.0%} of {format_size(search.capacity_bytes)})")
+    frontier = ", ".join(f"{phase} {k}" for phase, k in search.frontier.items())
+    console.print(f"frontier    {frontier}  ({len(search.trials)} trials, {search.wall_s:.1f}s)")
+    line = f"recipe      per_device_train_batch_size={s.per_device_train_batch_size} gradient_accumulation_steps={s.gradient_accumulation_steps}"
+    if s.per_device_eval_batch_size is not None:
+        line += f" per_device_eval_batch_size={s.per_device_eval_batch_size}"
+    console.print(line + f" gradient_checkpointing={s.gradient_checkpointing} attn_implementation={s.attn_implementation}")
+    if search.global_batch_note:
+        console.print(f"[yellow]note[/yellow]        {search.global_batch_note}")
+    status = "[green]passed[/green]" if v.passed else "[red]failed[/red]"
+    console.print(f"validation  {status} ({v.method}): peak {format_size(v.peak_bytes)}, headroom {format_size(v.headroom_bytes)} ({v.headroom_pct}%)")
+    if out_path:
+        console.print(f"wrote       {out_path}")
+
+
+def print_json(data: dict) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")

@@ -1,0 +1,95 @@
+"""`autotune probe`: run real training steps, find what fits, write a recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UsageError
+from ..model_source import builtin_names
+from ..probe import probe
+from ..recipe import check_writable, save_recipe
+from ..sizes import parse_size
+from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES, ProbeSpec
+from .output import ConsoleProgress, print_json, stderr_console, summary
+
+EXAMPLES = f"""\
+examples:
+  # demo on a simulated 1 GiB GPU, no CUDA needed
+  python -m autotune probe --model-config tiny-llama --device sim --gpu-memory 1GiB --max-length 512
+
+  # a weights-free probe of a real architecture on the real card: config.json only
+  python -m autotune probe --model-config ./Qwen2.5-7B/config.json --train-type lora --max-length 4096 \\
+      --global-batch-size 64 --out qwen7b-lora.yaml
+
+  # real weights, emulate a 24 GiB card on a bigger one, machine-readable output
+  python -m autotune probe --model ./Qwen2.5-0.5B --max-length 2048 --gpu-memory 24GiB --format json
+
+built-in configs: {', '.join(builtin_names())}
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("probe", help="probe real training steps and write a recipe",
+                       description="Load the model on the device, run short real training steps at candidate "
+                                   "per-device batch sizes, catch OOM, and write a recipe of what fits.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = p.add_argument_group("model")
+    model.add_argument("--model", metavar="DIR", help="local Hugging Face model directory (real weights)")
+    model.add_argument("--model-config", metavar="PATH|NAME",
+                       help="config.json or a directory holding one (random init: same memory and speed), or a built-in name such as tiny-llama")
+    model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="model and training dtype (default: bfloat16)")
+    train = p.add_argument_group("training")
+    train.add_argument("--train-type", choices=TRAIN_TYPES, default="full", help="full fine-tune or peft LoRA (default: full)")
+    train.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default: 32)")
+    train.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
+    train.add_argument("--lora-target-modules", default="all-linear", help="peft target_modules (default: all-linear, the LM's linear layers)")
+    train.add_argument("--max-length", type=int, required=True, help="tokens per sample; every sample is probed at exactly this length (required)")
+    train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
+    train.add_argument("--gradient-checkpointing", action="store_true", help="probe with gradient checkpointing on (non-reentrant)")
+    train.add_argument("--attn", choices=ATTN_IMPLEMENTATIONS, default="sdpa", help="attention implementation (default: sdpa)")
+    dev = p.add_argument_group("device and search")
+    dev.add_argument("--device", help="cuda (default where available) or sim (a simulated GPU on the CPU)")
+    dev.add_argument("--gpu-memory", metavar="SIZE", help="capacity: 24GiB, 80GB, 512MiB or bytes. On cuda, emulates a smaller card; required for sim")
+    dev.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help=f"fraction of capacity kept free (default: {DEFAULT_MARGIN})")
+    dev.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help=f"largest per-device batch to try (default: {DEFAULT_MAX_BATCH_SIZE})")
+    dev.add_argument("--steps", type=int, default=3, help="optimizer steps per trial, at least 3 (default: 3)")
+    dev.add_argument("--seed", type=int, default=0, help="random seed for init and inputs (default: 0)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="autotune-recipe.yaml", help="recipe file to write (default: autotune-recipe.yaml)")
+    out.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    out.add_argument("--format", choices=("text", "json"), default="text", help="json: print the recipe as JSON on stdout and nothing else there")
+    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def spec_from_args(args) -> ProbeSpec:
+    return ProbeSpec(
+        max_length=args.max_length, model=args.model, model_config=args.model_config, train_type=args.train_type,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_target_modules=args.lora_target_modules, dtype=args.dtype, device=args.device,
+        gpu_memory=parse_size(args.gpu_memory) if args.gpu_memory else None, margin=args.margin,
+        max_batch_size=args.max_batch_size, global_batch_size=args.global_batch_size, steps=args.steps,
+        gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn, seed=args.seed,
+    )
+
+
+def run(args) -> int:
+    spec = spec_from_args(args)
+    if args.device is not None and args.device not in ("cuda", "sim"):
+        raise UsageError("--device", f"unknown device {args.device!r}", "choose cuda or sim")
+    check_writable(args.out, args.force)
+    console = stderr_console(quiet=args.quiet)
+    recipe = probe(spec, progress=ConsoleProgress(console))
+    save_recipe(recipe, args.out)
+    if args.format == "json":
+        print_json(recipe.to_dict())
+    else:
+        summary(recipe, args.out, _stdout_console())
+    return 0
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    return Console(highlight=False, width=max(Console().width, 120))

@@ -1,0 +1,38 @@
+"""Devices behind one small interface.
+
+A device has `kind`, `name`, `capacity` (bytes), `count` (cards on this host), `torch_device`,
+and: `adopt(tensors)`, `tracking()` (a context in which allocations count), `reset_peak()`,
+`peak_bytes()`, `allocated_bytes()`, `synchronize()`, `release()`, `is_oom(exc)`,
+`memory_stats()`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UsageError
+from .cuda import CudaDevice
+from .oom import is_oom, short_message
+from .sim import SimDevice
+
+DEVICE_KINDS = ("cuda", "sim")
+
+
+def default_device_kind() -> str:
+    return "cuda" if torch.cuda.is_available() else "none"
+
+
+def make_device(kind: str | None, gpu_memory: int | None):
+    kind = kind or default_device_kind()
+    if kind == "none":
+        raise UsageError("--device", "no CUDA device is available here", "use --device sim --gpu-memory 24GiB to probe a simulated GPU")
+    if kind == "cuda":
+        return CudaDevice(0, gpu_memory)
+    if kind == "sim":
+        if gpu_memory is None:
+            raise UsageError("--gpu-memory", "the sim device needs a capacity", "add --gpu-memory 24GiB (or the card you want to simulate)")
+        return SimDevice(gpu_memory)
+    raise UsageError("--device", f"unknown device {kind!r}", f"choose one of {', '.join(DEVICE_KINDS)}")
+
+
+__all__ = ["CudaDevice", "SimDevice", "make_device", "is_oom", "short_message", "DEVICE_KINDS"]

@@ -1,0 +1,128 @@
+"""The probe: spec -> workload -> trials chosen by the search -> recipe. Returns data; the CLI
+prints. `progress` receives events (see ProgressSink) so a caller can show them."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from . import __version__
+from .devices import make_device
+from .errors import AutotuneError, DoesNotFitError
+from .global_batch import split_global_batch
+from .model_source import check_max_length, resolve
+from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
+from .search import FrontierSearch
+from .sizes import format_size
+from .spec import ProbeSpec
+from .trial import run_train_trial
+from .workload import load_workload
+
+
+class ProgressSink:
+    """Receives progress events; the default ignores them."""
+
+    def stage(self, text: str) -> None: ...
+
+    def trial_started(self, phase: str, settings: dict) -> None: ...
+
+    def trial_finished(self, result: TrialResult) -> None: ...
+
+
+def library_versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__), "peft": str(peft.__version__)}
+
+
+def describe_hardware(device, world_size: int) -> Hardware:
+    return Hardware(device=device.kind, name=device.name, capacity_bytes=device.capacity,
+                    device_count=device.count, world_size=world_size, **library_versions())
+
+
+def describe_model(workload) -> ModelInfo:
+    spec, source = workload.spec, workload.source
+    lora = None
+    if spec.train_type == "lora":
+        lora = {"r": spec.lora_r, "alpha": spec.lora_alpha, "dropout": spec.lora_dropout, "target_modules": spec.lora_target_modules}
+    return ModelInfo(source=source.kind, path=source.path, model_type=source.model_type, architecture=source.architecture,
+                     dtype=spec.dtype, train_type=spec.train_type, num_parameters=workload.total_params,
+                     trainable_parameters=workload.trainable_params, max_length=spec.max_length, lora=lora)
+
+
+def find_train_frontier(workload, budget: int, spec: ProbeSpec, progress: ProgressSink, trials: list[TrialResult],
+                        hint: int | None = None) -> FrontierSearch:
+    search = FrontierSearch(budget=budget, max_batch=spec.max_batch_size, hint=hint)
+    while (batch := search.next_batch()) is not None:
+        settings = {"per_device_train_batch_size": batch, "gradient_checkpointing": workload.gradient_checkpointing,
+                    "attn_implementation": workload.attn_implementation}
+        progress.trial_started("train", settings)
+        result = run_train_trial(workload, batch, spec.steps, budget)
+        trials.append(result)
+        progress.trial_finished(result)
+        search.record(batch, result.outcome, result.peak_bytes)
+    return search
+
+
+def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) -> Recipe:
+    progress = progress or ProgressSink()
+    started = time.perf_counter()
+    source = resolve(spec.model, spec.model_config)
+    check_max_length(source.config, spec.max_length)
+    device = device or make_device(spec.device, spec.gpu_memory)
+    progress.stage(f"loading {source.architecture} ({source.kind}: {source.path}) on {device.name}")
+    workload = load_workload(source, spec, device)
+    budget = int(device.capacity * spec.usable_fraction)
+    progress.stage(f"usable budget {format_size(budget)} of {format_size(device.capacity)} (margin {spec.margin:.0%})")
+
+    trials: list[TrialResult] = []
+    search = find_train_frontier(workload, budget, spec, progress, trials)
+    if search.error:
+        failed = trials[-1]
+        raise AutotuneError(f"a training step failed for a reason other than memory: {failed.message}",
+                            "rerun with AUTOTUNE_DEBUG=1 for details")
+    if search.frontier == 0:
+        first = trials[0]
+        seen = f"peak {format_size(first.peak_bytes)}" if first.peak_bytes else first.outcome
+        raise DoesNotFitError(f"even batch size 1 does not fit at max length {spec.max_length} ({seen}, usable budget {format_size(budget)})",
+                              "try --train-type lora, --gradient-checkpointing, a shorter --max-length, or a larger card")
+
+    split = split_global_batch(spec.global_batch_size, search.frontier, spec.world_size)
+    chosen = next((t for t in trials if t.fits and t.batch_size == split.per_device), None)
+    if chosen is None:  # a smaller batch than the frontier: measure it rather than assume it fits
+        chosen = run_train_trial(workload, split.per_device, spec.steps, budget)
+        trials.append(chosen)
+        progress.trial_finished(chosen)
+
+    settings = Settings(
+        per_device_train_batch_size=split.per_device,
+        gradient_accumulation_steps=split.accumulation,
+        gradient_checkpointing=workload.gradient_checkpointing,
+        attn_implementation=workload.attn_implementation,
+        torch_dtype=spec.dtype,
+        max_length=spec.max_length,
+    )
+    validation = _validation_from_trial(chosen, budget)
+    record = SearchRecord(
+        margin=spec.margin, capacity_bytes=device.capacity, budget_bytes=budget, max_batch_size=spec.max_batch_size,
+        steps_per_trial=spec.steps, frontier={"train": search.frontier}, global_batch_size=spec.global_batch_size,
+        effective_global_batch_size=split.effective, global_batch_exact=split.exact, global_batch_note=split.note,
+        trials=trials, wall_s=round(time.perf_counter() - started, 3),
+    )
+    return Recipe(
+        schema=SCHEMA, model=describe_model(workload), hardware=describe_hardware(device, spec.world_size),
+        settings=settings, search=record, validation=validation,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), autotune_version=__version__,
+    )
+
+
+def _validation_from_trial(trial: TrialResult, budget: int) -> Validation:
+    peak = trial.peak_bytes or 0
+    return Validation(
+        passed=trial.fits, method="search-trial", steps=trial.steps, peak_bytes=trial.peak_bytes,
+        headroom_bytes=budget - peak, headroom_pct=round(100.0 * (budget - peak) / budget, 2),
+        tokens_per_s=trial.tokens_per_s,
+        message="the chosen configuration ran in the search; a dedicated validation run is issue #3",
+    )

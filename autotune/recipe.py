@@ -1,0 +1,228 @@
+"""The recipe: the probe's result as data. YAML on disk, written atomically; loads back into
+the same dataclasses. `settings` uses Hugging Face TrainingArguments names."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+
+SCHEMA = 1
+
+
+@dataclass
+class TrialResult:
+    phase: str  # "train" | "eval" | "validate"
+    settings: dict  # full settings: any trial can be re-run from the recipe alone
+    outcome: str  # "fit" | "oom" | "over_budget" | "error" | "skipped" | "timeout" | "crashed"
+    peak_bytes: int | None = None
+    step_time_s: float | None = None
+    tokens_per_s: float | None = None
+    steps: int = 0
+    wall_s: float = 0.0
+    message: str | None = None
+    leaked_bytes: int | None = None
+    memory_stats: dict | None = None
+
+    @property
+    def batch_size(self) -> int:
+        key = "per_device_eval_batch_size" if self.phase == "eval" else "per_device_train_batch_size"
+        return int(self.settings[key])
+
+    @property
+    def fits(self) -> bool:
+        return self.outcome == "fit"
+
+
+@dataclass
+class ModelInfo:
+    source: str  # "weights" | "config" | "builtin"
+    path: str
+    model_type: str
+    architecture: str
+    dtype: str
+    train_type: str
+    num_parameters: int
+    trainable_parameters: int
+    max_length: int
+    lora: dict | None = None
+
+
+@dataclass
+class Hardware:
+    device: str  # "cuda" | "sim"
+    name: str
+    capacity_bytes: int
+    device_count: int
+    world_size: int
+    torch: str
+    transformers: str
+    peft: str
+    python: str = field(default_factory=platform.python_version)
+
+    def fingerprint(self) -> dict:
+        """What must match for a recipe to be trusted elsewhere."""
+        return {k: getattr(self, k) for k in ("device", "name", "capacity_bytes", "device_count", "world_size", "torch", "transformers", "peft")}
+
+
+@dataclass
+class Settings:
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int = 1
+    per_device_eval_batch_size: int | None = None
+    eval_accumulation_steps: int | None = None
+    prediction_loss_only: bool | None = None
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    torch_dtype: str = "bfloat16"
+    max_length: int | None = None
+    optim: str = "adamw_torch_fused"
+    env: dict = field(default_factory=dict)  # environment the launch needs (PYTORCH_CUDA_ALLOC_CONF, ...)
+
+
+@dataclass
+class SearchRecord:
+    margin: float
+    capacity_bytes: int
+    budget_bytes: int
+    max_batch_size: int
+    steps_per_trial: int
+    frontier: dict  # phase -> largest batch that fits, e.g. {"train": 7}
+    global_batch_size: int | None = None
+    effective_global_batch_size: int | None = None
+    global_batch_exact: bool = True
+    global_batch_note: str | None = None
+    trials: list[TrialResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+@dataclass
+class Validation:
+    passed: bool
+    method: str  # how it was validated, e.g. "search-trial" (the chosen batch ran in the search)
+    steps: int = 0
+    peak_bytes: int | None = None
+    headroom_bytes: int | None = None
+    headroom_pct: float | None = None
+    tokens_per_s: float | None = None
+    message: str | None = None
+
+
+@dataclass
+class Recipe:
+    schema: int
+    model: ModelInfo
+    hardware: Hardware
+    settings: Settings
+    search: SearchRecord
+    validation: Validation
+    created: str = ""
+    autotune_version: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=100)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _build(tp, value, where: str):
+    """Turn plain YAML data into the annotated type (nested dataclasses, lists of them)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = set(value) - names
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        missing = [f.name for f in dataclasses.fields(tp)
+                   if f.name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+        return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(inner[0], value, where)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list")
+        return [_build(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    if not isinstance(data, dict) or "schema" not in data:
+        raise ValueError("not an autotune recipe (no 'schema' key)")
+    if data["schema"] != SCHEMA:
+        raise ValueError(f"recipe schema {data['schema']} is not supported (this autotune reads schema {SCHEMA})")
+    return _build(Recipe, data, "recipe")
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read a recipe written by `autotune probe`. Raises UsageError naming what is wrong."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError("RECIPE", f"no recipe at {path}", "run `python -m autotune probe ... --out FILE` first") from None
+    except OSError as exc:
+        raise UsageError("RECIPE", f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError("RECIPE", f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return recipe_from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise UsageError("RECIPE", f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader (or a Ctrl-C) never sees
+    half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
+    write_atomic(path, recipe.to_yaml())
+
+
+def check_writable(path: str | os.PathLike, force: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, to overwrite a file the user has unless they asked."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(flag, f"{path} is a directory", "give a file name such as recipe.yaml")
+    if path.exists() and not force:
+        raise UsageError(flag, f"{path} already exists", "choose another --out, or add --force to overwrite it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise UsageError(flag, f"cannot write into {parent}")

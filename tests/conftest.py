@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def make_workload():
+    """Build a tiny workload on a simulated GPU: make_workload("tiny-llama", capacity, max_length=..., **spec)."""
+    from autotune.devices import SimDevice
+    from autotune.model_source import resolve
+    from autotune.spec import ProbeSpec
+    from autotune.workload import load_workload
+
+    def build(name: str, capacity: int, max_length: int = 64, **spec_kwargs):
+        spec = ProbeSpec(max_length=max_length, model_config=name, device="sim", gpu_memory=capacity, **spec_kwargs)
+        device = SimDevice(capacity)
+        return load_workload(resolve(None, name), spec, device)
+
+    return build

@@ -1,0 +1,115 @@
+"""The CLI end to end, in-process and as a real subprocess."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autotune.cli import main
+from autotune.recipe import load_recipe
+
+DEMO = ["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "12MiB", "--max-length", "64"]
+
+
+def test_probe_writes_a_recipe(tmp_path, capsys):
+    out = tmp_path / "recipe.yaml"
+    assert main(DEMO + ["--out", str(out), "--global-batch-size", "8"]) == 0
+    recipe = load_recipe(out)
+    s = recipe.settings
+    assert s.per_device_train_batch_size * s.gradient_accumulation_steps == 8
+    assert recipe.search.frontier["train"] >= s.per_device_train_batch_size
+    assert recipe.validation.passed
+    assert {t.outcome for t in recipe.search.trials} >= {"fit"}
+    printed = capsys.readouterr()
+    assert "frontier" in printed.out and "trial" in printed.err
+
+
+def test_json_output_is_only_json(tmp_path, capsys):
+    out = tmp_path / "r.yaml"
+    assert main(DEMO + ["--out", str(out), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == 1 and data["settings"]["per_device_train_batch_size"] >= 1
+
+
+BAD = [
+    (["probe", "--model", "/nonexistent", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB"], "--model"),
+    (["probe", "--model-config", "no-such-thing", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB"], "--model-config"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "0", "--device", "sim", "--gpu-memory", "1GiB"], "--max-length"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "-5", "--device", "sim", "--gpu-memory", "1GiB"], "--max-length"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "99999", "--device", "sim", "--gpu-memory", "1GiB"], "position limit"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "lots"], "--gpu-memory"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim"], "--gpu-memory"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "tpu", "--gpu-memory", "1GiB"], "--device"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--max-batch-size", "0"], "--max-batch-size"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--global-batch-size", "-2"], "--global-batch-size"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--margin", "1.5"], "--margin"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--steps", "2"], "--steps"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD)
+def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, capsys, argv, needle):
+    out = tmp_path / "r.yaml"
+    assert main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autotune: error:") and needle in err[0]
+    assert "Traceback" not in err[0]
+    assert not out.exists()
+
+
+def test_config_that_is_not_a_causal_lm(tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    out = tmp_path / "r.yaml"
+    cfg.write_text(json.dumps({"model_type": "vit", "hidden_size": 32}))
+    code = main(["probe", "--model-config", str(cfg), "--max-length", "16", "--device", "sim", "--gpu-memory", "1GiB", "--out", str(out), "--force"])
+    assert code == 2 and "not a causal language model" in capsys.readouterr().err
+
+
+def test_existing_output_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "r.yaml"
+    out.write_text("mine")
+    assert main(DEMO + ["--out", str(out)]) == 2
+    assert out.read_text() == "mine" and "--force" in capsys.readouterr().err
+
+
+def test_nothing_fits_exits_3(tmp_path, capsys):
+    out = tmp_path / "r.yaml"
+    argv = ["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "2MiB", "--max-length", "64", "--out", str(out)]
+    assert main(argv) == 3
+    assert "does not fit" in capsys.readouterr().err and not out.exists()
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    env = {**os.environ, "AUTOTUNE_DEBUG": "1"}
+    proc = subprocess.run([sys.executable, "-m", "autotune", "probe", "--model-config", "nope", "--max-length", "8",
+                           "--device", "sim", "--gpu-memory", "1GiB", "--out", str(tmp_path / "r.yaml")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_help_lists_subcommands_and_examples():
+    out = subprocess.run([sys.executable, "-m", "autotune", "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert "probe" in out
+    out = subprocess.run([sys.executable, "-m", "autotune", "probe", "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert "examples:" in out and "--gpu-memory" in out and "tiny-llama" in out
+
+
+def test_ctrl_c_leaves_no_recipe(tmp_path):
+    out = tmp_path / "r.yaml"
+    # A big budget makes many slow trials; interrupt after the first one finishes.
+    proc = subprocess.Popen([sys.executable, "-m", "autotune", "probe", "--model-config", "tiny-mistral", "--device", "sim",
+                             "--gpu-memory", "2GiB", "--max-length", "512", "--out", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    for line in proc.stderr:
+        if line.startswith("trial") or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    assert not out.exists() and not list(tmp_path.glob(".r.yaml.*"))

@@ -1,0 +1,53 @@
+"""The probe's frontier equals brute force (every batch size tried) on real tiny models."""
+
+import pytest
+
+from autotune.probe import ProgressSink, find_train_frontier
+from autotune.spec import ProbeSpec
+from autotune.trial import run_train_trial
+
+MiB = 2**20
+
+
+def brute_force(workload, budget, limit):
+    outcomes = [run_train_trial(workload, b, 3, budget).outcome for b in range(1, limit + 1)]
+    frontier = 0
+    for b, outcome in enumerate(outcomes, 1):
+        if outcome != "fit":
+            break
+        frontier = b
+    assert all(o != "fit" for o in outcomes[frontier:]), f"fits are not a prefix: {outcomes}"
+    return frontier
+
+
+@pytest.mark.parametrize("name,capacity,train_type", [
+    ("tiny-llama", 14 * MiB, "full"),
+    ("tiny-llama", 9 * MiB, "full"),
+    ("tiny-llama", 15 * MiB, "lora"),
+    ("tiny-qwen2", 18 * MiB, "full"),
+    ("tiny-gpt2", 12 * MiB, "full"),
+    ("tiny-mistral", 18 * MiB, "full"),
+])
+def test_frontier_matches_brute_force(make_workload, name, capacity, train_type):
+    workload = make_workload(name, capacity, max_length=64, train_type=train_type)
+    budget = int(capacity * 0.9)
+    spec = ProbeSpec(max_length=64, model_config=name, max_batch_size=32)
+    trials = []
+    search = find_train_frontier(workload, budget, spec, ProgressSink(), trials)
+    truth = brute_force(workload, budget, min(search.frontier + 3, 32))
+    assert 1 <= truth < 32, "pick budgets that give an interior frontier"
+    assert search.frontier == truth
+    assert len(trials) <= 5
+    fits = {t.batch_size for t in trials if t.fits}
+    misses = {t.batch_size for t in trials if t.outcome in ("oom", "over_budget")}
+    assert truth in fits and truth + 1 in misses
+
+
+def test_gradient_checkpointing_raises_the_frontier(make_workload):
+    budget = int(20 * MiB * 0.9)
+    spec = ProbeSpec(max_length=128, model_config="tiny-llama", max_batch_size=64)
+    plain = make_workload("tiny-llama", 20 * MiB, max_length=128)
+    gc = make_workload("tiny-llama", 20 * MiB, max_length=128, gradient_checkpointing=True)
+    f_plain = find_train_frontier(plain, budget, spec, ProgressSink(), []).frontier
+    f_gc = find_train_frontier(gc, budget, spec, ProgressSink(), []).frontier
+    assert f_gc > f_plain >= 1

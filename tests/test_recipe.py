@@ -1,0 +1,74 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from autotune.errors import UsageError
+from autotune.recipe import (SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation,
+                             check_writable, load_recipe, save_recipe)
+
+
+def sample_recipe() -> Recipe:
+    trials = [TrialResult("train", {"per_device_train_batch_size": b, "gradient_checkpointing": False, "attn_implementation": "sdpa"},
+                          "fit" if b < 8 else "oom", 100 * b if b < 8 else None, 0.1, 1000.0, 3, 0.5) for b in (1, 2, 7, 8)]
+    return Recipe(
+        schema=SCHEMA,
+        model=ModelInfo("builtin", "tiny-llama", "llama", "LlamaForCausalLM", "bfloat16", "lora", 1000, 10, 256,
+                        {"r": 8, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}),
+        hardware=Hardware("sim", "simulated GPU", 2**30, 1, 1, "2.13.0", "5.23.0", "0.21.2"),
+        settings=Settings(per_device_train_batch_size=7, gradient_accumulation_steps=2, env={"A": "1"}),
+        search=SearchRecord(0.1, 2**30, int(0.9 * 2**30), 256, 3, {"train": 7}, 14, 14, True, None, trials, 2.0),
+        validation=Validation(True, "search-trial", 3, 700, 100, 12.5, 1000.0),
+        created="2026-11-23T00:00:00+00:00", autotune_version="0.1.0",
+    )
+
+
+def test_round_trip(tmp_path):
+    recipe = sample_recipe()
+    path = tmp_path / "r.yaml"
+    save_recipe(recipe, path)
+    loaded = load_recipe(path)
+    assert loaded == recipe
+    assert isinstance(loaded.search.trials[0], TrialResult) and loaded.search.trials[2].batch_size == 7
+    top = list(yaml.safe_load(path.read_text()))
+    assert top[:6] == ["schema", "model", "hardware", "settings", "search", "validation"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("schema: [", "not valid YAML"),
+    ("just a string", "not an autotune recipe"),
+    ("schema: 99\n", "schema 99"),
+])
+def test_malformed_recipes_name_the_problem(tmp_path, text, needle):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        load_recipe(path)
+    assert needle in str(info.value)
+
+
+def test_unknown_and_missing_keys(tmp_path):
+    data = dataclasses.asdict(sample_recipe())
+    data["settings"]["per_device_train_batchsize"] = 3
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError, match="unknown key"):
+        load_recipe(path)
+    del data["settings"]["per_device_train_batchsize"], data["settings"]["per_device_train_batch_size"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError, match="missing key"):
+        load_recipe(path)
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(UsageError, match="no recipe"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_check_writable_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "mine.yaml"
+    target.write_text("precious")
+    with pytest.raises(UsageError, match="already exists"):
+        check_writable(target, force=False)
+    check_writable(target, force=True)
+    assert target.read_text() == "precious"

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from autotune.devices import SimDevice, is_oom
+from autotune.devices.sim import LiveBytes, counting
+from autotune.trial import run_train_trial
+
+
+def test_counts_storage_once_and_rounds_to_512():
+    with counting() as c:
+        x = torch.empty(10, dtype=torch.uint8)  # 10 bytes -> one 512-byte block
+        view = x[2:5]
+        assert c.current == 512
+        y = torch.empty(513, dtype=torch.uint8)
+        assert c.current == 512 + 1024
+        del x, view, y
+    assert c.current == 0 and c.peak == 1536
+
+
+def test_raises_cuda_style_oom_and_does_not_count_the_failed_allocation():
+    mode = LiveBytes(capacity=4096)
+    with mode:
+        keep = torch.empty(2048, dtype=torch.uint8)
+        with pytest.raises(torch.OutOfMemoryError) as info:
+            torch.empty(4096, dtype=torch.uint8)
+    assert " out of memory." in str(info.value) and is_oom(info.value)
+    assert mode.current == 2048
+    del keep
+
+
+def test_is_oom_recognises_messages_without_out_of_memory():
+    assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a non-contiguous input."))
+    assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_oom(ValueError("CUDA out of memory"))  # only RuntimeErrors carry the allocator's text
+
+
+def test_memory_returns_to_baseline_after_100_ooms(make_workload):
+    """100 OOMs in a row in one process: live bytes return to the pre-trial baseline each time."""
+    workload = make_workload("tiny-llama", 6 * 2**20, max_length=64)
+    device = workload.device
+    baseline = device.allocated_bytes()
+    assert baseline > 0  # the model's weights are charged
+    for _ in range(100):
+        result = run_train_trial(workload, batch_size=512, steps=3, budget=device.capacity)
+        assert result.outcome == "oom"
+        assert device.allocated_bytes() == baseline
+    assert device.counter.ooms == 100
+    fit = run_train_trial(workload, batch_size=1, steps=3, budget=device.capacity)
+    assert fit.outcome == "fit" and device.allocated_bytes() == baseline
+
+
+def test_optimizer_state_does_not_leak_between_trials(make_workload):
+    workload = make_workload("tiny-llama", 256 * 2**20)
+    first = run_train_trial(workload, 2, 3, workload.device.capacity)
+    second = run_train_trial(workload, 2, 3, workload.device.capacity)
+    assert first.peak_bytes == second.peak_bytes
+    assert first.leaked_bytes is None and second.leaked_bytes is None
+
+
+def test_peak_is_affine_in_batch_size(make_workload):
+    workload = make_workload("tiny-qwen2", 512 * 2**20)
+    peaks = [run_train_trial(workload, b, 3, workload.device.capacity).peak_bytes for b in (1, 2, 3, 5)]
+    slope = peaks[1] - peaks[0]
+    assert slope > 0
+    for b, peak in zip((1, 2, 3, 5), peaks):
+        assert abs(peak - (peaks[0] + slope * (b - 1))) <= 0.01 * peak
+
+
+def test_non_memory_errors_are_reported_not_raised(make_workload):
+    workload = make_workload("tiny-llama", 256 * 2**20)
+    workload.make_batch = lambda b: {"input_ids": torch.zeros(b, 3, 3, dtype=torch.long)}  # wrong shape
+    result = run_train_trial(workload, 1, 3, workload.device.capacity)
+    assert result.outcome == "error" and result.message
+
+
+def test_shrink_changes_capacity():
+    device = SimDevice(2**30)
+    device.shrink(2**20)
+    assert device.capacity == device.counter.capacity == 2**20
