@@ -15,7 +15,7 @@ from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings,
 from .search import FrontierSearch
 from .sizes import format_size
 from .spec import ProbeSpec
-from .trial import run_train_trial
+from .trial import InProcessRunner
 from .workload import load_workload
 
 
@@ -52,14 +52,15 @@ def describe_model(workload) -> ModelInfo:
                      trainable_parameters=workload.trainable_params, max_length=spec.max_length, lora=lora)
 
 
-def find_train_frontier(workload, budget: int, spec: ProbeSpec, progress: ProgressSink, trials: list[TrialResult],
-                        hint: int | None = None) -> FrontierSearch:
-    search = FrontierSearch(budget=budget, max_batch=spec.max_batch_size, hint=hint)
+def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batch: int, progress: ProgressSink,
+                  trials: list[TrialResult], hint: int | None = None) -> FrontierSearch:
+    """Search the batch size of `phase` ("train" or "eval") with the other settings fixed."""
+    key = "per_device_train_batch_size" if phase == "train" else "per_device_eval_batch_size"
+    search = FrontierSearch(budget=budget, max_batch=max_batch, hint=hint)
     while (batch := search.next_batch()) is not None:
-        settings = {"per_device_train_batch_size": batch, "gradient_checkpointing": workload.gradient_checkpointing,
-                    "attn_implementation": workload.attn_implementation}
-        progress.trial_started("train", settings)
-        result = run_train_trial(workload, batch, spec.steps, budget)
+        settings = {**base_settings, key: batch}
+        progress.trial_started(phase, settings)
+        result = runner.run(phase, settings)
         trials.append(result)
         progress.trial_finished(result)
         search.record(batch, result.outcome, result.peak_bytes)
@@ -77,8 +78,10 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) ->
     budget = int(device.capacity * spec.usable_fraction)
     progress.stage(f"usable budget {format_size(budget)} of {format_size(device.capacity)} (margin {spec.margin:.0%})")
 
+    runner = InProcessRunner(workload, spec.steps, budget)
+    base = {"gradient_checkpointing": spec.gradient_checkpointing, "attn_implementation": spec.attn_implementation}
     trials: list[TrialResult] = []
-    search = find_train_frontier(workload, budget, spec, progress, trials)
+    search = find_frontier(runner, "train", base, budget, spec.max_batch_size, progress, trials)
     if search.error:
         failed = trials[-1]
         raise AutotuneError(f"a training step failed for a reason other than memory: {failed.message}",
@@ -92,7 +95,7 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) ->
     split = split_global_batch(spec.global_batch_size, search.frontier, spec.world_size)
     chosen = next((t for t in trials if t.fits and t.batch_size == split.per_device), None)
     if chosen is None:  # a smaller batch than the frontier: measure it rather than assume it fits
-        chosen = run_train_trial(workload, split.per_device, spec.steps, budget)
+        chosen = runner.run("train", {**base, "per_device_train_batch_size": split.per_device})
         trials.append(chosen)
         progress.trial_finished(chosen)
 

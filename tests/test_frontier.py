@@ -2,9 +2,8 @@
 
 import pytest
 
-from autotune.probe import ProgressSink, find_train_frontier
-from autotune.spec import ProbeSpec
-from autotune.trial import run_train_trial
+from autotune.probe import ProgressSink, find_frontier
+from autotune.trial import InProcessRunner, run_train_trial
 
 MiB = 2**20
 
@@ -31,9 +30,8 @@ def brute_force(workload, budget, limit):
 def test_frontier_matches_brute_force(make_workload, name, capacity, train_type):
     workload = make_workload(name, capacity, max_length=64, train_type=train_type)
     budget = int(capacity * 0.9)
-    spec = ProbeSpec(max_length=64, model_config=name, max_batch_size=32)
     trials = []
-    search = find_train_frontier(workload, budget, spec, ProgressSink(), trials)
+    search = find_frontier(InProcessRunner(workload, 3, budget), "train", {}, budget, 32, ProgressSink(), trials)
     truth = brute_force(workload, budget, min(search.frontier + 3, 32))
     assert 1 <= truth < 32, "pick budgets that give an interior frontier"
     assert search.frontier == truth
@@ -45,9 +43,8 @@ def test_frontier_matches_brute_force(make_workload, name, capacity, train_type)
 
 def test_gradient_checkpointing_raises_the_frontier(make_workload):
     budget = int(20 * MiB * 0.9)
-    spec = ProbeSpec(max_length=128, model_config="tiny-llama", max_batch_size=64)
-    plain = make_workload("tiny-llama", 20 * MiB, max_length=128)
-    gc = make_workload("tiny-llama", 20 * MiB, max_length=128, gradient_checkpointing=True)
-    f_plain = find_train_frontier(plain, budget, spec, ProgressSink(), []).frontier
-    f_gc = find_train_frontier(gc, budget, spec, ProgressSink(), []).frontier
+    workload = make_workload("tiny-llama", 20 * MiB, max_length=128)
+    runner = InProcessRunner(workload, 3, budget)
+    f_plain = find_frontier(runner, "train", {"gradient_checkpointing": False}, budget, 64, ProgressSink(), []).frontier
+    f_gc = find_frontier(runner, "train", {"gradient_checkpointing": True}, budget, 64, ProgressSink(), []).frontier
     assert f_gc > f_plain >= 1

@@ -78,3 +78,17 @@ def test_shrink_changes_capacity():
     device = SimDevice(2**30)
     device.shrink(2**20)
     assert device.capacity == device.counter.capacity == 2**20
+
+
+def test_eval_keeping_logits_costs_more_than_loss_only(make_workload):
+    from autotune.trial import run_eval_trial
+
+    workload = make_workload("tiny-qwen2", 512 * 2**20)
+    cap = workload.device.capacity
+    loss_only = run_eval_trial(workload, 4, 4, cap, {"prediction_loss_only": True})
+    kept = run_eval_trial(workload, 4, 4, cap, {"prediction_loss_only": False})
+    flushed = run_eval_trial(workload, 4, 4, cap, {"prediction_loss_only": False, "eval_accumulation_steps": 1})
+    logits_step = 4 * 64 * workload.vocab_size * 2  # batch x seq x vocab x bf16
+    assert kept.peak_bytes - loss_only.peak_bytes >= 3 * logits_step  # three steps' logits held, then a fourth
+    assert flushed.peak_bytes < kept.peak_bytes
+    assert workload.model.training  # eval trials put the model back in train mode
