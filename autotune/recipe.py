@@ -86,7 +86,17 @@ class Settings:
     torch_dtype: str = "bfloat16"
     max_length: int | None = None
     optim: str = "adamw_torch_fused"
-    env: dict = field(default_factory=dict)  # environment the launch needs (PYTORCH_CUDA_ALLOC_CONF, ...)
+    # Vision-language (issue #5); ms-swift names. None: not a vision-language recipe / not set.
+    freeze_vit: bool | None = None
+    freeze_aligner: bool | None = None
+    freeze_llm: bool | None = None
+    vit_gradient_checkpointing: bool | None = None
+    max_pixels: int | None = None
+    video_max_pixels: int | None = None
+    video_frames: int | None = None
+    # Sharding (issue #6): "ddp" | "zero2" | "zero3" | "zero2_offload" | "zero3_offload" | "fsdp"; None: single device.
+    strategy: str | None = None
+    env: dict = field(default_factory=dict)  # environment the launch needs (PYTORCH_CUDA_ALLOC_CONF, MAX_PIXELS, ...)
 
 
 @dataclass
