@@ -113,3 +113,23 @@ def test_ctrl_c_leaves_no_recipe(tmp_path):
     assert proc.returncode == 130, rest
     assert "interrupted" in rest
     assert not out.exists() and not list(tmp_path.glob(".r.yaml.*"))
+
+
+def test_probe_real_weights_from_a_local_directory(tmp_path, capsys):
+    """--model DIR loads saved weights with the right Auto class (here a GPT-2 checkpoint)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from autotune.model_source import BUILTIN_DIR
+
+    config = AutoConfig.from_pretrained(BUILTIN_DIR / "tiny-gpt2.json")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    out = tmp_path / "r.yaml"
+    argv = ["probe", "--model", str(tmp_path / "model"), "--device", "sim", "--gpu-memory", "12MiB", "--max-length", "64",
+            "--dtype", "float32", "--out", str(out)]
+    assert main(argv) == 0
+    recipe = load_recipe(out)
+    assert recipe.model.source == "weights" and recipe.model.architecture == "GPT2LMHeadModel"
+    assert recipe.model.num_parameters == sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    assert recipe.search.frontier["train"] >= 1
