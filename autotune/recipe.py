@@ -144,6 +144,12 @@ class Recipe:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=100)
 
+    def apply(self, training_args):
+        """A copy of a Hugging Face `TrainingArguments` with the tuned values set (see autotune/apply.py)."""
+        from .apply import apply
+
+        return apply(self, training_args)
+
 
 # ---------------------------------------------------------------- loading
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from ..emit import TARGETS as EMIT_TARGETS
+from ..emit.swift import resolve_version as resolve_swift_version
 from ..errors import UsageError
 from ..model_source import builtin_names
 from ..probe import probe
 from ..recipe import check_writable, save_recipe
 from ..sizes import parse_size
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES, ProbeSpec
+from .emit import emit_for_probe, emit_paths, write_files
 from .output import ConsoleProgress, print_json, stderr_console, summary
+
 
 EXAMPLES = f"""\
 examples:
@@ -60,6 +64,9 @@ def add_parser(sub) -> None:
     out.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     out.add_argument("--format", choices=("text", "json"), default="text", help="json: print the recipe as JSON on stdout and nothing else there")
     out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    out.add_argument("--emit", action="append", choices=EMIT_TARGETS, metavar="TARGET",
+                     help=f"also write launch files beside --out ({', '.join(EMIT_TARGETS)}); swift writes OUT.swift.yaml and OUT.swift.sh")
+    out.add_argument("--swift-version", metavar="X.Y", help="ms-swift version for --emit swift (default: installed, else 4.6)")
     p.set_defaults(run=run)
 
 
@@ -79,9 +86,16 @@ def run(args) -> int:
     if args.device is not None and args.device not in ("cuda", "sim"):
         raise UsageError("--device", f"unknown device {args.device!r}", "choose cuda or sim")
     check_writable(args.out, args.force)
+    launch_paths = emit_paths(args.out, args.emit or [])
+    for path in launch_paths:
+        check_writable(path, args.force)
+    if args.swift_version:
+        resolve_swift_version(args.swift_version)
     console = stderr_console(quiet=args.quiet)
     recipe = probe(spec, progress=ConsoleProgress(console))
     save_recipe(recipe, args.out)
+    for target in args.emit or []:
+        write_files(emit_for_probe(target, recipe, args.out, args.swift_version), force=True)
     if args.format == "json":
         print_json(recipe.to_dict())
     else:

@@ -1,0 +1,50 @@
+"""`recipe.apply(training_args)`: a copy of a Hugging Face `TrainingArguments` with the tuned
+values set. Where the user had set a value of their own that differs, it warns (and the tuned
+value wins: the recipe is what was measured to fit)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+
+from .emit.hf import checkpointing_names
+
+
+class RecipeOverrideWarning(UserWarning):
+    """A training argument the user set differs from the recipe's tuned value."""
+
+
+def tuned_values(recipe, fields: set[str]) -> dict:
+    s = recipe.settings
+    gc_name, gc_kwargs = checkpointing_names(fields)
+    values = {"per_device_train_batch_size": s.per_device_train_batch_size,
+              "gradient_accumulation_steps": s.gradient_accumulation_steps,
+              gc_name: bool(s.gradient_checkpointing)}
+    if s.gradient_checkpointing:
+        values[gc_kwargs] = {"use_reentrant": False}
+    for key in ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only"):
+        if getattr(s, key) is not None:
+            values[key] = getattr(s, key)
+    return values
+
+
+def apply(recipe, training_args):
+    """Return a copy of `training_args` with the recipe's values; the original is untouched."""
+    cls = type(training_args)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = copy.deepcopy(training_args)
+    gc_name, _ = checkpointing_names(set(fields))
+    aliases = {"activation_checkpointing": "gradient_checkpointing", "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
+    for key, value in tuned_values(recipe, set(fields)).items():
+        current = getattr(out, key, None)
+        default = fields[key].default if fields[key].default is not dataclasses.MISSING else None
+        if key == gc_name and current is None:
+            current = False  # unset checkpointing reads as off
+        if current != value and current != default and current is not None:
+            warnings.warn(f"TrainingArguments.{key}={current!r} replaced by the recipe's {value!r}",
+                          RecipeOverrideWarning, stacklevel=3)
+        setattr(out, key, value)
+        if key in aliases and hasattr(out, aliases[key]):
+            setattr(out, aliases[key], value)  # keep the deprecated alias in step
+    return out

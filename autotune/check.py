@@ -1,0 +1,147 @@
+"""Pre-flight: does this recipe still fit here? Fingerprint first (hardware and library
+versions), then a few real train steps at the recipe's settings, and the eval phase when the
+recipe has eval settings. No search. Returns data; the CLI formats and picks the exit code."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+
+from .devices import make_device
+from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
+from .probe import describe_hardware
+from .recipe import Recipe, TrialResult
+from .spec import ProbeSpec
+from .trial import run_trial
+
+CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
+TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation")
+EVAL_KEYS = ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only", "gradient_checkpointing",
+             "attn_implementation")
+
+
+@dataclass
+class Difference:
+    key: str
+    recipe: object
+    here: object
+
+
+@dataclass
+class CheckResult:
+    status: str  # "fits" | "does_not_fit" | "fingerprint_mismatch"
+    differences: list[Difference] = field(default_factory=list)
+    reprobe_command: str | None = None
+    capacity_bytes: int | None = None
+    margin: float | None = None
+    budget_bytes: int | None = None
+    peak_bytes: int | None = None
+    over_by_bytes: int | None = None  # peak - budget, when a trial ran past the budget
+    trials: list[TrialResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return {"fits": EXIT_OK, "does_not_fit": EXIT_DOES_NOT_FIT}.get(self.status, EXIT_FINGERPRINT)
+
+
+def reprobe_command(recipe: Recipe) -> str:
+    """The `autotune probe` command that rebuilds this recipe on the current machine."""
+    m, s = recipe.model, recipe.settings
+    source = "--model" if m.source == "weights" else "--model-config"
+    parts = ["python -m autotune probe", source, shlex.quote(m.path), "--max-length", str(m.max_length),
+             "--train-type", m.train_type, "--dtype", m.dtype]
+    if m.lora:
+        parts += ["--lora-r", str(m.lora["r"]), "--lora-alpha", str(m.lora["alpha"])]
+    if recipe.search.global_batch_size:
+        parts += ["--global-batch-size", str(recipe.search.global_batch_size)]
+    if s.gradient_checkpointing:
+        parts.append("--gradient-checkpointing")
+    parts += ["--attn", s.attn_implementation, "--margin", str(recipe.search.margin), "--out", "recipe.yaml", "--force"]
+    return " ".join(parts)
+
+
+def compare_fingerprints(expected: dict, here: dict) -> list[Difference]:
+    return [Difference(k, expected.get(k), here.get(k)) for k in expected if expected.get(k) != here.get(k)]
+
+
+def spec_for(recipe: Recipe, device_kind: str, capacity: int, margin: float) -> ProbeSpec:
+    m, s = recipe.model, recipe.settings
+    lora = m.lora or {}
+    return ProbeSpec(
+        max_length=s.max_length or m.max_length,
+        model=m.path if m.source == "weights" else None,
+        model_config=m.path if m.source != "weights" else None,
+        train_type=m.train_type, lora_r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 32)),
+        lora_dropout=float(lora.get("dropout", 0.05)), lora_target_modules=lora.get("target_modules", "all-linear"),
+        dtype=s.torch_dtype, device=device_kind, gpu_memory=capacity, margin=margin,
+        gradient_checkpointing=bool(s.gradient_checkpointing), attn_implementation=s.attn_implementation,
+    )
+
+
+def phases(recipe: Recipe) -> list[tuple[str, dict]]:
+    s = recipe.settings
+    train = {k: getattr(s, k) for k in TRAIN_KEYS}
+    out = [("train", train)]
+    if s.per_device_eval_batch_size is not None:
+        out.append(("eval", {k: getattr(s, k) for k in EVAL_KEYS if getattr(s, k) is not None}))
+    return out
+
+
+def check(recipe: Recipe, device_kind: str | None = None, gpu_memory: int | None = None, margin: float | None = None,
+          world_size: int | None = None, steps: int = CHECK_STEPS, device=None) -> CheckResult:
+    """Fingerprint, then run the recipe's configuration. `gpu_memory`/`device_kind` override
+    the device (a changed capacity is a fingerprint change); `margin` overrides the recipe's
+    margin (a larger one shrinks the budget without touching the fingerprint)."""
+    from .model_source import resolve
+    from .workload import load_workload
+
+    started = time.perf_counter()
+    hw = recipe.hardware
+    kind = device_kind or hw.device
+    if device is None:
+        capacity = gpu_memory if gpu_memory is not None else (hw.capacity_bytes if kind == "sim" else _cuda_capacity(hw))
+        device = make_device(kind, capacity)
+    margin = recipe.search.margin if margin is None else margin
+    if not 0.0 <= margin < 1.0:
+        raise UsageError("--margin", f"must be a fraction in [0, 1), got {margin}")
+    world = world_size or int(os.environ.get("WORLD_SIZE", 0)) or hw.world_size
+    here = describe_hardware(device, world)
+    result = CheckResult(status="fits", capacity_bytes=device.capacity, margin=margin)
+    result.differences = compare_fingerprints(hw.fingerprint(), here.fingerprint())
+    if result.differences:
+        result.status = "fingerprint_mismatch"
+        result.reprobe_command = reprobe_command(recipe)
+        result.wall_s = round(time.perf_counter() - started, 3)
+        return result
+
+    spec = spec_for(recipe, kind, device.capacity, margin)
+    source = resolve(spec.model, spec.model_config)
+    workload = load_workload(source, spec, device)
+    budget = int(device.capacity * spec.usable_fraction)
+    result.budget_bytes = budget
+    for phase, settings in phases(recipe):
+        trial = run_trial(workload, phase, settings, steps, budget)
+        result.trials.append(trial)
+        if trial.outcome == "error":
+            raise RuntimeError(f"the {phase} step failed for a reason other than memory: {trial.message}")
+    peaks = [t.peak_bytes for t in result.trials if t.peak_bytes is not None]
+    result.peak_bytes = max(peaks) if peaks else None
+    if not all(t.fits for t in result.trials):
+        result.status = "does_not_fit"
+        if result.peak_bytes is not None and result.peak_bytes > budget:
+            result.over_by_bytes = result.peak_bytes - budget
+    result.wall_s = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _cuda_capacity(hw) -> int | None:
+    """Emulate the recipe's card size when it was probed with --gpu-memory on a bigger card."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    total = torch.cuda.get_device_properties(0).total_memory
+    return hw.capacity_bytes if hw.capacity_bytes < total else None

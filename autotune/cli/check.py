@@ -1,0 +1,100 @@
+"""`autotune check RECIPE`: pre-flight. Does the recipe still fit on this machine?"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from ..check import check
+from ..emit import swift
+from ..errors import UsageError
+from ..recipe import load_recipe
+from ..sizes import format_size, parse_size
+
+EXAMPLES = """\
+exit codes:
+  0  fits: the recipe's configuration ran within the usable budget (capacity x (1 - margin))
+  2  bad input: missing or malformed recipe, bad flag (one line naming it)
+  3  does not fit: a train or eval step ran out of memory or past the budget (peak and by how much)
+  4  fingerprint changed: GPU model, capacity, device count, world size, or torch/transformers/peft
+     version differ from the recipe's; the differences and the re-probe command are printed
+
+examples:
+  # in a job script, before the long run
+  python -m autotune check recipe.yaml || exit $?
+
+  # check the ms-swift file you will launch with (its batch sizes etc. replace the recipe's)
+  python -m autotune check recipe.yaml --swift-args swift.yaml
+
+  # machine-readable
+  python -m autotune check recipe.yaml --format json
+
+  # a stricter budget than the recipe's margin (what-if; the fingerprint is unchanged)
+  python -m autotune check recipe.yaml --margin 0.3
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("check", help="pre-flight: verify a recipe still fits here (exit 0/3/4)",
+                       description="Compare the recipe's hardware and library fingerprint with this machine, then run "
+                                   "a few real train steps (and the eval phase when the recipe has one) at the recipe's "
+                                   "settings. No search.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML written by `autotune probe`")
+    p.add_argument("--swift-args", metavar="FILE", help="ms-swift argument file (YAML/JSON, 3.x or 4.x) whose settings replace the recipe's")
+    p.add_argument("--device", choices=("cuda", "sim"), help="device to check on (default: the recipe's)")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="device capacity (default: the recipe's); a different capacity is a fingerprint change")
+    p.add_argument("--margin", type=float, help="fraction of capacity kept free (default: the recipe's margin)")
+    p.add_argument("--world-size", type=int, help="world size the job runs at (default: $WORLD_SIZE, else the recipe's)")
+    p.add_argument("--steps", type=int, default=3, help="steps per phase, at least 3 (default: 3)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="json: one JSON object on stdout")
+    p.set_defaults(run=run)
+
+
+def with_swift_args(recipe, path: str):
+    settings, model = swift.settings_from_args(swift.read_args(path))
+    return dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
+                               model=dataclasses.replace(recipe.model, **model))
+
+
+def run(args) -> int:
+    if args.steps < 3:
+        raise UsageError("--steps", f"need at least 3 steps, got {args.steps}", "AdamW creates its state in step 1")
+    if args.world_size is not None and args.world_size < 1:
+        raise UsageError("--world-size", f"must be a positive whole number, got {args.world_size}")
+    recipe = load_recipe(args.recipe)
+    if args.swift_args:
+        recipe = with_swift_args(recipe, args.swift_args)
+    gpu_memory = parse_size(args.gpu_memory) if args.gpu_memory else None
+    result = check(recipe, device_kind=args.device, gpu_memory=gpu_memory, margin=args.margin,
+                   world_size=args.world_size, steps=args.steps)
+    if args.format == "json":
+        data = dataclasses.asdict(result)
+        data["exit_code"] = result.exit_code
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_text(result, args.recipe)
+    return result.exit_code
+
+
+def print_text(result, recipe_path: str) -> None:
+    out = sys.stdout
+    if result.status == "fingerprint_mismatch":
+        print(f"fingerprint changed: {recipe_path} was made elsewhere", file=out)
+        for d in result.differences:
+            print(f"  {d.key}: recipe {d.recipe!r}, here {d.here!r}", file=out)
+        print(f"re-probe here:\n  {result.reprobe_command}", file=out)
+        return
+    for t in result.trials:
+        print(f"{t.phase:<5} {t.outcome:<11} peak {format_size(t.peak_bytes):>10}", file=out)
+    budget = f"usable {format_size(result.budget_bytes)} of {format_size(result.capacity_bytes)} (margin {result.margin:.0%})"
+    if result.status == "fits":
+        print(f"fits: peak {format_size(result.peak_bytes)}, {budget}, {result.wall_s:.1f}s", file=out)
+    else:
+        over = f", {format_size(result.over_by_bytes)} over" if result.over_by_bytes is not None else ""
+        oom = [t.phase for t in result.trials if t.outcome == "oom"]
+        where = f" ({', '.join(oom)} ran out of memory)" if oom else ""
+        print(f"does not fit{where}: peak {format_size(result.peak_bytes)}{over}; {budget}", file=out)

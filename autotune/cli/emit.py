@@ -1,0 +1,88 @@
+"""`autotune emit TARGET RECIPE -o FILE`: write the launch file a framework reads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..emit import TARGETS, files, require_validated
+from ..errors import UsageError
+from ..recipe import check_writable, load_recipe, write_atomic
+
+EXAMPLES = """\
+examples:
+  # ms-swift 4.x argument file (run: swift sft swift.yaml); version detected, or --swift-version
+  python -m autotune emit swift recipe.yaml -o swift.yaml --dataset my-data.jsonl
+
+  # the same as a shell script in ms-swift's example style; 3.x form (swift sft --config ...)
+  python -m autotune emit swift recipe.yaml -o train.sh --swift-version 3.12
+
+  # Hugging Face Trainer: TrainingArguments JSON + train_args.model.json (attn_implementation, dtype, max_length)
+  python -m autotune emit hf recipe.yaml -o train_args.json
+
+  python -m autotune emit deepspeed recipe.yaml -o ds_config.json
+  python -m autotune emit accelerate recipe.yaml -o accelerate.yaml
+  python -m autotune emit llamafactory recipe.yaml -o llamafactory.yaml
+
+A recipe whose validation did not pass, or a plan (`autotune plan`), is refused unless
+--allow-unvalidated.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("emit", help="write launch files (ms-swift, HF Trainer, DeepSpeed, accelerate, LLaMA-Factory) from a recipe",
+                       description="Turn a recipe into the argument or config file a training framework reads.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", choices=TARGETS, help="which framework's file")
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML written by `autotune probe`")
+    p.add_argument("-o", "--out", required=True, help="file to write ('-' for stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--swift-version", metavar="X.Y", help="ms-swift version to write for (default: the installed one, else 4.6)")
+    p.add_argument("--script", action="store_true", default=None, help="swift: write a shell script (default when -o ends in .sh)")
+    p.add_argument("--dataset", help="dataset to write instead of the YOUR_DATASET placeholder (swift, llamafactory)")
+    p.add_argument("--allow-unvalidated", action="store_true", help="emit a recipe whose validation did not pass, or a plan")
+    p.set_defaults(run=run)
+
+
+def write_files(outputs: dict[str, str], force: bool, flag: str = "--out") -> None:
+    """Check every path first, then write each atomically: all or nothing refused."""
+    for path in outputs:
+        check_writable(path, force, flag)
+    for path, text in outputs.items():
+        write_atomic(path, text)
+        if path.endswith(".sh"):
+            Path(path).chmod(0o755)
+
+
+def emit_paths(recipe_out: str, targets: list[str]) -> list[str]:
+    """Launch files `probe --emit` writes beside the recipe: r.yaml -> r.swift.yaml, r.swift.sh, r.hf.json, ..."""
+    stem = recipe_out[: -len(".yaml")] if recipe_out.endswith(".yaml") else recipe_out
+    names = {"swift": [".swift.yaml", ".swift.sh"], "hf": [".hf.json", ".hf.model.json"], "deepspeed": [".deepspeed.json"],
+             "accelerate": [".accelerate.yaml"], "llamafactory": [".llamafactory.yaml"]}
+    return [stem + suffix for target in targets for suffix in names[target]]
+
+
+def emit_for_probe(target: str, recipe, recipe_out: str, swift_version: str | None) -> dict[str, str]:
+    first = emit_paths(recipe_out, [target])[0]
+    outputs = files(target, recipe, first, swift_version)
+    if target == "swift":
+        outputs.update(files("swift", recipe, emit_paths(recipe_out, ["swift"])[1], swift_version))
+    return outputs
+
+
+def run(args) -> int:
+    recipe = load_recipe(args.recipe)
+    require_validated(recipe, args.allow_unvalidated)
+    if args.swift_version and args.target != "swift":
+        raise UsageError("--swift-version", f"only applies to `emit swift`, not {args.target}")
+    out = args.out
+    outputs = files(args.target, recipe, "-" if out == "-" else out, args.swift_version, args.dataset, args.script)
+    if out == "-":
+        for text in outputs.values():
+            sys.stdout.write(text)
+        return 0
+    write_files(outputs, args.force)
+    for path in outputs:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,34 @@
+"""Emitters: pure functions from a Recipe to the text of the files a framework reads.
+
+`files(target, recipe, out, ...)` returns {path: text} for one target, so the CLI can check
+every path before writing any."""
+
+from __future__ import annotations
+
+from ..recipe import Recipe
+from . import accelerate, deepspeed, hf, llamafactory, swift
+from .common import require_validated
+
+TARGETS = ("swift", "hf", "deepspeed", "accelerate", "llamafactory")
+
+
+def files(target: str, recipe: Recipe, out: str, swift_version: str | None = None, dataset: str | None = None,
+          script: bool | None = None) -> dict[str, str]:
+    """The files `target` needs, keyed by path. For swift, a `.sh` path (or script=True) gives
+    the shell script, anything else the YAML argument file."""
+    if target == "swift":
+        as_script = out.endswith(".sh") if script is None else script
+        render = swift.render_script if as_script else swift.render_yaml
+        return {out: render(recipe, swift_version, dataset)}
+    if target == "hf":
+        return {out: hf.render(recipe), hf.sidecar_path(out): hf.render_model(recipe)}
+    if target == "deepspeed":
+        return {out: deepspeed.render(recipe)}
+    if target == "accelerate":
+        return {out: accelerate.render(recipe)}
+    if target == "llamafactory":
+        return {out: llamafactory.render(recipe, dataset)}
+    raise ValueError(f"unknown emit target {target!r}")
+
+
+__all__ = ["TARGETS", "files", "require_validated", "swift", "hf", "deepspeed", "accelerate", "llamafactory"]

@@ -1,0 +1,67 @@
+"""accelerate config YAML (`accelerate launch --config_file FILE train.py`). Keys are those of
+accelerate's `ClusterConfig` (accelerate/commands/config/config_args.py), which refuses
+unknown keys when it loads the file."""
+
+from __future__ import annotations
+
+import yaml
+
+from ..recipe import Recipe
+from .common import check_strategy, mixed_precision, offloads, world_size, zero_stage
+
+
+def accelerate_config(recipe: Recipe) -> dict:
+    s = recipe.settings
+    strategy = check_strategy(recipe)
+    n = world_size(recipe)
+    per_node = min(n, max(1, int(recipe.hardware.device_count)))
+    machines = -(-n // per_node)
+    stage = zero_stage(strategy)
+    if stage is not None:
+        distributed = "DEEPSPEED"
+    elif strategy == "fsdp":
+        distributed = "FSDP"
+    else:
+        distributed = "MULTI_GPU" if n > 1 else "NO"
+    config: dict = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": distributed,
+        "mixed_precision": mixed_precision(recipe),
+        "num_processes": n,
+        "num_machines": machines,
+        "machine_rank": 0,
+        "gpu_ids": "all",
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "use_cpu": False,
+        "downcast_bf16": "no",
+    }
+    if stage is not None:
+        offload = "cpu" if offloads(strategy) else "none"
+        config["deepspeed_config"] = {
+            "zero_stage": stage,
+            "gradient_accumulation_steps": s.gradient_accumulation_steps,
+            "offload_optimizer_device": offload,
+            "offload_param_device": offload if stage == 3 else "none",
+            "zero3_init_flag": stage == 3,
+        }
+    elif strategy == "fsdp":
+        config["fsdp_config"] = {
+            "fsdp_version": 2,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_reshard_after_forward": True,
+            "fsdp_offload_params": False,
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_activation_checkpointing": bool(s.gradient_checkpointing),
+        }
+    return config
+
+
+def render(recipe: Recipe) -> str:
+    s = recipe.settings
+    head = (f"# accelerate config from an autotune recipe: per-device batch {s.per_device_train_batch_size}, "
+            f"gradient accumulation {s.gradient_accumulation_steps}, world size {world_size(recipe)}\n"
+            "# the batch sizes themselves go to your training script (see `autotune emit hf`)\n")
+    return head + yaml.safe_dump(accelerate_config(recipe), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,93 @@
+"""Hugging Face Trainer: a `TrainingArguments` JSON that `HfArgumentParser.parse_json_file`
+loads with no extra keys, and a sidecar JSON of what the Trainer does not own: the model
+loading keywords (`attn_implementation`, `dtype`), the sequence length and the LoRA config.
+
+transformers 5.x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name
+is a deprecated alias); the names are taken from the installed `TrainingArguments`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ..recipe import Recipe
+from .common import check_strategy, mixed_precision, model_location, zero_stage
+
+
+def _training_fields() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def checkpointing_names(fields: set[str] | None = None) -> tuple[str, str]:
+    fields = _training_fields() if fields is None else fields
+    if "activation_checkpointing" in fields:
+        return "activation_checkpointing", "activation_checkpointing_kwargs"
+    return "gradient_checkpointing", "gradient_checkpointing_kwargs"
+
+
+def training_arguments(recipe: Recipe, output_dir: str = "output") -> dict:
+    """TrainingArguments keyword values for the recipe (only fields the Trainer has)."""
+    from .deepspeed import deepspeed_config
+
+    s = recipe.settings
+    strategy = check_strategy(recipe)
+    gc_name, gc_kwargs = checkpointing_names()
+    args: dict = {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": s.per_device_train_batch_size,
+        "gradient_accumulation_steps": s.gradient_accumulation_steps,
+    }
+    for key in ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only"):
+        if getattr(s, key) is not None:
+            args[key] = getattr(s, key)
+    precision = mixed_precision(recipe)
+    if precision != "no":
+        args[precision] = True
+    if s.optim:
+        args["optim"] = s.optim
+    if strategy == "fsdp":
+        # With FSDP, checkpointing belongs to FSDP itself (transformers warns otherwise).
+        args["fsdp"] = "full_shard auto_wrap"
+        args["fsdp_config"] = {"version": 2, "activation_checkpointing": bool(s.gradient_checkpointing)}
+    else:
+        args[gc_name] = bool(s.gradient_checkpointing)
+        if s.gradient_checkpointing:
+            args[gc_kwargs] = {"use_reentrant": False}  # what the probe measured
+    if zero_stage(strategy) is not None:
+        args["deepspeed"] = deepspeed_config(recipe)
+    return args
+
+
+def model_settings(recipe: Recipe) -> dict:
+    """What goes to `from_pretrained` and the data pipeline, not to TrainingArguments."""
+    s, m = recipe.settings, recipe.model
+    out: dict = {
+        "model_name_or_path": model_location(recipe),
+        "from_pretrained": {"attn_implementation": s.attn_implementation, "dtype": s.torch_dtype},
+        "max_length": s.max_length,
+    }
+    if m.train_type == "lora" and m.lora:
+        out["lora"] = {"r": m.lora["r"], "lora_alpha": m.lora["alpha"], "lora_dropout": m.lora.get("dropout"),
+                       "target_modules": m.lora.get("target_modules"), "task_type": "CAUSAL_LM"}
+    for key in ("freeze_vit", "freeze_aligner", "freeze_llm", "vit_gradient_checkpointing", "max_pixels",
+                "video_max_pixels", "video_frames"):
+        if getattr(s, key) is not None:
+            out[key] = getattr(s, key)
+    if s.env:
+        out["env"] = dict(s.env)
+    return out
+
+
+def render(recipe: Recipe) -> str:
+    return json.dumps(training_arguments(recipe), indent=2) + "\n"
+
+
+def render_model(recipe: Recipe) -> str:
+    return json.dumps(model_settings(recipe), indent=2) + "\n"
+
+
+def sidecar_path(out: str) -> str:
+    """`train_args.json` -> `train_args.model.json`."""
+    return (out[: -len(".json")] if out.endswith(".json") else out) + ".model.json"

@@ -1,0 +1,77 @@
+"""LLaMA-Factory training YAML (`llamafactory-cli train FILE.yaml`), laid out like its
+examples/train_lora/*.yaml. Its own names: `finetuning_type`, `lora_rank`, `lora_target`,
+`cutoff_len`, `flash_attn` (auto | disabled | sdpa | fa2 | fa3) and
+`disable_gradient_checkpointing` (LLaMA-Factory checkpoints by default)."""
+
+from __future__ import annotations
+
+import yaml
+
+from ..errors import UsageError
+from ..recipe import Recipe
+from .common import DATASET_PLACEHOLDER, check_strategy, mixed_precision, model_location, zero_stage
+
+FLASH_ATTN = {"eager": "disabled", "sdpa": "sdpa", "flash_attention_2": "fa2", "flash_attention_3": "fa3"}
+TEMPLATE_PLACEHOLDER = "YOUR_TEMPLATE"
+# recipe name -> LLaMA-Factory name, for the vision-language settings it has.
+VL_NAMES = {"freeze_vit": "freeze_vision_tower", "freeze_aligner": "freeze_multi_modal_projector",
+            "freeze_llm": "freeze_language_model", "max_pixels": "image_max_pixels",
+            "video_max_pixels": "video_max_pixels", "video_frames": "video_maxlen"}
+
+
+def sections(recipe: Recipe, dataset: str | None = None, deepspeed_file: str = "ds_config.json") -> list[tuple[str, dict]]:
+    s, m = recipe.settings, recipe.model
+    strategy = check_strategy(recipe)
+    if strategy == "fsdp":
+        raise UsageError("RECIPE", "this recipe shards with FSDP; LLaMA-Factory launches FSDP through accelerate",
+                         "use `autotune emit accelerate` and pass the training YAML to `accelerate launch`")
+    model = {"model_name_or_path": model_location(recipe), "trust_remote_code": True,
+             "flash_attn": FLASH_ATTN.get(s.attn_implementation, "auto")}
+    for ours, theirs in VL_NAMES.items():
+        if getattr(s, ours) is not None and ours in ("max_pixels", "video_max_pixels", "video_frames"):
+            model[theirs] = getattr(s, ours)
+    method = {"stage": "sft", "do_train": True, "finetuning_type": m.train_type}
+    if m.train_type == "lora" and m.lora:
+        method.update(lora_rank=int(m.lora["r"]), lora_alpha=int(m.lora["alpha"]), lora_dropout=float(m.lora.get("dropout") or 0.0),
+                      lora_target="all")
+    for ours in ("freeze_vit", "freeze_aligner", "freeze_llm"):
+        if getattr(s, ours) is not None:
+            method[VL_NAMES[ours]] = getattr(s, ours)
+    if zero_stage(strategy) is not None:
+        method["deepspeed"] = deepspeed_file
+    data = {"dataset": dataset or DATASET_PLACEHOLDER, "template": TEMPLATE_PLACEHOLDER}
+    if s.max_length is not None:
+        data["cutoff_len"] = int(s.max_length)
+    train = {"per_device_train_batch_size": s.per_device_train_batch_size,
+             "gradient_accumulation_steps": s.gradient_accumulation_steps,
+             "disable_gradient_checkpointing": not s.gradient_checkpointing}
+    precision = mixed_precision(recipe)
+    if precision != "no":
+        train[precision] = True
+    if s.optim:
+        train["optim"] = s.optim
+    evaluation = {k: getattr(s, k) for k in ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only")
+                  if getattr(s, k) is not None}
+    out = [("model", model), ("method", method), ("dataset", data), ("output", {"output_dir": "output"}), ("train", train)]
+    if evaluation:
+        out.append(("eval", evaluation))
+    return out
+
+
+def flat(recipe: Recipe, dataset: str | None = None) -> dict:
+    merged: dict = {}
+    for _, values in sections(recipe, dataset):
+        merged.update(values)
+    return merged
+
+
+def render(recipe: Recipe, dataset: str | None = None) -> str:
+    parts = [f"# LLaMA-Factory training YAML from an autotune recipe; run: llamafactory-cli train THIS_FILE.yaml"]
+    if not dataset:
+        parts.append(f"# {DATASET_PLACEHOLDER} and {TEMPLATE_PLACEHOLDER} are placeholders: set your dataset and chat template")
+    if zero_stage(recipe.settings.strategy) is not None:
+        parts.append("# ds_config.json: write it with `python -m autotune emit deepspeed RECIPE -o ds_config.json`")
+    for title, values in sections(recipe, dataset):
+        parts.append(f"\n### {title}")
+        parts.append(yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip())
+    return "\n".join(parts) + "\n"

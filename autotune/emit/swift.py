@@ -1,0 +1,203 @@
+"""ms-swift argument files: a YAML for `swift sft FILE.yaml` (4.x) or `swift sft --config
+FILE.yaml` (3.10-3.12), and a shell script in the style of ms-swift's own examples.
+
+Names are ms-swift's: 4.x calls the training type `tuner_type`, 3.x `train_type`; attention is
+`attn_impl`. The checked-in field lists (swift_fields/*.json, extracted from the real argument
+dataclasses by scripts/extract_swift_fields.py) say what each version accepts."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from ..errors import UsageError
+from ..recipe import Recipe
+from .common import DATASET_PLACEHOLDER, check_strategy, launch_env, memory_comment, model_location
+
+FIELDS_DIR = Path(__file__).parent / "swift_fields"
+SUPPORTED = ("3.10", "3.11", "3.12", "4")
+# HF attn_implementation -> ms-swift attn_impl (ms-swift takes `flash_attn` and maps it itself).
+ATTN_IMPL = {"flash_attention_2": "flash_attn", "sdpa": "sdpa", "eager": "eager", "flash_attention_3": "flash_attention_3"}
+
+
+def installed_version() -> str | None:
+    try:
+        return metadata.version("ms-swift")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def resolve_version(requested: str | None) -> str:
+    """`major.minor` of the ms-swift to write for: the requested one, else the installed one,
+    else the newest we know (4.6)."""
+    text = requested or installed_version() or "4.6"
+    parts = text.split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise UsageError("--swift-version", f"cannot read version {text!r}", "write it like 4.6 or 3.12") from None
+    if major < 3 or (major == 3 and minor < 10):
+        raise UsageError("--swift-version", f"ms-swift {text} has no --config YAML support",
+                         "upgrade to ms-swift >= 3.10, or pass --swift-version 3.12 / 4.6")
+    return f"{major}.{minor}"
+
+
+def field_list(version: str) -> dict[str, str]:
+    """Accepted argument names -> type text, for the closest checked-in list."""
+    major = version.split(".")[0]
+    name = "4.6.json" if major != "3" else "3.12.json"
+    return json.loads((FIELDS_DIR / name).read_text())["fields"]
+
+
+def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict:
+    """The `swift sft` arguments for the recipe, in launch order. Values are YAML scalars/lists
+    that ms-swift's parser converts (bool as true/false, ints, strings)."""
+    s, m = recipe.settings, recipe.model
+    strategy = check_strategy(recipe)
+    v4 = not version.startswith("3.")
+    args: dict = {"model": model_location(recipe)}
+    args["tuner_type" if v4 else "train_type"] = m.train_type
+    if m.train_type == "lora" and m.lora:
+        args["lora_rank"] = int(m.lora["r"])
+        args["lora_alpha"] = int(m.lora["alpha"])
+        if m.lora.get("dropout") is not None:
+            args["lora_dropout"] = float(m.lora["dropout"])
+        targets = m.lora.get("target_modules")
+        if targets:
+            args["target_modules"] = [targets] if isinstance(targets, str) else list(targets)
+    args["dataset"] = [dataset or DATASET_PLACEHOLDER]
+    args["torch_dtype"] = s.torch_dtype
+    if s.max_length is not None:
+        args["max_length"] = int(s.max_length)
+    args["per_device_train_batch_size"] = s.per_device_train_batch_size
+    args["gradient_accumulation_steps"] = s.gradient_accumulation_steps
+    for key in ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only"):
+        if getattr(s, key) is not None:
+            args[key] = getattr(s, key)
+    args["gradient_checkpointing"] = bool(s.gradient_checkpointing)
+    args["attn_impl"] = ATTN_IMPL.get(s.attn_implementation, s.attn_implementation)
+    for key in ("vit_gradient_checkpointing", "freeze_vit", "freeze_aligner", "freeze_llm"):
+        if getattr(s, key) is not None:
+            args[key] = getattr(s, key)
+    if s.optim:
+        args["optim"] = s.optim
+    if strategy and strategy.startswith("zero"):
+        args["deepspeed"] = strategy  # ms-swift ships zero2/zero3/zero2_offload/zero3_offload configs
+    elif strategy == "fsdp":
+        args["fsdp"] = "fsdp2"  # ms-swift's FSDP2 preset (swift/../fsdp_config/fsdp2.json)
+    args["output_dir"] = "output"
+    return args
+
+
+def render_yaml(recipe: Recipe, version: str | None = None, dataset: str | None = None) -> str:
+    version = resolve_version(version)
+    args = swift_args(recipe, version, dataset)
+    env = launch_env(recipe)
+    v4 = not version.startswith("3.")
+    head = [f"# ms-swift {version} arguments from autotune recipe ({recipe.model.architecture}, "
+            f"{recipe.model.train_type}, max_length {recipe.settings.max_length})",
+            memory_comment(recipe)]
+    if v4:
+        head.append("# run: swift sft THIS_FILE.yaml   (flags after the file override it)")
+    else:
+        head.append("# run: swift sft --config THIS_FILE.yaml   (3.x: the file wins over flags)")
+        if env:
+            head.append("# 3.x reads no ENV block from this file; export these first:")
+            head += [f"#   export {k}={shlex.quote(v)}" for k, v in env.items()]
+    if not dataset:
+        head.append(f"# {DATASET_PLACEHOLDER}: replace with your dataset (a hub id or a local .jsonl)")
+    body = dict(args)
+    if v4 and env:
+        body = {"ENV": env, **body}
+    return "\n".join(head) + "\n" + yaml.safe_dump(body, sort_keys=False, default_flow_style=False, width=100)
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(shlex.quote(str(v)) for v in value)
+    return shlex.quote(str(value))
+
+
+def render_script(recipe: Recipe, version: str | None = None, dataset: str | None = None) -> str:
+    """A runnable script shaped like ms-swift's examples: memory comment, env vars one per
+    line, `swift sft \\`, then four-space-indented flags."""
+    version = resolve_version(version)
+    args = swift_args(recipe, version, dataset)
+    lines = [memory_comment(recipe), f"# ms-swift {version}; generated by autotune from a probed recipe"]
+    if not dataset:
+        lines.append(f"# {DATASET_PLACEHOLDER} below is a placeholder: replace it with your dataset")
+    lines += [f"{k}={shlex.quote(v)} \\" for k, v in launch_env(recipe).items()]
+    lines.append("swift sft \\")
+    items = list(args.items())
+    for i, (key, value) in enumerate(items):
+        end = " \\" if i < len(items) - 1 else ""
+        lines.append(f"    --{key} {_flag_value(value)}{end}")
+    return "\n".join(lines) + "\n"
+
+
+def read_args(path: str | Path) -> dict:
+    """Read an ms-swift argument file (YAML or JSON, 3.x or 4.x) back into a flat mapping of
+    ms-swift names; the `ENV:` block comes back under "ENV"."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is YAML
+    except FileNotFoundError:
+        raise UsageError("--swift-args", f"no file at {path}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError("--swift-args", f"{path} is not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError("--swift-args", f"{path} does not hold a mapping of ms-swift arguments")
+    return data
+
+
+_BACK = {"per_device_train_batch_size": int, "gradient_accumulation_steps": int, "per_device_eval_batch_size": int,
+         "eval_accumulation_steps": int, "max_length": int, "torch_dtype": str, "optim": str}
+_BOOLS = ("gradient_checkpointing", "prediction_loss_only", "vit_gradient_checkpointing", "freeze_vit", "freeze_aligner", "freeze_llm")
+
+
+def _as_bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise UsageError("--swift-args", f"{key}: cannot read {value!r} as true/false")
+
+
+def settings_from_args(args: dict) -> tuple[dict, dict]:
+    """(settings changes in recipe names, model changes) read back from ms-swift arguments."""
+    settings: dict = {}
+    for key, kind in _BACK.items():
+        if args.get(key) is not None:
+            try:
+                settings[key] = kind(args[key])
+            except (TypeError, ValueError):
+                raise UsageError("--swift-args", f"{key}: cannot read {args[key]!r} as {kind.__name__}") from None
+    for key in _BOOLS:
+        if args.get(key) is not None:
+            settings[key] = _as_bool(key, args[key])
+    if args.get("attn_impl") is not None:
+        back = {v: k for k, v in ATTN_IMPL.items()}
+        settings["attn_implementation"] = back.get(args["attn_impl"], args["attn_impl"])
+    deepspeed = args.get("deepspeed")
+    if deepspeed:
+        settings["strategy"] = str(deepspeed)
+    env = args.get("ENV") or {}
+    for name, key in (("MAX_PIXELS", "max_pixels"), ("VIDEO_MAX_PIXELS", "video_max_pixels"), ("FPS_MAX_FRAMES", "video_frames")):
+        if name in env:
+            settings[key] = int(env[name])
+    model: dict = {}
+    train_type = args.get("tuner_type", args.get("train_type"))
+    if train_type is not None:
+        model["train_type"] = str(train_type)
+    if args.get("lora_rank") is not None or args.get("lora_alpha") is not None:
+        model["lora"] = {"r": int(args.get("lora_rank", 8)), "alpha": int(args.get("lora_alpha", 32)),
+                         "dropout": float(args.get("lora_dropout", 0.05)), "target_modules": "all-linear"}
+    return settings, model

@@ -1,0 +1,96 @@
+"""`autotune check`: exit 0 when the recipe fits, 3 when the budget is shrunk, 4 on a changed
+fingerprint, 2 on bad input."""
+
+import dataclasses
+import json
+
+import pytest
+
+from autotune.check import check, compare_fingerprints, phases
+from autotune.cli import main
+from autotune.emit import swift
+from autotune.recipe import save_recipe
+from launch_recipes import variant
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    save_recipe(variant("base"), path)
+    return path
+
+
+def test_fits_exit_0_and_json(recipe_file, capsys):
+    assert main(["check", str(recipe_file), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    r = variant("base")
+    assert data["status"] == "fits" and data["exit_code"] == 0 and data["differences"] == []
+    assert [t["phase"] for t in data["trials"]] == ["train"]
+    assert data["trials"][0]["settings"]["per_device_train_batch_size"] == r.settings.per_device_train_batch_size
+    assert 0 < data["peak_bytes"] <= data["budget_bytes"]
+
+
+def test_shrunk_budget_exit_3_with_peak_and_shortfall(recipe_file, capsys):
+    """A larger margin shrinks the budget below the recipe's peak without changing the fingerprint."""
+    r = variant("base")
+    margin = 1 - 0.8 * r.validation.peak_bytes / r.hardware.capacity_bytes  # budget = 80% of the measured peak
+    assert main(["check", str(recipe_file), "--margin", f"{margin:.4f}"]) == 3
+    out = capsys.readouterr().out
+    assert "does not fit" in out and "over" in out and "peak" in out
+
+
+def test_eval_phase_runs_when_the_recipe_has_one():
+    r = variant("base")
+    r = dataclasses.replace(r, settings=dataclasses.replace(r.settings, per_device_eval_batch_size=64, prediction_loss_only=False))
+    assert [p for p, _ in phases(r)] == ["train", "eval"]
+    result = check(r)
+    # 64 samples' logits held on the device do not fit a 12 MiB card: the eval phase is what fails.
+    assert result.status == "does_not_fit" and result.exit_code == 3
+    assert [t.phase for t in result.trials] == ["train", "eval"]
+    assert result.trials[0].fits and not result.trials[1].fits
+
+
+@pytest.mark.parametrize("flags,key", [(["--gpu-memory", "8MiB"], "capacity_bytes"), (["--world-size", "2"], "world_size")])
+def test_changed_fingerprint_exit_4(recipe_file, capsys, flags, key):
+    assert main(["check", str(recipe_file), *flags]) == 4
+    out = capsys.readouterr().out
+    assert f"{key}:" in out and "python -m autotune probe" in out
+
+
+def test_library_versions_are_part_of_the_fingerprint():
+    r = variant("base")
+    other = dataclasses.replace(r.hardware, transformers="4.0.0", name="NVIDIA A100-SXM4-80GB")
+    keys = {d.key for d in compare_fingerprints(other.fingerprint(), r.hardware.fingerprint())}
+    assert keys == {"transformers", "name"}
+    result = check(dataclasses.replace(r, hardware=other))
+    assert result.exit_code == 4 and result.trials == [] and "--model-config tiny-llama" in result.reprobe_command
+
+
+@pytest.mark.parametrize("text", [None, "schema: [", "schema: 1\nmodel: {}\n"])
+def test_bad_recipe_exit_2(tmp_path, capsys, text):
+    path = tmp_path / "r.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autotune: error: RECIPE")
+
+
+def test_swift_args_replace_the_recipe_settings(recipe_file, tmp_path, capsys):
+    """The ms-swift file the user will launch with is what gets checked: a batch far past the
+    frontier in it makes the check fail even though the recipe itself fits."""
+    text = swift.render_yaml(variant("base"), "4.6").replace(
+        f"per_device_train_batch_size: {variant('base').settings.per_device_train_batch_size}", "per_device_train_batch_size: 64")
+    args = tmp_path / "swift.yaml"
+    args.write_text(text)
+    assert main(["check", str(recipe_file), "--swift-args", str(args), "--format", "json"]) == 3
+    data = json.loads(capsys.readouterr().out)
+    assert data["trials"][0]["settings"]["per_device_train_batch_size"] == 64 and data["trials"][0]["outcome"] == "oom"
+
+
+def test_check_help_documents_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    out = capsys.readouterr().out
+    for code in ("0  fits", "2  bad input", "3  does not fit", "4  fingerprint changed"):
+        assert code in out

@@ -1,0 +1,101 @@
+"""`autotune emit` end to end, and `recipe.apply(TrainingArguments)`."""
+
+import dataclasses
+import warnings
+
+import pytest
+import yaml
+
+from autotune.cli import main
+from autotune.recipe import load_recipe, save_recipe
+from launch_recipes import variant
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    save_recipe(variant("base"), path)
+    return path
+
+
+@pytest.mark.parametrize("target,out", [("swift", "s.yaml"), ("swift", "train.sh"), ("hf", "args.json"),
+                                        ("deepspeed", "ds.json"), ("accelerate", "acc.yaml"), ("llamafactory", "lf.yaml")])
+def test_emit_writes_and_refuses_to_overwrite(recipe_file, tmp_path, capsys, target, out):
+    path = tmp_path / out
+    assert main(["emit", target, str(recipe_file), "-o", str(path), "--swift-version", "4.6"] if target == "swift"
+                else ["emit", target, str(recipe_file), "-o", str(path)]) == 0
+    text = path.read_text()
+    assert text.strip()
+    if out.endswith(".sh"):
+        assert "swift sft \\" in text and path.stat().st_mode & 0o100
+    if target == "hf":
+        assert (tmp_path / "args.model.json").exists()
+    path.write_text("mine")
+    assert main(["emit", target, str(recipe_file), "-o", str(path)]) == 2
+    assert path.read_text() == "mine" and "--force" in capsys.readouterr().err
+    assert main(["emit", target, str(recipe_file), "-o", str(path), "--force"]) == 0 and path.read_text() != "mine"
+
+
+@pytest.mark.parametrize("method,passed", [("planned", False), ("validation-run", False)])
+def test_unvalidated_recipes_are_refused(tmp_path, capsys, method, passed):
+    r = variant("base")
+    r = dataclasses.replace(r, validation=dataclasses.replace(r.validation, method=method, passed=passed))
+    recipe = tmp_path / "r.yaml"
+    save_recipe(r, recipe)
+    out = tmp_path / "s.yaml"
+    assert main(["emit", "swift", str(recipe), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-unvalidated" in err and not out.exists()
+    assert main(["emit", "swift", str(recipe), "-o", str(out), "--allow-unvalidated"]) == 0 and out.exists()
+
+
+def test_bad_recipe_and_flags(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema: [")
+    assert main(["emit", "hf", str(bad), "-o", str(tmp_path / "a.json")]) == 2
+    assert main(["emit", "hf", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "a.json")]) == 2
+    good = tmp_path / "r.yaml"
+    save_recipe(variant("base"), good)
+    assert main(["emit", "swift", str(good), "-o", str(tmp_path / "s.yaml"), "--swift-version", "2.6"]) == 2
+    assert main(["emit", "hf", str(good), "-o", str(tmp_path / "a.json"), "--swift-version", "4.6"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("autotune: error:") for line in lines)
+    assert not list(tmp_path.glob("a*.json")) and not (tmp_path / "s.yaml").exists()
+
+
+def test_apply_round_trips(tmp_path):
+    from transformers import TrainingArguments
+
+    r = variant("eval_zero3")
+    r = dataclasses.replace(r, settings=dataclasses.replace(r.settings, gradient_checkpointing=True, strategy=None))
+    path = tmp_path / "r.yaml"
+    save_recipe(r, path)
+    import autotune
+
+    recipe = autotune.load_recipe(path)
+    user = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=64, learning_rate=3e-5, report_to=[], use_cpu=True)
+    with pytest.warns(UserWarning, match="per_device_train_batch_size=64"):
+        tuned = recipe.apply(user)
+    assert user.per_device_train_batch_size == 64  # a copy: the user's object is untouched
+    s = recipe.settings
+    assert tuned.per_device_train_batch_size == s.per_device_train_batch_size
+    assert tuned.gradient_accumulation_steps == s.gradient_accumulation_steps
+    assert tuned.per_device_eval_batch_size == 2 and tuned.eval_accumulation_steps == 4
+    assert tuned.prediction_loss_only is False and tuned.learning_rate == 3e-5
+    assert tuned.gradient_checkpointing is True
+    # Applying again changes nothing and warns about nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        again = recipe.apply(tuned)
+    assert again.to_dict() == tuned.to_dict()
+
+
+def test_probe_emit_swift_writes_beside_the_recipe(tmp_path):
+    out = tmp_path / "r.yaml"
+    argv = ["probe", "--model-config", "tiny-gpt2", "--device", "sim", "--gpu-memory", "8MiB", "--max-length", "32",
+            "--max-batch-size", "4", "--out", str(out), "--emit", "swift", "--quiet"]
+    assert main(argv) == 0
+    assert load_recipe(out).validation.passed
+    data = yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
+    assert data["per_device_train_batch_size"] == load_recipe(out).settings.per_device_train_batch_size
+    assert (tmp_path / "r.swift.sh").read_text().count("swift sft \\") == 1

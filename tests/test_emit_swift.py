@@ -1,0 +1,169 @@
+"""ms-swift argument files: every key is an argument the target version accepts, with a value
+its parser converts. Checked against the checked-in field lists always, and against ms-swift's
+own parser where `import swift` works (run these tests with a venv that has ms-swift)."""
+
+import shlex
+import typing
+
+import pytest
+import yaml
+
+from autotune.emit import swift
+from launch_recipes import VARIANTS, variant
+
+VERSIONS = ("3.12", "4.6")
+
+
+def matches(type_text: str, value) -> bool:
+    """Does a YAML value fit a field's type text (as written by scripts/extract_swift_fields.py)?"""
+    t = type_text.strip()
+    if t.startswith("Optional["):
+        return value is None or matches(t[len("Optional["):-1], value)
+    if t.startswith("Union["):
+        return any(matches(part, value) for part in _split(t[len("Union["):-1]))
+    if t.startswith("Literal["):
+        return value in [eval(x) for x in _split(t[len("Literal["):-1])]  # noqa: S307 - our own repr text
+    if t.startswith("List["):
+        return isinstance(value, list) and all(matches(t[5:-1], v) for v in value)
+    simple = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool), "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str), "dict": lambda v: isinstance(v, (dict, str)),
+              "Dict": lambda v: isinstance(v, (dict, str)), "OptimizerNames": lambda v: isinstance(v, str)}
+    if t in simple:
+        return simple[t](value)
+    raise AssertionError(f"type text {t!r} not understood by the test")
+
+
+def _split(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur.strip()] if cur.strip() else parts
+
+
+def emitted(name: str, version: str) -> dict:
+    return yaml.safe_load(swift.render_yaml(variant(name), version))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_key_is_in_the_checked_in_field_list(name, version):
+    fields = swift.field_list(version)
+    data = emitted(name, version)
+    env = data.pop("ENV", None)
+    assert (env is not None) == (version == "4.6" and name != "base")  # 3.x files carry no ENV block
+    for key, value in data.items():
+        assert key in fields, f"ms-swift {version} has no argument {key}"
+        assert matches(fields[key], value), f"{key}={value!r} is not a {fields[key]}"
+
+
+def test_version_specific_names_and_values():
+    v4, v3 = emitted("eval_zero3", "4.6"), emitted("eval_zero3", "3.12")
+    assert v4["tuner_type"] == "lora" and "train_type" not in v4
+    assert v3["train_type"] == "lora" and "tuner_type" not in v3
+    r = variant("eval_zero3")
+    for data in (v4, v3):
+        assert data["per_device_train_batch_size"] == r.settings.per_device_train_batch_size
+        assert data["per_device_eval_batch_size"] == 2 and data["eval_accumulation_steps"] == 4
+        assert data["deepspeed"] == "zero3_offload" and data["freeze_vit"] is True and data["freeze_llm"] is False
+        assert data["lora_rank"] == r.model.lora["r"] and data["max_length"] == 32
+    assert v4["ENV"]["MAX_PIXELS"] == "1003520" and v4["ENV"]["NPROC_PER_NODE"] == "2" and v4["ENV"]["NNODES"] == "2"
+    assert v4["ENV"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    fsdp = emitted("fsdp", "4.6")
+    assert fsdp["fsdp"] and "deepspeed" not in fsdp and fsdp["tuner_type"] == "full" and "lora_rank" not in fsdp
+    assert fsdp["attn_impl"] == "eager" and fsdp["gradient_checkpointing"] is True
+
+
+def test_script_in_ms_swift_example_style():
+    text = swift.render_script(variant("eval_zero3"), "4.6")
+    lines = text.splitlines()
+    assert lines[0].startswith("# 4*") and "GB" in lines[0] or "iB" in lines[0]
+    start = lines.index("swift sft \\")
+    env_lines = [ln for ln in lines[:start] if not ln.startswith("#")]
+    assert env_lines and all("=" in ln and ln.endswith(" \\") for ln in env_lines)
+    flags = lines[start + 1:]
+    assert all(ln.startswith("    --") for ln in flags)
+    assert all(ln.endswith(" \\") for ln in flags[:-1]) and not flags[-1].endswith("\\")
+    assert "placeholder" in text and "--dataset YOUR_DATASET" in text
+    # The flags are the YAML's arguments.
+    tokens = shlex.split(" ".join(ln.rstrip("\\") for ln in flags))
+    keys = [t[2:] for t in tokens if t.startswith("--")]
+    assert keys == [k for k in emitted("eval_zero3", "4.6") if k != "ENV"]
+
+
+def test_dataset_is_written_when_given():
+    text = swift.render_script(variant("base"), "4.6", dataset="data/train.jsonl")
+    assert "--dataset data/train.jsonl" in text and "YOUR_DATASET" not in text
+
+
+@pytest.mark.parametrize("requested,expected", [("4.6.0", "4.6"), ("3.12.3", "3.12"), ("4", "4.0")])
+def test_version_resolution(requested, expected):
+    assert swift.resolve_version(requested) == expected
+
+
+def test_too_old_version_is_refused():
+    from autotune.errors import UsageError
+
+    with pytest.raises(UsageError, match="--swift-version"):
+        swift.resolve_version("3.9")
+
+
+def test_read_back_into_settings(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(swift.render_yaml(variant("eval_zero3"), "4.6"))
+    settings, model = swift.settings_from_args(swift.read_args(path))
+    s = variant("eval_zero3").settings
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+                "eval_accumulation_steps", "gradient_checkpointing", "attn_implementation", "max_pixels", "strategy"):
+        assert settings[key] == getattr(s, key), key
+    assert model["train_type"] == "lora"
+
+
+# ---------------------------------------------------------------- the real ms-swift, where installed
+
+
+def _installed_major():
+    version = swift.installed_version()
+    return version and version.split(".")[0]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_real_ms_swift_parses_the_file(name, tmp_path):
+    """ms-swift's own YAML loader (swift.cli.main.parse_yaml_args) turns the file into argv, and
+    its own HfArgumentParser over the real SftArguments/TrainArguments converts every value."""
+    pytest.importorskip("swift")
+    import dataclasses
+
+    from transformers import HfArgumentParser
+
+    major = _installed_major()
+    from swift.utils.utils import _patch_get_type_hints
+    version = swift.resolve_version(None)
+    path = tmp_path / "args.yaml"
+    path.write_text(swift.render_yaml(variant(name), version))
+    if major == "3":  # `swift sft --config FILE`: prepare_config_args appends the file's flags
+        from swift.cli.main import prepare_config_args
+        from swift.llm import TrainArguments as cls
+        argv = ["--config", str(path)]
+        prepare_config_args(argv)
+    else:  # `swift sft FILE`: parse_yaml_args replaces the file with its flags
+        from swift.arguments import SftArguments as cls
+        from swift.cli.main import parse_yaml_args
+        argv = [str(path)]
+        parse_yaml_args(argv)
+    with _patch_get_type_hints():
+        parser = HfArgumentParser([cls])
+    namespace, unknown = parser.parse_known_args(argv)
+    assert unknown == [], f"ms-swift {version} does not accept {unknown}"
+    names = {f.name for f in dataclasses.fields(cls)}
+    data = yaml.safe_load(path.read_text())
+    data.pop("ENV", None)
+    for key, value in data.items():
+        assert key in names
+        got = getattr(namespace, key)
+        assert got == value or str(got) == str(value) or (isinstance(value, list) and list(got) == value), (key, got, value)
