@@ -40,6 +40,7 @@ class CheckResult:
     peak_bytes: int | None = None
     over_by_bytes: int | None = None  # peak - budget, when a trial ran past the budget
     trials: list[TrialResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
     @property
@@ -117,6 +118,10 @@ def check(recipe: Recipe, device_kind: str | None = None, gpu_memory: int | None
         result.wall_s = round(time.perf_counter() - started, 3)
         return result
 
+    strategy = recipe.settings.strategy
+    if strategy not in (None, "ddp") and world > 1:
+        result.notes.append(f"the check runs one unsharded process; the recipe shards with {strategy} over {world} ranks, "
+                            "so a peak measured here overstates the per-rank peak")
     spec = spec_for(recipe, kind, device.capacity, margin)
     source = resolve(spec.model, spec.model_config)
     workload = load_workload(source, spec, device)

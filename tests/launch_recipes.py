@@ -13,7 +13,7 @@ CAPACITY = 12 * 2**20
 @functools.lru_cache(maxsize=None)
 def probed():
     spec = ProbeSpec(max_length=32, model_config="tiny-llama", train_type="lora", device="sim", gpu_memory=CAPACITY,
-                     global_batch_size=8, max_batch_size=8)
+                     global_batch_size=8, max_batch_size=4)
     return probe(spec)
 
 

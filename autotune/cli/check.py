@@ -88,6 +88,8 @@ def print_text(result, recipe_path: str) -> None:
             print(f"  {d.key}: recipe {d.recipe!r}, here {d.here!r}", file=out)
         print(f"re-probe here:\n  {result.reprobe_command}", file=out)
         return
+    for note in result.notes:
+        print(f"note: {note}", file=out)
     for t in result.trials:
         print(f"{t.phase:<5} {t.outcome:<11} peak {format_size(t.peak_bytes):>10}", file=out)
     budget = f"usable {format_size(result.budget_bytes)} of {format_size(result.capacity_bytes)} (margin {result.margin:.0%})"
