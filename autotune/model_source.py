@@ -90,10 +90,12 @@ def resolve(model: str | None, model_config: str | None) -> ModelSource:
 def _require_causal_lm(source: ModelSource) -> None:
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    if type(source.config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+    from .families import family_for
+
+    if type(source.config) not in MODEL_FOR_CAUSAL_LM_MAPPING and family_for(source.config) is None:
         flag = "--model" if source.kind == "weights" else "--model-config"
         raise UsageError(flag, f"model_type {source.model_type!r} is not a causal language model",
-                         "autotune probes models that AutoModelForCausalLM can build")
+                         "autotune probes models that AutoModelForCausalLM can build, and the vision-language families in autotune/families/")
 
 
 def position_limit(config) -> int | None:

@@ -10,7 +10,10 @@ from . import __version__
 from .devices import make_device
 from .errors import AutotuneError, DoesNotFitError
 from .global_batch import split_global_batch
+from .dataset import from_dataset
 from .model_source import check_max_length, resolve
+from .multimodal import recipe_record, recipe_settings
+from .quantize import quantization_record
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from .search import FrontierSearch
 from .sizes import format_size
@@ -27,6 +30,9 @@ class ProgressSink:
     def trial_started(self, phase: str, settings: dict) -> None: ...
 
     def trial_finished(self, result: TrialResult) -> None: ...
+
+    def dataset(self, profile, record: dict) -> None:
+        """--dataset was measured: `record` is what the recipe keeps (distribution, limits, problem lines)."""
 
 
 def library_versions() -> dict:
@@ -45,11 +51,12 @@ def describe_hardware(device, world_size: int) -> Hardware:
 def describe_model(workload) -> ModelInfo:
     spec, source = workload.spec, workload.source
     lora = None
-    if spec.train_type == "lora":
+    if spec.train_type in ("lora", "qlora"):
         lora = {"r": spec.lora_r, "alpha": spec.lora_alpha, "dropout": spec.lora_dropout, "target_modules": spec.lora_target_modules}
     return ModelInfo(source=source.kind, path=source.path, model_type=source.model_type, architecture=source.architecture,
                      dtype=spec.dtype, train_type=spec.train_type, num_parameters=workload.total_params,
-                     trainable_parameters=workload.trainable_params, max_length=spec.max_length, lora=lora)
+                     trainable_parameters=workload.trainable_params, max_length=spec.max_length, lora=lora,
+                     quantization=quantization_record(spec.dtype) if spec.train_type == "qlora" else None)
 
 
 def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batch: int, progress: ProgressSink,
@@ -71,6 +78,10 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) ->
     progress = progress or ProgressSink()
     started = time.perf_counter()
     source = resolve(spec.model, spec.model_config)
+    data = None
+    if spec.dataset:
+        spec, profile, data = from_dataset(spec, source)
+        progress.dataset(profile, data)
     check_max_length(source.config, spec.max_length)
     device = device or make_device(spec.device, spec.gpu_memory)
     progress.stage(f"loading {source.architecture} ({source.kind}: {source.path}) on {device.name}")
@@ -106,6 +117,8 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) ->
         attn_implementation=workload.attn_implementation,
         torch_dtype=spec.dtype,
         max_length=spec.max_length,
+        optim=spec.optim,
+        **recipe_settings(workload),
     )
     validation = _validation_from_trial(chosen, budget)
     record = SearchRecord(
@@ -118,6 +131,7 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) ->
         schema=SCHEMA, model=describe_model(workload), hardware=describe_hardware(device, spec.world_size),
         settings=settings, search=record, validation=validation,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), autotune_version=__version__,
+        multimodal=recipe_record(workload), dataset=data,
     )
 
 

@@ -55,6 +55,7 @@ class ModelInfo:
     trainable_parameters: int
     max_length: int
     lora: dict | None = None
+    quantization: dict | None = None  # qlora: {method: bnb, bits: 4, quant_type: nf4, double_quant, compute_dtype}
 
 
 @dataclass
@@ -137,6 +138,8 @@ class Recipe:
     validation: Validation
     created: str = ""
     autotune_version: str = ""
+    multimodal: dict | None = None  # vision-language worst case: family, images, tokens, grids (issue #5)
+    dataset: dict | None = None  # --dataset: distribution, chosen limits, samples they cut, problem lines
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

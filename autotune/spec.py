@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 
 DTYPES = ("bfloat16", "float16", "float32")
-TRAIN_TYPES = ("full", "lora")
+TRAIN_TYPES = ("full", "lora", "qlora")
+# Trainer `optim` names: the Trainer default, and bitsandbytes' 8-bit / paged AdamW.
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 # 10% of the card: covers the CUDA context and cuBLAS workspaces (0.5-1 GiB, outside the
 # allocator), NCCL buffers, and the drift of the caching allocator over a long run. See README.
@@ -18,7 +20,7 @@ DEFAULT_MAX_BATCH_SIZE = 256
 
 @dataclass
 class ProbeSpec:
-    max_length: int
+    max_length: int | None  # None only with `dataset`, which measures it
     model: str | None = None  # a local Hugging Face model directory (real weights)
     model_config: str | None = None  # config.json, a directory holding one, or a built-in name
     train_type: str = "full"
@@ -38,6 +40,18 @@ class ProbeSpec:
     attn_implementation: str = "sdpa"
     seed: int = 0
     extras: dict = field(default_factory=dict)  # room for later phases' flags
+    # Vision-language (issue #5). None: the family's / ms-swift's default.
+    optim: str = "adamw_torch_fused"
+    freeze_vit: bool | None = None
+    freeze_aligner: bool | None = None
+    freeze_llm: bool | None = None
+    max_pixels: int | None = None
+    images_per_sample: int | None = None
+    video_frames: int | None = None
+    video_max_pixels: int | None = None
+    dataset: str | None = None  # ms-swift JSONL; its samples set max_length / max_pixels
+    length_percentile: float | None = None  # probe at this percentile of the dataset instead of its max
+    tokenizer: str | None = None  # a local tokenizer/processor directory for --dataset
 
     def __post_init__(self) -> None:
         self.validate()
@@ -46,7 +60,11 @@ class ProbeSpec:
         if (self.model is None) == (self.model_config is None):
             raise UsageError("--model", "give exactly one of --model DIR (real weights) or --model-config PATH|NAME (random init)",
                              "for example --model-config tiny-llama")
-        _positive("--max-length", self.max_length)
+        if self.max_length is None and self.dataset is None:
+            raise UsageError("--max-length", "required (or give --dataset FILE.jsonl to measure it)", "for example --max-length 2048")
+        if self.max_length is not None:
+            _positive("--max-length", self.max_length)
+        self._validate_multimodal()
         _positive("--max-batch-size", self.max_batch_size)
         _positive("--lora-r", self.lora_r)
         _positive("--lora-alpha", self.lora_alpha)
@@ -67,6 +85,21 @@ class ProbeSpec:
                              f"choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         if self.gpu_memory is not None:
             _positive("--gpu-memory", self.gpu_memory)
+
+    def _validate_multimodal(self) -> None:
+        if self.optim not in OPTIMIZERS:
+            raise UsageError("--optim", f"unknown optimizer {self.optim!r}", f"choose one of {', '.join(OPTIMIZERS)}")
+        for flag, value in (("--max-pixels", self.max_pixels), ("--video-max-pixels", self.video_max_pixels)):
+            if value is not None:
+                _positive(flag, value)
+        for flag, value in (("--images-per-sample", self.images_per_sample), ("--video-frames", self.video_frames)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise UsageError(flag, f"must be a whole number >= 0, got {value!r}")
+        if self.length_percentile is not None:
+            if self.dataset is None:
+                raise UsageError("--length-percentile", "needs --dataset FILE.jsonl to take the percentile of")
+            if not (0 < self.length_percentile <= 100):
+                raise UsageError("--length-percentile", f"must be in (0, 100], got {self.length_percentile}", "for example --length-percentile 95")
 
     @property
     def usable_fraction(self) -> float:

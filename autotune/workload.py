@@ -12,6 +12,7 @@ import torch
 from .errors import UsageError
 from .model_source import ModelSource, check_max_length
 from .spec import ProbeSpec
+from .training_setup import Setup, check_optimizer, plan_inputs, prepare
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -25,49 +26,67 @@ def count_parameters(model) -> tuple[int, int]:
     return total, trainable
 
 
-def build_model(source: ModelSource, spec: ProbeSpec, device):
+def build_model(source: ModelSource, spec: ProbeSpec, device, family=None):
     """Build on the target device directly: random init runs there (fast on a GPU), and real
-    weights go straight to it."""
+    weights go straight to it. A vision-language family names its own model class."""
     from transformers import AutoModelForCausalLM
 
+    auto = family.model_cls() if family else AutoModelForCausalLM
+    build_from_config = auto._from_config if family else auto.from_config
     dtype = TORCH_DTYPES[spec.dtype]
     kwargs = dict(dtype=dtype, attn_implementation=spec.attn_implementation)
     torch.manual_seed(spec.seed)
     try:
         if source.kind == "weights":
-            model = AutoModelForCausalLM.from_pretrained(source.path, device_map={"": device.torch_device}, **kwargs)
+            model = auto.from_pretrained(source.path, device_map={"": device.torch_device}, **kwargs)
         else:
             with torch.device(device.torch_device):
-                model = AutoModelForCausalLM.from_config(source.config, **kwargs)
+                model = build_from_config(source.config, **kwargs)
     except ImportError as exc:  # e.g. flash_attention_2 without flash-attn
         raise UsageError("--attn", f"cannot build the model with {spec.attn_implementation}: {exc}", "choose --attn sdpa or eager") from None
     return model
 
 
-def apply_lora(model, spec: ProbeSpec):
+def apply_lora(model, spec: ProbeSpec, target_modules: list[str] | None = None):
+    """`target_modules`: explicit layer names (a vision-language model's unfrozen parts);
+    None: --lora-target-modules."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=spec.lora_dropout,
-        target_modules=spec.lora_target_modules,
+        target_modules=target_modules if target_modules is not None else spec.lora_target_modules,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
 
 
-def trainer_optimizer(model, learning_rate: float = 1e-4):
+def trainer_optimizer(model, learning_rate: float = 1e-4, optim: str | None = None):
     """The optimizer the Hugging Face Trainer creates for these parameters, on this torch:
-    same class and kwargs (adamw_torch_fused on torch >= 2.8), built by the Trainer's own code."""
-    from transformers import Trainer, TrainingArguments
-
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, report_to=[], learning_rate=learning_rate,
-                                 use_cpu=not torch.cuda.is_available())
-        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    same class and kwargs (adamw_torch_fused on torch >= 2.8), built by the Trainer's own code.
+    `optim`: a TrainingArguments `optim` name (bitsandbytes' 8-bit / paged AdamW...)."""
+    optimizer_cls, kwargs = _trainer_optimizer_choice(model, learning_rate, optim)
     params = [p for p in model.parameters() if p.requires_grad]
     return optimizer_cls(params, **kwargs)
+
+
+_CHOICES: dict = {}
+
+
+def _trainer_optimizer_choice(model, learning_rate: float, optim: str | None):
+    """Asked once per (optim, learning rate): building TrainingArguments takes ~2 s, and every
+    trial makes a fresh optimizer. The AdamW family's choice does not depend on the model."""
+    key = (optim, learning_rate)
+    if key not in _CHOICES:
+        from transformers import Trainer, TrainingArguments
+
+        extra = {"optim": optim} if optim else {}
+        with tempfile.TemporaryDirectory() as tmp:
+            args = TrainingArguments(output_dir=tmp, report_to=[], learning_rate=learning_rate,
+                                     use_cpu=not torch.cuda.is_available(), **extra)
+            _CHOICES[key] = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return _CHOICES[key]
 
 
 @dataclass
@@ -80,6 +99,7 @@ class Workload:
     trainable_params: int
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
+    setup: Setup | None = None  # family, worst-case media, freezing (vision-language models)
 
     @property
     def vocab_size(self) -> int:
@@ -101,10 +121,14 @@ class Workload:
             self.gradient_checkpointing = gradient_checkpointing
 
     def make_optimizer(self):
-        return trainer_optimizer(self.model)
+        return trainer_optimizer(self.model, optim=self.spec.optim)
 
     def make_batch(self, batch_size: int) -> dict:
-        """Worst case: every sample exactly max_length tokens, nothing padded away."""
+        """Worst case: every sample exactly max_length tokens, nothing padded away; for a
+        vision-language model, the media at their limits inside those tokens."""
+        if self.setup is not None and self.setup.family is not None:
+            return self.setup.family.inputs(self.source.config, self.setup.vision, batch_size, self.spec.max_length,
+                                            self.device.torch_device)
         length = self.spec.max_length
         device = self.device.torch_device
         input_ids = torch.randint(0, self.vocab_size, (batch_size, length), device=device)
@@ -120,16 +144,25 @@ class Workload:
 
 def load_workload(source: ModelSource, spec: ProbeSpec, device) -> Workload:
     check_max_length(source.config, spec.max_length)
-    model = build_model(source, spec, device)
-    if spec.train_type == "lora":
-        model = apply_lora(model, spec)
+    check_optimizer(spec.optim, device)
+    setup = plan_inputs(source, spec)
+    model = build_model(source, spec, device, setup.family)
+    model = prepare(model, setup, spec, device, apply_lora)
     model.train()
-    device.adopt(list(model.parameters()) + list(model.buffers()))
+    device.adopt(list(model.parameters()) + list(model.buffers()) + _quant_state(model, spec))
     total, trainable = count_parameters(model)
-    workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation)
+    workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation, setup=setup)
     workload.configure(gradient_checkpointing=spec.gradient_checkpointing)
     # Move the loaded model's objects out of the collector's reach: a full collection between
     # trials then scans only what the trials made (0.3 s -> milliseconds with transformers loaded).
     gc.collect()
     gc.freeze()
     return workload
+
+
+def _quant_state(model, spec: ProbeSpec) -> list:
+    if spec.train_type != "qlora":
+        return []
+    from .quantize import quant_state_tensors
+
+    return quant_state_tensors(model)

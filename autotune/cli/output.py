@@ -57,6 +57,23 @@ class ConsoleProgress(ProgressSink):
                            f"[{style}]{result.outcome:<11}[/{style}] {peak:>10} {speed}", soft_wrap=True)
 
 
+    def dataset(self, profile, record: dict) -> None:
+        for line, problem in profile.issues:
+            self.console.print(f"[yellow]{profile.path}:{line}[/yellow]: {problem}", soft_wrap=True)
+        self.console.print(dataset_lines(record))
+
+
+def dataset_lines(d: dict) -> str:
+    t, px = d["tokens"], d["image_pixels"]
+    text = (f"dataset     {d['samples']} samples measured ({d['issue_count']} problem lines): tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']}")
+    if px["count"]:
+        text += f"; image pixels p50 {px['p50']}, p95 {px['p95']}, max {px['max']}"
+    text += f"\n            probing max_length {d['max_length']} ({d['truncated_samples']} samples longer: truncated)"
+    if d["max_pixels"]:
+        text += f", max_pixels {d['max_pixels']} ({d['downscaled_images']} images downscaled)"
+    return text
+
+
 def trials_table(recipe: Recipe) -> Table:
     table = Table(title="trials", title_justify="left")
     for column in ("#", "phase", "settings", "outcome", "peak", "% budget", "tok/s", "time"):
@@ -80,6 +97,12 @@ def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
     if s.per_device_eval_batch_size is not None:
         line += f" per_device_eval_batch_size={s.per_device_eval_batch_size}"
     console.print(line + f" gradient_checkpointing={s.gradient_checkpointing} attn_implementation={s.attn_implementation}")
+    if recipe.multimodal:
+        m = recipe.multimodal
+        console.print(f"vision      {m['family']}: {m['images_per_sample']} image(s) x {m['image_tokens']} tokens"
+                      + (f", {m['videos_per_sample']} video x {m['video_tokens']} tokens" if m['videos_per_sample'] else "")
+                      + f" + {m['text_tokens_per_sample']} text tokens; freeze_vit={s.freeze_vit} freeze_aligner={s.freeze_aligner} "
+                      f"freeze_llm={s.freeze_llm}" + (f" env {s.env}" if s.env else ""))
     if search.global_batch_note:
         console.print(f"[yellow]note[/yellow]        {search.global_batch_note}")
     status = "[green]passed[/green]" if v.passed else "[red]failed[/red]"

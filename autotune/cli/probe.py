@@ -12,6 +12,7 @@ from ..probe import probe
 from ..recipe import check_writable, save_recipe
 from ..sizes import parse_size
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES, ProbeSpec
+from . import multimodal_args
 from .emit import emit_for_probe, emit_paths, write_files
 from .output import ConsoleProgress, print_json, stderr_console, summary
 
@@ -28,6 +29,7 @@ examples:
   # real weights, emulate a 24 GiB card on a bigger one, machine-readable output
   python -m autotune probe --model ./Qwen2.5-0.5B --max-length 2048 --gpu-memory 24GiB --format json
 
+{multimodal_args.EXAMPLES}
 built-in configs: {', '.join(builtin_names())}
 """
 
@@ -43,15 +45,16 @@ def add_parser(sub) -> None:
                        help="config.json or a directory holding one (random init: same memory and speed), or a built-in name such as tiny-llama")
     model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="model and training dtype (default: bfloat16)")
     train = p.add_argument_group("training")
-    train.add_argument("--train-type", choices=TRAIN_TYPES, default="full", help="full fine-tune or peft LoRA (default: full)")
+    train.add_argument("--train-type", choices=TRAIN_TYPES, default="full", help="full fine-tune, peft LoRA, or QLoRA (4-bit nf4 language model + LoRA) (default: full)")
     train.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
     train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default: 32)")
     train.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
     train.add_argument("--lora-target-modules", default="all-linear", help="peft target_modules (default: all-linear, the LM's linear layers)")
-    train.add_argument("--max-length", type=int, required=True, help="tokens per sample; every sample is probed at exactly this length (required)")
+    train.add_argument("--max-length", type=int, help="tokens per sample; every sample is probed at exactly this length (required unless --dataset measures it; with it, a cap)")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
     train.add_argument("--gradient-checkpointing", action="store_true", help="probe with gradient checkpointing on (non-reentrant)")
     train.add_argument("--attn", choices=ATTN_IMPLEMENTATIONS, default="sdpa", help="attention implementation (default: sdpa)")
+    multimodal_args.add_arguments(p)
     dev = p.add_argument_group("device and search")
     dev.add_argument("--device", help="cuda (default where available) or sim (a simulated GPU on the CPU)")
     dev.add_argument("--gpu-memory", metavar="SIZE", help="capacity: 24GiB, 80GB, 512MiB or bytes. On cuda, emulates a smaller card; required for sim")
@@ -78,6 +81,7 @@ def spec_from_args(args) -> ProbeSpec:
         gpu_memory=parse_size(args.gpu_memory) if args.gpu_memory else None, margin=args.margin,
         max_batch_size=args.max_batch_size, global_batch_size=args.global_batch_size, steps=args.steps,
         gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn, seed=args.seed,
+        **multimodal_args.spec_kwargs(args),
     )
 
 

@@ -1,0 +1,53 @@
+"""`probe` flags for vision-language models, QLoRA's optimizer choice and --dataset (issue #5),
+kept apart from the core flags; the names follow ms-swift."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..spec import OPTIMIZERS
+
+EXAMPLES = """\
+  # Qwen2.5-VL-7B weights-free: LoRA with the ViT frozen (ms-swift's default), 1003520-pixel images
+  python -m autotune probe --model-config recipes/configs/qwen2.5-vl-7b/config.json --train-type lora \\
+      --max-length 4096 --max-pixels 1003520 --out qwen25vl-lora.yaml
+
+  # full fine-tune with nothing frozen, a 16-frame video per sample, on a simulated 80 GB card
+  python -m autotune probe --model-config tiny-qwen2-vl --device sim --gpu-memory 80GB --max-length 2048 \\
+      --freeze-vit false --freeze-aligner false --video-frames 16 --video-max-pixels 200704
+
+  # your own data: max_length and max_pixels from the 95th percentile of its samples
+  python -m autotune probe --model ./Qwen2.5-VL-7B-Instruct --dataset train.jsonl --length-percentile 95
+"""
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_arguments(parser) -> None:
+    train = parser.add_argument_group("optimizer and quantization")
+    train.add_argument("--optim", choices=OPTIMIZERS, default="adamw_torch_fused",
+                       help="TrainingArguments optim: AdamW (the Trainer default), or bitsandbytes' 8-bit / paged AdamW (default: adamw_torch_fused)")
+    vl = parser.add_argument_group("vision-language models (ms-swift names and defaults)")
+    vl.add_argument("--freeze-vit", type=boolean, metavar="true|false", help="freeze the vision tower (ms-swift default: true)")
+    vl.add_argument("--freeze-aligner", type=boolean, metavar="true|false", help="freeze the projector/merger (ms-swift default: true)")
+    vl.add_argument("--freeze-llm", type=boolean, metavar="true|false", help="freeze the language model (ms-swift default: false)")
+    vl.add_argument("--max-pixels", type=int, metavar="N", help="largest image, in pixels, after the processor's resize (Qwen2-VL family default: 12845056, the published processor's)")
+    vl.add_argument("--images-per-sample", type=int, metavar="N", help="images in every sample of the worst-case batch (default: 1)")
+    vl.add_argument("--video-frames", type=int, metavar="N", help="frames of one video per sample (default: no video)")
+    vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame (default: 602112, qwen-vl-utils')")
+    data = parser.add_argument_group("your own data")
+    data.add_argument("--dataset", metavar="FILE.jsonl", help="ms-swift JSONL: measure every sample and probe at the longest (or --length-percentile)")
+    data.add_argument("--length-percentile", type=float, metavar="P", help="probe at the P-th percentile of the data's lengths and pixels; longer samples are truncated (counted in the recipe)")
+    data.add_argument("--tokenizer", metavar="DIR", help="local tokenizer/processor files for --dataset when --model/--model-config has none")
+
+
+def spec_kwargs(args) -> dict:
+    return {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
+                                          "video_frames", "video_max_pixels", "dataset", "length_percentile", "tokenizer")}

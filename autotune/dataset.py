@@ -1,0 +1,250 @@
+"""The user's own data: an ms-swift JSONL file (`{"messages": [{"role", "content"}...],
+"images": [...], "videos": [...]}` per line) measured with the model's own tokenizer and
+image rules, so the probe's worst case is the data's worst case (or a chosen percentile).
+
+A sample's length is its chat-templated text (the `<image>` / `<video>` tags removed) plus, per
+image, the tokens the family's processor rule makes of that image's real size (for the Qwen2-VL
+family: smart_resize under max_pixels, then / 28^2, plus the vision start/end tokens). Videos
+count at the worst case of --video-frames / --video-max-pixels: decoding video is out of scope.
+Broken lines, missing and unreadable images are collected with their line numbers; the
+remaining samples are measured."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+MEDIA_TAGS = ("<image>", "<video>")
+
+
+@dataclass
+class Sample:
+    line: int
+    tokens: int  # text + vision
+    images: int
+    image_pixels: list[int] = field(default_factory=list)  # as the processor resizes them
+
+
+@dataclass
+class DatasetProfile:
+    path: str
+    lines: int
+    samples: list[Sample]
+    issues: list[tuple[int, str]]  # (line number, what is wrong)
+    tokenizer: str
+
+    def token_counts(self) -> list[int]:
+        return sorted(s.tokens for s in self.samples)
+
+    def pixel_counts(self) -> list[int]:
+        return sorted(p for s in self.samples for p in s.image_pixels)
+
+
+def percentile(sorted_values: list[int], p: float) -> int:
+    """Nearest rank: the smallest value with at least p% of the values at or below it."""
+    if not sorted_values:
+        return 0
+    return sorted_values[max(math.ceil(p / 100 * len(sorted_values)) - 1, 0)]
+
+
+def distribution(values: list[int]) -> dict:
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": values[-1] if values else 0, "count": len(values)}
+
+
+def find_tokenizer(spec, source) -> str:
+    candidates = [spec.tokenizer, spec.model, spec.model_config]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir() and any((Path(candidate) / f).is_file() for f in TOKENIZER_FILES):
+            return str(candidate)
+    if spec.tokenizer:
+        raise UsageError("--tokenizer", f"no tokenizer files in {spec.tokenizer}", f"the directory needs one of {', '.join(TOKENIZER_FILES)}")
+    where = spec.model or spec.model_config
+    raise UsageError("--dataset", f"counting a sample's tokens needs the model's tokenizer, and {where} has none",
+                     "use --model DIR with the tokenizer files, or add --tokenizer DIR (a local copy of the model's tokenizer/processor files)")
+
+
+def _records(path: Path):
+    """(line number, object or None, problem or None) for every non-empty line."""
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError("--dataset", f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        for number, text in enumerate(handle, 1):
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text), None
+            except json.JSONDecodeError as exc:
+                yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+
+
+def _check_record(record) -> str | None:
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "no 'messages' list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+            return f"messages[{i}] needs a string 'role' and a string 'content'"
+    for key in ("images", "videos"):
+        value = record.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"'{key}' must be a path or a list of paths"
+    return None
+
+
+def _paths(record, key: str) -> list[str]:
+    value = record.get(key) or []
+    return [value] if isinstance(value, str) else value
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        size = image.size
+        image.verify()  # reads the whole file: a truncated or corrupt image fails here, not in training
+    return size
+
+
+def measure(spec, source, family, vision_plan) -> DatasetProfile:
+    """Measure every sample. `vision_plan` supplies the per-item wrapper tokens and the video
+    worst case; `family` the per-image rule."""
+    from transformers import AutoTokenizer
+
+    path = Path(spec.dataset).expanduser()
+    if not path.is_file():
+        raise UsageError("--dataset", f"no file at {spec.dataset}", "give an ms-swift JSONL file")
+    tokenizer_dir = find_tokenizer(spec, source)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError("--tokenizer", f"the tokenizer in {tokenizer_dir} has no chat template", "use the model's own tokenizer files")
+    max_pixels = spec.max_pixels or (family.default_max_pixels if family else None)
+    samples, issues, lines = [], [], 0
+    for number, record, problem in _records(path):
+        lines = number
+        problem = problem or _check_record(record)
+        if problem:
+            issues.append((number, problem))
+            continue
+        images, videos = _paths(record, "images"), _paths(record, "videos")
+        if (images or videos) and family is None:
+            issues.append((number, "has images or videos, but the model is text-only"))
+            continue
+        pixels, vision_tokens, bad = [], 0, None
+        for name in images:
+            file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+            if not file.is_file():
+                bad = f"image not found: {name}"
+                break
+            try:
+                width, height = _image_size(file)
+            except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
+                bad = f"cannot read image {name} ({type(exc).__name__})"
+                break
+            tokens = family.image_tokens_for_size(source.config, width, height, max_pixels)
+            vision_tokens += tokens + vision_plan.extra_tokens
+            pixels.append(tokens * family.pixels_per_token(source.config) if family.pixels_per_token else width * height)
+        for name in videos:
+            file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+            if not file.is_file():
+                bad = bad or f"video not found: {name}"
+            vision_tokens += vision_plan.video_tokens + vision_plan.extra_tokens
+        if bad:
+            issues.append((number, bad))
+            continue
+        messages = [{"role": m["role"], "content": _strip_tags(m["content"])} for m in record["messages"]]
+        try:
+            text_tokens = len(_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
+        except Exception as exc:  # noqa: BLE001 - a template can reject a conversation (roles out of order...)
+            issues.append((number, f"the chat template rejects it ({str(exc).splitlines()[0][:120]})"))
+            continue
+        samples.append(Sample(number, text_tokens + vision_tokens, len(images), pixels))
+    if not samples:
+        raise UsageError("--dataset", f"no usable sample in {path} ({len(issues)} problem line(s); first: line {issues[0][0]}: {issues[0][1]})" if issues
+                         else f"{path} holds no sample", "fix the lines named above")
+    return DatasetProfile(str(path), lines, samples, issues, tokenizer_dir)
+
+
+def _ids(encoded) -> list:
+    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True).
+    return encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+
+
+def _strip_tags(text: str) -> str:
+    for tag in MEDIA_TAGS:
+        text = text.replace(tag, "")
+    return text
+
+
+@dataclass
+class Limits:
+    max_length: int
+    max_pixels: int | None
+    images_per_sample: int
+    truncated_samples: int
+    downscaled_images: int
+
+
+def choose_limits(profile: DatasetProfile, spec, family, position_limit: int | None) -> Limits:
+    """The max of the data, or its --length-percentile; --max-length / --max-pixels cap them.
+    Records how many samples the chosen limits cut."""
+    p = spec.length_percentile or 100.0
+    tokens = profile.token_counts()
+    length = percentile(tokens, p)
+    for cap in (spec.max_length, position_limit):
+        if cap is not None:
+            length = min(length, cap)
+    max_pixels = None
+    pixels = profile.pixel_counts()
+    if family is not None and family.pixels_per_token is not None and pixels:
+        max_pixels = spec.max_pixels or percentile(pixels, p)
+    images = max(s.images for s in profile.samples)
+    return Limits(max_length=length, max_pixels=max_pixels, images_per_sample=images,
+                  truncated_samples=sum(t > length for t in tokens),
+                  downscaled_images=sum(px > max_pixels for px in pixels) if max_pixels else 0)
+
+
+def record(profile: DatasetProfile, limits: Limits, spec) -> dict:
+    """What the recipe keeps about the data."""
+    return {
+        "path": profile.path, "lines": profile.lines, "samples": len(profile.samples), "tokenizer": profile.tokenizer,
+        "issues": [{"line": line, "problem": problem} for line, problem in profile.issues[:100]],
+        "issue_count": len(profile.issues),
+        "tokens": distribution(profile.token_counts()), "image_pixels": distribution(profile.pixel_counts()),
+        "length_percentile": spec.length_percentile, "max_length": limits.max_length, "max_pixels": limits.max_pixels,
+        "images_per_sample": limits.images_per_sample, "truncated_samples": limits.truncated_samples,
+        "downscaled_images": limits.downscaled_images,
+    }
+
+
+def from_dataset(spec, source):
+    """Measure --dataset and return (spec with the data's max_length / max_pixels /
+    images_per_sample, the profile, the recipe's record of it)."""
+    from .families import Media, VisionPlan, family_for
+    from .model_source import position_limit
+
+    family = family_for(source.config)
+    vplan = VisionPlan()
+    if family is not None:  # for the wrapper tokens and the video worst case; the length check comes later
+        vplan = family.plan(source.config, Media(images=1, max_pixels=spec.max_pixels, video_frames=spec.video_frames or 0,
+                                                 video_max_pixels=spec.video_max_pixels))
+    profile = measure(spec, source, family, vplan)
+    limits = choose_limits(profile, spec, family, position_limit(source.config))
+    changes = {"max_length": limits.max_length}
+    if family is not None:
+        changes["images_per_sample"] = limits.images_per_sample if spec.images_per_sample is None else spec.images_per_sample
+        if limits.max_pixels is not None:
+            changes["max_pixels"] = limits.max_pixels
+        if not profile.samples or not any(s.images for s in profile.samples):
+            changes["images_per_sample"] = spec.images_per_sample or 0
+    return spec.replace(**changes), profile, record(profile, limits, spec)

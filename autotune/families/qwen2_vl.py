@@ -1,0 +1,142 @@
+"""Qwen2-VL: a ViT with 14-pixel patches whose 2x2 neighbours are merged into one language-model
+token (so tokens = pixels / 28^2), video frames paired by a temporal patch of 2, and M-RoPE
+positions computed from `mm_token_type_ids`.
+
+Input shapes, as transformers 5.23's Qwen2VLModel reads them (models/qwen2_vl/modeling_qwen2_vl.py):
+- `pixel_values`: (sum over images of t*h*w patches, channels * temporal_patch * patch * patch);
+  an image is one temporal patch (the processor repeats the frame), so t = 1.
+- `image_grid_thw` / `video_grid_thw`: (items, 3) rows [t, h, w] in patches;
+  the language model sees t*h*w / merge^2 tokens per item.
+- `input_ids` hold exactly that many `image_token_id` / `video_token_id` placeholders
+  (get_placeholder_mask checks the count), and `mm_token_type_ids` marks them 1 / 2
+  (compute_3d_position_ids refuses multimodal input without it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import UsageError
+from .base import Family, Media, VisionPlan, text_ids
+
+MIN_PIXELS = 56 * 56  # the image processor's default shortest_edge
+# Published preprocessor_config.json of Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct: what
+# ms-swift uses when MAX_PIXELS is unset. 12845056 = 16384 tokens per image.
+DEFAULT_MAX_PIXELS = 12845056
+DEFAULT_VIDEO_MAX_PIXELS = 768 * 28 * 28  # qwen-vl-utils VIDEO_MAX_PIXELS
+MAX_ASPECT = 200  # smart_resize refuses more extreme aspect ratios
+
+
+def _factor(vision) -> int:
+    return vision.patch_size * vision.spatial_merge_size
+
+
+def worst_grid(max_pixels: int, factor: int) -> tuple[int, int]:
+    """The (height, width) in merged units of the largest image the processor can produce under
+    `max_pixels`: smart_resize keeps both sides multiples of `factor` and h*w*factor^2 <= max_pixels,
+    so the most tokens is floor(max_pixels / factor^2) when some h x w within the aspect limit
+    reaches it. Of the grids with the most tokens, the squarest."""
+    budget = max_pixels // (factor * factor)
+    best = (0, 1, 1)
+    for h in range(1, math.isqrt(budget) + 1):
+        w = budget // h
+        if w / h <= MAX_ASPECT and (h * w, h) > best[:2]:
+            best = (h * w, h, w)
+    return best[1], best[2]
+
+
+def _check_with_processor_rule(height: int, width: int, factor: int, max_pixels: int) -> None:
+    """The grid must be a fixed point of the processor's own resize: the image it describes is
+    one a user's data can produce."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    assert smart_resize(height, width, factor, MIN_PIXELS, max_pixels) == (height, width)
+
+
+def image_tokens_for_size(config, width: int, height: int, max_pixels: int) -> int:
+    """Tokens one real image becomes, by the processor's own resize rule (the PIL image processor's
+    copy of smart_resize: it imports without torchvision)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    factor = _factor(config.vision_config)
+    h, w = smart_resize(height, width, factor, MIN_PIXELS, max_pixels)
+    return (h // factor) * (w // factor)
+
+
+def plan(config, media: Media) -> VisionPlan:
+    vision = config.vision_config
+    merge, factor = vision.spatial_merge_size, _factor(vision)
+    max_pixels = media.max_pixels or DEFAULT_MAX_PIXELS
+    if max_pixels < MIN_PIXELS:
+        raise UsageError("--max-pixels", f"{max_pixels} is below the processor's minimum of {MIN_PIXELS} pixels (56x56)",
+                         f"use --max-pixels {MIN_PIXELS} or more")
+    h, w = worst_grid(max_pixels, factor)
+    _check_with_processor_rule(h * factor, w * factor, factor, max_pixels)
+    image_grid = (1, h * merge, w * merge)
+    video_grid, video_tokens, video_pixels = (), 0, None
+    if media.video_frames:
+        video_pixels = media.video_max_pixels or DEFAULT_VIDEO_MAX_PIXELS
+        if video_pixels < MIN_PIXELS:
+            raise UsageError("--video-max-pixels", f"{video_pixels} is below the processor's minimum of {MIN_PIXELS} pixels",
+                             f"use --video-max-pixels {MIN_PIXELS} or more")
+        vh, vw = worst_grid(video_pixels, factor)
+        # The video processor pads the frames to a multiple of the temporal patch.
+        t = math.ceil(media.video_frames / vision.temporal_patch_size)
+        video_grid = (t, vh * merge, vw * merge)
+        video_tokens = t * vh * vw
+    return VisionPlan(image_tokens=h * w, video_tokens=video_tokens, images=media.images,
+                      videos=1 if media.video_frames else 0, extra_tokens=2,  # <|vision_start|> ... <|vision_end|>
+                      image_grid=image_grid, video_grid=video_grid, max_pixels=max_pixels, video_max_pixels=video_pixels)
+
+
+def _patches(vision, grid: tuple, count: int, device) -> torch.Tensor:
+    t, h, w = grid
+    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+    # float32, as the image processor returns it; the model casts to the tower's dtype.
+    return torch.randn(count * t * h * w, width, device=device)
+
+
+def inputs(config, vplan: VisionPlan, batch_size: int, max_length: int, device) -> dict:
+    """Every sample exactly max_length tokens: 1 text token, each image / video wrapped in
+    vision start/end, then text to the end. Labels ignore the placeholders, as the templates do."""
+    vision = config.vision_config
+    placeholders = (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
+    ids = text_ids(config, batch_size, max_length, device, placeholders)
+    kinds = torch.zeros(batch_size, max_length, dtype=torch.int32, device=device)
+    pos = 1
+    items = [(config.image_token_id, 1, vplan.image_tokens)] * vplan.images + [(config.video_token_id, 2, vplan.video_tokens)] * vplan.videos
+    for token, kind, n in items:
+        ids[:, pos] = config.vision_start_token_id
+        ids[:, pos + 1:pos + 1 + n] = token
+        kinds[:, pos + 1:pos + 1 + n] = kind
+        ids[:, pos + 1 + n] = config.vision_end_token_id
+        pos += n + 2
+    labels = ids.masked_fill(kinds != 0, -100)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "mm_token_type_ids": kinds}
+    if vplan.images:
+        n = batch_size * vplan.images
+        batch["pixel_values"] = _patches(vision, vplan.image_grid, n, device)
+        batch["image_grid_thw"] = torch.tensor([vplan.image_grid] * n, device=device)
+    if vplan.videos:
+        n = batch_size * vplan.videos
+        batch["pixel_values_videos"] = _patches(vision, vplan.video_grid, n, device)
+        batch["video_grid_thw"] = torch.tensor([vplan.video_grid] * n, device=device)
+    return batch
+
+
+def family(name: str, model_type: str, model_class: str) -> Family:
+    """Qwen2-VL and its descendants share the input rules and the module layout."""
+    return Family(
+        name=name, model_types=(model_type,), model_class=model_class,
+        vision_tower=("model.visual",), aligner=("model.visual.merger",),
+        language_model=("model.language_model", "lm_head"),
+        plan=plan, inputs=inputs, default_max_pixels=DEFAULT_MAX_PIXELS,
+        default_video_max_pixels=DEFAULT_VIDEO_MAX_PIXELS, supports_video=True,
+        image_tokens_for_size=image_tokens_for_size,
+        pixels_per_token=lambda config: _factor(config.vision_config) ** 2,
+    )
+
+
+FAMILY = family("qwen2-vl", "qwen2_vl", "Qwen2VLForConditionalGeneration")
