@@ -38,41 +38,36 @@ def plan_for(family: Family, config, spec) -> VisionPlan:
 
 def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family: Family, config) -> None:
     """Vision tokens plus at least one text token must fit in --max-length (and so in the model's
-    position limit, checked with --max-length itself). Each refusal says what to change."""
+    position limit, checked with --max-length itself). The refusal names the largest contributor
+    and says what to change: pixels, frames, or the max length."""
     need = vplan.tokens + 1
     if need <= max_length:
         return
-    parts = []
+    image_part = vplan.images * (vplan.image_tokens + vplan.extra_tokens)
+    video_part = vplan.videos * (vplan.video_tokens + vplan.extra_tokens)
+    parts, fixes = [], []
     if vplan.images:
         parts.append(f"{vplan.images} image(s) x {vplan.image_tokens} tokens at {vplan.max_pixels} pixels")
-    if vplan.videos:
-        parts.append(f"a video of {vplan.video_grid[0]} temporal patches x {vplan.video_tokens // vplan.video_grid[0]} tokens "
-                     f"= {vplan.video_tokens} tokens at {vplan.video_max_pixels} pixels per frame")
-    what = " + ".join(parts)
-    fixes = []
-    room = max_length - 1 - vplan.images * vplan.extra_tokens - vplan.videos * vplan.extra_tokens
-    if vplan.videos:
-        flag = "--video-frames"
-        per_frame_pair = vplan.video_tokens // vplan.video_grid[0]
-        left = room - vplan.images * vplan.image_tokens
-        frames = 2 * max(left // max(per_frame_pair, 1), 0)
-        if frames >= 1:
-            fixes.append(f"--video-frames {frames} or fewer")
-        fixes.append("a lower --video-max-pixels")
-    else:
-        flag = "--max-pixels"
-        if family.pixels_per_token is not None and vplan.images:
-            per_image = (room - vplan.videos * vplan.video_tokens) // vplan.images
-            if per_image >= 4:
-                fixes.append(f"--max-pixels {per_image * family.pixels_per_token(config)} or less")
+        room = (max_length - 1 - video_part) // vplan.images - vplan.extra_tokens  # tokens per image that would fit
+        if family.pixels_per_token is not None and room >= 4:
+            fixes.append(f"--max-pixels {room * family.pixels_per_token(config)} or less")
         fixes.append("fewer --images-per-sample")
-    raise_to = need if limit is None or need <= limit else None
-    if raise_to:
-        fixes.append(f"--max-length {raise_to} or more")
-    elif limit is not None:
-        fixes.append(f"(the model's position limit is {limit}, so --max-length cannot cover it)")
-    raise UsageError(flag, f"the vision input alone is {vplan.tokens} tokens ({what}), more than --max-length {max_length} leaves room for",
-                     "use " + ", ".join(fixes))
+    if vplan.videos:
+        pair = vplan.video_tokens // vplan.video_grid[0]  # tokens per temporal patch (2 frames)
+        parts.append(f"a video of {vplan.video_grid[0]} frame pairs x {pair} tokens = {vplan.video_tokens} tokens "
+                     f"at {vplan.video_max_pixels} pixels per frame")
+        pairs = (max_length - 1 - image_part - vplan.extra_tokens) // pair
+        if pairs >= 1:
+            fixes.append(f"--video-frames {2 * pairs} or fewer")
+        fixes.append("a lower --video-max-pixels")
+    if limit is None or need <= limit:
+        fixes.append(f"--max-length {need} or more")
+    else:
+        fixes.append(f"not a longer --max-length: the model's position limit is {limit}")
+    flag = "--video-frames" if video_part > image_part else "--max-pixels"
+    raise UsageError(flag, f"the vision input alone is {vplan.tokens} tokens ({' + '.join(parts)}), "
+                           f"more than --max-length {max_length} leaves room for",
+                     "use " + ", or ".join(fixes))
 
 
 def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:

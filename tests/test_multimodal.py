@@ -1,0 +1,142 @@
+"""Vision-language probes on the sim device with the tiny Qwen2-VL / Qwen2.5-VL / LLaVA configs."""
+
+import pytest
+import torch
+
+from autotune.cli import main
+from autotune.families import Media, family_for
+from autotune.families.qwen2_vl import worst_grid
+from autotune.model_source import resolve
+from autotune.probe import ProgressSink, find_frontier
+from autotune.trial import InProcessRunner, run_train_trial
+
+MiB = 2**20
+SIM = ["--device", "sim", "--gpu-memory", "64MiB"]
+
+
+def frontier(workload, budget, max_batch=12):
+    trials = []
+    search = find_frontier(InProcessRunner(workload, 3, budget), "train", {}, budget, max_batch, ProgressSink(), trials)
+    return search.frontier, trials
+
+
+@pytest.mark.parametrize("name,capacity,media", [
+    ("tiny-qwen2-vl", 9 * MiB, {"max_pixels": 56 * 56}),
+    ("tiny-qwen2.5-vl", 7 * MiB + MiB // 2, {"max_pixels": 112 * 112}),
+    ("tiny-llava", 8 * MiB, {}),
+])
+def test_frontier_matches_brute_force(make_workload, name, capacity, media):
+    workload = make_workload(name, capacity, max_length=64, **media)
+    budget = int(capacity * 0.9)
+    found, trials = frontier(workload, budget)
+    assert 2 <= found < 12
+    # Brute force over every batch size up to found + 2; an outcome is a function of the batch
+    # size, so sizes the search already measured are reused and the rest are run.
+    seen = {t.batch_size: t.outcome for t in trials}
+    outcomes = [seen.get(b) or run_train_trial(workload, b, 3, budget).outcome for b in range(1, found + 3)]
+    truth = outcomes.index(next(o for o in outcomes if o != "fit")) if "fit" in outcomes else 0
+    assert all(o != "fit" for o in outcomes[truth:]), outcomes
+    assert found == truth
+    assert len(trials) <= 5
+
+
+def test_freezing_the_vit_lowers_memory_and_leaves_it_without_grads_or_state(make_workload):
+    peaks = {}
+    for freeze_vit in (False, True):
+        workload = make_workload("tiny-qwen2.5-vl", 1 << 30, max_length=64, max_pixels=112 * 112,
+                                 freeze_vit=freeze_vit, freeze_aligner=freeze_vit)
+        peaks[freeze_vit] = run_train_trial(workload, 1, 3, 1 << 30).peak_bytes
+        visual = [p for n, p in workload.model.named_parameters() if n.startswith("model.visual.")]
+        assert all(p.requires_grad != freeze_vit for p in visual)
+        optimizer = workload.make_optimizer()
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        assert any(id(p) in held for p in visual) != freeze_vit
+    assert peaks[True] < peaks[False]
+
+
+def test_lora_targets_only_the_unfrozen_parts(make_workload):
+    workload = make_workload("tiny-qwen2-vl", 1 << 30, max_length=32, max_pixels=3136, train_type="lora", freeze_aligner=False)
+    wrapped = {n for n, m in workload.model.named_modules() if hasattr(m, "lora_A")}
+    assert any(".visual.merger." in n for n in wrapped) and any(".language_model." in n for n in wrapped)
+    assert not any(".visual.blocks." in n for n in wrapped)  # the ViT stays frozen (ms-swift default)
+    assert all("lora_" in n for n, p in workload.model.named_parameters() if p.requires_grad)
+
+
+def test_more_pixels_or_frames_lower_the_frontier(make_workload):
+    """The base frontier F is searched; with more pixels (or a video) batch F no longer fits
+    while batch 1 does, so their frontier lies in [1, F)."""
+    capacity = 11 * MiB
+    budget = int(capacity * 0.9)
+    base = {"max_pixels": 56 * 56, "images_per_sample": 1}
+    found, _ = frontier(make_workload("tiny-qwen2-vl", capacity, max_length=64, **base), budget, 6)
+    assert found >= 2
+    for media in ({"max_pixels": 28 * 28 * 40}, {"video_frames": 8, "video_max_pixels": 28 * 28 * 5}):
+        workload = make_workload("tiny-qwen2-vl", capacity, max_length=64, **{**base, **media})
+        assert run_train_trial(workload, found, 3, budget).outcome in ("oom", "over_budget"), media
+        assert run_train_trial(workload, 1, 3, budget).fits
+
+
+def test_worst_case_image_is_a_fixed_point_of_the_processor_resize():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    for pixels in (3136, 12544, 1003520, 12845056, 50000):
+        h, w = worst_grid(pixels, 28)
+        assert h * w == pixels // 784 or w / h > 200
+        assert smart_resize(h * 28, w * 28, 28, 3136, pixels) == (h * 28, w * 28)
+
+
+def test_full_size_configs_resolve_with_their_published_token_counts():
+    cases = {"qwen2.5-vl-7b": (128000, 1280), "qwen2-vl-7b": (32768, 1280), "llava-1.5-7b": (4096, 576)}
+    for name, (limit, tokens) in cases.items():
+        source = resolve(None, f"recipes/configs/{name}/config.json")
+        family = family_for(source.config)
+        media = Media(images=1, max_pixels=None if "llava" in name else 1003520)
+        assert family.plan(source.config, media).image_tokens == tokens
+        assert source.config.get_text_config().max_position_embeddings == limit
+
+
+def test_an_over_long_video_is_refused_with_what_to_change(tmp_path, capsys):
+    out = tmp_path / "r.yaml"
+    argv = ["probe", "--model-config", "tiny-qwen2-vl", *SIM, "--max-length", "128", "--video-frames", "64",
+            "--video-max-pixels", "12544", "--images-per-sample", "0", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("autotune: error: --video-frames:")
+    # 64 frames = 32 frame pairs x 16 tokens (112^2 / 28^2) = 512; 128 - 1 - 2 wrappers leaves 7 pairs
+    assert "512 tokens" in err and "--video-frames 14 or fewer" in err and "--max-length 515 or more" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--max-pixels", "1003520"], "--max-pixels"),  # a 1280-token image in 128 tokens
+    (["--freeze-vit", "true", "--freeze-aligner", "true", "--freeze-llm", "true"], "--freeze-llm"),
+])
+def test_bad_multimodal_input_is_one_line(tmp_path, capsys, extra, needle):
+    argv = ["probe", "--model-config", "tiny-qwen2-vl", *SIM, "--max-length", "128", "--out", str(tmp_path / "r.yaml")]
+    assert main(argv + extra) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_a_freeze_flag_takes_true_or_false(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", "--model-config", "tiny-qwen2-vl", "--max-length", "64", "--freeze-vit", "maybe"])
+    assert exit_info.value.code == 2 and "--freeze-vit: expected true or false" in capsys.readouterr().err
+
+
+def test_vision_flags_on_a_text_model_are_refused(tmp_path, capsys):
+    argv = ["probe", "--model-config", "tiny-llama", *SIM, "--max-length", "64", "--max-pixels", "3136", "--out", str(tmp_path / "r.yaml")]
+    assert main(argv) == 2
+    assert "text-only" in capsys.readouterr().err
+
+
+def test_worst_case_batch_matches_the_model_rules(make_workload):
+    workload = make_workload("tiny-qwen2-vl", 1 << 30, max_length=64, max_pixels=112 * 112, images_per_sample=2,
+                             video_frames=3, video_max_pixels=56 * 56)
+    batch = workload.make_batch(3)
+    config = workload.source.config
+    assert batch["input_ids"].shape == (3, 64)
+    assert (batch["input_ids"] == config.image_token_id).sum() == 3 * 2 * 16  # 112^2 / 28^2
+    assert (batch["input_ids"] == config.video_token_id).sum() == 3 * 2 * 4  # ceil(3 / 2) temporal patches x 56^2 / 28^2
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 8]] * 6 and batch["video_grid_thw"].tolist() == [[2, 4, 4]] * 3
+    assert batch["pixel_values"].shape == (6 * 64, 3 * 2 * 14 * 14)
+    assert torch.equal(batch["labels"] == -100, batch["mm_token_type_ids"] != 0)
