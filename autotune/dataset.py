@@ -242,9 +242,25 @@ def from_dataset(spec, source):
     limits = choose_limits(profile, spec, family, position_limit(source.config))
     changes = {"max_length": limits.max_length}
     if family is not None:
-        changes["images_per_sample"] = limits.images_per_sample if spec.images_per_sample is None else spec.images_per_sample
+        images = limits.images_per_sample if spec.images_per_sample is None else spec.images_per_sample
         if limits.max_pixels is not None:
             changes["max_pixels"] = limits.max_pixels
-        if not profile.samples or not any(s.images for s in profile.samples):
-            changes["images_per_sample"] = spec.images_per_sample or 0
-    return spec.replace(**changes), profile, record(profile, limits, spec)
+            images = _images_that_fit(family, source.config, spec, images, limits)
+        changes["images_per_sample"] = images
+    data = record(profile, limits, spec)
+    data["images_per_sample"] = changes.get("images_per_sample", 0)
+    return spec.replace(**changes), profile, data
+
+
+def _images_that_fit(family, config, spec, images: int, limits: Limits) -> int:
+    """The data's most images per sample, each at the chosen pixel limit, can be more vision
+    than any one sample holds (and more than max_length): probe the most of them that fit."""
+    from .families import Media
+
+    while images > 1:
+        plan = family.plan(config, Media(images=images, max_pixels=limits.max_pixels, video_frames=spec.video_frames or 0,
+                                         video_max_pixels=spec.video_max_pixels))
+        if plan.tokens + 1 <= limits.max_length:
+            break
+        images -= 1
+    return images

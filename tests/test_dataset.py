@@ -1,0 +1,116 @@
+"""--dataset: an ms-swift JSONL measured with a local tokenizer and the family's image rule."""
+
+import json
+
+import pytest
+import yaml
+from PIL import Image
+
+from autotune.cli import main
+from autotune.dataset import from_dataset, percentile
+from autotune.errors import UsageError
+from autotune.model_source import resolve
+from autotune.spec import ProbeSpec
+
+# The template writes "role content" per message, split on whitespace by the tokenizer below:
+# a message is 1 + len(content.split()) tokens, an oracle independent of the code under test.
+TEMPLATE = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+
+
+def make_tokenizer(directory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "user": 1, "assistant": 2}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def text_tokens(*contents):
+    return sum(1 + len(c.replace("<image>", "").split()) for c in contents)
+
+
+def chat(user, assistant="ok"):
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+@pytest.fixture
+def data(tmp_path):
+    Image.new("RGB", (112, 112)).save(tmp_path / "small.png")  # 4 x 4 merged patches = 16 tokens
+    Image.new("RGB", (300, 200)).save(tmp_path / "wide.png")  # rounds to 308 x 196: 11 x 7 = 77 tokens
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    long_text = " ".join(["word"] * 150)
+    lines = [
+        json.dumps(chat("hi there")),                                             # 1: short
+        json.dumps(chat(long_text)),                                              # 2: long
+        json.dumps({**chat("<image> what is this", "a cat"), "images": ["small.png"]}),  # 3: one image
+        '{"messages": [{"role": "user", "content": "unterminated"',               # 4: broken JSON
+        json.dumps({**chat("<image> and"), "images": ["missing.png"]}),           # 5: missing image
+        json.dumps({**chat("<image> and"), "images": ["broken.png"]}),            # 6: unreadable image
+        json.dumps({"conversation": []}),                                          # 7: no messages
+        "",                                                                        # blank: skipped
+        json.dumps({**chat("<image> <image> compare"), "images": ["small.png", "wide.png"]}),  # 9: two images
+    ]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    expected = sorted([
+        text_tokens("hi there", "ok"),
+        text_tokens(long_text, "ok"),
+        text_tokens("what is this", "a cat") + 16 + 2,        # + <|vision_start|> <|vision_end|>
+        text_tokens("compare", "ok") + (16 + 2) + (77 + 2),
+    ])
+    return tmp_path, tokenizer, expected
+
+
+def test_distribution_and_problem_lines(data):
+    tmp_path, tokenizer, expected = data
+    spec = ProbeSpec(max_length=None, model_config="tiny-qwen2-vl", dataset=str(tmp_path / "train.jsonl"), tokenizer=tokenizer)
+    new_spec, profile, record = from_dataset(spec, resolve(None, "tiny-qwen2-vl"))
+    assert profile.token_counts() == expected
+    assert [line for line, _ in profile.issues] == [4, 5, 6, 7]
+    problems = dict(profile.issues)
+    assert "not valid JSON" in problems[4] and "missing.png" in problems[5] and "broken.png" in problems[6] and "messages" in problems[7]
+    assert record["tokens"] == {"p50": expected[1], "p95": expected[3], "max": expected[3], "count": 4}
+    assert record["image_pixels"]["max"] == 308 * 196 and record["image_pixels"]["count"] == 3
+    # the max: nothing truncated, the largest image's pixels; two such images (2 x 79 tokens) would
+    # not fit in 153 tokens, so the worst case takes one
+    assert (new_spec.max_length, new_spec.images_per_sample, new_spec.max_pixels) == (expected[3], 1, 308 * 196)
+    assert record["truncated_samples"] == 0 and record["downscaled_images"] == 0
+
+
+def test_percentile_truncates_and_counts(data):
+    tmp_path, tokenizer, expected = data
+    spec = ProbeSpec(max_length=None, model_config="tiny-qwen2-vl", dataset=str(tmp_path / "train.jsonl"), tokenizer=tokenizer,
+                     length_percentile=50)
+    new_spec, _, record = from_dataset(spec, resolve(None, "tiny-qwen2-vl"))
+    assert new_spec.max_length == expected[1] == percentile(expected, 50)
+    assert record["truncated_samples"] == 2
+    assert new_spec.max_pixels == 112 * 112 and record["downscaled_images"] == 1  # the 308 x 196 image
+
+
+def test_without_a_tokenizer_says_so(data):
+    tmp_path, _, _ = data
+    spec = ProbeSpec(max_length=None, model_config="tiny-qwen2-vl", dataset=str(tmp_path / "train.jsonl"))
+    with pytest.raises(UsageError, match="needs the model's tokenizer.*--tokenizer DIR"):
+        from_dataset(spec, resolve(None, "tiny-qwen2-vl"))
+
+
+def test_probe_with_a_dataset_records_limits_and_env(data, tmp_path, capsys):
+    data_dir, tokenizer, expected = data
+    out = tmp_path / "r.yaml"
+    argv = ["probe", "--model-config", "tiny-qwen2-vl", "--device", "sim", "--gpu-memory", "8MiB", "--dataset",
+            str(data_dir / "train.jsonl"), "--tokenizer", tokenizer, "--length-percentile", "75", "--max-batch-size", "4",
+            "--out", str(out)]
+    assert main(argv) == 0
+    recipe = yaml.safe_load(out.read_text())
+    s = recipe["settings"]
+    assert s["max_length"] == percentile(expected, 75) and recipe["dataset"]["truncated_samples"] == 1
+    assert (s["freeze_vit"], s["freeze_aligner"], s["freeze_llm"]) == (True, True, False)  # ms-swift's defaults
+    assert s["max_pixels"] == 308 * 196 and s["env"] == {"MAX_PIXELS": str(308 * 196)}
+    # two 77-token images do not fit in the 75th percentile's length: the probe takes one
+    assert recipe["multimodal"]["images_per_sample"] == 1 and recipe["multimodal"]["image_tokens"] == 77
+    err = capsys.readouterr()
+    assert "train.jsonl:4" in err.err and "p95" in err.err
