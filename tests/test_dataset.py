@@ -10,6 +10,7 @@ from autotune.cli import main
 from autotune.dataset import from_dataset, percentile
 from autotune.errors import UsageError
 from autotune.model_source import resolve
+from autotune.recipe import load_recipe
 from autotune.spec import ProbeSpec
 
 # The template writes "role content" per message, split on whitespace by the tokenizer below:
@@ -106,6 +107,7 @@ def test_probe_with_a_dataset_records_limits_and_env(data, tmp_path, capsys):
             "--out", str(out)]
     assert main(argv) == 0
     recipe = yaml.safe_load(out.read_text())
+    assert load_recipe(out).settings.max_pixels == 308 * 196  # the recipe loads back with its new fields
     s = recipe["settings"]
     assert s["max_length"] == percentile(expected, 75) and recipe["dataset"]["truncated_samples"] == 1
     assert (s["freeze_vit"], s["freeze_aligner"], s["freeze_llm"]) == (True, True, False)  # ms-swift's defaults
