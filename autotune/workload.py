@@ -20,9 +20,11 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 def count_parameters(model) -> tuple[int, int]:
     total = trainable = 0
     for p in model.parameters():
-        total += p.numel()
+        state = getattr(p, "quant_state", None)  # bitsandbytes 4-bit: two weights per stored byte
+        n = state.shape.numel() if state is not None else p.numel()
+        total += n
         if p.requires_grad:
-            trainable += p.numel()
+            trainable += n
     return total, trainable
 
 

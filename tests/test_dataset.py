@@ -116,3 +116,25 @@ def test_probe_with_a_dataset_records_limits_and_env(data, tmp_path, capsys):
     assert recipe["multimodal"]["images_per_sample"] == 1 and recipe["multimodal"]["image_tokens"] == 77
     err = capsys.readouterr()
     assert "train.jsonl:4" in err.err and "p95" in err.err
+
+
+def test_a_model_directory_supplies_weights_and_tokenizer(data, tmp_path):
+    """--model DIR: the family's class loads the saved weights, and the directory's tokenizer counts the data."""
+    import torch
+
+    from autotune.devices import SimDevice
+    from autotune.families import family_for
+    from autotune.trial import run_train_trial
+    from autotune.workload import load_workload
+
+    data_dir, tokenizer, expected = data
+    source = resolve(None, "tiny-qwen2-vl")
+    model_dir = tmp_path / "model"
+    family_for(source.config).model_cls()._from_config(source.config, dtype=torch.bfloat16).save_pretrained(model_dir)
+    make_tokenizer(model_dir)
+    spec = ProbeSpec(max_length=None, model=str(model_dir), dataset=str(data_dir / "train.jsonl"), device="sim", gpu_memory=1 << 30)
+    weights = resolve(str(model_dir), None)
+    new_spec, profile, _ = from_dataset(spec, weights)
+    assert profile.tokenizer == str(model_dir) and profile.token_counts() == expected
+    workload = load_workload(weights, new_spec, SimDevice(1 << 30))
+    assert workload.source.kind == "weights" and run_train_trial(workload, 1, 3, 1 << 30).fits

@@ -20,6 +20,7 @@ def test_qlora_quantizes_only_the_language_model_and_trains(make_workload):
     trainable = [n for n, p in workload.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     lora = make_workload("tiny-qwen2-vl", 1 << 30, max_length=32, max_pixels=3136, train_type="lora", optim="adamw_bnb_8bit")
+    assert workload.total_params == lora.total_params  # 4-bit weights counted as weights, not bytes
     q, full = run_train_trial(workload, 1, 3, 1 << 30), run_train_trial(lora, 1, 3, 1 << 30)
     assert q.fits and full.fits
     assert workload.device.allocated_bytes() < lora.device.allocated_bytes()  # 4-bit weights (+ statistics) < bf16
