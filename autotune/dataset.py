@@ -108,7 +108,10 @@ def _paths(record, key: str) -> list[str]:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError("--dataset", "reading the images' sizes needs Pillow", "pip install 'autotune[vision]'") from None
 
     with Image.open(path) as image:
         size = image.size
@@ -148,6 +151,8 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
                 break
             try:
                 width, height = _image_size(file)
+            except UsageError:
+                raise
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
                 bad = f"cannot read image {name} ({type(exc).__name__})"
                 break
