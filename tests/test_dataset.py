@@ -116,6 +116,11 @@ def test_probe_with_a_dataset_records_limits_and_env(data, tmp_path, capsys):
     assert recipe["multimodal"]["images_per_sample"] == 1 and recipe["multimodal"]["image_tokens"] == 77
     err = capsys.readouterr()
     assert "train.jsonl:4" in err.err and "p95" in err.err
+    # the ms-swift launch file carries the limits and the freezing
+    swift = tmp_path / "swift.yaml"
+    assert main(["emit", "swift", str(out), "-o", str(swift), "--swift-version", "4.6"]) == 0
+    launch = yaml.safe_load(swift.read_text())
+    assert launch["ENV"]["MAX_PIXELS"] == str(308 * 196) and launch["freeze_vit"] is True and launch["max_length"] == s["max_length"]
 
 
 def test_a_model_directory_supplies_weights_and_tokenizer(data, tmp_path):
