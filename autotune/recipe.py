@@ -137,6 +137,7 @@ class Recipe:
     validation: Validation
     created: str = ""
     autotune_version: str = ""
+    plan: dict | None = None  # `autotune plan`: the fake-tensor measurement and breakdown (validation.method "planned")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
