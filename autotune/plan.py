@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from . import __version__
+from .devices import short_message
 from .devices.fake import FakeDevice
 from .errors import AutotuneError, UsageError
 from .global_batch import split_global_batch
@@ -142,7 +143,13 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     device = FakeDevice(max(options.targets))
     progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
     # Built with sdpa: every candidate switches attention in place (flash-attn may be missing here).
-    workload = build_plan_workload(source, spec.replace(attn_implementation="sdpa"), device)
+    try:
+        workload = build_plan_workload(source, spec.replace(attn_implementation="sdpa"), device)
+    except AutotuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - say what failed, never a traceback
+        raise AutotuneError(f"cannot build {source.architecture} on the meta device and fake tensors: {short_message(exc)}",
+                            "probe it on a real card instead") from exc
     workload.spec = spec
     layers = layer_bytes(workload.model)
     candidates = []
