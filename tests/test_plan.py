@@ -144,6 +144,10 @@ def test_cli_plan_json_and_planned_recipe(tmp_path, capsys):
     assert recipe.validation.method == "planned" and not recipe.validation.passed
     assert recipe.settings.strategy == "fsdp"
     assert recipe.settings.per_device_train_batch_size * recipe.settings.gradient_accumulation_steps * 2 == 8
+    # emit (issue #4) refuses a plan unless told otherwise; with --allow-unvalidated it writes
+    assert main(["emit", "hf", str(out), "-o", str(tmp_path / "args.json")]) == 2
+    assert "validation.method: planned" in capsys.readouterr().err and not (tmp_path / "args.json").exists()
+    assert main(["emit", "hf", str(out), "-o", str(tmp_path / "args.json"), "--allow-unvalidated"]) == 0
 
 
 @pytest.mark.parametrize("argv, flag", [
