@@ -74,7 +74,8 @@ def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batc
     return search
 
 
-def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) -> Recipe:
+def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, plan: Recipe | None = None) -> Recipe:
+    """`plan`: a recipe from `autotune plan`; the search starts at its predicted frontier."""
     progress = progress or ProgressSink()
     started = time.perf_counter()
     source = resolve(spec.model, spec.model_config)
@@ -92,7 +93,13 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) ->
     runner = InProcessRunner(workload, spec.steps, budget)
     base = {"gradient_checkpointing": spec.gradient_checkpointing, "attn_implementation": spec.attn_implementation}
     trials: list[TrialResult] = []
-    search = find_frontier(runner, "train", base, budget, spec.max_batch_size, progress, trials)
+    hint = None
+    if plan is not None:
+        from .plan import hint_from_plan
+
+        hint = hint_from_plan(plan, spec, budget)
+        progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
+    search = find_frontier(runner, "train", base, budget, spec.max_batch_size, progress, trials, hint=hint)
     if search.error:
         failed = trials[-1]
         raise AutotuneError(f"a training step failed for a reason other than memory: {failed.message}",

@@ -140,6 +140,7 @@ class Recipe:
     autotune_version: str = ""
     multimodal: dict | None = None  # vision-language worst case: family, images, tokens, grids (issue #5)
     dataset: dict | None = None  # --dataset: distribution, chosen limits, samples they cut, problem lines
+    plan: dict | None = None  # `autotune plan`: the fake-tensor measurement and breakdown (validation.method "planned")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

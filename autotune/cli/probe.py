@@ -9,7 +9,7 @@ from ..emit.swift import resolve_version as resolve_swift_version
 from ..errors import UsageError
 from ..model_source import builtin_names
 from ..probe import probe
-from ..recipe import check_writable, save_recipe
+from ..recipe import check_writable, load_recipe, save_recipe
 from ..sizes import parse_size
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES, ProbeSpec
 from . import multimodal_args
@@ -62,6 +62,7 @@ def add_parser(sub) -> None:
     dev.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help=f"largest per-device batch to try (default: {DEFAULT_MAX_BATCH_SIZE})")
     dev.add_argument("--steps", type=int, default=3, help="optimizer steps per trial, at least 3 (default: 3)")
     dev.add_argument("--seed", type=int, default=0, help="random seed for init and inputs (default: 0)")
+    dev.add_argument("--from-plan", metavar="PLAN", help="a recipe written by `autotune plan --out`: start the search at its predicted frontier")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="autotune-recipe.yaml", help="recipe file to write (default: autotune-recipe.yaml)")
     out.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -96,7 +97,8 @@ def run(args) -> int:
     if args.swift_version:
         resolve_swift_version(args.swift_version)
     console = stderr_console(quiet=args.quiet)
-    recipe = probe(spec, progress=ConsoleProgress(console))
+    plan = load_recipe(args.from_plan) if getattr(args, "from_plan", None) else None
+    recipe = probe(spec, progress=ConsoleProgress(console), plan=plan)
     save_recipe(recipe, args.out)
     for target in args.emit or []:
         write_files(emit_for_probe(target, recipe, args.out, args.swift_version), force=True)

@@ -9,6 +9,11 @@ message, so the probe's OOM path is exercised exactly as on a real card.
 
 What it does not see: the CUDA context, cuBLAS workspaces, NCCL buffers and fragmentation.
 Those are covered by the margin on a real card.
+
+Storages are keyed by the identity of their Python object, not `data_ptr()`: PyTorch keeps one
+Python object per live storage (so views share it, and the weakref finalizer fires when the
+storage itself dies), and the same key works for fake tensors, whose data pointer is always 0
+(see devices/fake.py, used by `autotune plan`).
 """
 
 from __future__ import annotations
@@ -39,13 +44,17 @@ class LiveBytes(TorchDispatchMode):
         self._live: dict[int, int] = {}
         self.current = 0
         self.peak = 0
+        self.window_peak = 0  # peak since start_window(): lets a plan split a step into phases
         self.ooms = 0
+
+    def start_window(self) -> None:
+        self.window_peak = self.current
 
     def track(self, tensor: torch.Tensor) -> None:
         if tensor.device.type == "meta":
             return
         storage = tensor.untyped_storage()
-        key = storage.data_ptr()
+        key = id(storage)
         nbytes = storage.nbytes()
         if nbytes == 0 or key in self._live:
             return
@@ -63,6 +72,8 @@ class LiveBytes(TorchDispatchMode):
         self.current += size
         if self.current > self.peak:
             self.peak = self.current
+        if self.current > self.window_peak:
+            self.window_peak = self.current
         weakref.finalize(storage, self._forget, key)
 
     def _forget(self, key: int) -> None:
@@ -132,3 +143,14 @@ def counting(capacity: int | None = None):
     mode = LiveBytes(capacity)
     with mode:
         yield mode
+
+
+def storage_bytes(tensors) -> int:
+    """Device bytes held by `tensors`, counted as the counter counts them: each storage once,
+    rounded up to the allocator's 512-byte blocks."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+            storage = tensor.untyped_storage()
+            seen[id(storage)] = _rounded(storage.nbytes()) if storage.nbytes() else 0
+    return sum(seen.values())

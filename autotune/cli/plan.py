@@ -1,0 +1,168 @@
+"""`autotune plan`: a memory estimate for any model on a CPU, with a breakdown."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from ..errors import UsageError
+from ..model_source import builtin_names
+from ..plan import PlanOptions, make_plan, plan_recipe
+from ..plan_breakdown import STRATEGIES, Allowance
+from ..recipe import check_writable, save_recipe
+from ..sizes import format_size, parse_size
+from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES
+from .output import ConsoleProgress, print_json, stderr_console
+from .probe import _stdout_console, spec_from_args
+
+DEFAULT_TARGETS = "24GiB,48GiB,80GiB,141GiB"
+
+EXAMPLES = f"""\
+examples:
+  # does Qwen2.5-7B full fine-tuning fit on common cards? (a CPU is enough)
+  python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048
+
+  # LoRA with checkpointing only, two cards, machine-readable
+  python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --train-type lora \\
+      --gradient-checkpointing --max-length 4096 --gpu-memory 24GiB,80GiB --format json
+
+  # per-rank memory on 8 x A30 (24 GB) with ZeRO-3, and a planned recipe to start a probe from
+  python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 \\
+      --world-size 8 --strategy zero3 --gpu-memory 24GB --global-batch-size 64 --out plan.yaml
+  python -m autotune probe --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 --from-plan plan.yaml
+
+built-in configs: {', '.join(builtin_names())}
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plan", help="estimate memory on a CPU (fake tensors) and predict what fits each card",
+                       description="Run the probe's real training and evaluation steps under PyTorch fake tensors "
+                                   "(nothing is allocated), count live bytes, and predict the batch-size frontier and a "
+                                   "memory breakdown for each card size. No GPU needed; results are planned, not validated.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = p.add_argument_group("model")
+    model.add_argument("--model", metavar="DIR", help="local Hugging Face model directory (only its config.json is read)")
+    model.add_argument("--model-config", metavar="PATH|NAME", help="config.json, a directory holding one, or a built-in name")
+    model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="model and training dtype (default: bfloat16)")
+    train = p.add_argument_group("training")
+    train.add_argument("--train-type", choices=TRAIN_TYPES, default="full", help="full fine-tune or peft LoRA (default: full)")
+    train.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default: 32)")
+    train.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
+    train.add_argument("--lora-target-modules", default="all-linear", help="peft target_modules (default: all-linear)")
+    train.add_argument("--max-length", type=int, required=True, help="tokens per sample (required)")
+    train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
+    train.add_argument("--gradient-checkpointing", nargs="?", const="on", default="both", choices=("on", "off", "both"),
+                       help="checkpointing candidates; the bare flag means on (default: both)")
+    train.add_argument("--attn", default="sdpa", metavar="LIST",
+                       help=f"attention candidates, comma-separated, from {', '.join(ATTN_IMPLEMENTATIONS)} (default: sdpa)")
+    cards = p.add_argument_group("cards and sharding")
+    cards.add_argument("--gpu-memory", default=DEFAULT_TARGETS, metavar="SIZES",
+                       help=f"card sizes to plan for, comma-separated (default: {DEFAULT_TARGETS})")
+    cards.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help=f"fraction of each card kept free, as in probe (default: {DEFAULT_MARGIN})")
+    cards.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help=f"largest per-device batch considered (default: {DEFAULT_MAX_BATCH_SIZE})")
+    cards.add_argument("--world-size", type=int, default=1, help="number of GPUs (default: 1)")
+    cards.add_argument("--strategy", choices=STRATEGIES, help="sharding across --world-size ranks (documented partitioning)")
+    cards.add_argument("--cuda-context", default="512MiB", metavar="SIZE", help="assumed CUDA context per card (default: 512MiB)")
+    cards.add_argument("--workspaces", default="64MiB", metavar="SIZE", help="assumed cuBLAS/cuBLASLt workspaces per card (default: 64MiB)")
+    cards.add_argument("--fragmentation", type=float, default=0.05, help="assumed allocator fragmentation, fraction of the live peak (default: 0.05)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", help="write a planned (unvalidated) recipe for the single --gpu-memory given")
+    out.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    out.add_argument("--format", choices=("text", "json"), default="text", help="json: the whole plan as JSON on stdout")
+    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def options_from_args(args) -> PlanOptions:
+    targets = [parse_size(size, "--gpu-memory") for size in args.gpu_memory.split(",") if size.strip()]
+    if not targets:
+        raise UsageError("--gpu-memory", "no card size given", "for example --gpu-memory 24GiB,80GiB")
+    attn = [a.strip() for a in args.attn.split(",") if a.strip()]
+    unknown = [a for a in attn if a not in ATTN_IMPLEMENTATIONS]
+    if unknown or not attn:
+        raise UsageError("--attn", f"unknown attention implementation {', '.join(unknown) or '(none)'}",
+                         f"choose from {', '.join(ATTN_IMPLEMENTATIONS)}, comma-separated")
+    checkpointing = {"on": [True], "off": [False], "both": [False, True]}[args.gradient_checkpointing]
+    if args.strategy and args.world_size < 2:
+        raise UsageError("--strategy", f"{args.strategy} shards over ranks but --world-size is {args.world_size}", "add --world-size N with N >= 2")
+    if not 0 <= args.fragmentation < 1:
+        raise UsageError("--fragmentation", f"must be a fraction in [0, 1), got {args.fragmentation}")
+    allowance = Allowance(cuda_context=_size_or_zero(args.cuda_context, "--cuda-context"),
+                          workspaces=_size_or_zero(args.workspaces, "--workspaces"), fragmentation=args.fragmentation)
+    return PlanOptions(targets=targets, attn=attn, checkpointing=checkpointing, strategy=args.strategy, allowance=allowance)
+
+
+def _size_or_zero(text: str, flag: str) -> int:
+    return 0 if text.strip() in ("0", "0B") else parse_size(text, flag)
+
+
+def run(args) -> int:
+    options = options_from_args(args)
+    # The probe's spec carries the model/training flags; a plan has no device and one attention per candidate.
+    args.device, args.steps, args.seed = None, 3, 0
+    probe_args = argparse.Namespace(**{**vars(args), "gpu_memory": None, "attn": options.attn[0],
+                                       "gradient_checkpointing": options.checkpointing[0]})
+    spec = spec_from_args(probe_args).replace(world_size=args.world_size)
+    spec.validate()
+    if args.out:
+        if len(options.targets) != 1:
+            raise UsageError("--out", "a plan recipe is for one card", "give a single --gpu-memory with --out")
+        check_writable(args.out, args.force)
+    console = stderr_console(quiet=args.quiet)
+    plan = make_plan(spec, options, progress=ConsoleProgress(console))
+    recipe = plan_recipe(plan) if args.out else None
+    if recipe is not None:
+        save_recipe(recipe, args.out)
+    if args.format == "json":
+        print_json(plan.to_dict())
+    else:
+        show(plan, args.out, _stdout_console())
+    return 0
+
+
+def _gib(n) -> str:
+    return format_size(n) if n is not None else "-"
+
+
+def show(plan, out_path, console) -> None:
+    a = plan.options.allowance
+    for c in plan.candidates:
+        m = c.measure
+        title = f"{m.key}" + (f" (measured with {m.measured_with})" if m.measured_with != m.attn_implementation else "")
+        if m.error:
+            console.print(f"[red]{title}: not planned[/red] - {m.error}")
+            continue
+        table = Table(title=f"{title}  [{c.rows.method}]", title_justify="left")
+        table.add_column("row")
+        table.add_column("bytes per rank", justify="right")
+        for label, value in (("weights (and buffers)", c.rows.weights), ("gradients", c.rows.gradients),
+                             ("optimizer state", c.rows.optimizer_state), ("optimizer-step transient", c.rows.step_transient),
+                             ("activations per sample", c.rows.activations_per_sample), ("logits per sample", c.rows.logits_per_sample),
+                             ("gathered layers (zero3/fsdp)", c.rows.gathered_working_set)):
+            table.add_row(label, _gib(value))
+        table.add_row("allowance (assumed)", f"{_gib(a.cuda_context)} context + {_gib(a.workspaces)} workspaces + {a.fragmentation:.0%} fragmentation")
+        line = m.train_line
+        table.add_row("measured train peak", f"{_gib(line.intercept)} + {_gib(line.slope)} x batch")
+        table.add_row("measured eval peak", f"{_gib(m.eval_line.intercept)} + {_gib(m.eval_line.slope)} x batch")
+        console.print(table)
+        if m.note:
+            console.print(f"[yellow]note[/yellow] {m.note}")
+    frontier = Table(title=f"predicted frontiers (margin {plan.margin:.0%}; world size {plan.spec.world_size}"
+                           f"{', ' + plan.options.strategy if plan.options.strategy else ''})", title_justify="left")
+    for column in ("card", "candidate", "train", "eval", "batch x accum", "peak on card", "choice"):
+        frontier.add_column(column, justify="left" if column in ("card", "candidate", "choice") else "right")
+    for i, capacity in enumerate(plan.options.targets):
+        for c in plan.ok():
+            p = c.predictions[i]
+            split = f"{p.per_device_train_batch_size} x {p.gradient_accumulation_steps}" if p.train_frontier else "does not fit"
+            chosen = "<-" if plan.choice[capacity] == c.measure.key else ""
+            frontier.add_row(format_size(capacity), c.measure.key, str(p.train_frontier), str(p.eval_frontier), split,
+                             _gib(p.on_card_bytes), chosen)
+    console.print(frontier)
+    console.print(f"planned in {plan.wall_s:.1f}s, peak RAM {_gib(plan.peak_rss_bytes)}; planned, not validated: "
+                  "probe on the real card (probe --from-plan) before a long run")
+    if out_path:
+        console.print(f"wrote       {out_path} (validation.method: planned)")

@@ -1,0 +1,62 @@
+"""A planning device: the sim device's live-bytes counter over PyTorch fake tensors.
+
+Under `FakeTensorMode` every operator computes only shapes, dtypes and strides, so the real
+training step of a 70B model runs on a laptop CPU without allocating its memory; the same
+`LiveBytes` counter the sim device uses sees every storage those operators create and free.
+It never raises out of memory: a plan measures peaks, the frontier is computed afterwards.
+
+Models for it are built on the `meta` device and then `materialise`d as fake tensors (building
+under FakeTensorMode and then calling `.to()` or peft's `get_peft_model` fails; a fake `cuda`
+device aborts on a CPU-only build, so fake tensors live on the `cpu` device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from .sim import LiveBytes, SimDevice
+
+
+class FakeDevice(SimDevice):
+    """The Device protocol with fake tensors; `capacity` is informational (no OOM is raised)."""
+
+    kind = "fake"
+
+    def __init__(self, capacity: int = 0):
+        super().__init__(capacity)
+        self.name = "fake tensors on the CPU (autotune plan)"
+        self.counter = LiveBytes(None)
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+
+    @contextlib.contextmanager
+    def tracking(self):
+        # The counter is the inner mode: it sees each operator first and the fake outputs after.
+        with self.mode, self.counter:
+            yield self.counter
+
+    def shrink(self, capacity: int) -> None:
+        self.capacity = capacity
+
+
+def materialise(model: torch.nn.Module, device: FakeDevice) -> None:
+    """Replace a meta-device model's parameters and buffers with fake tensors on the CPU, in
+    place, keeping tied weights tied. (`Module.to_empty` swaps tensor objects instead, which
+    breaks the one-Python-object-per-storage identity the counter keys on.) Buffers such as
+    rotary `inv_freq` stay uninitialised: fake tensors have no values, only sizes."""
+    made: dict[int, torch.Tensor] = {}
+    with device.mode:
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None:
+                    if id(param) not in made:
+                        fake = torch.empty_like(param, device=device.torch_device)
+                        made[id(param)] = torch.nn.Parameter(fake, requires_grad=param.requires_grad)
+                    module._parameters[name] = made[id(param)]
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None:
+                    if id(buffer) not in made:
+                        made[id(buffer)] = torch.empty_like(buffer, device=device.torch_device)
+                    module._buffers[name] = made[id(buffer)]

@@ -1,0 +1,45 @@
+"""Plan time and peak RAM for 0.5B, 7B and 70B configs (issue #7), one process per config so
+each peak RSS is its own. Prints one line per run; docs/benchmarks.md records the output.
+
+    python scripts/bench_plan.py [--max-length 2048] [--train-type full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+CONFIGS = ("qwen2.5-0.5b", "qwen2.5-7b", "llama-3-70b")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-length", default="2048")
+    parser.add_argument("--train-type", default="full")
+    parser.add_argument("--gradient-checkpointing", default="off")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    args = parser.parse_args()
+    for name in args.configs.split(","):
+        cmd = [sys.executable, "-m", "autotune", "plan", "--model-config", f"recipes/configs/{name}/config.json",
+               "--max-length", args.max_length, "--train-type", args.train_type, "--gradient-checkpointing",
+               args.gradient_checkpointing, "--gpu-memory", "80GiB", "--format", "json", "--quiet"]
+        started = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode:
+            print(f"{name}: exit {done.returncode}: {done.stderr.strip().splitlines()[-1]}")
+            continue
+        plan = json.loads(done.stdout)
+        c = plan["candidates"][0]
+        peaks = {b: round(p / 2**30, 2) for b, p in c["train_peaks"].items()}
+        print(f"{name:<14} {args.train_type} len {args.max_length} gc {args.gradient_checkpointing}: "
+              f"process {wall:.1f}s (plan {plan['wall_s']:.1f}s), peak RSS {plan['peak_rss_bytes'] / 2**30:.2f} GiB, "
+              f"params {plan['model']['num_parameters'] / 1e9:.2f}B, train peak GiB by batch {peaks}, "
+              f"80GiB frontier {c['predictions'][0]['train_frontier']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""`autotune plan`: fake-tensor peaks against the sim device, closed-form rows, sharding, CLI."""
+
+import json
+
+import pytest
+import torch
+
+from autotune.cli import main
+from autotune.devices import SimDevice
+from autotune.devices.fake import FakeDevice
+from autotune.devices.sim import _rounded
+from autotune.model_source import resolve
+from autotune.plan import PlanOptions, make_plan, plan_recipe
+from autotune.plan_breakdown import Allowance, rows_for
+from autotune.plan_measure import build_plan_workload, measure_candidate, plan_source
+from autotune.probe import probe
+from autotune.recipe import load_recipe
+from autotune.spec import ProbeSpec
+from autotune.trial import run_eval_trial, run_train_trial
+from autotune.workload import load_workload
+
+MiB = 2**20
+
+
+def _fake(spec):
+    return build_plan_workload(plan_source(spec), spec, FakeDevice())
+
+
+@pytest.fixture(scope="module")
+def llama_full():
+    spec = ProbeSpec(max_length=64, model_config="tiny-llama")
+    workload = _fake(spec)
+    return workload, measure_candidate(workload, "sdpa", False)
+
+
+@pytest.fixture(scope="module")
+def qwen_lora():
+    spec = ProbeSpec(max_length=64, model_config="tiny-qwen2", train_type="lora", lora_r=4)
+    workload = _fake(spec)
+    return workload, measure_candidate(workload, "sdpa", True)
+
+
+@pytest.mark.parametrize("which", ["llama_full", "qwen_lora"])
+def test_plan_peak_equals_sim_device_peak_within_2_percent(which, request):
+    """Same step code, real tensors on the sim device against fake tensors: train and eval."""
+    fake, measure = request.getfixturevalue(which)
+    spec = fake.spec.replace(device="sim", gpu_memory=2**30, gradient_checkpointing=measure.gradient_checkpointing)
+    real = load_workload(resolve(None, spec.model_config), spec, SimDevice(2**30))
+    for batch in (1, 2):
+        train = run_train_trial(real, batch, 3, 2**30).peak_bytes
+        evaluate = run_eval_trial(real, batch, 2, 2**30).peak_bytes
+        assert abs(measure.train_peaks[batch] - train) <= 0.02 * train, (batch, measure.train_peaks[batch], train)
+        assert abs(measure.eval_peaks[batch] - evaluate) <= 0.02 * evaluate
+
+
+def _bytes(numels, itemsize=2):
+    return sum(_rounded(n * itemsize) for n in numels)
+
+
+def test_full_rows_match_closed_form(llama_full):
+    """tiny-llama from its config alone: every weight matrix, its gradient, AdamW's two moments
+    (in the parameter dtype) and the fused optimizer's per-parameter step counter (float32)."""
+    workload, m = llama_full
+    c = workload.source.config
+    h, i, v, layers = c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers
+    kv = c.num_key_value_heads * h // c.num_attention_heads
+    per_layer = [h * h, h * kv, h * kv, h * h, h * i, h * i, i * h, h, h]  # q k v o gate up down, two norms
+    numels = [v * h] + per_layer * layers + [h, v * h]  # embeddings, layers, final norm, lm_head
+    assert workload.trainable_params == sum(numels)
+    head_dim = h // c.num_attention_heads
+    rotary = 2 * _rounded(head_dim // 2 * 4)  # float32 buffers inv_freq and original_inv_freq
+    assert m.weights == _bytes(numels) + rotary
+    assert m.gradients == _bytes(numels)
+    assert m.optimizer_state == 2 * _bytes(numels) + len(numels) * _rounded(4)
+    assert m.logits_per_sample == _rounded(64 * v * 2)
+    rows = rows_for(m, workload.trainable_params, 2)
+    assert rows.activations_per_sample > 0 and rows.method == "measured"
+
+
+def test_lora_rows_match_closed_form(qwen_lora):
+    """LoRA r=4 on every linear layer of the decoder: A (r x in) and B (out x r) are trainable
+    (their gradients and AdamW state are all the training holds); the base stays frozen."""
+    workload, m = qwen_lora
+    c, r = workload.source.config, 4
+    h, i = c.hidden_size, c.intermediate_size
+    kv = c.num_key_value_heads * h // c.num_attention_heads
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # (in, out)
+    lora = [n for fan_in, fan_out in shapes for n in (r * fan_in, fan_out * r)] * c.num_hidden_layers
+    assert workload.trainable_params == sum(lora)
+    # peft keeps adapter weights in float32 under a bf16 base (autocast_adapter_dtype)
+    assert m.gradients == _bytes(lora, 4)
+    assert m.optimizer_state == 2 * _bytes(lora, 4) + len(lora) * _rounded(4)
+
+
+def test_sharded_rows_follow_the_documented_partitioning(llama_full):
+    workload, m = llama_full
+    trainable = workload.trainable_params
+    zero3 = rows_for(m, trainable, 2, "zero3", 4, layers=(1000, 2000))
+    assert zero3.weights == m.weights / 4 and zero3.gradients == m.gradients / 4
+    assert zero3.optimizer_state == 12 * trainable / 4  # fp32 master + momentum + variance
+    assert zero3.gathered_working_set == 2 * 1000 + 2000 and "not measured" in zero3.method
+    zero2 = rows_for(m, trainable, 2, "zero2", 4)
+    assert zero2.weights == m.weights and zero2.gradients == m.gradients / 4
+    fsdp = rows_for(m, trainable, 2, "fsdp", 4, layers=(1000, 0))
+    assert fsdp.optimizer_state == m.optimizer_state / 4 and fsdp.weights == m.weights / 4
+    assert rows_for(m, trainable, 2).activations_per_sample == zero3.activations_per_sample
+
+
+def test_an_operation_fake_tensors_cannot_run_is_reported_not_raised(llama_full):
+    workload, _ = llama_full
+    workload.make_batch = lambda b: {"input_ids": torch.zeros(b, 3, 3, dtype=torch.long)}  # wrong shape
+    try:
+        measure = measure_candidate(workload, "sdpa", False)
+    finally:
+        del workload.make_batch
+    assert measure.error and "training step at batch 1 failed under fake tensors" in measure.error
+
+
+def test_probe_from_plan_starts_at_the_predicted_frontier(tmp_path):
+    """A plan for a 6 MiB sim card (no allowance: the sim device has no context) predicts the
+    frontier the probe measures, and the probe then needs fewer trials."""
+    capacity = 6 * MiB
+    spec = ProbeSpec(max_length=64, model_config="tiny-llama", device="sim", gpu_memory=capacity, margin=0.0)
+    plan = make_plan(spec, PlanOptions([capacity], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
+    recipe = plan_recipe(plan)
+    assert recipe.validation.passed is False and recipe.validation.method == "planned"
+    cold = probe(spec, device=SimDevice(capacity))
+    warm = probe(spec, device=SimDevice(capacity), plan=recipe)
+    assert warm.search.frontier["train"] == cold.search.frontier["train"] == recipe.search.frontier["train"]
+    assert len(warm.search.trials) < len(cold.search.trials)
+
+
+def test_cli_plan_json_and_planned_recipe(tmp_path, capsys):
+    out = tmp_path / "plan.yaml"
+    code = main(["plan", "--model-config", "tiny-llama", "--max-length", "32", "--gradient-checkpointing", "off",
+                 "--gpu-memory", "1GiB", "--global-batch-size", "8", "--world-size", "2", "--strategy", "fsdp",
+                 "--out", str(out), "--format", "json", "--quiet"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    (candidate,) = data["candidates"]
+    assert candidate["rows"]["method"].startswith("documented partitioning")
+    assert data["allowance"]["cuda_context_bytes"] == 512 * MiB
+    recipe = load_recipe(out)
+    assert recipe.validation.method == "planned" and not recipe.validation.passed
+    assert recipe.settings.strategy == "fsdp"
+    assert recipe.settings.per_device_train_batch_size * recipe.settings.gradient_accumulation_steps * 2 == 8
+    # emit (issue #4) refuses a plan unless told otherwise; with --allow-unvalidated it writes
+    assert main(["emit", "hf", str(out), "-o", str(tmp_path / "args.json")]) == 2
+    assert "validation.method: planned" in capsys.readouterr().err and not (tmp_path / "args.json").exists()
+    assert main(["emit", "hf", str(out), "-o", str(tmp_path / "args.json"), "--allow-unvalidated"]) == 0
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--gpu-memory", "24GiB,80GiB", "--out", "x.yaml"], "--out"),
+    (["--strategy", "zero3"], "--strategy"),
+    (["--attn", "sdpa,paged"], "--attn"),
+    (["--gpu-memory", "lots"], "--gpu-memory"),
+])
+def test_cli_plan_bad_input_is_one_line_and_exit_2(argv, flag, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["plan", "--model-config", "tiny-llama", "--max-length", "32", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"autotune: error: {flag}:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.yaml").exists()
