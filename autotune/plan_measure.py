@@ -21,6 +21,8 @@ from .devices.sim import storage_bytes
 from .model_source import ModelSource, check_max_length, resolve
 from .spec import ProbeSpec
 from .trial import run_trial
+from .errors import UsageError
+from .training_setup import plan_inputs, prepare
 from .workload import Workload, apply_lora, build_model, count_parameters
 
 PLAN_BATCHES = (1, 2)  # two points give the line; peak is affine in batch size
@@ -141,15 +143,18 @@ class _Meta:
 
 
 def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice) -> Workload:
-    """Build on `meta` (no memory, no init), add LoRA there, then materialise fake tensors."""
-    model = build_model(source, spec, _Meta())
-    if spec.train_type == "lora":
-        model = apply_lora(model, spec)
+    """Build on `meta` (no memory, no init), freeze and add LoRA there exactly as the probe does
+    (same family setup), then materialise fake tensors."""
+    if spec.train_type == "qlora":
+        raise UsageError("--train-type", "qlora cannot be planned: bitsandbytes quantizes real weights, not fake tensors",
+                         "plan --train-type lora for the adapters' cost, or probe qlora on a card")
+    setup = plan_inputs(source, spec)
+    model = prepare(build_model(source, spec, _Meta(), setup.family), setup, spec, _Meta(), apply_lora)
     materialise(model, device)
     model.train()
     device.adopt(list(model.parameters()) + list(model.buffers()))
     total, trainable = count_parameters(model)
-    workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation)
+    workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation, setup=setup)
     workload.configure(gradient_checkpointing=spec.gradient_checkpointing)
     return workload
 

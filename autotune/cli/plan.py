@@ -14,6 +14,7 @@ from ..recipe import check_writable, save_recipe
 from ..sizes import format_size, parse_size
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES
 from .output import ConsoleProgress, print_json, stderr_console
+from . import multimodal_args
 from .probe import _stdout_console, spec_from_args
 
 DEFAULT_TARGETS = "24GiB,48GiB,80GiB,141GiB"
@@ -58,6 +59,7 @@ def add_parser(sub) -> None:
                        help="checkpointing candidates; the bare flag means on (default: both)")
     train.add_argument("--attn", default="sdpa", metavar="LIST",
                        help=f"attention candidates, comma-separated, from {', '.join(ATTN_IMPLEMENTATIONS)} (default: sdpa)")
+    multimodal_args.add_arguments(p)
     cards = p.add_argument_group("cards and sharding")
     cards.add_argument("--gpu-memory", default=DEFAULT_TARGETS, metavar="SIZES",
                        help=f"card sizes to plan for, comma-separated (default: {DEFAULT_TARGETS})")
@@ -100,6 +102,9 @@ def _size_or_zero(text: str, flag: str) -> int:
 
 
 def run(args) -> int:
+    if args.dataset:
+        raise UsageError("--dataset", "plan takes the worst case from --max-length and the pixel flags, not from data",
+                         "run `autotune probe --dataset ...` to measure your data, or give --max-length")
     options = options_from_args(args)
     # The probe's spec carries the model/training flags; a plan has no device and one attention per candidate.
     args.device, args.steps, args.seed = None, 3, 0
