@@ -34,7 +34,7 @@ def _train_steps(workload, batch_size: int, steps: int, timings: list[float]) ->
             start = time.perf_counter()
             batch = workload.make_batch(batch_size)
             loss = model(**batch).loss
-            loss.backward()
+            workload.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             del loss, batch

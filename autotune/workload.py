@@ -103,6 +103,9 @@ class Workload:
     def make_optimizer(self):
         return trainer_optimizer(self.model)
 
+    def backward(self, loss) -> None:
+        loss.backward()  # a sharding engine (DeepSpeed) substitutes its own
+
     def make_batch(self, batch_size: int) -> dict:
         """Worst case: every sample exactly max_length tokens, nothing padded away."""
         length = self.spec.max_length
