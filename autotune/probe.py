@@ -75,6 +75,9 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) ->
     try:
         recipe = _probe(spec, session, progress, started)
         session.confirm_agreement(recipe)
+        resumed = getattr(session.runner, "resumed", 0)
+        if resumed:
+            progress.stage(f"{resumed} trial(s) taken from the journal {spec.journal}")
         if session.agreed:
             progress.stage(f"all {session.world_size} ranks reached the same recipe")
         return recipe
