@@ -65,7 +65,7 @@ def supervised(spec) -> bool:
 
     # On CUDA the allocator's expandable segments are probed, which needs fresh worker processes.
     cuda_auto = (spec.device or default_device_kind()) == "cuda" and spec.expandable_segments == "auto"
-    return bool(spec.world_size > 1 or spec.strategies or spec.isolate or under_torchrun() or cuda_auto)
+    return bool(spec.world_size > 1 or spec.strategies or spec.isolate or spec.gpu_memory_per_rank or under_torchrun() or cuda_auto)
 
 
 def open_session(spec, source, progress, device=None) -> Session:
@@ -104,7 +104,8 @@ def _supervised(spec, progress) -> Session:
     from .control import Control
     from .supervisor import SupervisedRunner
 
-    control = Control(spec.trial_timeout)
+    # The supervisors' own collectives wait at most one trial (or load) plus slack: never the limit.
+    control = Control(2 * spec.trial_timeout + 60)
     capacities = per_rank(spec.gpu_memory_per_rank, spec.gpu_memory, control.world_size)
     runner = SupervisedRunner(spec, control, spec.trial_timeout, capacities)
     first = spec.strategies[0] if spec.strategies else None

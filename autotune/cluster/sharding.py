@@ -103,7 +103,8 @@ def _deepspeed(sharded: ShardedWorkload, strategy: str) -> None:
     # No dataloader goes through prepare: the micro batch is for DeepSpeed's bookkeeping only.
     plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
     mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(sharded.spec.dtype, "no")
-    accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=mixed)
+    # The optimizer first: building it parses TrainingArguments, which resets accelerate's state.
     optimizer = Workload.make_optimizer(sharded)
+    accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=mixed)
     sharded.model, sharded.optimizer = accelerator.prepare(sharded.inner, optimizer)
     sharded.engine = accelerator
