@@ -140,3 +140,14 @@ def test_sim_counts_storage_resizes():
         assert counter.current == 8192 and counter.peak == 8192
         with pytest.raises(torch.OutOfMemoryError):
             t.untyped_storage().resize_(1 << 20)
+
+
+@pytest.mark.parametrize("outcome", ["timeout", "crashed"])
+def test_progress_prints_cluster_outcomes(outcome):
+    from rich.console import Console
+
+    from autotune.cli.output import ConsoleProgress
+
+    console = Console(record=True, width=200)
+    ConsoleProgress(console).trial_finished(report(outcome, message="the worker died (exit code -9)"))
+    assert outcome in console.export_text()
