@@ -106,6 +106,9 @@ class Workload:
     def backward(self, loss) -> None:
         loss.backward()  # a sharding engine (DeepSpeed) substitutes its own
 
+    def release_grads(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+
     def make_batch(self, batch_size: int) -> dict:
         """Worst case: every sample exactly max_length tokens, nothing padded away."""
         length = self.spec.max_length

@@ -45,6 +45,12 @@ class ShardedWorkload(Workload):
     def make_optimizer(self):
         return self.optimizer if self.optimizer is not None else super().make_optimizer()
 
+    def release_grads(self) -> None:
+        if self.engine is not None:
+            self.model.zero_grad()  # DeepSpeedEngine.zero_grad takes no set_to_none; it frees its own
+        else:
+            super().release_grads()
+
     def backward(self, loss) -> None:
         if self.engine is not None:
             self.engine.backward(loss)  # DeepSpeed: engine.backward + engine.step
