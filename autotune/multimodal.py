@@ -81,9 +81,9 @@ def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:
     return env
 
 
-def recipe_settings(workload) -> dict:
-    """Settings fields (ms-swift names) for a vision-language workload; {} for text-only."""
-    setup = workload.setup
+def recipe_settings(setup, spec, gradient_checkpointing: bool) -> dict:
+    """Settings fields (ms-swift names) for a vision-language setup; {} for text-only. Needs no
+    model: the setup comes from the config and the spec (training_setup.plan_inputs)."""
     if setup is None or setup.family is None:
         return {}
     vplan, freezing = setup.vision, setup.freezing
@@ -91,22 +91,21 @@ def recipe_settings(workload) -> dict:
     return {
         "freeze_vit": freezing.freeze_vit, "freeze_aligner": freezing.freeze_aligner, "freeze_llm": freezing.freeze_llm,
         # ms-swift's vit_gradient_checkpointing follows gradient_checkpointing unless set; the probe ran it so.
-        "vit_gradient_checkpointing": workload.gradient_checkpointing,
+        "vit_gradient_checkpointing": gradient_checkpointing,
         "max_pixels": vplan.max_pixels if applies and vplan.images else None,
         "video_max_pixels": vplan.video_max_pixels if vplan.videos else None,
-        "video_frames": workload.spec.video_frames if vplan.videos else None,
-        "env": swift_env(setup.family, vplan, workload.spec) if vplan.images or vplan.videos else {},
+        "video_frames": spec.video_frames if vplan.videos else None,
+        "env": swift_env(setup.family, vplan, spec) if vplan.images or vplan.videos else {},
     }
 
 
-def recipe_record(workload) -> dict | None:
-    setup = workload.setup
+def recipe_record(setup, spec) -> dict | None:
     if setup is None or setup.family is None:
         return None
     v = setup.vision
     return {
         "family": setup.family.name, "images_per_sample": v.images, "image_tokens": v.image_tokens,
         "videos_per_sample": v.videos, "video_tokens": v.video_tokens, "vision_tokens_per_sample": v.tokens,
-        "text_tokens_per_sample": workload.spec.max_length - v.tokens,
+        "text_tokens_per_sample": spec.max_length - v.tokens,
         "image_grid": list(v.image_grid), "video_grid": list(v.video_grid),
     }

@@ -7,19 +7,17 @@ import datetime
 import time
 
 from . import __version__
-from .devices import make_device
 from .errors import AutotuneError, DoesNotFitError
 from .global_batch import split_global_batch
 from .dataset import from_dataset
 from .model_source import check_max_length, resolve
 from .multimodal import recipe_record, recipe_settings
+from .training_setup import plan_inputs
 from .quantize import quantization_record
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from .search import FrontierSearch
 from .sizes import format_size
 from .spec import ProbeSpec
-from .trial import InProcessRunner
-from .workload import load_workload
 
 
 class ProgressSink:
@@ -84,14 +82,30 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
         spec, profile, data = from_dataset(spec, source)
         progress.dataset(profile, data)
     check_max_length(source.config, spec.max_length)
-    device = device or make_device(spec.device, spec.gpu_memory)
-    progress.stage(f"loading {source.architecture} ({source.kind}: {source.path}) on {device.name}")
-    workload = load_workload(source, spec, device)
-    budget = int(device.capacity * spec.usable_fraction)
-    progress.stage(f"usable budget {format_size(budget)} of {format_size(device.capacity)} (margin {spec.margin:.0%})")
+    from .cluster.session import open_session
 
-    runner = InProcessRunner(workload, spec.steps, budget)
+    session = open_session(spec, source, progress, device)  # in this process, or in supervised workers
+    try:
+        recipe = _probe(spec, source, session, progress, started, plan, data)
+        session.confirm_agreement(recipe)
+        resumed = getattr(session.runner, "resumed", 0)
+        if resumed:
+            progress.stage(f"{resumed} trial(s) taken from the journal {spec.journal}")
+        if session.agreed:
+            progress.stage(f"all {session.world_size} ranks reached the same recipe")
+        return recipe
+    finally:
+        session.close()
+
+
+def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: float, plan: Recipe | None,
+           data: dict | None) -> Recipe:
+    from .cluster.dimensions import search_train
+
+    runner, budget = session.runner, session.budget
     base = {"gradient_checkpointing": spec.gradient_checkpointing, "attn_implementation": spec.attn_implementation}
+    if spec.env:
+        base["env"] = dict(spec.env)
     trials: list[TrialResult] = []
     hint = None
     if plan is not None:
@@ -99,7 +113,8 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
 
         hint = hint_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
-    search = find_frontier(runner, "train", base, budget, spec.max_batch_size, progress, trials, hint=hint)
+    base, search = search_train(runner, base, budget, spec.max_batch_size, progress, trials, spec.strategies,
+                                spec.expandable_segments if session.supervisor else "off", session.hardware.device, hint=hint)
     if search.error:
         failed = trials[-1]
         raise AutotuneError(f"a training step failed for a reason other than memory: {failed.message}",
@@ -110,35 +125,40 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
         raise DoesNotFitError(f"even batch size 1 does not fit at max length {spec.max_length} ({seen}, usable budget {format_size(budget)})",
                               "try --train-type lora, --gradient-checkpointing, a shorter --max-length, or a larger card")
 
-    split = split_global_batch(spec.global_batch_size, search.frontier, spec.world_size)
+    split = split_global_batch(spec.global_batch_size, search.frontier, session.world_size)
     chosen = next((t for t in trials if t.fits and t.batch_size == split.per_device), None)
     if chosen is None:  # a smaller batch than the frontier: measure it rather than assume it fits
         chosen = runner.run("train", {**base, "per_device_train_batch_size": split.per_device})
         trials.append(chosen)
         progress.trial_finished(chosen)
 
+    checkpointing = chosen.settings.get("gradient_checkpointing", spec.gradient_checkpointing)
+    setup = plan_inputs(source, spec)  # the vision-language setup, from the config alone
+    vision = recipe_settings(setup, spec, checkpointing)
     settings = Settings(
         per_device_train_batch_size=split.per_device,
         gradient_accumulation_steps=split.accumulation,
-        gradient_checkpointing=workload.gradient_checkpointing,
-        attn_implementation=workload.attn_implementation,
+        gradient_checkpointing=checkpointing,
+        attn_implementation=chosen.settings.get("attn_implementation", spec.attn_implementation),
         torch_dtype=spec.dtype,
         max_length=spec.max_length,
         optim=spec.optim,
-        **recipe_settings(workload),
+        strategy=base.get("strategy"),
+        **{k: v for k, v in vision.items() if k != "env"},
+        env={**vision.get("env", {}), **(base.get("env") or {})},
     )
     validation = _validation_from_trial(chosen, budget)
     record = SearchRecord(
-        margin=spec.margin, capacity_bytes=device.capacity, budget_bytes=budget, max_batch_size=spec.max_batch_size,
+        margin=spec.margin, capacity_bytes=session.capacity, budget_bytes=budget, max_batch_size=spec.max_batch_size,
         steps_per_trial=spec.steps, frontier={"train": search.frontier}, global_batch_size=spec.global_batch_size,
         effective_global_batch_size=split.effective, global_batch_exact=split.exact, global_batch_note=split.note,
         trials=trials, wall_s=round(time.perf_counter() - started, 3),
     )
     return Recipe(
-        schema=SCHEMA, model=describe_model(workload), hardware=describe_hardware(device, spec.world_size),
+        schema=SCHEMA, model=session.model, hardware=session.hardware,
         settings=settings, search=record, validation=validation,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), autotune_version=__version__,
-        multimodal=recipe_record(workload), dataset=data,
+        multimodal=recipe_record(setup, spec), dataset=data,
     )
 
 

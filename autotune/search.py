@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-NON_FIT = ("oom", "over_budget")
+# A trial that hung or killed its worker (an OOM mid-collective, a sticky CUDA error) does not fit.
+NON_FIT = ("oom", "over_budget", "timeout", "crashed")
 
 
 @dataclass

@@ -39,6 +39,15 @@ class ProbeSpec:
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     seed: int = 0
+    # Clusters (issue #6): see autotune/cluster/.
+    strategies: tuple = ()  # sharding strategies to probe: ddp, fsdp, zero2, zero3, zero2_offload, zero3_offload
+    isolate: bool = False  # run trials in supervised worker processes even on one device
+    trial_timeout: float = 1800.0  # seconds a trial (or a worker's model load) may take
+    journal: str | None = None  # journal of finished trials (resume); None: none
+    resume: bool = False  # require a matching journal
+    gpu_memory_per_rank: tuple | None = None  # bytes per rank (a pool of unequal cards; a test hook on sim)
+    env: dict = field(default_factory=dict)  # environment for the trial workers
+    expandable_segments: str = "auto"  # auto: probe it on CUDA; on; off
     extras: dict = field(default_factory=dict)  # room for later phases' flags
     # Vision-language (issue #5). None: the family's / ms-swift's default.
     optim: str = "adamw_torch_fused"
@@ -85,6 +94,7 @@ class ProbeSpec:
                              f"choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         if self.gpu_memory is not None:
             _positive("--gpu-memory", self.gpu_memory)
+        _check_cluster(self)
 
     def _validate_multimodal(self) -> None:
         if self.optim not in OPTIMIZERS:
@@ -112,3 +122,18 @@ class ProbeSpec:
 def _positive(flag: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise UsageError(flag, f"must be a positive whole number, got {value!r}")
+
+
+def _check_cluster(spec: ProbeSpec) -> None:
+    from .cluster.sharding import check_strategy
+
+    for strategy in spec.strategies:
+        check_strategy(strategy)
+    if len(set(spec.strategies)) != len(spec.strategies):
+        raise UsageError("--strategy", "a strategy is listed twice", "for example --strategy ddp,fsdp")
+    if not (isinstance(spec.trial_timeout, (int, float)) and spec.trial_timeout > 0):
+        raise UsageError("--trial-timeout", f"must be a positive number of seconds, got {spec.trial_timeout!r}")
+    if spec.expandable_segments not in ("auto", "on", "off"):
+        raise UsageError("--expandable-segments", f"unknown value {spec.expandable_segments!r}", "choose auto, on or off")
+    for size in spec.gpu_memory_per_rank or ():
+        _positive("--gpu-memory", size)

@@ -34,7 +34,7 @@ def _train_steps(workload, batch_size: int, steps: int, timings: list[float]) ->
             start = time.perf_counter()
             batch = workload.make_batch(batch_size)
             loss = model(**batch).loss
-            loss.backward()
+            workload.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             del loss, batch
@@ -106,7 +106,7 @@ def run_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> 
         outcome = "oom" if device.is_oom(exc) else "error"
         message = short_message(exc)
     # Outside the except block: the exception and its traceback are gone now.
-    workload.model.zero_grad(set_to_none=True)
+    workload.release_grads()
     stats = device.memory_stats()
     if device.allocated_bytes() > baseline:
         gc.collect()  # reference cycles still hold tensors; a full collection is slow, so only then

@@ -125,6 +125,12 @@ class Workload:
     def make_optimizer(self):
         return trainer_optimizer(self.model, optim=self.spec.optim)
 
+    def backward(self, loss) -> None:
+        loss.backward()  # a sharding engine (DeepSpeed) substitutes its own
+
+    def release_grads(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+
     def make_batch(self, batch_size: int) -> dict:
         """Worst case: every sample exactly max_length tokens, nothing padded away; for a
         vision-language model, the media at their limits inside those tokens."""

@@ -12,7 +12,8 @@ from ..probe import ProgressSink
 from ..recipe import Recipe, TrialResult
 from ..sizes import format_size
 
-_STYLE = {"fit": "green", "oom": "red", "over_budget": "yellow", "error": "red bold", "skipped": "dim"}
+_STYLE = {"fit": "green", "oom": "red", "over_budget": "yellow", "error": "red bold", "skipped": "dim",
+          "timeout": "magenta", "crashed": "magenta bold"}
 
 
 def stderr_console(quiet: bool = False) -> Console:

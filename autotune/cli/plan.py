@@ -110,7 +110,7 @@ def run(args) -> int:
     args.device, args.steps, args.seed = None, 3, 0
     probe_args = argparse.Namespace(**{**vars(args), "gpu_memory": None, "attn": options.attn[0],
                                        "gradient_checkpointing": options.checkpointing[0]})
-    spec = spec_from_args(probe_args).replace(world_size=args.world_size)
+    spec = spec_from_args(probe_args, cluster=False).replace(world_size=args.world_size)
     spec.validate()
     if args.out:
         if len(options.targets) != 1:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..cluster import launch
 from ..emit import TARGETS as EMIT_TARGETS
 from ..emit.swift import resolve_version as resolve_swift_version
 from ..errors import UsageError
 from ..model_source import builtin_names
 from ..probe import probe
 from ..recipe import check_writable, load_recipe, save_recipe
-from ..sizes import parse_size
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES, ProbeSpec
 from . import multimodal_args
 from .emit import emit_for_probe, emit_paths, write_files
@@ -71,34 +71,42 @@ def add_parser(sub) -> None:
     out.add_argument("--emit", action="append", choices=EMIT_TARGETS, metavar="TARGET",
                      help=f"also write launch files beside --out ({', '.join(EMIT_TARGETS)}); swift writes OUT.swift.yaml and OUT.swift.sh")
     out.add_argument("--swift-version", metavar="X.Y", help="ms-swift version for --emit swift (default: installed, else 4.6)")
+    launch.add_arguments(p)
     p.set_defaults(run=run)
 
 
-def spec_from_args(args) -> ProbeSpec:
+def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
+    """`cluster=False` (autotune plan): no device, ranks, journal or workers."""
     return ProbeSpec(
         max_length=args.max_length, model=args.model, model_config=args.model_config, train_type=args.train_type,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_target_modules=args.lora_target_modules, dtype=args.dtype, device=args.device,
-        gpu_memory=parse_size(args.gpu_memory) if args.gpu_memory else None, margin=args.margin,
+        margin=args.margin,
         max_batch_size=args.max_batch_size, global_batch_size=args.global_batch_size, steps=args.steps,
         gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn, seed=args.seed,
         **multimodal_args.spec_kwargs(args),
+        **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )
 
 
 def run(args) -> int:
+    if launch.wants_torchrun(args):
+        return launch.relaunch(args.argv, args)
     spec = spec_from_args(args)
     if args.device is not None and args.device not in ("cuda", "sim"):
         raise UsageError("--device", f"unknown device {args.device!r}", "choose cuda or sim")
-    check_writable(args.out, args.force)
-    launch_paths = emit_paths(args.out, args.emit or [])
-    for path in launch_paths:
-        check_writable(path, args.force)
+    main_rank = launch.rank_from_env()[0] == 0  # under torchrun only rank 0 prints and writes
+    if main_rank:
+        check_writable(args.out, args.force or args.resume)
+        for path in emit_paths(args.out, args.emit or []):
+            check_writable(path, args.force or args.resume)
     if args.swift_version:
         resolve_swift_version(args.swift_version)
-    console = stderr_console(quiet=args.quiet)
-    plan = load_recipe(args.from_plan) if getattr(args, "from_plan", None) else None
+    console = stderr_console(quiet=args.quiet or not main_rank)
+    plan = load_recipe(args.from_plan) if args.from_plan else None
     recipe = probe(spec, progress=ConsoleProgress(console), plan=plan)
+    if not main_rank:
+        return 0
     save_recipe(recipe, args.out)
     for target in args.emit or []:
         write_files(emit_for_probe(target, recipe, args.out, args.swift_version), force=True)

@@ -40,6 +40,8 @@ class CudaDevice:
 
     def reset_peak(self) -> None:
         torch.cuda.reset_peak_memory_stats(self.index)
+        # Retries counted from here on are the steady state's (the trial resets after step 1).
+        self._retries_at_reset = torch.cuda.memory_stats(self.index).get("num_alloc_retries", 0)
 
     def peak_bytes(self) -> int:
         return torch.cuda.max_memory_reserved(self.index)
@@ -53,15 +55,19 @@ class CudaDevice:
     def release(self) -> None:
         """Return cached memory and reset the peak; the caller drops references first."""
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.index)
+        self.reset_peak()
 
     def is_oom(self, exc: BaseException) -> bool:
         return is_oom(exc)
 
     def memory_stats(self) -> dict:
         stats = torch.cuda.memory_stats(self.index)
+        retries = stats.get("num_alloc_retries", 0)
+        allocated, reserved = stats.get("allocated_bytes.all.peak", 0), stats.get("reserved_bytes.all.peak", 0)
         return {
-            "allocated_peak_bytes": stats.get("allocated_bytes.all.peak", 0),
-            "reserved_peak_bytes": stats.get("reserved_bytes.all.peak", 0),
-            "alloc_retries": stats.get("num_alloc_retries", 0),
+            "allocated_peak_bytes": allocated,
+            "reserved_peak_bytes": reserved,
+            "reserved_gap_bytes": reserved - allocated,
+            "alloc_retries": retries,
+            "steady_alloc_retries": retries - getattr(self, "_retries_at_reset", retries),
         }

@@ -35,6 +35,21 @@ def _rounded(nbytes: int) -> int:
     return (nbytes + BLOCK - 1) // BLOCK * BLOCK
 
 
+_RESIZE_HOOKS: list = []
+_original_resize = torch.UntypedStorage.resize_
+
+
+def _resize_and_count(storage, size):
+    result = _original_resize(storage, size)
+    for counter in _RESIZE_HOOKS:
+        if storage.device.type != "meta":
+            counter._account(storage)
+    return result
+
+
+torch.UntypedStorage.resize_ = _resize_and_count
+
+
 class LiveBytes(TorchDispatchMode):
     """Counts live storage bytes; raises OutOfMemoryError past `capacity` (None: never)."""
 
@@ -53,37 +68,54 @@ class LiveBytes(TorchDispatchMode):
     def track(self, tensor: torch.Tensor) -> None:
         if tensor.device.type == "meta":
             return
-        storage = tensor.untyped_storage()
-        key = id(storage)
-        nbytes = storage.nbytes()
-        if nbytes == 0 or key in self._live:
+        self._account(tensor.untyped_storage())
+
+    def _account(self, storage) -> None:
+        """Count a storage once, keyed by its StorageImpl (stable across `resize_`), at its
+        current size: FSDP2 frees and re-allocates unsharded parameters by resizing storage."""
+        key = storage._cdata
+        size = _rounded(storage.nbytes()) if storage.nbytes() else 0
+        known = self._live.get(key)
+        if known == size or (known is None and size == 0):
             return
-        size = _rounded(nbytes)
-        if self.capacity is not None and self.current + size > self.capacity:
+        grow = size - (known or 0)
+        if grow > 0 and self.capacity is not None and self.current + grow > self.capacity:
             self.ooms += 1
             free = max(self.capacity - self.current, 0)
             raise torch.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate {format_size(size)}. Simulated GPU has a total "
+                f"CUDA out of memory. Tried to allocate {format_size(grow)}. Simulated GPU has a total "
                 f"capacity of {format_size(self.capacity)} of which {format_size(free)} is free. "
                 f"{format_size(self.current)} is allocated by PyTorch. (autotune sim device: this is "
                 "a simulated out of memory.)"
             )
         self._live[key] = size
-        self.current += size
+        self.current += grow
         if self.current > self.peak:
             self.peak = self.current
         if self.current > self.window_peak:
             self.window_peak = self.current
-        weakref.finalize(storage, self._forget, key)
+        if known is None:
+            weakref.finalize(storage, self._forget, key)
 
     def _forget(self, key: int) -> None:
         self.current -= self._live.pop(key, 0)
+
+    def __enter__(self):
+        # Storage resizes bypass the dispatcher; while counting, they count too.
+        _RESIZE_HOOKS.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _RESIZE_HOOKS.remove(self)
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for item in tree_flatten(out)[0]:
             if isinstance(item, torch.Tensor):
-                self.track(item)
+                # A DTensor (FSDP2's sharded parameters, gradients, optimizer state) owns its
+                # local shard; that shard is what this rank's device holds.
+                self.track(getattr(item, "_local_tensor", item))
         return out
 
 
@@ -152,5 +184,5 @@ def storage_bytes(tensors) -> int:
     for tensor in tensors:
         if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
             storage = tensor.untyped_storage()
-            seen[id(storage)] = _rounded(storage.nbytes()) if storage.nbytes() else 0
+            seen[storage._cdata] = _rounded(storage.nbytes()) if storage.nbytes() else 0
     return sum(seen.values())

@@ -1,0 +1,87 @@
+"""Launching on a cluster: the probe's cluster flags, and `--nproc-per-node N` starting torchrun
+(`torch.distributed.run`) on this very command. Under torchrun every rank runs the probe; rank
+and world size come from the environment; only rank 0 prints and writes files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ..errors import UsageError
+from ..sizes import parse_size
+from .control import rank_from_env, under_torchrun
+from .journal import journal_path
+from .sharding import STRATEGIES
+
+# Flags handed to torchrun (with a value), stripped from the command each rank runs.
+TORCHRUN_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id", "--master-port")
+
+
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group("cluster (see README: Clusters)")
+    group.add_argument("--strategy", metavar="S[,S...]",
+                       help=f"sharding engine(s): {', '.join(STRATEGIES)}; several = a search dimension (default: none)")
+    group.add_argument("--nproc-per-node", type=int, metavar="N", help="start torchrun with N processes per node on this command")
+    group.add_argument("--nnodes", metavar="N", help="with --nproc-per-node: nodes (torchrun --nnodes)")
+    group.add_argument("--node-rank", metavar="R", help="with --nproc-per-node: this node's rank (torchrun --node-rank)")
+    group.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nproc-per-node: rendezvous (torchrun --rdzv-endpoint)")
+    group.add_argument("--rdzv-id", metavar="ID", help="with --nproc-per-node: job id (torchrun --rdzv-id)")
+    group.add_argument("--master-port", metavar="PORT", help="with --nproc-per-node on one node: torchrun --master-port")
+    group.add_argument("--isolate", action="store_true", help="run trials in supervised worker processes even on one device")
+    group.add_argument("--trial-timeout", type=float, default=1800.0, metavar="S",
+                       help="seconds one trial (or a worker's model load) may take before it is ended (default: 1800)")
+    group.add_argument("--resume", action="store_true", help="continue from the journal next to --out (it must match)")
+    group.add_argument("--no-journal", action="store_true", help="keep no journal of finished trials")
+    group.add_argument("--expandable-segments", choices=("auto", "on", "off"), default="auto",
+                       help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: auto probes it on CUDA (default: auto)")
+
+
+def spec_fields(args) -> dict:
+    """ProbeSpec fields from the cluster flags; --gpu-memory may list one size per rank."""
+    _, world_size, _ = rank_from_env()
+    sizes = [s for s in (args.gpu_memory or "").split(",") if s.strip()]
+    per_rank = tuple(parse_size(s.strip()) for s in sizes) if len(sizes) > 1 else None
+    strategies = tuple(s.strip() for s in (args.strategy or "").split(",") if s.strip())
+    return {
+        "gpu_memory": min(per_rank) if per_rank else (parse_size(sizes[0]) if sizes else None),
+        "gpu_memory_per_rank": per_rank, "strategies": strategies, "world_size": world_size,
+        "isolate": args.isolate, "trial_timeout": args.trial_timeout, "resume": args.resume,
+        "journal": None if args.no_journal else str(journal_path(args.out)),
+        "expandable_segments": args.expandable_segments,
+    }
+
+
+def wants_torchrun(args) -> bool:
+    if args.nproc_per_node is None:
+        for flag in ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "master_port"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag.replace('_', '-')}", "is a torchrun flag", "add --nproc-per-node N")
+        return False
+    if args.nproc_per_node < 1:
+        raise UsageError("--nproc-per-node", f"must be at least 1, got {args.nproc_per_node}")
+    return not under_torchrun()
+
+
+def torchrun_command(argv: list[str], args) -> list[str]:
+    """`python -m torch.distributed.run <torchrun flags> -m autotune <argv without torchrun flags>`."""
+    rest, i = [], 0
+    while i < len(argv):
+        item = argv[i]
+        name = item.split("=", 1)[0]
+        if name in TORCHRUN_FLAGS:
+            i += 1 if "=" in item else 2
+            continue
+        rest.append(item)
+        i += 1
+    flags = [f"--nproc-per-node={args.nproc_per_node}"]
+    for name in ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "master_port"):
+        if getattr(args, name):
+            flags.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
+    if not args.nnodes and not args.rdzv_endpoint:
+        flags.append("--standalone")
+    return [sys.executable, "-m", "torch.distributed.run", *flags, "-m", "autotune", *rest]
+
+
+def relaunch(argv: list[str], args) -> int:
+    """Run this probe under torchrun; its exit code is the probe's."""
+    return subprocess.call(torchrun_command(argv, args))

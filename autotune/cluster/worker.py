@@ -1,0 +1,109 @@
+"""A trial worker: one process per rank that loads the model once, shards it, and runs the
+trials its supervisor sends. `python -m autotune.cluster.worker FD`.
+
+Protocol: one JSON line of configuration on stdin, then one JSON request per line
+(`{"phase", "settings"}`); replies go to file descriptor FD as JSON lines (`{"ready": ...}`,
+`{"result": ...}`, `{"failed": ...}`). stdout and stderr stay free for library noise.
+
+A worker may die at any moment (an OOM mid-collective, a sticky CUDA error, a segfault): the
+supervisor sees it and starts a fresh one. The environment a trial needs
+(`PYTORCH_CUDA_ALLOC_CONF`) is set by the supervisor when it starts the process, before CUDA
+initialises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import signal
+import sys
+
+
+def _send(out, **message) -> None:
+    out.write(json.dumps(message, default=str) + "\n")
+    out.flush()
+
+
+def _fault(settings: dict) -> None:
+    """Test hook: AUTOTUNE_TEST_FAULT="kill:BATCH:MARKER" kills this worker (SIGKILL) at the start
+    of the first trial with that batch size; MARKER (a file) makes it happen once per test."""
+    spec = os.environ.get("AUTOTUNE_TEST_FAULT")
+    if not spec:
+        return
+    kind, batch, marker = spec.split(":", 2)
+    if kind == "kill" and settings.get("per_device_train_batch_size") == int(batch) and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _init_process_group(config: dict, device_kind: str) -> None:
+    import torch.distributed as dist
+
+    host, port = config["store"]
+    store = dist.TCPStore(host, port, is_master=False, timeout=datetime.timedelta(seconds=config["timeout_s"]))
+    backend = "cpu:gloo,cuda:nccl" if device_kind == "cuda" else "gloo"
+    dist.init_process_group(backend, store=dist.PrefixStore(config["prefix"], store), rank=config["rank"],
+                            world_size=config["world_size"], timeout=datetime.timedelta(seconds=config["timeout_s"]))
+
+
+def _make_device(spec, config: dict):
+    from ..devices import CudaDevice, make_device
+
+    if (spec.device or "cuda") == "cuda":
+        import torch
+
+        torch.cuda.set_device(config["local_rank"])
+        return CudaDevice(config["local_rank"], config["capacity"])
+    return make_device(spec.device, config["capacity"])
+
+
+def serve(config: dict, requests, out) -> None:
+    from ..model_source import resolve
+    from ..probe import describe_model
+    from ..spec import ProbeSpec
+    from ..trial import run_trial
+    from ..workload import load_workload
+    from .fragmentation import apply_steady_state_rule
+    from .sharding import shard
+
+    spec = ProbeSpec(**config["spec"])
+    device = _make_device(spec, config)
+    # Always: the Trainer's argument parsing (used to build the optimizer) initialises
+    # distributed itself from the torchrun variables unless a process group already exists.
+    _init_process_group(config, device.kind)
+    workload = load_workload(resolve(spec.model, spec.model_config), spec, device)
+    info = describe_model(workload)
+    workload = shard(workload, config["strategy"], config["local_rank"])
+    budget = int(device.capacity * spec.usable_fraction)
+    _send(out, ready={"model": dataclasses.asdict(info), "device": {
+        "kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}, "budget": budget})
+    for line in requests:
+        request = json.loads(line)
+        _fault(request["settings"])
+        result = run_trial(workload, request["phase"], request["settings"], spec.steps, budget)
+        result = apply_steady_state_rule(result)
+        _send(out, result=dataclasses.asdict(result))
+
+
+def main(argv: list[str]) -> int:
+    out = os.fdopen(int(argv[0]), "w", buffering=1)
+    config = json.loads(sys.stdin.readline())
+    try:
+        serve(config, sys.stdin, out)
+    except Exception as exc:  # noqa: BLE001 - the supervisor records it; the worker just ends
+        from ..devices import short_message
+
+        _send(out, failed=short_message(exc, limit=1000))
+        return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
