@@ -8,14 +8,15 @@ import time
 
 from . import __version__
 from .devices import make_device
-from .errors import AutotuneError, DoesNotFitError
-from .global_batch import split_global_batch
+from .errors import AutotuneError, DoesNotFitError, UsageError
 from .model_source import check_max_length, resolve
-from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
+from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
 from .search import FrontierSearch
 from .sizes import format_size
+from .space import SearchSpace, attn_unavailable_reason
 from .spec import ProbeSpec
 from .trial import InProcessRunner
+from .validate import validate
 from .workload import load_workload
 
 
@@ -68,64 +69,68 @@ def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batc
 
 
 def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) -> Recipe:
+    """Search the space (attention x checkpointing, train and eval batch), validate the fastest
+    configuration, and return the recipe. See space.py and validate.py."""
     progress = progress or ProgressSink()
     started = time.perf_counter()
     source = resolve(spec.model, spec.model_config)
-    check_max_length(source.config, spec.max_length)
+    check_max_length(source.config, spec.max_length + (spec.max_new_tokens or 0))
     device = device or make_device(spec.device, spec.gpu_memory)
+    runnable = [a for a in spec.attn_candidates if attn_unavailable_reason(a, device, spec.dtype) is None]
+    if not runnable:
+        reasons = "; ".join(f"{a}: {attn_unavailable_reason(a, device, spec.dtype)}" for a in spec.attn_candidates)
+        raise UsageError("--attn", f"no attention implementation can run here ({reasons})", "add sdpa or eager to --attn")
     progress.stage(f"loading {source.architecture} ({source.kind}: {source.path}) on {device.name}")
-    workload = load_workload(source, spec, device)
+    workload = load_workload(source, spec.replace(attn_implementation=runnable[0], gradient_checkpointing=False), device)
     budget = int(device.capacity * spec.usable_fraction)
     progress.stage(f"usable budget {format_size(budget)} of {format_size(device.capacity)} (margin {spec.margin:.0%})")
 
-    runner = InProcessRunner(workload, spec.steps, budget)
-    base = {"gradient_checkpointing": spec.gradient_checkpointing, "attn_implementation": spec.attn_implementation}
-    trials: list[TrialResult] = []
-    search = find_frontier(runner, "train", base, budget, spec.max_batch_size, progress, trials)
-    if search.error:
-        failed = trials[-1]
-        raise AutotuneError(f"a training step failed for a reason other than memory: {failed.message}",
-                            "rerun with AUTOTUNE_DEBUG=1 for details")
-    if search.frontier == 0:
-        first = trials[0]
-        seen = f"peak {format_size(first.peak_bytes)}" if first.peak_bytes else first.outcome
-        raise DoesNotFitError(f"even batch size 1 does not fit at max length {spec.max_length} ({seen}, usable budget {format_size(budget)})",
-                              "try --train-type lora, --gradient-checkpointing, a shorter --max-length, or a larger card")
+    space = SearchSpace(spec, InProcessRunner(workload, spec.steps, budget), device, budget, progress, find_frontier)
+    space.search_train()
+    ranked = space.ranked()
+    if not ranked:
+        if space.errors:
+            raise AutotuneError(space.errors[0], "rerun with AUTOTUNE_DEBUG=1 for details")
+        raise DoesNotFitError(f"even batch size 1 does not fit at max length {spec.max_length} (usable budget {format_size(budget)})",
+                              "try --train-type lora, --gradient-checkpointing on, a shorter --max-length, or a larger card")
+    if spec.eval:
+        space.eval_frontier(ranked[0].attn_implementation, ranked[0].gradient_checkpointing)
+    done = validate(space, ranked)
+    chosen = done.config
+    for cand in space.candidates:
+        cand.chosen = (cand.attn_implementation, cand.gradient_checkpointing) == (chosen.attn_implementation, chosen.gradient_checkpointing)
+    return _recipe(spec, workload, device, space, done, budget, started)
 
-    split = split_global_batch(spec.global_batch_size, search.frontier, spec.world_size)
-    chosen = next((t for t in trials if t.fits and t.batch_size == split.per_device), None)
-    if chosen is None:  # a smaller batch than the frontier: measure it rather than assume it fits
-        chosen = runner.run("train", {**base, "per_device_train_batch_size": split.per_device})
-        trials.append(chosen)
-        progress.trial_finished(chosen)
 
+def _recipe(spec, workload, device, space, done, budget: int, started: float) -> Recipe:
+    chosen = done.config
+    cand = next(c for c in space.candidates if c.chosen)
+    frontier = {"train": cand.frontier}
+    if spec.eval:
+        frontier["eval"] = space.eval_frontiers.get(chosen.attn_implementation)
+    loss_only = spec.prediction_loss_only if spec.eval else None
     settings = Settings(
-        per_device_train_batch_size=split.per_device,
-        gradient_accumulation_steps=split.accumulation,
-        gradient_checkpointing=workload.gradient_checkpointing,
-        attn_implementation=workload.attn_implementation,
+        per_device_train_batch_size=chosen.per_device_train_batch_size,
+        gradient_accumulation_steps=chosen.gradient_accumulation_steps,
+        per_device_eval_batch_size=done.eval_batch,
+        eval_accumulation_steps=spec.eval_steps if (spec.eval and not spec.prediction_loss_only) else None,
+        prediction_loss_only=loss_only,
+        gradient_checkpointing=chosen.gradient_checkpointing,
+        attn_implementation=chosen.attn_implementation,
         torch_dtype=spec.dtype,
         max_length=spec.max_length,
     )
-    validation = _validation_from_trial(chosen, budget)
+    target = spec.global_batch_size
     record = SearchRecord(
         margin=spec.margin, capacity_bytes=device.capacity, budget_bytes=budget, max_batch_size=spec.max_batch_size,
-        steps_per_trial=spec.steps, frontier={"train": search.frontier}, global_batch_size=spec.global_batch_size,
-        effective_global_batch_size=split.effective, global_batch_exact=split.exact, global_batch_note=split.note,
-        trials=trials, wall_s=round(time.perf_counter() - started, 3),
+        steps_per_trial=spec.steps, frontier=frontier, global_batch_size=target,
+        effective_global_batch_size=chosen.per_device_train_batch_size * chosen.gradient_accumulation_steps * spec.world_size,
+        global_batch_exact=chosen.exact, global_batch_note=chosen.note,
+        trials=space.trials, wall_s=round(time.perf_counter() - started, 3),
+        candidates=[c.row() for c in space.candidates], phases=space.phases,
     )
     return Recipe(
         schema=SCHEMA, model=describe_model(workload), hardware=describe_hardware(device, spec.world_size),
-        settings=settings, search=record, validation=validation,
+        settings=settings, search=record, validation=done.validation,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), autotune_version=__version__,
-    )
-
-
-def _validation_from_trial(trial: TrialResult, budget: int) -> Validation:
-    peak = trial.peak_bytes or 0
-    return Validation(
-        passed=trial.fits, method="search-trial", steps=trial.steps, peak_bytes=trial.peak_bytes,
-        headroom_bytes=budget - peak, headroom_pct=round(100.0 * (budget - peak) / budget, 2),
-        tokens_per_s=trial.tokens_per_s,
-        message="the chosen configuration ran in the search; a dedicated validation run is issue #3",
     )

@@ -14,6 +14,8 @@ ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 # allocator), NCCL buffers, and the drift of the caching allocator over a long run. See README.
 DEFAULT_MARGIN = 0.10
 DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_EVAL_STEPS = 4  # eval steps whose logits stay on the device before eval_accumulation_steps flushes them
+DEFAULT_VALIDATE_STEPS = 20
 
 
 @dataclass
@@ -34,9 +36,18 @@ class ProbeSpec:
     global_batch_size: int | None = None
     world_size: int = 1
     steps: int = 3  # optimizer steps per trial; peak is read from step 2 on
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False  # what the model is built with; the search sets it per candidate
+    attn_implementation: str = "sdpa"  # what the model is built with; the search switches it per candidate
     seed: int = 0
+    # The search space (issue #3). Candidates that cannot run here are recorded as skipped.
+    attn_candidates: tuple = ATTN_IMPLEMENTATIONS
+    gradient_checkpointing_candidates: tuple = (False, True)
+    eval: bool = True  # search the eval batch frontier
+    eval_steps: int = DEFAULT_EVAL_STEPS  # eval steps accumulated on the device (-> eval_accumulation_steps)
+    prediction_loss_only: bool = False  # False: keep logits like a Trainer with compute_metrics (the costly path)
+    predict_with_generate: bool = False  # eval probes generate() (KV cache growth) instead
+    max_new_tokens: int | None = None
+    validate_steps: int = DEFAULT_VALIDATE_STEPS
     extras: dict = field(default_factory=dict)  # room for later phases' flags
 
     def __post_init__(self) -> None:
@@ -67,6 +78,26 @@ class ProbeSpec:
                              f"choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         if self.gpu_memory is not None:
             _positive("--gpu-memory", self.gpu_memory)
+        self._validate_space()
+
+    def _validate_space(self) -> None:
+        unknown = [a for a in self.attn_candidates if a not in ATTN_IMPLEMENTATIONS]
+        if unknown or not self.attn_candidates:
+            raise UsageError("--attn", f"unknown attention implementation {', '.join(unknown) or '(none given)'}",
+                             f"choose from {', '.join(ATTN_IMPLEMENTATIONS)}, comma-separated")
+        if not self.gradient_checkpointing_candidates or any(not isinstance(g, bool) for g in self.gradient_checkpointing_candidates):
+            raise UsageError("--gradient-checkpointing", "needs on, off or search")
+        _positive("--eval-steps", self.eval_steps)
+        _positive("--validate-steps", self.validate_steps)
+        if self.validate_steps < 3:
+            raise UsageError("--validate-steps", f"need at least 3 steps, got {self.validate_steps}", "the default is 20")
+        if self.predict_with_generate:
+            if self.max_new_tokens is None:
+                raise UsageError("--max-new-tokens", "--predict-with-generate needs the number of tokens to generate",
+                                 "add --max-new-tokens 256 (your generation max_new_tokens)")
+            _positive("--max-new-tokens", self.max_new_tokens)
+        elif self.max_new_tokens is not None:
+            raise UsageError("--max-new-tokens", "only means something with --predict-with-generate", "add --predict-with-generate")
 
     @property
     def usable_fraction(self) -> float:
