@@ -30,9 +30,12 @@ def test_probe_writes_a_recipe(tmp_path, capsys):
 
 def test_json_output_is_only_json(tmp_path, capsys):
     out = tmp_path / "r.yaml"
-    assert main(DEMO + ["--out", str(out), "--format", "json"]) == 0
+    assert main(DEMO + ["--out", str(out), "--format", "json", "--attn", "sdpa", "--gradient-checkpointing", "off",
+                        "--no-eval", "--validate-steps", "3"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["schema"] == 1 and data["settings"]["per_device_train_batch_size"] >= 1
+    assert [(c["attn_implementation"], c["gradient_checkpointing"]) for c in data["search"]["candidates"]] == [("sdpa", False)]
+    assert data["settings"]["per_device_eval_batch_size"] is None and data["validation"]["steps"] == 3
 
 
 BAD = [
@@ -48,13 +51,21 @@ BAD = [
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--global-batch-size", "-2"], "--global-batch-size"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--margin", "1.5"], "--margin"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--steps", "2"], "--steps"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--attn", "sdpa,fast"], "--attn"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--gradient-checkpointing", "maybe"], "--gradient-checkpointing"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--eval-steps", "0"], "--eval-steps"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--validate-steps", "2"], "--validate-steps"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--predict-with-generate"], "--max-new-tokens"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--max-new-tokens", "8"], "--predict-with-generate"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--plot", "x.pdf"], "--plot"),
+    (["report", "/nonexistent/recipe.yaml"], "no recipe"),
 ]
 
 
 @pytest.mark.parametrize("argv,needle", BAD)
 def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, capsys, argv, needle):
     out = tmp_path / "r.yaml"
-    assert main(argv + ["--out", str(out)]) == 2
+    assert main(argv + (["--out", str(out)] if argv[0] == "probe" else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("autotune: error:") and needle in err[0]
     assert "Traceback" not in err[0]
@@ -93,7 +104,7 @@ def test_debug_env_shows_the_traceback(tmp_path):
 
 def test_help_lists_subcommands_and_examples():
     out = subprocess.run([sys.executable, "-m", "autotune", "--help"], capture_output=True, text=True, timeout=120).stdout
-    assert "probe" in out
+    assert "probe" in out and "report" in out
     out = subprocess.run([sys.executable, "-m", "autotune", "probe", "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "examples:" in out and "--gpu-memory" in out and "tiny-llama" in out
 
