@@ -17,12 +17,13 @@ DEMO = ["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memor
 
 def test_probe_writes_a_recipe(tmp_path, capsys):
     out = tmp_path / "recipe.yaml"
-    assert main(DEMO + ["--out", str(out), "--global-batch-size", "8"]) == 0
+    assert main(DEMO + ["--out", str(out), "--global-batch-size", "8", "--attn", "sdpa", "--validate-steps", "5"]) == 0
     recipe = load_recipe(out)
     s = recipe.settings
     assert s.per_device_train_batch_size * s.gradient_accumulation_steps == 8
     assert recipe.search.frontier["train"] >= s.per_device_train_batch_size
-    assert recipe.validation.passed
+    assert recipe.validation.passed and recipe.validation.method == "validation-run" and recipe.validation.steps == 5
+    assert s.per_device_eval_batch_size == recipe.search.frontier["eval"] >= 1
     assert {t.outcome for t in recipe.search.trials} >= {"fit"}
     printed = capsys.readouterr()
     assert "frontier" in printed.out and "trial" in printed.err
