@@ -139,7 +139,7 @@ def test_probe_real_weights_from_a_local_directory(tmp_path, capsys):
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
     out = tmp_path / "r.yaml"
     argv = ["probe", "--model", str(tmp_path / "model"), "--device", "sim", "--gpu-memory", "12MiB", "--max-length", "64",
-            "--dtype", "float32", "--out", str(out)]
+            "--dtype", "float32", "--attn", "sdpa", "--validate-steps", "3", "--out", str(out)]
     assert main(argv) == 0
     recipe = load_recipe(out)
     assert recipe.model.source == "weights" and recipe.model.architecture == "GPT2LMHeadModel"
