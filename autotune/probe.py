@@ -87,6 +87,7 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None) ->
 
     space = SearchSpace(spec, InProcessRunner(workload, spec.steps, budget), device, budget, progress, find_frontier)
     space.search_train()
+    space.runoff()
     ranked = space.ranked()
     if not ranked:
         if space.errors:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,10 @@ from .recipe import TrialResult
 from .search import FrontierSearch
 
 TIE = 0.01  # throughputs within 1% are a tie; the lower peak wins
+# Configurations within 20% of the fastest are timed again (2 more rounds, round-robin): one
+# short timing on a busy machine is not enough to call a winner.
+RUNOFF_BAND = 0.20
+RUNOFF_ROUNDS = 2
 
 
 def attn_unavailable_reason(attn: str, device, dtype: str) -> str | None:
@@ -239,6 +244,26 @@ class SearchSpace:
                 cand.measured.append(entry)
                 break
             cand.measured.append(entry)
+
+    def runoff(self, band: float = RUNOFF_BAND, rounds: int = RUNOFF_ROUNDS) -> None:
+        """Measure, don't guess, when in doubt: configurations within `band` of the fastest are
+        timed again, round-robin (so load drift hits all alike), and ranked by their median."""
+        measured = [m for c in self.candidates for m in c.measured]
+        if len(measured) < 2:
+            return
+        top = max(m.tokens_per_s for m in measured)
+        contenders = [m for m in measured if m.tokens_per_s >= top * (1 - band)]
+        if len(contenders) < 2:
+            return
+        samples = {id(m): [m.tokens_per_s] for m in contenders}
+        with self.phase("throughput"):
+            for _ in range(rounds):
+                for m in contenders:
+                    result = self._run("train", m.settings, self.spec.steps + 2, "throughput")
+                    if result.fits and result.tokens_per_s:
+                        samples[id(m)].append(result.tokens_per_s)
+        for m in contenders:
+            m.tokens_per_s = statistics.median(samples[id(m)])
 
     def ranked(self) -> list[Measured]:
         return rank([m for c in self.candidates for m in c.measured])
