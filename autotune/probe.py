@@ -7,17 +7,19 @@ import datetime
 import time
 
 from . import __version__
-from .errors import AutotuneError, DoesNotFitError
+from .errors import AutotuneError, DoesNotFitError, UsageError
 from .global_batch import split_global_batch
 from .dataset import from_dataset
 from .model_source import check_max_length, resolve
 from .multimodal import recipe_record, recipe_settings
 from .training_setup import plan_inputs
 from .quantize import quantization_record
-from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
+from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
 from .search import FrontierSearch
 from .sizes import format_size
+from .space import SearchSpace, attn_unavailable_reason
 from .spec import ProbeSpec
+from .validate import validate
 
 
 class ProgressSink:
@@ -73,7 +75,10 @@ def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batc
 
 
 def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, plan: Recipe | None = None) -> Recipe:
-    """`plan`: a recipe from `autotune plan`; the search starts at its predicted frontier."""
+    """Search the space (attention x checkpointing, train and eval batch; strategies when several
+    are given), validate the fastest configuration, and return the recipe. Trials run in this
+    process or in supervised workers (cluster/session.py). `plan`: a recipe from `autotune plan`;
+    the search starts at its predicted frontier."""
     progress = progress or ProgressSink()
     started = time.perf_counter()
     source = resolve(spec.model, spec.model_config)
@@ -81,10 +86,12 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
     if spec.dataset:
         spec, profile, data = from_dataset(spec, source)
         progress.dataset(profile, data)
-    check_max_length(source.config, spec.max_length)
+    check_max_length(source.config, spec.max_length + (spec.max_new_tokens or 0))
+    runnable = _runnable_attention(spec, device)
     from .cluster.session import open_session
 
-    session = open_session(spec, source, progress, device)  # in this process, or in supervised workers
+    # Load with an attention that runs here; each trial then switches in place.
+    session = open_session(spec.replace(attn_implementation=runnable[0], gradient_checkpointing=False), source, progress, device)
     try:
         recipe = _probe(spec, source, session, progress, started, plan, data)
         session.confirm_agreement(recipe)
@@ -98,48 +105,107 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
         session.close()
 
 
+def _runnable_attention(spec: ProbeSpec, device) -> list[str]:
+    if device is None:
+        from .devices import default_device_kind
+
+        device = _DeviceView(spec.device or default_device_kind())
+    runnable = [a for a in spec.attn_candidates if attn_unavailable_reason(a, device, spec.dtype) is None]
+    if not runnable:
+        reasons = "; ".join(f"{a}: {attn_unavailable_reason(a, device, spec.dtype)}" for a in spec.attn_candidates)
+        raise UsageError("--attn", f"no attention implementation can run here ({reasons})", "add sdpa or eager to --attn")
+    return runnable
+
+
+class _DeviceView:
+    """What attention checks need to know of a device, without opening it (workers own it)."""
+
+    def __init__(self, kind: str):
+        import torch
+
+        self.kind = kind
+        self.torch_device = torch.device("cuda", 0) if kind == "cuda" else torch.device("cpu")
+
+
+class _WithBase:
+    """A runner that adds the chosen strategy and environment to every trial's settings."""
+
+    def __init__(self, inner, base: dict):
+        self.inner, self.base = inner, base
+
+    @property
+    def workload(self):
+        return getattr(self.inner, "workload", None)
+
+    def run(self, phase: str, settings: dict, steps: int | None = None) -> TrialResult:
+        return self.inner.run(phase, {**self.base, **settings}, steps)
+
+
 def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: float, plan: Recipe | None,
            data: dict | None) -> Recipe:
-    from .cluster.dimensions import search_train
-
     runner, budget = session.runner, session.budget
-    base = {"gradient_checkpointing": spec.gradient_checkpointing, "attn_implementation": spec.attn_implementation}
-    if spec.env:
-        base["env"] = dict(spec.env)
-    trials: list[TrialResult] = []
+    base = {"env": dict(spec.env)} if spec.env else {}
     hint = None
     if plan is not None:
         from .plan import hint_from_plan
 
         hint = hint_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
-    base, search = search_train(runner, base, budget, spec.max_batch_size, progress, trials, spec.strategies,
-                                spec.expandable_segments if session.supervisor else "off", session.hardware.device, hint=hint)
-    if search.error:
-        failed = trials[-1]
-        raise AutotuneError(f"a training step failed for a reason other than memory: {failed.message}",
-                            "rerun with AUTOTUNE_DEBUG=1 for details")
-    if search.frontier == 0:
-        first = trials[0]
-        seen = f"peak {format_size(first.peak_bytes)}" if first.peak_bytes else first.outcome
-        raise DoesNotFitError(f"even batch size 1 does not fit at max length {spec.max_length} ({seen}, usable budget {format_size(budget)})",
-                              "try --train-type lora, --gradient-checkpointing, a shorter --max-length, or a larger card")
+    trials: list[TrialResult] = []
+    choose_allocator = spec.expandable_segments == "auto" and session.supervisor is not None and session.hardware.device == "cuda"
+    if len(spec.strategies) > 1 or choose_allocator:
+        # Strategy and allocator first (issue #6), at the first runnable attention without checkpointing.
+        from .cluster.dimensions import search_train
 
-    split = split_global_batch(spec.global_batch_size, search.frontier, session.world_size)
-    chosen = next((t for t in trials if t.fits and t.batch_size == split.per_device), None)
-    if chosen is None:  # a smaller batch than the frontier: measure it rather than assume it fits
-        chosen = runner.run("train", {**base, "per_device_train_batch_size": split.per_device})
-        trials.append(chosen)
-        progress.trial_finished(chosen)
+        first = {**base, "attn_implementation": _first_attention(spec), "gradient_checkpointing": False}
+        chosen, _ = search_train(runner, first, budget, spec.max_batch_size, progress, trials, spec.strategies,
+                                 spec.expandable_segments, session.hardware.device, hint=hint)
+        base = {k: chosen[k] for k in ("strategy", "env") if chosen.get(k)}
+    elif spec.strategies:
+        base["strategy"] = spec.strategies[0]
 
-    checkpointing = chosen.settings.get("gradient_checkpointing", spec.gradient_checkpointing)
+    device = runner.workload.device if getattr(runner, "workload", None) is not None else None
+    space = SearchSpace(spec, _WithBase(runner, base), device or _DeviceView(session.hardware.device), budget,
+                        progress, find_frontier)
+    space.trials[:0] = trials
+    space.first_hint = hint
+    space.search_train()
+    space.runoff()
+    ranked = space.ranked()
+    if not ranked:
+        if space.errors:
+            raise AutotuneError(space.errors[0], "rerun with AUTOTUNE_DEBUG=1 for details")
+        raise DoesNotFitError(f"even batch size 1 does not fit at max length {spec.max_length} (usable budget {format_size(budget)})",
+                              "try --train-type lora, --gradient-checkpointing on, a shorter --max-length, or a larger card")
+    if spec.eval:
+        space.eval_frontier(ranked[0].attn_implementation, ranked[0].gradient_checkpointing)
+    done = validate(space, ranked)
+    chosen = done.config
+    for cand in space.candidates:
+        cand.chosen = (cand.attn_implementation, cand.gradient_checkpointing) == (chosen.attn_implementation, chosen.gradient_checkpointing)
+    return _recipe(spec, source, session, space, done, base, started, data)
+
+
+def _first_attention(spec: ProbeSpec) -> str:
+    return next((a for a in spec.attn_candidates if a != "flash_attention_2"), spec.attn_candidates[0])
+
+
+def _recipe(spec, source, session, space, done, base: dict, started: float, data: dict | None) -> Recipe:
+    chosen = done.config
+    cand = next(c for c in space.candidates if c.chosen)
+    frontier = {"train": cand.frontier}
+    if spec.eval:
+        frontier["eval"] = space.eval_frontiers.get(chosen.attn_implementation)
     setup = plan_inputs(source, spec)  # the vision-language setup, from the config alone
-    vision = recipe_settings(setup, spec, checkpointing)
+    vision = recipe_settings(setup, spec, chosen.gradient_checkpointing)
     settings = Settings(
-        per_device_train_batch_size=split.per_device,
-        gradient_accumulation_steps=split.accumulation,
-        gradient_checkpointing=checkpointing,
-        attn_implementation=chosen.settings.get("attn_implementation", spec.attn_implementation),
+        per_device_train_batch_size=chosen.per_device_train_batch_size,
+        gradient_accumulation_steps=chosen.gradient_accumulation_steps,
+        per_device_eval_batch_size=done.eval_batch,
+        eval_accumulation_steps=spec.eval_steps if (spec.eval and not spec.prediction_loss_only) else None,
+        prediction_loss_only=spec.prediction_loss_only if spec.eval else None,
+        gradient_checkpointing=chosen.gradient_checkpointing,
+        attn_implementation=chosen.attn_implementation,
         torch_dtype=spec.dtype,
         max_length=spec.max_length,
         optim=spec.optim,
@@ -147,26 +213,17 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
         **{k: v for k, v in vision.items() if k != "env"},
         env={**vision.get("env", {}), **(base.get("env") or {})},
     )
-    validation = _validation_from_trial(chosen, budget)
     record = SearchRecord(
-        margin=spec.margin, capacity_bytes=session.capacity, budget_bytes=budget, max_batch_size=spec.max_batch_size,
-        steps_per_trial=spec.steps, frontier={"train": search.frontier}, global_batch_size=spec.global_batch_size,
-        effective_global_batch_size=split.effective, global_batch_exact=split.exact, global_batch_note=split.note,
-        trials=trials, wall_s=round(time.perf_counter() - started, 3),
+        margin=spec.margin, capacity_bytes=session.capacity, budget_bytes=session.budget, max_batch_size=spec.max_batch_size,
+        steps_per_trial=spec.steps, frontier=frontier, global_batch_size=spec.global_batch_size,
+        effective_global_batch_size=chosen.per_device_train_batch_size * chosen.gradient_accumulation_steps * session.world_size,
+        global_batch_exact=chosen.exact, global_batch_note=chosen.note,
+        trials=space.trials, wall_s=round(time.perf_counter() - started, 3),
+        candidates=[c.row() for c in space.candidates], phases=space.phases,
     )
     return Recipe(
         schema=SCHEMA, model=session.model, hardware=session.hardware,
-        settings=settings, search=record, validation=validation,
+        settings=settings, search=record, validation=done.validation,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), autotune_version=__version__,
         multimodal=recipe_record(setup, spec), dataset=data,
-    )
-
-
-def _validation_from_trial(trial: TrialResult, budget: int) -> Validation:
-    peak = trial.peak_bytes or 0
-    return Validation(
-        passed=trial.fits, method="search-trial", steps=trial.steps, peak_bytes=trial.peak_bytes,
-        headroom_bytes=budget - peak, headroom_pct=round(100.0 * (budget - peak) / budget, 2),
-        tokens_per_s=trial.tokens_per_s,
-        message="the chosen configuration ran in the search; a dedicated validation run is issue #3",
     )

@@ -32,6 +32,7 @@ class TrialResult:
     message: str | None = None
     leaked_bytes: int | None = None
     memory_stats: dict | None = None
+    purpose: str | None = None  # "frontier" | "throughput" (issue #3); None: a frontier trial
 
     @property
     def batch_size(self) -> int:
@@ -114,6 +115,10 @@ class SearchRecord:
     global_batch_note: str | None = None
     trials: list[TrialResult] = field(default_factory=list)
     wall_s: float = 0.0
+    # Issue #3: one row per (attention, checkpointing) candidate -- status searched/skipped/pruned,
+    # reason, frontier, measured throughput and peak -- and trials/wall time per phase.
+    candidates: list[dict] = field(default_factory=list)
+    phases: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +131,10 @@ class Validation:
     headroom_pct: float | None = None
     tokens_per_s: float | None = None
     message: str | None = None
+    # Issue #3 ("validation-run"): the eval part of the run, and every configuration tried in turn.
+    eval_steps: int = 0
+    eval_peak_bytes: int | None = None
+    attempts: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -215,14 +224,14 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 # ---------------------------------------------------------------- writing
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
+def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
     """Write to a temporary file beside `path`, then rename: a reader (or a Ctrl-C) never sees
     half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

@@ -16,6 +16,8 @@ ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 # allocator), NCCL buffers, and the drift of the caching allocator over a long run. See README.
 DEFAULT_MARGIN = 0.10
 DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_EVAL_STEPS = 4  # eval steps whose logits stay on the device before eval_accumulation_steps flushes them
+DEFAULT_VALIDATE_STEPS = 20
 
 
 @dataclass
@@ -36,8 +38,8 @@ class ProbeSpec:
     global_batch_size: int | None = None
     world_size: int = 1
     steps: int = 3  # optimizer steps per trial; peak is read from step 2 on
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False  # what the model is built with; the search sets it per candidate
+    attn_implementation: str = "sdpa"  # what the model is built with; the search switches it per candidate
     seed: int = 0
     # Clusters (issue #6): see autotune/cluster/.
     strategies: tuple = ()  # sharding strategies to probe: ddp, fsdp, zero2, zero3, zero2_offload, zero3_offload
@@ -48,6 +50,15 @@ class ProbeSpec:
     gpu_memory_per_rank: tuple | None = None  # bytes per rank (a pool of unequal cards; a test hook on sim)
     env: dict = field(default_factory=dict)  # environment for the trial workers
     expandable_segments: str = "auto"  # auto: probe it on CUDA; on; off
+    # The search space (issue #3). Candidates that cannot run here are recorded as skipped.
+    attn_candidates: tuple = ATTN_IMPLEMENTATIONS
+    gradient_checkpointing_candidates: tuple = (False, True)
+    eval: bool = True  # search the eval batch frontier
+    eval_steps: int = DEFAULT_EVAL_STEPS  # eval steps accumulated on the device (-> eval_accumulation_steps)
+    prediction_loss_only: bool = False  # False: keep logits like a Trainer with compute_metrics (the costly path)
+    predict_with_generate: bool = False  # eval probes generate() (KV cache growth) instead
+    max_new_tokens: int | None = None
+    validate_steps: int = DEFAULT_VALIDATE_STEPS
     extras: dict = field(default_factory=dict)  # room for later phases' flags
     # Vision-language (issue #5). None: the family's / ms-swift's default.
     optim: str = "adamw_torch_fused"
@@ -95,6 +106,7 @@ class ProbeSpec:
         if self.gpu_memory is not None:
             _positive("--gpu-memory", self.gpu_memory)
         _check_cluster(self)
+        self._validate_space()
 
     def _validate_multimodal(self) -> None:
         if self.optim not in OPTIMIZERS:
@@ -110,6 +122,24 @@ class ProbeSpec:
                 raise UsageError("--length-percentile", "needs --dataset FILE.jsonl to take the percentile of")
             if not (0 < self.length_percentile <= 100):
                 raise UsageError("--length-percentile", f"must be in (0, 100], got {self.length_percentile}", "for example --length-percentile 95")
+    def _validate_space(self) -> None:
+        unknown = [a for a in self.attn_candidates if a not in ATTN_IMPLEMENTATIONS]
+        if unknown or not self.attn_candidates:
+            raise UsageError("--attn", f"unknown attention implementation {', '.join(unknown) or '(none given)'}",
+                             f"choose from {', '.join(ATTN_IMPLEMENTATIONS)}, comma-separated")
+        if not self.gradient_checkpointing_candidates or any(not isinstance(g, bool) for g in self.gradient_checkpointing_candidates):
+            raise UsageError("--gradient-checkpointing", "needs on, off or search")
+        _positive("--eval-steps", self.eval_steps)
+        _positive("--validate-steps", self.validate_steps)
+        if self.validate_steps < 3:
+            raise UsageError("--validate-steps", f"need at least 3 steps, got {self.validate_steps}", "the default is 20")
+        if self.predict_with_generate:
+            if self.max_new_tokens is None:
+                raise UsageError("--max-new-tokens", "--predict-with-generate needs the number of tokens to generate",
+                                 "add --max-new-tokens 256 (your generation max_new_tokens)")
+            _positive("--max-new-tokens", self.max_new_tokens)
+        elif self.max_new_tokens is not None:
+            raise UsageError("--max-new-tokens", "only means something with --predict-with-generate", "add --predict-with-generate")
 
     @property
     def usable_fraction(self) -> float:

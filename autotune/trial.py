@@ -43,12 +43,24 @@ def _train_steps(workload, batch_size: int, steps: int, timings: list[float]) ->
         return device.peak_bytes()
 
 
+def _eval_outputs(model, batch: dict, max_new_tokens: int | None):
+    """What one eval step predicts. Plain: the forward's logits. With generation (Seq2SeqTrainer's
+    predict_with_generate): generate() grows the KV cache for max_new_tokens, then a forward with
+    labels computes the loss; the prediction kept is the generated ids."""
+    if not max_new_tokens:
+        return model(**batch).logits
+    ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                         max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=0)
+    model(**batch)  # the loss forward: its logits are dropped at once
+    return ids
+
+
 def _eval_steps(workload, batch_size: int, steps: int, timings: list[float], keep_logits: bool,
-                eval_accumulation_steps: int | None) -> int:
+                eval_accumulation_steps: int | None, max_new_tokens: int | None = None) -> int:
     """Evaluation the way the Hugging Face Trainer runs it: eval mode, no grad, forward with
     labels. With `keep_logits` (the Trainer with compute_metrics and no
-    preprocess_logits_for_metrics), each step's logits and labels stay on the device,
-    concatenated, until `eval_accumulation_steps` moves them to the host."""
+    preprocess_logits_for_metrics), each step's logits (generated ids with `max_new_tokens`) and
+    labels stay on the device, concatenated, until `eval_accumulation_steps` moves them to the host."""
     device = workload.device
     model = workload.model
     model.eval()
@@ -59,9 +71,9 @@ def _eval_steps(workload, batch_size: int, steps: int, timings: list[float], kee
                 device.synchronize()
                 start = time.perf_counter()
                 batch = workload.make_batch(batch_size)
-                out = model(**batch)
+                out = _eval_outputs(model, batch, max_new_tokens)
                 if keep_logits:
-                    logits, labels = out.logits.detach(), batch["labels"]
+                    logits, labels = out.detach(), batch["labels"]
                     held_logits = logits if held_logits is None else torch.cat([held_logits, logits])
                     held_labels = labels if held_labels is None else torch.cat([held_labels, labels])
                     del logits, labels
@@ -100,7 +112,8 @@ def run_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> 
             peak = _train_steps(workload, batch_size, steps, timings)
         else:
             keep = not settings.get("prediction_loss_only", True)
-            peak = _eval_steps(workload, batch_size, steps, timings, keep, settings.get("eval_accumulation_steps"))
+            generate = settings.get("max_new_tokens") if settings.get("predict_with_generate") else None
+            peak = _eval_steps(workload, batch_size, steps, timings, keep, settings.get("eval_accumulation_steps"), generate)
         outcome = "fit" if peak <= budget else "over_budget"
     except Exception as exc:  # noqa: BLE001 - every failure becomes data
         outcome = "oom" if device.is_oom(exc) else "error"
@@ -140,5 +153,6 @@ class InProcessRunner:
         self.steps = steps
         self.budget = budget
 
-    def run(self, phase: str, settings: dict) -> TrialResult:
-        return run_trial(self.workload, phase, settings, self.steps, self.budget)
+    def run(self, phase: str, settings: dict, steps: int | None = None) -> TrialResult:
+        """`steps` overrides the default (longer throughput measurements, eval accumulation)."""
+        return run_trial(self.workload, phase, settings, steps or self.steps, self.budget)

@@ -13,7 +13,9 @@ CAPACITY = 12 * 2**20
 @functools.lru_cache(maxsize=None)
 def probed():
     spec = ProbeSpec(max_length=32, model_config="tiny-llama", train_type="lora", device="sim", gpu_memory=CAPACITY,
-                     global_batch_size=8, max_batch_size=4)
+                     global_batch_size=8, max_batch_size=4,
+                     # one candidate, no eval phase (the eval_zero3 variant adds eval settings), short validation
+                     attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,), eval=False, validate_steps=3)
     return probe(spec)
 
 

@@ -17,12 +17,13 @@ DEMO = ["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memor
 
 def test_probe_writes_a_recipe(tmp_path, capsys):
     out = tmp_path / "recipe.yaml"
-    assert main(DEMO + ["--out", str(out), "--global-batch-size", "8"]) == 0
+    assert main(DEMO + ["--out", str(out), "--global-batch-size", "8", "--attn", "sdpa", "--validate-steps", "5"]) == 0
     recipe = load_recipe(out)
     s = recipe.settings
     assert s.per_device_train_batch_size * s.gradient_accumulation_steps == 8
     assert recipe.search.frontier["train"] >= s.per_device_train_batch_size
-    assert recipe.validation.passed
+    assert recipe.validation.passed and recipe.validation.method == "validation-run" and recipe.validation.steps == 5
+    assert s.per_device_eval_batch_size == recipe.search.frontier["eval"] >= 1
     assert {t.outcome for t in recipe.search.trials} >= {"fit"}
     printed = capsys.readouterr()
     assert "frontier" in printed.out and "trial" in printed.err
@@ -30,9 +31,12 @@ def test_probe_writes_a_recipe(tmp_path, capsys):
 
 def test_json_output_is_only_json(tmp_path, capsys):
     out = tmp_path / "r.yaml"
-    assert main(DEMO + ["--out", str(out), "--format", "json"]) == 0
+    assert main(DEMO + ["--out", str(out), "--format", "json", "--attn", "sdpa", "--gradient-checkpointing", "off",
+                        "--no-eval", "--validate-steps", "3"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["schema"] == 1 and data["settings"]["per_device_train_batch_size"] >= 1
+    assert [(c["attn_implementation"], c["gradient_checkpointing"]) for c in data["search"]["candidates"]] == [("sdpa", False)]
+    assert data["settings"]["per_device_eval_batch_size"] is None and data["validation"]["steps"] == 3
 
 
 BAD = [
@@ -48,13 +52,21 @@ BAD = [
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--global-batch-size", "-2"], "--global-batch-size"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--margin", "1.5"], "--margin"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--steps", "2"], "--steps"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--attn", "sdpa,fast"], "--attn"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--gradient-checkpointing", "maybe"], "--gradient-checkpointing"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--eval-steps", "0"], "--eval-steps"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--validate-steps", "2"], "--validate-steps"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--predict-with-generate"], "--max-new-tokens"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--max-new-tokens", "8"], "--predict-with-generate"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--plot", "x.pdf"], "--plot"),
+    (["report", "/nonexistent/recipe.yaml"], "no recipe"),
 ]
 
 
 @pytest.mark.parametrize("argv,needle", BAD)
 def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, capsys, argv, needle):
     out = tmp_path / "r.yaml"
-    assert main(argv + ["--out", str(out)]) == 2
+    assert main(argv + (["--out", str(out)] if argv[0] == "probe" else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("autotune: error:") and needle in err[0]
     assert "Traceback" not in err[0]
@@ -93,7 +105,7 @@ def test_debug_env_shows_the_traceback(tmp_path):
 
 def test_help_lists_subcommands_and_examples():
     out = subprocess.run([sys.executable, "-m", "autotune", "--help"], capture_output=True, text=True, timeout=120).stdout
-    assert "probe" in out
+    assert "probe" in out and "report" in out
     out = subprocess.run([sys.executable, "-m", "autotune", "probe", "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "examples:" in out and "--gpu-memory" in out and "tiny-llama" in out
 
@@ -127,7 +139,7 @@ def test_probe_real_weights_from_a_local_directory(tmp_path, capsys):
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
     out = tmp_path / "r.yaml"
     argv = ["probe", "--model", str(tmp_path / "model"), "--device", "sim", "--gpu-memory", "12MiB", "--max-length", "64",
-            "--dtype", "float32", "--out", str(out)]
+            "--dtype", "float32", "--attn", "sdpa", "--validate-steps", "3", "--out", str(out)]
     assert main(argv) == 0
     recipe = load_recipe(out)
     assert recipe.model.source == "weights" and recipe.model.architecture == "GPT2LMHeadModel"

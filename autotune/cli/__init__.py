@@ -12,8 +12,9 @@ from . import check as check_cmd
 from . import emit as emit_cmd
 from . import plan as plan_cmd
 from . import probe as probe_cmd
+from . import report as report_cmd
 
-COMMANDS = [probe_cmd, plan_cmd, check_cmd, emit_cmd]
+COMMANDS = [probe_cmd, plan_cmd, check_cmd, emit_cmd, report_cmd]
 
 EPILOG = """\
 exit codes: 0 ok, 2 bad input, 3 does not fit, 4 recipe made on other hardware (check), 130 interrupted.

@@ -23,7 +23,8 @@ def stderr_console(quiet: bool = False) -> Console:
 def describe_settings(settings: dict) -> str:
     parts = []
     for key, short in (("per_device_train_batch_size", "batch"), ("per_device_eval_batch_size", "eval batch"),
-                       ("attn_implementation", "attn"), ("gradient_checkpointing", "gc")):
+                       ("attn_implementation", "attn"), ("gradient_checkpointing", "gc"),
+                       ("eval_accumulation_steps", "eval accum"), ("max_new_tokens", "generate")):
         if key in settings and settings[key] is not None:
             value = settings[key]
             parts.append(f"{short} {'on' if value is True else 'off' if value is False else value}")
@@ -77,26 +78,53 @@ def dataset_lines(d: dict) -> str:
 
 def trials_table(recipe: Recipe) -> Table:
     table = Table(title="trials", title_justify="left")
-    for column in ("#", "phase", "settings", "outcome", "peak", "% budget", "tok/s", "time"):
+    for column in ("#", "phase", "purpose", "settings", "outcome", "peak", "% budget", "tok/s", "time"):
         table.add_column(column, justify="right" if column in ("#", "peak", "% budget", "tok/s", "time") else "left", no_wrap=True)
     budget = recipe.search.budget_bytes
     for i, t in enumerate(recipe.search.trials, 1):
         share = f"{100 * t.peak_bytes / budget:.1f}" if t.peak_bytes else "-"
-        table.add_row(str(i), t.phase, describe_settings(t.settings), f"[{_STYLE.get(t.outcome, '')}]{t.outcome}",
+        table.add_row(str(i), t.phase, t.purpose or "", describe_settings(t.settings), f"[{_STYLE.get(t.outcome, '')}]{t.outcome}",
                       format_size(t.peak_bytes), share, f"{t.tokens_per_s:,.0f}" if t.tokens_per_s else "-", f"{t.wall_s:.1f}s")
     return table
+
+
+def candidates_table(recipe: Recipe) -> Table:
+    """One row per (attention, checkpointing) candidate: why skipped or pruned, frontier, speed, peak."""
+    table = Table(title="candidates (fastest at the target global batch wins)", title_justify="left")
+    for column in ("attn", "gc", "status", "frontier", "batch x accum", "tok/s", "peak", "trials", "note"):
+        table.add_column(column, justify="right" if column in ("frontier", "tok/s", "peak", "trials") else "left",
+                         no_wrap=column != "note")
+    for c in recipe.search.candidates:
+        status = f"[green bold]chosen[/green bold]" if c.get("chosen") else c.get("status", "")
+        split = f"{c['per_device_train_batch_size']} x {c['gradient_accumulation_steps']}" if c.get("per_device_train_batch_size") else "-"
+        table.add_row(c.get("attn_implementation", ""), "on" if c.get("gradient_checkpointing") else "off", status,
+                      str(c["frontier"]) if c.get("frontier") is not None else "-", split,
+                      f"{c['tokens_per_s']:,.0f}" if c.get("tokens_per_s") else "-", format_size(c.get("peak_bytes")),
+                      str(c.get("trials", 0)), c.get("reason") or "")
+    return table
+
+
+def phases_line(recipe: Recipe) -> str:
+    parts = [f"{name} {p['trials']} trials {p['wall_s']:.1f}s" for name, p in recipe.search.phases.items()]
+    return ", ".join(parts)
 
 
 def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
     s, search, v = recipe.settings, recipe.search, recipe.validation
     console.print(trials_table(recipe))
+    if search.candidates:
+        console.print(candidates_table(recipe))
     console.print(f"device      {recipe.hardware.name}, usable {format_size(search.budget_bytes)} "
                   f"(margin {search.margin:.0%} of {format_size(search.capacity_bytes)})")
     frontier = ", ".join(f"{phase} {k}" for phase, k in search.frontier.items())
     console.print(f"frontier    {frontier}  ({len(search.trials)} trials, {search.wall_s:.1f}s)")
+    if search.phases:
+        console.print(f"phases      {phases_line(recipe)}")
     line = f"recipe      per_device_train_batch_size={s.per_device_train_batch_size} gradient_accumulation_steps={s.gradient_accumulation_steps}"
     if s.per_device_eval_batch_size is not None:
         line += f" per_device_eval_batch_size={s.per_device_eval_batch_size}"
+    if s.eval_accumulation_steps is not None or s.prediction_loss_only is not None:
+        line += f" eval_accumulation_steps={s.eval_accumulation_steps} prediction_loss_only={s.prediction_loss_only}"
     console.print(line + f" gradient_checkpointing={s.gradient_checkpointing} attn_implementation={s.attn_implementation}")
     if recipe.multimodal:
         m = recipe.multimodal
@@ -107,7 +135,13 @@ def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
     if search.global_batch_note:
         console.print(f"[yellow]note[/yellow]        {search.global_batch_note}")
     status = "[green]passed[/green]" if v.passed else "[red]failed[/red]"
-    console.print(f"validation  {status} ({v.method}): peak {format_size(v.peak_bytes)}, headroom {format_size(v.headroom_bytes)} ({v.headroom_pct}%)")
+    steps = f"{v.steps} train steps" + (f" + {v.eval_steps} eval steps" if v.eval_steps else "")
+    speed = f", {v.tokens_per_s:,.0f} tok/s" if v.tokens_per_s else ""
+    console.print(f"validation  {status} ({v.method}, {steps}): peak {format_size(v.peak_bytes)}, "
+                  f"headroom {format_size(v.headroom_bytes)} ({v.headroom_pct}%){speed}")
+    for attempt in v.attempts:
+        if not attempt.get("passed"):
+            console.print(f"[yellow]note[/yellow]        validation of {describe_settings(attempt)} failed: {attempt.get('message')}")
     if out_path:
         console.print(f"wrote       {out_path}")
 
@@ -115,3 +149,7 @@ def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
 def print_json(data: dict) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False, width=max(Console().width, 120))

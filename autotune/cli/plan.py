@@ -12,10 +12,11 @@ from ..plan import PlanOptions, make_plan, plan_recipe
 from ..plan_breakdown import STRATEGIES, Allowance
 from ..recipe import check_writable, save_recipe
 from ..sizes import format_size, parse_size
-from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES
+from ..spec import DEFAULT_EVAL_STEPS, DEFAULT_VALIDATE_STEPS, ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES
 from .output import ConsoleProgress, print_json, stderr_console
 from . import multimodal_args
-from .probe import _stdout_console, spec_from_args
+from .output import stdout_console
+from .probe import spec_from_args
 
 DEFAULT_TARGETS = "24GiB,48GiB,80GiB,141GiB"
 
@@ -108,8 +109,12 @@ def run(args) -> int:
     options = options_from_args(args)
     # The probe's spec carries the model/training flags; a plan has no device and one attention per candidate.
     args.device, args.steps, args.seed = None, 3, 0
+    # Eval is measured loss-only (the plan's eval row); validation does not apply to a plan.
     probe_args = argparse.Namespace(**{**vars(args), "gpu_memory": None, "attn": options.attn[0],
-                                       "gradient_checkpointing": options.checkpointing[0]})
+                                       "gradient_checkpointing": "on" if options.checkpointing[0] else "off",
+                                       "no_eval": False, "eval_steps": DEFAULT_EVAL_STEPS, "prediction_loss_only": True,
+                                       "predict_with_generate": False, "max_new_tokens": None,
+                                       "validate_steps": DEFAULT_VALIDATE_STEPS})
     spec = spec_from_args(probe_args, cluster=False).replace(world_size=args.world_size)
     spec.validate()
     if args.out:
@@ -124,7 +129,7 @@ def run(args) -> int:
     if args.format == "json":
         print_json(plan.to_dict())
     else:
-        show(plan, args.out, _stdout_console())
+        show(plan, args.out, stdout_console())
     return 0
 
 

@@ -11,10 +11,12 @@ from ..errors import UsageError
 from ..model_source import builtin_names
 from ..probe import probe
 from ..recipe import check_writable, load_recipe, save_recipe
-from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES, ProbeSpec
+from ..spec import (ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, DTYPES,
+                    TRAIN_TYPES, ProbeSpec)
 from . import multimodal_args
 from .emit import emit_for_probe, emit_paths, write_files
-from .output import ConsoleProgress, print_json, stderr_console, summary
+from .output import ConsoleProgress, print_json, stderr_console, stdout_console, summary
+from .report import check_plot, write_plot
 
 
 EXAMPLES = f"""\
@@ -25,6 +27,10 @@ examples:
   # a weights-free probe of a real architecture on the real card: config.json only
   python -m autotune probe --model-config ./Qwen2.5-7B/config.json --train-type lora --max-length 4096 \\
       --global-batch-size 64 --out qwen7b-lora.yaml
+
+  # only sdpa, checkpointing always on, eval as a Trainer without compute_metrics, and a plot
+  python -m autotune probe --model-config tiny-qwen2 --device sim --gpu-memory 2GiB --max-length 256 \
+      --attn sdpa --gradient-checkpointing on --prediction-loss-only --plot probe.png
 
   # real weights, emulate a 24 GiB card on a bigger one, machine-readable output
   python -m autotune probe --model ./Qwen2.5-0.5B --max-length 2048 --gpu-memory 24GiB --format json
@@ -52,8 +58,21 @@ def add_parser(sub) -> None:
     train.add_argument("--lora-target-modules", default="all-linear", help="peft target_modules (default: all-linear, the LM's linear layers)")
     train.add_argument("--max-length", type=int, help="tokens per sample; every sample is probed at exactly this length (required unless --dataset measures it; with it, a cap)")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
-    train.add_argument("--gradient-checkpointing", action="store_true", help="probe with gradient checkpointing on (non-reentrant)")
-    train.add_argument("--attn", choices=ATTN_IMPLEMENTATIONS, default="sdpa", help="attention implementation (default: sdpa)")
+    space = p.add_argument_group("search space (the fastest configuration that fits wins)")
+    space.add_argument("--gradient-checkpointing", nargs="?", const="on", default="search", metavar="on|off|search",
+                       help="non-reentrant gradient checkpointing: on, off, or search both (default: search; the bare flag means on)")
+    space.add_argument("--attn", default=",".join(ATTN_IMPLEMENTATIONS), metavar="LIST",
+                       help=f"attention implementations to search, comma-separated (default: {','.join(ATTN_IMPLEMENTATIONS)}; "
+                            "those that cannot run here are recorded as skipped)")
+    space.add_argument("--no-eval", action="store_true", help="do not search the eval batch")
+    space.add_argument("--eval-steps", type=int, default=DEFAULT_EVAL_STEPS,
+                       help=f"eval steps whose logits stay on the device; becomes eval_accumulation_steps (default: {DEFAULT_EVAL_STEPS})")
+    space.add_argument("--prediction-loss-only", action="store_true",
+                       help="probe eval as the Trainer runs it without compute_metrics (no logits kept); default: logits kept")
+    space.add_argument("--predict-with-generate", action="store_true", help="the eval phase probes generate() (KV cache growth)")
+    space.add_argument("--max-new-tokens", type=int, help="tokens generated per sample with --predict-with-generate")
+    space.add_argument("--validate-steps", type=int, default=DEFAULT_VALIDATE_STEPS,
+                       help=f"training steps of the validation run of the chosen configuration (default: {DEFAULT_VALIDATE_STEPS})")
     multimodal_args.add_arguments(p)
     dev = p.add_argument_group("device and search")
     dev.add_argument("--device", help="cuda (default where available) or sim (a simulated GPU on the CPU)")
@@ -65,7 +84,8 @@ def add_parser(sub) -> None:
     dev.add_argument("--from-plan", metavar="PLAN", help="a recipe written by `autotune plan --out`: start the search at its predicted frontier")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="autotune-recipe.yaml", help="recipe file to write (default: autotune-recipe.yaml)")
-    out.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    out.add_argument("--force", action="store_true", help="overwrite --out (and --plot) if it exists")
+    out.add_argument("--plot", metavar="FILE.png", help="also draw peak memory and throughput against batch size (needs matplotlib)")
     out.add_argument("--format", choices=("text", "json"), default="text", help="json: print the recipe as JSON on stdout and nothing else there")
     out.add_argument("--quiet", action="store_true", help="no progress on stderr")
     out.add_argument("--emit", action="append", choices=EMIT_TARGETS, metavar="TARGET",
@@ -83,10 +103,20 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         lora_target_modules=args.lora_target_modules, dtype=args.dtype, device=args.device,
         margin=args.margin,
         max_batch_size=args.max_batch_size, global_batch_size=args.global_batch_size, steps=args.steps,
-        gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn, seed=args.seed,
+        seed=args.seed, attn_candidates=tuple(a.strip() for a in args.attn.split(",") if a.strip()),
+        gradient_checkpointing_candidates=_gc_candidates(args.gradient_checkpointing), eval=not args.no_eval,
+        eval_steps=args.eval_steps, prediction_loss_only=args.prediction_loss_only,
+        predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
         **multimodal_args.spec_kwargs(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )
+
+
+def _gc_candidates(value: str) -> tuple:
+    choices = {"on": (True,), "off": (False,), "search": (False, True)}
+    if value not in choices:
+        raise UsageError("--gradient-checkpointing", f"unknown value {value!r}", "choose on, off or search")
+    return choices[value]
 
 
 def run(args) -> int:
@@ -102,6 +132,8 @@ def run(args) -> int:
             check_writable(path, args.force or args.resume)
     if args.swift_version:
         resolve_swift_version(args.swift_version)
+    if args.plot and main_rank:
+        check_plot(args.plot, args.force)
     console = stderr_console(quiet=args.quiet or not main_rank)
     plan = load_recipe(args.from_plan) if args.from_plan else None
     recipe = probe(spec, progress=ConsoleProgress(console), plan=plan)
@@ -110,14 +142,11 @@ def run(args) -> int:
     save_recipe(recipe, args.out)
     for target in args.emit or []:
         write_files(emit_for_probe(target, recipe, args.out, args.swift_version), force=True)
+    if args.plot:
+        write_plot(recipe, args.plot)
     if args.format == "json":
         print_json(recipe.to_dict())
     else:
-        summary(recipe, args.out, _stdout_console())
+        summary(recipe, args.out, stdout_console())
     return 0
 
-
-def _stdout_console():
-    from rich.console import Console
-
-    return Console(highlight=False, width=max(Console().width, 120))

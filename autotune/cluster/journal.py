@@ -101,13 +101,20 @@ class JournalRunner:
         self.share = share
         self.resumed = 0
 
-    def run(self, phase: str, settings: dict) -> TrialResult:
+    @property
+    def workload(self):
+        return getattr(self.inner, "workload", None)
+
+    def run(self, phase: str, settings: dict, steps: int | None = None) -> TrialResult:
+        inner_settings = settings
+        if steps is not None:  # a longer run (validation, eval accumulation) is another trial
+            settings = {**settings, "steps": steps}
         cached = self.journal.lookup(phase, settings) if self.journal else None
         cached = self.share(dataclasses.asdict(cached) if cached else None)
         if cached is not None:
             self.resumed += 1
             return TrialResult(**cached)
-        result = self.inner.run(phase, settings)
+        result = self.inner.run(phase, inner_settings, steps)
         if self.journal:
             self.journal.record(phase, settings, result)
         return result

@@ -146,13 +146,13 @@ class SupervisedRunner:
             self.worker = None
 
     # ------------------------------------------------------------ trials
-    def run(self, phase: str, settings: dict) -> TrialResult:
+    def run(self, phase: str, settings: dict, steps: int | None = None) -> TrialResult:
         key = (settings.get("strategy"), json.dumps(settings.get("env") or {}, sort_keys=True))
         for attempt in (0, 1):
             if self.worker is None or key != self.key:
                 self.stop()
                 self.start(key[0], settings.get("env") or {})
-            reports = self.control.gather(self._trial(phase, settings))
+            reports = self.control.gather(self._trial(phase, settings, steps))
             agreed = agree([TrialResult(**r) for r in reports])
             unclean = any(r["outcome"] not in CLEAN for r in reports)
             if unclean or (self.control.world_size > 1 and agreed.outcome not in ("fit", "over_budget")):
@@ -163,13 +163,13 @@ class SupervisedRunner:
             return agreed
         return agreed
 
-    def _trial(self, phase: str, settings: dict) -> dict:
+    def _trial(self, phase: str, settings: dict, steps: int | None = None) -> dict:
         """This rank's report of the trial, as a dict (it travels through the process group)."""
         self.count += 1
         flag = f"abort/{self.generation}/{self.count}"
         c = self.control
         started = time.monotonic()
-        self.worker.send({"phase": phase, "settings": settings})
+        self.worker.send({"phase": phase, "settings": settings, "steps": steps})
         kind, payload = self.worker.wait(started + self.timeout_s, lambda: c.world_size > 1 and c.flagged(flag))
         if kind == "message" and "result" in payload:
             report = payload["result"]

@@ -82,7 +82,7 @@ def serve(config: dict, requests, out) -> None:
     for line in requests:
         request = json.loads(line)
         _fault(request["settings"])
-        result = run_trial(workload, request["phase"], request["settings"], spec.steps, budget)
+        result = run_trial(workload, request["phase"], request["settings"], request.get("steps") or spec.steps, budget)
         result = apply_steady_state_rule(result)
         _send(out, result=dataclasses.asdict(result))
 

@@ -1,0 +1,310 @@
+"""The whole search space: attention implementation x gradient checkpointing.
+
+For each candidate: its exact train frontier, then its throughput at the per-device batches that
+split the target global batch exactly. Then the eval frontier for the attention that won.
+Returns data; validation is validate.py, the recipe is assembled in probe.py.
+
+What earlier candidates teach is reused, never guessed past:
+- checkpointing only lowers memory, so the frontier with it is at least the frontier without:
+  the search with checkpointing starts at that frontier (the `hint`);
+- at the same per-device batch checkpointing only adds compute (it re-runs the forward), so
+  with checkpointing only batches larger than the best one without it are measured, and the
+  candidate is pruned when there is none;
+- a frontier found for one attention implementation is the first probe for the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from .global_batch import exact_splits, split_global_batch
+from .recipe import TrialResult
+from .search import FrontierSearch
+
+TIE = 0.01  # throughputs within 1% are a tie; the lower peak wins
+# Configurations within 20% of the fastest are timed again (2 more rounds, round-robin): one
+# short timing on a busy machine is not enough to call a winner.
+RUNOFF_BAND = 0.20
+RUNOFF_ROUNDS = 2
+
+
+def attn_unavailable_reason(attn: str, device, dtype: str) -> str | None:
+    """Why `attn` cannot run on this device and dtype (None: it can)."""
+    if attn != "flash_attention_2":
+        return None
+    if device.kind != "cuda":
+        return f"flash-attn needs a CUDA GPU; the {device.kind} device has none"
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        return "the flash-attn package (>= 2.3.3) is not installed here; pip install 'autotune[flash]'"
+    if dtype not in ("bfloat16", "float16"):
+        return f"flash-attn runs in bfloat16 or float16 only, not {dtype}"
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device.torch_device)
+    if major < 8:
+        return f"flash-attn 2 needs compute capability 8.0 (Ampere) or newer; this GPU is {major}.{minor}"
+    return None
+
+
+@dataclass
+class Measured:
+    """One measured configuration at the target global batch."""
+
+    attn_implementation: str
+    gradient_checkpointing: bool
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    tokens_per_s: float
+    peak_bytes: int
+    exact: bool = True
+    note: str | None = None
+
+    @property
+    def settings(self) -> dict:
+        return {"attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
+                "per_device_train_batch_size": self.per_device_train_batch_size}
+
+
+@dataclass
+class Candidate:
+    attn_implementation: str
+    gradient_checkpointing: bool
+    status: str = "pending"  # "searched" | "skipped" (cannot run here) | "pruned" (cannot win) | "failed"
+    reason: str | None = None
+    frontier: int | None = None
+    trials: int = 0
+    measured: list[Measured] = field(default_factory=list)
+    chosen: bool = False
+
+    def best(self) -> Measured | None:
+        return rank(self.measured)[0] if self.measured else None
+
+    def row(self) -> dict:
+        best = self.best()
+        return {
+            "attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
+            "status": self.status, "reason": self.reason, "frontier": self.frontier,
+            "per_device_train_batch_size": best.per_device_train_batch_size if best else None,
+            "gradient_accumulation_steps": best.gradient_accumulation_steps if best else None,
+            "tokens_per_s": round(best.tokens_per_s, 2) if best else None,
+            "peak_bytes": best.peak_bytes if best else None, "trials": self.trials, "chosen": self.chosen,
+            "measured": [{"per_device_train_batch_size": m.per_device_train_batch_size,
+                          "tokens_per_s": round(m.tokens_per_s, 2), "peak_bytes": m.peak_bytes} for m in self.measured],
+        }
+
+
+def rank(measured: list[Measured]) -> list[Measured]:
+    """Fastest first; throughputs within TIE of the fastest left go to the lower peak."""
+    left = sorted(measured, key=lambda m: -m.tokens_per_s)
+    ordered = []
+    while left:
+        top = left[0].tokens_per_s
+        pick = min((m for m in left if m.tokens_per_s >= top * (1 - TIE)), key=lambda m: (m.peak_bytes, -m.tokens_per_s))
+        ordered.append(pick)
+        left.remove(pick)
+    return ordered
+
+
+class SearchSpace:
+    """Runs the space's trials through `runner` (run(phase, settings, steps=None) -> TrialResult)."""
+
+    def __init__(self, spec, runner, device, budget: int, progress, find_frontier):
+        self.spec = spec
+        self.runner = runner
+        self.device = device
+        self.budget = budget
+        self.progress = progress
+        self._find_frontier = find_frontier  # probe.find_frontier, passed in to keep imports one-way
+        self.trials: list[TrialResult] = []
+        self.candidates: list[Candidate] = []
+        self.phases: dict[str, dict] = {}
+        self.eval_frontiers: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.first_hint: int | None = None  # a predicted frontier (a plan) for the first candidate without checkpointing
+
+    # ------------------------------------------------------------ bookkeeping
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        entry = self.phases.setdefault(name, {"trials": 0, "wall_s": 0.0})
+        before, started = len(self.trials), time.perf_counter()
+        try:
+            yield
+        finally:
+            entry["trials"] += len(self.trials) - before
+            entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - started, 3)
+
+    def _run(self, phase: str, settings: dict, steps: int | None, purpose: str) -> TrialResult:
+        self.progress.trial_started(phase, settings)
+        result = self.runner.run(phase, settings, steps)
+        result.purpose = purpose
+        self.trials.append(result)
+        self.progress.trial_finished(result)
+        return result
+
+    # ------------------------------------------------------------ train
+    def reachable(self) -> list[int]:
+        """Per-device batches the objective admits at any frontier (up to --max-batch-size)."""
+        spec = self.spec
+        if spec.global_batch_size is None:
+            return [spec.max_batch_size]
+        splits = exact_splits(spec.global_batch_size, spec.max_batch_size, spec.world_size)
+        return splits or [split_global_batch(spec.global_batch_size, spec.max_batch_size, spec.world_size).per_device]
+
+    def batches_to_measure(self, frontier: int) -> list[int]:
+        """Per-device batches <= frontier that split the global batch exactly, largest first."""
+        spec = self.spec
+        if spec.global_batch_size is None:
+            return [frontier]
+        splits = exact_splits(spec.global_batch_size, frontier, spec.world_size)
+        return sorted(splits or [split_global_batch(spec.global_batch_size, frontier, spec.world_size).per_device], reverse=True)
+
+    def search_train(self) -> list[Candidate]:
+        spec = self.spec
+        previous: dict[bool, int] = {}  # checkpointing -> frontier found for the previous attention
+        for attn in spec.attn_candidates:
+            without: Candidate | None = None
+            for gc in sorted(spec.gradient_checkpointing_candidates):
+                cand = Candidate(attn, gc)
+                self.candidates.append(cand)
+                cand.reason = attn_unavailable_reason(attn, self.device, spec.dtype)
+                if cand.reason is None:
+                    cand.reason = self._switch(attn, gc)
+                if cand.reason is not None:
+                    cand.status = "skipped"
+                    continue
+                floor = without.frontier if (gc and without and without.frontier) else None
+                # the largest batch measured without checkpointing: with it, the same batch is only slower
+                largest = max((m.per_device_train_batch_size for m in without.measured), default=None) if (gc and without) else None
+                if largest and largest >= max(self.reachable()):
+                    cand.status = "pruned"
+                    cand.reason = (f"cannot win: batch {largest} already fits without checkpointing and is the largest "
+                                   "the global batch allows")
+                    continue
+                self._search_candidate(cand, hint=floor or previous.get(gc) or (None if gc else self.first_hint), floor_batch=largest)
+                if cand.frontier:
+                    previous[gc] = cand.frontier
+                if not gc:
+                    without = cand
+        return self.candidates
+
+    def _switch(self, attn: str, gc: bool) -> str | None:
+        workload = getattr(self.runner, "workload", None)
+        if workload is None:  # trials run in workers: a switch that fails shows as an error trial there
+            return None
+        try:
+            workload.configure(attn_implementation=attn, gradient_checkpointing=gc)
+        except (ValueError, ImportError, NotImplementedError) as exc:  # the model does not support it
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return None
+
+    def _search_candidate(self, cand: Candidate, hint: int | None, floor_batch: int | None) -> None:
+        spec = self.spec
+        base = {"attn_implementation": cand.attn_implementation, "gradient_checkpointing": cand.gradient_checkpointing}
+        before = len(self.trials)
+        with self.phase("train"):
+            found: list[TrialResult] = []
+            search = self._find_frontier(self.runner, "train", base, self.budget, spec.max_batch_size, self.progress, found, hint=hint)
+            for t in found:
+                t.purpose = "frontier"
+            self.trials.extend(found)
+        cand.frontier = search.frontier
+        if search.error:
+            cand.status, cand.reason = "failed", f"a training step failed for a reason other than memory: {found[-1].message}"
+            self.errors.append(cand.reason)
+        elif search.frontier == 0:
+            first = found[0]
+            cand.status, cand.reason = "failed", f"batch 1 does not fit ({first.outcome})"
+        else:
+            cand.status = "searched"
+            batches = self.batches_to_measure(search.frontier)
+            if floor_batch is not None:  # checkpointing: only larger batches than without it can win
+                batches = [b for b in batches if b > floor_batch]
+                if not batches:
+                    cand.status = "pruned"
+                    cand.reason = (f"cannot win: frontier {search.frontier} admits no batch splitting the global batch above {floor_batch}, "
+                                   "which runs faster without checkpointing")
+            with self.phase("throughput"):
+                self._measure(cand, base, batches)
+        cand.trials = len(self.trials) - before
+
+    def _measure(self, cand: Candidate, base: dict, batches: list[int]) -> None:
+        """Largest batch first; go on to smaller ones while throughput keeps rising."""
+        spec = self.spec
+        key = "per_device_train_batch_size"
+        for batch in batches:
+            result = self._run("train", {**base, key: batch}, spec.steps + 2, "throughput")
+            if not result.fits or not result.tokens_per_s:
+                continue  # at the frontier's edge a longer run can breach: it is not a candidate
+            split = split_global_batch(spec.global_batch_size, batch, spec.world_size)  # batch itself: it came from the splits
+            entry = Measured(cand.attn_implementation, cand.gradient_checkpointing, split.per_device, split.accumulation,
+                             result.tokens_per_s, result.peak_bytes, split.exact, split.note)
+            if cand.measured and entry.tokens_per_s <= cand.measured[-1].tokens_per_s:
+                cand.measured.append(entry)
+                break
+            cand.measured.append(entry)
+
+    def runoff(self, band: float = RUNOFF_BAND, rounds: int = RUNOFF_ROUNDS) -> None:
+        """Measure, don't guess, when in doubt: configurations within `band` of the fastest are
+        timed again, round-robin (so load drift hits all alike), and ranked by their median."""
+        measured = [m for c in self.candidates for m in c.measured]
+        if len(measured) < 2:
+            return
+        top = max(m.tokens_per_s for m in measured)
+        contenders = [m for m in measured if m.tokens_per_s >= top * (1 - band)]
+        if len(contenders) < 2:
+            return
+        samples = {id(m): [m.tokens_per_s] for m in contenders}
+        with self.phase("throughput"):
+            for _ in range(rounds):
+                for m in contenders:
+                    result = self._run("train", m.settings, self.spec.steps + 2, "throughput")
+                    if result.fits and result.tokens_per_s:
+                        samples[id(m)].append(result.tokens_per_s)
+        for m in contenders:
+            m.tokens_per_s = statistics.median(samples[id(m)])
+
+    def ranked(self) -> list[Measured]:
+        return rank([m for c in self.candidates for m in c.measured])
+
+    # ------------------------------------------------------------ eval
+    def eval_settings(self, attn: str, gc: bool) -> dict:
+        spec = self.spec
+        settings = {"attn_implementation": attn, "gradient_checkpointing": gc, "prediction_loss_only": spec.prediction_loss_only}
+        if not spec.prediction_loss_only:
+            settings["eval_accumulation_steps"] = spec.eval_steps
+        if spec.predict_with_generate:
+            settings.update(predict_with_generate=True, max_new_tokens=spec.max_new_tokens)
+        return settings
+
+    def eval_frontier(self, attn: str, gc: bool) -> int:
+        """The eval batch frontier for this attention (cached: under no_grad checkpointing changes nothing)."""
+        if attn not in self.eval_frontiers:
+            found: list[TrialResult] = []
+            with self.phase("eval"):
+                runner = _StepsRunner(self.runner, max(self.spec.eval_steps, 2))
+                search = self._find_frontier(runner, "eval", self.eval_settings(attn, gc), self.budget,
+                                             self.spec.max_batch_size, self.progress, found)
+                for t in found:
+                    t.purpose = "frontier"
+                self.trials.extend(found)
+            if search.error:
+                self.errors.append(f"an eval step failed for a reason other than memory: {found[-1].message}")
+            self.eval_frontiers[attn] = search.frontier
+        return self.eval_frontiers[attn]
+
+
+@dataclasses.dataclass
+class _StepsRunner:
+    """A runner whose trials run `steps` steps (eval: as many steps as accumulate on the device)."""
+
+    inner: object
+    steps: int
+
+    def run(self, phase: str, settings: dict, steps: int | None = None) -> TrialResult:
+        return self.inner.run(phase, settings, steps or self.steps)

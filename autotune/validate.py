@@ -1,0 +1,99 @@
+"""The validation run: the chosen configuration again, for --validate-steps training steps and a
+full evaluation phase, in the same process after a full release of memory. It passes only if
+nothing OOMs and the peak stays inside the usable budget (recomputed now, from the device's
+capacity now). If it fails, the next configuration in throughput order is validated."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+
+from .errors import DoesNotFitError
+from .recipe import TrialResult, Validation
+from .sizes import format_size
+from .trial import run_trial
+
+
+@dataclass
+class Validated:
+    config: object  # space.Measured
+    eval_batch: int | None
+    validation: Validation
+
+
+def _eval_batch(space, config) -> tuple[int | None, str | None]:
+    if not space.spec.eval:
+        return None, None
+    batch = space.eval_frontier(config.attn_implementation, config.gradient_checkpointing)
+    if batch == 0:
+        hint = "--prediction-loss-only" if not space.spec.prediction_loss_only else "a shorter --max-length"
+        return 0, f"eval batch 1 does not fit with {config.attn_implementation} (try {hint}, or a smaller --eval-steps)"
+    return batch, None
+
+
+def _run(space, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
+    space.progress.trial_started(phase, settings)
+    workload = getattr(space.runner, "workload", None)
+    if workload is not None:  # in this process: judge against the budget recomputed now
+        result = run_trial(workload, phase, settings, steps, budget)
+    else:  # in supervised workers: they judge against their own budget
+        result = space.runner.run(phase, settings, steps)
+    result.purpose = "validate"
+    space.trials.append(result)
+    space.progress.trial_finished(result)
+    return result
+
+
+def validate_one(space, config) -> Validated:
+    spec, device = space.spec, space.device
+    eval_batch, problem = _eval_batch(space, config)
+    if getattr(space.runner, "workload", None) is not None:
+        gc.collect()
+        device.release()  # a full release: the run starts from the model and nothing else
+        budget = int(device.capacity * spec.usable_fraction)
+    else:  # workers release between trials themselves
+        budget = space.budget
+    attempt = {**config.settings, "per_device_eval_batch_size": eval_batch}
+    train = evaluation = None
+    with space.phase("validate"):
+        if problem is None:
+            train = _run(space, "train", config.settings, spec.validate_steps, budget)
+            if train.fits and eval_batch:
+                settings = {**space.eval_settings(config.attn_implementation, config.gradient_checkpointing),
+                            "per_device_eval_batch_size": eval_batch}
+                evaluation = _run(space, "eval", settings, 2 * spec.eval_steps, budget)
+    failed = [t for t in (train, evaluation) if t is not None and not t.fits]
+    if problem is None and failed:
+        t = failed[0]
+        seen = f"peak {format_size(t.peak_bytes)}" if t.peak_bytes else (t.message or t.outcome)
+        problem = f"{t.phase} {t.outcome}: {seen} against a usable budget of {format_size(budget)}"
+    peaks = [t.peak_bytes for t in (train, evaluation) if t is not None and t.peak_bytes is not None]
+    peak = max(peaks) if peaks else None
+    attempt.update(passed=problem is None, peak_bytes=peak, message=problem)
+    validation = Validation(
+        passed=problem is None, method="validation-run", steps=train.steps if train else 0, peak_bytes=peak,
+        headroom_bytes=budget - peak if peak is not None else None,
+        headroom_pct=round(100.0 * (budget - peak) / budget, 2) if peak is not None else None,
+        tokens_per_s=train.tokens_per_s if train else None, message=problem,
+        eval_steps=evaluation.steps if evaluation else 0, eval_peak_bytes=evaluation.peak_bytes if evaluation else None,
+        attempts=[attempt],
+    )
+    return Validated(config, eval_batch, validation)
+
+
+def validate(space, ranked: list) -> Validated:
+    """Validate configurations in order until one passes; DoesNotFitError when none does."""
+    attempts: list[dict] = []
+    for config in ranked:
+        space.progress.stage(f"validating {config.attn_implementation}, checkpointing {'on' if config.gradient_checkpointing else 'off'}, "
+                             f"batch {config.per_device_train_batch_size}: {space.spec.validate_steps} train steps"
+                             + (" and an eval phase" if space.spec.eval else ""))
+        result = validate_one(space, config)
+        attempts.extend(result.validation.attempts)
+        if result.validation.passed:
+            result.validation.attempts = attempts
+            return result
+        space.progress.stage(f"validation failed: {result.validation.message}")
+    last = attempts[-1]["message"] if attempts else "nothing was measured"
+    raise DoesNotFitError(f"no configuration passed the validation run ({len(attempts)} tried; last: {last})",
+                          "try --train-type lora, a shorter --max-length, --no-eval, or a larger card")
