@@ -68,7 +68,7 @@ def test_journal_resumes_and_refuses_stale(tmp_path):
     calls = []
 
     class Inner:
-        def run(self, phase, settings):
+        def run(self, phase, settings, steps=None):
             calls.append(settings["per_device_train_batch_size"])
             return report("fit", 10 * len(calls))
 
@@ -151,3 +151,20 @@ def test_progress_prints_cluster_outcomes(outcome):
     console = Console(record=True, width=200)
     ConsoleProgress(console).trial_finished(report(outcome, message="the worker died (exit code -9)"))
     assert outcome in console.export_text()
+
+
+def test_journal_replays_each_entry_once_in_order(tmp_path):
+    """A request made twice (the runoff re-times a configuration) replays the second recorded
+    answer the second time, and a run never answers itself from its own new entries."""
+    from autotune.cluster.journal import Journal
+    from autotune.recipe import TrialResult
+
+    about = {"model": "m"}
+    settings = {"per_device_train_batch_size": 2}
+    first = Journal(tmp_path / "j.jsonl", about)
+    for speed in (100.0, 200.0):
+        first.record("train", settings, TrialResult("train", settings, "fit", 10, tokens_per_s=speed))
+    assert first.lookup("train", settings) is None  # this run's own entries are not served back
+    resumed = Journal(tmp_path / "j.jsonl", about)
+    assert [resumed.lookup("train", settings).tokens_per_s for _ in range(2)] == [100.0, 200.0]
+    assert resumed.lookup("train", settings) is None

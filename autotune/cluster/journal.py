@@ -36,13 +36,15 @@ def request_key(phase: str, settings: dict) -> str:
 
 
 class Journal:
-    """Finished trials by request; `record` appends and fsyncs."""
+    """Finished trials by request; `record` appends and fsyncs. A resumed run replays what the
+    file holds, each entry once, in order: a request made twice (the runoff times a configuration
+    again) gets its second answer from the second entry, or is run again, never the first answer twice."""
 
     def __init__(self, path: str | os.PathLike, about: dict):
         self.path = Path(path)
         self.key = journal_key(about)
         self.about = about
-        self.done: dict[str, TrialResult] = {}
+        self.done: dict[str, list[TrialResult]] = {}  # entries from the file not yet replayed
         self.stale = False
         self._started = False
         if self.path.exists():
@@ -61,7 +63,7 @@ class Journal:
         for line in lines[1:]:
             try:
                 entry = json.loads(line)
-                self.done[entry["request"]] = TrialResult(**entry["result"])
+                self.done.setdefault(entry["request"], []).append(TrialResult(**entry["result"]))
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line torn by a kill mid-write
 
@@ -73,7 +75,8 @@ class Journal:
             os.fsync(handle.fileno())
 
     def lookup(self, phase: str, settings: dict) -> TrialResult | None:
-        return self.done.get(request_key(phase, settings))
+        entries = self.done.get(request_key(phase, settings))
+        return entries.pop(0) if entries else None
 
     def record(self, phase: str, settings: dict, result: TrialResult) -> None:
         if not self._started:  # first trial of a fresh journal: replace whatever was there
@@ -85,7 +88,6 @@ class Journal:
             handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        self.done[key] = result
 
 
 class JournalRunner:
