@@ -1,4 +1,4 @@
-"""Vision-language probes on the sim device with the tiny Qwen2-VL / Qwen2.5-VL / LLaVA configs."""
+"""Vision-language probes on the sim device with the tiny Qwen2-VL / Qwen2.5-VL / LLaVA / LLaVA-NeXT configs."""
 
 import pytest
 import torch
@@ -24,6 +24,7 @@ def frontier(workload, budget, max_batch=12):
     ("tiny-qwen2-vl", 9 * MiB, {"max_pixels": 56 * 56}),
     ("tiny-qwen2.5-vl", 7 * MiB + MiB // 2, {"max_pixels": 112 * 112}),
     ("tiny-llava", 8 * MiB, {}),
+    ("tiny-llava-next", 12 * MiB, {}),
 ])
 def test_frontier_matches_brute_force(make_workload, name, capacity, media):
     workload = make_workload(name, capacity, max_length=64, **media)
@@ -40,13 +41,16 @@ def test_frontier_matches_brute_force(make_workload, name, capacity, media):
     assert len(trials) <= 5
 
 
-def test_freezing_the_vit_lowers_memory_and_leaves_it_without_grads_or_state(make_workload):
+@pytest.mark.parametrize("name,media,tower", [
+    ("tiny-qwen2.5-vl", {"max_pixels": 112 * 112}, "model.visual."),
+    ("tiny-llava-next", {}, "model.vision_tower."),
+])
+def test_freezing_the_vit_lowers_memory_and_leaves_it_without_grads_or_state(make_workload, name, media, tower):
     peaks = {}
     for freeze_vit in (False, True):
-        workload = make_workload("tiny-qwen2.5-vl", 1 << 30, max_length=64, max_pixels=112 * 112,
-                                 freeze_vit=freeze_vit, freeze_aligner=freeze_vit)
+        workload = make_workload(name, 1 << 30, max_length=64, freeze_vit=freeze_vit, freeze_aligner=freeze_vit, **media)
         peaks[freeze_vit] = run_train_trial(workload, 1, 3, 1 << 30).peak_bytes
-        visual = [p for n, p in workload.model.named_parameters() if n.startswith("model.visual.")]
+        visual = [p for n, p in workload.model.named_parameters() if n.startswith(tower)]
         assert all(p.requires_grad != freeze_vit for p in visual)
         optimizer = workload.make_optimizer()
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -86,7 +90,8 @@ def test_worst_case_image_is_a_fixed_point_of_the_processor_resize():
 
 
 def test_full_size_configs_resolve_with_their_published_token_counts():
-    cases = {"qwen2.5-vl-7b": (128000, 1280), "qwen2-vl-7b": (32768, 1280), "llava-1.5-7b": (4096, 576)}
+    cases = {"qwen2.5-vl-7b": (128000, 1280), "qwen2-vl-7b": (32768, 1280), "llava-1.5-7b": (4096, 576),
+             "llava-v1.6-mistral-7b": (32768, 2928)}  # 672x672: 576 base + 48 rows x (48 + 1 newline)
     for name, (limit, tokens) in cases.items():
         source = resolve(None, f"recipes/configs/{name}/config.json")
         family = family_for(source.config)
