@@ -8,7 +8,6 @@ import time
 
 from . import __version__
 from .errors import AutotuneError, DoesNotFitError, UsageError
-from .global_batch import split_global_batch
 from .dataset import from_dataset
 from .model_source import check_max_length, resolve
 from .multimodal import recipe_record, recipe_settings

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 from .global_batch import exact_splits, split_global_batch
 from .recipe import TrialResult
-from .search import FrontierSearch
 
 TIE = 0.01  # throughputs within 1% are a tie; the lower peak wins
 # Configurations within 20% of the fastest are timed again (2 more rounds, round-robin): one

@@ -95,7 +95,7 @@ def candidates_table(recipe: Recipe) -> Table:
         table.add_column(column, justify="right" if column in ("frontier", "tok/s", "peak", "trials") else "left",
                          no_wrap=column != "note")
     for c in recipe.search.candidates:
-        status = f"[green bold]chosen[/green bold]" if c.get("chosen") else c.get("status", "")
+        status = "[green bold]chosen[/green bold]" if c.get("chosen") else c.get("status", "")
         split = f"{c['per_device_train_batch_size']} x {c['gradient_accumulation_steps']}" if c.get("per_device_train_batch_size") else "-"
         table.add_row(c.get("attn_implementation", ""), "on" if c.get("gradient_checkpointing") else "off", status,
                       str(c["frontier"]) if c.get("frontier") is not None else "-", split,

@@ -12,10 +12,10 @@ from ..plan import PlanOptions, make_plan, plan_recipe
 from ..plan_breakdown import STRATEGIES, Allowance
 from ..recipe import check_writable, save_recipe
 from ..sizes import format_size, parse_size
-from ..spec import DEFAULT_EVAL_STEPS, DEFAULT_VALIDATE_STEPS, ATTN_IMPLEMENTATIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DTYPES, TRAIN_TYPES
-from .output import ConsoleProgress, print_json, stderr_console
+from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS
 from . import multimodal_args
-from .output import stdout_console
+from .model_args import add_model_arguments
+from .output import ConsoleProgress, print_json, stderr_console, stdout_console
 from .probe import spec_from_args
 
 DEFAULT_TARGETS = "24GiB,48GiB,80GiB,141GiB"
@@ -44,16 +44,8 @@ def add_parser(sub) -> None:
                                    "(nothing is allocated), count live bytes, and predict the batch-size frontier and a "
                                    "memory breakdown for each card size. No GPU needed; results are planned, not validated.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = p.add_argument_group("model")
-    model.add_argument("--model", metavar="DIR", help="local Hugging Face model directory (only its config.json is read)")
-    model.add_argument("--model-config", metavar="PATH|NAME", help="config.json, a directory holding one, or a built-in name")
-    model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="model and training dtype (default: bfloat16)")
-    train = p.add_argument_group("training")
-    train.add_argument("--train-type", choices=TRAIN_TYPES, default="full", help="full fine-tune or peft LoRA (default: full)")
-    train.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
-    train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default: 32)")
-    train.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
-    train.add_argument("--lora-target-modules", default="all-linear", help="peft target_modules (default: all-linear)")
+    train = add_model_arguments(p, "local Hugging Face model directory (only its config.json is read)",
+                                "full fine-tune or peft LoRA; qlora is refused (bitsandbytes quantizes real weights) (default: full)")
     train.add_argument("--max-length", type=int, required=True, help="tokens per sample (required)")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
     train.add_argument("--gradient-checkpointing", nargs="?", const="on", default="both", choices=("on", "off", "both"),

@@ -11,9 +11,9 @@ from ..errors import UsageError
 from ..model_source import builtin_names
 from ..probe import probe
 from ..recipe import check_writable, load_recipe, save_recipe
-from ..spec import (ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, DTYPES,
-                    TRAIN_TYPES, ProbeSpec)
+from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import multimodal_args
+from .model_args import add_model_arguments
 from .emit import emit_for_probe, emit_paths, write_files
 from .output import ConsoleProgress, print_json, stderr_console, stdout_console, summary
 from .report import check_plot, write_plot
@@ -45,17 +45,8 @@ def add_parser(sub) -> None:
                        description="Load the model on the device, run short real training steps at candidate "
                                    "per-device batch sizes, catch OOM, and write a recipe of what fits.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = p.add_argument_group("model")
-    model.add_argument("--model", metavar="DIR", help="local Hugging Face model directory (real weights)")
-    model.add_argument("--model-config", metavar="PATH|NAME",
-                       help="config.json or a directory holding one (random init: same memory and speed), or a built-in name such as tiny-llama")
-    model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="model and training dtype (default: bfloat16)")
-    train = p.add_argument_group("training")
-    train.add_argument("--train-type", choices=TRAIN_TYPES, default="full", help="full fine-tune, peft LoRA, or QLoRA (4-bit nf4 language model + LoRA) (default: full)")
-    train.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
-    train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default: 32)")
-    train.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
-    train.add_argument("--lora-target-modules", default="all-linear", help="peft target_modules (default: all-linear, the LM's linear layers)")
+    train = add_model_arguments(p, "local Hugging Face model directory (real weights)",
+                                "full fine-tune, peft LoRA, or QLoRA (4-bit nf4 language model + LoRA) (default: full)")
     train.add_argument("--max-length", type=int, help="tokens per sample; every sample is probed at exactly this length (required unless --dataset measures it; with it, a cap)")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
     space = p.add_argument_group("search space (the fastest configuration that fits wins)")

@@ -4,7 +4,6 @@ fragmentation is memory the job really needs."""
 from __future__ import annotations
 
 import contextlib
-import gc
 
 import torch
 

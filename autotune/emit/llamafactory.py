@@ -66,7 +66,7 @@ def flat(recipe: Recipe, dataset: str | None = None) -> dict:
 
 
 def render(recipe: Recipe, dataset: str | None = None) -> str:
-    parts = [f"# LLaMA-Factory training YAML from an autotune recipe; run: llamafactory-cli train THIS_FILE.yaml"]
+    parts = ["# LLaMA-Factory training YAML from an autotune recipe; run: llamafactory-cli train THIS_FILE.yaml"]
     if not dataset:
         parts.append(f"# {DATASET_PLACEHOLDER} and {TEMPLATE_PLACEHOLDER} are placeholders: set your dataset and chat template")
     if zero_stage(recipe.settings.strategy) is not None:
