@@ -120,7 +120,10 @@ def test_probe_from_plan_starts_at_the_predicted_frontier(tmp_path):
     """A plan for a 6 MiB sim card (no allowance: the sim device has no context) predicts the
     frontier the probe measures, and the probe then needs fewer trials."""
     capacity = 6 * MiB
-    spec = ProbeSpec(max_length=64, model_config="tiny-llama", device="sim", gpu_memory=capacity, margin=0.0)
+    # The probe searches the plan's one candidate (sdpa, no checkpointing): with the whole space
+    # it would pick by throughput, and the chosen frontier would depend on CPU timings.
+    spec = ProbeSpec(max_length=64, model_config="tiny-llama", device="sim", gpu_memory=capacity, margin=0.0,
+                     attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,), eval=False, validate_steps=3)
     plan = make_plan(spec, PlanOptions([capacity], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
     recipe = plan_recipe(plan)
     assert recipe.validation.passed is False and recipe.validation.method == "planned"
