@@ -17,6 +17,7 @@ import contextlib
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from .shadow import KnownData, KnownValues, known_values_are_readable
 from .sim import LiveBytes, SimDevice
 
 
@@ -30,11 +31,14 @@ class FakeDevice(SimDevice):
         self.name = "fake tensors on the CPU (autotune plan)"
         self.counter = LiveBytes(None)
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.known = KnownValues(self.mode)
+        self.known_data = KnownData(self.known)
 
     @contextlib.contextmanager
     def tracking(self):
-        # The counter is the inner mode: it sees each operator first and the fake outputs after.
-        with self.mode, self.counter:
+        # The counter is the inner mode: it sees each operator first and the fake outputs after;
+        # between them, the known values of small tensors answer data-dependent operators.
+        with self.mode, self.known, self.counter, self.known_data, known_values_are_readable(self.known):
             yield self.counter
 
     def shrink(self, capacity: int) -> None:

@@ -50,6 +50,17 @@ def _resize_and_count(storage, size):
 torch.UntypedStorage.resize_ = _resize_and_count
 
 
+@contextlib.contextmanager
+def uncounted():
+    """Storage resizes inside are not device memory (a plan's real side values, see shadow.py)."""
+    saved = _RESIZE_HOOKS[:]
+    _RESIZE_HOOKS.clear()
+    try:
+        yield
+    finally:
+        _RESIZE_HOOKS[:] = saved
+
+
 class LiveBytes(TorchDispatchMode):
     """Counts live storage bytes; raises OutOfMemoryError past `capacity` (None: never)."""
 

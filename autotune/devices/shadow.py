@@ -1,0 +1,187 @@
+"""Known values for the small tensors of a plan, so that data-dependent code runs under fake
+tensors.
+
+Fake tensors carry shapes, not values, so any operator whose result depends on values stops a
+plan: `.tolist()` of Qwen2-VL's image grid, `.item()` in LLaVA's image-token check, `nonzero`,
+indexing with a boolean mask. Those values all come from small tensors the step builds itself
+(token ids, masks, grids, positions), never from the weights. This mode runs every operator on
+fake tensors as usual and, when all its tensor inputs have known values, also on real copies of
+those values: the fake result keeps the memory accounting exact, the real one answers what
+the code asks. An operator that fake tensors cannot run (a data-dependent output) is answered
+from the real result; a boolean mask over a weight-sized tensor is replaced by the positions
+it selects, which is what PyTorch's own indexing does with it.
+
+Values are kept only for tensors up to `INT_LIMIT` elements (integers and booleans) or
+`FLOAT_LIMIT` (floating point), so the real side stays small; anything derived from the
+weights or the activations has no known value and stays purely fake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from .sim import uncounted
+
+INT_LIMIT = 1 << 22  # token ids and masks: 4M elements is 32 x 128k tokens
+FLOAT_LIMIT = 1 << 16  # grids, timestamps, scales; never activations
+_UNKNOWN = object()
+_DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
+_INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
+             torch.ops.aten._unsafe_index_put.default}
+
+
+_FROM_DATA = {torch.tensor, torch.as_tensor}
+
+
+def _small(tensor: torch.Tensor) -> bool:
+    limit = FLOAT_LIMIT if tensor.is_floating_point() or tensor.is_complex() else INT_LIMIT
+    return tensor.numel() <= limit
+
+
+@functools.cache
+def _written(func) -> tuple[int, ...]:
+    """Positions of the arguments an operator writes to (in-place and out= operators)."""
+    return tuple(i for i, a in enumerate(func._schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
+
+
+class KnownValues(TorchDispatchMode):
+    """Sits above a `FakeTensorMode`; see the module docstring."""
+
+    def __init__(self, fake_mode):
+        super().__init__()
+        self.fake_mode = fake_mode
+        self.values = WeakTensorKeyDictionary()  # fake tensor -> its real value
+
+    def value(self, tensor: torch.Tensor):
+        if isinstance(tensor, FakeTensor):
+            return self.values.get(tensor, _UNKNOWN)
+        return tensor  # a real tensor handed to the fake mode (torch.tensor's lift_fresh, a constant)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat, tree = tree_flatten((args, kwargs))
+        known = all(self.value(x) is not _UNKNOWN for x in flat if isinstance(x, torch.Tensor))
+        try:
+            out = func(*args, **kwargs)
+        except _DATA_DEPENDENT:
+            if known:
+                return self._answer_from_real(func, flat, tree)
+            if func in _INDEXING:
+                return self._index_by_positions(func, args, kwargs)
+            raise
+        if known:
+            outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            if all(_small(t) for t in outputs):
+                self._remember(out, self._run_real(func, flat, tree))
+                return out
+        if _written(func):
+            self._forget_written(func, args, kwargs)
+        return out
+
+    def _run_real(self, func, flat: list, tree):
+        real = [self.value(x) if isinstance(x, torch.Tensor) else x for x in flat]
+        real_args, real_kwargs = tree_unflatten(real, tree)
+        with _disable_current_modes(), uncounted():
+            return func(*real_args, **real_kwargs)
+
+    def _remember(self, fake_out, real_out) -> None:
+        for fake, value in zip(tree_flatten(fake_out)[0], tree_flatten(real_out)[0]):
+            if isinstance(fake, FakeTensor) and isinstance(value, torch.Tensor):
+                self.values[fake] = value
+
+    def _answer_from_real(self, func, flat: list, tree):
+        """The fake mode cannot say what this operator returns; the real values can."""
+        result = self._run_real(func, flat, tree)
+        by_value = {id(self.value(fake)): fake for fake in flat if isinstance(fake, torch.Tensor)}
+        out_flat, out_tree = tree_flatten(result)
+        fakes = []
+        for item in out_flat:
+            if not isinstance(item, torch.Tensor):
+                fakes.append(item)  # .item(), bool(), equal(): a Python value
+            elif id(item) in by_value:
+                fakes.append(by_value[id(item)])  # an in-place operator returns its argument
+            else:
+                fake = self.fake_mode.from_tensor(item.clone())
+                if _small(fake):
+                    self.values[fake] = item
+                fakes.append(fake)
+        return tree_unflatten(fakes, out_tree)
+
+    def _index_by_positions(self, func, args, kwargs):
+        """`x[mask]` on a weight-sized `x` with a known boolean `mask`: index with the mask's
+        positions instead, exactly what PyTorch's indexing does with a mask."""
+        tensor, indices, *rest = args
+        positions = []
+        for index in indices:
+            if not (isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)):
+                positions.append(index)
+                continue
+            value = self.value(index)
+            if value is _UNKNOWN:
+                raise DynamicOutputShapeException(func)
+            for column in value.nonzero().unbind(1):
+                fake = self.fake_mode.from_tensor(column.clone())
+                self.values[fake] = column
+                positions.append(fake)
+        return func(tensor, positions, *rest, **kwargs)
+
+    def _forget_written(self, func, args, kwargs) -> None:
+        """An operator with an unknown input wrote into a tensor: its value, and those of the
+        tensors sharing its storage, are no longer known."""
+        names = [func._schema.arguments[i].name for i in _written(func)]
+        written = [args[i] if i < len(args) else kwargs.get(name) for i, name in zip(_written(func), names)]
+        storages = {t.untyped_storage()._cdata for t in written if isinstance(t, torch.Tensor) and t in self.values}
+        if storages:
+            for fake in list(self.values.keys()):
+                if fake.untyped_storage()._cdata in storages:
+                    del self.values[fake]
+
+
+@contextlib.contextmanager
+def known_values_are_readable(known: KnownValues):
+    """transformers treats every fake tensor as a graph being traced (`is_tracing`) and then
+    takes the code path that never reads values: with SDPA it builds an explicit L x L mask in
+    every layer instead of using `is_causal`, which the real step does not do. A fake tensor
+    whose values are known can be read, so it is not tracing: the plan takes the real step's path."""
+    try:
+        from transformers.utils import import_utils
+    except ImportError:
+        yield
+        return
+    original = import_utils.is_fake_tensor
+    import_utils.is_fake_tensor = lambda x: original(x) and known.value(x) is _UNKNOWN
+    try:
+        yield
+    finally:
+        import_utils.is_fake_tensor = original
+
+
+class KnownData(TorchFunctionMode):
+    """`torch.tensor([t0, t1])` over 0-d tensors reads their memory directly, below the
+    dispatcher: fake tensors have none. Give it their known values instead."""
+
+    def __init__(self, known: KnownValues):
+        super().__init__()
+        self.known = known
+
+    def _plain(self, data):
+        if isinstance(data, FakeTensor):
+            value = self.known.value(data)
+            return data if value is _UNKNOWN else value.tolist()
+        if isinstance(data, (list, tuple)):
+            return type(data)(self._plain(item) for item in data)
+        return data
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FROM_DATA and args and isinstance(args[0], (list, tuple)):
+            args = (self._plain(args[0]), *args[1:])
+        return func(*args, **kwargs)

@@ -1,0 +1,127 @@
+"""`autotune plan` on vision-language models and on the code paths that read tensor values:
+the plan's peak against the sim device, and frozen-ViT rows against closed-form counts."""
+
+import pytest
+import torch
+
+from autotune.devices import SimDevice
+from autotune.devices.fake import FakeDevice
+from autotune.devices.sim import _rounded
+from autotune.model_source import resolve
+from autotune.plan_measure import build_plan_workload, measure_candidate, plan_source
+from autotune.spec import ProbeSpec
+from autotune.trial import run_eval_trial, run_train_trial
+from autotune.workload import load_workload
+
+
+def _plan(spec, checkpointing=False):
+    workload = build_plan_workload(plan_source(spec), spec, FakeDevice())
+    return workload, measure_candidate(workload, "sdpa", checkpointing)
+
+
+@pytest.mark.parametrize("name,length,extra", [
+    # Qwen2-VL: the grid's .tolist(), mrope positions built per sample, boolean-mask scatter.
+    ("tiny-qwen2-vl", 96, {"max_pixels": 56 * 56 * 4}),
+    # Qwen2.5-VL: window attention's index over the grid.
+    ("tiny-qwen2.5-vl", 96, {"max_pixels": 56 * 56 * 4}),
+    # LLaVA-NeXT: anyres patches and the image-token count check (.item()).
+    ("tiny-llava-next", 128, {}),
+    # A text model at a length where an explicit L x L attention mask (what transformers builds
+    # for tensors it takes for traced ones) would cost more than 2%.
+    ("tiny-llama", 384, {}),
+])
+def test_plan_reads_values_where_the_model_does_and_matches_the_sim_device(name, length, extra):
+    spec = ProbeSpec(max_length=length, model_config=name, **extra)
+    _, measure = _plan(spec)
+    assert measure.error is None
+    real = load_workload(resolve(None, name), spec.replace(device="sim", gpu_memory=2**30), SimDevice(2**30))
+    for batch in (1, 2):
+        train = run_train_trial(real, batch, 3, 2**30).peak_bytes
+        evaluate = run_eval_trial(real, batch, 2, 2**30).peak_bytes
+        assert abs(measure.train_peaks[batch] - train) <= 0.02 * train, (batch, measure.train_peaks[batch], train)
+        assert abs(measure.eval_peaks[batch] - evaluate) <= 0.02 * evaluate, (batch, measure.eval_peaks[batch], evaluate)
+
+
+def _bytes(numels, itemsize=2):
+    return sum(_rounded(n * itemsize) for n in numels)
+
+
+def _llama_numels(c) -> list[int]:
+    h, i, v = c.hidden_size, c.intermediate_size, c.vocab_size
+    kv = c.num_key_value_heads * h // c.num_attention_heads
+    per_layer = [h * h, h * kv, h * kv, h * h, h * i, h * i, i * h, h, h]  # q k v o gate up down, two norms
+    return [v * h] + per_layer * c.num_hidden_layers + [h, v * h]  # embeddings, layers, final norm, lm_head
+
+
+def _clip_numels(c) -> list[int]:
+    h, i = c.hidden_size, c.intermediate_size
+    positions = (c.image_size // c.patch_size) ** 2 + 1  # the patches and the class token
+    embeddings = [h, 3 * c.patch_size**2 * h, positions * h, h, h]  # class, patch conv, positions, pre-norm
+    attention = [h * h, h] * 4  # q k v o with biases
+    per_layer = attention + [h, h, h * i, i, i * h, h, h, h]  # norm1, fc1, fc2, norm2
+    return embeddings + per_layer * c.num_hidden_layers + [h, h]  # post-norm
+
+
+def _projector_numels(c) -> list[int]:
+    vision, text = c.vision_config.hidden_size, c.text_config.hidden_size
+    return [vision * text, text, text * text, text]  # linear_1 and linear_2 with biases
+
+
+@pytest.fixture(scope="module")
+def llava_frozen_vit():
+    return _plan(ProbeSpec(max_length=64, model_config="tiny-llava"))
+
+
+def test_frozen_vit_rows_match_closed_form(llava_frozen_vit):
+    """LLaVA, full fine-tune with ms-swift's defaults (vision tower and projector frozen): the
+    weights row holds all three parts; gradients and AdamW's state (two moments in the
+    parameter dtype plus the fused step's float32 counter) only the language model's."""
+    workload, m = llava_frozen_vit
+    c = workload.source.config
+    llm, vit, projector = _llama_numels(c.text_config), _clip_numels(c.vision_config), _projector_numels(c)
+    assert workload.trainable_params == sum(llm)
+    assert workload.total_params == sum(llm) + sum(vit) + sum(projector)
+    head_dim = c.text_config.hidden_size // c.text_config.num_attention_heads
+    buffers = 2 * _rounded(head_dim // 2 * 4) + _rounded(((c.vision_config.image_size // 14) ** 2 + 1) * 8)
+    assert m.weights == _bytes(llm + vit + projector) + buffers  # + rotary inv_freq twice, CLIP's position ids
+    assert m.gradients == _bytes(llm)
+    assert m.optimizer_state == 2 * _bytes(llm) + len(llm) * _rounded(4)
+
+
+def test_unfrozen_aligner_and_lora_rows_match_closed_form():
+    """Unfreezing the projector adds exactly its parameters to the trained rows; LoRA on a
+    frozen-ViT model puts adapters on the language model's linear layers only."""
+    spec = ProbeSpec(max_length=64, model_config="tiny-llava", freeze_aligner=False)
+    workload, m = _plan(spec)
+    c = workload.source.config
+    trained = _llama_numels(c.text_config) + _projector_numels(c)
+    assert workload.trainable_params == sum(trained)
+    assert m.gradients == _bytes(trained)
+    assert m.optimizer_state == 2 * _bytes(trained) + len(trained) * _rounded(4)
+
+    r = 4
+    workload, m = _plan(spec.replace(freeze_aligner=None, train_type="lora", lora_r=r))
+    t = c.text_config
+    h, i = t.hidden_size, t.intermediate_size
+    kv = t.num_key_value_heads * h // t.num_attention_heads
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # (in, out)
+    lora = [n for fan_in, fan_out in shapes for n in (r * fan_in, fan_out * r)] * t.num_hidden_layers
+    assert workload.trainable_params == sum(lora)
+    assert m.gradients == _bytes(lora, 4)  # peft keeps adapters in float32
+    assert m.optimizer_state == 2 * _bytes(lora, 4) + len(lora) * _rounded(4)
+
+
+def test_known_values_follow_in_place_writes_and_forget_unknown_ones():
+    """The plan's value tracking: an in-place write with known values updates them; one with an
+    unknown input makes the written tensor unknown, so a later read fails as it should."""
+    device = FakeDevice()
+    with device.tracking():
+        ids = torch.zeros(2, 8, dtype=torch.long)
+        ids[:, 2:5] = 7
+        assert (ids == 7).sum().item() == 6
+        assert torch.tensor([ids.max(), ids.min()]).tolist() == [7, 0]
+        assert ids[ids == 7].shape == (6,)
+        big = torch.empty(8, 2**16)  # past the float limit: no value is kept
+        ids.copy_(big[:2, :8].long())
+        with pytest.raises(Exception, match="local_scalar_dense|data-dependent|DataDependent"):
+            ids.sum().item()
