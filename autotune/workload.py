@@ -91,6 +91,10 @@ def _trainer_optimizer_choice(model, learning_rate: float, optim: str | None):
     return _CHOICES[key]
 
 
+def _input_grad_hooked(model) -> bool:
+    return bool(getattr(model, "_require_grads_hooks", None) or getattr(model, "_require_grads_hook", None))
+
+
 @dataclass
 class Workload:
     model: object
@@ -115,11 +119,28 @@ class Workload:
             self.model.set_attn_implementation(attn_implementation)
             self.attn_implementation = attn_implementation
         if gradient_checkpointing is not None and gradient_checkpointing != self.gradient_checkpointing:
+            # transformers 5.23 renamed gradient checkpointing to activation checkpointing.
+            renamed = hasattr(self.model, "activation_checkpointing_enable")
             if gradient_checkpointing:
+                had_hook = _input_grad_hooked(self.model)
                 # Non-reentrant: works with frozen inputs (LoRA) and is what current trainers use.
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                kwargs = {"use_reentrant": False}
+                if renamed:
+                    self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+                else:
+                    self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+                self._added_input_grad_hook = not had_hook and _input_grad_hooked(self.model)
             else:
-                self.model.gradient_checkpointing_disable()
+                if renamed:
+                    self.model.activation_checkpointing_disable()
+                else:
+                    self.model.gradient_checkpointing_disable()
+                # Enabling made the embeddings' output require grad (for a frozen base under LoRA);
+                # disabling leaves that hook on a peft wrapper, and a run without checkpointing
+                # never has it: its extra activation gradient would be counted.
+                if getattr(self, "_added_input_grad_hook", False):
+                    self.model.disable_input_require_grads()
+                    self._added_input_grad_hook = False
             self.gradient_checkpointing = gradient_checkpointing
 
     def make_optimizer(self):

@@ -48,3 +48,16 @@ def test_gradient_checkpointing_raises_the_frontier(make_workload):
     f_plain = find_frontier(runner, "train", {"gradient_checkpointing": False}, budget, 64, ProgressSink(), []).frontier
     f_gc = find_frontier(runner, "train", {"gradient_checkpointing": True}, budget, 64, ProgressSink(), []).frontier
     assert f_gc > f_plain >= 1
+
+
+def test_switching_checkpointing_off_again_measures_what_a_fresh_model_does(make_workload):
+    """The space search switches checkpointing in place. Turning it on for a LoRA model makes the
+    frozen embeddings' output require grad; turning it off must undo that, or every candidate
+    measured afterwards without checkpointing carries the extra activation gradient."""
+    workload = make_workload("tiny-llama", 64 * MiB, max_length=32, train_type="lora")
+    fresh = run_train_trial(workload, 2, 3, 64 * MiB).peak_bytes
+    workload.configure(gradient_checkpointing=True)
+    checkpointed = run_train_trial(workload, 2, 3, 64 * MiB).peak_bytes
+    workload.configure(gradient_checkpointing=False)
+    assert checkpointed < fresh
+    assert run_train_trial(workload, 2, 3, 64 * MiB).peak_bytes == fresh
