@@ -21,8 +21,9 @@ from .report import check_plot, write_plot
 
 EXAMPLES = f"""\
 examples:
-  # demo on a simulated 1 GiB GPU, no CUDA needed
-  python -m autotune probe --model-config tiny-llama --device sim --gpu-memory 1GiB --max-length 512
+  # demo on a simulated 64 MiB GPU, no CUDA needed (about 40 s on 2 CPU cores)
+  python -m autotune probe --model-config tiny-llama --device sim --gpu-memory 64MiB --max-length 128 \\
+      --global-batch-size 8 --validate-steps 5
 
   # a weights-free probe of a real architecture on the real card: config.json only
   python -m autotune probe --model-config ./Qwen2.5-7B/config.json --train-type lora --max-length 4096 \\

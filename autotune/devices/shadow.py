@@ -39,6 +39,11 @@ _INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torc
 
 
 _FROM_DATA = {torch.tensor, torch.as_tensor}
+# Operators that return Python values: with known inputs there is nothing to ask the fake mode.
+_READS_VALUES = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+                 torch.ops.aten.equal.default}
+_DEVICE = torch.ops.prim.device.default
+_TO_PYTHON = {torch.Tensor.item}
 
 
 def _small(tensor: torch.Tensor) -> bool:
@@ -66,9 +71,13 @@ class KnownValues(TorchDispatchMode):
         return tensor  # a real tensor handed to the fake mode (torch.tensor's lift_fresh, a constant)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is _DEVICE:  # asked around every operator; nothing to know
+            return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
         flat, tree = tree_flatten((args, kwargs))
         known = all(self.value(x) is not _UNKNOWN for x in flat if isinstance(x, torch.Tensor))
+        if known and func in _READS_VALUES:
+            return self._answer_from_real(func, flat, tree)
         try:
             out = func(*args, **kwargs)
         except _DATA_DEPENDENT:
@@ -158,15 +167,19 @@ def known_values_are_readable(known: KnownValues):
         return
     original = import_utils.is_fake_tensor
     import_utils.is_fake_tensor = lambda x: original(x) and known.value(x) is _UNKNOWN
+    fake_tolist = FakeTensor.tolist
+    FakeTensor.tolist = lambda t: (fake_tolist(t) if known.value(t) is _UNKNOWN else known.value(t).tolist())
     try:
         yield
     finally:
         import_utils.is_fake_tensor = original
+        FakeTensor.tolist = fake_tolist
 
 
 class KnownData(TorchFunctionMode):
     """`torch.tensor([t0, t1])` over 0-d tensors reads their memory directly, below the
-    dispatcher: fake tensors have none. Give it their known values instead."""
+    dispatcher: fake tensors have none. Give it their known values instead; and answer
+    `.item()` of a known tensor at once."""
 
     def __init__(self, known: KnownValues):
         super().__init__()
@@ -182,6 +195,10 @@ class KnownData(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _TO_PYTHON and isinstance(args[0], FakeTensor):
+            value = self.known.value(args[0])
+            if value is not _UNKNOWN:
+                return func(value, *args[1:], **kwargs)
         if func in _FROM_DATA and args and isinstance(args[0], (list, tuple)):
             args = (self._plain(args[0]), *args[1:])
         return func(*args, **kwargs)

@@ -29,6 +29,7 @@ from ..sizes import format_size
 from .oom import is_oom
 
 BLOCK = 512
+_DEVICE = torch.ops.prim.device.default
 
 
 def _rounded(nbytes: int) -> int:
@@ -122,6 +123,8 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func is _DEVICE:  # asked around every operator under fake tensors; allocates nothing
+            return out
         for item in tree_flatten(out)[0]:
             if isinstance(item, torch.Tensor):
                 # A DTensor (FSDP2's sharded parameters, gradients, optimizer state) owns its
