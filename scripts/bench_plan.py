@@ -2,12 +2,15 @@
 each peak RSS is its own. Prints one line per run; docs/benchmarks.md records the output.
 
     python scripts/bench_plan.py [--max-length 2048] [--train-type full]
+    python scripts/bench_plan.py --configs qwen2.5-vl-7b --max-length 4096 --gradient-checkpointing on \
+        --extra="--max-pixels 1003520"      # vision-language: 1280 image tokens
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -21,11 +24,12 @@ def main() -> None:
     parser.add_argument("--train-type", default="full")
     parser.add_argument("--gradient-checkpointing", default="off")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--extra", default="", help="more plan flags, e.g. --extra='--max-pixels 1003520'")
     args = parser.parse_args()
     for name in args.configs.split(","):
         cmd = [sys.executable, "-m", "autotune", "plan", "--model-config", f"recipes/configs/{name}/config.json",
                "--max-length", args.max_length, "--train-type", args.train_type, "--gradient-checkpointing",
-               args.gradient_checkpointing, "--gpu-memory", "80GiB", "--format", "json", "--quiet"]
+               args.gradient_checkpointing, "--gpu-memory", "80GiB", "--format", "json", "--quiet", *shlex.split(args.extra)]
         started = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - started
