@@ -51,7 +51,8 @@ def test_killed_worker_and_killed_probe_give_the_uninterrupted_recipe(tmp_path):
 
     killed = tmp_path / "killed-worker.yaml"
     marker = tmp_path / "killed-once"
-    run = subprocess.run(command(*TINY, "--isolate", "--out", str(killed)), env=env(AUTOTUNE_TEST_FAULT=f"kill:2:{marker}"),
+    faults = env(AUTOTUNE_TEST_FAULT=f"kill:2:{marker}", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests/faults'}")
+    run = subprocess.run(command(*TINY, "--isolate", "--out", str(killed)), env=faults,
                          timeout=300, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert marker.exists()  # the worker really was killed in the batch-2 trial
