@@ -9,6 +9,7 @@ import time
 from . import __version__
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .dataset import from_dataset
+from .emit.deepspeed import hidden_size
 from .model_source import check_max_length, resolve
 from .multimodal import recipe_record, recipe_settings
 from .training_setup import plan_inputs
@@ -55,7 +56,8 @@ def describe_model(workload) -> ModelInfo:
     return ModelInfo(source=source.kind, path=source.path, model_type=source.model_type, architecture=source.architecture,
                      dtype=spec.dtype, train_type=spec.train_type, num_parameters=workload.total_params,
                      trainable_parameters=workload.trainable_params, max_length=spec.max_length, lora=lora,
-                     quantization=quantization_record(spec.dtype) if spec.train_type == "qlora" else None)
+                     quantization=quantization_record(spec.dtype) if spec.train_type == "qlora" else None,
+                     hidden_size=hidden_size(workload.model.config))
 
 
 def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batch: int, progress: ProgressSink,

@@ -57,6 +57,7 @@ class ModelInfo:
     max_length: int
     lora: dict | None = None
     quantization: dict | None = None  # qlora: {method: bnb, bits: 4, quant_type: nf4, double_quant, compute_dtype}
+    hidden_size: int | None = None  # fills DeepSpeed's hidden-size "auto" entries (emit/deepspeed.py)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Cluster probing with real processes on the sim device: supervised workers that are killed
 mid-trial, a probe killed and resumed, and torchrun with two gloo ranks of unequal memory
-running DDP and FSDP2. Slow to start (torch import per process): few and tiny."""
+running DDP, FSDP2 and DeepSpeed ZeRO, and four ranks. Slow to start (torch import per
+process): few and tiny."""
 
 import os
 import signal
@@ -50,7 +51,8 @@ def test_killed_worker_and_killed_probe_give_the_uninterrupted_recipe(tmp_path):
 
     killed = tmp_path / "killed-worker.yaml"
     marker = tmp_path / "killed-once"
-    run = subprocess.run(command(*TINY, "--isolate", "--out", str(killed)), env=env(AUTOTUNE_TEST_FAULT=f"kill:2:{marker}"),
+    faults = env(AUTOTUNE_TEST_FAULT=f"kill:2:{marker}", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests/faults'}")
+    run = subprocess.run(command(*TINY, "--isolate", "--out", str(killed)), env=faults,
                          timeout=300, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert marker.exists()  # the worker really was killed in the batch-2 trial
@@ -74,6 +76,36 @@ def test_killed_worker_and_killed_probe_give_the_uninterrupted_recipe(tmp_path):
     assert journal_trials(journal) == len(essence(ref)[2])  # nothing ran twice
 
 
+def torchrun_probe(tmp_path, world: int, *args) -> dict:
+    """`probe --nproc-per-node WORLD ARGS` (autotune starts torchrun); the recipe, after checking
+    that every rank reached it."""
+    out = tmp_path / "r.yaml"
+    run = subprocess.run(command(*args, "--nproc-per-node", str(world), "--out", str(out)),
+                         env=env(), timeout=500, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"all {world} ranks reached the same recipe" in run.stderr
+    recipe = yaml.safe_load(out.read_text())
+    assert recipe["hardware"]["world_size"] == world
+    return recipe
+
+
+def agreed_trials(recipe: dict, world: int) -> dict:
+    """Check that every trial's recorded outcome is the agreement of its `world` rank reports;
+    return the first train trial of each (strategy, batch) with its ranks."""
+    from autotune.cluster.agree import agree
+    from autotune.recipe import TrialResult
+
+    by = {}
+    for t in recipe["search"]["trials"]:
+        ranks = t["memory_stats"]["ranks"]
+        assert len(ranks) == world
+        reports = [TrialResult(phase=t["phase"], settings={}, outcome=r["outcome"], peak_bytes=r["peak_bytes"]) for r in ranks]
+        assert agree(reports).outcome == t["outcome"]
+        if t["phase"] == "train":  # the strategy search comes first: keep its trial for each batch
+            by.setdefault((t["settings"].get("strategy"), t["settings"]["per_device_train_batch_size"]), (t, ranks))
+    return by
+
+
 @pytest.mark.slow
 def test_torchrun_ranks_with_unequal_memory_agree_and_sharding_lowers_the_peak(tmp_path):
     """`--nproc-per-node 2` starts torchrun: two gloo ranks, rank 1 with less memory. Under DDP rank
@@ -81,29 +113,12 @@ def test_torchrun_ranks_with_unequal_memory_agree_and_sharding_lowers_the_peak(t
     probe must not hang (this test's timeout), must record the trial, and both ranks must agree
     on every trial and on the recipe. FSDP2 shards parameters, gradients and AdamW state, so its
     per-rank peak is lower than DDP's at the same batch, and it is the strategy that fits."""
-    out = tmp_path / "r.yaml"
-    run = subprocess.run(
-        command("--model-config", str(ROOT / "tests/data/wide-llama.json"), "--device", "sim", "--gpu-memory", "64MiB,34MiB",
-                "--max-length", "16", "--max-batch-size", "2", "--trial-timeout", "120", "--strategy", "ddp,fsdp",
-                "--nproc-per-node", "2", "--out", str(out)),
-        env=env(), timeout=400, capture_output=True, text=True, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "all 2 ranks reached the same recipe" in run.stderr
-    recipe = yaml.safe_load(out.read_text())
-    assert recipe["hardware"]["world_size"] == 2
+    recipe = torchrun_probe(tmp_path, 2, "--model-config", str(ROOT / "tests/data/wide-llama.json"), "--device", "sim",
+                            "--gpu-memory", "64MiB,34MiB", "--max-length", "16", "--max-batch-size", "2",
+                            "--trial-timeout", "120", "--strategy", "ddp,fsdp")
     assert recipe["hardware"]["capacity_bytes"] == 34 << 20  # the smaller rank decides
     assert recipe["settings"]["strategy"] == "fsdp"
-    from autotune.cluster.agree import agree
-    from autotune.recipe import TrialResult
-
-    by = {}
-    for t in recipe["search"]["trials"]:
-        ranks = t["memory_stats"]["ranks"]
-        assert len(ranks) == 2
-        reports = [TrialResult(phase="train", settings={}, outcome=r["outcome"], peak_bytes=r["peak_bytes"]) for r in ranks]
-        assert agree(reports).outcome == t["outcome"]  # the recorded outcome is the agreement of both ranks
-        if t["phase"] == "train":  # the strategy search comes first: keep its trial for each batch
-            by.setdefault((t["settings"]["strategy"], t["settings"]["per_device_train_batch_size"]), (t, ranks))
+    by = agreed_trials(recipe, 2)
     ddp, ddp_ranks = by[("ddp", 1)]
     assert ddp["outcome"] == "oom" and ddp_ranks[1]["outcome"] == "oom"
     assert ddp_ranks[0]["outcome"] in ("fit", "aborted")  # blocked behind the OOM, or finished first
@@ -113,3 +128,43 @@ def test_torchrun_ranks_with_unequal_memory_agree_and_sharding_lowers_the_peak(t
     if ddp_ranks[0]["outcome"] == "fit":
         assert fsdp_ranks[0]["peak_bytes"] < 0.75 * ddp_peak_rank0
     assert all(r["peak_bytes"] < 34 << 20 for r in fsdp_ranks)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero_per_rank_peaks_under_torchrun(tmp_path):
+    """Two gloo ranks, DDP vs DeepSpeed ZeRO-2 vs ZeRO-3 (through accelerate) at batch 1, fp32.
+    The probe runs DeepSpeed with the config the launch files carry (ms-swift's ZeRO settings):
+    ZeRO-2 holds its whole reduce bucket (2e8 elements, allocated at once), which dwarfs this
+    small model, and below it sharded gradients and optimizer state; ZeRO-3 shards everything
+    and its buckets follow the hidden size, so its per-rank peak is below DDP's. Skipped where
+    deepspeed is not installed. DDP last: it is usually the fastest, so the validation reuses its
+    workers instead of starting new ones."""
+    pytest.importorskip("deepspeed")
+    from autotune.emit.deepspeed import zero_optimization
+
+    recipe = torchrun_probe(tmp_path, 2, "--model-config", str(ROOT / "tests/data/wide-llama.json"), "--device", "sim",
+                            "--gpu-memory", "4GiB", "--dtype", "float32", "--max-length", "16", "--max-batch-size", "1",
+                            "--trial-timeout", "240", "--strategy", "zero2,zero3,ddp", "--attn", "sdpa",
+                            "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3", "--no-journal")
+    by = agreed_trials(recipe, 2)
+    ddp, zero2, zero3 = (max(r["peak_bytes"] for r in by[(s, 1)][1]) for s in ("ddp", "zero2", "zero3"))
+    assert all(by[(s, 1)][0]["outcome"] == "fit" for s in ("ddp", "zero2", "zero3"))
+    bucket = zero_optimization("zero2")["reduce_bucket_size"] * 4  # fp32 gradients
+    assert zero2 > bucket and zero2 - bucket < ddp  # the real bucket is counted; the sharded rest is below DDP
+    assert zero3 < 0.9 * ddp and zero3 < zero2
+
+
+@pytest.mark.slow
+def test_four_ranks_one_smaller_agree_on_every_trial_and_the_recipe(tmp_path):
+    """`--nproc-per-node 4`, rank 3 with a third of the others' memory. Batch 4 fits ranks 0-2 and
+    breaks rank 3's budget: the agreed trial is over budget, all four ranks step to batch 3
+    together and write the same recipe, sized for the smallest card."""
+    recipe = torchrun_probe(tmp_path, 4, "--model-config", "tiny-llama", "--device", "sim",
+                            "--gpu-memory", "12MiB,12MiB,12MiB,4.2MiB", "--max-length", "16", "--max-batch-size", "4",
+                            "--trial-timeout", "120", "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval",
+                            "--validate-steps", "3", "--no-journal")
+    assert recipe["hardware"]["capacity_bytes"] == int(4.2 * 2**20)
+    by = agreed_trials(recipe, 4)
+    four, ranks = by[(None, 4)]
+    assert [r["outcome"] for r in ranks] == ["fit", "fit", "fit", "over_budget"] and four["outcome"] == "over_budget"
+    assert recipe["settings"]["per_device_train_batch_size"] == 3 == recipe["search"]["frontier"]["train"]

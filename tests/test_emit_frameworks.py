@@ -2,6 +2,7 @@
 where it is installable here."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -74,6 +75,12 @@ def test_deepspeed_own_config_class_accepts_it():
     """DeepSpeed's own DeepSpeedConfig runs the batch assertion (world size 1 without a
     process group). Skipped where deepspeed is not installed."""
     ds_config = pytest.importorskip("deepspeed.runtime.config")
+    import dataclasses
+
+    base = variant("base")
+    zero3 = json.loads(deepspeed.render(dataclasses.replace(base, settings=dataclasses.replace(base.settings, strategy="zero3"))))
+    parsed = ds_config.DeepSpeedConfig(zero3)  # no "auto" left: a plain deepspeed.initialize reads it
+    assert parsed.zero_config.prefetch_bucket_size == zero3["zero_optimization"]["stage3_prefetch_bucket_size"] > 0
     config = json.loads(deepspeed.render(variant("base")))
     parsed = ds_config.DeepSpeedConfig(config)
     assert parsed.train_batch_size == config["train_batch_size"]
@@ -99,9 +106,7 @@ def test_accelerate_config_loads_with_accelerate(name, distributed, tmp_path):
     assert config.distributed_type == distributed and config.num_processes == r.hardware.world_size
     assert config.mixed_precision == "bf16"
     if name == "eval_zero3":
-        assert config.num_machines == 2
-        assert config.deepspeed_config["zero_stage"] == 3
-        assert config.deepspeed_config["gradient_accumulation_steps"] == r.settings.gradient_accumulation_steps
+        assert config.num_machines == 2 and config.deepspeed_config["deepspeed_config_file"] == "ds_config.json"
     if name == "fsdp":
         assert config.fsdp_config["fsdp_version"] == 2 and config.fsdp_config["fsdp_activation_checkpointing"] is True
 
@@ -121,3 +126,75 @@ def test_llamafactory_yaml(name):
     if name == "eval_zero3":
         assert data["per_device_eval_batch_size"] == 2 and data["deepspeed"] == "ds_config.json"
         assert data["freeze_vision_tower"] is True and data["image_max_pixels"] == 1003520
+
+
+SWIFT_ZERO = ("zero2", "zero3", "zero2_offload", "zero3_offload")
+
+
+def swift_zero_sections() -> dict:
+    """ms-swift's shipped ZeRO sections: from the installed ms-swift where there is one, else the
+    snapshot tests/data/ms-swift-zero.json, written from ms-swift 4.6 with
+    python -c "import json,pathlib,swift; d=pathlib.Path(swift.__file__).parent/'config';
+    print(json.dumps({n: json.loads((d/f'{n}.json').read_text())['zero_optimization'] for n in
+    ['zero2','zero3','zero2_offload','zero3_offload']}, indent=1))"."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("swift")
+    folder = Path(spec.origin).parent / "config" if spec and spec.origin else None
+    if folder and (folder / "zero3.json").exists():
+        return {n: json.loads((folder / f"{n}.json").read_text())["zero_optimization"] for n in SWIFT_ZERO}
+    return json.loads((Path(__file__).parent / "data/ms-swift-zero.json").read_text())
+
+
+@pytest.mark.parametrize("strategy", SWIFT_ZERO)
+def test_zero_sections_are_ms_swifts(strategy):
+    """`swift sft --deepspeed zero3` runs with ms-swift's own file; the probe and the other launch
+    files use deepspeed.zero_optimization, which must be the same settings, "auto" included."""
+    theirs = swift_zero_sections()[strategy]
+    ours = deepspeed.zero_optimization(strategy)
+    assert json.loads(json.dumps(ours)) == {k: int(v) if isinstance(v, float) else v for k, v in theirs.items()}
+
+
+def test_hidden_size_fill_is_the_trainers(tmp_path):
+    """The "auto" entries become what the Trainer would fill them with (transformers'
+    HfTrainerDeepSpeedConfig.trainer_config_finalize, the real function, as the oracle; it is a
+    stub where deepspeed is not installed)."""
+    import types
+
+    pytest.importorskip("deepspeed")
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
+
+    model = types.SimpleNamespace(config=types.SimpleNamespace(hidden_size=3584))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    try:
+        for strategy in SWIFT_ZERO:
+            trainer = HfTrainerDeepSpeedConfig({"zero_optimization": deepspeed.zero_optimization(strategy)})
+            trainer.trainer_config_finalize(args, model, 10)
+            assert deepspeed.zero_optimization(strategy, 3584) == trainer.config["zero_optimization"]
+    finally:
+        unset_hf_deepspeed_config()  # the constructor registers itself globally (ZeRO-3 init for later models)
+
+
+def test_accelerate_and_hf_carry_the_probes_deepspeed_config(tmp_path):
+    """The accelerate YAML points at the DeepSpeed JSON written beside it; accelerate's plugin
+    reads the stage, offload and buckets from it; the HF arguments embed the same config."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    from autotune.emit import files
+
+    r = variant("eval_zero3")
+    outputs = files("accelerate", r, str(tmp_path / "acc.yaml"))
+    for path, text in outputs.items():
+        Path(path).write_text(text)
+    loaded = load_config_from_file(str(tmp_path / "acc.yaml"))
+    ds_file = loaded.deepspeed_config["deepspeed_config_file"]
+    assert ds_file == str(tmp_path / "acc.deepspeed.json") and loaded.deepspeed_config["zero3_init_flag"] is True
+    plugin = DeepSpeedPlugin(hf_ds_config=ds_file)
+    assert plugin.zero_stage == 3 and plugin.offload_param_device == "cpu"
+    assert plugin.gradient_accumulation_steps == r.settings.gradient_accumulation_steps
+    h = r.model.hidden_size
+    assert h and plugin.deepspeed_config["zero_optimization"]["reduce_bucket_size"] == h * h
+    assert json.loads(hf.render(r))["deepspeed"] == json.loads(outputs[ds_file])

@@ -8,8 +8,10 @@ or DeepSpeed ZeRO through accelerate. Never a home-made imitation.
   Called directly: accelerate's FSDP plugin needs CUDA (on CPU, `Accelerator(cpu=True)` silently
   falls back to DDP, and without `cpu=True` to no distribution at all), and FSDP2 itself runs
   on gloo.
-- `zero2`, `zero3`, `zero2_offload`, `zero3_offload`: accelerate's `DeepSpeedPlugin`; the
-  engine owns the optimizer and its `backward` also steps (accelerate's DeepSpeed wrapper).
+- `zero2`, `zero3`, `zero2_offload`, `zero3_offload`: accelerate's `DeepSpeedPlugin` with the
+  DeepSpeed config the launch files carry (emit/deepspeed.py `engine_config`: ms-swift's ZeRO
+  settings and bucket sizes); the engine owns the optimizer and its `backward` also steps
+  (accelerate's DeepSpeed wrapper).
 
 The process group is set up by the worker before this runs.
 """
@@ -98,17 +100,17 @@ def _fully_shard(model):
 
 
 def _deepspeed(sharded: ShardedWorkload, strategy: str) -> None:
+    import torch.distributed as dist
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
-    stage = 3 if strategy.startswith("zero3") else 2
-    offload = strategy.endswith("_offload")
-    plugin = DeepSpeedPlugin(zero_stage=stage, gradient_accumulation_steps=1,
-                             offload_optimizer_device="cpu" if offload else "none",
-                             offload_param_device="cpu" if offload and stage == 3 else "none")
-    # No dataloader goes through prepare: the micro batch is for DeepSpeed's bookkeeping only.
-    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+    from ..emit.deepspeed import engine_config, hidden_size
+
     mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(sharded.spec.dtype, "no")
+    # The config the launch files carry (emit/deepspeed.py), so the probe measures the real
+    # buckets. No dataloader goes through prepare: the micro batch is DeepSpeed's bookkeeping only.
+    config = engine_config(strategy, 1, 1, dist.get_world_size(), mixed, hidden_size(sharded.inner.config))
+    plugin = DeepSpeedPlugin(hf_ds_config=config)
     # The optimizer first: building it parses TrainingArguments, which resets accelerate's state.
     optimizer = Workload.make_optimizer(sharded)
     accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision=mixed)

@@ -17,25 +17,12 @@ import dataclasses
 import datetime
 import json
 import os
-import signal
 import sys
 
 
 def _send(out, **message) -> None:
     out.write(json.dumps(message, default=str) + "\n")
     out.flush()
-
-
-def _fault(settings: dict) -> None:
-    """Test hook: AUTOTUNE_TEST_FAULT="kill:BATCH:MARKER" kills this worker (SIGKILL) at the start
-    of the first trial with that batch size; MARKER (a file) makes it happen once per test."""
-    spec = os.environ.get("AUTOTUNE_TEST_FAULT")
-    if not spec:
-        return
-    kind, batch, marker = spec.split(":", 2)
-    if kind == "kill" and settings.get("per_device_train_batch_size") == int(batch) and not os.path.exists(marker):
-        open(marker, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _init_process_group(config: dict, device_kind: str) -> None:
@@ -81,7 +68,6 @@ def serve(config: dict, requests, out) -> None:
         "kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}, "budget": budget})
     for line in requests:
         request = json.loads(line)
-        _fault(request["settings"])
         result = run_trial(workload, request["phase"], request["settings"], request.get("steps") or spec.steps, budget)
         result = apply_steady_state_rule(result)
         _send(out, result=dataclasses.asdict(result))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..recipe import Recipe
 from . import accelerate, deepspeed, hf, llamafactory, swift
-from .common import require_validated
+from .common import require_validated, zero_stage
 
 TARGETS = ("swift", "hf", "deepspeed", "accelerate", "llamafactory")
 
@@ -25,7 +25,10 @@ def files(target: str, recipe: Recipe, out: str, swift_version: str | None = Non
     if target == "deepspeed":
         return {out: deepspeed.render(recipe)}
     if target == "accelerate":
-        return {out: accelerate.render(recipe)}
+        if zero_stage(recipe.settings.strategy) is None or out == "-":
+            return {out: accelerate.render(recipe)}
+        ds_out = accelerate.deepspeed_path(out)
+        return {out: accelerate.render(recipe, ds_out), ds_out: deepspeed.render(recipe)}
     if target == "llamafactory":
         return {out: llamafactory.render(recipe, dataset)}
     raise ValueError(f"unknown emit target {target!r}")

@@ -1,16 +1,25 @@
 """accelerate config YAML (`accelerate launch --config_file FILE train.py`). Keys are those of
 accelerate's `ClusterConfig` (accelerate/commands/config/config_args.py), which refuses
-unknown keys when it loads the file."""
+unknown keys when it loads the file.
+
+With a DeepSpeed strategy the YAML points at a DeepSpeed JSON written beside it
+(`deepspeed_config_file`): accelerate's own `zero_stage`/offload keys would leave the bucket
+sizes at DeepSpeed's defaults, not the ones the probe measured (emit/deepspeed.py)."""
 
 from __future__ import annotations
 
 import yaml
 
 from ..recipe import Recipe
-from .common import check_strategy, mixed_precision, offloads, world_size, zero_stage
+from .common import check_strategy, mixed_precision, world_size, zero_stage
 
 
-def accelerate_config(recipe: Recipe) -> dict:
+def deepspeed_path(out: str) -> str:
+    """`acc.yaml` -> `acc.deepspeed.json`: the DeepSpeed config the YAML points at."""
+    return (out[: -len(".yaml")] if out.endswith(".yaml") else out) + ".deepspeed.json"
+
+
+def accelerate_config(recipe: Recipe, deepspeed_file: str = "ds_config.json") -> dict:
     s = recipe.settings
     strategy = check_strategy(recipe)
     n = world_size(recipe)
@@ -38,14 +47,8 @@ def accelerate_config(recipe: Recipe) -> dict:
         "downcast_bf16": "no",
     }
     if stage is not None:
-        offload = "cpu" if offloads(strategy) else "none"
-        config["deepspeed_config"] = {
-            "zero_stage": stage,
-            "gradient_accumulation_steps": s.gradient_accumulation_steps,
-            "offload_optimizer_device": offload,
-            "offload_param_device": offload if stage == 3 else "none",
-            "zero3_init_flag": stage == 3,
-        }
+        # Only these two: with a config file accelerate refuses its own ZeRO keys beside it.
+        config["deepspeed_config"] = {"deepspeed_config_file": deepspeed_file, "zero3_init_flag": stage == 3}
     elif strategy == "fsdp":
         config["fsdp_config"] = {
             "fsdp_version": 2,
@@ -59,9 +62,11 @@ def accelerate_config(recipe: Recipe) -> dict:
     return config
 
 
-def render(recipe: Recipe) -> str:
+def render(recipe: Recipe, deepspeed_file: str = "ds_config.json") -> str:
     s = recipe.settings
     head = (f"# accelerate config from an autotune recipe: per-device batch {s.per_device_train_batch_size}, "
             f"gradient accumulation {s.gradient_accumulation_steps}, world size {world_size(recipe)}\n"
             "# the batch sizes themselves go to your training script (see `autotune emit hf`)\n")
-    return head + yaml.safe_dump(accelerate_config(recipe), sort_keys=False, default_flow_style=False)
+    if zero_stage(recipe.settings.strategy) is not None:
+        head += f"# {deepspeed_file}: the DeepSpeed config (`autotune emit deepspeed RECIPE -o {deepspeed_file}` writes it)\n"
+    return head + yaml.safe_dump(accelerate_config(recipe, deepspeed_file), sort_keys=False, default_flow_style=False)

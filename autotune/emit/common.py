@@ -52,11 +52,6 @@ def world_size(recipe: Recipe) -> int:
     return max(1, int(recipe.hardware.world_size))
 
 
-def global_batch(recipe: Recipe) -> int:
-    s = recipe.settings
-    return s.per_device_train_batch_size * s.gradient_accumulation_steps * world_size(recipe)
-
-
 def launch_env(recipe: Recipe) -> dict[str, str]:
     """Environment the launch needs: the recipe's own `env` (PYTORCH_CUDA_ALLOC_CONF, ...), the
     vision-language limits ms-swift and Qwen-VL processors read, and the process layout."""
