@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_unflatten
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from .sim import uncounted
 
 INT_LIMIT = 1 << 22  # token ids and masks: 4M elements is 32 x 128k tokens
 FLOAT_LIMIT = 1 << 16  # grids, timestamps, scales; never activations
 _UNKNOWN = object()
+_VALUE = "_autotune_known_value"
 _DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
 _INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
              torch.ops.aten._unsafe_index_put.default}
@@ -63,39 +64,56 @@ class KnownValues(TorchDispatchMode):
     def __init__(self, fake_mode):
         super().__init__()
         self.fake_mode = fake_mode
-        self.values = WeakTensorKeyDictionary()  # fake tensor -> its real value
+        # The value rides on the fake tensor itself (an attribute: the cheapest lookup, and it
+        # dies with the tensor); the registry finds them again when a write makes them stale.
+        self._registry: dict[int, weakref.ref] = {}
 
     def value(self, tensor: torch.Tensor):
         if isinstance(tensor, FakeTensor):
-            return self.values.get(tensor, _UNKNOWN)
+            return tensor.__dict__.get(_VALUE, _UNKNOWN)
         return tensor  # a real tensor handed to the fake mode (torch.tensor's lift_fresh, a constant)
 
+    def _set(self, fake: torch.Tensor, value: torch.Tensor) -> None:
+        fake.__dict__[_VALUE] = value
+        key = id(fake)
+        self._registry[key] = weakref.ref(fake, lambda _, key=key: self._registry.pop(key, None))
+
+    def _all_known(self, args, kwargs) -> bool:
+        # Operator arguments nest one level at most (Tensor[] and Tensor?[] lists).
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, (list, tuple)):
+                if not all(self.value(a) is not _UNKNOWN for a in arg if isinstance(a, torch.Tensor)):
+                    return False
+            elif isinstance(arg, torch.Tensor) and self.value(arg) is _UNKNOWN:
+                return False
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is _DEVICE:  # asked around every operator; nothing to know
-            return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
-        flat, tree = tree_flatten((args, kwargs))
-        known = all(self.value(x) is not _UNKNOWN for x in flat if isinstance(x, torch.Tensor))
+        if func is _DEVICE:  # asked around every operator; nothing to know
+            return func(*args, **kwargs)
+        known = self._all_known(args, kwargs)
         if known and func in _READS_VALUES:
-            return self._answer_from_real(func, flat, tree)
+            return self._answer_from_real(func, args, kwargs)
         try:
             out = func(*args, **kwargs)
         except _DATA_DEPENDENT:
             if known:
-                return self._answer_from_real(func, flat, tree)
+                return self._answer_from_real(func, args, kwargs)
             if func in _INDEXING:
                 return self._index_by_positions(func, args, kwargs)
             raise
         if known:
             outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
             if all(_small(t) for t in outputs):
-                self._remember(out, self._run_real(func, flat, tree))
+                self._remember(out, self._run_real(func, args, kwargs))
                 return out
         if _written(func):
             self._forget_written(func, args, kwargs)
         return out
 
-    def _run_real(self, func, flat: list, tree):
+    def _run_real(self, func, args, kwargs):
+        flat, tree = tree_flatten((args, kwargs))
         real = [self.value(x) if isinstance(x, torch.Tensor) else x for x in flat]
         real_args, real_kwargs = tree_unflatten(real, tree)
         with _disable_current_modes(), uncounted():
@@ -104,12 +122,12 @@ class KnownValues(TorchDispatchMode):
     def _remember(self, fake_out, real_out) -> None:
         for fake, value in zip(tree_flatten(fake_out)[0], tree_flatten(real_out)[0]):
             if isinstance(fake, FakeTensor) and isinstance(value, torch.Tensor):
-                self.values[fake] = value
+                self._set(fake, value)
 
-    def _answer_from_real(self, func, flat: list, tree):
+    def _answer_from_real(self, func, args, kwargs):
         """The fake mode cannot say what this operator returns; the real values can."""
-        result = self._run_real(func, flat, tree)
-        by_value = {id(self.value(fake)): fake for fake in flat if isinstance(fake, torch.Tensor)}
+        result = self._run_real(func, args, kwargs)
+        by_value = {id(self.value(fake)): fake for fake in tree_flatten((args, kwargs))[0] if isinstance(fake, torch.Tensor)}
         out_flat, out_tree = tree_flatten(result)
         fakes = []
         for item in out_flat:
@@ -120,7 +138,7 @@ class KnownValues(TorchDispatchMode):
             else:
                 fake = self.fake_mode.from_tensor(item.clone())
                 if _small(fake):
-                    self.values[fake] = item
+                    self._set(fake, item)
                 fakes.append(fake)
         return tree_unflatten(fakes, out_tree)
 
@@ -138,7 +156,7 @@ class KnownValues(TorchDispatchMode):
                 raise DynamicOutputShapeException(func)
             for column in value.nonzero().unbind(1):
                 fake = self.fake_mode.from_tensor(column.clone())
-                self.values[fake] = column
+                self._set(fake, column)
                 positions.append(fake)
         return func(tensor, positions, *rest, **kwargs)
 
@@ -147,12 +165,13 @@ class KnownValues(TorchDispatchMode):
         tensors sharing its storage, are no longer known."""
         names = [func._schema.arguments[i].name for i in _written(func)]
         written = [args[i] if i < len(args) else kwargs.get(name) for i, name in zip(_written(func), names)]
-        storages = {t.untyped_storage()._cdata for t in written if isinstance(t, torch.Tensor) and t in self.values}
+        storages = {t.untyped_storage()._cdata for t in written
+                    if isinstance(t, torch.Tensor) and self.value(t) is not _UNKNOWN}
         if storages:
-            for fake in list(self.values.keys()):
-                if fake.untyped_storage()._cdata in storages:
-                    del self.values[fake]
-
+            for ref in list(self._registry.values()):
+                fake = ref()
+                if fake is not None and fake.untyped_storage()._cdata in storages:
+                    fake.__dict__.pop(_VALUE, None)
 
 @contextlib.contextmanager
 def known_values_are_readable(known: KnownValues):
