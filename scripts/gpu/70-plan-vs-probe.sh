@@ -5,16 +5,18 @@
 # Also: trials the probe needs with and without --from-plan.
 set -euo pipefail
 CARD=$(python -c "import torch; print(torch.cuda.get_device_properties(0).total_memory)")
-for spec in "qwen2.5-0.5b full off 2048" "qwen2.5-0.5b full on 2048" "qwen2.5-7b lora off 2048" "qwen2.5-7b lora on 4096" "qwen2.5-7b full on 1024"; do
+# config, train type, checkpointing, max length, then any extra flags for both commands
+for spec in "qwen2.5-0.5b full off 2048" "qwen2.5-0.5b full on 2048" "qwen2.5-7b lora off 2048" "qwen2.5-7b lora on 4096" \
+            "qwen2.5-7b full on 1024" "qwen2.5-vl-7b lora on 2048 --max-pixels=401408"; do
   set -- $spec
-  gc_flag=""; [ "$3" = on ] && gc_flag="--gradient-checkpointing"
+  extra=("${@:5}")
   tag="$1-$2-gc$3-$4"
-  python -m autotune plan --model-config "recipes/configs/$1/config.json" --train-type "$2" --max-length "$4" \
+  python -m autotune plan --model-config "recipes/configs/$1/config.json" --train-type "$2" --max-length "$4" "${extra[@]}" \
       --gradient-checkpointing "$3" --gpu-memory "$CARD" --out "$OUT/plan-$tag.yaml" --force --format json --quiet > "$OUT/plan-$tag.json"
-  python -m autotune probe --model-config "recipes/configs/$1/config.json" --train-type "$2" --max-length "$4" $gc_flag \
-      --out "$OUT/probe-$tag.yaml" --force --format json --quiet > "$OUT/probe-$tag.json"
-  python -m autotune probe --model-config "recipes/configs/$1/config.json" --train-type "$2" --max-length "$4" $gc_flag \
-      --from-plan "$OUT/plan-$tag.yaml" --out "$OUT/probe-from-plan-$tag.yaml" --force --format json --quiet > "$OUT/probe-from-plan-$tag.json"
+  python -m autotune probe --model-config "recipes/configs/$1/config.json" --train-type "$2" --max-length "$4" "${extra[@]}" \
+      --gradient-checkpointing "$3" --out "$OUT/probe-$tag.yaml" --force --format json --quiet > "$OUT/probe-$tag.json"
+  python -m autotune probe --model-config "recipes/configs/$1/config.json" --train-type "$2" --max-length "$4" "${extra[@]}" \
+      --gradient-checkpointing "$3" --from-plan "$OUT/plan-$tag.yaml" --out "$OUT/probe-from-plan-$tag.yaml" --force --format json --quiet > "$OUT/probe-from-plan-$tag.json"
   python - "$OUT" "$tag" <<'PY' | tee -a "$OUT/plan-vs-probe.txt"
 import json, sys
 out, tag = sys.argv[1:]
