@@ -60,7 +60,14 @@ def reprobe_command(recipe: Recipe) -> str:
         parts += ["--global-batch-size", str(recipe.search.global_batch_size)]
     if s.gradient_checkpointing:
         parts.append("--gradient-checkpointing")
-    parts += ["--attn", s.attn_implementation, "--margin", str(recipe.search.margin), "--out", "recipe.yaml", "--force"]
+    parts += ["--attn", s.attn_implementation, "--optim", s.optim]
+    for name, value in vision_fields(recipe).items():
+        if value is not None:
+            flag = "--" + name.replace("_", "-")
+            parts += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+    if s.strategy:
+        parts += ["--strategy", s.strategy, "--nproc-per-node", str(recipe.hardware.world_size)]
+    parts += ["--margin", str(recipe.search.margin), "--out", "recipe.yaml", "--force"]
     return " ".join(parts)
 
 
@@ -79,7 +86,19 @@ def spec_for(recipe: Recipe, device_kind: str, capacity: int, margin: float) -> 
         lora_dropout=float(lora.get("dropout", 0.05)), lora_target_modules=lora.get("target_modules", "all-linear"),
         dtype=s.torch_dtype, device=device_kind, gpu_memory=capacity, margin=margin,
         gradient_checkpointing=bool(s.gradient_checkpointing), attn_implementation=s.attn_implementation,
+        optim=s.optim, **vision_fields(recipe),
     )
+
+
+def vision_fields(recipe: Recipe) -> dict:
+    """A vision-language recipe's media limits and freezing: without them the check would build
+    the model's default worst case (Qwen2-VL: 16384 image tokens), not the probed one."""
+    s, media = recipe.settings, recipe.multimodal or {}
+    fields = {"freeze_vit": s.freeze_vit, "freeze_aligner": s.freeze_aligner, "freeze_llm": s.freeze_llm,
+              "max_pixels": s.max_pixels, "video_max_pixels": s.video_max_pixels, "video_frames": s.video_frames}
+    if media:
+        fields["images_per_sample"] = media.get("images_per_sample")
+    return fields
 
 
 def phases(recipe: Recipe) -> list[tuple[str, dict]]:

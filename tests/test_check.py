@@ -94,3 +94,27 @@ def test_check_help_documents_exit_codes(capsys):
     out = capsys.readouterr().out
     for code in ("0  fits", "2  bad input", "3  does not fit", "4  fingerprint changed"):
         assert code in out
+
+
+def test_a_vision_language_recipe_checks_with_its_own_media_limits(tmp_path, capsys):
+    """The check rebuilds the probed worst case (pixels, images, freezing, optimizer), not the
+    model's default one: Qwen2-VL's default would be 16384 image tokens, refused at 96 tokens."""
+    import shlex
+
+    from autotune.check import reprobe_command
+    from autotune.cli import build_parser
+    from autotune.recipe import load_recipe
+
+    out = tmp_path / "vl.yaml"
+    assert main(["probe", "--model-config", "tiny-qwen2-vl", "--device", "sim", "--gpu-memory", "64MiB",
+                 "--max-length", "96", "--max-pixels", "12544", "--attn", "sdpa", "--gradient-checkpointing", "off",
+                 "--no-eval", "--validate-steps", "3", "--optim", "adamw_torch", "--freeze-aligner", "false",
+                 "--out", str(out), "--no-journal"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    recipe = load_recipe(out)
+    assert data["status"] == "fits" and data["peak_bytes"] == recipe.validation.peak_bytes
+    args = build_parser().parse_args(shlex.split(reprobe_command(recipe))[3:])
+    assert (args.max_pixels, args.optim, args.images_per_sample) == (12544, "adamw_torch", 1)
+    assert args.freeze_aligner is False and args.freeze_vit is True
