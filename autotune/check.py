@@ -111,53 +111,104 @@ def phases(recipe: Recipe) -> list[tuple[str, dict]]:
 
 
 def check(recipe: Recipe, device_kind: str | None = None, gpu_memory: int | None = None, margin: float | None = None,
-          world_size: int | None = None, steps: int = CHECK_STEPS, device=None) -> CheckResult:
+          world_size: int | None = None, steps: int = CHECK_STEPS, device=None,
+          gpu_memory_per_rank: tuple | None = None) -> CheckResult:
     """Fingerprint, then run the recipe's configuration. `gpu_memory`/`device_kind` override
     the device (a changed capacity is a fingerprint change); `margin` overrides the recipe's
-    margin (a larger one shrinks the budget without touching the fingerprint)."""
-    from .model_source import resolve
-    from .workload import load_workload
+    margin (a larger one shrinks the budget without touching the fingerprint). Under torchrun
+    every rank runs the recipe's steps with its sharding strategy, as the probe did."""
+    from .cluster.control import under_torchrun
 
     started = time.perf_counter()
-    hw = recipe.hardware
-    kind = device_kind or hw.device
-    if device is None:
-        capacity = gpu_memory if gpu_memory is not None else (hw.capacity_bytes if kind == "sim" else _cuda_capacity(hw))
-        device = make_device(kind, capacity)
+    kind = device_kind or recipe.hardware.device
     margin = recipe.search.margin if margin is None else margin
     if not 0.0 <= margin < 1.0:
         raise UsageError("--margin", f"must be a fraction in [0, 1), got {margin}")
-    world = world_size or int(os.environ.get("WORLD_SIZE", 0)) or hw.world_size
+    world = world_size or int(os.environ.get("WORLD_SIZE", 0)) or recipe.hardware.world_size
+    if device is None and world > 1 and under_torchrun():
+        result = _check_on_ranks(recipe, kind, gpu_memory, margin, world, steps, gpu_memory_per_rank)
+    else:
+        result = _check_here(recipe, kind, gpu_memory, margin, world, steps, device)
+    result.wall_s = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _check_here(recipe: Recipe, kind: str, gpu_memory, margin: float, world: int, steps: int, device) -> CheckResult:
+    """One process on this machine's device."""
+    from .model_source import resolve
+    from .workload import load_workload
+
+    hw = recipe.hardware
+    if device is None:
+        capacity = gpu_memory if gpu_memory is not None else (hw.capacity_bytes if kind == "sim" else _cuda_capacity(hw))
+        device = make_device(kind, capacity)
     here = describe_hardware(device, world)
     result = CheckResult(status="fits", capacity_bytes=device.capacity, margin=margin)
-    result.differences = compare_fingerprints(hw.fingerprint(), here.fingerprint())
-    if result.differences:
-        result.status = "fingerprint_mismatch"
-        result.reprobe_command = reprobe_command(recipe)
-        result.wall_s = round(time.perf_counter() - started, 3)
+    if _fingerprint_changed(result, recipe, here):
         return result
-
     strategy = recipe.settings.strategy
     if strategy not in (None, "ddp") and world > 1:
         result.notes.append(f"the check runs one unsharded process; the recipe shards with {strategy} over {world} ranks, "
-                            "so a peak measured here overstates the per-rank peak")
+                            "so a peak measured here overstates the per-rank peak: run it under torchrun "
+                            f"(check --nproc-per-node {world}) to measure the sharded step")
     spec = spec_for(recipe, kind, device.capacity, margin)
-    source = resolve(spec.model, spec.model_config)
-    workload = load_workload(source, spec, device)
-    budget = int(device.capacity * spec.usable_fraction)
-    result.budget_bytes = budget
+    workload = load_workload(resolve(spec.model, spec.model_config), spec, device)
+    result.budget_bytes = int(device.capacity * spec.usable_fraction)
     for phase, settings in phases(recipe):
-        trial = run_trial(workload, phase, settings, steps, budget)
-        result.trials.append(trial)
+        result.trials.append(run_trial(workload, phase, settings, steps, result.budget_bytes))
+        if result.trials[-1].outcome == "error":
+            break
+    return _judged(result)
+
+
+def _check_on_ranks(recipe: Recipe, kind: str, gpu_memory, margin: float, world: int, steps: int,
+                    per_rank: tuple | None) -> CheckResult:
+    """Every rank of a torchrun job: the probe's supervised workers, sharded with the recipe's
+    strategy, each trial agreed across ranks (any rank out of memory: the trial is; the peak is
+    the largest rank's). The supervisor processes never touch the device."""
+    from .cluster.session import open_session
+    from .model_source import resolve
+    from .probe import ProgressSink
+
+    s = recipe.settings
+    capacity = gpu_memory if gpu_memory is not None else (recipe.hardware.capacity_bytes if kind == "sim" else None)
+    spec = spec_for(recipe, kind, capacity, margin).replace(
+        strategies=(s.strategy,) if s.strategy else (), world_size=world, expandable_segments="off", env=dict(s.env),
+        gpu_memory_per_rank=per_rank)
+    session = open_session(spec, resolve(spec.model, spec.model_config), ProgressSink())
+    try:
+        result = CheckResult(status="fits", capacity_bytes=session.capacity, margin=margin)
+        if _fingerprint_changed(result, recipe, session.hardware):
+            return result
+        result.budget_bytes = session.budget
+        for phase, settings in phases(recipe):
+            trial = session.runner.run(phase, {**settings, "strategy": s.strategy, "env": dict(s.env)}, steps)
+            result.trials.append(trial)
+            if trial.outcome == "error":
+                break
+    finally:
+        session.close()
+    return _judged(result)
+
+
+def _fingerprint_changed(result: CheckResult, recipe: Recipe, here) -> bool:
+    result.differences = compare_fingerprints(recipe.hardware.fingerprint(), here.fingerprint())
+    if result.differences:
+        result.status = "fingerprint_mismatch"
+        result.reprobe_command = reprobe_command(recipe)
+    return bool(result.differences)
+
+
+def _judged(result: CheckResult) -> CheckResult:
+    for trial in result.trials:
         if trial.outcome == "error":
-            raise RuntimeError(f"the {phase} step failed for a reason other than memory: {trial.message}")
+            raise RuntimeError(f"the {trial.phase} step failed for a reason other than memory: {trial.message}")
     peaks = [t.peak_bytes for t in result.trials if t.peak_bytes is not None]
     result.peak_bytes = max(peaks) if peaks else None
     if not all(t.fits for t in result.trials):
         result.status = "does_not_fit"
-        if result.peak_bytes is not None and result.peak_bytes > budget:
-            result.over_by_bytes = result.peak_bytes - budget
-    result.wall_s = round(time.perf_counter() - started, 3)
+        if result.peak_bytes is not None and result.peak_bytes > result.budget_bytes:
+            result.over_by_bytes = result.peak_bytes - result.budget_bytes
     return result
 
 

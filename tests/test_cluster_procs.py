@@ -3,6 +3,7 @@ mid-trial, a probe killed and resumed, and torchrun with two gloo ranks of unequ
 running DDP, FSDP2 and DeepSpeed ZeRO, and four ranks. Slow to start (torch import per
 process): few and tiny."""
 
+import json
 import os
 import signal
 import subprocess
@@ -128,6 +129,19 @@ def test_torchrun_ranks_with_unequal_memory_agree_and_sharding_lowers_the_peak(t
     if ddp_ranks[0]["outcome"] == "fit":
         assert fsdp_ranks[0]["peak_bytes"] < 0.75 * ddp_peak_rank0
     assert all(r["peak_bytes"] < 34 << 20 for r in fsdp_ranks)
+
+    # The pre-flight check of this recipe at its world size (`check --nproc-per-node 2`, the same
+    # two cards): the sharded step fits, as probed, where one unsharded process would not.
+    def check(*args):
+        return subprocess.run([sys.executable, "-m", "autotune", "check", str(tmp_path / "r.yaml"), *args],
+                              env=env(), timeout=300, capture_output=True, text=True, cwd=tmp_path)
+
+    sharded = check("--nproc-per-node", "2", "--gpu-memory", "64MiB,34MiB", "--format", "json")
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    data = json.loads(sharded.stdout[sharded.stdout.index("{"):])  # rank 0's object, printed once
+    assert data["status"] == "fits" and data["peak_bytes"] <= data["budget_bytes"]
+    assert [r["peak_bytes"] <= data["peak_bytes"] for r in data["trials"][0]["memory_stats"]["ranks"]] == [True, True]
+    assert data["capacity_bytes"] == 34 << 20 and data["differences"] == []
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..check import check
+from ..cluster import launch
 from ..emit import swift
 from ..errors import UsageError
 from ..recipe import load_recipe
@@ -33,6 +34,9 @@ examples:
 
   # a stricter budget than the recipe's margin (what-if; the fingerprint is unchanged)
   python -m autotune check recipe.yaml --margin 0.3
+
+  # a recipe sharded over 8 GPUs: every rank runs its shard of the step, as the probe did
+  python -m autotune check recipe.yaml --nproc-per-node 8
 """
 
 
@@ -45,11 +49,14 @@ def add_parser(sub) -> None:
     p.add_argument("recipe", metavar="RECIPE", help="recipe YAML written by `autotune probe`")
     p.add_argument("--swift-args", metavar="FILE", help="ms-swift argument file (YAML/JSON, 3.x or 4.x) whose settings replace the recipe's")
     p.add_argument("--device", choices=("cuda", "sim"), help="device to check on (default: the recipe's)")
-    p.add_argument("--gpu-memory", metavar="SIZE", help="device capacity (default: the recipe's); a different capacity is a fingerprint change")
+    p.add_argument("--gpu-memory", metavar="SIZE[,SIZE...]",
+                   help="device capacity (default: the recipe's), or one per rank under --nproc-per-node; "
+                        "a different capacity is a fingerprint change")
     p.add_argument("--margin", type=float, help="fraction of capacity kept free (default: the recipe's margin)")
     p.add_argument("--world-size", type=int, help="world size the job runs at (default: $WORLD_SIZE, else the recipe's)")
     p.add_argument("--steps", type=int, default=3, help="steps per phase, at least 3 (default: 3)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="json: one JSON object on stdout")
+    launch.add_torchrun_arguments(p.add_argument_group("cluster: check a sharded recipe at its world size (README: Clusters)"))
     p.set_defaults(run=run)
 
 
@@ -64,12 +71,20 @@ def run(args) -> int:
         raise UsageError("--steps", f"need at least 3 steps, got {args.steps}", "AdamW creates its state in step 1")
     if args.world_size is not None and args.world_size < 1:
         raise UsageError("--world-size", f"must be a positive whole number, got {args.world_size}")
+    if launch.wants_torchrun(args):
+        return launch.relaunch_keeping_exit_code(args.argv, args)
     recipe = load_recipe(args.recipe)
     if args.swift_args:
         recipe = with_swift_args(recipe, args.swift_args)
-    gpu_memory = parse_size(args.gpu_memory) if args.gpu_memory else None
-    result = check(recipe, device_kind=args.device, gpu_memory=gpu_memory, margin=args.margin,
-                   world_size=args.world_size, steps=args.steps)
+    sizes = [parse_size(size.strip()) for size in (args.gpu_memory or "").split(",") if size.strip()]
+    per_rank = tuple(sizes) if len(sizes) > 1 else None
+    if per_rank and launch.rank_from_env()[1] != len(per_rank):
+        raise UsageError("--gpu-memory", f"{len(per_rank)} sizes need as many ranks",
+                         f"add --nproc-per-node {len(per_rank)}, or give a single size")
+    result = check(recipe, device_kind=args.device, gpu_memory=min(sizes) if sizes else None, margin=args.margin,
+                   world_size=args.world_size, steps=args.steps, gpu_memory_per_rank=per_rank)
+    if launch.rank_from_env()[0] != 0:  # under torchrun every rank agrees; rank 0 speaks
+        return launch.report_exit_code(result.exit_code)
     if args.format == "json":
         data = dataclasses.asdict(result)
         data["exit_code"] = result.exit_code
@@ -77,7 +92,7 @@ def run(args) -> int:
         sys.stdout.write("\n")
     else:
         print_text(result, args.recipe)
-    return result.exit_code
+    return launch.report_exit_code(result.exit_code)
 
 
 def print_text(result, recipe_path: str) -> None:

@@ -21,12 +21,7 @@ def add_arguments(parser) -> None:
     group = parser.add_argument_group("cluster (see README: Clusters)")
     group.add_argument("--strategy", metavar="S[,S...]",
                        help=f"sharding engine(s): {', '.join(STRATEGIES)}; several = a search dimension (default: none)")
-    group.add_argument("--nproc-per-node", type=int, metavar="N", help="start torchrun with N processes per node on this command")
-    group.add_argument("--nnodes", metavar="N", help="with --nproc-per-node: nodes (torchrun --nnodes)")
-    group.add_argument("--node-rank", metavar="R", help="with --nproc-per-node: this node's rank (torchrun --node-rank)")
-    group.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nproc-per-node: rendezvous (torchrun --rdzv-endpoint)")
-    group.add_argument("--rdzv-id", metavar="ID", help="with --nproc-per-node: job id (torchrun --rdzv-id)")
-    group.add_argument("--master-port", metavar="PORT", help="with --nproc-per-node on one node: torchrun --master-port")
+    add_torchrun_arguments(group)
     group.add_argument("--isolate", action="store_true", help="run trials in supervised worker processes even on one device")
     group.add_argument("--trial-timeout", type=float, default=1800.0, metavar="S",
                        help="seconds one trial (or a worker's model load) may take before it is ended (default: 1800)")
@@ -34,6 +29,15 @@ def add_arguments(parser) -> None:
     group.add_argument("--no-journal", action="store_true", help="keep no journal of finished trials")
     group.add_argument("--expandable-segments", choices=("auto", "on", "off"), default="auto",
                        help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: auto probes it on CUDA (default: auto)")
+
+
+def add_torchrun_arguments(group) -> None:
+    group.add_argument("--nproc-per-node", type=int, metavar="N", help="start torchrun with N processes per node on this command")
+    group.add_argument("--nnodes", metavar="N", help="with --nproc-per-node: nodes (torchrun --nnodes)")
+    group.add_argument("--node-rank", metavar="R", help="with --nproc-per-node: this node's rank (torchrun --node-rank)")
+    group.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nproc-per-node: rendezvous (torchrun --rdzv-endpoint)")
+    group.add_argument("--rdzv-id", metavar="ID", help="with --nproc-per-node: job id (torchrun --rdzv-id)")
+    group.add_argument("--master-port", metavar="PORT", help="with --nproc-per-node on one node: torchrun --master-port")
 
 
 def spec_fields(args) -> dict:
@@ -85,3 +89,35 @@ def torchrun_command(argv: list[str], args) -> list[str]:
 def relaunch(argv: list[str], args) -> int:
     """Run this probe under torchrun; its exit code is the probe's."""
     return subprocess.call(torchrun_command(argv, args))
+
+
+# Under a relaunch that reads it, rank 0 writes its exit code here and every rank exits 0:
+# torchrun turns any non-zero rank exit into its own failure (exit 1 and a traceback), which
+# would lose `check`'s 3 (does not fit) and 4 (other hardware).
+EXIT_FILE = "AUTOTUNE_EXIT_FILE"
+
+
+def relaunch_keeping_exit_code(argv: list[str], args) -> int:
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "exit")
+        code = subprocess.call(torchrun_command(argv, args), env={**os.environ, EXIT_FILE: path})
+        if os.path.exists(path):
+            with open(path) as f:
+                return int(f.read().strip())
+        return code or 1
+
+
+def report_exit_code(code: int) -> int:
+    """The exit code this rank should end with (see EXIT_FILE)."""
+    import os
+
+    path = os.environ.get(EXIT_FILE)
+    if not path:
+        return code
+    if rank_from_env()[0] == 0:
+        with open(path, "w") as f:
+            f.write(str(code))
+    return 0
