@@ -12,7 +12,7 @@ from ..cluster import launch
 from ..emit import swift
 from ..errors import UsageError
 from ..recipe import load_recipe
-from ..sizes import format_size, parse_size
+from ..sizes import format_size
 
 EXAMPLES = """\
 exit codes:
@@ -76,12 +76,11 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe)
     if args.swift_args:
         recipe = with_swift_args(recipe, args.swift_args)
-    sizes = [parse_size(size.strip()) for size in (args.gpu_memory or "").split(",") if size.strip()]
-    per_rank = tuple(sizes) if len(sizes) > 1 else None
+    gpu_memory, per_rank = launch.gpu_memory_sizes(args.gpu_memory)
     if per_rank and launch.rank_from_env()[1] != len(per_rank):
         raise UsageError("--gpu-memory", f"{len(per_rank)} sizes need as many ranks",
                          f"add --nproc-per-node {len(per_rank)}, or give a single size")
-    result = check(recipe, device_kind=args.device, gpu_memory=min(sizes) if sizes else None, margin=args.margin,
+    result = check(recipe, device_kind=args.device, gpu_memory=gpu_memory, margin=args.margin,
                    world_size=args.world_size, steps=args.steps, gpu_memory_per_rank=per_rank)
     if launch.rank_from_env()[0] != 0:  # under torchrun every rank agrees; rank 0 speaks
         return launch.report_exit_code(result.exit_code)

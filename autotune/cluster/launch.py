@@ -40,14 +40,19 @@ def add_torchrun_arguments(group) -> None:
     group.add_argument("--master-port", metavar="PORT", help="with --nproc-per-node on one node: torchrun --master-port")
 
 
+def gpu_memory_sizes(text: str | None) -> tuple[int | None, tuple | None]:
+    """`--gpu-memory SIZE[,SIZE...]`: (the smallest size or None, one size per rank or None)."""
+    sizes = [parse_size(s.strip()) for s in (text or "").split(",") if s.strip()]
+    return (min(sizes) if sizes else None), (tuple(sizes) if len(sizes) > 1 else None)
+
+
 def spec_fields(args) -> dict:
     """ProbeSpec fields from the cluster flags; --gpu-memory may list one size per rank."""
     _, world_size, _ = rank_from_env()
-    sizes = [s for s in (args.gpu_memory or "").split(",") if s.strip()]
-    per_rank = tuple(parse_size(s.strip()) for s in sizes) if len(sizes) > 1 else None
+    smallest, per_rank = gpu_memory_sizes(args.gpu_memory)
     strategies = tuple(s.strip() for s in (args.strategy or "").split(",") if s.strip())
     return {
-        "gpu_memory": min(per_rank) if per_rank else (parse_size(sizes[0]) if sizes else None),
+        "gpu_memory": smallest,
         "gpu_memory_per_rank": per_rank, "strategies": strategies, "world_size": world_size,
         "isolate": args.isolate, "trial_timeout": args.trial_timeout, "resume": args.resume,
         "journal": None if args.no_journal else str(journal_path(args.out)),

@@ -37,8 +37,6 @@ _VALUE = "_autotune_known_value"
 _DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
 _INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
              torch.ops.aten._unsafe_index_put.default}
-
-
 _FROM_DATA = {torch.tensor, torch.as_tensor}
 # Operators that return Python values: with known inputs there is nothing to ask the fake mode.
 _READS_VALUES = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
@@ -163,8 +161,7 @@ class KnownValues(TorchDispatchMode):
     def _forget_written(self, func, args, kwargs) -> None:
         """An operator with an unknown input wrote into a tensor: its value, and those of the
         tensors sharing its storage, are no longer known."""
-        names = [func._schema.arguments[i].name for i in _written(func)]
-        written = [args[i] if i < len(args) else kwargs.get(name) for i, name in zip(_written(func), names)]
+        written = [args[i] if i < len(args) else kwargs.get(func._schema.arguments[i].name) for i in _written(func)]
         storages = {t.untyped_storage()._cdata for t in written
                     if isinstance(t, torch.Tensor) and self.value(t) is not _UNKNOWN}
         if storages:
@@ -172,6 +169,7 @@ class KnownValues(TorchDispatchMode):
                 fake = ref()
                 if fake is not None and fake.untyped_storage()._cdata in storages:
                     fake.__dict__.pop(_VALUE, None)
+
 
 @contextlib.contextmanager
 def known_values_are_readable(known: KnownValues):
