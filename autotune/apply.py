@@ -1,6 +1,7 @@
 """`recipe.apply(training_args)`: a copy of a Hugging Face `TrainingArguments` with the tuned
-values set. Where the user had set a value of their own that differs, it warns (and the tuned
-value wins: the recipe is what was measured to fit)."""
+values set -- the values the probe's trials ran with (training_args.arguments). Where the user
+had set a value of their own that differs, it warns (and the tuned value wins: the recipe is
+what was measured to fit)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import copy
 import dataclasses
 import warnings
 
-from .emit.hf import checkpointing_names
+from .training_args import arguments, checkpointing_names
 
 
 class RecipeOverrideWarning(UserWarning):
@@ -16,17 +17,7 @@ class RecipeOverrideWarning(UserWarning):
 
 
 def tuned_values(recipe, fields: set[str]) -> dict:
-    s = recipe.settings
-    gc_name, gc_kwargs = checkpointing_names(fields)
-    values = {"per_device_train_batch_size": s.per_device_train_batch_size,
-              "gradient_accumulation_steps": s.gradient_accumulation_steps,
-              gc_name: bool(s.gradient_checkpointing)}
-    if s.gradient_checkpointing:
-        values[gc_kwargs] = {"use_reentrant": False}
-    for key in ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only"):
-        if getattr(s, key) is not None:
-            values[key] = getattr(s, key)
-    return values
+    return arguments(recipe.settings, fields)
 
 
 def apply(recipe, training_args):

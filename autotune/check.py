@@ -1,6 +1,7 @@
 """Pre-flight: does this recipe still fit here? Fingerprint first (hardware and library
-versions), then a few real train steps at the recipe's settings, and the eval phase when the
-recipe has eval settings. No search. Returns data; the CLI formats and picks the exit code."""
+versions), then the real Trainer at the recipe's settings for a few steps, with an evaluation
+inside training when the recipe has eval settings (as many eval steps as the recipe keeps on
+the device). No search. Returns data; the CLI formats and picks the exit code."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
 from .probe import describe_hardware
 from .recipe import Recipe, TrialResult
 from .spec import ProbeSpec
-from .trial import run_trial
+from .trial import run_training
 
 CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
 TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation")
-EVAL_KEYS = ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only", "gradient_checkpointing",
-             "attn_implementation")
+EVAL_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only", "eval_outputs",
+             "gradient_checkpointing", "attn_implementation")
 
 
 @dataclass
@@ -154,11 +155,19 @@ def _check_here(recipe: Recipe, kind: str, gpu_memory, margin: float, world: int
     spec = spec_for(recipe, kind, device.capacity, margin)
     workload = load_workload(resolve(spec.model, spec.model_config), spec, device)
     result.budget_bytes = int(device.capacity * spec.usable_fraction)
-    for phase, settings in phases(recipe):
-        result.trials.append(run_trial(workload, phase, settings, steps, result.budget_bytes))
-        if result.trials[-1].outcome == "error":
-            break
+    settings = {k: v for _, phase_settings in phases(recipe) for k, v in phase_settings.items()}
+    evaluating = recipe.settings.per_device_eval_batch_size is not None
+    train, evaluation = run_training(workload, settings, steps, eval_steps_of(recipe), 1 if evaluating else 0,
+                                     result.budget_bytes)
+    result.trials += [t for t in (train, evaluation) if t is not None]
     return _judged(result)
+
+
+def eval_steps_of(recipe: Recipe) -> int:
+    """Eval steps that reach the recipe's peak: all the steps whose outputs stay on the device."""
+    from .spec import DEFAULT_EVAL_STEPS
+
+    return max(recipe.settings.eval_accumulation_steps or DEFAULT_EVAL_STEPS, 2)
 
 
 def _check_on_ranks(recipe: Recipe, kind: str, gpu_memory, margin: float, world: int, steps: int,
@@ -182,7 +191,8 @@ def _check_on_ranks(recipe: Recipe, kind: str, gpu_memory, margin: float, world:
             return result
         result.budget_bytes = session.budget
         for phase, settings in phases(recipe):
-            trial = session.runner.run(phase, {**settings, "strategy": s.strategy, "env": dict(s.env)}, steps)
+            trial = session.runner.run(phase, {**settings, "strategy": s.strategy, "env": dict(s.env)},
+                                       steps if phase == "train" else eval_steps_of(recipe))
             result.trials.append(trial)
             if trial.outcome == "error":
                 break

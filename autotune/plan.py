@@ -156,7 +156,8 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     for attn in options.attn:
         for checkpointing in options.checkpointing:
             progress.stage(f"running train and eval steps at batch 1 and 2: attn {attn}, checkpointing {'on' if checkpointing else 'off'}")
-            candidate = CandidatePlan(measure_candidate(workload, attn, checkpointing), None, None, None)
+            candidate = CandidatePlan(measure_candidate(workload, attn, checkpointing, eval_steps=spec.eval_steps,
+                                                        eval_settings=eval_settings(spec)), None, None, None)
             if candidate.measure.error is None:
                 _predict(candidate, workload, spec, options, spec.margin, layers)
             candidates.append(candidate)
@@ -167,6 +168,15 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     return Plan(spec, describe_model(workload), options, spec.margin, candidates, choice,
                 wall_s=round(time.perf_counter() - started, 3),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def eval_settings(spec: ProbeSpec) -> dict:
+    """The eval phase as the probe runs it: what is kept, and for how many steps."""
+    keeps = spec.eval_keeps
+    settings = {"eval_outputs": keeps, "max_new_tokens": spec.max_new_tokens}
+    if keeps != "loss":
+        settings["eval_accumulation_steps"] = spec.eval_steps
+    return settings
 
 
 # ---------------------------------------------------------------- recipes

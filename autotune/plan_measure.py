@@ -1,8 +1,8 @@
 """Measure a plan: run the probe's own training and evaluation steps under fake tensors and
 count live bytes with the sim device's counter.
 
-For each (attention, checkpointing) candidate the plan runs `trial._train_steps` and
-`trial._eval_steps` (the exact code a probe trial runs) at two batch sizes, fits the line
+For each (attention, checkpointing) candidate the plan runs `step_model` (the Trainer's step as
+it acts on memory: fake tensors cannot run the Trainer itself) at two batch sizes, fits the line
 peak = intercept + slope x batch (peak is affine in batch size), and splits the step into
 rows (weights, gradients, optimizer state, the optimizer step's transient, activations and
 logits per sample) with optimizer and forward hooks. `plan_breakdown` turns the measurement
@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .devices.fake import FakeDevice, materialise
+from .devices import short_message
 from .devices.sim import storage_bytes
 from .model_source import ModelSource, check_max_length, resolve
 from .spec import ProbeSpec
-from .trial import run_trial
+from .step_model import eval_steps as plan_eval_steps, train_steps as plan_train_steps
 from .errors import UsageError
 from .training_setup import plan_inputs, prepare
 from .workload import Workload, apply_lora, build_model, count_parameters
@@ -160,7 +161,7 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
 
 
 def measure_candidate(workload: Workload, attn: str, checkpointing: bool, steps: int = 2, eval_steps: int = 1,
-                      batches=PLAN_BATCHES) -> CandidateMeasure:
+                      batches=PLAN_BATCHES, eval_settings: dict | None = None) -> CandidateMeasure:
     """Run the probe's train and eval steps for one candidate at two batch sizes, under fake
     tensors. Never raises for an operation fake tensors cannot run: the error is recorded.
     Two optimizer steps suffice: the probe reads the peak from step 2 on, and under fake
@@ -177,24 +178,26 @@ def measure_candidate(workload: Workload, attn: str, checkpointing: bool, steps:
         workload.configure(attn_implementation=stand_in, gradient_checkpointing=checkpointing)
         result.measured_with = stand_in
         result.note = f"{attn} cannot run on this machine; measured with {stand_in} (also linear in the sequence length)"
-    settings = {"attn_implementation": result.measured_with, "gradient_checkpointing": checkpointing}
     result.weights = storage_bytes(list(workload.model.parameters()) + list(workload.model.buffers()))
     for batch in batches:
-        with StepRecorder(workload) as recorder:
-            trial = run_trial(workload, "train", {**settings, "per_device_train_batch_size": batch}, steps, budget=2**62)
-        if trial.outcome != "fit":
-            result.error = f"training step at batch {batch} failed under fake tensors: {trial.message}"
+        try:
+            with StepRecorder(workload) as recorder:
+                peak = plan_train_steps(workload, batch, steps)[0]  # its optimizer dies here
+        except Exception as exc:  # noqa: BLE001 - an operator fake tensors cannot run is recorded
+            result.error = f"training step at batch {batch} failed under fake tensors: {short_message(exc)}"
+            workload.release_grads()
             break
-        result.train_peaks[batch] = trial.peak_bytes
+        result.train_peaks[batch] = peak
         result.forward_backward_peaks[batch] = recorder.forward_backward_peak
         result.step_peaks[batch] = recorder.step_peak
         result.gradients, result.optimizer_state = recorder.gradients, recorder.optimizer_state
         result.step_transient = max(result.step_transient, recorder.step_transient)
         result.logits_per_sample = recorder.logits_bytes // batch
-        trial = run_trial(workload, "eval", {**settings, "per_device_eval_batch_size": batch}, eval_steps, budget=2**62)
-        if trial.outcome != "fit":
-            result.error = f"evaluation step at batch {batch} failed under fake tensors: {trial.message}"
+        try:
+            result.eval_peaks[batch] = plan_eval_steps(workload, batch, max(eval_steps, 1), eval_settings or {})
+        except Exception as exc:  # noqa: BLE001
+            result.error = f"evaluation step at batch {batch} failed under fake tensors: {short_message(exc)}"
+            workload.release_grads()
             break
-        result.eval_peaks[batch] = trial.peak_bytes
     result.wall_s = round(time.perf_counter() - started, 3)
     return result

@@ -61,12 +61,13 @@ def describe_model(workload) -> ModelInfo:
 
 
 def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batch: int, progress: ProgressSink,
-                  trials: list[TrialResult], hint: int | None = None) -> FrontierSearch:
-    """Search the batch size of `phase` ("train" or "eval") with the other settings fixed."""
+                  trials: list[TrialResult], hint: int | None = None, per_batch=None) -> FrontierSearch:
+    """Search the batch size of `phase` ("train" or "eval") with the other settings fixed.
+    `per_batch(batch)`: settings that follow the batch (the accumulation that keeps the global batch)."""
     key = "per_device_train_batch_size" if phase == "train" else "per_device_eval_batch_size"
     search = FrontierSearch(budget=budget, max_batch=max_batch, hint=hint)
     while (batch := search.next_batch()) is not None:
-        settings = {**base_settings, key: batch}
+        settings = {**base_settings, key: batch, **(per_batch(batch) if per_batch else {})}
         progress.trial_started(phase, settings)
         result = runner.run(phase, settings)
         trials.append(result)
@@ -179,7 +180,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
         raise DoesNotFitError(f"even batch size 1 does not fit at max length {spec.max_length} (usable budget {format_size(budget)})",
                               "try --train-type lora, --gradient-checkpointing on, a shorter --max-length, or a larger card")
     if spec.eval:
-        space.eval_frontier(ranked[0].attn_implementation, ranked[0].gradient_checkpointing)
+        space.eval_frontier(ranked[0])
     done = validate(space, ranked)
     chosen = done.config
     for cand in space.candidates:
@@ -196,15 +197,16 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
     cand = next(c for c in space.candidates if c.chosen)
     frontier = {"train": cand.frontier}
     if spec.eval:
-        frontier["eval"] = space.eval_frontiers.get(chosen.attn_implementation)
+        frontier["eval"] = space.eval_frontiers.get(space.eval_key(chosen))
     setup = plan_inputs(source, spec)  # the vision-language setup, from the config alone
     vision = recipe_settings(setup, spec, chosen.gradient_checkpointing)
     settings = Settings(
         per_device_train_batch_size=chosen.per_device_train_batch_size,
         gradient_accumulation_steps=chosen.gradient_accumulation_steps,
         per_device_eval_batch_size=done.eval_batch,
-        eval_accumulation_steps=spec.eval_steps if (spec.eval and not spec.prediction_loss_only) else None,
-        prediction_loss_only=spec.prediction_loss_only if spec.eval else None,
+        eval_accumulation_steps=spec.eval_steps if (spec.eval and spec.eval_keeps != "loss") else None,
+        prediction_loss_only=(spec.eval_keeps == "loss") if spec.eval else None,
+        eval_outputs=spec.eval_keeps if spec.eval else None,
         gradient_checkpointing=chosen.gradient_checkpointing,
         attn_implementation=chosen.attn_implementation,
         torch_dtype=spec.dtype,

@@ -84,6 +84,9 @@ class Settings:
     per_device_eval_batch_size: int | None = None
     eval_accumulation_steps: int | None = None
     prediction_loss_only: bool | None = None
+    # What the eval phase keeps, as the launched trainer does: loss | logits | argmax | generate
+    # (training_args.EVAL_OUTPUTS). None: an older recipe (prediction_loss_only says it).
+    eval_outputs: str | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     torch_dtype: str = "bfloat16"

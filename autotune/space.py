@@ -67,7 +67,8 @@ class Measured:
     @property
     def settings(self) -> dict:
         return {"attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
-                "per_device_train_batch_size": self.per_device_train_batch_size}
+                "per_device_train_batch_size": self.per_device_train_batch_size,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps}
 
 
 @dataclass
@@ -155,6 +156,15 @@ class SearchSpace:
         splits = exact_splits(spec.global_batch_size, spec.max_batch_size, spec.world_size)
         return splits or [split_global_batch(spec.global_batch_size, spec.max_batch_size, spec.world_size).per_device]
 
+    def accumulation(self, batch: int) -> dict:
+        """The accumulation a run at this per-device batch uses to keep the global batch. It is
+        part of what is probed: the Trainer fetches (and moves to the device) every micro-batch
+        of an optimizer step before the first forward, so they are all resident at once."""
+        spec = self.spec
+        if spec.global_batch_size is None:
+            return {"gradient_accumulation_steps": 1}
+        return {"gradient_accumulation_steps": max(1, round(spec.global_batch_size / (batch * spec.world_size)))}
+
     def batches_to_measure(self, frontier: int) -> list[int]:
         """Per-device batches <= frontier that split the global batch exactly, largest first."""
         spec = self.spec
@@ -208,7 +218,8 @@ class SearchSpace:
         before = len(self.trials)
         with self.phase("train"):
             found: list[TrialResult] = []
-            search = self._find_frontier(self.runner, "train", base, self.budget, spec.max_batch_size, self.progress, found, hint=hint)
+            search = self._find_frontier(self.runner, "train", base, self.budget, spec.max_batch_size, self.progress, found,
+                                         hint=hint, per_batch=self.accumulation)
             for t in found:
                 t.purpose = "frontier"
             self.trials.extend(found)
@@ -237,7 +248,7 @@ class SearchSpace:
         spec = self.spec
         key = "per_device_train_batch_size"
         for batch in batches:
-            result = self._run("train", {**base, key: batch}, spec.steps + 2, "throughput")
+            result = self._run("train", {**base, key: batch, **self.accumulation(batch)}, spec.steps + 2, "throughput")
             if not result.fits or not result.tokens_per_s:
                 continue  # at the frontier's edge a longer run can breach: it is not a candidate
             split = split_global_batch(spec.global_batch_size, batch, spec.world_size)  # batch itself: it came from the splits
@@ -274,28 +285,40 @@ class SearchSpace:
     # ------------------------------------------------------------ eval
     def eval_settings(self, attn: str, gc: bool) -> dict:
         spec = self.spec
-        settings = {"attn_implementation": attn, "gradient_checkpointing": gc, "prediction_loss_only": spec.prediction_loss_only}
-        if not spec.prediction_loss_only:
+        keeps = spec.eval_keeps
+        settings = {"attn_implementation": attn, "gradient_checkpointing": gc, "eval_outputs": keeps,
+                    "prediction_loss_only": keeps == "loss"}
+        if keeps != "loss":
             settings["eval_accumulation_steps"] = spec.eval_steps
-        if spec.predict_with_generate:
+        if keeps == "generate":
             settings.update(predict_with_generate=True, max_new_tokens=spec.max_new_tokens)
         return settings
 
-    def eval_frontier(self, attn: str, gc: bool) -> int:
-        """The eval batch frontier for this attention (cached: under no_grad checkpointing changes nothing)."""
-        if attn not in self.eval_frontiers:
+    def eval_frontier(self, config: Measured) -> int:
+        """The eval batch frontier for a configuration, evaluating inside its training: after an
+        optimizer step at its train batch and accumulation (the Trainer still holds that step's
+        micro-batches while it evaluates). Cached per (attention, train batch, accumulation):
+        under no_grad checkpointing changes nothing."""
+        key = self.eval_key(config)
+        if key not in self.eval_frontiers:
             found: list[TrialResult] = []
+            settings = {**self.eval_settings(config.attn_implementation, config.gradient_checkpointing),
+                        "per_device_train_batch_size": config.per_device_train_batch_size,
+                        "gradient_accumulation_steps": config.gradient_accumulation_steps}
             with self.phase("eval"):
                 runner = _StepsRunner(self.runner, max(self.spec.eval_steps, 2))
-                search = self._find_frontier(runner, "eval", self.eval_settings(attn, gc), self.budget,
-                                             self.spec.max_batch_size, self.progress, found)
+                search = self._find_frontier(runner, "eval", settings, self.budget, self.spec.max_batch_size, self.progress, found)
                 for t in found:
                     t.purpose = "frontier"
                 self.trials.extend(found)
             if search.error:
                 self.errors.append(f"an eval step failed for a reason other than memory: {found[-1].message}")
-            self.eval_frontiers[attn] = search.frontier
-        return self.eval_frontiers[attn]
+            self.eval_frontiers[key] = search.frontier
+        return self.eval_frontiers[key]
+
+    @staticmethod
+    def eval_key(config: Measured) -> str:
+        return f"{config.attn_implementation}/{config.per_device_train_batch_size}x{config.gradient_accumulation_steps}"
 
 
 @dataclasses.dataclass

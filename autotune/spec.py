@@ -58,6 +58,10 @@ class ProbeSpec:
     prediction_loss_only: bool = False  # False: keep logits like a Trainer with compute_metrics (the costly path)
     predict_with_generate: bool = False  # eval probes generate() (KV cache growth) instead
     max_new_tokens: int | None = None
+    # What the eval phase keeps (training_args.EVAL_OUTPUTS); None: from the two flags above,
+    # else "logits" (the Hugging Face Trainer with a compute_metrics). The CLI sets "loss" for
+    # --emit swift (ms-swift sets no compute_metrics by default).
+    eval_outputs: str | None = None
     validate_steps: int = DEFAULT_VALIDATE_STEPS
     extras: dict = field(default_factory=dict)  # room for later phases' flags
     # Vision-language (issue #5). None: the family's / ms-swift's default.
@@ -130,6 +134,7 @@ class ProbeSpec:
         if not self.gradient_checkpointing_candidates or any(not isinstance(g, bool) for g in self.gradient_checkpointing_candidates):
             raise UsageError("--gradient-checkpointing", "needs on, off or search")
         _positive("--eval-steps", self.eval_steps)
+        self._validate_eval_outputs()
         _positive("--validate-steps", self.validate_steps)
         if self.validate_steps < 3:
             raise UsageError("--validate-steps", f"need at least 3 steps, got {self.validate_steps}", "the default is 20")
@@ -140,6 +145,29 @@ class ProbeSpec:
             _positive("--max-new-tokens", self.max_new_tokens)
         elif self.max_new_tokens is not None:
             raise UsageError("--max-new-tokens", "only means something with --predict-with-generate", "add --predict-with-generate")
+
+    def _validate_eval_outputs(self) -> None:
+        from .training_args import EVAL_OUTPUTS
+
+        if self.eval_outputs is None:
+            return
+        if self.eval_outputs not in EVAL_OUTPUTS:
+            raise UsageError("--eval-outputs", f"unknown value {self.eval_outputs!r}", f"choose one of {', '.join(EVAL_OUTPUTS)}")
+        implied = "loss" if self.prediction_loss_only else "generate" if self.predict_with_generate else None
+        if implied and implied != self.eval_outputs:
+            flag = "--prediction-loss-only" if self.prediction_loss_only else "--predict-with-generate"
+            raise UsageError("--eval-outputs", f"{self.eval_outputs} contradicts {flag} (which means {implied})", "give one of them")
+        if self.eval_outputs == "generate" and not self.predict_with_generate:
+            raise UsageError("--eval-outputs", "generate needs the generation settings", "use --predict-with-generate --max-new-tokens N")
+
+    @property
+    def eval_keeps(self) -> str:
+        """What the eval phase keeps: loss | logits | argmax | generate."""
+        if self.eval_outputs:
+            return self.eval_outputs
+        if self.prediction_loss_only:
+            return "loss"
+        return "generate" if self.predict_with_generate else "logits"
 
     @property
     def usable_fraction(self) -> float:

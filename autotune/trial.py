@@ -1,12 +1,26 @@
-"""Run one candidate configuration for a few real steps and report what happened.
+"""Run one configuration through the real Hugging Face Trainer and report what happened.
 
 A trial is fully described by `(phase, settings)`: settings use Hugging Face names
 (`per_device_train_batch_size`, `gradient_checkpointing`, `attn_implementation`, ...), so any
 trial can be re-run from the recipe alone, journaled, or sent to a worker process.
 
-An OOM is data: it is caught, the failed step's memory is released, and a TrialResult with
-outcome "oom" comes back. Cleanup happens *after* the except block: until it ends, the
-exception's traceback keeps the failed frames (and their activations) alive.
+What runs is what the user launches: `Trainer.train()` with the `TrainingArguments` the launch
+files carry (training_args.arguments: batch sizes, accumulation, checkpointing and its kwargs,
+mixed precision, optimizer, eval keeping), on a synthetic worst-case dataset (every sample at
+the worst case the spec names). The eval phase is the Trainer's own evaluation, triggered by
+`eval_strategy="steps"` inside training after an optimizer step, so the optimizer state is
+resident and outputs are kept as the Trainer keeps them. Peaks and step times come from a
+`TrainerCallback`; autotune runs no step loop of its own.
+
+- a "train" trial trains `steps` optimizer steps; its peak is read from step 2 on (AdamW
+  creates its state in step 1);
+- an "eval" trial trains one optimizer step (the state exists from then on) and evaluates
+  `steps` eval steps; its peak is the evaluation's;
+- `run_training` is the validation run: many steps with evaluations in the middle.
+
+An OOM is data: it is caught, the trainer and everything it held are released, and a
+TrialResult with outcome "oom" comes back. Cleanup happens *after* the except block: until it
+ends, the exception's traceback keeps the failed frames (and their activations) alive.
 """
 
 from __future__ import annotations
@@ -14,126 +28,235 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from dataclasses import dataclass, field
 
-import torch
 
 from .devices import short_message
 from .recipe import TrialResult
+from .trainer_run import build_trainer, restore_model
 
 
-def _train_steps(workload, batch_size: int, steps: int, timings: list[float]) -> int:
-    """Real training steps; returns the peak bytes over steps 2.. (AdamW's state is lazy)."""
+@dataclass
+class _Window:
+    """What one phase of a Trainer run measured."""
+
+    peak: int | None = None
+    times: list = field(default_factory=list)
+
+    def add_peak(self, value: int) -> None:
+        self.peak = value if self.peak is None else max(self.peak, value)
+
+    def step_time(self) -> float | None:
+        measured = self.times[1:] if len(self.times) > 1 else self.times  # the first step warms up
+        return statistics.median(measured) if measured else None
+
+
+def _meter_class():
+    from transformers import TrainerCallback
+
+    class Meter(TrainerCallback):
+        """Peaks and step times per phase, read at the Trainer's own step and eval boundaries."""
+
+        def __init__(self, device):
+            self.device = device
+            self.phase = "train"
+            self.train, self.eval = _Window(), _Window()
+            self.evaluations = 0
+            self._t = 0.0
+
+        def _now(self) -> float:
+            self.device.synchronize()
+            return time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                self.device.reset_peak()  # from step 2 on: AdamW's state is lazy
+            self.phase = "train"
+            self._t = self._now()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.train.times.append(self._now() - self._t)
+            if state.global_step >= 2:
+                self.train.add_peak(self.device.peak_bytes())
+            if control.should_evaluate:  # the Trainer evaluates next, after zero_grad, optimizer state resident
+                self.phase = "eval"
+                self.device.reset_peak()
+                self._t = self._now()
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            now = self._now()
+            self.eval.times.append(now - self._t)
+            self._t = now
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.eval.add_peak(self.device.peak_bytes())
+            self.evaluations += 1
+            self.phase = "train"
+            self.device.reset_peak()
+
+    return Meter
+
+
+@dataclass
+class TrainerRun:
+    """One `Trainer.train()`: each phase's peak and step times, and how it ended."""
+
+    train: _Window
+    eval: _Window
+    outcome: str = "ran"  # "ran" | "oom" | "error"
+    failed_phase: str | None = None
+    message: str | None = None
+    wall_s: float = 0.0
+    leaked: int = 0
+    stats: dict | None = None
+    train_steps: int = 0
+    eval_steps: int = 0
+
+
+def train_with_trainer(workload, settings: dict, train_steps: int, eval_every: int | None = None,
+                       eval_steps: int = 0) -> TrainerRun:
+    """Train `train_steps` optimizer steps with the real Trainer at `settings`; with `eval_every`,
+    the Trainer evaluates `eval_steps` eval batches every `eval_every` steps, inside training."""
     device = workload.device
-    model = workload.model
-    optimizer = workload.make_optimizer()
-    with device.tracking():
-        for step in range(steps):
-            if step == 1:
-                device.reset_peak()
-            device.synchronize()
-            start = time.perf_counter()
-            batch = workload.make_batch(batch_size)
-            loss = model(**batch).loss
-            workload.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            del loss, batch
-            device.synchronize()
-            timings.append(time.perf_counter() - start)
-        return device.peak_bytes()
-
-
-def _eval_outputs(model, batch: dict, max_new_tokens: int | None):
-    """What one eval step predicts. Plain: the forward's logits. With generation (Seq2SeqTrainer's
-    predict_with_generate): generate() grows the KV cache for max_new_tokens, then a forward with
-    labels computes the loss; the prediction kept is the generated ids."""
-    if not max_new_tokens:
-        return model(**batch).logits
-    ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
-                         max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=0)
-    model(**batch)  # the loss forward: its logits are dropped at once
-    return ids
-
-
-def _eval_steps(workload, batch_size: int, steps: int, timings: list[float], keep_logits: bool,
-                eval_accumulation_steps: int | None, max_new_tokens: int | None = None) -> int:
-    """Evaluation the way the Hugging Face Trainer runs it: eval mode, no grad, forward with
-    labels. With `keep_logits` (the Trainer with compute_metrics and no
-    preprocess_logits_for_metrics), each step's logits (generated ids with `max_new_tokens`) and
-    labels stay on the device, concatenated, until `eval_accumulation_steps` moves them to the host."""
-    device = workload.device
-    model = workload.model
-    model.eval()
-    held_logits = held_labels = None
+    prior = workload.gradient_checkpointing
+    # The Trainer enables checkpointing itself, from the arguments, as in the user's run.
+    workload.configure(attn_implementation=settings.get("attn_implementation"), gradient_checkpointing=False)
+    device.release()
+    baseline = device.allocated_bytes()
+    meter = _meter_class()(device)
+    started = time.perf_counter()
+    outcome, failed, message = "ran", None, None
+    saved = None
     try:
-        with device.tracking(), torch.no_grad():
-            for step in range(steps):
-                device.synchronize()
-                start = time.perf_counter()
-                batch = workload.make_batch(batch_size)
-                out = _eval_outputs(model, batch, max_new_tokens)
-                if keep_logits:
-                    logits, labels = out.detach(), batch["labels"]
-                    held_logits = logits if held_logits is None else torch.cat([held_logits, logits])
-                    held_labels = labels if held_labels is None else torch.cat([held_labels, labels])
-                    del logits, labels
-                    if eval_accumulation_steps and (step + 1) % eval_accumulation_steps == 0:
-                        held_logits = held_labels = None  # moved to the host: off the device
-                del out, batch
-                device.synchronize()
-                timings.append(time.perf_counter() - start)
-            return device.peak_bytes()
-    finally:
-        held_logits = held_labels = None
-        model.train()
+        trainer, saved = build_trainer(workload, settings, train_steps, eval_every, eval_steps, meter)
+        with device.tracking(), device.transfers():
+            trainer.train()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes data
+        outcome = "oom" if device.is_oom(exc) else "error"
+        failed, message = meter.phase, short_message(exc)
+    # Outside the except block: the exception and its traceback are gone now.
+    trainer = None
+    restore_model(workload, saved)
+    workload.configure(gradient_checkpointing=prior)
+    stats = device.memory_stats()
+    if device.allocated_bytes() > baseline:
+        gc.collect()  # the trainer's reference cycles still hold tensors; a full collection only then
+    device.release()
+    _freeze_once()
+    return TrainerRun(meter.train, meter.eval, outcome, failed, message, round(time.perf_counter() - started, 4),
+                      device.allocated_bytes() - baseline, stats or None, len(meter.train.times), len(meter.eval.times))
+
+
+_FROZEN: list = []
+
+
+def _freeze_once() -> None:
+    """After the first Trainer run, move what it imported and cached (transformers' and
+    accelerate's modules, state singletons) out of the collector's reach, as load_workload does
+    for the model: the Trainer collects garbage at the start of every run (accelerate's
+    free_memory), and a full collection over those objects cost ~0.08 s a trial."""
+    if not _FROZEN:
+        gc.collect()
+        gc.freeze()
+        _FROZEN.append(True)
+
+
+def _judged(run: TrainerRun, phase: str, budget: int) -> tuple[str, int | None, str | None]:
+    """A phase's outcome. A run that failed in another phase still judges this one by what it
+    measured (a validation run whose evaluation ran out of memory trained within the budget)."""
+    window = run.train if phase == "train" else run.eval
+    if run.outcome != "ran" and (run.failed_phase == phase or window.peak is None):
+        where = "" if run.failed_phase == phase else f"in the {run.failed_phase} step before {phase}: "
+        return run.outcome, window.peak, where + (run.message or run.outcome)
+    if window.peak is None:
+        return "error", None, f"the Trainer ran no {phase} step to measure"
+    return ("fit" if window.peak <= budget else "over_budget"), window.peak, None
+
+
+def _result(workload, run: TrainerRun, phase: str, settings: dict, budget: int, accumulation: int | None = None) -> TrialResult:
+    outcome, peak, message = _judged(run, phase, budget)
+    window = run.train if phase == "train" else run.eval
+    step_time = window.step_time() if outcome in ("fit", "over_budget") else None
+    if phase == "train":
+        accumulation = accumulation or int(settings.get("gradient_accumulation_steps") or 1)
+        batch = int(settings["per_device_train_batch_size"]) * accumulation
+        steps = run.train_steps
+    else:
+        batch, steps = int(settings["per_device_eval_batch_size"]), run.eval_steps
+    tokens = workload.tokens_per_batch(batch)
+    return TrialResult(
+        phase=phase, settings=settings, outcome=outcome, peak_bytes=peak, step_time_s=step_time,
+        tokens_per_s=(tokens / step_time) if step_time else None, steps=steps, wall_s=run.wall_s, message=message,
+        leaked_bytes=run.leaked if run.leaked > 0 else None, memory_stats=run.stats,
+    )
+
+
+def _full(workload, settings: dict) -> dict:
+    """Settings as run: checkpointing and attention default to the workload's current ones."""
+    return {"gradient_checkpointing": workload.gradient_checkpointing, "attn_implementation": workload.attn_implementation,
+            **settings}
 
 
 def run_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
-    """Configure the workload for `settings` and run `steps` real steps of `phase`."""
-    device = workload.device
-    workload.configure(attn_implementation=settings.get("attn_implementation"),
-                       gradient_checkpointing=settings.get("gradient_checkpointing"))
-    settings = {"gradient_checkpointing": workload.gradient_checkpointing,
-                "attn_implementation": workload.attn_implementation, **settings}
+    """Run `phase` ("train" or "eval") at `settings` through the Trainer: `steps` optimizer steps
+    for train; for eval, one optimizer step and then `steps` eval steps inside training."""
+    settings = _full(workload, settings)
+    if getattr(workload, "strategy", None):
+        return _engine_trial(workload, phase, settings, steps, budget)
     if phase == "train":
-        batch_size = int(settings["per_device_train_batch_size"])
+        run = train_with_trainer(workload, settings, steps)
     elif phase == "eval":
-        batch_size = int(settings["per_device_eval_batch_size"])
+        # The optimizer state exists after one step; the train batch is the configuration's, or 1.
+        settings.setdefault("per_device_train_batch_size", 1)
+        run = train_with_trainer(workload, settings, 1, eval_every=1, eval_steps=steps)
     else:
         raise ValueError(f"unknown trial phase {phase!r}")
+    return _result(workload, run, phase, settings, budget)
+
+
+def _engine_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
+    """A model already wrapped by a sharding engine (the cluster workers): the step model of
+    step_model.py on it, until the Trainer's own DeepSpeed/FSDP path replaces it (issue #11)."""
+    from . import step_model
+
+    device = workload.device
+    workload.configure(attn_implementation=settings.get("attn_implementation"),
+                       gradient_checkpointing=bool(settings.get("gradient_checkpointing")))
     device.release()
     baseline = device.allocated_bytes()
-    timings: list[float] = []
-    started = time.perf_counter()
-    peak = None
-    message = None
+    window, started = _Window(), time.perf_counter()
+    run = TrainerRun(_Window(), _Window())
     try:
         if phase == "train":
-            peak = _train_steps(workload, batch_size, steps, timings)
+            batch = int(settings["per_device_train_batch_size"])
+            window.add_peak(step_model.train_steps(workload, batch, steps, timings=window.times)[0])
         else:
-            keep = not settings.get("prediction_loss_only", True)
-            generate = settings.get("max_new_tokens") if settings.get("predict_with_generate") else None
-            peak = _eval_steps(workload, batch_size, steps, timings, keep, settings.get("eval_accumulation_steps"), generate)
-        outcome = "fit" if peak <= budget else "over_budget"
+            window.add_peak(step_model.eval_steps(workload, int(settings["per_device_eval_batch_size"]), steps, settings))
     except Exception as exc:  # noqa: BLE001 - every failure becomes data
-        outcome = "oom" if device.is_oom(exc) else "error"
-        message = short_message(exc)
-    # Outside the except block: the exception and its traceback are gone now.
+        run.outcome, run.failed_phase, run.message = ("oom" if device.is_oom(exc) else "error"), phase, short_message(exc)
     workload.release_grads()
-    stats = device.memory_stats()
+    run.stats = device.memory_stats() or None
     if device.allocated_bytes() > baseline:
-        gc.collect()  # reference cycles still hold tensors; a full collection is slow, so only then
+        gc.collect()
     device.release()
-    leaked = device.allocated_bytes() - baseline
-    measured = timings[1:] if len(timings) > 1 else timings
-    step_time = statistics.median(measured) if outcome in ("fit", "over_budget") and measured else None
-    tokens = workload.tokens_per_batch(batch_size)
-    return TrialResult(
-        phase=phase, settings=settings, outcome=outcome, peak_bytes=peak, step_time_s=step_time,
-        tokens_per_s=(tokens / step_time) if step_time else None, steps=len(timings),
-        wall_s=round(time.perf_counter() - started, 4), message=message,
-        leaked_bytes=leaked if leaked > 0 else None, memory_stats=stats or None,
-    )
+    run.leaked, run.wall_s = device.allocated_bytes() - baseline, round(time.perf_counter() - started, 4)
+    setattr(run, phase, window)
+    run.train_steps, run.eval_steps = (len(window.times), 0) if phase == "train" else (0, steps)
+    return _result(workload, run, phase, settings, budget, accumulation=1)  # one micro-batch per step
+
+
+def run_training(workload, settings: dict, steps: int, eval_steps: int, evaluations: int,
+                 budget: int) -> tuple[TrialResult, TrialResult | None]:
+    """The run a user launches, shortened: `steps` optimizer steps at `settings` (accumulation
+    included), evaluating `eval_steps` batches `evaluations` times in the middle (when the
+    settings have an eval batch). Returns the train and eval results."""
+    settings = _full(workload, settings)
+    evaluating = bool(settings.get("per_device_eval_batch_size")) and evaluations > 0
+    every = max(1, steps // evaluations) if evaluating else None
+    run = train_with_trainer(workload, settings, steps, eval_every=every, eval_steps=eval_steps if evaluating else 0)
+    train = _result(workload, run, "train", settings, budget)
+    evaluation = _result(workload, run, "eval", settings, budget) if evaluating else None
+    return train, evaluation
 
 
 def run_train_trial(workload, batch_size: int, steps: int, budget: int, settings: dict | None = None) -> TrialResult:
@@ -156,3 +279,4 @@ class InProcessRunner:
     def run(self, phase: str, settings: dict, steps: int | None = None) -> TrialResult:
         """`steps` overrides the default (longer throughput measurements, eval accumulation)."""
         return run_trial(self.workload, phase, settings, steps or self.steps, self.budget)
+

@@ -1,7 +1,10 @@
-"""The validation run: the chosen configuration again, for --validate-steps training steps and a
-full evaluation phase, in the same process after a full release of memory. It passes only if
-nothing OOMs and the peak stays inside the usable budget (recomputed now, from the device's
-capacity now). If it fails, the next configuration in throughput order is validated."""
+"""The validation run: the chosen configuration as the user launches it -- the real Trainer for
+--validate-steps optimizer steps at the recipe's accumulation, with two evaluations in the
+middle of training (optimizer state resident) -- in the same process after a full release of
+memory. It passes only if nothing OOMs and the peak stays inside the usable budget (recomputed
+now, from the device's capacity now). If it fails, the next configuration in throughput order
+is validated. With trials in worker processes, the same run is a train trial and an eval trial
+(one optimizer step, then the evaluation) through the workers."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 from .errors import DoesNotFitError
 from .recipe import TrialResult, Validation
 from .sizes import format_size
-from .trial import run_trial
+from .trial import run_training
 
 
 @dataclass
@@ -24,44 +27,72 @@ class Validated:
 def _eval_batch(space, config) -> tuple[int | None, str | None]:
     if not space.spec.eval:
         return None, None
-    batch = space.eval_frontier(config.attn_implementation, config.gradient_checkpointing)
+    batch = space.eval_frontier(config)
     if batch == 0:
         hint = "--prediction-loss-only" if not space.spec.prediction_loss_only else "a shorter --max-length"
         return 0, f"eval batch 1 does not fit with {config.attn_implementation} (try {hint}, or a smaller --eval-steps)"
     return batch, None
 
 
-def _run(space, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
-    space.progress.trial_started(phase, settings)
-    workload = getattr(space.runner, "workload", None)
-    if workload is not None:  # in this process: judge against the budget recomputed now
-        result = run_trial(workload, phase, settings, steps, budget)
-    else:  # in supervised workers: they judge against their own budget
-        result = space.runner.run(phase, settings, steps)
+VALIDATE_EVALUATIONS = 2  # evaluations inside the validation run, as a user's eval_strategy="steps" makes them
+
+
+def _record(space, result: TrialResult | None) -> None:
+    if result is None:
+        return
     result.purpose = "validate"
     space.trials.append(result)
     space.progress.trial_finished(result)
-    return result
+
+
+def _run_here(space, workload, settings: dict, eval_batch: int | None, budget: int):
+    """One Trainer run in this process: training with the evaluations inside it, judged against
+    the budget recomputed now."""
+    spec = space.spec
+    space.progress.trial_started("train", settings)
+    train, evaluation = run_training(workload, settings, spec.validate_steps, spec.eval_steps,
+                                     VALIDATE_EVALUATIONS if eval_batch else 0, budget)
+    _record(space, train)
+    _record(space, evaluation)
+    return train, evaluation
+
+
+def _run_in_workers(space, settings: dict, eval_batch: int | None):
+    """In supervised workers (they judge against their own budget): a train and an eval trial."""
+    spec = space.spec
+    space.progress.trial_started("train", settings)
+    train = space.runner.run("train", settings, spec.validate_steps)
+    _record(space, train)
+    evaluation = None
+    if train.fits and eval_batch:
+        space.progress.trial_started("eval", settings)
+        evaluation = space.runner.run("eval", settings, max(spec.eval_steps, 2))
+        _record(space, evaluation)
+    return train, evaluation
 
 
 def validate_one(space, config) -> Validated:
     spec, device = space.spec, space.device
     eval_batch, problem = _eval_batch(space, config)
-    if getattr(space.runner, "workload", None) is not None:
+    workload = getattr(space.runner, "workload", None)
+    if workload is not None:
         gc.collect()
         device.release()  # a full release: the run starts from the model and nothing else
         budget = int(device.capacity * spec.usable_fraction)
     else:  # workers release between trials themselves
         budget = space.budget
+    settings = {**config.settings, "gradient_accumulation_steps": config.gradient_accumulation_steps}
+    if eval_batch:
+        settings.update(space.eval_settings(config.attn_implementation, config.gradient_checkpointing),
+                        per_device_eval_batch_size=eval_batch)
     attempt = {**config.settings, "per_device_eval_batch_size": eval_batch}
     train = evaluation = None
     with space.phase("validate"):
         if problem is None:
-            train = _run(space, "train", config.settings, spec.validate_steps, budget)
-            if train.fits and eval_batch:
-                settings = {**space.eval_settings(config.attn_implementation, config.gradient_checkpointing),
-                            "per_device_eval_batch_size": eval_batch}
-                evaluation = _run(space, "eval", settings, 2 * spec.eval_steps, budget)
+            if workload is not None:
+                train, evaluation = _run_here(space, workload, {**getattr(space.runner, "base", {}), **settings}, eval_batch, budget)
+            else:
+                train, evaluation = _run_in_workers(space, settings, eval_batch)
     failed = [t for t in (train, evaluation) if t is not None and not t.fits]
     if problem is None and failed:
         t = failed[0]

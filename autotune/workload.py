@@ -152,14 +152,14 @@ class Workload:
     def release_grads(self) -> None:
         self.model.zero_grad(set_to_none=True)
 
-    def make_batch(self, batch_size: int) -> dict:
+    def make_batch(self, batch_size: int, device=None) -> dict:
         """Worst case: every sample exactly max_length tokens, nothing padded away; for a
-        vision-language model, the media at their limits inside those tokens."""
+        vision-language model, the media at their limits inside those tokens. `device`: where
+        to build it (default: the workload's device; the trials' collator builds on the host)."""
+        device = device or self.device.torch_device
         if self.setup is not None and self.setup.family is not None:
-            return self.setup.family.inputs(self.source.config, self.setup.vision, batch_size, self.spec.max_length,
-                                            self.device.torch_device)
+            return self.setup.family.inputs(self.source.config, self.setup.vision, batch_size, self.spec.max_length, device)
         length = self.spec.max_length
-        device = self.device.torch_device
         input_ids = torch.randint(0, self.vocab_size, (batch_size, length), device=device)
         return {
             "input_ids": input_ids,

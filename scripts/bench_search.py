@@ -28,7 +28,8 @@ from autotune.devices import SimDevice  # noqa: E402
 from autotune.model_source import resolve  # noqa: E402
 from autotune.probe import ProgressSink, find_frontier  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
-from autotune.trial import InProcessRunner, _train_steps, run_train_trial  # noqa: E402
+from autotune.step_model import train_steps  # noqa: E402
+from autotune.trial import InProcessRunner, run_train_trial  # noqa: E402
 from autotune.workload import load_workload  # noqa: E402
 
 MiB = 2**20
@@ -72,7 +73,7 @@ def bench_accelerate(workload, budget):
     @find_executable_batch_size(starting_batch_size=128)
     def train(batch_size):
         tried.append(batch_size)
-        _train_steps(workload, batch_size, STEPS, [])
+        train_steps(workload, batch_size, STEPS)  # a plain training loop, as accelerate users write
         return batch_size
 
     start = time.perf_counter()

@@ -35,7 +35,8 @@ def test_eval_frontier_keeping_logits_is_lower_and_matches_brute_force(make_work
     budget = int(10 * MiB * 0.9)
     kept = _space(workload, budget, prediction_loss_only=False, eval_steps=3)
     loss_only = _space(workload, budget, prediction_loss_only=True, eval_steps=3)
-    f_kept, f_loss = kept.eval_frontier("sdpa", False), loss_only.eval_frontier("sdpa", False)
+    config = Measured("sdpa", False, 1, 1, 0.0, 0)  # evaluating after training at batch 1
+    f_kept, f_loss = kept.eval_frontier(config), loss_only.eval_frontier(config)
     assert 1 <= f_kept < f_loss < 64
     settings = kept.eval_settings("sdpa", False)
     assert settings["eval_accumulation_steps"] == 3 and settings["prediction_loss_only"] is False

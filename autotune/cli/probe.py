@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..model_source import builtin_names
 from ..probe import probe
 from ..recipe import check_writable, load_recipe, save_recipe
+from ..training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import multimodal_args
 from .model_args import add_model_arguments
@@ -59,8 +60,13 @@ def add_parser(sub) -> None:
     space.add_argument("--no-eval", action="store_true", help="do not search the eval batch")
     space.add_argument("--eval-steps", type=int, default=DEFAULT_EVAL_STEPS,
                        help=f"eval steps whose logits stay on the device; becomes eval_accumulation_steps (default: {DEFAULT_EVAL_STEPS})")
+    space.add_argument("--eval-outputs", choices=EVAL_OUTPUTS, metavar="|".join(EVAL_OUTPUTS),
+                       help="what the eval phase keeps on the device, as your trainer does: loss (no compute_metrics: "
+                            "ms-swift's default), logits (a compute_metrics), argmax (preprocess_logits_for_metrics "
+                            "returning ids: ms-swift --metric acc), generate (predict_with_generate). "
+                            "Default: loss with --emit swift, else logits")
     space.add_argument("--prediction-loss-only", action="store_true",
-                       help="probe eval as the Trainer runs it without compute_metrics (no logits kept); default: logits kept")
+                       help="the same as --eval-outputs loss (the Trainer without compute_metrics: no logits kept)")
     space.add_argument("--predict-with-generate", action="store_true", help="the eval phase probes generate() (KV cache growth)")
     space.add_argument("--max-new-tokens", type=int, help="tokens generated per sample with --predict-with-generate")
     space.add_argument("--validate-steps", type=int, default=DEFAULT_VALIDATE_STEPS,
@@ -99,9 +105,19 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         gradient_checkpointing_candidates=_gc_candidates(args.gradient_checkpointing), eval=not args.no_eval,
         eval_steps=args.eval_steps, prediction_loss_only=args.prediction_loss_only,
         predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
+        eval_outputs=_eval_outputs(args),
         **multimodal_args.spec_kwargs(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )
+
+
+def _eval_outputs(args) -> str | None:
+    """--eval-outputs, or its default for the launch target: ms-swift sets no compute_metrics
+    unless asked (--metric / --eval_metric), so its eval keeps the loss only."""
+    chosen = getattr(args, "eval_outputs", None)
+    if chosen or args.prediction_loss_only or args.predict_with_generate:
+        return chosen
+    return "loss" if "swift" in (getattr(args, "emit", None) or []) else None
 
 
 def _gc_candidates(value: str) -> tuple:

@@ -1,7 +1,9 @@
 """Devices behind one small interface.
 
 A device has `kind`, `name`, `capacity` (bytes), `count` (cards on this host), `torch_device`,
-and: `adopt(tensors)`, `tracking()` (a context in which allocations count), `reset_peak()`,
+and: `adopt(tensors)`, `tracking()` (a context in which allocations count), `host()` (a context
+in which new tensors are host memory), `transfers()` (the Trainer's host/device moves, charged as
+on a GPU), `reset_peak()`,
 `peak_bytes()`, `allocated_bytes()`, `synchronize()`, `release()`, `is_oom(exc)`,
 `memory_stats()`.
 """

@@ -37,6 +37,14 @@ class CudaDevice:
     def tracking(self):
         return contextlib.nullcontext()
 
+    def host(self):
+        """CPU tensors are host memory here already: nothing to mark."""
+        return contextlib.nullcontext()
+
+    def transfers(self):
+        """The Trainer moves data between host and device for real here."""
+        return contextlib.nullcontext()
+
     def reset_peak(self) -> None:
         torch.cuda.reset_peak_memory_stats(self.index)
         # Retries counted from here on are the steady state's (the trial resets after step 1).

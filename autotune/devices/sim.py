@@ -73,18 +73,21 @@ class LiveBytes(TorchDispatchMode):
         self.peak = 0
         self.window_peak = 0  # peak since start_window(): lets a plan split a step into phases
         self.ooms = 0
+        self.host = False  # while True, new storages are host memory (see SimDevice.host)
 
     def start_window(self) -> None:
         self.window_peak = self.current
 
     def track(self, tensor: torch.Tensor) -> None:
-        if tensor.device.type == "meta":
+        if tensor.device.type == "meta" or self.host:
             return
         self._account(tensor.untyped_storage())
 
     def _account(self, storage) -> None:
         """Count a storage once, keyed by its StorageImpl (stable across `resize_`), at its
         current size: FSDP2 frees and re-allocates unsharded parameters by resizing storage."""
+        if self.host:
+            return
         key = storage._cdata
         size = _rounded(storage.nbytes()) if storage.nbytes() else 0
         known = self._live.get(key)
@@ -154,6 +157,42 @@ class SimDevice:
         """Context in which allocations count against the device."""
         return self.counter
 
+    @contextlib.contextmanager
+    def host(self):
+        """Inside, new tensors are host memory, not the card's: on a GPU they would be CPU tensors
+        (a DataLoader's batch before it moves, the Trainer's numpy copies of eval outputs). Tensors
+        made before keep counting until they die."""
+        saved, self.counter.host = self.counter.host, True
+        try:
+            yield
+        finally:
+            self.counter.host = saved
+
+    @contextlib.contextmanager
+    def transfers(self):
+        """While a Trainer runs: the two places where it moves data between host and device
+        charge this card as a GPU would be charged. accelerate's DataLoader wrapper sends each
+        batch to the device (here: a counted copy; the collator's batch is host memory), and the
+        Trainer's `nested_numpify` copies eval outputs to the host (here: an uncounted copy; on a
+        CPU `.cpu()` would return the device tensor itself and keep it alive)."""
+        import accelerate.data_loader as loader
+        import transformers.trainer_pt_utils as pt_utils
+
+        send, numpify = loader.send_to_device, pt_utils.nested_numpify
+
+        def send_to_device(batch, *args, **kwargs):
+            return _map_tensors(send(batch, *args, **kwargs), torch.clone)
+
+        def nested_numpify(tensors):
+            with self.host():
+                return numpify(_map_tensors(tensors, lambda t: t.detach().clone()))
+
+        loader.send_to_device, pt_utils.nested_numpify = send_to_device, nested_numpify
+        try:
+            yield
+        finally:
+            loader.send_to_device, pt_utils.nested_numpify = send, numpify
+
     def reset_peak(self) -> None:
         self.counter.peak = self.counter.current
 
@@ -181,6 +220,16 @@ class SimDevice:
 
     def memory_stats(self) -> dict:
         return {}
+
+
+def _map_tensors(value, fn):
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return type(value)({k: _map_tensors(v, fn) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
 
 
 @contextlib.contextmanager

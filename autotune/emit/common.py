@@ -32,7 +32,9 @@ def check_strategy(recipe: Recipe) -> str | None:
 
 def mixed_precision(recipe: Recipe) -> str:
     """`bf16`, `fp16` or `no`: how the Trainer / accelerate should run for the recipe's dtype."""
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(recipe.settings.torch_dtype, "no")
+    from ..training_args import mixed_precision as of_dtype
+
+    return of_dtype(recipe.settings.torch_dtype)
 
 
 def model_location(recipe: Recipe) -> str:

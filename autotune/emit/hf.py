@@ -2,59 +2,30 @@
 loads with no extra keys, and a sidecar JSON of what the Trainer does not own: the model
 loading keywords (`attn_implementation`, `dtype`), the sequence length and the LoRA config.
 
-transformers 5.x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name
-is a deprecated alias); the names are taken from the installed `TrainingArguments`."""
+The TrainingArguments values come from `autotune/training_args.py`, the same code that builds
+the arguments every probe trial runs with."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from ..recipe import Recipe
-from .common import check_strategy, mixed_precision, model_location, zero_stage
-
-
-def _training_fields() -> set[str]:
-    from transformers import TrainingArguments
-
-    return {f.name for f in dataclasses.fields(TrainingArguments)}
-
-
-def checkpointing_names(fields: set[str] | None = None) -> tuple[str, str]:
-    fields = _training_fields() if fields is None else fields
-    if "activation_checkpointing" in fields:
-        return "activation_checkpointing", "activation_checkpointing_kwargs"
-    return "gradient_checkpointing", "gradient_checkpointing_kwargs"
+from ..training_args import arguments, checkpointing_names  # noqa: F401 - checkpointing_names: re-exported
+from .common import check_strategy, model_location, zero_stage
 
 
 def training_arguments(recipe: Recipe, output_dir: str = "output") -> dict:
-    """TrainingArguments keyword values for the recipe (only fields the Trainer has)."""
+    """TrainingArguments keyword values for the recipe (only fields the Trainer has): the values
+    the probe's trials ran with (training_args.arguments), plus the sharding engine's config."""
     from .deepspeed import deepspeed_config
 
     s = recipe.settings
     strategy = check_strategy(recipe)
-    gc_name, gc_kwargs = checkpointing_names()
-    args: dict = {
-        "output_dir": output_dir,
-        "per_device_train_batch_size": s.per_device_train_batch_size,
-        "gradient_accumulation_steps": s.gradient_accumulation_steps,
-    }
-    for key in ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only"):
-        if getattr(s, key) is not None:
-            args[key] = getattr(s, key)
-    precision = mixed_precision(recipe)
-    if precision != "no":
-        args[precision] = True
-    if s.optim:
-        args["optim"] = s.optim
+    args: dict = {"output_dir": output_dir, **arguments(s, fsdp=strategy == "fsdp")}
     if strategy == "fsdp":
         # With FSDP, checkpointing belongs to FSDP itself (transformers warns otherwise).
         args["fsdp"] = "full_shard auto_wrap"
         args["fsdp_config"] = {"version": 2, "activation_checkpointing": bool(s.gradient_checkpointing)}
-    else:
-        args[gc_name] = bool(s.gradient_checkpointing)
-        if s.gradient_checkpointing:
-            args[gc_kwargs] = {"use_reentrant": False}  # what the probe measured
     if zero_stage(strategy) is not None:
         args["deepspeed"] = deepspeed_config(recipe)
     return args

@@ -16,6 +16,7 @@ import yaml
 
 from ..errors import UsageError
 from ..recipe import Recipe
+from ..training_args import CHECKPOINTING_KWARGS, eval_outputs_of
 from .common import DATASET_PLACEHOLDER, check_strategy, launch_env, memory_comment, model_location
 
 FIELDS_DIR = Path(__file__).parent / "swift_fields"
@@ -78,7 +79,15 @@ def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict
     for key in ("per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only"):
         if getattr(s, key) is not None:
             args[key] = getattr(s, key)
+    outputs = eval_outputs_of(s) if s.per_device_eval_batch_size is not None else "loss"
+    if outputs == "argmax":
+        args["eval_metric" if v4 else "metric"] = "acc"  # keeps argmax ids, as probed
+    elif outputs == "generate":
+        args["predict_with_generate"] = True
     args["gradient_checkpointing"] = bool(s.gradient_checkpointing)
+    if s.gradient_checkpointing:
+        # Without it ms-swift runs reentrant checkpointing in a single process; the probe measured non-reentrant.
+        args["gradient_checkpointing_kwargs"] = json.dumps(CHECKPOINTING_KWARGS)
     args["attn_impl"] = ATTN_IMPL.get(s.attn_implementation, s.attn_implementation)
     for key in ("vit_gradient_checkpointing", "freeze_vit", "freeze_aligner", "freeze_llm"):
         if getattr(s, key) is not None:

@@ -1,0 +1,138 @@
+"""A model of the Trainer's step, for where the Trainer itself cannot drive.
+
+A probe trial runs the real `Trainer` (trial.py). Under fake tensors the Trainer cannot run:
+it moves the model with `.to()` (which cannot swap fake parameters) and reads the loss with
+`.item()` (fake tensors have no values). So `autotune plan` runs this short model of what the
+Trainer does to memory, and the tests pin it against real Trainer trials on the sim device
+(tests/test_plan.py, within 2%). The cluster workers run it too on a model already wrapped by
+a sharding engine (DDP, FSDP2, DeepSpeed through accelerate), until the Trainer's own
+DeepSpeed/FSDP path through its arguments replaces that:
+
+- training: accelerate's own mixed-precision wrapper on the forward (autocast, outputs
+  converted to fp32), backward, the Trainer's gradient clipping (`max_grad_norm` 1.0),
+  `optimizer.step()`, `zero_grad(set_to_none=True)`; peak from step 2 on;
+- evaluation: after one optimizer step, with the optimizer state resident; outputs kept as the
+  Trainer keeps them (training_args.EVAL_OUTPUTS): the previous step's outputs stay alive while
+  the next forward runs, and the kept ones are concatenated until `eval_accumulation_steps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from .training_args import eval_outputs_of, mixed_precision
+
+MAX_GRAD_NORM = 1.0  # TrainingArguments' default
+
+
+@contextlib.contextmanager
+def launched_forward(workload):
+    """The model's forward as accelerate wraps it for the Trainer's mixed precision (under
+    DeepSpeed the engine runs its own bf16/fp16, without autocast)."""
+    model = workload.model
+    precision = mixed_precision(workload.spec.dtype)
+    if precision == "no" or getattr(workload, "engine", None) is not None:
+        yield
+        return
+    from accelerate.utils import convert_outputs_to_fp32
+
+    original = model.__dict__.get("forward")
+    forward = model.forward
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+
+    def wrapped(*args, **kwargs):
+        with torch.autocast("cpu", dtype=dtype):
+            return forward(*args, **kwargs)
+
+    model.forward = convert_outputs_to_fp32(wrapped)
+    try:
+        yield
+    finally:
+        model.__dict__.pop("forward", None)
+        if original is not None:
+            model.forward = original
+
+
+def device_batch(workload, batch_size: int) -> dict:
+    """A worst-case batch as the Trainer's DataLoader hands it over: built in host memory, then
+    each tensor copied to the device (two tensors sharing a host storage, like input ids and
+    labels, become two device copies)."""
+    device = workload.device
+    with device.host():
+        batch = workload.make_batch(batch_size, device=torch.device("cpu"))
+    return {k: v.to(device.torch_device, copy=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train_steps(workload, batch_size: int, steps: int, optimizer=None, timings: list | None = None,
+                held: list | None = None) -> tuple[int, object]:
+    """Training steps as the Trainer runs them; returns (peak over steps 2.., the optimizer).
+    `held` receives the last step's batch, which the Trainer still holds while it evaluates."""
+    device, model = workload.device, workload.model
+    optimizer = optimizer or workload.make_optimizer()
+    params = [p for p in model.parameters() if p.requires_grad]
+    with device.tracking(), launched_forward(workload):
+        for step in range(steps):
+            if step == 1:
+                device.reset_peak()
+            device.synchronize()
+            started = time.perf_counter()
+            batch = device_batch(workload, batch_size)
+            loss = model(**batch).loss
+            workload.backward(loss)
+            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if held is not None and step == steps - 1:
+                held.append(batch)
+            del loss, batch
+            device.synchronize()
+            if timings is not None:
+                timings.append(time.perf_counter() - started)
+        return device.peak_bytes(), optimizer
+
+
+def _outputs(model, batch: dict, outputs: str, max_new_tokens: int | None):
+    if outputs == "generate":
+        ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=0)
+        out = model(**batch)
+        return out.loss, ids
+    out = model(**batch)
+    if outputs == "loss":
+        return out.loss, None
+    logits = out.logits
+    return out.loss, (logits.argmax(dim=-1) if outputs == "argmax" else logits)
+
+
+def eval_steps(workload, batch_size: int, steps: int, settings: dict) -> int:
+    """Evaluation inside training: one optimizer step first (its state stays resident), then
+    `steps` eval steps keeping outputs as the Trainer does. Returns the evaluation's peak."""
+    device, model = workload.device, workload.model
+    last_train_batch: list = []
+    _, optimizer = train_steps(workload, int(settings.get("per_device_train_batch_size") or 1), 1, held=last_train_batch)
+    outputs = eval_outputs_of(settings)
+    accumulate = settings.get("eval_accumulation_steps")
+    model.eval()
+    held = held_labels = previous = None
+    try:
+        with device.tracking(), torch.no_grad(), launched_forward(workload):
+            device.reset_peak()
+            for step in range(steps):
+                batch = device_batch(workload, batch_size)
+                loss, kept = _outputs(model, batch, outputs, settings.get("max_new_tokens"))
+                if kept is not None:
+                    held = kept if held is None else torch.cat([held, kept])
+                    held_labels = batch["labels"] if held_labels is None else torch.cat([held_labels, batch["labels"]])
+                    if accumulate and (step + 1) % accumulate == 0:
+                        held = held_labels = None  # moved to the host
+                previous = (loss, kept, batch)  # the loop's variables live until the next step rebinds them
+                del loss, kept, batch
+            del previous
+            return device.peak_bytes()
+    finally:
+        held = held_labels = previous = None
+        del optimizer, last_train_batch
+        model.train()
