@@ -225,13 +225,21 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 # ---------------------------------------------------------------- writing
 
 
-def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, text: str | bytes, executable: bool = False) -> None:
     """Write to a temporary file beside `path`, then rename: a reader (or a Ctrl-C) never sees
-    half a file."""
+    half a file. The file gets the mode `open()` would give it (0666 & ~umask, or 0777 & ~umask
+    when `executable`), not mkstemp's owner-only 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, (0o777 if executable else 0o666) & ~_umask())
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             handle.write(text)
             handle.flush()

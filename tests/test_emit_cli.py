@@ -1,6 +1,8 @@
 """`autotune emit` end to end, and `recipe.apply(TrainingArguments)`."""
 
 import dataclasses
+import os
+import stat
 import warnings
 
 import pytest
@@ -99,3 +101,26 @@ def test_probe_emit_swift_writes_beside_the_recipe(tmp_path):
     data = yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
     assert data["per_device_train_batch_size"] == load_recipe(out).settings.per_device_train_batch_size
     assert (tmp_path / "r.swift.sh").read_text().count("swift sft \\") == 1
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def test_written_files_get_the_usual_mode_not_owner_only(recipe_file, tmp_path, umask_027):
+    """mkstemp makes 0600 files; recipes, launch files and plots must be 0666 & ~umask (scripts 0777 & ~umask)."""
+    recipe = tmp_path / "again.yaml"
+    save_recipe(load_recipe(recipe_file), recipe)
+    assert stat.S_IMODE(recipe.stat().st_mode) == 0o640
+    assert main(["emit", "swift", str(recipe_file), "-o", str(tmp_path / "s.yaml"), "--swift-version", "4.6"]) == 0
+    assert main(["emit", "swift", str(recipe_file), "-o", str(tmp_path / "t.sh"), "--swift-version", "4.6"]) == 0
+    assert main(["report", str(recipe_file), "--plot", str(tmp_path / "p.png")]) == 0
+    assert stat.S_IMODE((tmp_path / "s.yaml").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "p.png").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "t.sh").stat().st_mode) == 0o750
+    os.umask(0o002)
+    assert main(["emit", "hf", str(recipe_file), "-o", str(tmp_path / "a.json")]) == 0
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("a*.json")} == {0o664}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..emit import TARGETS, files, require_validated
 from ..errors import UsageError
@@ -50,9 +49,7 @@ def write_files(outputs: dict[str, str], force: bool, flag: str = "--out") -> No
     for path in outputs:
         check_writable(path, force, flag)
     for path, text in outputs.items():
-        write_atomic(path, text)
-        if path.endswith(".sh"):
-            Path(path).chmod(0o755)
+        write_atomic(path, text, executable=path.endswith(".sh"))
 
 
 def emit_paths(recipe_out: str, targets: list[str]) -> list[str]:
