@@ -92,11 +92,19 @@ def test_apply_round_trips(tmp_path):
     assert again.to_dict() == tuned.to_dict()
 
 
-def test_probe_emit_swift_writes_beside_the_recipe(tmp_path):
+def test_probe_emit_swift_writes_beside_the_recipe(tmp_path, capsys):
     out = tmp_path / "r.yaml"
     argv = ["probe", "--model-config", "tiny-gpt2", "--device", "sim", "--gpu-memory", "8MiB", "--max-length", "32",
-            "--max-batch-size", "4", "--out", str(out), "--emit", "swift", "--quiet"]
+            "--max-batch-size", "4", "--out", str(out), "--emit", "swift", "--quiet", "--swift-version", "4.6",
+            "--plot", str(tmp_path / "p.png")]
     assert main(argv) == 0
+    # every file written, then what to run next
+    printed = capsys.readouterr().out
+    tail = printed[printed.index("wrote"):]
+    for name in ("r.yaml", "r.swift.yaml", "r.swift.sh", "p.png"):
+        assert str(tmp_path / name) in tail and (tmp_path / name).exists()
+    assert f"swift sft {tmp_path / 'r.swift.yaml'}" in tail and f"bash {tmp_path / 'r.swift.sh'}" in tail
+    assert f"python -m autotune check {out}" in tail
     assert load_recipe(out).validation.passed
     data = yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
     assert data["per_device_train_batch_size"] == load_recipe(out).settings.per_device_train_batch_size

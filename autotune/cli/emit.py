@@ -8,6 +8,7 @@ import sys
 from ..emit import TARGETS, files, require_validated
 from ..errors import UsageError
 from ..recipe import check_writable, load_recipe, write_atomic
+from . import next_steps
 
 EXAMPLES = """\
 examples:
@@ -82,4 +83,8 @@ def run(args) -> int:
     write_files(outputs, args.force)
     for path in outputs:
         print(f"wrote {path}", file=sys.stderr)
+    for path in outputs:
+        command = next_steps.launch_command(args.target, path, args.swift_version)
+        if command:
+            print(f"next: {command}", file=sys.stderr)
     return 0

@@ -109,7 +109,7 @@ def phases_line(recipe: Recipe) -> str:
     return ", ".join(parts)
 
 
-def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
+def summary(recipe: Recipe, console: Console, written: list[str] = (), next_steps: list[str] = ()) -> None:
     s, search, v = recipe.settings, recipe.search, recipe.validation
     console.print(trials_table(recipe))
     if search.candidates:
@@ -142,8 +142,15 @@ def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
     for attempt in v.attempts:
         if not attempt.get("passed"):
             console.print(f"[yellow]note[/yellow]        validation of {describe_settings(attempt)} failed: {attempt.get('message')}")
-    if out_path:
-        console.print(f"wrote       {out_path}")
+    files_and_next(console, written, next_steps)
+
+
+def files_and_next(console: Console, written: list[str], next_steps: list[str]) -> None:
+    """Every file written, then the commands to run next."""
+    for i, path in enumerate(written):
+        console.print(f"{'wrote' if i == 0 else '':<12}{path}", soft_wrap=True)
+    for i, line in enumerate(next_steps):
+        console.print(f"{'next' if i == 0 else '':<12}{line}", soft_wrap=True)
 
 
 def print_json(data: dict) -> None:

@@ -15,7 +15,8 @@ from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEF
 from . import multimodal_args
 from .model_args import add_model_arguments
 from .emit import emit_for_probe, emit_paths, write_files
-from .output import ConsoleProgress, print_json, stderr_console, stdout_console, summary
+from . import next_steps
+from .output import ConsoleProgress, files_and_next, print_json, stderr_console, stdout_console, summary
 from .report import check_plot, write_plot
 
 
@@ -132,13 +133,20 @@ def run(args) -> int:
     if not main_rank:
         return 0
     save_recipe(recipe, args.out)
+    written, emitted = [args.out], {}
     for target in args.emit or []:
-        write_files(emit_for_probe(target, recipe, args.out, args.swift_version), force=True)
+        outputs = emit_for_probe(target, recipe, args.out, args.swift_version)
+        write_files(outputs, force=True)
+        emitted[target] = list(outputs)
+        written += list(outputs)
     if args.plot:
         write_plot(recipe, args.plot)
-    if args.format == "json":
+        written.append(args.plot)
+    steps = next_steps.after_probe(args.out, emitted, args.swift_version)
+    if args.format == "json":  # stdout holds the JSON only; the files and next steps go to stderr
         print_json(recipe.to_dict())
+        files_and_next(console, written, steps)
     else:
-        summary(recipe, args.out, stdout_console())
+        summary(recipe, stdout_console(), written, steps)
     return 0
 

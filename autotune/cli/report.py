@@ -52,7 +52,7 @@ def run(args) -> int:
     if args.format == "json":
         print_json(recipe.to_dict())
     else:
-        summary(recipe, None, stdout_console())
+        summary(recipe, stdout_console())
     if args.plot:
         write_plot(recipe, args.plot)
     return 0
