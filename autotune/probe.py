@@ -12,6 +12,7 @@ from .dataset import from_dataset
 from .emit.deepspeed import hidden_size
 from .model_source import check_max_length, resolve
 from .multimodal import recipe_record, recipe_settings
+from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
 from .training_setup import plan_inputs
 from .quantize import quantization_record
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
@@ -20,19 +21,6 @@ from .sizes import format_size
 from .space import SearchSpace, attn_unavailable_reason
 from .spec import ProbeSpec
 from .validate import validate
-
-
-class ProgressSink:
-    """Receives progress events; the default ignores them."""
-
-    def stage(self, text: str) -> None: ...
-
-    def trial_started(self, phase: str, settings: dict) -> None: ...
-
-    def trial_finished(self, result: TrialResult) -> None: ...
-
-    def dataset(self, profile, record: dict) -> None:
-        """--dataset was measured: `record` is what the recipe keeps (distribution, limits, problem lines)."""
 
 
 def library_versions() -> dict:

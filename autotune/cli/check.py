@@ -7,7 +7,6 @@ import dataclasses
 import json
 import sys
 
-from ..check import check
 from ..cluster import launch
 from ..emit import swift
 from ..errors import UsageError
@@ -73,6 +72,8 @@ def run(args) -> int:
         raise UsageError("--world-size", f"must be a positive whole number, got {args.world_size}")
     if launch.wants_torchrun(args):
         return launch.relaunch_keeping_exit_code(args.argv, args)
+    from ..check import check  # torch: imported only when a check runs, so --help is fast
+
     recipe = load_recipe(args.recipe)
     if args.swift_args:
         recipe = with_swift_args(recipe, args.swift_args)

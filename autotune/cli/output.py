@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from ..probe import ProgressSink
+from ..progress import ProgressSink
 from ..recipe import Recipe, TrialResult
 from ..sizes import format_size
 

@@ -9,7 +9,6 @@ from ..emit import TARGETS as EMIT_TARGETS
 from ..emit.swift import resolve_version as resolve_swift_version
 from ..errors import UsageError
 from ..model_source import builtin_names
-from ..probe import probe
 from ..recipe import check_writable, load_recipe, save_recipe
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import multimodal_args
@@ -129,7 +128,11 @@ def run(args) -> int:
         check_plot(args.plot, args.force)
     console = stderr_console(quiet=args.quiet or not main_rank)
     plan = load_recipe(args.from_plan) if args.from_plan else None
-    recipe = probe(spec, progress=ConsoleProgress(console), plan=plan)
+    progress = ConsoleProgress(console)
+    progress.stage("importing torch and transformers")  # several seconds of silence otherwise
+    from ..probe import probe  # imported only when a probe runs, so --help is fast
+
+    recipe = probe(spec, progress=progress, plan=plan)
     if not main_rank:
         return 0
     save_recipe(recipe, args.out)
