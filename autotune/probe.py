@@ -24,11 +24,13 @@ from .validate import validate
 
 
 def library_versions() -> dict:
-    import peft
+    from importlib.metadata import version
+
     import torch
     import transformers
 
-    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__), "peft": str(peft.__version__)}
+    # peft's version from its metadata: importing peft imports bitsandbytes, needed only for LoRA
+    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__), "peft": version("peft")}
 
 
 def describe_hardware(device, world_size: int) -> Hardware:
