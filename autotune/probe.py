@@ -16,6 +16,7 @@ from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.P
 from .training_setup import plan_inputs
 from .quantize import quantization_record
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
+from .global_batch import split_advice
 from .search import FrontierSearch
 from .sizes import format_size
 from .space import SearchSpace, attn_unavailable_reason
@@ -208,7 +209,8 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         margin=spec.margin, capacity_bytes=session.capacity, budget_bytes=session.budget, max_batch_size=spec.max_batch_size,
         steps_per_trial=spec.steps, frontier=frontier, global_batch_size=spec.global_batch_size,
         effective_global_batch_size=chosen.per_device_train_batch_size * chosen.gradient_accumulation_steps * session.world_size,
-        global_batch_exact=chosen.exact, global_batch_note=chosen.note,
+        global_batch_exact=chosen.exact,
+        global_batch_note=chosen.note or split_advice(spec.global_batch_size, frontier.get("train", 0), session.world_size),
         trials=space.trials, wall_s=round(time.perf_counter() - started, 3),
         candidates=[c.row() for c in space.candidates], phases=space.phases,
     )
