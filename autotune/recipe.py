@@ -194,6 +194,22 @@ def _build(tp, value, where: str):
         if not isinstance(value, list):
             raise ValueError(f"{where}: expected a list")
         return [_build(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return _checked(tp, value, where)
+
+
+# What a hand-edited value must be, said the way a person writes it.
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
+
+
+def _checked(tp, value, where: str):
+    """A leaf value of the annotated type (bool is not taken for a number, nor a number for bool)."""
+    if tp not in _KINDS:
+        return value
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str), dict: isinstance(value, dict)}[tp]
+    if not ok:
+        raise ValueError(f"{where.removeprefix('recipe.')} must be {_KINDS[tp]}, not {value!r}")
     return value
 
 
