@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from ..cluster import launch
 from ..emit import TARGETS as EMIT_TARGETS
@@ -129,8 +130,9 @@ def run(args) -> int:
     console = stderr_console(quiet=args.quiet or not main_rank)
     plan = load_recipe(args.from_plan) if args.from_plan else None
     progress = ConsoleProgress(console)
-    progress.stage("importing torch and transformers")  # several seconds of silence otherwise
-    from ..probe import probe  # imported only when a probe runs, so --help is fast
+    # Several seconds of silence otherwise; a transient spinner, so a bad-input error stays one line.
+    with console.status("importing torch and transformers") if console.is_terminal else contextlib.nullcontext():
+        from ..probe import probe  # imported only when a probe runs, so --help is fast
 
     recipe = probe(spec, progress=progress, plan=plan)
     if not main_rank:
