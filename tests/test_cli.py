@@ -127,9 +127,10 @@ def test_ctrl_c_leaves_no_recipe(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".r.yaml.*"))
 
 
-@pytest.mark.parametrize("delay", [0.6, 2.0])
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0, 2.0])
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
-    """While the CLI, torch or transformers are still importing: no traceback, nothing written."""
+    """While the CLI, torch or transformers are still importing (a Ctrl-C inside torch's C++ init
+    used to abort the process): no traceback, nothing written."""
     proc = subprocess.Popen([sys.executable, "-m", "autotune", "probe", "--model-config", "tiny-llama", "--device", "sim",
                              "--gpu-memory", "64MiB", "--max-length", "128", "--out", "r.yaml"],
                             cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -13,6 +13,7 @@ from ..emit import swift
 from ..errors import UsageError
 from ..recipe import load_recipe
 from ..sizes import format_size
+from .interrupt import deferred_interrupt
 
 EXAMPLES = """\
 exit codes:
@@ -84,7 +85,8 @@ def run(args) -> int:
         raise UsageError("--world-size", f"must be a positive whole number, got {args.world_size}")
     if launch.wants_torchrun(args):
         return launch.relaunch_keeping_exit_code(args.argv, args)
-    from ..check import check, reprobe_command  # torch: imported only when a check runs, so --help is fast
+    with deferred_interrupt():
+        from ..check import check, reprobe_command  # torch: imported only when a check runs, so --help is fast
 
     recipe = load_recipe(args.recipe)
     if args.swift_args:

@@ -12,6 +12,7 @@ from ..recipe import check_writable, save_recipe
 from ..sizes import format_size, parse_size
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS
 from . import multimodal_args
+from .interrupt import deferred_interrupt
 from .model_args import add_model_arguments
 from .output import ConsoleProgress, print_json, stderr_console, stdout_console
 from .probe import spec_from_args
@@ -119,7 +120,8 @@ def run(args) -> int:
             raise UsageError("--out", "a plan recipe is for one card", "give a single --gpu-memory with --out")
         check_writable(args.out, args.force)
     console = stderr_console(quiet=args.quiet)
-    from ..plan import make_plan, plan_recipe  # torch: only when a plan runs
+    with deferred_interrupt():
+        from ..plan import make_plan, plan_recipe  # torch: only when a plan runs
 
     plan = make_plan(spec, options, progress=ConsoleProgress(console))
     recipe = plan_recipe(plan) if args.out else None

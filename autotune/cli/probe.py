@@ -16,6 +16,7 @@ from . import multimodal_args
 from .model_args import add_model_arguments
 from .emit import emit_for_probe, emit_paths, write_files
 from . import next_steps
+from .interrupt import deferred_interrupt
 from .output import ConsoleProgress, files_and_next, print_json, stderr_console, stdout_console, summary
 from .report import check_plot, write_plot
 
@@ -132,7 +133,8 @@ def run(args) -> int:
     progress = ConsoleProgress(console)
     # Several seconds of silence otherwise; a transient spinner, so a bad-input error stays one line.
     with console.status("importing torch and transformers") if console.is_terminal else contextlib.nullcontext():
-        from ..probe import probe  # imported only when a probe runs, so --help is fast
+        with deferred_interrupt():
+            from ..probe import probe  # imported only when a probe runs, so --help is fast
 
     recipe = probe(spec, progress=progress, plan=plan)
     if not main_rank:
