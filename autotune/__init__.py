@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .recipe import Recipe, load_recipe  # noqa: E402
-
 __all__ = ["Recipe", "load_recipe", "__version__"]
+
+
+def __getattr__(name):
+    # Loaded on first use, so that `python -m autotune` imports nothing before its Ctrl-C handler.
+    if name in ("Recipe", "load_recipe"):
+        from . import recipe
+
+        return getattr(recipe, name)
+    raise AttributeError(f"module 'autotune' has no attribute {name!r}")

@@ -49,8 +49,13 @@ class CheckResult:
         return {"fits": EXIT_OK, "does_not_fit": EXIT_DOES_NOT_FIT}.get(self.status, EXIT_FINGERPRINT)
 
 
-def reprobe_command(recipe: Recipe) -> str:
-    """The `autotune probe` command that rebuilds this recipe on the current machine."""
+def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | None = None,
+                    out: str = "autotune-recipe.reprobe.yaml", gpu_memory: str | None = None) -> str:
+    """The `autotune probe` command that rebuilds this recipe on the current machine: the same
+    model and training flags, the device and capacity here (`gpu_memory` as the user gave it,
+    else `capacity`, else the recipe's), the whole search space again (the recipe's attention
+    and checkpointing were the winners elsewhere), and a new file (never --force: the user's
+    recipe stays)."""
     m, s = recipe.model, recipe.settings
     source = "--model" if m.source == "weights" else "--model-config"
     parts = ["python -m autotune probe", source, shlex.quote(m.path), "--max-length", str(m.max_length),
@@ -59,17 +64,29 @@ def reprobe_command(recipe: Recipe) -> str:
         parts += ["--lora-r", str(m.lora["r"]), "--lora-alpha", str(m.lora["alpha"])]
     if recipe.search.global_batch_size:
         parts += ["--global-batch-size", str(recipe.search.global_batch_size)]
-    if s.gradient_checkpointing:
-        parts.append("--gradient-checkpointing")
-    parts += ["--attn", s.attn_implementation, "--optim", s.optim]
+    parts += ["--optim", s.optim]
     for name, value in vision_fields(recipe).items():
         if value is not None:
             flag = "--" + name.replace("_", "-")
             parts += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     if s.strategy:
         parts += ["--strategy", s.strategy, "--nproc-per-node", str(recipe.hardware.world_size)]
-    parts += ["--margin", str(recipe.search.margin), "--out", "recipe.yaml", "--force"]
+    parts += ["--device", device or recipe.hardware.device]
+    size = gpu_memory or _size_flag(capacity if capacity is not None else recipe.hardware.capacity_bytes)
+    if size:
+        parts += ["--gpu-memory", shlex.quote(size)]
+    parts += ["--margin", str(recipe.search.margin), "--out", shlex.quote(out)]
     return " ".join(parts)
+
+
+def _size_flag(capacity: int | None) -> str | None:
+    """A capacity as --gpu-memory reads it back exactly: 24GiB, 64MiB, else bytes."""
+    if not capacity:
+        return None
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if capacity % scale == 0:
+            return f"{capacity // scale}{unit}"
+    return str(capacity)
 
 
 def compare_fingerprints(expected: dict, here: dict) -> list[Difference]:
@@ -205,7 +222,7 @@ def _fingerprint_changed(result: CheckResult, recipe: Recipe, here) -> bool:
     result.differences = compare_fingerprints(recipe.hardware.fingerprint(), here.fingerprint())
     if result.differences:
         result.status = "fingerprint_mismatch"
-        result.reprobe_command = reprobe_command(recipe)
+        result.reprobe_command = reprobe_command(recipe, device=here.device, capacity=here.capacity_bytes)
     return bool(result.differences)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .extras import install_hint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 MEDIA_TAGS = ("<image>", "<video>")
@@ -111,7 +112,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         from PIL import Image
     except ImportError:
-        raise UsageError("--dataset", "reading the images' sizes needs Pillow", "pip install 'autotune[vision]'") from None
+        raise UsageError("--dataset", "reading the images' sizes needs Pillow", install_hint("vision")) from None
 
     with Image.open(path) as image:
         size = image.size

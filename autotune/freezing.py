@@ -5,6 +5,7 @@ get_multimodal_target_regex does the same)."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -65,10 +66,10 @@ def apply_freezing(model, family, freezing: Freezing) -> None:
 def lora_targets(model, family, freezing: Freezing) -> list[str]:
     """Names of the linear layers LoRA wraps: those of the unfrozen parts, never the output head
     (peft's all-linear leaves it out too)."""
-    import bitsandbytes as bnb
-
     frozen = frozen_parts(freezing)
-    linear = (torch.nn.Linear, bnb.nn.Linear4bit)
+    # 4-bit layers exist only where QLoRA imported bitsandbytes: do not import it for plain LoRA
+    bnb = sys.modules.get("bitsandbytes")
+    linear = (torch.nn.Linear, bnb.nn.Linear4bit) if bnb is not None else (torch.nn.Linear,)
     targets = [name for name, module in model.named_modules()
                if isinstance(module, linear) and part_of(name, family) not in frozen and not _under(name, ("lm_head",))]
     if not targets:

@@ -37,7 +37,7 @@ def split_global_batch(target: int | None, frontier: int, world_size: int = 1) -
     exact = exact_splits(target, frontier, world_size)
     if exact:
         b = exact[-1]
-        return Split(b, target // (world_size * b), world_size, target, True)
+        return Split(b, target // (world_size * b), world_size, target, True, split_advice(target, frontier, world_size))
     best = None
     for b in range(1, frontier + 1):
         g = max(1, round(target / (b * world_size)))
@@ -50,3 +50,34 @@ def split_global_batch(target: int | None, frontier: int, world_size: int = 1) -
               else f"no per-device batch <= {frontier} divides {target // world_size}")
     return Split(b, g, world_size, target, False,
                  f"global batch {target} cannot be split exactly ({reason}); using {b} x {g} x {world_size} = {effective}")
+
+
+def _best_exact(target: int, frontier: int, world_size: int) -> int:
+    splits = exact_splits(target, frontier, world_size)
+    return splits[-1] if splits else 0
+
+
+def nearest_good_targets(target: int, frontier: int, world_size: int = 1) -> list[int]:
+    """The nearest global batch below and above `target` whose exact split uses at least 3/4 of
+    the frontier per device."""
+    good = max(1, -(-3 * frontier // 4))
+    below = next((g for g in range(target - 1, 0, -1) if _best_exact(g, frontier, world_size) >= good), None)
+    above = next(g for g in range(target + 1, 4 * target + frontier * world_size + 1) if _best_exact(g, frontier, world_size) >= good)
+    return [g for g in (below, above) if g is not None]
+
+
+def split_advice(target: int | None, frontier: int, world_size: int = 1) -> str | None:
+    """A note when `target` splits exactly only with a per-device batch below half the frontier
+    (97 with 14 fitting: 1 x 97), naming the nearest global batches that split well."""
+    if target is None or frontier < 2:
+        return None
+    best = _best_exact(target, frontier, world_size)
+    if best == 0 or 2 * best >= frontier:
+        return None
+    options = []
+    for g in nearest_good_targets(target, frontier, world_size):
+        b = _best_exact(g, frontier, world_size)
+        options.append(f"{g} ({b} x {g // (b * world_size)} x {world_size})")
+    return (f"global batch {target} splits exactly only with per-device batch {best} or less (here {best} x "
+            f"{target // (best * world_size)} x {world_size}), though {frontier} fits: no split is close; "
+            f"the nearest global batches that split well are {' or '.join(options)}")

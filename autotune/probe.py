@@ -12,9 +12,11 @@ from .dataset import from_dataset
 from .emit.deepspeed import hidden_size
 from .model_source import check_max_length, resolve
 from .multimodal import recipe_record, recipe_settings
+from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
 from .training_setup import plan_inputs
 from .quantize import quantization_record
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
+from .global_batch import split_advice
 from .search import FrontierSearch
 from .sizes import format_size
 from .space import SearchSpace, attn_unavailable_reason
@@ -22,25 +24,14 @@ from .spec import ProbeSpec
 from .validate import validate
 
 
-class ProgressSink:
-    """Receives progress events; the default ignores them."""
-
-    def stage(self, text: str) -> None: ...
-
-    def trial_started(self, phase: str, settings: dict) -> None: ...
-
-    def trial_finished(self, result: TrialResult) -> None: ...
-
-    def dataset(self, profile, record: dict) -> None:
-        """--dataset was measured: `record` is what the recipe keeps (distribution, limits, problem lines)."""
-
-
 def library_versions() -> dict:
-    import peft
+    from importlib.metadata import version
+
     import torch
     import transformers
 
-    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__), "peft": str(peft.__version__)}
+    # peft's version from its metadata: importing peft imports bitsandbytes, needed only for LoRA
+    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__), "peft": version("peft")}
 
 
 def describe_hardware(device, world_size: int) -> Hardware:
@@ -220,7 +211,8 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         margin=spec.margin, capacity_bytes=session.capacity, budget_bytes=session.budget, max_batch_size=spec.max_batch_size,
         steps_per_trial=spec.steps, frontier=frontier, global_batch_size=spec.global_batch_size,
         effective_global_batch_size=chosen.per_device_train_batch_size * chosen.gradient_accumulation_steps * session.world_size,
-        global_batch_exact=chosen.exact, global_batch_note=chosen.note,
+        global_batch_exact=chosen.exact,
+        global_batch_note=chosen.note or split_advice(spec.global_batch_size, frontier.get("train", 0), session.world_size),
         trials=space.trials, wall_s=round(time.perf_counter() - started, 3),
         candidates=[c.row() for c in space.candidates], phases=space.phases,
     )

@@ -197,6 +197,22 @@ def _build(tp, value, where: str):
         if not isinstance(value, list):
             raise ValueError(f"{where}: expected a list")
         return [_build(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return _checked(tp, value, where)
+
+
+# What a hand-edited value must be, said the way a person writes it.
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
+
+
+def _checked(tp, value, where: str):
+    """A leaf value of the annotated type (bool is not taken for a number, nor a number for bool)."""
+    if tp not in _KINDS:
+        return value
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str), dict: isinstance(value, dict)}[tp]
+    if not ok:
+        raise ValueError(f"{where.removeprefix('recipe.')} must be {_KINDS[tp]}, not {value!r}")
     return value
 
 
@@ -228,13 +244,21 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 # ---------------------------------------------------------------- writing
 
 
-def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, text: str | bytes, executable: bool = False) -> None:
     """Write to a temporary file beside `path`, then rename: a reader (or a Ctrl-C) never sees
-    half a file."""
+    half a file. The file gets the mode `open()` would give it (0666 & ~umask, or 0777 & ~umask
+    when `executable`), not mkstemp's owner-only 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, (0o777 if executable else 0o666) & ~_umask())
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             handle.write(text)
             handle.flush()

@@ -14,6 +14,8 @@ _UNITS = {
     "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
     "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
 }
+# A size without a unit is bytes; below 1 MiB it is surely a forgotten unit (`--gpu-memory 80`).
+MIN_BARE_BYTES = 1024**2
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -27,6 +29,10 @@ def parse_size(text: str, flag: str = "--gpu-memory") -> int:
     value = int(float(match.group(1)) * _UNITS[unit])
     if value <= 0:
         raise UsageError(flag, f"size must be positive, got {text!r}")
+    if unit == "" and value < MIN_BARE_BYTES:
+        number = match.group(1)
+        raise UsageError(flag, f"{text.strip()} has no unit, so it means {value} bytes",
+                         f"write {number}GiB (or {number}GB, {number}MiB); a bare number must be bytes, at least 1 MiB")
     return value
 
 

@@ -21,6 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from .extras import install_hint
 from .global_batch import exact_splits, split_global_batch
 from .recipe import TrialResult
 
@@ -40,7 +41,7 @@ def attn_unavailable_reason(attn: str, device, dtype: str) -> str | None:
     from transformers.utils import is_flash_attn_2_available
 
     if not is_flash_attn_2_available():
-        return "the flash-attn package (>= 2.3.3) is not installed here; pip install 'autotune[flash]'"
+        return "the flash-attn package (>= 2.3.3) is not installed here; " + install_hint("flash")
     if dtype not in ("bfloat16", "float16"):
         return f"flash-attn runs in bfloat16 or float16 only, not {dtype}"
     import torch

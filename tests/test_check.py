@@ -118,3 +118,23 @@ def test_a_vision_language_recipe_checks_with_its_own_media_limits(tmp_path, cap
     args = build_parser().parse_args(shlex.split(reprobe_command(recipe))[3:])
     assert (args.max_pixels, args.optim, args.images_per_sample) == (12544, "adamw_torch", 1)
     assert args.freeze_aligner is False and args.freeze_vit is True
+
+
+def test_reprobe_hint_keeps_the_device_searches_everything_and_never_overwrites(recipe_file, capsys):
+    """The hint is copied and run: it must probe on the device the check ran on, at its
+    capacity, over the whole search space, into a new file (the user's recipe stays)."""
+    import shlex
+
+    from autotune.cli import build_parser
+
+    r = variant("base")
+    recipe_file.with_name("recipe.reprobe.yaml").write_text("taken")
+    assert main(["check", str(recipe_file), "--device", "sim", "--gpu-memory", "8MiB"]) == 4
+    out = capsys.readouterr().out
+    hint = out.split("re-probe here:\n")[1].strip().splitlines()[0]
+    argv = shlex.split(hint)[3:]
+    args = build_parser().parse_args(argv)
+    assert (args.device, args.gpu_memory) == ("sim", "8MiB")
+    assert args.attn == build_parser().parse_args(["probe"]).attn and args.gradient_checkpointing == "search"
+    assert "--force" not in argv and args.out == str(recipe_file.with_name("recipe.reprobe-2.yaml"))
+    assert args.max_length == r.model.max_length and args.global_batch_size == r.search.global_batch_size

@@ -127,6 +127,21 @@ def test_ctrl_c_leaves_no_recipe(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".r.yaml.*"))
 
 
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0, 2.0])
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
+    """While the CLI, torch or transformers are still importing (a Ctrl-C inside torch's C++ init
+    used to abort the process): no traceback, nothing written."""
+    proc = subprocess.Popen([sys.executable, "-m", "autotune", "probe", "--model-config", "tiny-llama", "--device", "sim",
+                             "--gpu-memory", "64MiB", "--max-length", "128", "--out", "r.yaml"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "autotune: interrupted; nothing was written"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_probe_real_weights_from_a_local_directory(tmp_path, capsys):
     """--model DIR loads saved weights with the right Auto class (here a GPT-2 checkpoint)."""
     import torch

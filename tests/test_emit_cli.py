@@ -1,6 +1,8 @@
 """`autotune emit` end to end, and `recipe.apply(TrainingArguments)`."""
 
 import dataclasses
+import os
+import stat
 import warnings
 
 import pytest
@@ -90,12 +92,43 @@ def test_apply_round_trips(tmp_path):
     assert again.to_dict() == tuned.to_dict()
 
 
-def test_probe_emit_swift_writes_beside_the_recipe(tmp_path):
+def test_probe_emit_swift_writes_beside_the_recipe(tmp_path, capsys):
     out = tmp_path / "r.yaml"
     argv = ["probe", "--model-config", "tiny-gpt2", "--device", "sim", "--gpu-memory", "8MiB", "--max-length", "32",
-            "--max-batch-size", "4", "--out", str(out), "--emit", "swift", "--quiet"]
+            "--max-batch-size", "4", "--out", str(out), "--emit", "swift", "--quiet", "--swift-version", "4.6",
+            "--plot", str(tmp_path / "p.png")]
     assert main(argv) == 0
+    # every file written, then what to run next
+    printed = capsys.readouterr().out
+    tail = printed[printed.index("wrote"):]
+    for name in ("r.yaml", "r.swift.yaml", "r.swift.sh", "p.png"):
+        assert str(tmp_path / name) in tail and (tmp_path / name).exists()
+    assert f"swift sft {tmp_path / 'r.swift.yaml'}" in tail and f"bash {tmp_path / 'r.swift.sh'}" in tail
+    assert f"python -m autotune check {out}" in tail
     assert load_recipe(out).validation.passed
     data = yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
     assert data["per_device_train_batch_size"] == load_recipe(out).settings.per_device_train_batch_size
     assert (tmp_path / "r.swift.sh").read_text().count("swift sft \\") == 1
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def test_written_files_get_the_usual_mode_not_owner_only(recipe_file, tmp_path, umask_027):
+    """mkstemp makes 0600 files; recipes, launch files and plots must be 0666 & ~umask (scripts 0777 & ~umask)."""
+    recipe = tmp_path / "again.yaml"
+    save_recipe(load_recipe(recipe_file), recipe)
+    assert stat.S_IMODE(recipe.stat().st_mode) == 0o640
+    assert main(["emit", "swift", str(recipe_file), "-o", str(tmp_path / "s.yaml"), "--swift-version", "4.6"]) == 0
+    assert main(["emit", "swift", str(recipe_file), "-o", str(tmp_path / "t.sh"), "--swift-version", "4.6"]) == 0
+    assert main(["report", str(recipe_file), "--plot", str(tmp_path / "p.png")]) == 0
+    assert stat.S_IMODE((tmp_path / "s.yaml").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "p.png").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "t.sh").stat().st_mode) == 0o750
+    os.umask(0o002)
+    assert main(["emit", "hf", str(recipe_file), "-o", str(tmp_path / "a.json")]) == 0
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("a*.json")} == {0o664}

@@ -86,9 +86,9 @@ def test_script_in_ms_swift_example_style():
     start = lines.index("swift sft \\")
     env_lines = [ln for ln in lines[:start] if not ln.startswith("#")]
     assert env_lines and all("=" in ln and ln.endswith(" \\") for ln in env_lines)
-    flags = lines[start + 1:]
+    flags = lines[start + 1:-1]
     assert all(ln.startswith("    --") for ln in flags)
-    assert all(ln.endswith(" \\") for ln in flags[:-1]) and not flags[-1].endswith("\\")
+    assert all(ln.endswith(" \\") for ln in flags) and lines[-1] == '    "$@"'  # extra flags need no edit
     assert "placeholder" in text and "--dataset YOUR_DATASET" in text
     # The flags are the YAML's arguments.
     tokens = shlex.split(" ".join(ln.rstrip("\\") for ln in flags))
@@ -167,3 +167,49 @@ def test_real_ms_swift_parses_the_file(name, tmp_path):
         assert key in names
         got = getattr(namespace, key)
         assert got == value or str(got) == str(value) or (isinstance(value, list) and list(got) == value), (key, got, value)
+
+
+def test_script_passes_extra_flags_and_runs_with_bash(tmp_path):
+    """`bash FILE.sh --num_train_epochs 3` hands the flag to swift sft (a stub here)."""
+    import os
+    import subprocess
+
+    script = tmp_path / "train.sh"
+    script.write_text(swift.render_script(variant("base"), "4.6"))
+    (tmp_path / "bin").mkdir()
+    stub = tmp_path / "bin" / "swift"
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(script), "--num_train_epochs", "3"], capture_output=True, text=True, env=env, timeout=30)
+    args = done.stdout.splitlines()
+    assert done.returncode == 0 and args[0] == "sft" and args[-2:] == ["--num_train_epochs", "3"]
+
+
+def test_relative_model_path_is_written_absolute(tmp_path, monkeypatch):
+    import dataclasses
+    import os
+
+    r = variant("base")
+    r = dataclasses.replace(r, model=dataclasses.replace(r.model, source="config", path="models/qwen/config.json"))
+    monkeypatch.chdir(tmp_path)
+    args = yaml.safe_load(swift.render_yaml(r, "4.6"))
+    assert args["model"] == os.path.join(str(tmp_path), "models/qwen")
+    assert "model_type" in swift.render_yaml(r, "4.6")  # the comment on how to set it
+
+
+@pytest.mark.parametrize("method,device,capacity,says,never", [
+    ("planned", "plan", 80 * 10**9, "predicted", "measured"),
+    ("validation-run", "sim", 64 * 2**20, "simulated", "86GB"),
+    ("validation-run", "cuda", 85_520_809_984, "measured", "86GB"),  # an H100 80GB: 79.6 GiB
+])
+def test_memory_comment_is_honest_and_in_gib(method, device, capacity, says, never):
+    import dataclasses
+
+    r = variant("base")
+    r = dataclasses.replace(r, hardware=dataclasses.replace(r.hardware, device=device, capacity_bytes=capacity),
+                            validation=dataclasses.replace(r.validation, method=method))
+    line = swift.render_script(r, "4.6").splitlines()[0]
+    assert says in line and never not in line
+    if device == "cuda":
+        assert line.startswith("# 1*80GiB")

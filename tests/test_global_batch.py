@@ -16,8 +16,9 @@ def test_split_against_brute_force(target, frontier, world):
     assert 1 <= s.per_device <= frontier
     exact = [(b, g) for b in range(1, frontier + 1) for g in range(1, target + 1) if b * g * world == target]
     if exact:
-        assert s.exact and s.effective == target and s.note is None
+        assert s.exact and s.effective == target
         assert s.per_device == max(b for b, _ in exact)
+        assert (s.note is None) == (frontier < 2 or 2 * s.per_device >= frontier), s.note
     else:
         assert not s.exact and str(target) in s.note
         closest = min(abs(b * g * world - target) for b in range(1, frontier + 1) for g in range(1, 2 * target + 2))
@@ -28,3 +29,27 @@ def test_moe_llava_case():
     """The field's case: batch 8 x accumulation 2 OOMs on 8 GPUs, frontier 4 -> 4 x 4 keeps 128."""
     s = split_global_batch(128, 4, 8)
     assert (s.per_device, s.accumulation, s.effective) == (4, 4, 128)
+
+
+def test_a_prime_global_batch_says_no_split_is_close_and_suggests_neighbours():
+    """97 is prime: exactly only 1 x 97 although 14 fits; 96 = 12 x 8 and 98 = 14 x 7 split well."""
+    s = split_global_batch(97, 14)
+    assert (s.per_device, s.accumulation, s.exact) == (1, 97, True)
+    assert "no split is close" in s.note and "96 (12 x 8 x 1) or 98 (14 x 7 x 1)" in s.note
+    assert split_global_batch(96, 14).note is None  # 12 of 14: close enough
+    s = split_global_batch(2 * 97, 14, world_size=2)
+    assert "192 (12 x 8 x 2) or 196 (14 x 7 x 2)" in s.note
+
+
+def test_probe_says_so_in_the_recipe_and_the_output(tmp_path, capsys):
+    from autotune.cli import main
+    from autotune.recipe import load_recipe
+
+    out = tmp_path / "r.yaml"
+    assert main(["probe", "--model-config", "tiny-gpt2", "--device", "sim", "--gpu-memory", "8MiB", "--max-length", "32",
+                 "--max-batch-size", "4", "--global-batch-size", "7", "--attn", "sdpa", "--gradient-checkpointing", "off",
+                 "--no-eval", "--validate-steps", "3", "--quiet", "--out", str(out)]) == 0
+    recipe = load_recipe(out)
+    assert recipe.search.frontier["train"] == 4 and recipe.settings.per_device_train_batch_size == 1
+    assert "no split is close" in recipe.search.global_batch_note and "8 (4 x 2 x 1)" in recipe.search.global_batch_note
+    assert "no split is close" in " ".join(capsys.readouterr().out.split())  # rich wraps long lines

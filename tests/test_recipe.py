@@ -72,3 +72,27 @@ def test_check_writable_refuses_to_overwrite(tmp_path):
         check_writable(target, force=False)
     check_writable(target, force=True)
     assert target.read_text() == "precious"
+
+
+@pytest.mark.parametrize("edit,key", [
+    (("per_device_train_batch_size: ", "sixteen"), "settings.per_device_train_batch_size"),
+    (("gradient_checkpointing: ", "'yes please'"), "settings.gradient_checkpointing"),
+    (("per_device_train_batch_size: ", "true"), "settings.per_device_train_batch_size"),
+    (("attn_implementation: ", "[sdpa]"), "settings.attn_implementation"),
+])
+def test_hand_edited_values_of_the_wrong_type_are_refused_naming_the_key(tmp_path, capsys, edit, key):
+    """`check` and `emit` used to crash (exit 1), or write `sixteen` into the swift file."""
+    import re
+
+    from autotune.cli import main
+    from launch_recipes import variant
+
+    path = tmp_path / "r.yaml"
+    save_recipe(variant("base"), path)
+    prefix, value = edit
+    path.write_text(re.sub(rf"(?m)^(\s*){re.escape(prefix)}.*$", rf"\g<1>{prefix}{value}", path.read_text(), count=1))
+    for argv in (["check", str(path)], ["emit", "swift", str(path), "-o", str(tmp_path / "s.yaml")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("autotune: error: RECIPE") and key in err[0], err
+    assert not (tmp_path / "s.yaml").exists()

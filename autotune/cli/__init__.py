@@ -8,6 +8,7 @@ import sys
 
 from .. import __version__
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, AutotuneError
+from ..noise import silence_known_noise
 from . import check as check_cmd
 from . import emit as emit_cmd
 from . import plan as plan_cmd
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = os.environ.get("AUTOTUNE_DEBUG", "") not in ("", "0")
+    silence_known_noise()
     try:
         return args.run(args) or 0
     except AutotuneError as exc:

@@ -6,13 +6,14 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
-from ..check import check
 from ..cluster import launch
 from ..emit import swift
 from ..errors import UsageError
 from ..recipe import load_recipe
 from ..sizes import format_size
+from .interrupt import deferred_interrupt
 
 EXAMPLES = """\
 exit codes:
@@ -66,6 +67,17 @@ def with_swift_args(recipe, path: str):
                                model=dataclasses.replace(recipe.model, **model))
 
 
+def reprobe_out(recipe_path: str) -> str:
+    """r.yaml -> r.reprobe.yaml (r.reprobe-2.yaml, ... when taken): never the user's file."""
+    path = Path(recipe_path)
+    stem = path.name[: -len(path.suffix)] if path.suffix in (".yaml", ".yml") else path.name
+    for n in range(1, 100):
+        candidate = path.with_name(f"{stem}.reprobe{'' if n == 1 else f'-{n}'}.yaml")
+        if not candidate.exists():
+            return str(candidate)
+    return str(path.with_name(f"{stem}.reprobe-new.yaml"))
+
+
 def run(args) -> int:
     if args.steps < 3:
         raise UsageError("--steps", f"need at least 3 steps, got {args.steps}", "AdamW creates its state in step 1")
@@ -73,6 +85,9 @@ def run(args) -> int:
         raise UsageError("--world-size", f"must be a positive whole number, got {args.world_size}")
     if launch.wants_torchrun(args):
         return launch.relaunch_keeping_exit_code(args.argv, args)
+    with deferred_interrupt():
+        from ..check import check, reprobe_command  # torch: imported only when a check runs, so --help is fast
+
     recipe = load_recipe(args.recipe)
     if args.swift_args:
         recipe = with_swift_args(recipe, args.swift_args)
@@ -82,6 +97,10 @@ def run(args) -> int:
                          f"add --nproc-per-node {len(per_rank)}, or give a single size")
     result = check(recipe, device_kind=args.device, gpu_memory=gpu_memory, margin=args.margin,
                    world_size=args.world_size, steps=args.steps, gpu_memory_per_rank=per_rank)
+    if result.reprobe_command:  # the hint writes beside the recipe, under a name not taken
+        result.reprobe_command = reprobe_command(recipe, device=args.device or recipe.hardware.device,
+                                                 capacity=result.capacity_bytes, out=reprobe_out(args.recipe),
+                                                 gpu_memory=args.gpu_memory)
     if launch.rank_from_env()[0] != 0:  # under torchrun every rank agrees; rank 0 speaks
         return launch.report_exit_code(result.exit_code)
     if args.format == "json":

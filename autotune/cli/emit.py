@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..emit import TARGETS, files, require_validated
 from ..errors import UsageError
 from ..recipe import check_writable, load_recipe, write_atomic
+from . import next_steps
 
 EXAMPLES = """\
 examples:
@@ -50,9 +50,7 @@ def write_files(outputs: dict[str, str], force: bool, flag: str = "--out") -> No
     for path in outputs:
         check_writable(path, force, flag)
     for path, text in outputs.items():
-        write_atomic(path, text)
-        if path.endswith(".sh"):
-            Path(path).chmod(0o755)
+        write_atomic(path, text, executable=path.endswith(".sh"))
 
 
 def emit_paths(recipe_out: str, targets: list[str]) -> list[str]:
@@ -85,4 +83,8 @@ def run(args) -> int:
     write_files(outputs, args.force)
     for path in outputs:
         print(f"wrote {path}", file=sys.stderr)
+    for path in outputs:
+        command = next_steps.launch_command(args.target, path, args.swift_version)
+        if command:
+            print(f"next: {command}", file=sys.stderr)
     return 0

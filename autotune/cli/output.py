@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..probe import ProgressSink
+from ..progress import ProgressSink
 from ..recipe import Recipe, TrialResult
 from ..sizes import format_size
 
@@ -76,32 +78,86 @@ def dataset_lines(d: dict) -> str:
     return text
 
 
-def trials_table(recipe: Recipe) -> Table:
-    table = Table(title="trials", title_justify="left")
-    for column in ("#", "phase", "purpose", "settings", "outcome", "peak", "% budget", "tok/s", "time"):
-        table.add_column(column, justify="right" if column in ("#", "peak", "% budget", "tok/s", "time") else "left", no_wrap=True)
-    budget = recipe.search.budget_bytes
+ATTN_SHORT = {"flash_attention_2": "fa2", "flash_attention_3": "fa3"}
+# Columns the trials table gives up, in this order, until it fits the terminal: a value is
+# never cut short; a column is dropped or abbreviated instead.
+_DROPPABLE = ("purpose", "time", "% budget", "gc")
+
+
+def _trial_cells(recipe: Recipe, t: TrialResult, short_attn: bool) -> dict:
+    s, budget = t.settings, recipe.search.budget_bytes
+    attn = str(s.get("attn_implementation") or "-")
+    return {"#": None, "phase": t.phase, "purpose": t.purpose or "", "batch": str(t.batch_size),
+            "attn": ATTN_SHORT.get(attn, attn) if short_attn else attn,
+            "gc": "-" if t.phase == "eval" else ("on" if s.get("gradient_checkpointing") else "off"),
+            "outcome": f"[{_STYLE.get(t.outcome, '')}]{t.outcome}", "peak": format_size(t.peak_bytes),
+            "% budget": f"{100 * t.peak_bytes / budget:.1f}" if t.peak_bytes and budget else "-",
+            "tok/s": f"{t.tokens_per_s:,.0f}" if t.tokens_per_s else "-", "time": f"{t.wall_s:.1f}s"}
+
+
+def _build_trials_table(recipe: Recipe, columns: list[str], short_attn: bool) -> Table:
+    table = Table(title="trials", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("#", "batch", "peak", "% budget", "tok/s", "time") else "left",
+                         no_wrap=True)
     for i, t in enumerate(recipe.search.trials, 1):
-        share = f"{100 * t.peak_bytes / budget:.1f}" if t.peak_bytes else "-"
-        table.add_row(str(i), t.phase, t.purpose or "", describe_settings(t.settings), f"[{_STYLE.get(t.outcome, '')}]{t.outcome}",
-                      format_size(t.peak_bytes), share, f"{t.tokens_per_s:,.0f}" if t.tokens_per_s else "-", f"{t.wall_s:.1f}s")
+        cells = _trial_cells(recipe, t, short_attn)
+        cells["#"] = str(i)
+        table.add_row(*(cells[c] for c in columns))
     return table
 
 
-def candidates_table(recipe: Recipe) -> Table:
-    """One row per (attention, checkpointing) candidate: why skipped or pruned, frontier, speed, peak."""
-    table = Table(title="candidates (fastest at the target global batch wins)", title_justify="left")
-    for column in ("attn", "gc", "status", "frontier", "batch x accum", "tok/s", "peak", "trials", "note"):
+def _width(table: Table) -> int:
+    console = Console(width=10_000, file=io.StringIO(), highlight=False, color_system=None)
+    return console.measure(table).maximum
+
+
+def trials_table(recipe: Recipe, width: int = 120) -> Table:
+    """Every trial, one line each, fitted to `width` columns by abbreviating attention names
+    (fa2) and then dropping purpose, time, % of budget and checkpointing, in that order."""
+    columns = ["#", "phase", "purpose", "batch", "attn", "gc", "outcome", "peak", "% budget", "tok/s", "time"]
+    table = _build_trials_table(recipe, columns, short_attn=False)
+    if _width(table) <= width:
+        return table
+    table = _build_trials_table(recipe, columns, short_attn=True)
+    for column in _DROPPABLE:
+        if _width(table) <= width:
+            break
+        columns.remove(column)
+        table = _build_trials_table(recipe, columns, short_attn=True)
+    return table
+
+
+def _build_candidates_table(recipe: Recipe, columns: list[str], short_attn: bool) -> Table:
+    table = Table(title="candidates (fastest at the target global batch wins)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in columns:
         table.add_column(column, justify="right" if column in ("frontier", "tok/s", "peak", "trials") else "left",
                          no_wrap=column != "note")
     for c in recipe.search.candidates:
-        status = "[green bold]chosen[/green bold]" if c.get("chosen") else c.get("status", "")
-        split = f"{c['per_device_train_batch_size']} x {c['gradient_accumulation_steps']}" if c.get("per_device_train_batch_size") else "-"
-        table.add_row(c.get("attn_implementation", ""), "on" if c.get("gradient_checkpointing") else "off", status,
-                      str(c["frontier"]) if c.get("frontier") is not None else "-", split,
-                      f"{c['tokens_per_s']:,.0f}" if c.get("tokens_per_s") else "-", format_size(c.get("peak_bytes")),
-                      str(c.get("trials", 0)), c.get("reason") or "")
+        attn = c.get("attn_implementation", "")
+        cells = {"attn": ATTN_SHORT.get(attn, attn) if short_attn else attn,
+                 "gc": "on" if c.get("gradient_checkpointing") else "off",
+                 "status": "[green bold]chosen[/green bold]" if c.get("chosen") else c.get("status", ""),
+                 "frontier": str(c["frontier"]) if c.get("frontier") is not None else "-",
+                 "split": (f"{c['per_device_train_batch_size']} x {c['gradient_accumulation_steps']}"
+                                   if c.get("per_device_train_batch_size") else "-"),
+                 "tok/s": f"{c['tokens_per_s']:,.0f}" if c.get("tokens_per_s") else "-",
+                 "peak": format_size(c.get("peak_bytes")), "trials": str(c.get("trials", 0)), "note": c.get("reason") or ""}
+        table.add_row(*(cells[k] for k in columns))
     return table
+
+
+def candidates_table(recipe: Recipe, width: int = 120) -> Table:
+    """One row per (attention, checkpointing) candidate: why skipped or pruned, frontier, speed,
+    peak. The note wraps; the other columns keep their values whole (attention abbreviated and
+    the trial count dropped where the terminal is narrow)."""
+    columns = ["attn", "gc", "status", "frontier", "split", "tok/s", "peak", "trials", "note"]
+    fixed = lambda cols, short: _width(_build_candidates_table(recipe, [c for c in cols if c != "note"], short)) + 22  # noqa: E731
+    short = fixed(columns, False) > width
+    if short and fixed(columns, True) > width:
+        columns.remove("trials")
+    return _build_candidates_table(recipe, columns, short)
 
 
 def phases_line(recipe: Recipe) -> str:
@@ -109,11 +165,11 @@ def phases_line(recipe: Recipe) -> str:
     return ", ".join(parts)
 
 
-def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
+def summary(recipe: Recipe, console: Console, written: list[str] = (), next_steps: list[str] = ()) -> None:
     s, search, v = recipe.settings, recipe.search, recipe.validation
-    console.print(trials_table(recipe))
+    console.print(trials_table(recipe, console.width))
     if search.candidates:
-        console.print(candidates_table(recipe))
+        console.print(candidates_table(recipe, console.width))
     console.print(f"device      {recipe.hardware.name}, usable {format_size(search.budget_bytes)} "
                   f"(margin {search.margin:.0%} of {format_size(search.capacity_bytes)})")
     frontier = ", ".join(f"{phase} {k}" for phase, k in search.frontier.items())
@@ -142,8 +198,15 @@ def summary(recipe: Recipe, out_path: str | None, console: Console) -> None:
     for attempt in v.attempts:
         if not attempt.get("passed"):
             console.print(f"[yellow]note[/yellow]        validation of {describe_settings(attempt)} failed: {attempt.get('message')}")
-    if out_path:
-        console.print(f"wrote       {out_path}")
+    files_and_next(console, written, next_steps)
+
+
+def files_and_next(console: Console, written: list[str], next_steps: list[str]) -> None:
+    """Every file written, then the commands to run next."""
+    for i, path in enumerate(written):
+        console.print(f"{'wrote' if i == 0 else '':<12}{path}", soft_wrap=True)
+    for i, line in enumerate(next_steps):
+        console.print(f"{'next' if i == 0 else '':<12}{line}", soft_wrap=True)
 
 
 def print_json(data: dict) -> None:
@@ -152,4 +215,5 @@ def print_json(data: dict) -> None:
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False, width=max(Console().width, 120))
+    """The terminal's width (rich: $COLUMNS, else 80 when not a terminal); tables fit it."""
+    return Console(highlight=False)

@@ -8,17 +8,20 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..model_source import builtin_names
-from ..plan import PlanOptions, make_plan, plan_recipe
-from ..plan_breakdown import STRATEGIES, Allowance
 from ..recipe import check_writable, save_recipe
 from ..sizes import format_size, parse_size
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS
 from . import multimodal_args
+from .interrupt import deferred_interrupt
 from .model_args import add_model_arguments
 from .output import ConsoleProgress, print_json, stderr_console, stdout_console
 from .probe import spec_from_args
 
 DEFAULT_TARGETS = "24GiB,48GiB,80GiB,141GiB"
+
+# plan_breakdown.STRATEGIES, written here so that building the parser (--help) imports no torch;
+# tests/test_cli_speed.py checks the two agree.
+STRATEGIES = ("zero2", "zero3", "fsdp")
 
 EXAMPLES = f"""\
 examples:
@@ -71,7 +74,10 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def options_from_args(args) -> PlanOptions:
+def options_from_args(args):
+    from ..plan import PlanOptions
+    from ..plan_breakdown import Allowance
+
     targets = [parse_size(size, "--gpu-memory") for size in args.gpu_memory.split(",") if size.strip()]
     if not targets:
         raise UsageError("--gpu-memory", "no card size given", "for example --gpu-memory 24GiB,80GiB")
@@ -114,6 +120,9 @@ def run(args) -> int:
             raise UsageError("--out", "a plan recipe is for one card", "give a single --gpu-memory with --out")
         check_writable(args.out, args.force)
     console = stderr_console(quiet=args.quiet)
+    with deferred_interrupt():
+        from ..plan import make_plan, plan_recipe  # torch: only when a plan runs
+
     plan = make_plan(spec, options, progress=ConsoleProgress(console))
     recipe = plan_recipe(plan) if args.out else None
     if recipe is not None:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from ..cluster import launch
 from ..emit import TARGETS as EMIT_TARGETS
 from ..emit.swift import resolve_version as resolve_swift_version
 from ..errors import UsageError
 from ..model_source import builtin_names
-from ..probe import probe
 from ..recipe import check_writable, load_recipe, save_recipe
 from ..training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import multimodal_args
 from .model_args import add_model_arguments
 from .emit import emit_for_probe, emit_paths, write_files
-from .output import ConsoleProgress, print_json, stderr_console, stdout_console, summary
+from . import next_steps
+from .interrupt import deferred_interrupt
+from .output import ConsoleProgress, files_and_next, print_json, stderr_console, stdout_console, summary
 from .report import check_plot, write_plot
 
 
@@ -144,17 +146,30 @@ def run(args) -> int:
         check_plot(args.plot, args.force)
     console = stderr_console(quiet=args.quiet or not main_rank)
     plan = load_recipe(args.from_plan) if args.from_plan else None
-    recipe = probe(spec, progress=ConsoleProgress(console), plan=plan)
+    progress = ConsoleProgress(console)
+    # Several seconds of silence otherwise; a transient spinner, so a bad-input error stays one line.
+    with console.status("importing torch and transformers") if console.is_terminal else contextlib.nullcontext():
+        with deferred_interrupt():
+            from ..probe import probe  # imported only when a probe runs, so --help is fast
+
+    recipe = probe(spec, progress=progress, plan=plan)
     if not main_rank:
         return 0
     save_recipe(recipe, args.out)
+    written, emitted = [args.out], {}
     for target in args.emit or []:
-        write_files(emit_for_probe(target, recipe, args.out, args.swift_version), force=True)
+        outputs = emit_for_probe(target, recipe, args.out, args.swift_version)
+        write_files(outputs, force=True)
+        emitted[target] = list(outputs)
+        written += list(outputs)
     if args.plot:
         write_plot(recipe, args.plot)
-    if args.format == "json":
+        written.append(args.plot)
+    steps = next_steps.after_probe(args.out, emitted, args.swift_version)
+    if args.format == "json":  # stdout holds the JSON only; the files and next steps go to stderr
         print_json(recipe.to_dict())
+        files_and_next(console, written, steps)
     else:
-        summary(recipe, args.out, stdout_console())
+        summary(recipe, stdout_console(), written, steps)
     return 0
 

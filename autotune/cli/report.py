@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
+from ..extras import install_hint
 from ..recipe import check_writable, load_recipe, write_atomic
 from .output import print_json, stdout_console, summary
 
@@ -35,7 +36,7 @@ def check_plot(path: str, force: bool) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UsageError("--plot", "matplotlib is not installed", "pip install 'autotune[plot]'") from None
+        raise UsageError("--plot", "matplotlib is not installed", install_hint("plot")) from None
 
 
 def write_plot(recipe, path: str) -> None:
@@ -51,7 +52,7 @@ def run(args) -> int:
     if args.format == "json":
         print_json(recipe.to_dict())
     else:
-        summary(recipe, None, stdout_console())
+        summary(recipe, stdout_console())
     if args.plot:
         write_plot(recipe, args.plot)
     return 0

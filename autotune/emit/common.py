@@ -3,6 +3,8 @@ precision, the model location, the launch environment. Pure functions, no I/O.""
 
 from __future__ import annotations
 
+import os
+
 from ..errors import UsageError
 from ..recipe import Recipe
 
@@ -43,11 +45,17 @@ def model_location(recipe: Recipe) -> str:
     a built-in tiny config has no weights anywhere, so a placeholder is written."""
     model = recipe.model
     if model.source == "weights":
-        return model.path
+        return _absolute(model.path)
     if model.source == "config":
         path = model.path
-        return path[: -len("/config.json")] if path.endswith("/config.json") else path
+        return _absolute(path[: -len("/config.json")] if path.endswith("/config.json") else path)
     return MODEL_PLACEHOLDER
+
+
+def _absolute(path: str) -> str:
+    """A local directory as an absolute path: a launcher started elsewhere (a job script's cwd,
+    ms-swift's own) would not find `./Qwen2.5-7B`. Relative to where this runs."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def world_size(recipe: Recipe) -> int:
@@ -75,14 +83,24 @@ def launch_env(recipe: Recipe) -> dict[str, str]:
 
 
 def memory_comment(recipe: Recipe) -> str:
-    """ms-swift examples open with the cards they need, e.g. `# 2*80GB`; add what was measured."""
+    """ms-swift examples open with the cards they need, e.g. `# 2*80GB`. The card is written in
+    GiB as torch reports it (an 80 GB H100 is 79.6 GiB: `80GiB`, not `86GB` from 85.5e9 bytes),
+    and the note says how the peak is known: measured on a card, on the simulated GPU, or only
+    planned (nothing ran)."""
     from ..sizes import format_size
 
-    capacity = recipe.hardware.capacity_bytes
-    card = f"{capacity / 1e9:.0f}GB" if capacity >= 1e9 else format_size(capacity).replace(".00", "").replace(" ", "")
+    hw, v = recipe.hardware, recipe.validation
+    capacity = hw.capacity_bytes
+    card = f"{capacity / 2**30:.0f}GiB" if capacity >= 2**30 else format_size(capacity).replace(".00", "").replace(" ", "")
     line = f"# {world_size(recipe)}*{card}"
-    if recipe.validation.peak_bytes:
-        line += f"  (autotune measured {format_size(recipe.validation.peak_bytes)} peak per device on {recipe.hardware.name})"
+    peak = format_size(v.peak_bytes) if v.peak_bytes else None
+    if v.method == "planned":
+        line += (f"  (autotune plan: {peak} peak per device predicted on fake tensors; nothing ran on a GPU)" if peak
+                 else "  (autotune plan: predicted on fake tensors; nothing ran on a GPU)")
+    elif peak and hw.device == "sim":
+        line += f"  (autotune measured {peak} peak per device on a simulated {format_size(capacity)} GPU, not a real card)"
+    elif peak:
+        line += f"  (autotune measured {peak} peak per device on {hw.name})"
     return line
 
 

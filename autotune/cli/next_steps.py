@@ -1,0 +1,43 @@
+"""What to run after a file is written: the launcher command for each launch file, and the
+pre-flight check. Pure functions from paths to command lines; the commands print them."""
+
+from __future__ import annotations
+
+import shlex
+
+from ..emit.swift import resolve_version
+
+
+def launch_command(target: str, path: str, swift_version: str | None = None) -> str | None:
+    """The command (or call) that reads the launch file at `path`; None for a side file."""
+    q = shlex.quote(path)
+    if target == "swift":
+        if path.endswith(".sh"):
+            return f"bash {q}   # extra swift sft flags go after it"
+        v3 = resolve_version(swift_version).startswith("3.")
+        return f"swift sft --config {q}" if v3 else f"swift sft {q}"
+    if target == "hf":
+        if path.endswith(".model.json"):
+            return None
+        return f"HfArgumentParser(TrainingArguments).parse_json_file({path!r})   # in your training script"
+    if target == "deepspeed":
+        return f"TrainingArguments(deepspeed={path!r}), or deepspeed --deepspeed_config {q} in your launcher"
+    if target == "accelerate":
+        if path.endswith(".deepspeed.json"):
+            return None
+        return f"accelerate launch --config_file {q} YOUR_TRAIN_SCRIPT.py"
+    if target == "llamafactory":
+        return f"llamafactory-cli train {q}"
+    return None
+
+
+def after_probe(recipe_path: str, emitted: dict[str, list[str]], swift_version: str | None = None) -> list[str]:
+    """Next commands after `probe`: launch each emitted file, pre-flight the recipe in the job."""
+    q = shlex.quote(recipe_path)
+    lines = [f"python -m autotune check {q}   # in the job script, before the long run (exit 0 = fits)"]
+    launches = [c for target, paths in emitted.items() for p in paths if (c := launch_command(target, p, swift_version))]
+    if launches:
+        lines += launches
+    else:
+        lines.append(f"python -m autotune emit swift {q} -o swift.yaml   # launch files: swift, hf, deepspeed, accelerate, llamafactory")
+    return lines

@@ -1,0 +1,46 @@
+"""Commands print what matters: no third-party noise on stderr, and optional libraries
+(bitsandbytes) imported only where they are used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _run(code: str):
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_quiet_plan_with_lora_and_checkpointing_prints_nothing_on_stderr(tmp_path):
+    """peft imports bitsandbytes (its kernels-community line), checkpointing turns use_cache off
+    (transformers' line), peft reads a deprecated property (a FutureWarning): none of it shows."""
+    code = ("from autotune.cli import main\n"
+            "raise SystemExit(main(['plan', '--model-config', 'tiny-llama', '--max-length', '32', '--gpu-memory', '64MiB',"
+            " '--train-type', 'lora', '--gradient-checkpointing', 'on', '--attn', 'sdpa', '--quiet']))")
+    done = _run(code)
+    assert done.stderr == ""
+
+
+def test_quiet_full_fine_tuning_probe_prints_nothing_on_stderr(tmp_path):
+    """GPT-2's config has `loss_type: null` (transformers' 'unrecognized' line); transformers'
+    trainer utilities import peft and with it bitsandbytes (its kernels-community line)."""
+    code = ("from autotune.cli import main\n"
+            f"raise SystemExit(main(['probe', '--model-config', 'tiny-gpt2', '--device', 'sim', '--gpu-memory', '8MiB', '--max-length', '16',"
+            f" '--max-batch-size', '2', '--attn', 'sdpa', '--gradient-checkpointing', 'off', '--no-eval', '--validate-steps', '3',"
+            f" '--quiet', '--format', 'json', '--out', {str(tmp_path / 'r.yaml')!r}]))")
+    done = _run(code)
+    assert done.stderr == "" and '"schema": 1' in done.stdout
+
+
+def test_other_warnings_still_show():
+    import logging
+
+    from autotune.noise import silence_known_noise
+
+    silence_known_noise()
+    logger = logging.getLogger("transformers.modeling_utils")
+    kept = logging.LogRecord(logger.name, logging.WARNING, __file__, 1, "`loss_type=focal` was set in the config but it is unrecognized", None, None)
+    dropped = logging.LogRecord(logger.name, logging.WARNING, __file__, 1, "`loss_type=None` was set in the config but it is unrecognized", None, None)
+    assert logger.filter(kept) and not logger.filter(dropped)

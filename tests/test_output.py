@@ -1,0 +1,59 @@
+"""The summary's tables fit 80- and 120-column terminals without cutting a value short."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pytest
+from rich.console import Console
+
+from autotune.cli.output import summary
+from autotune.recipe import TrialResult
+from autotune.sizes import format_size
+from launch_recipes import variant
+
+
+def _wide_recipe():
+    """Trials with the longest values a real probe prints: flash_attention_2, hundreds of MiB,
+    six-digit throughput, every purpose."""
+    r = variant("base")
+    trials = []
+    for i, (phase, purpose) in enumerate([("train", "frontier"), ("train", "throughput"), ("eval", "frontier"),
+                                          ("train", "validate")] * 3):
+        key = "per_device_eval_batch_size" if phase == "eval" else "per_device_train_batch_size"
+        settings = {key: 100 + i, "attn_implementation": "flash_attention_2", "gradient_checkpointing": bool(i % 2),
+                    "eval_accumulation_steps": 4 if phase == "eval" else None}
+        trials.append(TrialResult(phase, settings, "over_budget" if i == 5 else "fit", peak_bytes=int(221.2 * 2**20) + i,
+                                  tokens_per_s=123456.7, wall_s=1234.5, purpose=purpose))
+    search = dataclasses.replace(r.search, trials=trials, budget_bytes=230 * 2**20)
+    return dataclasses.replace(r, search=search)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_trials_table_fits_the_terminal_and_keeps_values_whole(width):
+    recipe = _wide_recipe()
+    buffer = io.StringIO()
+    summary(recipe, Console(file=buffer, width=width, color_system=None, highlight=False))
+    text = buffer.getvalue()
+    table = text[: text.index("candidates") if "candidates" in text else text.index("device")]
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in table
+    for t in recipe.search.trials:
+        assert format_size(t.peak_bytes) in table  # 221.20 MiB, whole
+    assert table.count("123,457") == len(recipe.search.trials)
+    rows = [line for line in lines if line.strip()[:2].strip().isdigit()]
+    assert len(rows) == len(recipe.search.trials)  # one line per trial, no wrapping
+    if width == 120:
+        assert "flash_attention_2" in table and "purpose" in table and "throughput" in table
+    else:
+        assert "fa2" in table
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_whole_summary_has_no_truncated_cell(width):
+    buffer = io.StringIO()
+    summary(variant("base"), Console(file=buffer, width=width, color_system=None, highlight=False))
+    text = buffer.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
