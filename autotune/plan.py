@@ -25,6 +25,7 @@ from .probe import ProgressSink, describe_model, library_versions
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from .sizes import format_size
 from .spec import ProbeSpec
+from .training_args import mixed_precision
 from .workload import TORCH_DTYPES
 
 CHOICE_RULE = ("no gradient checkpointing where it fits (checkpointing recomputes the forward, ~20-35% more compute), "
@@ -196,9 +197,11 @@ def plan_recipe(plan: Plan) -> Recipe:
     p, m, spec = chosen.predictions[0], chosen.measure, plan.spec
     settings = Settings(per_device_train_batch_size=p.per_device_train_batch_size,
                         gradient_accumulation_steps=p.gradient_accumulation_steps,
-                        per_device_eval_batch_size=p.eval_frontier or None, prediction_loss_only=True,
+                        per_device_eval_batch_size=p.eval_frontier or None, prediction_loss_only=spec.eval_keeps == "loss",
+                        eval_outputs=spec.eval_keeps, eval_accumulation_steps=eval_settings(spec).get("eval_accumulation_steps"),
                         gradient_checkpointing=m.gradient_checkpointing, attn_implementation=m.attn_implementation,
-                        torch_dtype=spec.dtype, max_length=spec.max_length, strategy=plan.options.strategy)
+                        torch_dtype=spec.dtype, mixed_precision=mixed_precision(spec.dtype), max_length=spec.max_length,
+                        strategy=plan.options.strategy)
     trials = [TrialResult(phase=phase, settings={"attn_implementation": c.measure.measured_with,
                                                  "gradient_checkpointing": c.measure.gradient_checkpointing, key_: b},
                           outcome="planned", peak_bytes=peak, message="fake tensors: peak measured, nothing allocated")

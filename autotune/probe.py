@@ -13,6 +13,7 @@ from .emit.deepspeed import hidden_size
 from .model_source import check_max_length, resolve
 from .multimodal import recipe_record, recipe_settings
 from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
+from .training_args import mixed_precision
 from .training_setup import plan_inputs
 from .quantize import quantization_record
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
@@ -201,6 +202,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         gradient_checkpointing=chosen.gradient_checkpointing,
         attn_implementation=chosen.attn_implementation,
         torch_dtype=spec.dtype,
+        mixed_precision=mixed_precision(spec.dtype),
         max_length=spec.max_length,
         optim=spec.optim,
         strategy=base.get("strategy"),

@@ -90,6 +90,9 @@ class Settings:
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     torch_dtype: str = "bfloat16"
+    # The Trainer's mixed precision as the trials ran and the launch files set it: bf16 | fp16 | no.
+    # None: an older recipe (it follows torch_dtype).
+    mixed_precision: str | None = None
     max_length: int | None = None
     optim: str = "adamw_torch_fused"
     # Vision-language (issue #5); ms-swift names. None: not a vision-language recipe / not set.

@@ -69,7 +69,7 @@ def arguments(settings, fields=None, fsdp: bool = False) -> dict:
         args["prediction_loss_only"] = outputs == "loss"
         if outputs != "loss" and get("eval_accumulation_steps") is not None:
             args["eval_accumulation_steps"] = int(get("eval_accumulation_steps"))
-    precision = mixed_precision(get("torch_dtype"))
+    precision = get("mixed_precision") or mixed_precision(get("torch_dtype"))
     if precision != "no":
         args[precision] = True
     if get("optim"):

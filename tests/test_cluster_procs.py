@@ -170,14 +170,14 @@ def test_deepspeed_zero_per_rank_peaks_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_four_ranks_one_smaller_agree_on_every_trial_and_the_recipe(tmp_path):
-    """`--nproc-per-node 4`, rank 3 with a third of the others' memory. Batch 4 fits ranks 0-2 and
+    """`--nproc-per-node 4`, rank 3 with 40% of the others' memory. Batch 4 fits ranks 0-2 and
     breaks rank 3's budget: the agreed trial is over budget, all four ranks step to batch 3
     together and write the same recipe, sized for the smallest card."""
     recipe = torchrun_probe(tmp_path, 4, "--model-config", "tiny-llama", "--device", "sim",
-                            "--gpu-memory", "12MiB,12MiB,12MiB,4.2MiB", "--max-length", "16", "--max-batch-size", "4",
+                            "--gpu-memory", "12MiB,12MiB,12MiB,4.8MiB", "--max-length", "16", "--max-batch-size", "4",
                             "--trial-timeout", "120", "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval",
                             "--validate-steps", "3", "--no-journal")
-    assert recipe["hardware"]["capacity_bytes"] == int(4.2 * 2**20)
+    assert recipe["hardware"]["capacity_bytes"] == int(4.8 * 2**20)
     by = agreed_trials(recipe, 4)
     four, ranks = by[(None, 4)]
     assert [r["outcome"] for r in ranks] == ["fit", "fit", "fit", "over_budget"] and four["outcome"] == "over_budget"

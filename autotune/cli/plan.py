@@ -10,6 +10,7 @@ from ..errors import UsageError
 from ..model_source import builtin_names
 from ..recipe import check_writable, save_recipe
 from ..sizes import format_size, parse_size
+from ..training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS
 from . import multimodal_args
 from .interrupt import deferred_interrupt
@@ -55,6 +56,9 @@ def add_parser(sub) -> None:
                        help="checkpointing candidates; the bare flag means on (default: both)")
     train.add_argument("--attn", default="sdpa", metavar="LIST",
                        help=f"attention candidates, comma-separated, from {', '.join(ATTN_IMPLEMENTATIONS)} (default: sdpa)")
+    train.add_argument("--eval-outputs", choices=EVAL_OUTPUTS[:3], default="loss", metavar="loss|logits|argmax",
+                       help="what the planned evaluation keeps on the device, as in probe (default: loss; "
+                            f"logits and argmax keep {DEFAULT_EVAL_STEPS} steps, probe's --eval-steps default)")
     multimodal_args.add_arguments(p)
     cards = p.add_argument_group("cards and sharding")
     cards.add_argument("--gpu-memory", default=DEFAULT_TARGETS, metavar="SIZES",
@@ -107,10 +111,10 @@ def run(args) -> int:
     options = options_from_args(args)
     # The probe's spec carries the model/training flags; a plan has no device and one attention per candidate.
     args.device, args.steps, args.seed = None, 3, 0
-    # Eval is measured loss-only (the plan's eval row); validation does not apply to a plan.
+    # Eval keeps what --eval-outputs says (loss by default); validation does not apply to a plan.
     probe_args = argparse.Namespace(**{**vars(args), "gpu_memory": None, "attn": options.attn[0],
                                        "gradient_checkpointing": "on" if options.checkpointing[0] else "off",
-                                       "no_eval": False, "eval_steps": DEFAULT_EVAL_STEPS, "prediction_loss_only": True,
+                                       "no_eval": False, "eval_steps": DEFAULT_EVAL_STEPS, "prediction_loss_only": False,
                                        "predict_with_generate": False, "max_new_tokens": None,
                                        "validate_steps": DEFAULT_VALIDATE_STEPS})
     spec = spec_from_args(probe_args, cluster=False).replace(world_size=args.world_size)

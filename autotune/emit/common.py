@@ -36,7 +36,7 @@ def mixed_precision(recipe: Recipe) -> str:
     """`bf16`, `fp16` or `no`: how the Trainer / accelerate should run for the recipe's dtype."""
     from ..training_args import mixed_precision as of_dtype
 
-    return of_dtype(recipe.settings.torch_dtype)
+    return recipe.settings.mixed_precision or of_dtype(recipe.settings.torch_dtype)
 
 
 def model_location(recipe: Recipe) -> str:
