@@ -147,6 +147,16 @@ def not_causal_reason(config) -> str | None:
     return None
 
 
+def model_class(config):
+    """The transformers class a probe builds for this config: the family's, else the causal LM's."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from .families import family_for
+
+    family = family_for(config)
+    return family.model_cls() if family else MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+
+
 def position_limit(config) -> int | None:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for attr in _POSITION_ATTRS:
