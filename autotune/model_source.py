@@ -88,14 +88,73 @@ def resolve(model: str | None, model_config: str | None) -> ModelSource:
 
 
 def _require_causal_lm(source: ModelSource) -> None:
+    problem = not_causal_reason(source.config)
+    if problem:
+        flag = "--model" if source.kind == "weights" else "--model-config"
+        raise UsageError(flag, problem,
+                         "autotune probes models that AutoModelForCausalLM can build, and the vision-language families in autotune/families/")
+
+
+def _head_kinds() -> dict[str, str]:
+    """transformers' own task mappings, read backwards: architecture class name -> task, for every
+    head that is not a causal LM (masked LM, classifiers, seq2seq...). Base models are left out:
+    a `Qwen2Model` config still builds its causal LM."""
+    import transformers.models.auto.modeling_auto as auto
+
+    keep = {"MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+            "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES", "MODEL_FOR_PRETRAINING_MAPPING_NAMES"}
+    kinds = {}
+    for name in dir(auto):
+        if name.startswith("MODEL_FOR_") and name.endswith("_MAPPING_NAMES") and name not in keep:
+            task = name[len("MODEL_FOR_"):-len("_MAPPING_NAMES")].lower().replace("_", " ")
+            for value in getattr(auto, name).values():
+                for cls in (value,) if isinstance(value, str) else value:
+                    kinds.setdefault(cls, task)
+    return kinds
+
+
+def not_causal_reason(config) -> str | None:
+    """Why this config is not a model autotune can train as a causal LM (None: it is). Decided
+    by transformers' own mappings: the listed architecture's task, whether the model type has a
+    causal-LM class at all, `is_encoder_decoder` (a seq2seq model's causal-LM class is its
+    decoder alone), and for encoders that transformers can also run as a decoder (BERT,
+    RoBERTa... : model types with both a masked-LM and a causal-LM class), `is_decoder`."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED
+
+    from .families import family_for
+
+    if family_for(config) is not None:
+        return None
+    model_type = config.model_type
+    archs = list(getattr(config, "architectures", None) or [])
+    causal = set(CAUSAL.values())
+    if archs and not any(a in causal for a in archs):
+        kinds = _head_kinds()
+        other = next((a for a in archs if a in kinds), None)
+        if other is not None:
+            return f"architecture {other} (model_type {model_type!r}) is a {kinds[other]} model, not a causal language model"
+    if model_type not in CAUSAL:
+        return f"model_type {model_type!r} is not a causal language model"
+    if getattr(config, "is_encoder_decoder", False):
+        return (f"model_type {model_type!r} is an encoder-decoder (seq2seq) model; its {CAUSAL[model_type]} "
+                "is the decoder alone, not the model you train")
+    # XLM names its decoder switch `causal`; the BERT-like encoders `is_decoder`.
+    decoder = getattr(config, "is_decoder", None) or getattr(config, "causal", None)
+    if model_type in MASKED and decoder is not True:
+        return (f"model_type {model_type!r} is an encoder (a masked language model) unless is_decoder is true; "
+                f"{CAUSAL[model_type]} without it attends both ways, so it is not a causal language model")
+    return None
+
+
+def model_class(config):
+    """The transformers class a probe builds for this config: the family's, else the causal LM's."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from .families import family_for
 
-    if type(source.config) not in MODEL_FOR_CAUSAL_LM_MAPPING and family_for(source.config) is None:
-        flag = "--model" if source.kind == "weights" else "--model-config"
-        raise UsageError(flag, f"model_type {source.model_type!r} is not a causal language model",
-                         "autotune probes models that AutoModelForCausalLM can build, and the vision-language families in autotune/families/")
+    family = family_for(config)
+    return family.model_cls() if family else MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
 
 
 def position_limit(config) -> int | None:

@@ -19,11 +19,13 @@ from .devices import short_message
 from .devices.fake import FakeDevice
 from .errors import AutotuneError, UsageError
 from .global_batch import split_global_batch
+from .model_source import model_class
 from .plan_breakdown import Allowance, Rows, largest_batch, layer_bytes, peak_model, rows_for
 from .plan_measure import CandidateMeasure, build_plan_workload, measure_candidate, plan_source
 from .probe import ProgressSink, describe_model, library_versions
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from .sizes import format_size
+from .space import attn_unsupported_by_model
 from .spec import ProbeSpec
 from .training_args import mixed_precision
 from .workload import TORCH_DTYPES
@@ -143,9 +145,12 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     source = plan_source(spec)
     device = FakeDevice(max(options.targets))
     progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
-    # Built with sdpa: every candidate switches attention in place (flash-attn may be missing here).
+    # Built with sdpa (eager where the model has no sdpa): every candidate switches attention in
+    # place (flash-attn may be missing here); one the model does not support reports why.
+    cls = model_class(source.config)
+    built_with = "eager" if attn_unsupported_by_model("sdpa", cls) else "sdpa"
     try:
-        workload = build_plan_workload(source, spec.replace(attn_implementation="sdpa"), device)
+        workload = build_plan_workload(source, spec.replace(attn_implementation=built_with), device)
     except AutotuneError:
         raise
     except Exception as exc:  # noqa: BLE001 - say what failed, never a traceback
@@ -156,6 +161,11 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     candidates = []
     for attn in options.attn:
         for checkpointing in options.checkpointing:
+            unsupported = attn_unsupported_by_model(attn, cls)
+            if unsupported:  # skipped with the reason, as the probe skips it
+                candidate = CandidatePlan(CandidateMeasure(attn, checkpointing, attn, error=unsupported), None, None, None)
+                candidates.append(candidate)
+                continue
             progress.stage(f"running train and eval steps at batch 1 and 2: attn {attn}, checkpointing {'on' if checkpointing else 'off'}")
             candidate = CandidatePlan(measure_candidate(workload, attn, checkpointing, eval_steps=spec.eval_steps,
                                                         eval_settings=eval_settings(spec)), None, None, None)

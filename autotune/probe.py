@@ -10,7 +10,7 @@ from . import __version__
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .dataset import from_dataset
 from .emit.deepspeed import hidden_size
-from .model_source import check_max_length, resolve
+from .model_source import check_max_length, model_class, resolve
 from .multimodal import recipe_record, recipe_settings
 from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
 from .training_args import mixed_precision
@@ -20,7 +20,7 @@ from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings,
 from .global_batch import split_advice
 from .search import FrontierSearch
 from .sizes import format_size
-from .space import SearchSpace, attn_unavailable_reason
+from .space import SearchSpace, attn_unavailable_reason, attn_unsupported_by_model
 from .spec import ProbeSpec
 from .validate import validate
 
@@ -81,7 +81,7 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
         spec, profile, data = from_dataset(spec, source)
         progress.dataset(profile, data)
     check_max_length(source.config, spec.max_length + (spec.max_new_tokens or 0))
-    runnable = _runnable_attention(spec, device)
+    runnable = _runnable_attention(spec, device, model_class(source.config))
     from .cluster.session import open_session
 
     # Load with an attention that runs here; each trial then switches in place.
@@ -99,14 +99,14 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
         session.close()
 
 
-def _runnable_attention(spec: ProbeSpec, device) -> list[str]:
+def _runnable_attention(spec: ProbeSpec, device, model_cls=None) -> list[str]:
     if device is None:
         from .devices import default_device_kind
 
         device = _DeviceView(spec.device or default_device_kind())
-    runnable = [a for a in spec.attn_candidates if attn_unavailable_reason(a, device, spec.dtype) is None]
+    runnable = [a for a in spec.attn_candidates if attn_unavailable_reason(a, device, spec.dtype, model_cls) is None]
     if not runnable:
-        reasons = "; ".join(f"{a}: {attn_unavailable_reason(a, device, spec.dtype)}" for a in spec.attn_candidates)
+        reasons = "; ".join(f"{a}: {attn_unavailable_reason(a, device, spec.dtype, model_cls)}" for a in spec.attn_candidates)
         raise UsageError("--attn", f"no attention implementation can run here ({reasons})", "add sdpa or eager to --attn")
     return runnable
 
@@ -151,7 +151,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
         # Strategy and allocator first (issue #6), at the first runnable attention without checkpointing.
         from .cluster.dimensions import search_train
 
-        first = {**base, "attn_implementation": _first_attention(spec), "gradient_checkpointing": False}
+        first = {**base, "attn_implementation": _first_attention(spec, model_class(source.config)), "gradient_checkpointing": False}
         chosen, _ = search_train(runner, first, budget, spec.max_batch_size, progress, trials, spec.strategies,
                                  spec.expandable_segments, session.hardware.device, hint=hint)
         base = {k: chosen[k] for k in ("strategy", "env") if chosen.get(k)}
@@ -163,6 +163,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
                         progress, find_frontier)
     space.trials[:0] = trials
     space.first_hint = hint
+    space.model_cls = model_class(source.config)
     space.search_train()
     space.runoff()
     ranked = space.ranked()
@@ -180,8 +181,9 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     return _recipe(spec, source, session, space, done, base, started, data)
 
 
-def _first_attention(spec: ProbeSpec) -> str:
-    return next((a for a in spec.attn_candidates if a != "flash_attention_2"), spec.attn_candidates[0])
+def _first_attention(spec: ProbeSpec, model_cls=None) -> str:
+    usable = [a for a in spec.attn_candidates if attn_unsupported_by_model(a, model_cls) is None] or list(spec.attn_candidates)
+    return next((a for a in usable if a != "flash_attention_2"), usable[0])
 
 
 def _recipe(spec, source, session, space, done, base: dict, started: float, data: dict | None) -> Recipe:

@@ -32,10 +32,23 @@ RUNOFF_BAND = 0.20
 RUNOFF_ROUNDS = 2
 
 
-def attn_unavailable_reason(attn: str, device, dtype: str) -> str | None:
-    """Why `attn` cannot run on this device and dtype (None: it can)."""
-    if attn != "flash_attention_2":
+# The class flags transformers' own dispatch checks (_sdpa_can_dispatch, _flash_attn_can_dispatch).
+_MODEL_SUPPORT_FLAGS = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn"}
+
+
+def attn_unsupported_by_model(attn: str, model_cls) -> str | None:
+    """Why the model class cannot use `attn` at all (Gemma 2: no sdpa, which has no softcapping)."""
+    flag = _MODEL_SUPPORT_FLAGS.get(attn)
+    if model_cls is None or flag is None or getattr(model_cls, flag, True):
         return None
+    return f"{model_cls.__name__} does not support {attn} (transformers sets {flag} = False for it)"
+
+
+def attn_unavailable_reason(attn: str, device, dtype: str, model_cls=None) -> str | None:
+    """Why `attn` cannot run for this model class (when given), device and dtype (None: it can)."""
+    unsupported = attn_unsupported_by_model(attn, model_cls)
+    if unsupported or attn != "flash_attention_2":
+        return unsupported
     if device.kind != "cuda":
         return f"flash-attn needs a CUDA GPU; the {device.kind} device has none"
     from transformers.utils import is_flash_attn_2_available
@@ -128,6 +141,7 @@ class SearchSpace:
         self.eval_frontiers: dict[str, int] = {}
         self.errors: list[str] = []
         self.first_hint: int | None = None  # a predicted frontier (a plan) for the first candidate without checkpointing
+        self.model_cls = None  # the transformers class: attentions it does not support are skipped
 
     # ------------------------------------------------------------ bookkeeping
     @contextlib.contextmanager
@@ -182,7 +196,7 @@ class SearchSpace:
             for gc in sorted(spec.gradient_checkpointing_candidates):
                 cand = Candidate(attn, gc)
                 self.candidates.append(cand)
-                cand.reason = attn_unavailable_reason(attn, self.device, spec.dtype)
+                cand.reason = attn_unavailable_reason(attn, self.device, spec.dtype, self.model_cls)
                 if cand.reason is None:
                     cand.reason = self._switch(attn, gc)
                 if cand.reason is not None:

@@ -15,6 +15,8 @@ Input shapes, as transformers 5.23's Qwen2VLModel reads them (models/qwen2_vl/mo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -27,6 +29,18 @@ MIN_PIXELS = 56 * 56  # the image processor's default shortest_edge
 DEFAULT_MAX_PIXELS = 12845056
 DEFAULT_VIDEO_MAX_PIXELS = 768 * 28 * 28  # qwen-vl-utils VIDEO_MAX_PIXELS
 MAX_ASPECT = 200  # smart_resize refuses more extreme aspect ratios
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A processor's pixel limits: its min_pixels (shortest_edge) and the published defaults."""
+
+    min_pixels: int = MIN_PIXELS
+    default_max_pixels: int = DEFAULT_MAX_PIXELS
+    default_video_max_pixels: int = DEFAULT_VIDEO_MAX_PIXELS
+
+
+QWEN2_VL = Limits()
 
 
 def _factor(vision) -> int:
@@ -47,40 +61,41 @@ def worst_grid(max_pixels: int, factor: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
-def _check_with_processor_rule(height: int, width: int, factor: int, max_pixels: int) -> None:
+def _check_with_processor_rule(height: int, width: int, factor: int, max_pixels: int, min_pixels: int = MIN_PIXELS) -> None:
     """The grid must be a fixed point of the processor's own resize: the image it describes is
     one a user's data can produce."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    assert smart_resize(height, width, factor, MIN_PIXELS, max_pixels) == (height, width)
+    assert smart_resize(height, width, factor, min_pixels, max_pixels) == (height, width)
 
 
-def image_tokens_for_size(config, width: int, height: int, max_pixels: int) -> int:
+def image_tokens_for_size(config, width: int, height: int, max_pixels: int, limits: Limits = QWEN2_VL) -> int:
     """Tokens one real image becomes, by the processor's own resize rule (the PIL image processor's
     copy of smart_resize: it imports without torchvision)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     factor = _factor(config.vision_config)
-    h, w = smart_resize(height, width, factor, MIN_PIXELS, max_pixels)
+    h, w = smart_resize(height, width, factor, limits.min_pixels, max_pixels)
     return (h // factor) * (w // factor)
 
 
-def plan(config, media: Media) -> VisionPlan:
+def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
     vision = config.vision_config
     merge, factor = vision.spatial_merge_size, _factor(vision)
-    max_pixels = media.max_pixels or DEFAULT_MAX_PIXELS
-    if max_pixels < MIN_PIXELS:
-        raise UsageError("--max-pixels", f"{max_pixels} is below the processor's minimum of {MIN_PIXELS} pixels (56x56)",
-                         f"use --max-pixels {MIN_PIXELS} or more")
+    max_pixels, min_pixels = media.max_pixels or limits.default_max_pixels, limits.min_pixels
+    if max_pixels < min_pixels:
+        side = math.isqrt(min_pixels)
+        raise UsageError("--max-pixels", f"{max_pixels} is below the processor's minimum of {min_pixels} pixels ({side}x{side})",
+                         f"use --max-pixels {min_pixels} or more")
     h, w = worst_grid(max_pixels, factor)
-    _check_with_processor_rule(h * factor, w * factor, factor, max_pixels)
+    _check_with_processor_rule(h * factor, w * factor, factor, max_pixels, min_pixels)
     image_grid = (1, h * merge, w * merge)
     video_grid, video_tokens, video_pixels = (), 0, None
     if media.video_frames:
-        video_pixels = media.video_max_pixels or DEFAULT_VIDEO_MAX_PIXELS
-        if video_pixels < MIN_PIXELS:
-            raise UsageError("--video-max-pixels", f"{video_pixels} is below the processor's minimum of {MIN_PIXELS} pixels",
-                             f"use --video-max-pixels {MIN_PIXELS} or more")
+        video_pixels = media.video_max_pixels or limits.default_video_max_pixels
+        if video_pixels < min_pixels:
+            raise UsageError("--video-max-pixels", f"{video_pixels} is below the processor's minimum of {min_pixels} pixels",
+                             f"use --video-max-pixels {min_pixels} or more")
         vh, vw = worst_grid(video_pixels, factor)
         # The video processor pads the frames to a multiple of the temporal patch.
         t = math.ceil(media.video_frames / vision.temporal_patch_size)
@@ -126,15 +141,16 @@ def inputs(config, vplan: VisionPlan, batch_size: int, max_length: int, device) 
     return batch
 
 
-def family(name: str, model_type: str, model_class: str) -> Family:
+def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_VL, plan_rule=plan,
+           aligner: tuple[str, ...] = ("model.visual.merger",)) -> Family:
     """Qwen2-VL and its descendants share the input rules and the module layout."""
     return Family(
         name=name, model_types=(model_type,), model_class=model_class,
-        vision_tower=("model.visual",), aligner=("model.visual.merger",),
+        vision_tower=("model.visual",), aligner=aligner,
         language_model=("model.language_model", "lm_head"),
-        plan=plan, inputs=inputs, default_max_pixels=DEFAULT_MAX_PIXELS,
-        default_video_max_pixels=DEFAULT_VIDEO_MAX_PIXELS, supports_video=True,
-        image_tokens_for_size=image_tokens_for_size,
+        plan=partial(plan_rule, limits=limits), inputs=inputs, default_max_pixels=limits.default_max_pixels,
+        default_video_max_pixels=limits.default_video_max_pixels, supports_video=True,
+        image_tokens_for_size=partial(image_tokens_for_size, limits=limits),
         pixels_per_token=lambda config: _factor(config.vision_config) ** 2,
     )
 
