@@ -1,7 +1,11 @@
 """`recipe.apply(training_args)`: a copy of a Hugging Face `TrainingArguments` with the tuned
 values set -- the values the probe's trials ran with (training_args.arguments). Where the user
 had set a value of their own that differs, it warns (and the tuned value wins: the recipe is
-what was measured to fit)."""
+what was measured to fit).
+
+The copy is built anew (`dataclasses.replace`), so `__post_init__` derives what depends on the
+values: setting `bf16` on an existing TrainingArguments leaves its `mixed_precision` at "no",
+and the Trainer would run without autocast -- found by the launched-Trainer test."""
 
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ def apply(recipe, training_args):
     """Return a copy of `training_args` with the recipe's values; the original is untouched."""
     cls = type(training_args)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = copy.deepcopy(training_args)
+    out = copy.copy(training_args)  # read the user's values; the result is built by replace below
     gc_name, _ = checkpointing_names(set(fields))
+    changes: dict = {}
     aliases = {"activation_checkpointing": "gradient_checkpointing", "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
     for key, value in tuned_values(recipe, set(fields)).items():
         current = getattr(out, key, None)
@@ -35,7 +40,7 @@ def apply(recipe, training_args):
         if current != value and current != default and current is not None:
             warnings.warn(f"TrainingArguments.{key}={current!r} replaced by the recipe's {value!r}",
                           RecipeOverrideWarning, stacklevel=3)
-        setattr(out, key, value)
-        if key in aliases and hasattr(out, aliases[key]):
-            setattr(out, aliases[key], value)  # keep the deprecated alias in step
-    return out
+        changes[key] = value
+        if key in aliases and aliases[key] in fields and fields[aliases[key]].init:
+            changes[aliases[key]] = value  # keep the deprecated alias in step
+    return dataclasses.replace(training_args, **{k: v for k, v in changes.items() if fields[k].init})

@@ -20,7 +20,7 @@ from .trial import run_training
 CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
 TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation")
 EVAL_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only", "eval_outputs",
-             "gradient_checkpointing", "attn_implementation")
+             "max_new_tokens", "gradient_checkpointing", "attn_implementation")
 
 
 @dataclass

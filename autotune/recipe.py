@@ -87,6 +87,7 @@ class Settings:
     # What the eval phase keeps, as the launched trainer does: loss | logits | argmax | generate
     # (training_args.EVAL_OUTPUTS). None: an older recipe (prediction_loss_only says it).
     eval_outputs: str | None = None
+    max_new_tokens: int | None = None  # eval_outputs "generate": tokens generated per sample
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     torch_dtype: str = "bfloat16"

@@ -312,8 +312,7 @@ class SearchSpace:
     def eval_frontier(self, config: Measured) -> int:
         """The eval batch frontier for a configuration, evaluating inside its training: after an
         optimizer step at its train batch and accumulation (the Trainer still holds that step's
-        micro-batches while it evaluates). Cached per (attention, train batch, accumulation):
-        under no_grad checkpointing changes nothing."""
+        micro-batches while it evaluates). Cached per (attention, checkpointing, train batch, accumulation)."""
         key = self.eval_key(config)
         if key not in self.eval_frontiers:
             found: list[TrialResult] = []
@@ -333,7 +332,9 @@ class SearchSpace:
 
     @staticmethod
     def eval_key(config: Measured) -> str:
-        return f"{config.attn_implementation}/{config.per_device_train_batch_size}x{config.gradient_accumulation_steps}"
+        # checkpointing too: on a GPU the train step before the evaluation leaves its cached blocks in the reserved peak
+        return (f"{config.attn_implementation}/gc-{'on' if config.gradient_checkpointing else 'off'}/"
+                f"{config.per_device_train_batch_size}x{config.gradient_accumulation_steps}")
 
 
 @dataclasses.dataclass

@@ -44,7 +44,7 @@ def launched_forward(workload):
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
 
     def wrapped(*args, **kwargs):
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.autocast(workload.device.torch_device.type, dtype=dtype):
             return forward(*args, **kwargs)
 
     model.forward = convert_outputs_to_fp32(wrapped)

@@ -39,7 +39,11 @@ def _no_metrics(prediction) -> dict:
 
 
 def _argmax(logits, labels):
-    return logits.argmax(dim=-1)  # what ms-swift's `acc` metric keeps (and HF's usual preprocess)
+    """What ms-swift's `acc` metric keeps (and HF's usual preprocess). A vision-language model's
+    outputs come as a tuple (logits first, then e.g. image outputs)."""
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
 
 
 _SCRATCH: list = []
@@ -124,6 +128,8 @@ def _model_state(workload, settings: dict, generate: bool) -> dict:
     if generate:
         config = model.generation_config
         saved["generation"] = (config.max_new_tokens, config.min_new_tokens)
+        if not settings.get("max_new_tokens"):
+            raise ValueError("evaluation with generate() needs max_new_tokens (probe with --max-new-tokens N)")
         tokens = int(settings["max_new_tokens"])
         config.max_new_tokens = config.min_new_tokens = tokens  # the worst case: every sample generates all of them
     return saved

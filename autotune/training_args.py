@@ -69,6 +69,8 @@ def arguments(settings, fields=None, fsdp: bool = False) -> dict:
         args["prediction_loss_only"] = outputs == "loss"
         if outputs != "loss" and get("eval_accumulation_steps") is not None:
             args["eval_accumulation_steps"] = int(get("eval_accumulation_steps"))
+    if outputs == "generate" and "predict_with_generate" in (training_fields() if fields is None else fields):
+        args["predict_with_generate"] = True  # Seq2SeqTrainingArguments
     precision = get("mixed_precision") or mixed_precision(get("torch_dtype"))
     if precision != "no":
         args[precision] = True

@@ -102,7 +102,7 @@ def test_without_a_tokenizer_says_so(data):
 def test_probe_with_a_dataset_records_limits_and_env(data, tmp_path, capsys):
     data_dir, tokenizer, expected = data
     out = tmp_path / "r.yaml"
-    argv = ["probe", "--model-config", "tiny-qwen2-vl", "--device", "sim", "--gpu-memory", "8MiB", "--dataset",
+    argv = ["probe", "--model-config", "tiny-qwen2-vl", "--device", "sim", "--gpu-memory", "16MiB", "--dataset",
             str(data_dir / "train.jsonl"), "--tokenizer", tokenizer, "--length-percentile", "75", "--max-batch-size", "4",
             "--out", str(out)]
     assert main(argv) == 0
