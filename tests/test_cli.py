@@ -137,7 +137,8 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    # 130, or ended by the SIGINT itself after the message (-2): a shell reports both as 130.
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "autotune: interrupted; nothing was written"
     assert list(tmp_path.iterdir()) == []
 

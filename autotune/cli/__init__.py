@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = os.environ.get("AUTOTUNE_DEBUG", "") not in ("", "0")
     silence_known_noise()
+    _remember_sigint()
     try:
         return args.run(args) or 0
     except AutotuneError as exc:
@@ -59,7 +60,39 @@ def main(argv: list[str] | None = None) -> int:
         print("autotune: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001
+        if _interrupted(exc) or _SIGINTS:  # a lazy import (transformers) turned the Ctrl-C into an ImportError
+            print("autotune: interrupted; nothing was written", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if debug:
             raise
         print(f"autotune: unexpected error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _interrupted(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+_SIGINTS: list = []
+
+
+def _remember_sigint() -> None:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: transformers' lazy imports
+    catch the interrupt and raise an import error of their own (no cause attached)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_sigint(signum, frame):
+        _SIGINTS.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
