@@ -24,7 +24,7 @@ from .report import check_plot, write_plot
 
 EXAMPLES = f"""\
 examples:
-  # demo on a simulated 64 MiB GPU, no CUDA needed (about 40 s on 2 CPU cores)
+  # demo on a simulated 64 MiB GPU, no CUDA needed (about 15 s on 2 quiet CPU cores)
   python -m autotune probe --model-config tiny-llama --device sim --gpu-memory 64MiB --max-length 128 \\
       --global-batch-size 8 --validate-steps 5
 
