@@ -19,6 +19,7 @@ import tempfile
 import torch
 
 from .training_args import arguments, eval_outputs_of
+from .workload import input_grad_hooked
 
 
 class WorstCase(torch.utils.data.Dataset):
@@ -124,7 +125,7 @@ def _model_state(workload, settings: dict, generate: bool) -> dict:
     """What the Trainer (and accelerate) change on the model, to put back after the run."""
     model = workload.model
     saved = {"dict": {k: model.__dict__[k] for k in _PREPARED if k in model.__dict__},
-             "hooked": _input_grad_hooked(model), "checkpointing": bool(settings.get("gradient_checkpointing"))}
+             "hooked": input_grad_hooked(model), "checkpointing": bool(settings.get("gradient_checkpointing"))}
     if generate:
         config = model.generation_config
         saved["generation"] = (config.max_new_tokens, config.min_new_tokens)
@@ -133,10 +134,6 @@ def _model_state(workload, settings: dict, generate: bool) -> dict:
         tokens = int(settings["max_new_tokens"])
         config.max_new_tokens = config.min_new_tokens = tokens  # the worst case: every sample generates all of them
     return saved
-
-
-def _input_grad_hooked(model) -> bool:
-    return bool(getattr(model, "_require_grads_hooks", None) or getattr(model, "_require_grads_hook", None))
 
 
 def restore_model(workload, saved: dict | None) -> None:
@@ -151,7 +148,7 @@ def restore_model(workload, saved: dict | None) -> None:
         if saved["checkpointing"]:
             disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
             disable()
-            if not saved["hooked"] and _input_grad_hooked(model):
+            if not saved["hooked"] and input_grad_hooked(model):
                 model.disable_input_require_grads()
         if "generation" in saved:
             model.generation_config.max_new_tokens, model.generation_config.min_new_tokens = saved["generation"]

@@ -91,7 +91,8 @@ def _trainer_optimizer_choice(model, learning_rate: float, optim: str | None):
     return _CHOICES[key]
 
 
-def _input_grad_hooked(model) -> bool:
+def input_grad_hooked(model) -> bool:
+    """Whether the embeddings carry transformers' make-inputs-require-grad hook."""
     return bool(getattr(model, "_require_grads_hooks", None) or getattr(model, "_require_grads_hook", None))
 
 
@@ -122,14 +123,14 @@ class Workload:
             # transformers 5.23 renamed gradient checkpointing to activation checkpointing.
             renamed = hasattr(self.model, "activation_checkpointing_enable")
             if gradient_checkpointing:
-                had_hook = _input_grad_hooked(self.model)
+                had_hook = input_grad_hooked(self.model)
                 # Non-reentrant: works with frozen inputs (LoRA) and is what current trainers use.
                 kwargs = {"use_reentrant": False}
                 if renamed:
                     self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
                 else:
                     self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-                self._added_input_grad_hook = not had_hook and _input_grad_hooked(self.model)
+                self._added_input_grad_hook = not had_hook and input_grad_hooked(self.model)
             else:
                 if renamed:
                     self.model.activation_checkpointing_disable()
