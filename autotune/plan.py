@@ -168,7 +168,7 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
                 continue
             progress.stage(f"running train and eval steps at batch 1 and 2: attn {attn}, checkpointing {'on' if checkpointing else 'off'}")
             candidate = CandidatePlan(measure_candidate(workload, attn, checkpointing, eval_steps=spec.eval_steps,
-                                                        eval_settings=eval_settings(spec)), None, None, None)
+                                                        eval_settings=spec.eval_keep_settings()), None, None, None)
             if candidate.measure.error is None:
                 _predict(candidate, workload, spec, options, spec.margin, layers)
             candidates.append(candidate)
@@ -179,15 +179,6 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     return Plan(spec, describe_model(workload), options, spec.margin, candidates, choice,
                 wall_s=round(time.perf_counter() - started, 3),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-
-
-def eval_settings(spec: ProbeSpec) -> dict:
-    """The eval phase as the probe runs it: what is kept, and for how many steps."""
-    keeps = spec.eval_keeps
-    settings = {"eval_outputs": keeps, "max_new_tokens": spec.max_new_tokens}
-    if keeps != "loss":
-        settings["eval_accumulation_steps"] = spec.eval_steps
-    return settings
 
 
 # ---------------------------------------------------------------- recipes
@@ -208,7 +199,7 @@ def plan_recipe(plan: Plan) -> Recipe:
     settings = Settings(per_device_train_batch_size=p.per_device_train_batch_size,
                         gradient_accumulation_steps=p.gradient_accumulation_steps,
                         per_device_eval_batch_size=p.eval_frontier or None, prediction_loss_only=spec.eval_keeps == "loss",
-                        eval_outputs=spec.eval_keeps, eval_accumulation_steps=eval_settings(spec).get("eval_accumulation_steps"),
+                        eval_outputs=spec.eval_keeps, eval_accumulation_steps=spec.eval_keep_settings().get("eval_accumulation_steps"),
                         gradient_checkpointing=m.gradient_checkpointing, attn_implementation=m.attn_implementation,
                         torch_dtype=spec.dtype, mixed_precision=mixed_precision(spec.dtype), max_length=spec.max_length,
                         strategy=plan.options.strategy)

@@ -299,15 +299,7 @@ class SearchSpace:
 
     # ------------------------------------------------------------ eval
     def eval_settings(self, attn: str, gc: bool) -> dict:
-        spec = self.spec
-        keeps = spec.eval_keeps
-        settings = {"attn_implementation": attn, "gradient_checkpointing": gc, "eval_outputs": keeps,
-                    "prediction_loss_only": keeps == "loss"}
-        if keeps != "loss":
-            settings["eval_accumulation_steps"] = spec.eval_steps
-        if keeps == "generate":
-            settings.update(predict_with_generate=True, max_new_tokens=spec.max_new_tokens)
-        return settings
+        return {"attn_implementation": attn, "gradient_checkpointing": gc, **self.spec.eval_keep_settings()}
 
     def eval_frontier(self, config: Measured) -> int:
         """The eval batch frontier for a configuration, evaluating inside its training: after an

@@ -169,6 +169,16 @@ class ProbeSpec:
             return "loss"
         return "generate" if self.predict_with_generate else "logits"
 
+    def eval_keep_settings(self) -> dict:
+        """The eval phase's settings as trials, validation and the plan run it (Hugging Face names)."""
+        keeps = self.eval_keeps
+        settings = {"eval_outputs": keeps, "prediction_loss_only": keeps == "loss"}
+        if keeps != "loss":
+            settings["eval_accumulation_steps"] = self.eval_steps
+        if keeps == "generate":
+            settings.update(predict_with_generate=True, max_new_tokens=self.max_new_tokens)
+        return settings
+
     @property
     def usable_fraction(self) -> float:
         return 1.0 - self.margin
