@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .devices import make_device
 from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
-from .probe import describe_hardware
+from .describe import describe_hardware
 from .recipe.schema import Recipe, TrialResult
 from .spec import ProbeSpec
 from .trials.trial import run_training
@@ -194,7 +194,7 @@ def _check_on_ranks(recipe: Recipe, kind: str, gpu_memory, margin: float, world:
     the largest rank's). The supervisor processes never touch the device."""
     from .cluster.session import open_session
     from .model.source import resolve
-    from .probe import ProgressSink
+    from .progress import ProgressSink
 
     s = recipe.settings
     capacity = gpu_memory if gpu_memory is not None else (recipe.hardware.capacity_bytes if kind == "sim" else None)

@@ -9,63 +9,18 @@ import time
 from . import __version__
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .model.dataset import from_dataset
-from .emit.deepspeed import hidden_size
 from .model.source import check_max_length, model_class, resolve
 from .model.multimodal import recipe_record, recipe_settings
 from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
 from .recipe.training_args import mixed_precision
 from .model.training_setup import plan_inputs
-from .model.quantize import quantization_record
-from .recipe.schema import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
+from .recipe.schema import SCHEMA, Recipe, SearchRecord, Settings, TrialResult
 from .search.global_batch import split_advice
-from .search.frontier import FrontierSearch
+from .search.frontier import find_frontier
 from .sizes import format_size
 from .search.space import SearchSpace, attn_unavailable_reason, attn_unsupported_by_model
 from .spec import ProbeSpec
 from .search.validate import validate
-
-
-def library_versions() -> dict:
-    from importlib.metadata import version
-
-    import torch
-    import transformers
-
-    # peft's version from its metadata: importing peft imports bitsandbytes, needed only for LoRA
-    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__), "peft": version("peft")}
-
-
-def describe_hardware(device, world_size: int) -> Hardware:
-    return Hardware(device=device.kind, name=device.name, capacity_bytes=device.capacity,
-                    device_count=device.count, world_size=world_size, **library_versions())
-
-
-def describe_model(workload) -> ModelInfo:
-    spec, source = workload.spec, workload.source
-    lora = None
-    if spec.train_type in ("lora", "qlora"):
-        lora = {"r": spec.lora_r, "alpha": spec.lora_alpha, "dropout": spec.lora_dropout, "target_modules": spec.lora_target_modules}
-    return ModelInfo(source=source.kind, path=source.path, model_type=source.model_type, architecture=source.architecture,
-                     dtype=spec.dtype, train_type=spec.train_type, num_parameters=workload.total_params,
-                     trainable_parameters=workload.trainable_params, max_length=spec.max_length, lora=lora,
-                     quantization=quantization_record(spec.dtype) if spec.train_type == "qlora" else None,
-                     hidden_size=hidden_size(workload.model.config))
-
-
-def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batch: int, progress: ProgressSink,
-                  trials: list[TrialResult], hint: int | None = None, per_batch=None) -> FrontierSearch:
-    """Search the batch size of `phase` ("train" or "eval") with the other settings fixed.
-    `per_batch(batch)`: settings that follow the batch (the accumulation that keeps the global batch)."""
-    key = "per_device_train_batch_size" if phase == "train" else "per_device_eval_batch_size"
-    search = FrontierSearch(budget=budget, max_batch=max_batch, hint=hint)
-    while (batch := search.next_batch()) is not None:
-        settings = {**base_settings, key: batch, **(per_batch(batch) if per_batch else {})}
-        progress.trial_started(phase, settings)
-        result = runner.run(phase, settings)
-        trials.append(result)
-        progress.trial_finished(result)
-        search.record(batch, result.outcome, result.peak_bytes)
-    return search
 
 
 def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, plan: Recipe | None = None) -> Recipe:

@@ -193,10 +193,11 @@ def _positive(flag: str, value) -> None:
 
 
 def _check_cluster(spec: ProbeSpec) -> None:
-    from .cluster.sharding import check_strategy
+    from .recipe.schema import STRATEGIES
 
     for strategy in spec.strategies:
-        check_strategy(strategy)
+        if strategy not in STRATEGIES:
+            raise UsageError("--strategy", f"unknown strategy {strategy!r}", f"choose from {', '.join(STRATEGIES)}")
     if len(set(spec.strategies)) != len(spec.strategies):
         raise UsageError("--strategy", "a strategy is listed twice", "for example --strategy ddp,fsdp")
     if not (isinstance(spec.trial_timeout, (int, float)) and spec.trial_timeout > 0):

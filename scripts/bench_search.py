@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autotune.devices import SimDevice  # noqa: E402
 from autotune.model.source import resolve  # noqa: E402
-from autotune.probe import ProgressSink, find_frontier  # noqa: E402
+from autotune.progress import ProgressSink
+from autotune.search.frontier import find_frontier  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
 from autotune.trials.step_model import train_steps  # noqa: E402
 from autotune.trials.trial import InProcessRunner, run_train_trial  # noqa: E402

@@ -45,6 +45,7 @@ def old_trial_module():
     """The replaced trial.py, imported as a module of the autotune package (its relative imports resolve)."""
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD_COMMIT}:autotune/trial.py"], check=True,
                             capture_output=True, text=True).stdout
+    source = source.replace("from .recipe import", "from .recipe.schema import")  # where it lives since issue #17
     spec = importlib.util.spec_from_loader("autotune._trial_before_trainer", loader=None)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "autotune"

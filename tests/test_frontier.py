@@ -2,7 +2,8 @@
 
 import pytest
 
-from autotune.probe import ProgressSink, find_frontier
+from autotune.progress import ProgressSink
+from autotune.search.frontier import find_frontier
 from autotune.trials.trial import InProcessRunner, run_train_trial
 
 MiB = 2**20

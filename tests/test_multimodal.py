@@ -7,7 +7,8 @@ from autotune.cli import main
 from autotune.model.families import Media, family_for
 from autotune.model.families.qwen2_vl import worst_grid
 from autotune.model.source import resolve
-from autotune.probe import ProgressSink, find_frontier
+from autotune.progress import ProgressSink
+from autotune.search.frontier import find_frontier
 from autotune.trials.trial import InProcessRunner, run_train_trial
 
 MiB = 2**20

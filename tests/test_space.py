@@ -6,7 +6,9 @@ import pytest
 from autotune.cli import main
 from autotune.devices import SimDevice
 from autotune.errors import DoesNotFitError
-from autotune.probe import ProgressSink, find_frontier, probe
+from autotune.probe import probe
+from autotune.progress import ProgressSink
+from autotune.search.frontier import find_frontier
 from autotune.recipe.schema import load_recipe
 from autotune.search.space import Measured, SearchSpace, rank
 from autotune.spec import ProbeSpec

@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..sizes import parse_size
 from .control import rank_from_env, under_torchrun
 from .journal import journal_path
-from ..emit.common import STRATEGIES  # the same names as sharding.STRATEGIES, without importing torch
+from ..recipe.schema import STRATEGIES  # without importing torch
 
 # Flags handed to torchrun (with a value), stripped from the command each rank runs.
 TORCHRUN_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id", "--master-port")

@@ -84,7 +84,7 @@ def open_session(spec, source, progress, device=None) -> Session:
 
 def _local(spec, source, progress, device) -> Session:
     from ..devices import make_device
-    from ..probe import describe_hardware, describe_model
+    from ..describe import describe_hardware, describe_model
     from ..sizes import format_size
     from ..trials.trial import InProcessRunner
     from ..model.workload import load_workload
@@ -99,7 +99,7 @@ def _local(spec, source, progress, device) -> Session:
 
 
 def _supervised(spec, progress) -> Session:
-    from ..probe import library_versions
+    from ..describe import library_versions
     from ..sizes import format_size
     from .control import Control
     from .supervisor import SupervisedRunner

@@ -22,9 +22,8 @@ import dataclasses
 
 from ..errors import UsageError
 from ..model.workload import Workload
+from ..recipe.schema import STRATEGIES
 
-STRATEGIES = ("ddp", "fsdp", "zero2", "zero3", "zero2_offload", "zero3_offload")
-DEEPSPEED = ("zero2", "zero3", "zero2_offload", "zero3_offload")
 
 
 @dataclasses.dataclass

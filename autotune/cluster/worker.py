@@ -48,7 +48,7 @@ def _make_device(spec, config: dict):
 
 def serve(config: dict, requests, out) -> None:
     from ..model.source import resolve
-    from ..probe import describe_model
+    from ..describe import describe_model
     from ..spec import ProbeSpec
     from ..trials.trial import run_trial
     from ..model.workload import load_workload

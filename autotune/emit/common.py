@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 
 from ..errors import UsageError
-from ..recipe.schema import Recipe
+from ..recipe.schema import STRATEGIES, Recipe
 
-STRATEGIES = ("ddp", "zero2", "zero3", "zero2_offload", "zero3_offload", "fsdp")
 # Written where a value must come from the user (the recipe cannot know it).
 DATASET_PLACEHOLDER = "YOUR_DATASET"
 MODEL_PLACEHOLDER = "YOUR_MODEL_ID_OR_PATH"

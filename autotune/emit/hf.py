@@ -2,7 +2,7 @@
 loads with no extra keys, and a sidecar JSON of what the Trainer does not own: the model
 loading keywords (`attn_implementation`, `dtype`), the sequence length and the LoRA config.
 
-The TrainingArguments values come from `autotune/training_args.py`, the same code that builds
+The TrainingArguments values come from `autotune/recipe/training_args.py`, the same code that builds
 the arguments every probe trial runs with."""
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def _require_causal_lm(source: ModelSource) -> None:
     if problem:
         flag = "--model" if source.kind == "weights" else "--model-config"
         raise UsageError(flag, problem,
-                         "autotune probes models that AutoModelForCausalLM can build, and the vision-language families in autotune/families/")
+                         "autotune probes models that AutoModelForCausalLM can build, and the vision-language families in autotune/model/families/")
 
 
 def _head_kinds() -> dict[str, str]:

@@ -22,7 +22,8 @@ from ..search.global_batch import split_global_batch
 from ..model.source import model_class
 from .breakdown import Allowance, Rows, largest_batch, layer_bytes, peak_model, rows_for
 from .measure import CandidateMeasure, build_plan_workload, measure_candidate, plan_source
-from ..probe import ProgressSink, describe_model, library_versions
+from ..describe import describe_model, library_versions
+from ..progress import ProgressSink
 from ..recipe.schema import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from ..sizes import format_size
 from ..search.space import attn_unsupported_by_model

@@ -17,6 +17,8 @@ import yaml
 from ..errors import UsageError
 
 SCHEMA = 1
+# settings.strategy: the sharding engines a probe runs and the launch files configure.
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3", "zero2_offload", "zero3_offload")
 
 
 @dataclass
@@ -166,7 +168,7 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=100)
 
     def apply(self, training_args):
-        """A copy of a Hugging Face `TrainingArguments` with the tuned values set (see autotune/apply.py)."""
+        """A copy of a Hugging Face `TrainingArguments` with the tuned values set (see autotune/recipe/apply.py)."""
         from .apply import apply
 
         return apply(self, training_args)

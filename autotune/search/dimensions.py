@@ -1,7 +1,7 @@
 """The cluster's search dimensions around the batch-size frontier: the sharding strategy (when
 the user gives several) and, on CUDA, the allocator's expandable segments.
 
-Each candidate gets its own exact frontier (`probe.find_frontier`). Among strategies the
+Each candidate gets its own exact frontier (`frontier.find_frontier`). Among strategies the
 winner is the fastest at its frontier (tokens/s per rank; ties go to the larger frontier): the
 objective is training throughput, and a bigger batch under ZeRO-3 can still be slower than a
 smaller one under DDP. Expandable segments are probed last, in a fresh worker (the variable must
@@ -12,6 +12,7 @@ only when they raise it.
 from __future__ import annotations
 
 from ..cluster.fragmentation import EXPANDABLE, wants_expandable
+from .frontier import find_frontier
 
 
 def _score(search, trials, start: int):
@@ -22,8 +23,6 @@ def _score(search, trials, start: int):
 def search_train(runner, base: dict, budget: int, max_batch: int, progress, trials: list, strategies=(),
                  expandable: str = "off", device_kind: str = "sim", hint: int | None = None):
     """Returns (chosen base settings, its FrontierSearch). `hint`: a predicted frontier (a plan)."""
-    from ..probe import find_frontier
-
     env = dict(base.get("env") or {})
     if expandable == "on":
         env.update(EXPANDABLE)

@@ -1,4 +1,5 @@
-"""Find the exact largest batch size that fits: pure logic, no torch.
+"""Find the exact largest batch size that fits: pure logic, no torch (`find_frontier` drives a
+trial runner through the search).
 
 Peak memory is affine in batch size for a fixed configuration (peak = a + b*batch). Two small
 probes give the line (a secant through the two measured peaks nearest the frontier); the next probe is the largest batch the line puts under the budget; then
@@ -128,4 +129,20 @@ def run_search(search: FrontierSearch, measure) -> FrontierSearch:
     while (batch := search.next_batch()) is not None:
         outcome, peak = measure(batch)
         search.record(batch, outcome, peak)
+    return search
+
+
+def find_frontier(runner, phase: str, base_settings: dict, budget: int, max_batch: int, progress,
+                  trials: list, hint: int | None = None, per_batch=None) -> FrontierSearch:
+    """Search the batch size of `phase` ("train" or "eval") with the other settings fixed.
+    `per_batch(batch)`: settings that follow the batch (the accumulation that keeps the global batch)."""
+    key = "per_device_train_batch_size" if phase == "train" else "per_device_eval_batch_size"
+    search = FrontierSearch(budget=budget, max_batch=max_batch, hint=hint)
+    while (batch := search.next_batch()) is not None:
+        settings = {**base_settings, key: batch, **(per_batch(batch) if per_batch else {})}
+        progress.trial_started(phase, settings)
+        result = runner.run(phase, settings)
+        trials.append(result)
+        progress.trial_finished(result)
+        search.record(batch, result.outcome, result.peak_bytes)
     return search

@@ -2,7 +2,7 @@
 
 For each candidate: its exact train frontier, then its throughput at the per-device batches that
 split the target global batch exactly. Then the eval frontier for the attention that won.
-Returns data; validation is validate.py, the recipe is assembled in probe.py.
+Returns data; validation is search/validate.py, the recipe is assembled in probe.py.
 
 What earlier candidates teach is reused, never guessed past:
 - checkpointing only lowers memory, so the frontier with it is at least the frontier without:
@@ -134,7 +134,7 @@ class SearchSpace:
         self.device = device
         self.budget = budget
         self.progress = progress
-        self._find_frontier = find_frontier  # probe.find_frontier, passed in to keep imports one-way
+        self._find_frontier = find_frontier  # frontier.find_frontier (tests pass their own)
         self.trials: list[TrialResult] = []
         self.candidates: list[Candidate] = []
         self.phases: dict[str, dict] = {}

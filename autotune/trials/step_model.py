@@ -1,6 +1,6 @@
 """A model of the Trainer's step, for where the Trainer itself cannot drive.
 
-A probe trial runs the real `Trainer` (trial.py). Under fake tensors the Trainer cannot run:
+A probe trial runs the real `Trainer` (trials/trial.py). Under fake tensors the Trainer cannot run:
 it moves the model with `.to()` (which cannot swap fake parameters) and reads the loss with
 `.item()` (fake tensors have no values). So `autotune plan` runs this short model of what the
 Trainer does to memory, and the tests pin it against real Trainer trials on the sim device

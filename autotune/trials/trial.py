@@ -216,7 +216,7 @@ def run_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> 
 
 def _engine_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
     """A model already wrapped by a sharding engine (the cluster workers): the step model of
-    step_model.py on it, until the Trainer's own DeepSpeed/FSDP path replaces it (issue #11)."""
+    trials/step_model.py on it, until the Trainer's own DeepSpeed/FSDP path replaces it (issue #11)."""
     from . import step_model
 
     device = workload.device
