@@ -20,6 +20,14 @@ import os
 import sys
 
 
+# Strategies the Trainer applies itself from its arguments and the torchrun variables (accelerate
+# wraps the model in DDP); the others go through the engine call the Trainer would make
+# (cluster/sharding.py): accelerate's FSDP plugin needs CUDA, and DeepSpeed ZeRO changes the
+# model in place, so one engine per worker serves every trial.
+TRAINER_APPLIES = (None, "ddp")
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _send(out, **message) -> None:
     out.write(json.dumps(message, default=str) + "\n")
     out.flush()
@@ -56,13 +64,21 @@ def serve(config: dict, requests, out) -> None:
     from .sharding import shard
 
     spec = ProbeSpec(**config["spec"])
+    strategy = config["strategy"]
     device = _make_device(spec, config)
-    # Always: the Trainer's argument parsing (used to build the optimizer) initialises
-    # distributed itself from the torchrun variables unless a process group already exists.
-    _init_process_group(config, device.kind)
+    if config["world_size"] > 1 or strategy is not None:
+        # Before the Trainer's argument parsing, which would otherwise initialise distributed
+        # itself from the torchrun variables.
+        _init_process_group(config, device.kind)
+    else:
+        # One rank, no strategy: the user's `python train.py`. With the torchrun variables set,
+        # accelerate would wrap the model in DDP and its gradient buckets would count.
+        for name in TORCHRUN_VARIABLES:
+            os.environ.pop(name, None)
     workload = load_workload(resolve(spec.model, spec.model_config), spec, device)
     info = describe_model(workload)
-    workload = shard(workload, config["strategy"], config["local_rank"])
+    if strategy not in TRAINER_APPLIES:
+        workload = shard(workload, strategy, config["local_rank"])
     budget = int(device.capacity * spec.usable_fraction)
     _send(out, ready={"model": dataclasses.asdict(info), "device": {
         "kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}, "budget": budget})
