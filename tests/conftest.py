@@ -1,10 +1,17 @@
 import os
 
-import pytest
-import torch
+# Under pytest-xdist (scripts/test.sh runs `-n 2`) each worker is one process per core: a second
+# torch thread per worker, or per process a test starts, would only contend for the same cores.
+# Set before torch is imported so the workers' subprocesses inherit it.
+XDIST = "PYTEST_XDIST_WORKER" in os.environ
+if XDIST:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1 if XDIST else min(2, os.cpu_count() or 1))
 
 # Import the Trainer once, here, before any trial: its first import (transformers.trainer -> peft ->
 # bitsandbytes) logs a warning whose argument is an exception, pytest's log capture keeps that record
@@ -27,3 +34,9 @@ def make_workload():
         return load_workload(resolve(None, name), spec, device)
 
     return build
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests (marked slow) first: under xdist a long test dealt out last would leave
+    the other worker idle at the end. Stable otherwise: the files' order is kept."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

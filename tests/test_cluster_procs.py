@@ -1,7 +1,8 @@
 """Cluster probing with real processes on the sim device: supervised workers that are killed
 mid-trial, a probe killed and resumed, and torchrun with two gloo ranks of unequal memory
 running DDP, FSDP2 and DeepSpeed ZeRO, and four ranks. Slow to start (torch import per
-process): few and tiny."""
+process): few and tiny, and one xdist group, so that under `-n 2` they run one after another on
+one worker instead of two torchrun jobs contending for the same cores."""
 
 import json
 import os
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "12MiB", "--max-length", "16",
@@ -46,13 +49,16 @@ def journal_trials(path):
     return len(Path(path).read_text().splitlines()) - 1 if Path(path).exists() else 0
 
 
-@pytest.mark.slow
-def test_killed_worker_and_killed_probe_give_the_uninterrupted_recipe(tmp_path):
-    """Reference: in process. Then in supervised workers with one worker SIGKILLed mid-trial
-    (retried in a fresh worker). Then the whole probe SIGKILLed after two trials and rerun: the
-    journal supplies the finished trials and the recipe is the same."""
+def test_killed_worker_and_killed_probe_give_the_uninterrupted_recipe(tmp_path, capfd):
+    """Reference: in process (this test's own, `cli.main`: no process start to pay for). Then in
+    supervised workers with one worker SIGKILLed mid-trial (retried in a fresh worker). Then the
+    whole probe SIGKILLed after two trials and rerun (in process: the rerun's workers are real
+    processes; what is tested is that the journal supplies the finished trials and the recipe is
+    the same)."""
+    from autotune.cli import main
+
     ref = tmp_path / "ref.yaml"
-    subprocess.run(command(*TINY, "--out", str(ref), "--no-journal"), env=env(), check=True, timeout=300, capture_output=True)
+    assert main(["probe", *TINY, "--out", str(ref), "--no-journal"]) == 0
 
     killed = tmp_path / "killed-worker.yaml"
     marker = tmp_path / "killed-once"
@@ -77,9 +83,10 @@ def test_killed_worker_and_killed_probe_give_the_uninterrupted_recipe(tmp_path):
     probe.wait()
     done = journal_trials(journal)
     assert done >= 2 and not out.exists()
-    run = subprocess.run(args, env=env(), timeout=300, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert f"{done} trial(s) taken from the journal" in run.stderr, run.stderr[-3000:]
+    capfd.readouterr()  # file-descriptor capture: the supervisor hands sys.stderr's fd to its workers
+    assert main(args[3:]) == 0  # args = [python, -m, autotune, probe, ...]
+    stderr = capfd.readouterr().err
+    assert f"{done} trial(s) taken from the journal" in stderr, stderr[-3000:]
     assert essence(out) == essence(ref)
     assert journal_trials(journal) == len(essence(ref)[2])  # nothing ran twice
 
@@ -114,7 +121,6 @@ def agreed_trials(recipe: dict, world: int) -> dict:
     return by
 
 
-@pytest.mark.slow
 def test_torchrun_ranks_with_unequal_memory_agree_and_sharding_lowers_the_peak(tmp_path):
     """`--nproc-per-node 2` starts torchrun: two gloo ranks, rank 1 with less memory. Under DDP rank
     1 runs out of memory while rank 0 goes on into the gradient all-reduce and blocks there: the
@@ -151,7 +157,6 @@ def test_torchrun_ranks_with_unequal_memory_agree_and_sharding_lowers_the_peak(t
     assert data["capacity_bytes"] == 34 << 20 and data["differences"] == []
 
 
-@pytest.mark.slow
 def test_deepspeed_zero_per_rank_peaks_under_torchrun(tmp_path):
     """Two gloo ranks, DDP vs DeepSpeed ZeRO-2 vs ZeRO-3 (through accelerate) at batch 1, fp32.
     The probe runs DeepSpeed with the config the launch files carry (ms-swift's ZeRO settings):
@@ -175,7 +180,6 @@ def test_deepspeed_zero_per_rank_peaks_under_torchrun(tmp_path):
     assert zero3 < 0.9 * ddp and zero3 < zero2
 
 
-@pytest.mark.slow
 def test_four_ranks_one_smaller_agree_on_every_trial_and_the_recipe(tmp_path):
     """`--nproc-per-node 4`, rank 3 with 40% of the others' memory. Batch 4 fits ranks 0-2 and
     breaks rank 3's budget: the agreed trial is over budget, all four ranks step to batch 3

@@ -104,7 +104,9 @@ def test_probe_with_a_dataset_records_limits_and_env(data, tmp_path, capsys):
     out = tmp_path / "r.yaml"
     argv = ["probe", "--model-config", "tiny-qwen2-vl", "--device", "sim", "--gpu-memory", "16MiB", "--dataset",
             str(data_dir / "train.jsonl"), "--tokenizer", tokenizer, "--length-percentile", "75", "--max-batch-size", "4",
-            "--out", str(out)]
+            "--out", str(out),
+            # one candidate, no eval phase: what is tested is what the dataset sets
+            "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3"]
     assert main(argv) == 0
     recipe = yaml.safe_load(out.read_text())
     assert load_recipe(out).settings.max_pixels == 308 * 196  # the recipe loads back with its new fields

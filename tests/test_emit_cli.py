@@ -96,7 +96,10 @@ def test_probe_emit_swift_writes_beside_the_recipe(tmp_path, capsys):
     out = tmp_path / "r.yaml"
     argv = ["probe", "--model-config", "tiny-gpt2", "--device", "sim", "--gpu-memory", "8MiB", "--max-length", "32",
             "--max-batch-size", "4", "--out", str(out), "--emit", "swift", "--quiet", "--swift-version", "4.6",
-            "--plot", str(tmp_path / "p.png")]
+            "--plot", str(tmp_path / "p.png"),
+            # one candidate, no eval phase: what is tested is what gets written and said (the whole
+            # search space through the CLI: test_space.test_probe_searches_the_space_and_validates)
+            "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3"]
     assert main(argv) == 0
     # every file written, then what to run next
     printed = capsys.readouterr().out

@@ -57,6 +57,7 @@ def test_generate_eval_keeps_ids_not_logits(make_workload):
     assert generated.settings["max_new_tokens"] == 4
 
 
+@pytest.mark.slow
 def test_probe_searches_the_space_and_validates(tmp_path, capsys):
     out, png = tmp_path / "r.yaml", tmp_path / "r.png"
     argv = ["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "12MiB", "--max-length", "64",

@@ -92,6 +92,7 @@ def probed(request):
     return probe(spec), spec
 
 
+@pytest.mark.slow
 def test_the_launched_trainer_fits_at_the_recipe_and_not_one_batch_more(probed, tmp_path):
     recipe, spec = probed
     s = recipe.settings
