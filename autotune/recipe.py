@@ -127,6 +127,10 @@ class SearchRecord:
     # reason, frontier, measured throughput and peak -- and trials/wall time per phase.
     candidates: list[dict] = field(default_factory=list)
     phases: dict = field(default_factory=dict)
+    # Issue #14: the limit searched instead of the batch (`frontier` then holds it, e.g.
+    # {"max_length": 1536}): the values searched, the proof (a fit and the next value's non-fit,
+    # or None when the largest value fits), and each candidate's frontier.
+    sequence: dict | None = None
 
 
 @dataclass

@@ -201,6 +201,11 @@ def run_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> 
     """Run `phase` ("train" or "eval") at `settings` through the Trainer: `steps` optimizer steps
     for train; for eval, one optimizer step and then `steps` eval steps inside training."""
     settings = _full(workload, settings)
+    with workload.shaped(settings):
+        return _run_phase(workload, phase, settings, steps, budget)
+
+
+def _run_phase(workload, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
     if getattr(workload, "strategy", None):
         return _engine_trial(workload, phase, settings, steps, budget)
     if phase == "train":
@@ -253,9 +258,10 @@ def run_training(workload, settings: dict, steps: int, eval_steps: int, evaluati
     settings = _full(workload, settings)
     evaluating = bool(settings.get("per_device_eval_batch_size")) and evaluations > 0
     every = max(1, steps // evaluations) if evaluating else None
-    run = train_with_trainer(workload, settings, steps, eval_every=every, eval_steps=eval_steps if evaluating else 0)
-    train = _result(workload, run, "train", settings, budget)
-    evaluation = _result(workload, run, "eval", settings, budget) if evaluating else None
+    with workload.shaped(settings):
+        run = train_with_trainer(workload, settings, steps, eval_every=every, eval_steps=eval_steps if evaluating else 0)
+        train = _result(workload, run, "train", settings, budget)
+        evaluation = _result(workload, run, "eval", settings, budget) if evaluating else None
     return train, evaluation
 
 
