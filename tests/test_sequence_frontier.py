@@ -6,6 +6,7 @@ The brute force measures every value once; the search then runs through the same
 trials: the sim device is deterministic, so a trial's answer does not depend on when it ran,
 and the test pays for each value once."""
 
+import dataclasses
 import random
 
 import pytest
@@ -137,3 +138,84 @@ def test_bad_auto_flags_are_one_line_exit_2(argv, flag, capsys, tmp_path):
     code = main(["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "64MiB", "--out", str(out), *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and flag in err[-1] and not out.exists()
+
+
+# ---------------------------------------------------------------- media (tiny Qwen2-VL)
+
+class Rejudged:
+    """The memoised trials judged against another budget: a trial's peak does not depend on the
+    budget it is judged by (the capacity is generous: nothing runs out of memory), so this is the
+    trial run again at that budget."""
+
+    def __init__(self, memo, budget):
+        self.memo, self.budget = memo, budget
+
+    def run(self, phase, settings, steps=None):
+        result = self.memo.run(phase, settings, steps)
+        if result.outcome in ("fit", "over_budget"):
+            return dataclasses.replace(result, outcome="fit" if result.peak_bytes <= self.budget else "over_budget")
+        return result
+
+
+MEDIA = {  # dimension -> spec: 8 pixel values (4..11 tokens per image), 7 frame counts (1..7 temporal patches)
+    "max_pixels": dict(max_length=14),
+    "video_frames": dict(max_length=32, images_per_sample=0, video_max_pixels=3136),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MEDIA))
+def media_curve(request):
+    """Brute force: every value's peak at batch 1 (sdpa, no checkpointing), on a generous card."""
+    dimension = request.param
+    spec, values, workload, memo, _ = _setup("tiny-qwen2-vl", 256 * MiB, "sdpa", frontier=dimension, **MEDIA[dimension])
+    settings = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "per_device_train_batch_size": 1,
+                "gradient_accumulation_steps": 1}
+    peaks = {v: memo.run("train", {**settings, dimension: v}).peak_bytes for v in values.values}
+    assert list(peaks.values()) == sorted(peaks.values())  # more pixels / frames, more memory
+    return spec, values, workload, memo, peaks
+
+
+def test_media_auto_equals_brute_force(media_curve):
+    spec, values, workload, memo, peaks = media_curve
+    ordered = list(peaks)
+    for middle in (2, len(ordered) - 3):  # budgets between two neighbouring values' peaks
+        budget = (peaks[ordered[middle]] + peaks[ordered[middle + 1]]) // 2
+        truth = max(v for v, p in peaks.items() if p <= budget)
+        assert truth == ordered[middle]
+        space = SearchSpace(spec, Rejudged(memo, budget), workload.device, budget, ProgressSink(), find_frontier)
+        result = search_limit(space, values)
+        assert result.value == truth and result.proof["non_fit"] == ordered[middle + 1]
+        assert len(space.trials) < len(values.values)
+
+
+def test_media_values_follow_the_family_resize_rule():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    spec = ProbeSpec(model_config="tiny-qwen2-vl", max_length=14, frontier="max_pixels")
+    values = frontier_values(spec, resolve(None, "tiny-qwen2-vl"))
+    assert values.values == [t * 784 for t in range(4, 12)]  # 28x28 pixels per token, 56x56 at least
+    for tokens, pixels in zip(range(4, 12), values.values):
+        # the largest image the processor makes under MAX_PIXELS=pixels has exactly `tokens` tokens
+        best = max((h // 28) * (w // 28) for h in range(28, 400, 28) for w in range(28, 400, 28)
+                   if smart_resize(h, w, 28, 3136, pixels) == (h, w))
+        assert best == tokens
+    frames = frontier_values(ProbeSpec(model_config="tiny-qwen2-vl", frontier="video_frames", **MEDIA["video_frames"]),
+                             resolve(None, "tiny-qwen2-vl"))
+    assert frames.values == [2, 4, 6, 8, 10, 12, 14] and "7 temporal patches" in frames.cap_reason
+
+
+@pytest.mark.parametrize("media_curve", ["max_pixels"], indirect=True)
+def test_probe_max_pixels_auto_sets_ms_swift_env(media_curve, tmp_path):
+    spec, values, workload, memo, peaks = media_curve
+    ordered = list(peaks)
+    capacity = (peaks[ordered[4]] + peaks[ordered[5]]) // 2  # margin 0: the budget is the capacity
+    out = tmp_path / "r.yaml"
+    argv = ["probe", "--model-config", "tiny-qwen2-vl", "--device", "sim", "--gpu-memory", str(capacity), "--margin", "0",
+            "--max-length", "14", "--max-pixels", "auto", "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval",
+            "--validate-steps", "3", "--quiet", "--out", str(out), "--emit", "swift"]
+    assert main(argv) == 0
+    recipe = load_recipe(out)
+    assert recipe.search.frontier == {"max_pixels": ordered[4]}
+    assert recipe.settings.max_pixels == ordered[4] and recipe.settings.env["MAX_PIXELS"] == str(ordered[4])
+    assert recipe.multimodal["image_tokens"] == ordered[4] // 784
+    assert f"MAX_PIXELS={ordered[4]}" in (tmp_path / "r.swift.sh").read_text()
