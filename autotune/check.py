@@ -15,7 +15,7 @@ from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
 from .probe import describe_hardware
 from .recipe import Recipe, TrialResult
 from .spec import ProbeSpec
-from .trial import run_training
+from .trial import run_training, run_trial
 
 CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
 TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation")
@@ -104,7 +104,7 @@ def spec_for(recipe: Recipe, device_kind: str, capacity: int, margin: float) -> 
         lora_dropout=float(lora.get("dropout", 0.05)), lora_target_modules=lora.get("target_modules", "all-linear"),
         dtype=s.torch_dtype, device=device_kind, gpu_memory=capacity, margin=margin,
         gradient_checkpointing=bool(s.gradient_checkpointing), attn_implementation=s.attn_implementation,
-        optim=s.optim, **vision_fields(recipe),
+        optim=s.optim, task=s.task or "train", **vision_fields(recipe),
     )
 
 
@@ -174,6 +174,9 @@ def _check_here(recipe: Recipe, kind: str, gpu_memory, margin: float, world: int
     result.budget_bytes = int(device.capacity * spec.usable_fraction)
     settings = {k: v for _, phase_settings in phases(recipe) for k, v in phase_settings.items()}
     evaluating = recipe.settings.per_device_eval_batch_size is not None
+    if recipe.settings.task == "eval":  # an evaluation-only recipe: the Trainer's evaluate() alone
+        result.trials.append(run_trial(workload, "eval", settings, eval_steps_of(recipe), result.budget_bytes))
+        return _judged(result)
     train, evaluation = run_training(workload, settings, steps, eval_steps_of(recipe), 1 if evaluating else 0,
                                      result.budget_bytes)
     result.trials += [t for t in (train, evaluation) if t is not None]

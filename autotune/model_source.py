@@ -166,8 +166,16 @@ def position_limit(config) -> int | None:
     return None
 
 
-def check_max_length(config, max_length: int) -> None:
+def check_max_length(config, max_length: int, new_tokens: int = 0) -> None:
+    """The input (and the tokens generated after it) must fit the model's positions; the refusal
+    names the overflow and what to lower."""
     limit = position_limit(config)
-    if limit is not None and max_length > limit:
+    if limit is None or max_length + new_tokens <= limit:
+        return
+    if not new_tokens:
         raise UsageError("--max-length", f"{max_length} exceeds the model's position limit of {limit} tokens",
                          f"use --max-length {limit} or less")
+    fixes = ([f"--max-length {limit - new_tokens} or less"] if limit > new_tokens else []) + \
+        ([f"--max-new-tokens {limit - max_length} or fewer"] if limit > max_length else [])
+    raise UsageError("--max-length", f"{max_length} + --max-new-tokens {new_tokens} = {max_length + new_tokens} tokens, "
+                                     f"past the model's position limit of {limit}", "use " + ", or ".join(fixes))

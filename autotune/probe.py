@@ -87,7 +87,7 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
 
         values = frontier_values(spec, source)
         spec = values.loading_spec(spec)
-    check_max_length(source.config, spec.max_length + (spec.max_new_tokens or 0))
+    check_max_length(source.config, spec.max_length, spec.max_new_tokens or 0)
     runnable = _runnable_attention(spec, device, model_class(source.config))
     from .cluster.session import open_session
 
@@ -171,15 +171,17 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     space.trials[:0] = trials
     space.first_hint = hint
     space.model_cls = model_class(source.config)
+    if spec.task == "eval":  # issue #14: evaluation alone
+        from .eval_probe import search_eval
+
+        done, limit, frontier = search_eval(space, find_frontier, values, lambda found: _at_limit(space, found, progress))
+        return _recipe(space.spec, source, session, space, done, base, started, data, limit, frontier)
     limit = None
     if values is not None:
         from .sequence_frontier import search_limit
 
         limit = search_limit(space, values)
-        progress.stage(f"{limit.dimension} frontier {limit.value} at batch {limit.batch} ({limit.trials} trials)")
-        # From here on every trial (eval frontier, validation) runs at the found value.
-        spec = space.spec = spec.replace(**{limit.dimension: limit.value})
-        space.runner = _WithBase(space.runner.inner, {**space.runner.base, limit.dimension: limit.value})
+        spec = _at_limit(space, limit, progress)
     else:
         space.search_train()
         space.runoff()
@@ -198,17 +200,27 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     return _recipe(spec, source, session, space, done, base, started, data, limit)
 
 
+def _at_limit(space, limit, progress) -> ProbeSpec:
+    """From here on every trial (eval frontier, validation) runs at the limit's found value."""
+    progress.stage(f"{limit.dimension} frontier {limit.value} at batch {limit.batch} ({limit.trials} trials)")
+    space.spec = space.spec.replace(**{limit.dimension: limit.value})
+    space.runner = _WithBase(space.runner.inner, {**space.runner.base, limit.dimension: limit.value})
+    return space.spec
+
+
 def _first_attention(spec: ProbeSpec, model_cls=None) -> str:
     usable = [a for a in spec.attn_candidates if attn_unsupported_by_model(a, model_cls) is None] or list(spec.attn_candidates)
     return next((a for a in usable if a != "flash_attention_2"), usable[0])
 
 
-def _recipe(spec, source, session, space, done, base: dict, started: float, data: dict | None, limit=None) -> Recipe:
+def _recipe(spec, source, session, space, done, base: dict, started: float, data: dict | None, limit=None,
+            frontier: dict | None = None) -> Recipe:
     chosen = done.config
     cand = next(c for c in space.candidates if c.chosen)
-    frontier = {"train": cand.frontier} if limit is None else {limit.dimension: limit.value}
-    if spec.eval:
-        frontier["eval"] = space.eval_frontiers.get(space.eval_key(chosen))
+    if frontier is None:
+        frontier = {"train": cand.frontier} if limit is None else {limit.dimension: limit.value}
+        if spec.eval:
+            frontier["eval"] = space.eval_frontiers.get(space.eval_key(chosen))
     setup = plan_inputs(source, spec)  # the vision-language setup, from the config alone
     vision = recipe_settings(setup, spec, chosen.gradient_checkpointing)
     settings = Settings(
@@ -225,6 +237,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         mixed_precision=mixed_precision(spec.dtype),
         max_length=spec.max_length,
         optim=spec.optim,
+        task=spec.task if spec.task != "train" else None,
         strategy=base.get("strategy"),
         **{k: v for k, v in vision.items() if k != "env"},
         env={**vision.get("env", {}), **(base.get("env") or {})},

@@ -107,6 +107,7 @@ class Settings:
     # Sharding (issue #6): "ddp" | "zero2" | "zero3" | "zero2_offload" | "zero3_offload" | "fsdp"; None: single device.
     strategy: str | None = None
     env: dict = field(default_factory=dict)  # environment the launch needs (PYTORCH_CUDA_ALLOC_CONF, MAX_PIXELS, ...)
+    task: str | None = None  # "eval": an evaluation-only recipe (issue #14: Trainer.evaluate, no training); None: training
 
 
 @dataclass

@@ -109,6 +109,16 @@ class FrontierResult:
                 "trials": self.trials}
 
 
+def open_candidate(space, attn: str, gc: bool) -> Candidate:
+    """A new candidate in `space`, switched to; "skipped" (with the reason) when it cannot run here."""
+    cand = Candidate(attn, gc)
+    space.candidates.append(cand)
+    cand.reason = attn_unavailable_reason(attn, space.device, space.spec.dtype, space.model_cls) or space._switch(attn, gc)
+    if cand.reason is not None:
+        cand.status = "skipped"
+    return cand
+
+
 def _key(cand: Candidate) -> str:
     return f"{cand.attn_implementation}/gc-{'on' if cand.gradient_checkpointing else 'off'}"
 
@@ -155,11 +165,8 @@ class LimitSearch:
         for attn in spec.attn_candidates:
             without = None
             for gc in gcs:
-                cand = Candidate(attn, gc)
-                space.candidates.append(cand)
-                cand.reason = attn_unavailable_reason(attn, space.device, spec.dtype, space.model_cls) or space._switch(attn, gc)
-                if cand.reason is not None:
-                    cand.status = "skipped"
+                cand = open_candidate(space, attn, gc)
+                if cand.status == "skipped":
                     continue
                 if gc and without is not None and without.lo == len(self.values.values):
                     cand.status = "pruned"
@@ -228,6 +235,8 @@ def _last_fit(trials, dimension: str, value: int, cand: Candidate):
 
 def _measured(space, cand: Candidate, batch: int, trial) -> Measured:
     spec = space.spec
+    if trial.phase == "eval":  # evaluation alone: no train batch (eval_probe records the eval batch)
+        return Measured(cand.attn_implementation, False, 1, 1, trial.tokens_per_s or 0.0, trial.peak_bytes or 0)
     accumulation = space.accumulation(batch)["gradient_accumulation_steps"] if trial.phase == "train" else 1
     target = spec.global_batch_size
     exact = target is None or batch * accumulation * spec.world_size == target

@@ -147,6 +147,11 @@ class ProbeSpec:
             if value is not None:
                 _positive(flag, value)
         _positive("--length-granularity", self.length_granularity)
+        if self.task == "eval" and not self.eval:
+            raise UsageError("--no-eval", "--task eval is the evaluation", "leave --no-eval out")
+        if self.per_device_eval_batch_size is not None and (self.task != "eval" or self.frontier is None):
+            raise UsageError("--per-device-eval-batch-size", "fixes the eval batch of an evaluation-only limit search",
+                             "use it with --task eval and --max-length / --max-pixels / --video-frames auto")
         if self.frontier is None:
             if self.per_device_train_batch_size is not None:
                 raise UsageError("--per-device-train-batch-size", "fixes the batch of a limit search",

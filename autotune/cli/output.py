@@ -186,6 +186,8 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
     if search.phases:
         console.print(f"phases      {phases_line(recipe)}")
     line = f"recipe      per_device_train_batch_size={s.per_device_train_batch_size} gradient_accumulation_steps={s.gradient_accumulation_steps}"
+    if s.task == "eval":  # evaluation only: no train batch
+        line = "recipe      task=eval"
     if s.per_device_eval_batch_size is not None:
         line += f" per_device_eval_batch_size={s.per_device_eval_batch_size}"
     if s.eval_accumulation_steps is not None or s.prediction_loss_only is not None:

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..model_source import builtin_names
 from ..recipe import check_writable, load_recipe, save_recipe
 from ..training_args import EVAL_OUTPUTS
-from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
+from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import multimodal_args
 from .model_args import add_model_arguments
 from .emit import emit_for_probe, emit_paths, write_files
@@ -65,6 +65,11 @@ def add_parser(sub) -> None:
     space.add_argument("--attn", default=",".join(ATTN_IMPLEMENTATIONS), metavar="LIST",
                        help=f"attention implementations to search, comma-separated (default: {','.join(ATTN_IMPLEMENTATIONS)}; "
                             "those that cannot run here are recorded as skipped)")
+    space.add_argument("--task", choices=TASKS, default="train",
+                       help="train (default), or eval: evaluation only, the Trainer's evaluate() (generate() with "
+                            "--predict-with-generate) with no training and no optimizer state, as a benchmark runs")
+    space.add_argument("--per-device-eval-batch-size", type=int, metavar="B",
+                       help="with --task eval and a limit given as auto: the eval batch it is searched at (default: 1)")
     space.add_argument("--no-eval", action="store_true", help="do not search the eval batch")
     space.add_argument("--eval-steps", type=int, default=DEFAULT_EVAL_STEPS,
                        help=f"eval steps whose logits stay on the device; becomes eval_accumulation_steps (default: {DEFAULT_EVAL_STEPS})")
@@ -107,7 +112,8 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
     return ProbeSpec(
         max_length=None if args.max_length == "auto" else args.max_length,
         frontier=frontier, length_granularity=getattr(args, "length_granularity", DEFAULT_LENGTH_GRANULARITY),
-        per_device_train_batch_size=getattr(args, "per_device_train_batch_size", None), model=args.model, model_config=args.model_config, train_type=args.train_type,
+        per_device_train_batch_size=getattr(args, "per_device_train_batch_size", None),
+        per_device_eval_batch_size=getattr(args, "per_device_eval_batch_size", None), task=getattr(args, "task", "train"), model=args.model, model_config=args.model_config, train_type=args.train_type,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_target_modules=args.lora_target_modules, dtype=args.dtype, device=args.device,
         margin=args.margin,
@@ -155,6 +161,9 @@ def run(args) -> int:
     if launch.wants_torchrun(args):
         return launch.relaunch(args.argv, args)
     spec = spec_from_args(args)
+    if spec.task == "eval" and args.emit:
+        raise UsageError("--emit", "the launch files are training runs; an evaluation-only recipe has no training to launch",
+                         "leave --emit out and read the recipe's eval settings (or recipe.apply them to your TrainingArguments)")
     if args.device is not None and args.device not in ("cuda", "sim"):
         raise UsageError("--device", f"unknown device {args.device!r}", "choose cuda or sim")
     main_rank = launch.rank_from_env()[0] == 0  # under torchrun only rank 0 prints and writes
