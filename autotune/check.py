@@ -89,6 +89,29 @@ def _size_flag(capacity: int | None) -> str | None:
     return str(capacity)
 
 
+def unset_length(recipe: Recipe, swift_args: dict, where: str) -> tuple[Recipe, str | None]:
+    """ms-swift arguments without max_length train at the model's full length (the Ovis2 OOM).
+    Returns the recipe at that length, which the check then runs, and a note naming the length
+    and the one that fits (the recipe's max_length frontier, else the length it was probed at)."""
+    if swift_args.get("max_length") is not None:
+        return recipe, None
+    from dataclasses import replace
+
+    from .emit.swift import default_max_length
+    from .model_source import resolve
+
+    m = recipe.model
+    weights = m.source == "weights"
+    full = default_max_length(resolve(m.path if weights else None, None if weights else m.path).config)
+    fits = recipe.search.frontier.get("max_length") or recipe.settings.max_length or m.max_length
+    if full is None or full <= fits:
+        return recipe, None
+    known = "its max_length frontier" if "max_length" in recipe.search.frontier else "the length it was probed at"
+    note = (f"{where} sets no max_length: ms-swift then trains at the model's full length, {full} tokens; the recipe fits at "
+            f"{fits} ({known}): add `max_length: {fits}` to {where} (or probe --max-length auto for the longest that fits)")
+    return replace(recipe, settings=replace(recipe.settings, max_length=full)), note
+
+
 def compare_fingerprints(expected: dict, here: dict) -> list[Difference]:
     return [Difference(k, expected.get(k), here.get(k)) for k in expected if expected.get(k) != here.get(k)]
 

@@ -125,6 +125,15 @@ def test_probe_max_length_auto_writes_the_frontier_into_the_recipe_and_launch_fi
     assert "--max_length 768" in (tmp_path / "r.swift.sh").read_text()
     assert "cutoff_len: 768" in (tmp_path / "r.llamafactory.yaml").read_text()
     assert '"max_length": 768' in (tmp_path / "r.hf.model.json").read_text()
+    # check --swift-args catches the unset length (the Ovis2 case): ms-swift would train at the
+    # model's full 1024 tokens, which runs out of memory; the note names both lengths
+    unset = tmp_path / "unset.swift.yaml"
+    unset.write_text("".join(line for line in (tmp_path / "r.swift.yaml").read_text().splitlines(keepends=True)
+                             if not line.startswith("max_length:")))
+    assert main(["check", str(out), "--swift-args", str(unset)]) == 3
+    text = " ".join(capsys.readouterr().out.split())
+    assert "sets no max_length: ms-swift then trains at the model's full length, 1024 tokens" in text
+    assert "the recipe fits at 768 (its max_length frontier): add `max_length: 768`" in text and "does not fit" in text
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -219,3 +228,10 @@ def test_probe_max_pixels_auto_sets_ms_swift_env(media_curve, tmp_path):
     assert recipe.settings.max_pixels == ordered[4] and recipe.settings.env["MAX_PIXELS"] == str(ordered[4])
     assert recipe.multimodal["image_tokens"] == ordered[4] // 784
     assert f"MAX_PIXELS={ordered[4]}" in (tmp_path / "r.swift.sh").read_text()
+
+
+def test_ms_swift_default_length_is_the_smallest_config_length():
+    from autotune.emit.swift import default_max_length
+
+    assert default_max_length(resolve(None, "tiny-llama").config) == 1024
+    assert default_max_length(resolve(None, "tiny-qwen2-vl").config) == 4096  # from the nested text_config
