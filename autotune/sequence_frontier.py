@@ -203,9 +203,10 @@ def search_limit(space, values: Values, phase: str = "train") -> FrontierResult:
             from .errors import AutotuneError
 
             raise AutotuneError(space.errors[0], "rerun with AUTOTUNE_DEBUG=1 for details")
-        raise DoesNotFitError(f"even {values.dimension} {values.values[0]} does not fit at per-device batch {limit.batch} "
-                              f"(usable budget {format_size(space.budget)})",
-                              "try --train-type lora, --gradient-checkpointing on, a smaller batch, or a larger card")
+        fixes = ("--train-type lora, --gradient-checkpointing on, a smaller --per-device-train-batch-size" if phase == "train"
+                 else "a smaller --per-device-eval-batch-size, --prediction-loss-only, fewer --max-new-tokens")
+        raise DoesNotFitError(f"even {values.dimension} {values.values[0]} does not fit at {phase} batch {limit.batch} "
+                              f"(usable budget {format_size(space.budget)})", f"try {fixes}, or a larger card")
     value = values.values[best - 1]
     contenders = [(c, s) for c, s in found if s.lo == best]
     for cand, search in found:

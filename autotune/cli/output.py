@@ -26,7 +26,8 @@ def describe_settings(settings: dict) -> str:
     parts = []
     for key, short in (("per_device_train_batch_size", "batch"), ("per_device_eval_batch_size", "eval batch"),
                        ("attn_implementation", "attn"), ("gradient_checkpointing", "gc"),
-                       ("eval_accumulation_steps", "eval accum"), ("max_new_tokens", "generate")):
+                       ("eval_accumulation_steps", "eval accum"), ("max_new_tokens", "generate"),
+                       ("max_length", "length"), ("max_pixels", "pixels"), ("video_frames", "frames")):
         if key in settings and settings[key] is not None:
             value = settings[key]
             parts.append(f"{short} {'on' if value is True else 'off' if value is False else value}")
