@@ -1,5 +1,5 @@
-"""Gemma 3 (vision) and InternVL (transformers' `internvl`), issue #14's model coverage: the worst
-case agrees with each processor's own rule, the batch is what the model reads, ms-swift's default
+"""Gemma 3 (vision), InternVL (transformers' `internvl`) and Qwen2.5-Omni's thinker with video,
+issue #14's model coverage: the worst case agrees with each processor's own rule, the batch is what the model reads, ms-swift's default
 freezing leaves only the language model trainable, and the plan's peaks equal the sim device's."""
 
 from types import SimpleNamespace
@@ -92,3 +92,28 @@ def test_internvl_worst_case_is_the_processors_most_tiles_batch_and_plan():
     assert batch["pixel_values"].shape == pixels.shape
     assert (batch["input_ids"] == config.image_token_id).sum() == vplan.image_tokens
     assert torch.isfinite(real.model(**batch).loss)
+
+
+def test_qwen25_omni_thinker_video_worst_case_and_eval_only_generation():
+    """Qwen2.5-Omni's thinker with a video (the benchmark case): the Qwen2.5-VL rule's tokens as
+    the model reads them, training, and evaluation alone with generate() on the sim device."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from autotune.trial import run_trial
+
+    name = "tiny-qwen2.5-omni-thinker"
+    config = resolve(None, name).config
+    media = dict(max_pixels=3136, video_frames=7, video_max_pixels=6272)
+    vplan = family_for(config).plan(config, Media(images=1, **media))
+    t, h, w = vplan.video_grid
+    assert t == 4 and smart_resize(h * 14, w * 14, 28, 3136, 6272) == (h * 14, w * 14)  # 7 frames pad to 4 temporal patches
+    assert vplan.video_tokens == t * h * w // 4 == 4 * 8
+    real = _plan_matches_sim(name, dict(max_length=64, **media))  # the plan runs under fake tensors too
+    spec = real.spec
+    batch = real.make_batch(2)
+    assert (batch["input_ids"] == config.video_token_id).sum() == 2 * vplan.video_tokens
+    assert batch["video_second_per_grid"].tolist() == [1.0, 1.0] and "mm_token_type_ids" not in batch
+    assert torch.isfinite(real.model(**batch).loss)
+    real.spec = spec.replace(task="eval", predict_with_generate=True, max_new_tokens=4)
+    evaluation = run_trial(real, "eval", {"per_device_eval_batch_size": 2, **real.spec.eval_keep_settings()}, 2, GiB)
+    assert evaluation.fits and evaluation.steps == 2
