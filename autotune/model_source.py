@@ -127,6 +127,9 @@ def not_causal_reason(config) -> str | None:
     if family_for(config) is not None:
         return None
     model_type = config.model_type
+    if getattr(config, "thinker_config", None) is not None:  # Qwen2.5-Omni: thinker + talker + vocoder
+        return (f"model_type {model_type!r} is a thinker + talker model; autotune probes the thinker (what ms-swift fine-tunes): "
+                "save its thinker_config as a config.json of its own (model_type qwen2_5_omni_thinker)")
     archs = list(getattr(config, "architectures", None) or [])
     causal = set(CAUSAL.values())
     if archs and not any(a in causal for a in archs):

@@ -6,6 +6,7 @@ optimizer state is resident."""
 
 import dataclasses
 
+import pytest
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
@@ -46,14 +47,22 @@ def evaluated(recipe, spec, capacity, eval_batch, tmp):
     return device.peak_bytes()
 
 
-def test_eval_only_probe_with_generation_matches_the_users_evaluate(tmp_path):
-    out = tmp_path / "r.yaml"
-    capacity = 3 * MiB
-    argv = ["probe", *MODEL, "--device", "sim", "--gpu-memory", str(capacity), "--task", "eval", "--predict-with-generate",
+CAPACITY = 3 * MiB
+
+
+@pytest.fixture(scope="module")
+def eval_recipe(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "r.yaml"
+    argv = ["probe", *MODEL, "--device", "sim", "--gpu-memory", str(CAPACITY), "--task", "eval", "--predict-with-generate",
             "--max-new-tokens", str(NEW_TOKENS), "--attn", "sdpa", "--eval-steps", "2", "--validate-steps", "3",
             "--quiet", "--out", str(out)]
     assert main(argv) == 0
-    recipe = load_recipe(out)
+    return out
+
+
+def test_eval_only_probe_with_generation_matches_the_users_evaluate(eval_recipe, tmp_path):
+    capacity = CAPACITY
+    recipe = load_recipe(eval_recipe)
     s = recipe.settings
     assert s.task == "eval" and s.eval_outputs == "generate" and s.max_new_tokens == NEW_TOKENS
     assert s.per_device_eval_batch_size == recipe.search.frontier["eval"] >= 1
@@ -86,3 +95,20 @@ def test_eval_task_refuses_launch_files(capsys, tmp_path):
     argv = ["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "64MiB",
             "--task", "eval", "--emit", "swift", "--out", str(tmp_path / "r.yaml")]
     assert main(argv) == 2 and "--emit" in capsys.readouterr().err
+
+
+def test_an_eval_recipe_is_not_emitted_and_a_full_omni_config_points_at_its_thinker(eval_recipe, tmp_path, capsys):
+    import json
+
+    from autotune.model_source import BUILTIN_DIR
+
+    assert main(["emit", "swift", str(eval_recipe), "-o", str(tmp_path / "s.yaml")]) == 2
+    assert "evaluation only" in capsys.readouterr().err and not (tmp_path / "s.yaml").exists()
+    thinker = json.loads((BUILTIN_DIR / "tiny-qwen2.5-omni-thinker.json").read_text())
+    full = tmp_path / "omni.json"
+    full.write_text(json.dumps({"model_type": "qwen2_5_omni", "architectures": ["Qwen2_5OmniForConditionalGeneration"],
+                                "thinker_config": thinker}))
+    assert main(["probe", "--model-config", str(full), "--max-length", "64", "--device", "sim", "--gpu-memory", "64MiB",
+                 "--out", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "probes the thinker" in err[0] and "qwen2_5_omni_thinker" in err[0]

@@ -176,6 +176,9 @@ def run(args) -> int:
     if args.plot and main_rank:
         check_plot(args.plot, args.force)
     console = stderr_console(quiet=args.quiet or not main_rank)
+    if args.from_plan and (spec.frontier or spec.task == "eval"):
+        raise UsageError("--from-plan", "a plan predicts the train batch frontier; a limit search or an evaluation-only probe does not use it",
+                         "leave --from-plan out")
     plan = load_recipe(args.from_plan) if args.from_plan else None
     progress = ConsoleProgress(console)
     # Several seconds of silence otherwise; a transient spinner, so a bad-input error stays one line.
@@ -196,7 +199,7 @@ def run(args) -> int:
     if args.plot:
         write_plot(recipe, args.plot)
         written.append(args.plot)
-    steps = next_steps.after_probe(args.out, emitted, args.swift_version)
+    steps = next_steps.after_probe(args.out, emitted, args.swift_version, training=recipe.settings.task != "eval")
     if args.format == "json":  # stdout holds the JSON only; the files and next steps go to stderr
         print_json(recipe.to_dict())
         files_and_next(console, written, steps)
