@@ -221,7 +221,9 @@ def _full(workload, settings: dict) -> dict:
 
 def run_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
     """Run `phase` ("train" or "eval") at `settings` through the Trainer: `steps` optimizer steps
-    for train; for eval, one optimizer step and then `steps` eval steps inside training."""
+    for train; for eval, one optimizer step and then `steps` eval steps inside training (with
+    --task eval: `steps` eval steps of `evaluate()` alone). Settings may carry the trial's own
+    max_length / max_pixels / video_frames (a limit search): the worst case is built at them."""
     settings = _full(workload, settings)
     with workload.shaped(settings):
         return _run_phase(workload, phase, settings, steps, budget)
