@@ -9,21 +9,21 @@ import time
 
 from . import __version__
 from .errors import AutotuneError, DoesNotFitError, UsageError
-from .dataset import from_dataset
+from .model.dataset import from_dataset
 from .emit.deepspeed import hidden_size
-from .model_source import check_max_length, model_class, resolve
-from .multimodal import recipe_record, recipe_settings
+from .model.source import check_max_length, model_class, resolve
+from .model.multimodal import recipe_record, recipe_settings
 from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
-from .training_args import mixed_precision
-from .training_setup import plan_inputs
-from .quantize import quantization_record
-from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
-from .global_batch import split_advice
-from .search import FrontierSearch
+from .recipe.training_args import mixed_precision
+from .model.training_setup import plan_inputs
+from .model.quantize import quantization_record
+from .recipe.schema import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
+from .search.global_batch import split_advice
+from .search.frontier import FrontierSearch
 from .sizes import format_size
-from .space import SearchSpace, attn_unavailable_reason, attn_unsupported_by_model
+from .search.space import SearchSpace, attn_unavailable_reason, attn_unsupported_by_model
 from .spec import ProbeSpec
-from .validate import validate
+from .search.validate import validate
 
 
 def library_versions() -> dict:
@@ -83,7 +83,7 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
         progress.dataset(profile, data)
     values = None
     if spec.frontier:  # issue #14: a limit is searched instead of the batch; load at its largest value
-        from .sequence_frontier import frontier_values
+        from .search.limits import frontier_values
 
         values = frontier_values(spec, source)
         spec = values.loading_spec(spec)
@@ -148,7 +148,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     base = {"env": dict(spec.env)} if spec.env else {}
     hint = None
     if plan is not None:
-        from .plan import hint_from_plan
+        from .plan.planner import hint_from_plan
 
         hint = hint_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
@@ -156,7 +156,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     choose_allocator = spec.expandable_segments == "auto" and session.supervisor is not None and session.hardware.device == "cuda"
     if values is None and (len(spec.strategies) > 1 or choose_allocator):
         # Strategy and allocator first (issue #6), at the first runnable attention without checkpointing.
-        from .cluster.dimensions import search_train
+        from .search.dimensions import search_train
 
         first = {**base, "attn_implementation": _first_attention(spec, model_class(source.config)), "gradient_checkpointing": False}
         chosen, _ = search_train(runner, first, budget, spec.max_batch_size, progress, trials, spec.strategies,
@@ -172,13 +172,13 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     space.first_hint = hint
     space.model_cls = model_class(source.config)
     if spec.task == "eval":  # issue #14: evaluation alone
-        from .eval_probe import search_eval
+        from .search.eval_only import search_eval
 
         done, limit, frontier = search_eval(space, find_frontier, values, lambda found: _at_limit(space, found, progress))
         return _recipe(space.spec, source, session, space, done, base, started, data, limit, frontier)
     limit = None
     if values is not None:
-        from .sequence_frontier import search_limit
+        from .search.limits import search_limit
 
         limit = search_limit(space, values)
         spec = _at_limit(space, limit, progress)

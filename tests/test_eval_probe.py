@@ -13,11 +13,11 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 from autotune.check import check
 from autotune.cli import main
 from autotune.devices import SimDevice
-from autotune.model_source import resolve
-from autotune.recipe import load_recipe
+from autotune.model.source import resolve
+from autotune.recipe.schema import load_recipe
 from autotune.spec import ProbeSpec
-from autotune.trainer_run import WorstCase
-from autotune.workload import load_workload
+from autotune.trials.trainer_run import WorstCase
+from autotune.model.workload import load_workload
 
 MiB = 2**20
 NEW_TOKENS = 8
@@ -100,7 +100,7 @@ def test_eval_task_refuses_launch_files(capsys, tmp_path):
 def test_an_eval_recipe_is_not_emitted_and_a_full_omni_config_points_at_its_thinker(eval_recipe, tmp_path, capsys):
     import json
 
-    from autotune.model_source import BUILTIN_DIR
+    from autotune.model.source import BUILTIN_DIR
 
     assert main(["emit", "swift", str(eval_recipe), "-o", str(tmp_path / "s.yaml")]) == 2
     assert "evaluation only" in capsys.readouterr().err and not (tmp_path / "s.yaml").exists()

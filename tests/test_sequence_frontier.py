@@ -13,15 +13,15 @@ import pytest
 
 from autotune.cli import main
 from autotune.devices import SimDevice
-from autotune.model_source import resolve
+from autotune.model.source import resolve
 from autotune.probe import ProgressSink, find_frontier
-from autotune.recipe import load_recipe
-from autotune.search import FrontierSearch, run_search
-from autotune.sequence_frontier import frontier_values, search_limit
-from autotune.space import SearchSpace
+from autotune.recipe.schema import load_recipe
+from autotune.search.frontier import FrontierSearch, run_search
+from autotune.search.limits import frontier_values, search_limit
+from autotune.search.space import SearchSpace
 from autotune.spec import ProbeSpec
-from autotune.trial import run_trial
-from autotune.workload import load_workload
+from autotune.trials.trial import run_trial
+from autotune.model.workload import load_workload
 
 MiB = 2**20
 

@@ -12,12 +12,12 @@ from PIL import Image
 from autotune.devices import SimDevice
 from autotune.devices.fake import FakeDevice
 from autotune.errors import UsageError
-from autotune.families import Media, family_for
-from autotune.model_source import resolve
-from autotune.plan_measure import build_plan_workload, measure_candidate, plan_source
+from autotune.model.families import Media, family_for
+from autotune.model.source import resolve
+from autotune.plan.measure import build_plan_workload, measure_candidate, plan_source
 from autotune.spec import ProbeSpec
-from autotune.trial import run_eval_trial, run_train_trial
-from autotune.workload import load_workload
+from autotune.trials.trial import run_eval_trial, run_train_trial
+from autotune.model.workload import load_workload
 
 GiB = 2**30
 
@@ -99,7 +99,7 @@ def test_qwen25_omni_thinker_video_worst_case_and_eval_only_generation():
     the model reads them, training, and evaluation alone with generate() on the sim device."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    from autotune.trial import run_trial
+    from autotune.trials.trial import run_trial
 
     name = "tiny-qwen2.5-omni-thinker"
     config = resolve(None, name).config

@@ -11,10 +11,10 @@ steps). Returns data for probe._recipe."""
 
 from __future__ import annotations
 
-from .errors import DoesNotFitError
-from .recipe import Validation
-from .sizes import format_size
-from .sequence_frontier import open_candidate, search_limit
+from ..errors import DoesNotFitError
+from ..recipe.schema import Validation
+from ..sizes import format_size
+from .limits import open_candidate, search_limit
 from .space import Candidate, Measured
 from .validate import Validated
 
@@ -68,7 +68,7 @@ def search_eval(space, find_frontier, values=None, at_limit=None):
         order = [(c, f) for c, f in _batch_frontiers(space, find_frontier) if f]
         if not order:
             if space.errors:
-                from .errors import AutotuneError
+                from ..errors import AutotuneError
 
                 raise AutotuneError(space.errors[0], "rerun with AUTOTUNE_DEBUG=1 for details")
             raise DoesNotFitError(f"even eval batch 1 does not fit at max length {spec.max_length} (usable budget {format_size(space.budget)})",

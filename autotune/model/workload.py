@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
-from .model_source import ModelSource, check_max_length
-from .spec import ProbeSpec
+from ..errors import UsageError
+from .source import ModelSource, check_max_length
+from ..spec import ProbeSpec
 from .training_setup import Setup, check_optimizer, plan_inputs, prepare
 
 # Trial settings that change the worst-case input itself (the sequence and media frontier,

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import DoesNotFitError, UsageError
+from ..errors import DoesNotFitError, UsageError
 from .global_batch import Split
-from .search import FrontierSearch
-from .sizes import format_size
+from .frontier import FrontierSearch
+from ..sizes import format_size
 from .space import Candidate, Measured, attn_unavailable_reason, rank
 
 FLAGS = {"max_length": "--max-length", "max_pixels": "--max-pixels", "video_frames": "--video-frames"}
@@ -46,7 +46,7 @@ class Values:
 
 def frontier_values(spec, source) -> Values:
     """The values `spec.frontier` is searched over, for this model and the rest of the spec."""
-    from .families import family_for
+    from ..model.families import family_for
 
     family = family_for(source.config)
     flag = FLAGS[spec.frontier]
@@ -54,7 +54,7 @@ def frontier_values(spec, source) -> Values:
         return length_values(spec, source.config, family)
     if family is None:
         raise UsageError(flag, "this model is text-only: there is no media limit to search", f"leave {flag} out, or probe a vision-language model")
-    from .multimodal import media_values
+    from ..model.multimodal import media_values
 
     values, step, cap = media_values(family, source.config, spec, spec.frontier)
     return Values(spec.frontier, values, step, cap)
@@ -64,7 +64,7 @@ def length_values(spec, config, family=None) -> Values:
     """Multiples of --length-granularity, from the first that holds the media and one text token
     to the model's position limit (less the generated tokens when evaluation generates); the
     limit itself when it is not a multiple."""
-    from .model_source import position_limit
+    from ..model.source import position_limit
 
     limit = position_limit(config)
     if limit is None:
@@ -75,7 +75,7 @@ def length_values(spec, config, family=None) -> Values:
     reason = f"the model's position limit of {limit} tokens" + (f" less {generated} generated" if generated else "")
     low = 1
     if family is not None:
-        from .multimodal import media_from_spec
+        from ..model.multimodal import media_from_spec
 
         low = family.plan(config, media_from_spec(spec)).tokens + 1  # the media alone, and one text token
     step = spec.length_granularity
@@ -200,7 +200,7 @@ def search_limit(space, values: Values, phase: str = "train") -> FrontierResult:
     best = max((s.lo for _, s in found), default=0)
     if best == 0:
         if space.errors:
-            from .errors import AutotuneError
+            from ..errors import AutotuneError
 
             raise AutotuneError(space.errors[0], "rerun with AUTOTUNE_DEBUG=1 for details")
         fixes = ("--train-type lora, --gradient-checkpointing on, a smaller --per-device-train-batch-size" if phase == "train"
