@@ -15,7 +15,7 @@ from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
 from .describe import describe_hardware
 from .recipe.schema import Recipe, TrialResult
 from .spec import ProbeSpec
-from .trials.trial import run_training
+from .trials.trial import run_training, run_trial
 
 CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
 TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation")
@@ -89,6 +89,29 @@ def _size_flag(capacity: int | None) -> str | None:
     return str(capacity)
 
 
+def unset_length(recipe: Recipe, swift_args: dict, where: str) -> tuple[Recipe, str | None]:
+    """ms-swift arguments without max_length train at the model's full length (the Ovis2 OOM).
+    Returns the recipe at that length, which the check then runs, and a note naming the length
+    and the one that fits (the recipe's max_length frontier, else the length it was probed at)."""
+    if swift_args.get("max_length") is not None:
+        return recipe, None
+    from dataclasses import replace
+
+    from .emit.swift import default_max_length
+    from .model.source import resolve
+
+    m = recipe.model
+    weights = m.source == "weights"
+    full = default_max_length(resolve(m.path if weights else None, None if weights else m.path).config)
+    fits = recipe.search.frontier.get("max_length") or recipe.settings.max_length or m.max_length
+    if full is None or full <= fits:
+        return recipe, None
+    known = "its max_length frontier" if "max_length" in recipe.search.frontier else "the length it was probed at"
+    note = (f"{where} sets no max_length: ms-swift then trains at the model's full length, {full} tokens; the recipe fits at "
+            f"{fits} ({known}): add `max_length: {fits}` to {where} (or probe --max-length auto for the longest that fits)")
+    return replace(recipe, settings=replace(recipe.settings, max_length=full)), note
+
+
 def compare_fingerprints(expected: dict, here: dict) -> list[Difference]:
     return [Difference(k, expected.get(k), here.get(k)) for k in expected if expected.get(k) != here.get(k)]
 
@@ -104,7 +127,7 @@ def spec_for(recipe: Recipe, device_kind: str, capacity: int, margin: float) -> 
         lora_dropout=float(lora.get("dropout", 0.05)), lora_target_modules=lora.get("target_modules", "all-linear"),
         dtype=s.torch_dtype, device=device_kind, gpu_memory=capacity, margin=margin,
         gradient_checkpointing=bool(s.gradient_checkpointing), attn_implementation=s.attn_implementation,
-        optim=s.optim, **vision_fields(recipe),
+        optim=s.optim, task=s.task or "train", **vision_fields(recipe),
     )
 
 
@@ -174,6 +197,9 @@ def _check_here(recipe: Recipe, kind: str, gpu_memory, margin: float, world: int
     result.budget_bytes = int(device.capacity * spec.usable_fraction)
     settings = {k: v for _, phase_settings in phases(recipe) for k, v in phase_settings.items()}
     evaluating = recipe.settings.per_device_eval_batch_size is not None
+    if recipe.settings.task == "eval":  # an evaluation-only recipe: the Trainer's evaluate() alone
+        result.trials.append(run_trial(workload, "eval", settings, eval_steps_of(recipe), result.budget_bytes))
+        return _judged(result)
     train, evaluation = run_training(workload, settings, steps, eval_steps_of(recipe), 1 if evaluating else 0,
                                      result.budget_bytes)
     result.trials += [t for t in (train, evaluation) if t is not None]

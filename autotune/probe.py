@@ -3,6 +3,7 @@ prints. `progress` receives events (see ProgressSink) so a caller can show them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 
@@ -35,14 +36,20 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
     if spec.dataset:
         spec, profile, data = from_dataset(spec, source)
         progress.dataset(profile, data)
-    check_max_length(source.config, spec.max_length + (spec.max_new_tokens or 0))
+    values = None
+    if spec.frontier:  # issue #14: a limit is searched instead of the batch; load at its largest value
+        from .search.limits import frontier_values
+
+        values = frontier_values(spec, source)
+        spec = values.loading_spec(spec)
+    check_max_length(source.config, spec.max_length, spec.max_new_tokens or 0)
     runnable = _runnable_attention(spec, device, model_class(source.config))
     from .cluster.session import open_session
 
     # Load with an attention that runs here; each trial then switches in place.
     session = open_session(spec.replace(attn_implementation=runnable[0], gradient_checkpointing=False), source, progress, device)
     try:
-        recipe = _probe(spec, source, session, progress, started, plan, data)
+        recipe = _probe(spec, source, session, progress, started, plan, data, values)
         session.confirm_agreement(recipe)
         resumed = getattr(session.runner, "resumed", 0)
         if resumed:
@@ -91,7 +98,7 @@ class _WithBase:
 
 
 def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: float, plan: Recipe | None,
-           data: dict | None) -> Recipe:
+           data: dict | None, values=None) -> Recipe:
     runner, budget = session.runner, session.budget
     base = {"env": dict(spec.env)} if spec.env else {}
     hint = None
@@ -102,7 +109,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
     trials: list[TrialResult] = []
     choose_allocator = spec.expandable_segments == "auto" and session.supervisor is not None and session.hardware.device == "cuda"
-    if len(spec.strategies) > 1 or choose_allocator:
+    if values is None and (len(spec.strategies) > 1 or choose_allocator):
         # Strategy and allocator first (issue #6), at the first runnable attention without checkpointing.
         from .search.dimensions import search_train
 
@@ -119,8 +126,20 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     space.trials[:0] = trials
     space.first_hint = hint
     space.model_cls = model_class(source.config)
-    space.search_train()
-    space.runoff()
+    if spec.task == "eval":  # issue #14: evaluation alone
+        from .search.eval_only import search_eval
+
+        done, limit, frontier = search_eval(space, find_frontier, values, lambda found: _at_limit(space, found, progress))
+        return _recipe(space.spec, source, session, space, done, base, started, data, limit, frontier)
+    limit = None
+    if values is not None:
+        from .search.limits import search_limit
+
+        limit = search_limit(space, values)
+        spec = _at_limit(space, limit, progress)
+    else:
+        space.search_train()
+        space.runoff()
     ranked = space.ranked()
     if not ranked:
         if space.errors:
@@ -133,7 +152,15 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     chosen = done.config
     for cand in space.candidates:
         cand.chosen = (cand.attn_implementation, cand.gradient_checkpointing) == (chosen.attn_implementation, chosen.gradient_checkpointing)
-    return _recipe(spec, source, session, space, done, base, started, data)
+    return _recipe(spec, source, session, space, done, base, started, data, limit)
+
+
+def _at_limit(space, limit, progress) -> ProbeSpec:
+    """From here on every trial (eval frontier, validation) runs at the limit's found value."""
+    progress.stage(f"{limit.dimension} frontier {limit.value} at batch {limit.batch} ({limit.trials} trials)")
+    space.spec = space.spec.replace(**{limit.dimension: limit.value})
+    space.runner = _WithBase(space.runner.inner, {**space.runner.base, limit.dimension: limit.value})
+    return space.spec
 
 
 def _first_attention(spec: ProbeSpec, model_cls=None) -> str:
@@ -141,12 +168,14 @@ def _first_attention(spec: ProbeSpec, model_cls=None) -> str:
     return next((a for a in usable if a != "flash_attention_2"), usable[0])
 
 
-def _recipe(spec, source, session, space, done, base: dict, started: float, data: dict | None) -> Recipe:
+def _recipe(spec, source, session, space, done, base: dict, started: float, data: dict | None, limit=None,
+            frontier: dict | None = None) -> Recipe:
     chosen = done.config
     cand = next(c for c in space.candidates if c.chosen)
-    frontier = {"train": cand.frontier}
-    if spec.eval:
-        frontier["eval"] = space.eval_frontiers.get(space.eval_key(chosen))
+    if frontier is None:
+        frontier = {"train": cand.frontier} if limit is None else {limit.dimension: limit.value}
+        if spec.eval:
+            frontier["eval"] = space.eval_frontiers.get(space.eval_key(chosen))
     setup = plan_inputs(source, spec)  # the vision-language setup, from the config alone
     vision = recipe_settings(setup, spec, chosen.gradient_checkpointing)
     settings = Settings(
@@ -163,6 +192,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         mixed_precision=mixed_precision(spec.dtype),
         max_length=spec.max_length,
         optim=spec.optim,
+        task=spec.task if spec.task != "train" else None,
         strategy=base.get("strategy"),
         **{k: v for k, v in vision.items() if k != "env"},
         env={**vision.get("env", {}), **(base.get("env") or {})},
@@ -173,11 +203,12 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         effective_global_batch_size=chosen.per_device_train_batch_size * chosen.gradient_accumulation_steps * session.world_size,
         global_batch_exact=chosen.exact,
         global_batch_note=chosen.note or split_advice(spec.global_batch_size, frontier.get("train", 0), session.world_size),
+        sequence=limit.record() if limit else None,
         trials=space.trials, wall_s=round(time.perf_counter() - started, 3),
         candidates=[c.row() for c in space.candidates], phases=space.phases,
     )
     return Recipe(
-        schema=SCHEMA, model=session.model, hardware=session.hardware,
+        schema=SCHEMA, model=dataclasses.replace(session.model, max_length=spec.max_length), hardware=session.hardware,
         settings=settings, search=record, validation=done.validation,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), autotune_version=__version__,
         multimodal=recipe_record(setup, spec), dataset=data,

@@ -18,6 +18,10 @@ DEFAULT_MARGIN = 0.10
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_EVAL_STEPS = 4  # eval steps whose logits stay on the device before eval_accumulation_steps flushes them
 DEFAULT_VALIDATE_STEPS = 20
+# The sequence and media frontier (issue #14): what `auto` searches instead of the batch size.
+FRONTIER_DIMENSIONS = ("max_length", "max_pixels", "video_frames")
+DEFAULT_LENGTH_GRANULARITY = 64
+TASKS = ("train", "eval")
 
 
 @dataclass
@@ -76,6 +80,14 @@ class ProbeSpec:
     dataset: str | None = None  # ms-swift JSONL; its samples set max_length / max_pixels
     length_percentile: float | None = None  # probe at this percentile of the dataset instead of its max
     tokenizer: str | None = None  # a local tokenizer/processor directory for --dataset
+    # Issue #14. `frontier`: the one limit searched instead of the batch ("auto" on the command
+    # line), at a fixed per-device batch; the searched field's own value is ignored (max_length
+    # None: up to the model's position limit).
+    frontier: str | None = None
+    length_granularity: int = DEFAULT_LENGTH_GRANULARITY  # --max-length auto: a multiple of this
+    per_device_train_batch_size: int | None = None  # the fixed batch of a frontier search (default 1)
+    per_device_eval_batch_size: int | None = None  # --task eval with a frontier (default 1)
+    task: str = "train"  # "eval": evaluation only (Trainer.evaluate / generate), no training
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,11 +96,12 @@ class ProbeSpec:
         if (self.model is None) == (self.model_config is None):
             raise UsageError("--model", "give exactly one of --model DIR (real weights) or --model-config PATH|NAME (random init)",
                              "for example --model-config tiny-llama")
-        if self.max_length is None and self.dataset is None:
+        if self.max_length is None and self.dataset is None and self.frontier != "max_length":
             raise UsageError("--max-length", "required (or give --dataset FILE.jsonl to measure it)", "for example --max-length 2048")
         if self.max_length is not None:
             _positive("--max-length", self.max_length)
         self._validate_multimodal()
+        self._validate_frontier()
         _positive("--max-batch-size", self.max_batch_size)
         _positive("--lora-r", self.lora_r)
         _positive("--lora-alpha", self.lora_alpha)
@@ -126,6 +139,34 @@ class ProbeSpec:
                 raise UsageError("--length-percentile", "needs --dataset FILE.jsonl to take the percentile of")
             if not (0 < self.length_percentile <= 100):
                 raise UsageError("--length-percentile", f"must be in (0, 100], got {self.length_percentile}", "for example --length-percentile 95")
+    def _validate_frontier(self) -> None:
+        if self.task not in TASKS:
+            raise UsageError("--task", f"unknown task {self.task!r}", f"choose one of {', '.join(TASKS)}")
+        for flag, value in (("--per-device-train-batch-size", self.per_device_train_batch_size),
+                            ("--per-device-eval-batch-size", self.per_device_eval_batch_size)):
+            if value is not None:
+                _positive(flag, value)
+        _positive("--length-granularity", self.length_granularity)
+        if self.task == "eval" and not self.eval:
+            raise UsageError("--no-eval", "--task eval is the evaluation", "leave --no-eval out")
+        if self.per_device_eval_batch_size is not None and (self.task != "eval" or self.frontier is None):
+            raise UsageError("--per-device-eval-batch-size", "fixes the eval batch of an evaluation-only limit search",
+                             "use it with --task eval and --max-length / --max-pixels / --video-frames auto")
+        if self.frontier is None:
+            if self.per_device_train_batch_size is not None:
+                raise UsageError("--per-device-train-batch-size", "fixes the batch of a limit search",
+                                 "add --max-length auto (or --max-pixels / --video-frames auto); the batch search is bounded by --max-batch-size")
+            return
+        if len(self.strategies) > 1:
+            raise UsageError("--strategy", "a limit search runs under one sharding strategy", "give one --strategy, or search the batch")
+        flag = "--" + self.frontier.replace("_", "-")
+        if self.frontier not in FRONTIER_DIMENSIONS:
+            raise UsageError(flag, f"cannot search {self.frontier!r}", f"auto applies to {', '.join(FRONTIER_DIMENSIONS)}")
+        if self.dataset is not None:
+            raise UsageError(flag, "auto searches the limit itself; --dataset measures it from the data", "give one of them")
+        if self.frontier != "max_length" and self.max_length is None:
+            raise UsageError("--max-length", f"{flag} auto searches at a given length cap", "add --max-length N (a number, not auto)")
+
     def _validate_space(self) -> None:
         unknown = [a for a in self.attn_candidates if a not in ATTN_IMPLEMENTATIONS]
         if unknown or not self.attn_candidates:

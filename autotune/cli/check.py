@@ -62,9 +62,15 @@ def add_parser(sub) -> None:
 
 
 def with_swift_args(recipe, path: str):
-    settings, model = swift.settings_from_args(swift.read_args(path))
-    return dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
-                               model=dataclasses.replace(recipe.model, **model))
+    """The recipe with the ms-swift file's settings, and a note when the file leaves max_length
+    unset (ms-swift then trains at the model's full length, which the check then runs)."""
+    from ..check import unset_length
+
+    args = swift.read_args(path)
+    settings, model = swift.settings_from_args(args)
+    recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
+                                 model=dataclasses.replace(recipe.model, **model))
+    return unset_length(recipe, args, path)
 
 
 def reprobe_out(recipe_path: str) -> str:
@@ -88,15 +94,17 @@ def run(args) -> int:
     with deferred_interrupt():
         from ..check import check, reprobe_command  # torch: imported only when a check runs, so --help is fast
 
-    recipe = load_recipe(args.recipe)
+    recipe, note = load_recipe(args.recipe), None
     if args.swift_args:
-        recipe = with_swift_args(recipe, args.swift_args)
+        recipe, note = with_swift_args(recipe, args.swift_args)
     gpu_memory, per_rank = launch.gpu_memory_sizes(args.gpu_memory)
     if per_rank and launch.rank_from_env()[1] != len(per_rank):
         raise UsageError("--gpu-memory", f"{len(per_rank)} sizes need as many ranks",
                          f"add --nproc-per-node {len(per_rank)}, or give a single size")
     result = check(recipe, device_kind=args.device, gpu_memory=gpu_memory, margin=args.margin,
                    world_size=args.world_size, steps=args.steps, gpu_memory_per_rank=per_rank)
+    if note:
+        result.notes.insert(0, note)
     if result.reprobe_command:  # the hint writes beside the recipe, under a name not taken
         result.reprobe_command = reprobe_command(recipe, device=args.device or recipe.hardware.device,
                                                  capacity=result.capacity_bytes, out=reprobe_out(args.recipe),

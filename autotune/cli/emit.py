@@ -72,6 +72,9 @@ def emit_for_probe(target: str, recipe, recipe_out: str, swift_version: str | No
 def run(args) -> int:
     recipe = load_recipe(args.recipe)
     require_validated(recipe, args.allow_unvalidated)
+    if recipe.settings.task == "eval":
+        raise UsageError("RECIPE", "this recipe is evaluation only (settings.task: eval): there is no training to launch",
+                         "read its eval settings, or recipe.apply them to your TrainingArguments")
     if args.swift_version and args.target != "swift":
         raise UsageError("--swift-version", f"only applies to `emit swift`, not {args.target}")
     out = args.out

@@ -30,6 +30,16 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def whole_or_auto(text: str):
+    """A whole number, or "auto": search the largest value that fits (issue #14)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+
+
 def add_arguments(parser) -> None:
     train = parser.add_argument_group("optimizer and quantization")
     train.add_argument("--optim", choices=OPTIMIZERS, default="adamw_torch_fused",
@@ -38,9 +48,12 @@ def add_arguments(parser) -> None:
     vl.add_argument("--freeze-vit", type=boolean, metavar="true|false", help="freeze the vision tower (ms-swift default: true)")
     vl.add_argument("--freeze-aligner", type=boolean, metavar="true|false", help="freeze the projector/merger (ms-swift default: true)")
     vl.add_argument("--freeze-llm", type=boolean, metavar="true|false", help="freeze the language model (ms-swift default: false)")
-    vl.add_argument("--max-pixels", type=int, metavar="N", help="largest image, in pixels, after the processor's resize (Qwen2-VL family default: 12845056, the published processor's)")
+    vl.add_argument("--max-pixels", type=whole_or_auto, metavar="N|auto",
+                    help="largest image, in pixels, after the processor's resize (Qwen2-VL family default: 12845056, the published "
+                         "processor's); auto: the largest that fits at --max-length and the batch (ms-swift's MAX_PIXELS)")
     vl.add_argument("--images-per-sample", type=int, metavar="N", help="images in every sample of the worst-case batch (default: 1)")
-    vl.add_argument("--video-frames", type=int, metavar="N", help="frames of one video per sample (default: no video)")
+    vl.add_argument("--video-frames", type=whole_or_auto, metavar="N|auto",
+                    help="frames of one video per sample (default: no video); auto: the most that fit (ms-swift's FPS_MAX_FRAMES)")
     vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame (default: 602112, qwen-vl-utils')")
     data = parser.add_argument_group("your own data")
     data.add_argument("--dataset", metavar="FILE.jsonl", help="ms-swift JSONL: measure every sample and probe at the longest (or --length-percentile)")
@@ -49,5 +62,6 @@ def add_arguments(parser) -> None:
 
 
 def spec_kwargs(args) -> dict:
-    return {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
-                                          "video_frames", "video_max_pixels", "dataset", "length_percentile", "tokenizer")}
+    kwargs = {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
+                                            "video_frames", "video_max_pixels", "dataset", "length_percentile", "tokenizer")}
+    return {k: None if v == "auto" else v for k, v in kwargs.items()}

@@ -31,13 +31,15 @@ def launch_command(target: str, path: str, swift_version: str | None = None) -> 
     return None
 
 
-def after_probe(recipe_path: str, emitted: dict[str, list[str]], swift_version: str | None = None) -> list[str]:
-    """Next commands after `probe`: launch each emitted file, pre-flight the recipe in the job."""
+def after_probe(recipe_path: str, emitted: dict[str, list[str]], swift_version: str | None = None,
+                training: bool = True) -> list[str]:
+    """Next commands after `probe`: launch each emitted file, pre-flight the recipe in the job
+    (`training` False: an evaluation-only recipe, which has no launch files)."""
     q = shlex.quote(recipe_path)
     lines = [f"python -m autotune check {q}   # in the job script, before the long run (exit 0 = fits)"]
     launches = [c for target, paths in emitted.items() for p in paths if (c := launch_command(target, p, swift_version))]
     if launches:
         lines += launches
-    else:
+    elif training:
         lines.append(f"python -m autotune emit swift {q} -o swift.yaml   # launch files: swift, hf, deepspeed, accelerate, llamafactory")
     return lines

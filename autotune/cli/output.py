@@ -26,7 +26,8 @@ def describe_settings(settings: dict) -> str:
     parts = []
     for key, short in (("per_device_train_batch_size", "batch"), ("per_device_eval_batch_size", "eval batch"),
                        ("attn_implementation", "attn"), ("gradient_checkpointing", "gc"),
-                       ("eval_accumulation_steps", "eval accum"), ("max_new_tokens", "generate")):
+                       ("eval_accumulation_steps", "eval accum"), ("max_new_tokens", "generate"),
+                       ("max_length", "length"), ("max_pixels", "pixels"), ("video_frames", "frames")):
         if key in settings and settings[key] is not None:
             value = settings[key]
             parts.append(f"{short} {'on' if value is True else 'off' if value is False else value}")
@@ -165,6 +166,13 @@ def phases_line(recipe: Recipe) -> str:
     return ", ".join(parts)
 
 
+def sequence_line(q: dict) -> str:
+    """The limit search's answer with its proof: the fit, and the next value's non-fit (or the cap)."""
+    bound = f"{q['non_fit']} does not" if q.get("non_fit") is not None else f"the largest value, capped by {q['cap']}"
+    return (f"{q['dimension']} {q['value']} at {q['phase']} batch {q['batch']} (step {q['step']}; {q['fit']} fits, {bound}; "
+            f"{q['trials']} trials)")
+
+
 def summary(recipe: Recipe, console: Console, written: list[str] = (), next_steps: list[str] = ()) -> None:
     s, search, v = recipe.settings, recipe.search, recipe.validation
     console.print(trials_table(recipe, console.width))
@@ -174,14 +182,19 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
                   f"(margin {search.margin:.0%} of {format_size(search.capacity_bytes)})")
     frontier = ", ".join(f"{phase} {k}" for phase, k in search.frontier.items())
     console.print(f"frontier    {frontier}  ({len(search.trials)} trials, {search.wall_s:.1f}s)")
+    if search.sequence:
+        console.print(f"limit       {sequence_line(search.sequence)}")
     if search.phases:
         console.print(f"phases      {phases_line(recipe)}")
     line = f"recipe      per_device_train_batch_size={s.per_device_train_batch_size} gradient_accumulation_steps={s.gradient_accumulation_steps}"
+    if s.task == "eval":  # evaluation only: no train batch
+        line = "recipe      task=eval"
     if s.per_device_eval_batch_size is not None:
         line += f" per_device_eval_batch_size={s.per_device_eval_batch_size}"
     if s.eval_accumulation_steps is not None or s.prediction_loss_only is not None:
         line += f" eval_accumulation_steps={s.eval_accumulation_steps} prediction_loss_only={s.prediction_loss_only}"
-    console.print(line + f" gradient_checkpointing={s.gradient_checkpointing} attn_implementation={s.attn_implementation}")
+    console.print(line + f" gradient_checkpointing={s.gradient_checkpointing} attn_implementation={s.attn_implementation}"
+                  + f" max_length={s.max_length}")
     if recipe.multimodal:
         m = recipe.multimodal
         console.print(f"vision      {m['family']}: {m['images_per_sample']} image(s) x {m['image_tokens']} tokens"

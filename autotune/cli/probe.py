@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..model.source import builtin_names
 from ..recipe.schema import check_writable, load_recipe, save_recipe
 from ..recipe.training_args import EVAL_OUTPUTS
-from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
+from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import multimodal_args
 from .model_args import add_model_arguments
 from .emit import emit_for_probe, emit_paths, write_files
@@ -51,7 +51,13 @@ def add_parser(sub) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     train = add_model_arguments(p, "local Hugging Face model directory (real weights)",
                                 "full fine-tune, peft LoRA, or QLoRA (4-bit nf4 language model + LoRA) (default: full)")
-    train.add_argument("--max-length", type=int, help="tokens per sample; every sample is probed at exactly this length (required unless --dataset measures it; with it, a cap)")
+    train.add_argument("--max-length", type=multimodal_args.whole_or_auto, metavar="N|auto",
+                       help="tokens per sample; every sample is probed at exactly this length (required unless --dataset measures it; "
+                            "with it, a cap). auto: the longest that fits at --per-device-train-batch-size, up to the model's limit")
+    train.add_argument("--length-granularity", type=int, default=DEFAULT_LENGTH_GRANULARITY, metavar="N",
+                       help=f"--max-length auto finds a multiple of N tokens, exactly (default: {DEFAULT_LENGTH_GRANULARITY}; 1 for the exact token)")
+    train.add_argument("--per-device-train-batch-size", type=int, metavar="B",
+                       help="the batch a limit search (auto) runs at (default: 1); the batch search itself uses --max-batch-size")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
     space = p.add_argument_group("search space (the fastest configuration that fits wins)")
     space.add_argument("--gradient-checkpointing", nargs="?", const="on", default="search", metavar="on|off|search",
@@ -59,6 +65,11 @@ def add_parser(sub) -> None:
     space.add_argument("--attn", default=",".join(ATTN_IMPLEMENTATIONS), metavar="LIST",
                        help=f"attention implementations to search, comma-separated (default: {','.join(ATTN_IMPLEMENTATIONS)}; "
                             "those that cannot run here are recorded as skipped)")
+    space.add_argument("--task", choices=TASKS, default="train",
+                       help="train (default), or eval: evaluation only, the Trainer's evaluate() (generate() with "
+                            "--predict-with-generate) with no training and no optimizer state, as a benchmark runs")
+    space.add_argument("--per-device-eval-batch-size", type=int, metavar="B",
+                       help="with --task eval and a limit given as auto: the eval batch it is searched at (default: 1)")
     space.add_argument("--no-eval", action="store_true", help="do not search the eval batch")
     space.add_argument("--eval-steps", type=int, default=DEFAULT_EVAL_STEPS,
                        help=f"eval steps whose logits stay on the device; becomes eval_accumulation_steps (default: {DEFAULT_EVAL_STEPS})")
@@ -97,8 +108,12 @@ def add_parser(sub) -> None:
 
 def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
     """`cluster=False` (autotune plan): no device, ranks, journal or workers."""
+    frontier = _frontier(args, cluster)
     return ProbeSpec(
-        max_length=args.max_length, model=args.model, model_config=args.model_config, train_type=args.train_type,
+        max_length=None if args.max_length == "auto" else args.max_length,
+        frontier=frontier, length_granularity=getattr(args, "length_granularity", DEFAULT_LENGTH_GRANULARITY),
+        per_device_train_batch_size=getattr(args, "per_device_train_batch_size", None),
+        per_device_eval_batch_size=getattr(args, "per_device_eval_batch_size", None), task=getattr(args, "task", "train"), model=args.model, model_config=args.model_config, train_type=args.train_type,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_target_modules=args.lora_target_modules, dtype=args.dtype, device=args.device,
         margin=args.margin,
@@ -111,6 +126,19 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         **multimodal_args.spec_kwargs(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )
+
+
+def _frontier(args, cluster: bool) -> str | None:
+    """The one limit given as auto (issue #14), if any."""
+    auto = [name for name in FRONTIER_DIMENSIONS if getattr(args, name, None) == "auto"]
+    flags = ["--" + name.replace("_", "-") for name in auto]
+    if auto and not cluster:
+        raise UsageError(flags[0], "autotune plan predicts the batch frontier; a limit is searched by `autotune probe`",
+                         f"run `autotune probe ... {flags[0]} auto`, or give a number here")
+    if len(auto) > 1:
+        raise UsageError(flags[1], f"only one limit can be auto at a time ({' and '.join(flags)} were)",
+                         f"give {flags[1]} a number, search it in a second probe")
+    return auto[0] if auto else None
 
 
 def _eval_outputs(args) -> str | None:
@@ -133,6 +161,9 @@ def run(args) -> int:
     if launch.wants_torchrun(args):
         return launch.relaunch(args.argv, args)
     spec = spec_from_args(args)
+    if spec.task == "eval" and args.emit:
+        raise UsageError("--emit", "the launch files are training runs; an evaluation-only recipe has no training to launch",
+                         "leave --emit out and read the recipe's eval settings (or recipe.apply them to your TrainingArguments)")
     if args.device is not None and args.device not in ("cuda", "sim"):
         raise UsageError("--device", f"unknown device {args.device!r}", "choose cuda or sim")
     main_rank = launch.rank_from_env()[0] == 0  # under torchrun only rank 0 prints and writes
@@ -145,6 +176,9 @@ def run(args) -> int:
     if args.plot and main_rank:
         check_plot(args.plot, args.force)
     console = stderr_console(quiet=args.quiet or not main_rank)
+    if args.from_plan and (spec.frontier or spec.task == "eval"):
+        raise UsageError("--from-plan", "a plan predicts the train batch frontier; a limit search or an evaluation-only probe does not use it",
+                         "leave --from-plan out")
     plan = load_recipe(args.from_plan) if args.from_plan else None
     progress = ConsoleProgress(console)
     # Several seconds of silence otherwise; a transient spinner, so a bad-input error stays one line.
@@ -165,7 +199,7 @@ def run(args) -> int:
     if args.plot:
         write_plot(recipe, args.plot)
         written.append(args.plot)
-    steps = next_steps.after_probe(args.out, emitted, args.swift_version)
+    steps = next_steps.after_probe(args.out, emitted, args.swift_version, training=recipe.settings.task != "eval")
     if args.format == "json":  # stdout holds the JSON only; the files and next steps go to stderr
         print_json(recipe.to_dict())
         files_and_next(console, written, steps)

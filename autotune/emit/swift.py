@@ -192,6 +192,20 @@ def _as_bool(key: str, value) -> bool:
     raise UsageError("--swift-args", f"{key}: cannot read {value!r} as true/false")
 
 
+# ms-swift's HfConfigFactory.get_max_model_len: the smallest of these config values (nested
+# configs included) is the model's max_model_len, which it trains at when max_length is unset.
+MODEL_LEN_KEYS = ("seq_length", "max_position_embeddings", "n_positions", "model_max_length", "seq_len", "max_seq_len",
+                  "max_sequence_length", "max_seq_length")
+
+
+def default_max_length(config) -> int | None:
+    """The max_length ms-swift uses when the arguments set none: the model's full length."""
+    configs = [config] + [getattr(config, name) for name in ("text_config", "llm_config", "language_config")
+                          if getattr(config, name, None) is not None]
+    found = [v for c in configs for key in MODEL_LEN_KEYS if isinstance(v := getattr(c, key, None), int) and v > 0]
+    return min(found) if found else None
+
+
 def settings_from_args(args: dict) -> tuple[dict, dict]:
     """(settings changes in recipe names, model changes) read back from ms-swift arguments."""
     settings: dict = {}

@@ -70,6 +70,43 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
                      "use " + ", or ".join(fixes))
 
 
+def media_values(family: Family, config, spec, dimension: str) -> tuple[list[int], str, str]:
+    """What `--max-pixels auto` / `--video-frames auto` chooses among, smallest first: each value
+    at which the family's resize rule gives the worst case one more token per image (pixels) or
+    one more temporal patch (frames), up to what --max-length leaves room for beside the other
+    media and one text token. Returns (values, the step in words, why the list ends there)."""
+    media = media_from_spec(spec)
+    if dimension == "max_pixels":
+        if family.pixels_per_token is None or family.min_pixels is None:
+            raise UsageError("--max-pixels", f"{family.name} resizes every image to a size of its own; there is no pixel limit to search",
+                             "leave --max-pixels out (or set --images-per-sample)")
+        if not media.images:
+            raise UsageError("--max-pixels", "auto needs an image in the sample", "add --images-per-sample 1 (or more)")
+        per_token = family.pixels_per_token(config)
+        smallest = family.plan(config, Media(images=media.images, max_pixels=family.min_pixels, video_frames=media.video_frames,
+                                             video_max_pixels=media.video_max_pixels))
+        video_part = smallest.videos * (smallest.video_tokens + smallest.extra_tokens)
+        most = (spec.max_length - 1 - video_part) // media.images - smallest.extra_tokens
+        first = -(-family.min_pixels // per_token)
+        values = [t * per_token for t in range(first, most + 1)]
+        if not values:
+            raise UsageError("--max-length", f"{spec.max_length} leaves no room for even the smallest image ({smallest.image_tokens} tokens)",
+                             "use a longer --max-length")
+        return values, f"1 token ({per_token} pixels)", f"--max-length {spec.max_length} leaves room for {most} tokens per image"
+    if not family.supports_video:
+        raise UsageError("--video-frames", f"{family.name} takes no video", "leave --video-frames out")
+    step = getattr(config.vision_config, "temporal_patch_size", 1) or 1  # frames per temporal patch
+    one = family.plan(config, Media(images=media.images, max_pixels=media.max_pixels, video_frames=step,
+                                    video_max_pixels=media.video_max_pixels))
+    image_part = one.images * (one.image_tokens + one.extra_tokens)
+    patches = (spec.max_length - 1 - image_part - one.extra_tokens) // one.video_tokens
+    if patches < 1:
+        raise UsageError("--max-length", f"{spec.max_length} leaves no room for a video of {step} frames ({one.video_tokens} tokens) "
+                                         f"beside {image_part} image tokens", "use a longer --max-length, or fewer --images-per-sample")
+    return ([step * k for k in range(1, patches + 1)], f"{step} frames (one temporal patch, {one.video_tokens} tokens)",
+            f"--max-length {spec.max_length} leaves room for {patches} temporal patches")
+
+
 def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:
     """The environment ms-swift's Qwen2-VL template reads for the same limits."""
     if family.default_max_pixels is None:

@@ -127,6 +127,9 @@ def not_causal_reason(config) -> str | None:
     if family_for(config) is not None:
         return None
     model_type = config.model_type
+    if getattr(config, "thinker_config", None) is not None:  # Qwen2.5-Omni: thinker + talker + vocoder
+        return (f"model_type {model_type!r} is a thinker + talker model; autotune probes the thinker (what ms-swift fine-tunes): "
+                "save its thinker_config as a config.json of its own (model_type qwen2_5_omni_thinker)")
     archs = list(getattr(config, "architectures", None) or [])
     causal = set(CAUSAL.values())
     if archs and not any(a in causal for a in archs):
@@ -166,8 +169,16 @@ def position_limit(config) -> int | None:
     return None
 
 
-def check_max_length(config, max_length: int) -> None:
+def check_max_length(config, max_length: int, new_tokens: int = 0) -> None:
+    """The input (and the tokens generated after it) must fit the model's positions; the refusal
+    names the overflow and what to lower."""
     limit = position_limit(config)
-    if limit is not None and max_length > limit:
+    if limit is None or max_length + new_tokens <= limit:
+        return
+    if not new_tokens:
         raise UsageError("--max-length", f"{max_length} exceeds the model's position limit of {limit} tokens",
                          f"use --max-length {limit} or less")
+    fixes = ([f"--max-length {limit - new_tokens} or less"] if limit > new_tokens else []) + \
+        ([f"--max-new-tokens {limit - max_length} or fewer"] if limit > max_length else [])
+    raise UsageError("--max-length", f"{max_length} + --max-new-tokens {new_tokens} = {max_length + new_tokens} tokens, "
+                                     f"past the model's position limit of {limit}", "use " + ", or ".join(fixes))

@@ -3,6 +3,8 @@ and the worst-case batch (every sample exactly max_length tokens, labels = input
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +16,9 @@ from .source import ModelSource, check_max_length
 from ..spec import ProbeSpec
 from .training_setup import Setup, check_optimizer, plan_inputs, prepare
 
+# Trial settings that change the worst-case input itself (the sequence and media frontier,
+# issue #14), in the recipe's names; a trial without them runs at the spec's.
+SHAPE_KEYS = ("max_length", "max_pixels", "video_frames")
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -167,6 +172,25 @@ class Workload:
             "attention_mask": torch.ones_like(input_ids),
             "labels": input_ids,
         }
+
+    @contextlib.contextmanager
+    def shaped(self, settings: dict):
+        """The worst case at a trial's own max_length / max_pixels / video_frames (a frontier
+        search's trial), back to the spec's afterwards."""
+        changes = {k: settings[k] for k in SHAPE_KEYS if settings.get(k) is not None and settings[k] != getattr(self.spec, k)}
+        if not changes:
+            yield
+            return
+        saved = self.spec, self.setup
+        self.spec = self.spec.replace(**changes)
+        if self.setup is not None and self.setup.family is not None:
+            from .multimodal import plan_for
+
+            self.setup = dataclasses.replace(self.setup, vision=plan_for(self.setup.family, self.source.config, self.spec))
+        try:
+            yield
+        finally:
+            self.spec, self.setup = saved
 
     def tokens_per_batch(self, batch_size: int) -> int:
         return batch_size * self.spec.max_length

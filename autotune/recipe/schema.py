@@ -109,6 +109,7 @@ class Settings:
     # Sharding (issue #6): "ddp" | "zero2" | "zero3" | "zero2_offload" | "zero3_offload" | "fsdp"; None: single device.
     strategy: str | None = None
     env: dict = field(default_factory=dict)  # environment the launch needs (PYTORCH_CUDA_ALLOC_CONF, MAX_PIXELS, ...)
+    task: str | None = None  # "eval": an evaluation-only recipe (issue #14: Trainer.evaluate, no training); None: training
 
 
 @dataclass
@@ -129,6 +130,10 @@ class SearchRecord:
     # reason, frontier, measured throughput and peak -- and trials/wall time per phase.
     candidates: list[dict] = field(default_factory=list)
     phases: dict = field(default_factory=dict)
+    # Issue #14: the limit searched instead of the batch (`frontier` then holds it, e.g.
+    # {"max_length": 1536}): the values searched, the proof (a fit and the next value's non-fit,
+    # or None when the largest value fits), and each candidate's frontier.
+    sequence: dict | None = None
 
 
 @dataclass

@@ -83,6 +83,12 @@ def _meter_class():
                 self.device.reset_peak()
                 self._t = self._now()
 
+        def start_evaluation(self):
+            """Evaluation alone (Trainer.evaluate): the window opens now, on the model alone."""
+            self.phase = "eval"
+            self.device.reset_peak()
+            self._t = self._now()
+
         def on_prediction_step(self, args, state, control, **kwargs):
             now = self._now()
             self.eval.times.append(now - self._t)
@@ -117,6 +123,18 @@ def train_with_trainer(workload, settings: dict, train_steps: int, eval_every: i
                        eval_steps: int = 0) -> TrainerRun:
     """Train `train_steps` optimizer steps with the real Trainer at `settings`; with `eval_every`,
     the Trainer evaluates `eval_steps` eval batches every `eval_every` steps, inside training."""
+    return _with_trainer(workload, settings, train_steps, eval_every, eval_steps, evaluate_only=False)
+
+
+def evaluate_with_trainer(workload, settings: dict, eval_steps: int) -> TrainerRun:
+    """Evaluation alone (`--task eval`, the benchmark case): the Trainer's `evaluate()` for
+    `eval_steps` batches, no training before it, so no optimizer state and no gradients; with
+    `predict_with_generate` every sample generates `max_new_tokens`."""
+    return _with_trainer(workload, {**settings, "gradient_checkpointing": False}, 1, 1, eval_steps, evaluate_only=True)
+
+
+def _with_trainer(workload, settings: dict, train_steps: int, eval_every: int | None, eval_steps: int,
+                  evaluate_only: bool) -> TrainerRun:
     device = workload.device
     prior = workload.gradient_checkpointing
     # The Trainer enables checkpointing itself, from the arguments, as in the user's run.
@@ -130,7 +148,11 @@ def train_with_trainer(workload, settings: dict, train_steps: int, eval_every: i
     try:
         trainer, saved = build_trainer(workload, settings, train_steps, eval_every, eval_steps, meter)
         with device.tracking(), device.transfers():
-            trainer.train()
+            if evaluate_only:
+                meter.start_evaluation()
+                trainer.evaluate()
+            else:
+                trainer.train()
     except Exception as exc:  # noqa: BLE001 - every failure becomes data
         outcome = "oom" if device.is_oom(exc) else "error"
         failed, message = meter.phase, short_message(exc)
@@ -199,11 +221,20 @@ def _full(workload, settings: dict) -> dict:
 
 def run_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
     """Run `phase` ("train" or "eval") at `settings` through the Trainer: `steps` optimizer steps
-    for train; for eval, one optimizer step and then `steps` eval steps inside training."""
+    for train; for eval, one optimizer step and then `steps` eval steps inside training (with
+    --task eval: `steps` eval steps of `evaluate()` alone). Settings may carry the trial's own
+    max_length / max_pixels / video_frames (a limit search): the worst case is built at them."""
     settings = _full(workload, settings)
+    with workload.shaped(settings):
+        return _run_phase(workload, phase, settings, steps, budget)
+
+
+def _run_phase(workload, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
     if getattr(workload, "strategy", None):
         return _engine_trial(workload, phase, settings, steps, budget)
-    if phase == "train":
+    if phase == "eval" and workload.spec.task == "eval":
+        run = evaluate_with_trainer(workload, settings, steps)
+    elif phase == "train":
         run = train_with_trainer(workload, settings, steps)
     elif phase == "eval":
         # The optimizer state exists after one step; the train batch is the configuration's, or 1.
@@ -253,9 +284,10 @@ def run_training(workload, settings: dict, steps: int, eval_steps: int, evaluati
     settings = _full(workload, settings)
     evaluating = bool(settings.get("per_device_eval_batch_size")) and evaluations > 0
     every = max(1, steps // evaluations) if evaluating else None
-    run = train_with_trainer(workload, settings, steps, eval_every=every, eval_steps=eval_steps if evaluating else 0)
-    train = _result(workload, run, "train", settings, budget)
-    evaluation = _result(workload, run, "eval", settings, budget) if evaluating else None
+    with workload.shaped(settings):
+        run = train_with_trainer(workload, settings, steps, eval_every=every, eval_steps=eval_steps if evaluating else 0)
+        train = _result(workload, run, "train", settings, budget)
+        evaluation = _result(workload, run, "eval", settings, budget) if evaluating else None
     return train, evaluation
 
 

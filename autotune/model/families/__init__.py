@@ -7,7 +7,7 @@ import importlib
 
 from .base import Family, Media, VisionPlan
 
-MODULES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next")
+MODULES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "gemma3", "internvl", "qwen2_5_omni")
 
 
 def families() -> list[Family]:

@@ -56,6 +56,7 @@ class Family:
     supports_video: bool = False
     image_tokens_for_size: object = None  # (config, width, height, max_pixels) -> tokens (for --dataset)
     pixels_per_token: object = None  # config -> pixels one token covers, where --max-pixels applies
+    min_pixels: int | None = None  # the processor's smallest image (where --max-pixels applies)
     notes: dict = field(default_factory=dict)
 
     def model_cls(self):

@@ -151,7 +151,7 @@ def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_
         plan=partial(plan_rule, limits=limits), inputs=inputs, default_max_pixels=limits.default_max_pixels,
         default_video_max_pixels=limits.default_video_max_pixels, supports_video=True,
         image_tokens_for_size=partial(image_tokens_for_size, limits=limits),
-        pixels_per_token=lambda config: _factor(config.vision_config) ** 2,
+        pixels_per_token=lambda config: _factor(config.vision_config) ** 2, min_pixels=limits.min_pixels,
     )
 
 

@@ -1,0 +1,119 @@
+"""Gemma 3 (vision), InternVL (transformers' `internvl`) and Qwen2.5-Omni's thinker with video,
+issue #14's model coverage: the worst case agrees with each processor's own rule, the batch is what the model reads, ms-swift's default
+freezing leaves only the language model trainable, and the plan's peaks equal the sim device's."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from autotune.devices import SimDevice
+from autotune.devices.fake import FakeDevice
+from autotune.errors import UsageError
+from autotune.model.families import Media, family_for
+from autotune.model.source import resolve
+from autotune.plan.measure import build_plan_workload, measure_candidate, plan_source
+from autotune.spec import ProbeSpec
+from autotune.trials.trial import run_eval_trial, run_train_trial
+from autotune.model.workload import load_workload
+
+GiB = 2**30
+
+
+def _gemma3_processor_count(config) -> int:
+    """Gemma3Processor's own count (its _get_num_multimodal_tokens) for an image of any size."""
+    from transformers import Gemma3Processor
+
+    proc = SimpleNamespace(image_seq_length=config.mm_tokens_per_image)
+    return Gemma3Processor._get_num_multimodal_tokens(proc, image_sizes=[(480, 640)])["num_image_tokens"][0]
+
+
+def _internvl_processor(config):
+    """The published InternVL3-hf image processor settings (tiles of the tower's size, at most 12)."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    size = config.vision_config.image_size
+    return GotOcr2ImageProcessorPil(crop_to_patches=True, min_patches=1, max_patches=12, size={"height": size[0], "width": size[1]})
+
+
+def _plan_matches_sim(name, spec_kwargs):
+    spec = ProbeSpec(model_config=name, **spec_kwargs)
+    measure = measure_candidate(build_plan_workload(plan_source(spec), spec, FakeDevice()), "sdpa", False)
+    assert measure.error is None
+    real = load_workload(resolve(None, name), spec.replace(device="sim", gpu_memory=GiB), SimDevice(GiB))
+    trainable = {n for n, p in real.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.language_model.", "lm_head.")) for n in trainable)  # ms-swift's defaults
+    for b in (1, 2):
+        train, evaluate = run_train_trial(real, b, 3, GiB).peak_bytes, run_eval_trial(real, b, 2, GiB).peak_bytes
+        assert abs(measure.train_peaks[b] - train) <= 0.02 * train and abs(measure.eval_peaks[b] - evaluate) <= 0.02 * evaluate
+    return real
+
+
+def test_gemma3_worst_case_batch_and_plan():
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    config = resolve(None, "tiny-gemma3").config
+    vplan = family_for(config).plan(config, Media(images=2))
+    assert vplan.image_tokens == config.mm_tokens_per_image == _gemma3_processor_count(config)
+    assert vplan.tokens == 2 * (4 + 2)  # <start_of_image> ... <end_of_image> around each
+    size = config.vision_config.image_size
+    processor = Gemma3ImageProcessorPil(size={"height": size, "width": size})
+    pixels = processor(images=Image.fromarray(np.zeros((480, 640, 3), dtype=np.uint8)), return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape[-2:]) == vplan.image_grid
+    real = _plan_matches_sim("tiny-gemma3", dict(max_length=48, images_per_sample=2))
+    batch = real.make_batch(2)
+    assert (batch["input_ids"] == config.image_token_id).sum() == 2 * 2 * 4 == (batch["token_type_ids"] == 1).sum()
+    assert torch.isfinite(real.model(**batch).loss)  # get_placeholder_mask checks the feature count
+    with pytest.raises(UsageError, match="^--max-pixels: Gemma 3 resizes every image"):
+        family_for(config).plan(config, Media(max_pixels=1000))
+
+
+def test_internvl_worst_case_is_the_processors_most_tiles_batch_and_plan():
+    config = resolve(None, "tiny-internvl").config
+    family = family_for(config)
+    vplan = family.plan(config, Media(images=1))
+    processor = _internvl_processor(config)
+    side = config.vision_config.image_size[0]
+    # the most tiles any image gets, by the processor's own count (12 tiles and the thumbnail)
+    sizes = [(h, w) for h in (10, 56, 100, 150, 168, 300, 700) for w in (10, 56, 100, 224, 300, 700)]
+    counts = {s: processor.get_number_of_image_patches(*s) for s in sizes}
+    assert max(counts.values()) == 13 == vplan.image_grid[0]
+    assert vplan.image_tokens == 13 * config.image_seq_length
+    for (h, w), tiles in counts.items():
+        assert family.image_tokens_for_size(config, w, h) == tiles * config.image_seq_length
+    # an image of the worst grid's shape goes through the processor into exactly that many tiles
+    columns, rows = 4, 3
+    image = Image.fromarray(np.zeros((rows * side, columns * side, 3), dtype=np.uint8))
+    pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+    real = _plan_matches_sim("tiny-internvl", dict(max_length=64))
+    batch = real.make_batch(1)
+    assert batch["pixel_values"].shape == pixels.shape
+    assert (batch["input_ids"] == config.image_token_id).sum() == vplan.image_tokens
+    assert torch.isfinite(real.model(**batch).loss)
+
+
+def test_qwen25_omni_thinker_video_worst_case_and_eval_only_generation():
+    """Qwen2.5-Omni's thinker with a video (the benchmark case): the Qwen2.5-VL rule's tokens as
+    the model reads them, training, and evaluation alone with generate() on the sim device."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from autotune.trials.trial import run_trial
+
+    name = "tiny-qwen2.5-omni-thinker"
+    config = resolve(None, name).config
+    media = dict(max_pixels=3136, video_frames=7, video_max_pixels=6272)
+    vplan = family_for(config).plan(config, Media(images=1, **media))
+    t, h, w = vplan.video_grid
+    assert t == 4 and smart_resize(h * 14, w * 14, 28, 3136, 6272) == (h * 14, w * 14)  # 7 frames pad to 4 temporal patches
+    assert vplan.video_tokens == t * h * w // 4 == 4 * 8
+    real = _plan_matches_sim(name, dict(max_length=64, **media))  # the plan runs under fake tensors too
+    spec = real.spec
+    batch = real.make_batch(2)
+    assert (batch["input_ids"] == config.video_token_id).sum() == 2 * vplan.video_tokens
+    assert batch["video_second_per_grid"].tolist() == [1.0, 1.0] and "mm_token_type_ids" not in batch
+    assert torch.isfinite(real.model(**batch).loss)
+    real.spec = spec.replace(task="eval", predict_with_generate=True, max_new_tokens=4)
+    evaluation = run_trial(real, "eval", {"per_device_eval_batch_size": 2, **real.spec.eval_keep_settings()}, 2, GiB)
+    assert evaluation.fits and evaluation.steps == 2
