@@ -21,7 +21,8 @@ from .errors import AutotuneError, UsageError
 from .global_batch import split_global_batch
 from .model_source import model_class
 from .plan_breakdown import Allowance, Rows, largest_batch, layer_bytes, peak_model, rows_for
-from .plan_measure import CandidateMeasure, build_plan_workload, measure_candidate, plan_source
+from .plan_measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate
+from .plan_search import SEED_BATCHES, eval_curve, exact_frontier, phase_curves
 from .probe import ProgressSink, describe_model, library_versions
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from .sizes import format_size
@@ -56,6 +57,9 @@ class Prediction:
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
     global_batch_note: str | None = None
+    train_trials: int = 0  # fake-tensor steps the exact search measured (the seeds at batch 1 and 2 included when it visited them)
+    eval_trials: int = 0
+    eval_after: str | None = None  # the eval frontier is after a train step at this "batch x accumulation"
 
 
 @dataclass
@@ -65,6 +69,8 @@ class CandidatePlan:
     forward_backward_line: dict | None
     step_line: dict | None
     predictions: list[Prediction] = field(default_factory=list)
+    train_points: dict = field(default_factory=dict)  # batch -> per-rank live train peak, every batch measured
+    envelope: bool = False  # the seed steps allocated in the same order: the first trials came from their envelope
 
     def to_dict(self) -> dict:
         m = self.measure
@@ -74,7 +80,8 @@ class CandidatePlan:
         if m.error is None:
             data.update(train_line=asdict(m.train_line), eval_line=asdict(m.eval_line),
                         forward_backward_line=self.forward_backward_line, step_line=self.step_line,
-                        rows=self.rows.as_dict(), predictions=[asdict(p) for p in self.predictions])
+                        rows=self.rows.as_dict(), predictions=[asdict(p) for p in self.predictions],
+                        train_points=self.train_points, started_from="envelope" if self.envelope else "line")
         return data
 
 
@@ -95,7 +102,8 @@ class Plan:
     def to_dict(self) -> dict:
         a = self.options.allowance
         return {
-            "method": "fake tensors: the probe's train/eval steps at batch 1 and 2, live bytes counted; line fitted",
+            "method": ("fake tensors: the probe's train/eval steps, live bytes counted; each frontier searched as the "
+                       "probe searches it (a fit at k and a non-fit at k+1 measured), starting from batches 2 and 3"),
             "model": asdict(self.model), "max_length": self.spec.max_length, "world_size": self.spec.world_size,
             "strategy": self.options.strategy, "margin": self.margin, "targets": self.options.targets,
             "allowance": {"cuda_context_bytes": a.cuda_context, "workspaces_bytes": a.workspaces,
@@ -107,27 +115,47 @@ class Plan:
         }
 
 
-def _predict(candidate: CandidatePlan, workload, spec: ProbeSpec, options: PlanOptions, margin: float,
+def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: ProbeSpec, options: PlanOptions, margin: float,
              layers: tuple[int, int]) -> None:
+    """Per card: the exact train frontier (plan_search), then the exact eval frontier after a
+    train step at the batch and accumulation the plan chose for that card (as the probe
+    searches the eval frontier of its winner)."""
     m = candidate.measure
+    for batch in SEED_BATCHES:
+        steps.train(batch)
     dtype_bytes = TORCH_DTYPES[spec.dtype].itemsize
     rows = rows_for(m, workload.trainable_params, dtype_bytes, options.strategy, spec.world_size, layers)
     model = peak_model(m, rows)
     candidate.rows = rows
     candidate.forward_backward_line, candidate.step_line = asdict(model.forward_backward), asdict(model.step)
+    shift_fb, shift_step = model.forward_backward.intercept - m.forward_backward_line.intercept, model.step.intercept - m.step_line.intercept
     resident_saving = (m.weights - rows.weights) - rows.gathered_working_set  # eval holds the weights only
+    live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
+    predicted, candidate.envelope = phase_curves(steps.train_points, shift_fb, shift_step)
+    searches = []
     for capacity in options.targets:
         budget = int(capacity * (1 - margin))
-        train = largest_batch(model.live, budget, options.allowance, capacity, spec.max_batch_size)
-        evaluate = largest_batch(lambda b: m.eval_line.at(b) - resident_saving, budget, options.allowance, capacity,
-                                 spec.max_batch_size)
-        live = model.live(max(train, 1))
-        prediction = Prediction(capacity, budget, train, evaluate, round(live), round(options.allowance.on_card(live)))
+        search = exact_frontier(live, predicted, budget, capacity, options.allowance, spec.max_batch_size)
+        searches.append((capacity, budget, search))
+        train = search.frontier
+        live_peak = live(max(train, 1))
+        prediction = Prediction(capacity, budget, train, 0, round(live_peak), round(options.allowance.on_card(live_peak)),
+                                train_trials=len(search.points))
         if train:
             split = split_global_batch(spec.global_batch_size, train, spec.world_size)
             prediction.per_device_train_batch_size, prediction.gradient_accumulation_steps = split.per_device, split.accumulation
             prediction.global_batch_note = split.note
         candidate.predictions.append(prediction)
+    candidate.train_points = {b: round(live(b)) for b in sorted(steps.train_points)}
+    for prediction, (capacity, budget, _) in zip(candidate.predictions, searches):
+        after = (prediction.per_device_train_batch_size or 1, prediction.gradient_accumulation_steps or 1)
+        evaluate = lambda b: steps.eval(*after, b).peak - resident_saving  # noqa: E731, B023
+        for batch in SEED_BATCHES:
+            steps.eval(*after, batch)
+        eval_predicted, _ = eval_curve({b: steps.eval_points[(*after, b)] for b in SEED_BATCHES}, -resident_saving)
+        search = exact_frontier(evaluate, eval_predicted, budget, capacity, options.allowance, spec.max_batch_size)
+        prediction.eval_frontier, prediction.eval_trials = search.frontier, len(search.points)
+        prediction.eval_after = f"{after[0]}x{after[1]}"
 
 
 def choose(candidates: list[CandidatePlan], index: int) -> str | None:
@@ -137,6 +165,34 @@ def choose(candidates: list[CandidatePlan], index: int) -> str | None:
         return None
     best = min(fitting, key=lambda c: (c.measure.gradient_checkpointing, -c.predictions[index].train_frontier))
     return best.measure.key
+
+
+def accumulation_of(spec: ProbeSpec):
+    """The accumulation a train step at a per-device batch uses to keep the global batch (the
+    probe's train trials: space.SearchSpace.accumulation)."""
+    if spec.global_batch_size is None:
+        return lambda batch: 1
+    return lambda batch: max(1, round(spec.global_batch_size / (batch * spec.world_size)))
+
+
+def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, options: PlanOptions,
+                   layers: tuple[int, int]) -> CandidatePlan:
+    """One candidate: its exact frontiers per card, or the reason fake tensors could not run it."""
+    started = time.perf_counter()
+    measure = switch_candidate(workload, attn, checkpointing)
+    candidate = CandidatePlan(measure, None, None, None)
+    if measure.error:
+        return candidate
+    # The probe's eval trials run max(--eval-steps, 2) steps (space._StepsRunner): the previous step's outputs live on.
+    steps = CandidateSteps(workload, measure, max(spec.eval_steps, 2), spec.eval_keep_settings(), accumulation_of(spec))
+    try:
+        _predict(candidate, steps, workload, spec, options, spec.margin, layers)
+    except StepFailed as exc:
+        measure.error, candidate.predictions = str(exc), []
+    finally:
+        steps.close()
+    measure.wall_s = round(time.perf_counter() - started, 3)
+    return candidate
 
 
 def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | None = None) -> Plan:
@@ -166,12 +222,9 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
                 candidate = CandidatePlan(CandidateMeasure(attn, checkpointing, attn, error=unsupported), None, None, None)
                 candidates.append(candidate)
                 continue
-            progress.stage(f"running train and eval steps at batch 1 and 2: attn {attn}, checkpointing {'on' if checkpointing else 'off'}")
-            candidate = CandidatePlan(measure_candidate(workload, attn, checkpointing, eval_steps=spec.eval_steps,
-                                                        eval_settings=spec.eval_keep_settings()), None, None, None)
-            if candidate.measure.error is None:
-                _predict(candidate, workload, spec, options, spec.margin, layers)
-            candidates.append(candidate)
+            progress.stage(f"searching the train and eval frontiers with fake-tensor steps: attn {attn}, "
+                           f"checkpointing {'on' if checkpointing else 'off'}")
+            candidates.append(plan_candidate(workload, attn, checkpointing, spec, options, layers))
     if not any(c.measure.error is None for c in candidates):
         raise AutotuneError(f"no candidate could run under fake tensors: {candidates[0].measure.error}",
                             "rerun with AUTOTUNE_DEBUG=1, or probe on a real card")
@@ -240,7 +293,23 @@ def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
     for candidate in recipe.plan.get("candidates", []):
         if (candidate.get("attn_implementation") == spec.attn_implementation
                 and candidate.get("gradient_checkpointing") == spec.gradient_checkpointing and candidate.get("train_line")):
-            fb, step = candidate["forward_backward_line"], candidate["step_line"]
-            live = lambda b: max(fb["intercept"] + fb["slope"] * b, step["intercept"] + step["slope"] * b)  # noqa: E731
+            points = {int(b): p for b, p in (candidate.get("train_points") or {}).items()}
+            if len(points) < 2:  # a plan written before the exact search: its phase lines
+                fb, step = candidate["forward_backward_line"], candidate["step_line"]
+                live = lambda b: max(fb["intercept"] + fb["slope"] * b, step["intercept"] + step["slope"] * b)  # noqa: E731
+            else:
+                live = _through(points)
             return largest_batch(live, budget, Allowance(0, 0, 0.0), 2**62, spec.max_batch_size) or 1
     return None
+
+
+def _through(points: dict[int, int]):
+    """The peak between measured batches, linearly; past the last two, their line. Where the
+    plan measured a fit at k and a non-fit at k + 1 for this budget, it is k."""
+    batches = sorted(points)
+
+    def live(batch: int) -> float:
+        i = next((i for i, b in enumerate(batches) if b >= batch), len(batches) - 1)
+        lo, hi = (batches[i - 1], batches[i]) if i > 0 else (batches[0], batches[1])
+        return points[lo] + (points[hi] - points[lo]) * (batch - lo) / (hi - lo)
+    return live

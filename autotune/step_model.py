@@ -66,28 +66,47 @@ def device_batch(workload, batch_size: int) -> dict:
     return {k: v.to(device.torch_device, copy=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def train_steps(workload, batch_size: int, steps: int, optimizer=None, timings: list | None = None,
-                held: list | None = None) -> tuple[int, object]:
-    """Training steps as the Trainer runs them; returns (peak over steps 2.., the optimizer).
-    `held` receives the last step's batch, which the Trainer still holds while it evaluates."""
+def _train_step(workload, params, optimizer, batch_size: int, accumulation: int = 1, held: list | None = None) -> None:
+    """One optimizer step as the Trainer runs it. The Trainer fetches every micro-batch of the
+    step (and accelerate moves each to the device) before the first forward, so they are
+    resident together; `held` receives them (the Trainer still holds them while it evaluates)."""
+    model = workload.model
+    batches = [device_batch(workload, batch_size) for _ in range(max(accumulation, 1))]
+    for batch in batches:
+        loss = model(**batch).loss
+        workload.backward(loss)
+    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if held is not None:
+        held.extend(batches)
+    del loss, batch, batches
+
+
+@contextlib.contextmanager
+def stepping(workload, optimizer=None):
+    """Inside: `step(batch_size, accumulation=1, held=None)` runs one optimizer step; the
+    optimizer (and the state it creates in its first step) lives until the block ends."""
     device, model = workload.device, workload.model
     optimizer = optimizer or workload.make_optimizer()
     params = [p for p in model.parameters() if p.requires_grad]
     with device.tracking(), launched_forward(workload):
-        for step in range(steps):
-            if step == 1:
+        yield lambda batch_size, accumulation=1, held=None: _train_step(workload, params, optimizer, batch_size, accumulation, held)
+
+
+def train_steps(workload, batch_size: int, steps: int, optimizer=None, timings: list | None = None,
+                held: list | None = None, accumulation: int = 1) -> tuple[int, object]:
+    """Training steps as the Trainer runs them; returns (peak over steps 2.., the optimizer).
+    `held` receives the last step's micro-batches, which the Trainer still holds while it evaluates."""
+    device = workload.device
+    optimizer = optimizer or workload.make_optimizer()
+    with stepping(workload, optimizer) as step:
+        for index in range(steps):
+            if index == 1:
                 device.reset_peak()
             device.synchronize()
             started = time.perf_counter()
-            batch = device_batch(workload, batch_size)
-            loss = model(**batch).loss
-            workload.backward(loss)
-            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if held is not None and step == steps - 1:
-                held.append(batch)
-            del loss, batch
+            step(batch_size, accumulation, held if index == steps - 1 else None)
             device.synchronize()
             if timings is not None:
                 timings.append(time.perf_counter() - started)
@@ -110,29 +129,43 @@ def _outputs(model, batch: dict, outputs: str, max_new_tokens: int | None):
 def eval_steps(workload, batch_size: int, steps: int, settings: dict) -> int:
     """Evaluation inside training: one optimizer step first (its state stays resident), then
     `steps` eval steps keeping outputs as the Trainer does. Returns the evaluation's peak."""
+    with evaluating(workload, settings) as evaluate:
+        return evaluate(batch_size, steps)
+
+
+@contextlib.contextmanager
+def evaluating(workload, settings: dict):
+    """Inside: `evaluate(batch_size, steps) -> peak`, each call an evaluation after the same
+    optimizer step (at the settings' train batch and accumulation), as the Trainer's evaluations
+    inside training are: the optimizer state and that step's micro-batches stay resident."""
     device, model = workload.device, workload.model
-    last_train_batch: list = []
-    _, optimizer = train_steps(workload, int(settings.get("per_device_train_batch_size") or 1), 1, held=last_train_batch)
-    outputs = eval_outputs_of(settings)
-    accumulate = settings.get("eval_accumulation_steps")
+    last_train_batches: list = []
+    _, optimizer = train_steps(workload, int(settings.get("per_device_train_batch_size") or 1), 1, held=last_train_batches,
+                               accumulation=int(settings.get("gradient_accumulation_steps") or 1))
     model.eval()
-    held = held_labels = previous = None
     try:
         with device.tracking(), torch.no_grad(), launched_forward(workload):
-            device.reset_peak()
-            for step in range(steps):
-                batch = device_batch(workload, batch_size)
-                loss, kept = _outputs(model, batch, outputs, settings.get("max_new_tokens"))
-                if kept is not None:
-                    held = kept if held is None else torch.cat([held, kept])
-                    held_labels = batch["labels"] if held_labels is None else torch.cat([held_labels, batch["labels"]])
-                    if accumulate and (step + 1) % accumulate == 0:
-                        held = held_labels = None  # moved to the host
-                previous = (loss, kept, batch)  # the loop's variables live until the next step rebinds them
-                del loss, kept, batch
-            del previous
-            return device.peak_bytes()
+            yield lambda batch_size, steps: _evaluate(workload, batch_size, steps, settings)
     finally:
-        held = held_labels = previous = None
-        del optimizer, last_train_batch
+        del optimizer, last_train_batches
         model.train()
+
+
+def _evaluate(workload, batch_size: int, steps: int, settings: dict) -> int:
+    device, model = workload.device, workload.model
+    outputs = eval_outputs_of(settings)
+    accumulate = settings.get("eval_accumulation_steps")
+    held = held_labels = previous = None
+    device.reset_peak()
+    for step in range(steps):
+        batch = device_batch(workload, batch_size)
+        loss, kept = _outputs(model, batch, outputs, settings.get("max_new_tokens"))
+        if kept is not None:
+            held = kept if held is None else torch.cat([held, kept])
+            held_labels = batch["labels"] if held_labels is None else torch.cat([held_labels, batch["labels"]])
+            if accumulate and (step + 1) % accumulate == 0:
+                held = held_labels = None  # moved to the host
+        previous = (loss, kept, batch)  # the loop's variables live until the next step rebinds them
+        del loss, kept, batch
+    del previous, held, held_labels
+    return device.peak_bytes()
