@@ -19,10 +19,11 @@ from .devices import short_message
 from .devices.fake import FakeDevice
 from .errors import AutotuneError, UsageError
 from .global_batch import split_global_batch
-from .model_source import model_class
+from .model_source import ModelSource, model_class
 from .plan_breakdown import Allowance, Rows, largest_batch, layer_bytes, peak_model, rows_for
 from .plan_measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate
-from .plan_search import SEED_BATCHES, eval_curve, exact_frontier, phase_curves
+from .plan_depth import DepthChoice, DepthExtended, choose_depth, shallow_config
+from .plan_search import SEED_BATCHES, eval_curve, exact_frontier, train_curve
 from .probe import ProgressSink, describe_model, library_versions
 from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from .sizes import format_size
@@ -42,6 +43,7 @@ class PlanOptions:
     checkpointing: list[bool] = field(default_factory=lambda: [False, True])
     strategy: str | None = None  # zero2 | zero3 | fsdp; None: one device (or plain DDP)
     allowance: Allowance = field(default_factory=Allowance)
+    depth: str = "auto"  # auto: shallow copies extended to the real depth where the layers repeat; full: the whole model
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Prediction:
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
     global_batch_note: str | None = None
+    eval_peak_bytes: int | None = None  # at the eval frontier (or at batch 1 when nothing fits)
     train_trials: int = 0  # fake-tensor steps the exact search measured (the seeds at batch 1 and 2 included when it visited them)
     eval_trials: int = 0
     eval_after: str | None = None  # the eval frontier is after a train step at this "batch x accumulation"
@@ -95,6 +98,7 @@ class Plan:
     choice: dict  # capacity (bytes) -> candidate key or None
     wall_s: float = 0.0
     peak_rss_bytes: int = 0
+    depth: str = ""  # how the plan covered the model's depth (plan_depth)
 
     def ok(self) -> list[CandidatePlan]:
         return [c for c in self.candidates if c.measure.error is None]
@@ -111,7 +115,7 @@ class Plan:
                           "note": "assumed, not measured: a CPU cannot see the CUDA context, cuBLAS workspaces or fragmentation"},
             "choice_rule": CHOICE_RULE, "choice": {str(k): v for k, v in self.choice.items()},
             "candidates": [c.to_dict() for c in self.candidates],
-            "wall_s": self.wall_s, "peak_rss_bytes": self.peak_rss_bytes,
+            "depth": self.depth, "wall_s": self.wall_s, "peak_rss_bytes": self.peak_rss_bytes,
         }
 
 
@@ -131,7 +135,7 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
     shift_fb, shift_step = model.forward_backward.intercept - m.forward_backward_line.intercept, model.step.intercept - m.step_line.intercept
     resident_saving = (m.weights - rows.weights) - rows.gathered_working_set  # eval holds the weights only
     live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
-    predicted, candidate.envelope = phase_curves(steps.train_points, shift_fb, shift_step)
+    predicted, candidate.envelope = train_curve(steps, shift_fb, shift_step)
     searches = []
     for capacity in options.targets:
         budget = int(capacity * (1 - margin))
@@ -152,9 +156,10 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
         evaluate = lambda b: steps.eval(*after, b).peak - resident_saving  # noqa: E731, B023
         for batch in SEED_BATCHES:
             steps.eval(*after, batch)
-        eval_predicted, _ = eval_curve({b: steps.eval_points[(*after, b)] for b in SEED_BATCHES}, -resident_saving)
+        eval_predicted, _ = eval_curve(steps, after, -resident_saving)
         search = exact_frontier(evaluate, eval_predicted, budget, capacity, options.allowance, spec.max_batch_size)
         prediction.eval_frontier, prediction.eval_trials = search.frontier, len(search.points)
+        prediction.eval_peak_bytes = round(evaluate(max(search.frontier, 1)))
         prediction.eval_after = f"{after[0]}x{after[1]}"
 
 
@@ -176,15 +181,21 @@ def accumulation_of(spec: ProbeSpec):
 
 
 def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, options: PlanOptions,
-                   layers: tuple[int, int]) -> CandidatePlan:
-    """One candidate: its exact frontiers per card, or the reason fake tensors could not run it."""
+                   layers: tuple[int, int], shallow: list | None = None, depth: DepthChoice | None = None) -> CandidatePlan:
+    """One candidate: its exact frontiers per card, or the reason fake tensors could not run it.
+    `shallow`: workloads of the model's shallow copies (plan_depth), measured instead of it."""
     started = time.perf_counter()
     measure = switch_candidate(workload, attn, checkpointing)
     candidate = CandidatePlan(measure, None, None, None)
     if measure.error:
         return candidate
     # The probe's eval trials run max(--eval-steps, 2) steps (space._StepsRunner): the previous step's outputs live on.
-    steps = CandidateSteps(workload, measure, max(spec.eval_steps, 2), spec.eval_keep_settings(), accumulation_of(spec))
+    args = (max(spec.eval_steps, 2), spec.eval_keep_settings(), accumulation_of(spec))
+    if shallow:
+        parts = [CandidateSteps(w, switch_candidate(w, attn, checkpointing), *args) for w in shallow]
+        steps = DepthExtended(parts, depth, measure)
+    else:
+        steps = CandidateSteps(workload, measure, *args)
     try:
         _predict(candidate, steps, workload, spec, options, spec.margin, layers)
     except StepFailed as exc:
@@ -195,25 +206,39 @@ def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, op
     return candidate
 
 
-def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | None = None) -> Plan:
-    progress = progress or ProgressSink()
-    started = time.perf_counter()
-    source = plan_source(spec)
-    device = FakeDevice(max(options.targets))
-    progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
-    # Built with sdpa (eager where the model has no sdpa): every candidate switches attention in
-    # place (flash-attn may be missing here); one the model does not support reports why.
-    cls = model_class(source.config)
-    built_with = "eager" if attn_unsupported_by_model("sdpa", cls) else "sdpa"
+def _build(source, spec: ProbeSpec, device: FakeDevice):
     try:
-        workload = build_plan_workload(source, spec.replace(attn_implementation=built_with), device)
+        workload = build_plan_workload(source, spec, device)
     except AutotuneError:
         raise
     except Exception as exc:  # noqa: BLE001 - say what failed, never a traceback
         raise AutotuneError(f"cannot build {source.architecture} on the meta device and fake tensors: {short_message(exc)}",
                             "probe it on a real card instead") from exc
     workload.spec = spec
+    return workload
+
+
+def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | None = None) -> Plan:
+    progress = progress or ProgressSink()
+    started = time.perf_counter()
+    source = plan_source(spec)
+    progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
+    # Built with sdpa (eager where the model has no sdpa): every candidate switches attention in
+    # place (flash-attn may be missing here); one the model does not support reports why.
+    cls = model_class(source.config)
+    built_with = "eager" if attn_unsupported_by_model("sdpa", cls) else "sdpa"
+    workload = _build(source, spec.replace(attn_implementation=built_with), FakeDevice(max(options.targets)))
+    workload.spec = spec
     layers = layer_bytes(workload.model)
+    depth = choose_depth(source.config, workload.model) if options.depth == "auto" else DepthChoice(reason="--full-depth")
+    shallow = None
+    if depth.extended:
+        progress.stage(depth.note())
+        shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, up)),
+                          spec.replace(attn_implementation=built_with), FakeDevice(max(options.targets)))
+                   for up in (None, *range(len(depth.stacks)))]
+        for part in shallow:
+            part.spec = spec
     candidates = []
     for attn in options.attn:
         for checkpointing in options.checkpointing:
@@ -224,14 +249,14 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
                 continue
             progress.stage(f"searching the train and eval frontiers with fake-tensor steps: attn {attn}, "
                            f"checkpointing {'on' if checkpointing else 'off'}")
-            candidates.append(plan_candidate(workload, attn, checkpointing, spec, options, layers))
+            candidates.append(plan_candidate(workload, attn, checkpointing, spec, options, layers, shallow, depth))
     if not any(c.measure.error is None for c in candidates):
         raise AutotuneError(f"no candidate could run under fake tensors: {candidates[0].measure.error}",
                             "rerun with AUTOTUNE_DEBUG=1, or probe on a real card")
     choice = {capacity: choose(candidates, i) for i, capacity in enumerate(options.targets)}
     return Plan(spec, describe_model(workload), options, spec.margin, candidates, choice,
                 wall_s=round(time.perf_counter() - started, 3),
-                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, depth=depth.note())
 
 
 # ---------------------------------------------------------------- recipes

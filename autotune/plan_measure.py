@@ -11,7 +11,6 @@ into a per-card, per-rank prediction; `plan` orchestrates.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from .devices import short_message
 from .devices.sim import storage_bytes
 from .model_source import ModelSource, check_max_length, resolve
 from .spec import ProbeSpec
-from .step_model import evaluating as plan_evaluating, stepping as plan_stepping
+from .step_model import evaluate as plan_evaluate, stepping as plan_stepping, train_before_eval as plan_train_before_eval
 from .errors import UsageError
 from .training_setup import plan_inputs, prepare
 from .workload import Workload, apply_lora, build_model, count_parameters
@@ -204,23 +203,23 @@ class CandidateSteps:
         self.accumulation = accumulation or (lambda batch: 1)  # train batch -> accumulation (the global batch kept)
         self.train_points: dict[int, TrainPoint] = {}
         self.eval_points: dict[tuple, EvalPoint] = {}  # (train batch, accumulation, eval batch)
-        self._stack: contextlib.ExitStack | None = None
+        self._state: tuple | None = None  # the optimizer (train), or what the step before an evaluation left
         self._open: tuple | None = None  # ("train",) or ("eval", train batch, accumulation)
-        self._step = self._evaluate = None
 
     def train(self, batch: int) -> TrainPoint:
         if batch not in self.train_points:
-            self._enter(("train",))
             device = self.workload.device
             try:
-                device.reset_peak()
-                with StepRecorder(self.workload) as recorder:
-                    self._step(batch, self.accumulation(batch))
+                self._enter(("train",))
+                with device.timeline(), plan_stepping(self.workload, self._state[0]) as step:
+                    device.reset_peak()
+                    with StepRecorder(self.workload) as recorder:
+                        step(batch, self.accumulation(batch))
+                    timeline = list(device.counter.timeline)
             except Exception as exc:  # noqa: BLE001 - an operator fake tensors cannot run is recorded
                 self.close()
                 raise StepFailed(f"training step at batch {batch} failed under fake tensors: {short_message(exc)}") from exc
-            point = TrainPoint(device.peak_bytes(), recorder.forward_backward_peak, recorder.step_peak,
-                               list(device.counter.timeline), recorder.split)
+            point = TrainPoint(device.peak_bytes(), recorder.forward_backward_peak, recorder.step_peak, timeline, recorder.split)
             self.train_points[batch] = point
             r = self.result
             r.train_peaks[batch], r.forward_backward_peaks[batch], r.step_peaks[batch] = point.peak, point.forward_backward, point.step
@@ -233,45 +232,43 @@ class CandidateSteps:
     def eval(self, train_batch: int, accumulation: int, batch: int) -> EvalPoint:
         key = (train_batch, accumulation, batch)
         if key not in self.eval_points:
-            self._enter(("eval", train_batch, accumulation))
+            device = self.workload.device
             try:
-                peak = self._evaluate(batch, self.eval_steps)
+                self._enter(("eval", train_batch, accumulation))
+                with device.timeline():
+                    peak = plan_evaluate(self.workload, batch, self.eval_steps, self._settings(train_batch, accumulation))
+                    timeline = list(device.counter.timeline)
             except Exception as exc:  # noqa: BLE001
                 self.close()
                 raise StepFailed(f"evaluation step at batch {batch} failed under fake tensors: {short_message(exc)}") from exc
-            self.eval_points[key] = EvalPoint(peak, list(self.workload.device.counter.timeline))
+            self.eval_points[key] = EvalPoint(peak, timeline)
             if self.result.eval_after in (None, f"{train_batch}x{accumulation}"):
                 self.result.eval_after = f"{train_batch}x{accumulation}"
                 self.result.eval_peaks[batch] = peak
         return self.eval_points[key]
 
+    def _settings(self, train_batch: int, accumulation: int) -> dict:
+        return {**self.eval_settings, "per_device_train_batch_size": train_batch, "gradient_accumulation_steps": accumulation}
+
     def _enter(self, what: tuple) -> None:
+        """Hold the state the next steps start from: the optimizer after its first step, or what
+        the optimizer step before an evaluation leaves. Nothing stays entered between calls (the
+        shallow copies of plan_depth each have their own fake-tensor modes)."""
         if self._open == what:
             return
         self.close()
-        stack = contextlib.ExitStack()
-        try:
-            stack.enter_context(self.workload.device.timeline())
-            if what[0] == "train":
-                self._step = stack.enter_context(plan_stepping(self.workload))
-                self._step(1)  # step 1 creates the optimizer's state
-            else:
-                settings = {**self.eval_settings, "per_device_train_batch_size": what[1], "gradient_accumulation_steps": what[2]}
-                self._evaluate = stack.enter_context(plan_evaluating(self.workload, settings))
-        except Exception as exc:  # noqa: BLE001
-            stack.close()
-            self.workload.release_grads()
-            raise StepFailed(f"{'training' if what[0] == 'train' else 'evaluation'} step at batch 1 failed under fake tensors: "
-                             f"{short_message(exc)}") from exc
-        self._stack, self._open = stack, what
+        if what[0] == "train":
+            optimizer = self.workload.make_optimizer()
+            with plan_stepping(self.workload, optimizer) as step:
+                step(1)  # step 1 creates the optimizer's state
+            self._state = (optimizer,)
+        else:
+            self._state = plan_train_before_eval(self.workload, self._settings(*what[1:]))
+        self._open = what
 
     def close(self) -> None:
-        if self._stack is not None:
-            stack, self._stack, self._open, self._step, self._evaluate = self._stack, None, None, None, None
-            try:
-                stack.close()
-            finally:
-                self.workload.release_grads()
+        self._state, self._open = None, None
+        self.workload.release_grads()
 
 
 def switch_candidate(workload: Workload, attn: str, checkpointing: bool) -> "CandidateMeasure":

@@ -51,24 +51,43 @@ def _line(b0: int, p0: float, b1: int, p1: float):
     return lambda batch: p0 + slope * (batch - b0)
 
 
-def phase_curves(points: dict, shift_forward_backward: float = 0.0, shift_step: float = 0.0):
-    """The predicted per-rank train peak at any batch from the two seed steps' timelines: the
-    forward/backward and optimizer-step phases each shifted by what the rank does not hold
-    (sharding; 0 on one device). Falls back to the lines through the phase peaks."""
-    (b0, p0), (b1, p1) = ((b, points[b]) for b in SEED_BATCHES)
+def _phases(steps):
+    """(forward/backward(batch), optimizer step(batch), allocated in the same order) predicted
+    from the seed steps; over shallow copies (plan_depth), each copy's curve extended."""
+    parts = getattr(steps, "parts", None)
+    if parts:
+        curves = [_phases(part) for part in parts]
+        return (lambda b: steps.extend(*(c[0](b) for c in curves)), lambda b: steps.extend(*(c[1](b) for c in curves)),
+                all(c[2] for c in curves))
+    (b0, p0), (b1, p1) = ((b, steps.train_points[b]) for b in SEED_BATCHES)
     forward = Envelope.between(b0, p0.timeline[:p0.split], b1, p1.timeline[:p1.split])
     step = Envelope.between(b0, p0.timeline[p0.split:], b1, p1.timeline[p1.split:])
     forward_at = forward.at if forward else _line(b0, p0.forward_backward, b1, p1.forward_backward)
     step_at = step.at if step else _line(b0, p0.step, b1, p1.step)
-    exact_order = len(p0.timeline) == len(p1.timeline) and p0.split == p1.split
-    return (lambda batch: max(forward_at(batch) + shift_forward_backward, step_at(batch) + shift_step)), exact_order
+    return forward_at, step_at, len(p0.timeline) == len(p1.timeline) and p0.split == p1.split
 
 
-def eval_curve(points: dict, shift: float = 0.0):
-    (b0, p0), (b1, p1) = ((b, points[b]) for b in SEED_BATCHES)
+def train_curve(steps, shift_forward_backward: float = 0.0, shift_step: float = 0.0):
+    """The predicted per-rank train peak at any batch, each phase shifted by what the rank does
+    not hold (sharding; 0 on one device), and whether it came from the envelope (else: lines)."""
+    forward_at, step_at, exact = _phases(steps)
+    return (lambda batch: max(forward_at(batch) + shift_forward_backward, step_at(batch) + shift_step)), exact
+
+
+def _eval(steps, after: tuple):
+    parts = getattr(steps, "parts", None)
+    if parts:
+        curves = [_eval(part, after) for part in parts]
+        return lambda b: steps.extend(*(c[0](b) for c in curves)), all(c[1] for c in curves)
+    (b0, p0), (b1, p1) = ((b, steps.eval_points[(*after, b)]) for b in SEED_BATCHES)
     envelope = Envelope.between(b0, p0.timeline, b1, p1.timeline)
-    at = envelope.at if envelope else _line(b0, p0.peak, b1, p1.peak)
-    return (lambda batch: at(batch) + shift), len(p0.timeline) == len(p1.timeline)
+    return (envelope.at if envelope else _line(b0, p0.peak, b1, p1.peak)), len(p0.timeline) == len(p1.timeline)
+
+
+def eval_curve(steps, after: tuple, shift: float = 0.0):
+    """The predicted eval peak at any eval batch after a train step at `after` (batch, accumulation)."""
+    at, exact = _eval(steps, after)
+    return (lambda batch: at(batch) + shift), exact
 
 
 def exact_frontier(live, predicted, budget: int, capacity: int, allowance: Allowance, max_batch: int) -> FrontierSearch:

@@ -129,43 +129,45 @@ def _outputs(model, batch: dict, outputs: str, max_new_tokens: int | None):
 def eval_steps(workload, batch_size: int, steps: int, settings: dict) -> int:
     """Evaluation inside training: one optimizer step first (its state stays resident), then
     `steps` eval steps keeping outputs as the Trainer does. Returns the evaluation's peak."""
-    with evaluating(workload, settings) as evaluate:
-        return evaluate(batch_size, steps)
-
-
-@contextlib.contextmanager
-def evaluating(workload, settings: dict):
-    """Inside: `evaluate(batch_size, steps) -> peak`, each call an evaluation after the same
-    optimizer step (at the settings' train batch and accumulation), as the Trainer's evaluations
-    inside training are: the optimizer state and that step's micro-batches stay resident."""
-    device, model = workload.device, workload.model
-    last_train_batches: list = []
-    _, optimizer = train_steps(workload, int(settings.get("per_device_train_batch_size") or 1), 1, held=last_train_batches,
-                               accumulation=int(settings.get("gradient_accumulation_steps") or 1))
-    model.eval()
+    state = train_before_eval(workload, settings)
     try:
-        with device.tracking(), torch.no_grad(), launched_forward(workload):
-            yield lambda batch_size, steps: _evaluate(workload, batch_size, steps, settings)
+        return evaluate(workload, batch_size, steps, settings)
     finally:
-        del optimizer, last_train_batches
-        model.train()
+        del state
 
 
-def _evaluate(workload, batch_size: int, steps: int, settings: dict) -> int:
+def train_before_eval(workload, settings: dict) -> tuple:
+    """The optimizer step a mid-training evaluation follows, at the settings' train batch and
+    accumulation: keep what it returns (the optimizer and its state, the step's micro-batches,
+    which the Trainer still holds) alive while evaluating; every evaluation after it sees the same."""
+    held: list = []
+    _, optimizer = train_steps(workload, int(settings.get("per_device_train_batch_size") or 1), 1, held=held,
+                               accumulation=int(settings.get("gradient_accumulation_steps") or 1))
+    return optimizer, held
+
+
+def evaluate(workload, batch_size: int, steps: int, settings: dict) -> int:
+    """`steps` eval steps keeping outputs as the Trainer does (after train_before_eval); the peak."""
     device, model = workload.device, workload.model
     outputs = eval_outputs_of(settings)
     accumulate = settings.get("eval_accumulation_steps")
-    held = held_labels = previous = None
-    device.reset_peak()
-    for step in range(steps):
-        batch = device_batch(workload, batch_size)
-        loss, kept = _outputs(model, batch, outputs, settings.get("max_new_tokens"))
-        if kept is not None:
-            held = kept if held is None else torch.cat([held, kept])
-            held_labels = batch["labels"] if held_labels is None else torch.cat([held_labels, batch["labels"]])
-            if accumulate and (step + 1) % accumulate == 0:
-                held = held_labels = None  # moved to the host
-        previous = (loss, kept, batch)  # the loop's variables live until the next step rebinds them
-        del loss, kept, batch
-    del previous, held, held_labels
-    return device.peak_bytes()
+    held = held_labels = None
+    model.eval()
+    try:
+        with device.tracking(), torch.no_grad(), launched_forward(workload):
+            device.reset_peak()
+            # The Trainer's loop variables: the previous batch lives until the next one is on the
+            # device, the previous outputs until the next forward returns (not through the concat).
+            batch = loss = kept = None
+            for step in range(steps):
+                batch = device_batch(workload, batch_size)
+                loss, kept = _outputs(model, batch, outputs, settings.get("max_new_tokens"))
+                if kept is not None:
+                    held = kept if held is None else torch.cat([held, kept])
+                    held_labels = batch["labels"] if held_labels is None else torch.cat([held_labels, batch["labels"]])
+                    if accumulate and (step + 1) % accumulate == 0:
+                        held = held_labels = None  # moved to the host
+            del batch, loss, kept, held, held_labels
+            return device.peak_bytes()
+    finally:
+        model.train()
