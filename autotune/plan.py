@@ -29,7 +29,7 @@ from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings,
 from .sizes import format_size
 from .space import attn_unsupported_by_model
 from .spec import ProbeSpec
-from .training_args import mixed_precision
+from .training_args import eval_outputs_of, mixed_precision
 from .workload import TORCH_DTYPES
 
 CHOICE_RULE = ("no gradient checkpointing where it fits (checkpointing recomputes the forward, ~20-35% more compute), "
@@ -180,22 +180,35 @@ def accumulation_of(spec: ProbeSpec):
     return lambda batch: max(1, round(spec.global_batch_size / (batch * spec.world_size)))
 
 
-def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, options: PlanOptions,
-                   layers: tuple[int, int], shallow: list | None = None, depth: DepthChoice | None = None) -> CandidatePlan:
-    """One candidate: its exact frontiers per card, or the reason fake tensors could not run it.
-    `shallow`: workloads of the model's shallow copies (plan_depth), measured instead of it."""
-    started = time.perf_counter()
+def eval_steps_of(spec: ProbeSpec) -> int:
+    """Eval steps a planned evaluation runs to reach the probe's eval peak. The probe's eval
+    trials run max(--eval-steps, 2) (space._StepsRunner); keeping the loss only, every step from
+    the second on repeats the second (the previous step's outputs live on through it)."""
+    return 2 if eval_outputs_of(spec.eval_keep_settings()) == "loss" else max(spec.eval_steps, 2)
+
+
+def candidate_steps(workload, attn: str, checkpointing: bool, spec: ProbeSpec, shallow: list | None = None,
+                    depth: DepthChoice | None = None):
+    """(what measures the candidate's steps, its measure): the model's own steps, or its shallow
+    copies' extended to its depth (plan_depth). The measure carries the reason it cannot run."""
     measure = switch_candidate(workload, attn, checkpointing)
-    candidate = CandidatePlan(measure, None, None, None)
+    args = (eval_steps_of(spec), spec.eval_keep_settings(), accumulation_of(spec))
     if measure.error:
-        return candidate
-    # The probe's eval trials run max(--eval-steps, 2) steps (space._StepsRunner): the previous step's outputs live on.
-    args = (max(spec.eval_steps, 2), spec.eval_keep_settings(), accumulation_of(spec))
+        return None, measure
     if shallow:
         parts = [CandidateSteps(w, switch_candidate(w, attn, checkpointing), *args) for w in shallow]
-        steps = DepthExtended(parts, depth, measure)
-    else:
-        steps = CandidateSteps(workload, measure, *args)
+        return DepthExtended(parts, depth, measure), measure
+    return CandidateSteps(workload, measure, *args), measure
+
+
+def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, options: PlanOptions,
+                   layers: tuple[int, int], shallow: list | None = None, depth: DepthChoice | None = None) -> CandidatePlan:
+    """One candidate: its exact frontiers per card, or the reason fake tensors could not run it."""
+    started = time.perf_counter()
+    steps, measure = candidate_steps(workload, attn, checkpointing, spec, shallow, depth)
+    candidate = CandidatePlan(measure, None, None, None)
+    if steps is None:
+        return candidate
     try:
         _predict(candidate, steps, workload, spec, options, spec.margin, layers)
     except StepFailed as exc:
@@ -204,6 +217,24 @@ def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, op
         steps.close()
     measure.wall_s = round(time.perf_counter() - started, 3)
     return candidate
+
+
+def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
+    """(the model on fake tensors, how its depth is covered, its shallow copies or None)."""
+    source = plan_source(spec)
+    # Built with sdpa (eager where the model has no sdpa): every candidate switches attention in
+    # place (flash-attn may be missing here); one the model does not support reports why.
+    built_with = "eager" if attn_unsupported_by_model("sdpa", model_class(source.config)) else "sdpa"
+    workload = _build(source, spec.replace(attn_implementation=built_with), FakeDevice(capacity))
+    depth = choose_depth(source.config, workload.model) if depth_mode == "auto" else DepthChoice(reason="--full-depth")
+    shallow = None
+    if depth.extended:
+        shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, up)),
+                          spec.replace(attn_implementation=built_with), FakeDevice(capacity))
+                   for up in (None, *range(len(depth.stacks)))]
+    for built in [workload, *(shallow or [])]:
+        built.spec = spec
+    return workload, depth, shallow
 
 
 def _build(source, spec: ProbeSpec, device: FakeDevice):
@@ -223,22 +254,10 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     started = time.perf_counter()
     source = plan_source(spec)
     progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
-    # Built with sdpa (eager where the model has no sdpa): every candidate switches attention in
-    # place (flash-attn may be missing here); one the model does not support reports why.
+    workload, depth, shallow = plan_workloads(spec, max(options.targets), options.depth)
+    progress.stage(depth.note())
     cls = model_class(source.config)
-    built_with = "eager" if attn_unsupported_by_model("sdpa", cls) else "sdpa"
-    workload = _build(source, spec.replace(attn_implementation=built_with), FakeDevice(max(options.targets)))
-    workload.spec = spec
     layers = layer_bytes(workload.model)
-    depth = choose_depth(source.config, workload.model) if options.depth == "auto" else DepthChoice(reason="--full-depth")
-    shallow = None
-    if depth.extended:
-        progress.stage(depth.note())
-        shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, up)),
-                          spec.replace(attn_implementation=built_with), FakeDevice(max(options.targets)))
-                   for up in (None, *range(len(depth.stacks)))]
-        for part in shallow:
-            part.spec = spec
     candidates = []
     for attn in options.attn:
         for checkpointing in options.checkpointing:
