@@ -73,6 +73,7 @@ class CandidatePlan:
     step_line: dict | None
     predictions: list[Prediction] = field(default_factory=list)
     train_points: dict = field(default_factory=dict)  # batch -> per-rank live train peak, every batch measured
+    eval_points: dict = field(default_factory=dict)  # the same for evaluation, after the first card's train batch
     envelope: bool = False  # the seed steps allocated in the same order: the first trials came from their envelope
 
     def to_dict(self) -> dict:
@@ -84,7 +85,8 @@ class CandidatePlan:
             data.update(train_line=asdict(m.train_line), eval_line=asdict(m.eval_line),
                         forward_backward_line=self.forward_backward_line, step_line=self.step_line,
                         rows=self.rows.as_dict(), predictions=[asdict(p) for p in self.predictions],
-                        train_points=self.train_points, started_from="envelope" if self.envelope else "line")
+                        train_points=self.train_points, eval_points=self.eval_points,
+                        started_from="envelope" if self.envelope else "line")
         return data
 
 
@@ -161,6 +163,8 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
         prediction.eval_frontier, prediction.eval_trials = search.frontier, len(search.points)
         prediction.eval_peak_bytes = round(evaluate(max(search.frontier, 1)))
         prediction.eval_after = f"{after[0]}x{after[1]}"
+        if not candidate.eval_points:
+            candidate.eval_points = {key[2]: round(evaluate(key[2])) for key in sorted(steps.eval_points) if key[:2] == after}
 
 
 def choose(candidates: list[CandidatePlan], index: int) -> str | None:
@@ -323,9 +327,7 @@ def plan_recipe(plan: Plan) -> Recipe:
                   autotune_version=__version__)
 
 
-def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
-    """The batch size a probe should try first: where the plan's line for this probe's
-    (attention, checkpointing) crosses this device's budget. None: the plan has no such line."""
+def _check_plan_matches(recipe: Recipe, spec: ProbeSpec) -> None:
     if not recipe.plan:
         raise UsageError("--from-plan", "this recipe holds no plan", "write one with `python -m autotune plan ... --out PLAN`")
     model = recipe.model
@@ -334,16 +336,41 @@ def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
         if planned != probed:
             raise UsageError("--from-plan", f"the plan was made for {name} {planned}, this probe uses {probed}",
                              f"probe with {name} {planned}, or plan again")
+
+
+def _planned_batch(points: dict, budget: int, max_batch: int) -> int | None:
+    points = {int(b): p for b, p in (points or {}).items()}
+    if len(points) < 2:
+        return None
+    return largest_batch(_through(points), budget, Allowance(0, 0, 0.0), 2**62, max_batch) or 1
+
+
+def hints_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> dict:
+    """(attention, checkpointing) -> {"train": batch, "eval": batch}: where each planned
+    candidate's measured peaks cross this device's budget. Where the plan measured a fit at k
+    and a non-fit at k + 1 for this budget, the hint is k and the probe needs 2 trials."""
+    _check_plan_matches(recipe, spec)
+    hints = {}
+    for candidate in recipe.plan.get("candidates", []):
+        found = {phase: _planned_batch(candidate.get(f"{phase}_points"), budget, spec.max_batch_size) for phase in ("train", "eval")}
+        if any(found.values()):
+            hints[(candidate["attn_implementation"], candidate["gradient_checkpointing"])] = {k: v for k, v in found.items() if v}
+    return hints
+
+
+def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
+    """The batch size a probe should try first: where the plan's measured peaks for this
+    probe's (attention, checkpointing) cross this device's budget. None: the plan has no such candidate."""
+    _check_plan_matches(recipe, spec)
     for candidate in recipe.plan.get("candidates", []):
         if (candidate.get("attn_implementation") == spec.attn_implementation
                 and candidate.get("gradient_checkpointing") == spec.gradient_checkpointing and candidate.get("train_line")):
-            points = {int(b): p for b, p in (candidate.get("train_points") or {}).items()}
-            if len(points) < 2:  # a plan written before the exact search: its phase lines
+            planned = _planned_batch(candidate.get("train_points"), budget, spec.max_batch_size)
+            if planned is None:  # a plan written before the exact search: its phase lines
                 fb, step = candidate["forward_backward_line"], candidate["step_line"]
                 live = lambda b: max(fb["intercept"] + fb["slope"] * b, step["intercept"] + step["slope"] * b)  # noqa: E731
-            else:
-                live = _through(points)
-            return largest_batch(live, budget, Allowance(0, 0, 0.0), 2**62, spec.max_batch_size) or 1
+                planned = largest_batch(live, budget, Allowance(0, 0, 0.0), 2**62, spec.max_batch_size) or 1
+            return planned
     return None
 
 

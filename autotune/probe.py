@@ -139,11 +139,11 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
            data: dict | None) -> Recipe:
     runner, budget = session.runner, session.budget
     base = {"env": dict(spec.env)} if spec.env else {}
-    hint = None
+    hint, hints = None, {}
     if plan is not None:
-        from .plan import hint_from_plan
+        from .plan import hint_from_plan, hints_from_plan
 
-        hint = hint_from_plan(plan, spec, budget)
+        hint, hints = hint_from_plan(plan, spec, budget), hints_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
     trials: list[TrialResult] = []
     choose_allocator = spec.expandable_segments == "auto" and session.supervisor is not None and session.hardware.device == "cuda"
@@ -162,7 +162,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     space = SearchSpace(spec, _WithBase(runner, base), device or _DeviceView(session.hardware.device), budget,
                         progress, find_frontier)
     space.trials[:0] = trials
-    space.first_hint = hint
+    space.first_hint, space.plan_hints = hint, hints
     space.model_cls = model_class(source.config)
     space.search_train()
     space.runoff()

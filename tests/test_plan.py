@@ -120,21 +120,32 @@ def test_an_operation_fake_tensors_cannot_run_is_reported_not_raised(llama_full)
     assert measure.error and "training step at batch 1 failed under fake tensors" in measure.error
 
 
-def test_probe_from_plan_starts_at_the_predicted_frontier(tmp_path):
-    """A plan for a 6 MiB sim card (no allowance: the sim device has no context) predicts the
-    frontier the probe measures, and the probe then needs fewer trials."""
+def test_probe_from_plan_needs_two_trials_per_frontier(tmp_path):
+    """A plan for a 6 MiB sim card (no allowance: the sim device has no context) measured each
+    candidate's frontiers as the probe does, so the probe started from it measures a fit at k
+    and a non-fit at k + 1 and stops: 2 trials per frontier, the same frontiers as without it."""
     capacity = 6 * MiB
-    # The probe searches the plan's one candidate (sdpa, no checkpointing): with the whole space
-    # it would pick by throughput, and the chosen frontier would depend on CPU timings.
     spec = ProbeSpec(max_length=64, model_config="tiny-llama", device="sim", gpu_memory=capacity, margin=0.0,
-                     attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,), eval=False, validate_steps=3)
-    plan = make_plan(spec, PlanOptions([capacity], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
+                     attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False, True), validate_steps=3,
+                     prediction_loss_only=True)
+    plan = make_plan(spec, PlanOptions([capacity], checkpointing=[False, True], allowance=Allowance(0, 0, 0.0)))
     recipe = plan_recipe(plan)
     assert recipe.validation.passed is False and recipe.validation.method == "planned"
     cold = probe(spec, device=SimDevice(capacity))
     warm = probe(spec, device=SimDevice(capacity), plan=recipe)
-    assert warm.search.frontier["train"] == cold.search.frontier["train"] == recipe.search.frontier["train"]
-    assert len(warm.search.trials) < len(cold.search.trials)
+
+    def frontiers(r):
+        return {(c["gradient_checkpointing"]): c["frontier"] for c in r.search.candidates}
+
+    def counted(r, phase):
+        return sum(1 for t in r.search.trials if t.phase == phase and t.purpose == "frontier")
+
+    assert frontiers(warm) == frontiers(cold)
+    assert frontiers(warm)[False] == plan.candidates[0].predictions[0].train_frontier
+    assert frontiers(warm)[True] == plan.candidates[1].predictions[0].train_frontier
+    searched = sum(1 for c in warm.search.candidates if c["status"] in ("searched", "pruned") and c["frontier"])
+    assert counted(warm, "train") == 2 * searched < counted(cold, "train")
+    assert counted(warm, "eval") == 2 and warm.search.frontier["eval"] == cold.search.frontier["eval"]
 
 
 def test_cli_plan_json_and_planned_recipe(tmp_path, capsys):
