@@ -350,12 +350,32 @@ def hints_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> dict:
     candidate's measured peaks cross this device's budget. Where the plan measured a fit at k
     and a non-fit at k + 1 for this budget, the hint is k and the probe needs 2 trials."""
     _check_plan_matches(recipe, spec)
+    return _hints(recipe.plan.get("candidates", []), budget, spec.max_batch_size)
+
+
+def _hints(candidates: list[dict], budget: int, max_batch: int) -> dict:
     hints = {}
-    for candidate in recipe.plan.get("candidates", []):
-        found = {phase: _planned_batch(candidate.get(f"{phase}_points"), budget, spec.max_batch_size) for phase in ("train", "eval")}
+    for candidate in candidates:
+        found = {phase: _planned_batch(candidate.get(f"{phase}_points"), budget, max_batch) for phase in ("train", "eval")}
         if any(found.values()):
             hints[(candidate["attn_implementation"], candidate["gradient_checkpointing"])] = {k: v for k, v in found.items() if v}
     return hints
+
+
+def planned_hints(spec: ProbeSpec, capacity: int, budget: int, progress: ProgressSink | None = None) -> dict:
+    """The probe's plan first: every candidate of its space planned for its card under fake
+    tensors (no allowance: the probe's fit rule reads the device itself), as hints_from_plan
+    hands them over. {} where the plan cannot run (the probe then searches as without it)."""
+    progress = progress or ProgressSink()
+    options = PlanOptions([capacity], attn=list(spec.attn_candidates), checkpointing=sorted(spec.gradient_checkpointing_candidates),
+                          allowance=Allowance(0, 0, 0.0))
+    try:
+        plan = make_plan(spec, options, progress)
+    except AutotuneError as exc:
+        progress.stage(f"no plan first ({exc}); searching without it")
+        return {}
+    progress.stage(f"planned in {plan.wall_s:.1f}s under fake tensors; each search starts at its planned frontier")
+    return _hints([c.to_dict() for c in plan.ok()], budget, spec.max_batch_size)
 
 
 def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:

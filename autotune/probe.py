@@ -145,6 +145,11 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
 
         hint, hints = hint_from_plan(plan, spec, budget), hints_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
+    elif _plans_first(spec, session):
+        from .plan import planned_hints
+
+        hints = planned_hints(spec, session.capacity, budget, progress)
+        hint = hints.get((_first_attention(spec, model_class(source.config)), False), {}).get("train")
     trials: list[TrialResult] = []
     choose_allocator = spec.expandable_segments == "auto" and session.supervisor is not None and session.hardware.device == "cuda"
     if len(spec.strategies) > 1 or choose_allocator:
@@ -179,6 +184,14 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     for cand in space.candidates:
         cand.chosen = (cand.attn_implementation, cand.gradient_checkpointing) == (chosen.attn_implementation, chosen.gradient_checkpointing)
     return _recipe(spec, source, session, space, done, base, started, data)
+
+
+def _plans_first(spec: ProbeSpec, session) -> bool:
+    """Plan first (--plan-first; by default on a CUDA card, where a trial costs far more than a
+    fake-tensor step on the CPU), one device, no sharding strategy: the plan is exact there."""
+    if spec.plan_first == "off" or spec.strategies or session.world_size > 1 or spec.train_type == "qlora":
+        return False
+    return spec.plan_first == "on" or session.hardware.device == "cuda"
 
 
 def _first_attention(spec: ProbeSpec, model_cls=None) -> str:

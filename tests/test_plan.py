@@ -146,6 +146,10 @@ def test_probe_from_plan_needs_two_trials_per_frontier(tmp_path):
     searched = sum(1 for c in warm.search.candidates if c["status"] in ("searched", "pruned") and c["frontier"])
     assert counted(warm, "train") == 2 * searched < counted(cold, "train")
     assert counted(warm, "eval") == 2 and warm.search.frontier["eval"] == cold.search.frontier["eval"]
+    # --plan-first: the probe plans its own space first (the default on cuda), to the same effect.
+    first = probe(spec.replace(plan_first="on"), device=SimDevice(capacity))
+    assert frontiers(first) == frontiers(cold) and counted(first, "train") == counted(warm, "train")
+    assert counted(first, "eval") == 2
 
 
 def test_cli_plan_json_and_planned_recipe(tmp_path, capsys):
