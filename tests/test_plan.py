@@ -206,6 +206,8 @@ def test_plan_frontier_is_the_sim_probe_frontier_where_the_peak_is_the_largest_o
     ("tiny-mistral", 16, False),
     ("tiny-gpt2", 64, False),
     ("tiny-qwen2", 64, True),
+    ("tiny-llama", 64, False),
+    ("tiny-llava", 64, False),  # ms-swift's defaults: the vision tower and the projector frozen
 ])
 def test_plan_frontiers_are_the_sim_probe_frontiers(name, length, checkpointing):
     check_plan_against_sim(ProbeSpec(max_length=length, model_config=name), checkpointing=checkpointing)
