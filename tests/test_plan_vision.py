@@ -28,7 +28,7 @@ def _plan(spec, checkpointing=False):
     ("tiny-llama", 384, {}),
 ])
 def test_plan_reads_values_where_the_model_does_and_matches_the_sim_device(name, length, extra):
-    check_plan_against_sim(ProbeSpec(max_length=length, model_config=name, **extra))
+    check_plan_against_sim(ProbeSpec(max_length=length, model_config=name, **extra), keep_logits="llava" not in name)
 
 
 def _bytes(numels, itemsize=2):

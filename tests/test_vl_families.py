@@ -113,4 +113,4 @@ def test_llava_clip336_moe_worst_case_and_plan():
     real = load_workload(resolve(None, name), spec.replace(device="sim", gpu_memory=GiB), SimDevice(GiB))
     assert type(real.model.model.language_model).__name__ == "Qwen3MoeModel"
     assert (real.make_batch(1)["input_ids"] == config.image_token_id).sum() == 576
-    check_plan_against_sim(spec)  # the plan's frontiers are the sim Trainer's
+    check_plan_against_sim(spec, keep_logits=False)  # the plan's frontiers are the sim Trainer's
