@@ -145,7 +145,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
 
         hint, hints = hint_from_plan(plan, spec, budget), hints_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
-    elif _plans_first(spec, session):
+    elif _plans_first(spec, session, source):
         from .plan import planned_hints
 
         hints = planned_hints(spec, session.capacity, budget, progress)
@@ -186,12 +186,15 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     return _recipe(spec, source, session, space, done, base, started, data)
 
 
-def _plans_first(spec: ProbeSpec, session) -> bool:
+def _plans_first(spec: ProbeSpec, session, source) -> bool:
     """Plan first (--plan-first; by default on a CUDA card, where a trial costs far more than a
-    fake-tensor step on the CPU), one device, no sharding strategy: the plan is exact there."""
+    fake-tensor step on the CPU), one device, no sharding strategy: the plan is exact there. Not
+    by default for vision-language models, whose towers still make a plan take minutes."""
     if spec.plan_first == "off" or spec.strategies or session.world_size > 1 or spec.train_type == "qlora":
         return False
-    return spec.plan_first == "on" or session.hardware.device == "cuda"
+    if spec.plan_first == "on":
+        return True
+    return session.hardware.device == "cuda" and plan_inputs(source, spec).family is None
 
 
 def _first_attention(spec: ProbeSpec, model_cls=None) -> str:
