@@ -148,7 +148,7 @@ class ProbeSpec:
             raise UsageError("--max-new-tokens", "only means something with --predict-with-generate", "add --predict-with-generate")
 
     def _validate_eval_outputs(self) -> None:
-        from .training_args import EVAL_OUTPUTS
+        from .recipe.training_args import EVAL_OUTPUTS
 
         if self.eval_outputs is None:
             return

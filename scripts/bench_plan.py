@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--full-depth", action="store_true", help="every layer under fake tensors (no shallow copies)")
     args = parser.parse_args()
     started, before = time.perf_counter(), _children_cpu()
-    subprocess.run([sys.executable, "-c", "import torch, transformers, peft, accelerate, autotune.plan"], check=True,
+    subprocess.run([sys.executable, "-c", "import torch, transformers, peft, accelerate, autotune.plan.planner"], check=True,
                    capture_output=True)
-    print(f"import torch, transformers, peft, accelerate, autotune.plan: {time.perf_counter() - started:.1f}s, "
+    print(f"import torch, transformers, peft, accelerate, autotune.plan.planner: {time.perf_counter() - started:.1f}s, "
           f"cpu {_children_cpu() - before:.1f}s (fresh process)")
     for name in args.configs.split(","):
         cmd = [sys.executable, "-m", "autotune", "plan", "--model-config", f"recipes/configs/{name}/config.json",

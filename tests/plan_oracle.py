@@ -5,13 +5,13 @@ frontiers within 2% of the trials'."""
 
 from autotune.devices import SimDevice
 from autotune.devices.fake import FakeDevice
-from autotune.model_source import resolve
-from autotune.plan import PlanOptions, make_plan
-from autotune.plan_breakdown import Allowance
-from autotune.plan_measure import CandidateSteps, build_plan_workload, plan_source, switch_candidate
-from autotune.search import NON_FIT
-from autotune.trial import run_eval_trial, run_train_trial
-from autotune.workload import load_workload
+from autotune.model.source import resolve
+from autotune.plan.planner import PlanOptions, make_plan
+from autotune.plan.breakdown import Allowance
+from autotune.plan.measure import CandidateSteps, build_plan_workload, plan_source, switch_candidate
+from autotune.search.frontier import NON_FIT
+from autotune.trials.trial import run_eval_trial, run_train_trial
+from autotune.model.workload import load_workload
 
 MiB = 2**20
 

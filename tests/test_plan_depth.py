@@ -9,10 +9,10 @@ import pytest
 
 import autotune
 from autotune.devices.fake import FakeDevice
-from autotune.plan import PlanOptions, candidate_steps, make_plan, plan_workloads
-from autotune.plan_breakdown import Allowance
-from autotune.plan_depth import choose_depth
-from autotune.plan_measure import build_plan_workload, plan_source
+from autotune.plan.planner import PlanOptions, candidate_steps, make_plan, plan_workloads
+from autotune.plan.breakdown import Allowance
+from autotune.plan.depth import choose_depth
+from autotune.plan.measure import build_plan_workload, plan_source
 from autotune.spec import ProbeSpec
 
 MiB = 2**20

@@ -6,7 +6,7 @@ import torch
 
 from autotune.devices.fake import FakeDevice
 from autotune.devices.sim import _rounded
-from autotune.plan_measure import build_plan_workload, measure_candidate, plan_source
+from autotune.plan.measure import build_plan_workload, measure_candidate, plan_source
 from autotune.spec import ProbeSpec
 from plan_oracle import check_plan_against_sim
 

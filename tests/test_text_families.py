@@ -8,7 +8,7 @@ import yaml
 
 from autotune.cli import main
 from autotune.spec import ProbeSpec
-from autotune.trial import run_train_trial
+from autotune.trials.trial import run_train_trial
 from plan_oracle import check_plan_against_sim
 
 GiB = 2**30

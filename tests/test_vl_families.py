@@ -12,11 +12,11 @@ from PIL import Image
 
 from autotune.devices import SimDevice
 from autotune.errors import UsageError
-from autotune.families import Media, family_for
-from autotune.model_source import resolve
+from autotune.model.families import Media, family_for
+from autotune.model.source import resolve
 from autotune.spec import ProbeSpec
-from autotune.trial import run_train_trial
-from autotune.workload import load_workload
+from autotune.trials.trial import run_train_trial
+from autotune.model.workload import load_workload
 from plan_oracle import check_plan_against_sim
 
 GiB = 2**30

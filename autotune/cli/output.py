@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..progress import ProgressSink
-from ..recipe import Recipe, TrialResult
+from ..recipe.schema import Recipe, TrialResult
 from ..sizes import format_size
 
 _STYLE = {"fit": "green", "oom": "red", "over_budget": "yellow", "error": "red bold", "skipped": "dim",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from ..recipe import Recipe
+from ..recipe.schema import Recipe
 from .common import check_strategy, mixed_precision, world_size, zero_stage
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from .plan_measure import CandidateMeasure, EvalPoint, TrainPoint
+from .measure import CandidateMeasure, EvalPoint, TrainPoint
 
 # Per-layer index lists a config may hold (layers that differ from the others).
 INDEX_LISTS = ("mlp_only_layers", "fullatt_block_indexes", "deepstack_visual_indexes", "full_attn_idxs",

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan_breakdown import Allowance, largest_batch
-from .search import FrontierSearch, run_search
+from .breakdown import Allowance, largest_batch
+from ..search.frontier import FrontierSearch, run_search
 
 # Batch 1 is no seed: some operators return a view for a batch of one where they copy for more,
 # so its step allocates in a different order (seen in Llama's forward) and no envelope forms.

@@ -21,9 +21,9 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from .extras import install_hint
+from ..extras import install_hint
 from .global_batch import exact_splits, split_global_batch
-from .recipe import TrialResult
+from ..recipe.schema import TrialResult
 
 TIE = 0.01  # throughputs within 1% are a tie; the lower peak wins
 # Configurations within 20% of the fastest are timed again (2 more rounds, round-robin): one

@@ -11,10 +11,10 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 
-from .errors import DoesNotFitError
-from .recipe import TrialResult, Validation
-from .sizes import format_size
-from .trial import run_training
+from ..errors import DoesNotFitError
+from ..recipe.schema import TrialResult, Validation
+from ..sizes import format_size
+from ..trials.trial import run_training
 
 
 @dataclass
