@@ -101,12 +101,17 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
            data: dict | None, values=None) -> Recipe:
     runner, budget = session.runner, session.budget
     base = {"env": dict(spec.env)} if spec.env else {}
-    hint = None
+    hint, hints = None, {}
     if plan is not None:
-        from .plan.planner import hint_from_plan
+        from .plan.planner import hint_from_plan, hints_from_plan
 
-        hint = hint_from_plan(plan, spec, budget)
+        hint, hints = hint_from_plan(plan, spec, budget), hints_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
+    elif _plans_first(spec, session, source):
+        from .plan.planner import planned_hints
+
+        hints = planned_hints(spec, session.capacity, budget, progress)
+        hint = hints.get((_first_attention(spec, model_class(source.config)), False), {}).get("train")
     trials: list[TrialResult] = []
     choose_allocator = spec.expandable_segments == "auto" and session.supervisor is not None and session.hardware.device == "cuda"
     if values is None and (len(spec.strategies) > 1 or choose_allocator):
@@ -124,7 +129,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     space = SearchSpace(spec, _WithBase(runner, base), device or _DeviceView(session.hardware.device), budget,
                         progress, find_frontier)
     space.trials[:0] = trials
-    space.first_hint = hint
+    space.first_hint, space.plan_hints = hint, hints
     space.model_cls = model_class(source.config)
     if spec.task == "eval":  # issue #14: evaluation alone
         from .search.eval_only import search_eval
@@ -161,6 +166,17 @@ def _at_limit(space, limit, progress) -> ProbeSpec:
     space.spec = space.spec.replace(**{limit.dimension: limit.value})
     space.runner = _WithBase(space.runner.inner, {**space.runner.base, limit.dimension: limit.value})
     return space.spec
+
+
+def _plans_first(spec: ProbeSpec, session, source) -> bool:
+    """Plan first (--plan-first; by default on a CUDA card, where a trial costs far more than a
+    fake-tensor step on the CPU), one device, no sharding strategy: the plan is exact there. Not
+    by default for vision-language models, whose towers still make a plan take minutes."""
+    if spec.plan_first == "off" or spec.strategies or session.world_size > 1 or spec.train_type == "qlora":
+        return False
+    if spec.plan_first == "on":
+        return True
+    return session.hardware.device == "cuda" and plan_inputs(source, spec).family is None
 
 
 def _first_attention(spec: ProbeSpec, model_cls=None) -> str:

@@ -58,6 +58,7 @@ class ProbeSpec:
     attn_candidates: tuple = ATTN_IMPLEMENTATIONS
     gradient_checkpointing_candidates: tuple = (False, True)
     eval: bool = True  # search the eval batch frontier
+    plan_first: str = "auto"  # on: plan under fake tensors first, each search starts there; auto: on for cuda; off
     eval_steps: int = DEFAULT_EVAL_STEPS  # eval steps accumulated on the device (-> eval_accumulation_steps)
     prediction_loss_only: bool = False  # False: keep logits like a Trainer with compute_metrics (the costly path)
     predict_with_generate: bool = False  # eval probes generate() (KV cache growth) instead

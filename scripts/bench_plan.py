@@ -1,7 +1,9 @@
-"""Plan time and peak RAM for 0.5B, 7B and 70B configs (issue #7), one process per config so
-each peak RSS is its own. Prints one line per run; docs/benchmarks.md records the output.
+"""Plan time and peak RAM for 0.5B, 7B and 70B configs (issues #7, #13), one process per config
+so each peak RSS is its own. Prints one line per run; docs/benchmarks.md records the output.
+Importing torch, transformers and autotune is timed once on its own (a fresh process), so plan
+time and import time are reported apart.
 
-    python scripts/bench_plan.py [--max-length 2048] [--train-type full]
+    python scripts/bench_plan.py [--max-length 2048] [--train-type full] [--full-depth]
     python scripts/bench_plan.py --configs qwen2.5-vl-7b --max-length 4096 --gradient-checkpointing on \
         --extra="--max-pixels 1003520"      # vision-language: 1280 image tokens
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import subprocess
 import sys
@@ -25,24 +28,39 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", default="off")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--extra", default="", help="more plan flags, e.g. --extra='--max-pixels 1003520'")
+    parser.add_argument("--full-depth", action="store_true", help="every layer under fake tensors (no shallow copies)")
     args = parser.parse_args()
+    started, before = time.perf_counter(), _children_cpu()
+    subprocess.run([sys.executable, "-c", "import torch, transformers, peft, accelerate, autotune.plan.planner"], check=True,
+                   capture_output=True)
+    print(f"import torch, transformers, peft, accelerate, autotune.plan.planner: {time.perf_counter() - started:.1f}s, "
+          f"cpu {_children_cpu() - before:.1f}s (fresh process)")
     for name in args.configs.split(","):
         cmd = [sys.executable, "-m", "autotune", "plan", "--model-config", f"recipes/configs/{name}/config.json",
                "--max-length", args.max_length, "--train-type", args.train_type, "--gradient-checkpointing",
-               args.gradient_checkpointing, "--gpu-memory", "80GiB", "--format", "json", "--quiet", *shlex.split(args.extra)]
-        started = time.perf_counter()
+               args.gradient_checkpointing, "--gpu-memory", "80GiB", "--format", "json", "--quiet", *shlex.split(args.extra),
+               *(["--full-depth"] if args.full_depth else [])]
+        started, before = time.perf_counter(), _children_cpu()
         done = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, _children_cpu() - before
         if done.returncode:
             print(f"{name}: exit {done.returncode}: {done.stderr.strip().splitlines()[-1]}")
             continue
         plan = json.loads(done.stdout)
         c = plan["candidates"][0]
-        peaks = {b: round(p / 2**30, 2) for b, p in c["train_peaks"].items()}
+        peaks = {b: round(p / 2**30, 2) for b, p in sorted(c["train_peaks"].items(), key=lambda kv: int(kv[0]))}
+        p = c["predictions"][0]
         print(f"{name:<14} {args.train_type} len {args.max_length} gc {args.gradient_checkpointing}: "
-              f"process {wall:.1f}s (plan {plan['wall_s']:.1f}s), peak RSS {plan['peak_rss_bytes'] / 2**30:.2f} GiB, "
+              f"process {wall:.1f}s, cpu {cpu:.1f}s (plan {plan['wall_s']:.1f}s), peak RSS {plan['peak_rss_bytes'] / 2**30:.2f} GiB, "
               f"params {plan['model']['num_parameters'] / 1e9:.2f}B, train peak GiB by batch {peaks}, "
-              f"80GiB frontier {c['predictions'][0]['train_frontier']}")
+              f"80GiB frontier train {p['train_frontier']} ({p['train_trials']} trials) eval {p['eval_frontier']} "
+              f"({p['eval_trials']} trials); {plan['depth']}")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of finished child processes: on a shared machine, what the plan itself cost."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ best median. CPU timings of tiny models are noisy (more so on a shared machine):
 
     python scripts/bench_space.py                       # defaults below
     python scripts/bench_space.py --json out/bench_space.json
+    python scripts/bench_space.py --trials-only [--plan-first]   # trials to the recipe, no grid (issue #13)
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6, help="steps per timing round")
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds per configuration")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--plan-first", action="store_true", help="the probe plans under fake tensors first (probe --plan-first)")
+    ap.add_argument("--trials-only", action="store_true", help="count the probe's trials and stop (no grid, no timing)")
     args = ap.parse_args()
     capacity = parse_size(args.gpu_memory)
     spec = ProbeSpec(max_length=args.max_length, model_config=args.model_config, device="sim", gpu_memory=capacity,
                      global_batch_size=args.global_batch_size, max_batch_size=args.max_batch_size,
-                     attn_candidates=("sdpa", "eager"), validate_steps=3)
+                     attn_candidates=("sdpa", "eager"), validate_steps=3, plan_first="on" if args.plan_first else "off")
 
     started = time.perf_counter()
     recipe = probe(spec, device=SimDevice(capacity))
@@ -56,6 +59,13 @@ def main() -> int:
     s = recipe.settings
     chosen = (s.attn_implementation, s.gradient_checkpointing, s.per_device_train_batch_size)
     search_trials = [t for t in recipe.search.trials if t.purpose != "validate"]
+    if args.trials_only:
+        frontiers = {f"{c['attn_implementation']}/gc-{'on' if c['gradient_checkpointing'] else 'off'}": c["frontier"]
+                     for c in recipe.search.candidates}
+        print(f"plan first: {'on' if args.plan_first else 'off'}; probe trials: {len(search_trials)} search ({_phases(recipe)}) "
+              f"+ {recipe.search.phases.get('validate', {}).get('trials', 0)} validation; frontiers {frontiers}, "
+              f"eval {recipe.search.frontier.get('eval')}; chosen {chosen}; probe wall {probe_s:.0f}s")
+        return 0
 
     # The grid, on a fresh model: every point's fit decided by a trial.
     workload = load_workload(resolve(None, args.model_config), spec, SimDevice(capacity))

@@ -69,6 +69,9 @@ def add_parser(sub) -> None:
     cards.add_argument("--strategy", choices=STRATEGIES, help="sharding across --world-size ranks (documented partitioning)")
     cards.add_argument("--cuda-context", default="512MiB", metavar="SIZE", help="assumed CUDA context per card (default: 512MiB)")
     cards.add_argument("--workspaces", default="64MiB", metavar="SIZE", help="assumed cuBLAS/cuBLASLt workspaces per card (default: 64MiB)")
+    train.add_argument("--full-depth", action="store_true",
+                       help="run every layer under fake tensors (default: where the layers repeat, measure copies with "
+                            "one and two repeating units and extend to the model's depth)")
     cards.add_argument("--fragmentation", type=float, default=0.05, help="assumed allocator fragmentation, fraction of the live peak (default: 0.05)")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="write a planned (unvalidated) recipe for the single --gpu-memory given")
@@ -97,7 +100,8 @@ def options_from_args(args):
         raise UsageError("--fragmentation", f"must be a fraction in [0, 1), got {args.fragmentation}")
     allowance = Allowance(cuda_context=_size_or_zero(args.cuda_context, "--cuda-context"),
                           workspaces=_size_or_zero(args.workspaces, "--workspaces"), fragmentation=args.fragmentation)
-    return PlanOptions(targets=targets, attn=attn, checkpointing=checkpointing, strategy=args.strategy, allowance=allowance)
+    return PlanOptions(targets=targets, attn=attn, checkpointing=checkpointing, strategy=args.strategy, allowance=allowance,
+                       depth="full" if args.full_depth else "auto")
 
 
 def _size_or_zero(text: str, flag: str) -> int:
@@ -177,6 +181,7 @@ def show(plan, out_path, console) -> None:
             frontier.add_row(format_size(capacity), c.measure.key, str(p.train_frontier), str(p.eval_frontier), split,
                              _gib(p.on_card_bytes), chosen)
     console.print(frontier)
+    console.print(plan.depth)
     console.print(f"planned in {plan.wall_s:.1f}s, peak RAM {_gib(plan.peak_rss_bytes)}; planned, not validated: "
                   "probe on the real card (probe --from-plan) before a long run")
     if out_path:

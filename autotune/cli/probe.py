@@ -93,6 +93,11 @@ def add_parser(sub) -> None:
     dev.add_argument("--steps", type=int, default=3, help="optimizer steps per trial, at least 3 (default: 3)")
     dev.add_argument("--seed", type=int, default=0, help="random seed for init and inputs (default: 0)")
     dev.add_argument("--from-plan", metavar="PLAN", help="a recipe written by `autotune plan --out`: start the search at its predicted frontier")
+    first = dev.add_mutually_exclusive_group()
+    first.add_argument("--plan-first", action="store_true",
+                       help="plan every candidate under fake tensors on the CPU first and start each search at its "
+                            "planned frontiers (the default on cuda)")
+    first.add_argument("--no-plan", action="store_true", help="search without a plan first (the default on sim)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="autotune-recipe.yaml", help="recipe file to write (default: autotune-recipe.yaml)")
     out.add_argument("--force", action="store_true", help="overwrite --out (and --plot) if it exists")
@@ -123,6 +128,7 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         eval_steps=args.eval_steps, prediction_loss_only=args.prediction_loss_only,
         predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
         eval_outputs=_eval_outputs(args),
+        plan_first="off" if getattr(args, "no_plan", False) else "on" if getattr(args, "plan_first", False) else "auto",
         **multimodal_args.spec_kwargs(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )

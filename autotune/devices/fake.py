@@ -44,6 +44,21 @@ class FakeDevice(SimDevice):
     def shrink(self, capacity: int) -> None:
         self.capacity = capacity
 
+    def reset_peak(self) -> None:
+        # The timeline, when kept, starts where the peak does: it is the peak's window, event by event.
+        super().reset_peak()
+        if self.counter.timeline is not None:
+            self.counter.timeline = [self.counter.current]
+
+    @contextlib.contextmanager
+    def timeline(self):
+        """Keep the live bytes after every allocation from each `reset_peak` on (see plan/frontier.py)."""
+        self.counter.timeline = [self.counter.current]
+        try:
+            yield
+        finally:
+            self.counter.timeline = None
+
 
 def materialise(model: torch.nn.Module, device: FakeDevice) -> None:
     """Replace a meta-device model's parameters and buffers with fake tensors on the CPU, in

@@ -74,6 +74,7 @@ class LiveBytes(TorchDispatchMode):
         self.window_peak = 0  # peak since start_window(): lets a plan split a step into phases
         self.ooms = 0
         self.host = False  # while True, new storages are host memory (see SimDevice.host)
+        self.timeline: list[int] | None = None  # when a list: live bytes after every growth (a plan's peak curve)
 
     def start_window(self) -> None:
         self.window_peak = self.current
@@ -105,6 +106,8 @@ class LiveBytes(TorchDispatchMode):
             )
         self._live[key] = size
         self.current += grow
+        if self.timeline is not None and grow > 0:
+            self.timeline.append(self.current)
         if self.current > self.peak:
             self.peak = self.current
         if self.current > self.window_peak:

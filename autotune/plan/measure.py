@@ -21,7 +21,7 @@ from ..devices import short_message
 from ..devices.sim import storage_bytes
 from ..model.source import ModelSource, check_max_length, resolve
 from ..spec import ProbeSpec
-from ..trials.step_model import eval_steps as plan_eval_steps, train_steps as plan_train_steps
+from ..trials.step_model import evaluate as plan_evaluate, stepping as plan_stepping, train_before_eval as plan_train_before_eval
 from ..errors import UsageError
 from ..model.training_setup import plan_inputs, prepare
 from ..model.workload import Workload, apply_lora, build_model, count_parameters
@@ -66,6 +66,7 @@ class CandidateMeasure:
     error: str | None = None
     note: str | None = None
     wall_s: float = 0.0
+    eval_after: str | None = None  # eval_peaks were measured after a train step at this "batch x accumulation"
 
     @property
     def key(self) -> str:
@@ -79,18 +80,26 @@ class CandidateMeasure:
     def eval_line(self) -> Line:
         return Line.through(self.eval_peaks)
 
+    @property
+    def forward_backward_line(self) -> Line:
+        return Line.through(self.forward_backward_peaks)
+
+    @property
+    def step_line(self) -> Line:
+        return Line.through(self.step_peaks)
+
 
 class StepRecorder:
-    """Splits the training step into phases with the optimizer's global step hooks and a forward
+    """Splits one training step into phases with the optimizer's global step hooks and a forward
     hook on the output layer, without touching the step code itself."""
 
     def __init__(self, workload: Workload):
         self.workload = workload
         self.counter = workload.device.counter
-        self.steps = 0
         self.gradients = self.optimizer_state = self.step_transient = 0
         self.forward_backward_peak = self.step_peak = 0
         self.logits_bytes = 0
+        self.split = 0  # where the optimizer step starts in the counter's timeline
         self._before_step = 0
         self._handles = []
 
@@ -110,24 +119,43 @@ class StepRecorder:
         return False
 
     def _pre(self, optimizer, args, kwargs) -> None:
-        if self.steps >= 1:  # from step 2 on, like the probe's peak (AdamW's state is lazy)
-            self.forward_backward_peak = max(self.forward_backward_peak, self.counter.window_peak)
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            self.gradients = storage_bytes(p.grad for p in params if p.grad is not None)
+        self.forward_backward_peak = self.counter.window_peak
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.gradients = storage_bytes(p.grad for p in params if p.grad is not None)
+        self.split = len(self.counter.timeline or ())
         self._before_step = self.counter.current
         self.counter.start_window()
 
     def _post(self, optimizer, args, kwargs) -> None:
-        if self.steps >= 1:
-            self.step_peak = max(self.step_peak, self.counter.window_peak)
-            self.step_transient = max(self.step_transient, self.counter.window_peak - self._before_step)
-            self.optimizer_state = storage_bytes(t for state in optimizer.state.values() for t in state.values())
-        self.steps += 1
+        self.step_peak = self.counter.window_peak
+        self.step_transient = self.counter.window_peak - self._before_step
+        self.optimizer_state = storage_bytes(t for state in optimizer.state.values() for t in state.values())
         self.counter.start_window()
 
     def _logits(self, module, inputs, output) -> None:
         if isinstance(output, torch.Tensor) and module.training:
             self.logits_bytes = storage_bytes([output])
+
+
+@dataclass
+class TrainPoint:
+    """One training step (step 2 on: the optimizer state exists) at one batch size."""
+
+    peak: int
+    forward_backward: int  # the peak outside optimizer.step()
+    step: int  # the peak inside it
+    timeline: list  # live bytes after each allocation from the step's start (plan/frontier.py's envelope)
+    split: int  # timeline[:split] is forward/backward, timeline[split:] the optimizer step
+
+
+@dataclass
+class EvalPoint:
+    peak: int
+    timeline: list
+
+
+class StepFailed(Exception):
+    """An operator fake tensors cannot run; the message says which phase and batch."""
 
 
 def plan_source(spec: ProbeSpec) -> ModelSource:
@@ -160,13 +188,92 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
     return workload
 
 
-def measure_candidate(workload: Workload, attn: str, checkpointing: bool, steps: int = 2, eval_steps: int = 1,
-                      batches=PLAN_BATCHES, eval_settings: dict | None = None) -> CandidateMeasure:
-    """Run the probe's train and eval steps for one candidate at two batch sizes, under fake
-    tensors. Never raises for an operation fake tensors cannot run: the error is recorded.
-    Two optimizer steps suffice: the probe reads the peak from step 2 on, and under fake
-    tensors every later step is identical (no allocator drift to wait for)."""
-    started = time.perf_counter()
+class CandidateSteps:
+    """One candidate's training and evaluation steps under fake tensors, each batch measured once,
+    in whatever order a search asks for them (plan/frontier.py). Training steps share one optimizer
+    after a first step that creates its state (the probe reads its peak from step 2 on; under
+    fake tensors every later step is identical). Evaluations run after one optimizer step at a
+    given train batch and accumulation, as the Trainer's evaluations inside training do; the
+    training steps' optimizer is gone by then, so it is not counted twice."""
+
+    def __init__(self, workload: Workload, result: "CandidateMeasure", eval_steps: int = 2, eval_settings: dict | None = None,
+                 accumulation=None):
+        self.workload, self.result = workload, result
+        self.eval_steps, self.eval_settings = max(eval_steps, 1), eval_settings or {}
+        self.accumulation = accumulation or (lambda batch: 1)  # train batch -> accumulation (the global batch kept)
+        self.train_points: dict[int, TrainPoint] = {}
+        self.eval_points: dict[tuple, EvalPoint] = {}  # (train batch, accumulation, eval batch)
+        self._state: tuple | None = None  # the optimizer (train), or what the step before an evaluation left
+        self._open: tuple | None = None  # ("train",) or ("eval", train batch, accumulation)
+
+    def train(self, batch: int) -> TrainPoint:
+        if batch not in self.train_points:
+            device = self.workload.device
+            try:
+                self._enter(("train",))
+                with device.timeline(), plan_stepping(self.workload, self._state[0]) as step:
+                    device.reset_peak()
+                    with StepRecorder(self.workload) as recorder:
+                        step(batch, self.accumulation(batch))
+                    timeline = list(device.counter.timeline)
+            except Exception as exc:  # noqa: BLE001 - an operator fake tensors cannot run is recorded
+                self.close()
+                raise StepFailed(f"training step at batch {batch} failed under fake tensors: {short_message(exc)}") from exc
+            point = TrainPoint(device.peak_bytes(), recorder.forward_backward_peak, recorder.step_peak, timeline, recorder.split)
+            self.train_points[batch] = point
+            r = self.result
+            r.train_peaks[batch], r.forward_backward_peaks[batch], r.step_peaks[batch] = point.peak, point.forward_backward, point.step
+            if len(r.train_peaks) == 1:  # the rows: what one step holds
+                r.gradients, r.optimizer_state = recorder.gradients, recorder.optimizer_state
+                r.logits_per_sample = recorder.logits_bytes // batch
+            r.step_transient = max(r.step_transient, recorder.step_transient)
+        return self.train_points[batch]
+
+    def eval(self, train_batch: int, accumulation: int, batch: int) -> EvalPoint:
+        key = (train_batch, accumulation, batch)
+        if key not in self.eval_points:
+            device = self.workload.device
+            try:
+                self._enter(("eval", train_batch, accumulation))
+                with device.timeline():
+                    peak = plan_evaluate(self.workload, batch, self.eval_steps, self._settings(train_batch, accumulation))
+                    timeline = list(device.counter.timeline)
+            except Exception as exc:  # noqa: BLE001
+                self.close()
+                raise StepFailed(f"evaluation step at batch {batch} failed under fake tensors: {short_message(exc)}") from exc
+            self.eval_points[key] = EvalPoint(peak, timeline)
+            if self.result.eval_after in (None, f"{train_batch}x{accumulation}"):
+                self.result.eval_after = f"{train_batch}x{accumulation}"
+                self.result.eval_peaks[batch] = peak
+        return self.eval_points[key]
+
+    def _settings(self, train_batch: int, accumulation: int) -> dict:
+        return {**self.eval_settings, "per_device_train_batch_size": train_batch, "gradient_accumulation_steps": accumulation}
+
+    def _enter(self, what: tuple) -> None:
+        """Hold the state the next steps start from: the optimizer after its first step, or what
+        the optimizer step before an evaluation leaves. Nothing stays entered between calls (the
+        shallow copies of plan/depth.py each have their own fake-tensor modes)."""
+        if self._open == what:
+            return
+        self.close()
+        if what[0] == "train":
+            optimizer = self.workload.make_optimizer()
+            with plan_stepping(self.workload, optimizer) as step:
+                step(1)  # step 1 creates the optimizer's state
+            self._state = (optimizer,)
+        else:
+            self._state = plan_train_before_eval(self.workload, self._settings(*what[1:]))
+        self._open = what
+
+    def close(self) -> None:
+        self._state, self._open = None, None
+        self.workload.release_grads()
+
+
+def switch_candidate(workload: Workload, attn: str, checkpointing: bool) -> "CandidateMeasure":
+    """Switch the workload to the candidate (a stand-in attention where the requested one
+    cannot run here); the returned measure is empty, or carries the reason it cannot run."""
     result = CandidateMeasure(attn, checkpointing, attn)
     try:
         workload.configure(attn_implementation=attn, gradient_checkpointing=checkpointing)
@@ -179,25 +286,27 @@ def measure_candidate(workload: Workload, attn: str, checkpointing: bool, steps:
         result.measured_with = stand_in
         result.note = f"{attn} cannot run on this machine; measured with {stand_in} (also linear in the sequence length)"
     result.weights = storage_bytes(list(workload.model.parameters()) + list(workload.model.buffers()))
-    for batch in batches:
-        try:
-            with StepRecorder(workload) as recorder:
-                peak = plan_train_steps(workload, batch, steps)[0]  # its optimizer dies here
-        except Exception as exc:  # noqa: BLE001 - an operator fake tensors cannot run is recorded
-            result.error = f"training step at batch {batch} failed under fake tensors: {short_message(exc)}"
-            workload.release_grads()
-            break
-        result.train_peaks[batch] = peak
-        result.forward_backward_peaks[batch] = recorder.forward_backward_peak
-        result.step_peaks[batch] = recorder.step_peak
-        result.gradients, result.optimizer_state = recorder.gradients, recorder.optimizer_state
-        result.step_transient = max(result.step_transient, recorder.step_transient)
-        result.logits_per_sample = recorder.logits_bytes // batch
-        try:
-            result.eval_peaks[batch] = plan_eval_steps(workload, batch, max(eval_steps, 1), eval_settings or {})
-        except Exception as exc:  # noqa: BLE001
-            result.error = f"evaluation step at batch {batch} failed under fake tensors: {short_message(exc)}"
-            workload.release_grads()
-            break
+    return result
+
+
+def measure_candidate(workload: Workload, attn: str, checkpointing: bool, eval_steps: int = 1,
+                      batches=PLAN_BATCHES, eval_settings: dict | None = None) -> CandidateMeasure:
+    """The candidate's train steps and its evaluations (after a train step at batch 1) at
+    `batches`, under fake tensors. Never raises for an operation fake tensors cannot run: the
+    error is recorded. (A plan searches instead: plan/frontier.py.)"""
+    started = time.perf_counter()
+    result = switch_candidate(workload, attn, checkpointing)
+    if result.error:
+        return result
+    steps = CandidateSteps(workload, result, eval_steps, eval_settings)
+    try:
+        for batch in batches:
+            steps.train(batch)
+        for batch in batches:
+            steps.eval(1, 1, batch)
+    except StepFailed as exc:
+        result.error = str(exc)
+    finally:
+        steps.close()
     result.wall_s = round(time.perf_counter() - started, 3)
     return result

@@ -19,16 +19,18 @@ from ..devices import short_message
 from ..devices.fake import FakeDevice
 from ..errors import AutotuneError, UsageError
 from ..search.global_batch import split_global_batch
-from ..model.source import model_class
+from ..model.source import ModelSource, model_class
 from .breakdown import Allowance, Rows, largest_batch, layer_bytes, peak_model, rows_for
-from .measure import CandidateMeasure, build_plan_workload, measure_candidate, plan_source
+from .measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate
+from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
+from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
 from ..describe import describe_model, library_versions
 from ..progress import ProgressSink
 from ..recipe.schema import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from ..sizes import format_size
 from ..search.space import attn_unsupported_by_model
 from ..spec import ProbeSpec
-from ..recipe.training_args import mixed_precision
+from ..recipe.training_args import eval_outputs_of, mixed_precision
 from ..model.workload import TORCH_DTYPES
 
 CHOICE_RULE = ("no gradient checkpointing where it fits (checkpointing recomputes the forward, ~20-35% more compute), "
@@ -42,6 +44,7 @@ class PlanOptions:
     checkpointing: list[bool] = field(default_factory=lambda: [False, True])
     strategy: str | None = None  # zero2 | zero3 | fsdp; None: one device (or plain DDP)
     allowance: Allowance = field(default_factory=Allowance)
+    depth: str = "auto"  # auto: shallow copies extended to the real depth where the layers repeat; full: the whole model
 
 
 @dataclass
@@ -57,6 +60,10 @@ class Prediction:
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
     global_batch_note: str | None = None
+    eval_peak_bytes: int | None = None  # at the eval frontier (or at batch 1 when nothing fits)
+    train_trials: int = 0  # fake-tensor steps the exact search measured (the seeds at batch 1 and 2 included when it visited them)
+    eval_trials: int = 0
+    eval_after: str | None = None  # the eval frontier is after a train step at this "batch x accumulation"
 
 
 @dataclass
@@ -66,6 +73,9 @@ class CandidatePlan:
     forward_backward_line: dict | None
     step_line: dict | None
     predictions: list[Prediction] = field(default_factory=list)
+    train_points: dict = field(default_factory=dict)  # batch -> per-rank live train peak, every batch measured
+    eval_points: dict = field(default_factory=dict)  # the same for evaluation, after the first card's train batch
+    envelope: bool = False  # the seed steps allocated in the same order: the first trials came from their envelope
 
     def to_dict(self) -> dict:
         m = self.measure
@@ -75,7 +85,9 @@ class CandidatePlan:
         if m.error is None:
             data.update(train_line=asdict(m.train_line), eval_line=asdict(m.eval_line),
                         forward_backward_line=self.forward_backward_line, step_line=self.step_line,
-                        rows=self.rows.as_dict(), predictions=[asdict(p) for p in self.predictions])
+                        rows=self.rows.as_dict(), predictions=[asdict(p) for p in self.predictions],
+                        train_points=self.train_points, eval_points=self.eval_points,
+                        started_from="envelope" if self.envelope else "line")
         return data
 
 
@@ -89,6 +101,7 @@ class Plan:
     choice: dict  # capacity (bytes) -> candidate key or None
     wall_s: float = 0.0
     peak_rss_bytes: int = 0
+    depth: str = ""  # how the plan covered the model's depth (plan/depth.py)
 
     def ok(self) -> list[CandidatePlan]:
         return [c for c in self.candidates if c.measure.error is None]
@@ -96,7 +109,8 @@ class Plan:
     def to_dict(self) -> dict:
         a = self.options.allowance
         return {
-            "method": "fake tensors: the probe's train/eval steps at batch 1 and 2, live bytes counted; line fitted",
+            "method": ("fake tensors: the probe's train/eval steps, live bytes counted; each frontier searched as the "
+                       "probe searches it (a fit at k and a non-fit at k+1 measured), starting from batches 2 and 3"),
             "model": asdict(self.model), "max_length": self.spec.max_length, "world_size": self.spec.world_size,
             "strategy": self.options.strategy, "margin": self.margin, "targets": self.options.targets,
             "allowance": {"cuda_context_bytes": a.cuda_context, "workspaces_bytes": a.workspaces,
@@ -104,31 +118,54 @@ class Plan:
                           "note": "assumed, not measured: a CPU cannot see the CUDA context, cuBLAS workspaces or fragmentation"},
             "choice_rule": CHOICE_RULE, "choice": {str(k): v for k, v in self.choice.items()},
             "candidates": [c.to_dict() for c in self.candidates],
-            "wall_s": self.wall_s, "peak_rss_bytes": self.peak_rss_bytes,
+            "depth": self.depth, "wall_s": self.wall_s, "peak_rss_bytes": self.peak_rss_bytes,
         }
 
 
-def _predict(candidate: CandidatePlan, workload, spec: ProbeSpec, options: PlanOptions, margin: float,
+def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: ProbeSpec, options: PlanOptions, margin: float,
              layers: tuple[int, int]) -> None:
+    """Per card: the exact train frontier (plan/frontier.py), then the exact eval frontier after a
+    train step at the batch and accumulation the plan chose for that card (as the probe
+    searches the eval frontier of its winner)."""
     m = candidate.measure
+    for batch in SEED_BATCHES:
+        steps.train(batch)
     dtype_bytes = TORCH_DTYPES[spec.dtype].itemsize
     rows = rows_for(m, workload.trainable_params, dtype_bytes, options.strategy, spec.world_size, layers)
     model = peak_model(m, rows)
     candidate.rows = rows
     candidate.forward_backward_line, candidate.step_line = asdict(model.forward_backward), asdict(model.step)
+    shift_fb, shift_step = model.forward_backward.intercept - m.forward_backward_line.intercept, model.step.intercept - m.step_line.intercept
     resident_saving = (m.weights - rows.weights) - rows.gathered_working_set  # eval holds the weights only
+    live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
+    predicted, candidate.envelope = train_curve(steps, shift_fb, shift_step)
+    searches = []
     for capacity in options.targets:
         budget = int(capacity * (1 - margin))
-        train = largest_batch(model.live, budget, options.allowance, capacity, spec.max_batch_size)
-        evaluate = largest_batch(lambda b: m.eval_line.at(b) - resident_saving, budget, options.allowance, capacity,
-                                 spec.max_batch_size)
-        live = model.live(max(train, 1))
-        prediction = Prediction(capacity, budget, train, evaluate, round(live), round(options.allowance.on_card(live)))
+        search = exact_frontier(live, predicted, budget, capacity, options.allowance, spec.max_batch_size)
+        searches.append((capacity, budget, search))
+        train = search.frontier
+        live_peak = live(max(train, 1))
+        prediction = Prediction(capacity, budget, train, 0, round(live_peak), round(options.allowance.on_card(live_peak)),
+                                train_trials=len(search.points))
         if train:
             split = split_global_batch(spec.global_batch_size, train, spec.world_size)
             prediction.per_device_train_batch_size, prediction.gradient_accumulation_steps = split.per_device, split.accumulation
             prediction.global_batch_note = split.note
         candidate.predictions.append(prediction)
+    candidate.train_points = {b: round(live(b)) for b in sorted(steps.train_points)}
+    for prediction, (capacity, budget, _) in zip(candidate.predictions, searches):
+        after = (prediction.per_device_train_batch_size or 1, prediction.gradient_accumulation_steps or 1)
+        evaluate = lambda b: steps.eval(*after, b).peak - resident_saving  # noqa: E731, B023
+        for batch in SEED_BATCHES:
+            steps.eval(*after, batch)
+        eval_predicted, _ = eval_curve(steps, after, -resident_saving)
+        search = exact_frontier(evaluate, eval_predicted, budget, capacity, options.allowance, spec.max_batch_size)
+        prediction.eval_frontier, prediction.eval_trials = search.frontier, len(search.points)
+        prediction.eval_peak_bytes = round(evaluate(max(search.frontier, 1)))
+        prediction.eval_after = f"{after[0]}x{after[1]}"
+        if not candidate.eval_points:
+            candidate.eval_points = {key[2]: round(evaluate(key[2])) for key in sorted(steps.eval_points) if key[:2] == after}
 
 
 def choose(candidates: list[CandidatePlan], index: int) -> str | None:
@@ -140,24 +177,91 @@ def choose(candidates: list[CandidatePlan], index: int) -> str | None:
     return best.measure.key
 
 
-def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | None = None) -> Plan:
-    progress = progress or ProgressSink()
+def accumulation_of(spec: ProbeSpec):
+    """The accumulation a train step at a per-device batch uses to keep the global batch (the
+    probe's train trials: space.SearchSpace.accumulation)."""
+    if spec.global_batch_size is None:
+        return lambda batch: 1
+    return lambda batch: max(1, round(spec.global_batch_size / (batch * spec.world_size)))
+
+
+def eval_steps_of(spec: ProbeSpec) -> int:
+    """Eval steps a planned evaluation runs to reach the probe's eval peak. The probe's eval
+    trials run max(--eval-steps, 2) (space._StepsRunner); keeping the loss only, every step from
+    the second on repeats the second (the previous step's outputs live on through it)."""
+    return 2 if eval_outputs_of(spec.eval_keep_settings()) == "loss" else max(spec.eval_steps, 2)
+
+
+def candidate_steps(workload, attn: str, checkpointing: bool, spec: ProbeSpec, shallow: list | None = None,
+                    depth: DepthChoice | None = None):
+    """(what measures the candidate's steps, its measure): the model's own steps, or its shallow
+    copies' extended to its depth (plan/depth.py). The measure carries the reason it cannot run."""
+    measure = switch_candidate(workload, attn, checkpointing)
+    args = (eval_steps_of(spec), spec.eval_keep_settings(), accumulation_of(spec))
+    if measure.error:
+        return None, measure
+    if shallow:
+        parts = [CandidateSteps(w, switch_candidate(w, attn, checkpointing), *args) for w in shallow]
+        return DepthExtended(parts, depth, measure), measure
+    return CandidateSteps(workload, measure, *args), measure
+
+
+def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, options: PlanOptions,
+                   layers: tuple[int, int], shallow: list | None = None, depth: DepthChoice | None = None) -> CandidatePlan:
+    """One candidate: its exact frontiers per card, or the reason fake tensors could not run it."""
     started = time.perf_counter()
+    steps, measure = candidate_steps(workload, attn, checkpointing, spec, shallow, depth)
+    candidate = CandidatePlan(measure, None, None, None)
+    if steps is None:
+        return candidate
+    try:
+        _predict(candidate, steps, workload, spec, options, spec.margin, layers)
+    except StepFailed as exc:
+        measure.error, candidate.predictions = str(exc), []
+    finally:
+        steps.close()
+    measure.wall_s = round(time.perf_counter() - started, 3)
+    return candidate
+
+
+def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
+    """(the model on fake tensors, how its depth is covered, its shallow copies or None)."""
     source = plan_source(spec)
-    device = FakeDevice(max(options.targets))
-    progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
     # Built with sdpa (eager where the model has no sdpa): every candidate switches attention in
     # place (flash-attn may be missing here); one the model does not support reports why.
-    cls = model_class(source.config)
-    built_with = "eager" if attn_unsupported_by_model("sdpa", cls) else "sdpa"
+    built_with = "eager" if attn_unsupported_by_model("sdpa", model_class(source.config)) else "sdpa"
+    workload = _build(source, spec.replace(attn_implementation=built_with), FakeDevice(capacity))
+    depth = choose_depth(source.config, workload.model) if depth_mode == "auto" else DepthChoice(reason="--full-depth")
+    shallow = None
+    if depth.extended:
+        shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, up)),
+                          spec.replace(attn_implementation=built_with), FakeDevice(capacity))
+                   for up in (None, *range(len(depth.stacks)))]
+    for built in [workload, *(shallow or [])]:
+        built.spec = spec
+    return workload, depth, shallow
+
+
+def _build(source, spec: ProbeSpec, device: FakeDevice):
     try:
-        workload = build_plan_workload(source, spec.replace(attn_implementation=built_with), device)
+        workload = build_plan_workload(source, spec, device)
     except AutotuneError:
         raise
     except Exception as exc:  # noqa: BLE001 - say what failed, never a traceback
         raise AutotuneError(f"cannot build {source.architecture} on the meta device and fake tensors: {short_message(exc)}",
                             "probe it on a real card instead") from exc
     workload.spec = spec
+    return workload
+
+
+def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | None = None) -> Plan:
+    progress = progress or ProgressSink()
+    started = time.perf_counter()
+    source = plan_source(spec)
+    progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
+    workload, depth, shallow = plan_workloads(spec, max(options.targets), options.depth)
+    progress.stage(depth.note())
+    cls = model_class(source.config)
     layers = layer_bytes(workload.model)
     candidates = []
     for attn in options.attn:
@@ -167,19 +271,16 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
                 candidate = CandidatePlan(CandidateMeasure(attn, checkpointing, attn, error=unsupported), None, None, None)
                 candidates.append(candidate)
                 continue
-            progress.stage(f"running train and eval steps at batch 1 and 2: attn {attn}, checkpointing {'on' if checkpointing else 'off'}")
-            candidate = CandidatePlan(measure_candidate(workload, attn, checkpointing, eval_steps=spec.eval_steps,
-                                                        eval_settings=spec.eval_keep_settings()), None, None, None)
-            if candidate.measure.error is None:
-                _predict(candidate, workload, spec, options, spec.margin, layers)
-            candidates.append(candidate)
+            progress.stage(f"searching the train and eval frontiers with fake-tensor steps: attn {attn}, "
+                           f"checkpointing {'on' if checkpointing else 'off'}")
+            candidates.append(plan_candidate(workload, attn, checkpointing, spec, options, layers, shallow, depth))
     if not any(c.measure.error is None for c in candidates):
         raise AutotuneError(f"no candidate could run under fake tensors: {candidates[0].measure.error}",
                             "rerun with AUTOTUNE_DEBUG=1, or probe on a real card")
     choice = {capacity: choose(candidates, i) for i, capacity in enumerate(options.targets)}
     return Plan(spec, describe_model(workload), options, spec.margin, candidates, choice,
                 wall_s=round(time.perf_counter() - started, 3),
-                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, depth=depth.note())
 
 
 # ---------------------------------------------------------------- recipes
@@ -227,9 +328,7 @@ def plan_recipe(plan: Plan) -> Recipe:
                   autotune_version=__version__)
 
 
-def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
-    """The batch size a probe should try first: where the plan's line for this probe's
-    (attention, checkpointing) crosses this device's budget. None: the plan has no such line."""
+def _check_plan_matches(recipe: Recipe, spec: ProbeSpec) -> None:
     if not recipe.plan:
         raise UsageError("--from-plan", "this recipe holds no plan", "write one with `python -m autotune plan ... --out PLAN`")
     model = recipe.model
@@ -238,10 +337,71 @@ def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
         if planned != probed:
             raise UsageError("--from-plan", f"the plan was made for {name} {planned}, this probe uses {probed}",
                              f"probe with {name} {planned}, or plan again")
+
+
+def _planned_batch(points: dict, budget: int, max_batch: int) -> int | None:
+    points = {int(b): p for b, p in (points or {}).items()}
+    if len(points) < 2:
+        return None
+    return largest_batch(_through(points), budget, Allowance(0, 0, 0.0), 2**62, max_batch) or 1
+
+
+def hints_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> dict:
+    """(attention, checkpointing) -> {"train": batch, "eval": batch}: where each planned
+    candidate's measured peaks cross this device's budget. Where the plan measured a fit at k
+    and a non-fit at k + 1 for this budget, the hint is k and the probe needs 2 trials."""
+    _check_plan_matches(recipe, spec)
+    return _hints(recipe.plan.get("candidates", []), budget, spec.max_batch_size)
+
+
+def _hints(candidates: list[dict], budget: int, max_batch: int) -> dict:
+    hints = {}
+    for candidate in candidates:
+        found = {phase: _planned_batch(candidate.get(f"{phase}_points"), budget, max_batch) for phase in ("train", "eval")}
+        if any(found.values()):
+            hints[(candidate["attn_implementation"], candidate["gradient_checkpointing"])] = {k: v for k, v in found.items() if v}
+    return hints
+
+
+def planned_hints(spec: ProbeSpec, capacity: int, budget: int, progress: ProgressSink | None = None) -> dict:
+    """The probe's plan first: every candidate of its space planned for its card under fake
+    tensors (no allowance: the probe's fit rule reads the device itself), as hints_from_plan
+    hands them over. {} where the plan cannot run (the probe then searches as without it)."""
+    progress = progress or ProgressSink()
+    options = PlanOptions([capacity], attn=list(spec.attn_candidates), checkpointing=sorted(spec.gradient_checkpointing_candidates),
+                          allowance=Allowance(0, 0, 0.0))
+    try:
+        plan = make_plan(spec, options, progress)
+    except AutotuneError as exc:
+        progress.stage(f"no plan first ({exc}); searching without it")
+        return {}
+    progress.stage(f"planned in {plan.wall_s:.1f}s under fake tensors; each search starts at its planned frontier")
+    return _hints([c.to_dict() for c in plan.ok()], budget, spec.max_batch_size)
+
+
+def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
+    """The batch size a probe should try first: where the plan's measured peaks for this
+    probe's (attention, checkpointing) cross this device's budget. None: the plan has no such candidate."""
+    _check_plan_matches(recipe, spec)
     for candidate in recipe.plan.get("candidates", []):
         if (candidate.get("attn_implementation") == spec.attn_implementation
                 and candidate.get("gradient_checkpointing") == spec.gradient_checkpointing and candidate.get("train_line")):
-            fb, step = candidate["forward_backward_line"], candidate["step_line"]
-            live = lambda b: max(fb["intercept"] + fb["slope"] * b, step["intercept"] + step["slope"] * b)  # noqa: E731
-            return largest_batch(live, budget, Allowance(0, 0, 0.0), 2**62, spec.max_batch_size) or 1
+            planned = _planned_batch(candidate.get("train_points"), budget, spec.max_batch_size)
+            if planned is None:  # a plan written before the exact search: its phase lines
+                fb, step = candidate["forward_backward_line"], candidate["step_line"]
+                live = lambda b: max(fb["intercept"] + fb["slope"] * b, step["intercept"] + step["slope"] * b)  # noqa: E731
+                planned = largest_batch(live, budget, Allowance(0, 0, 0.0), 2**62, spec.max_batch_size) or 1
+            return planned
     return None
+
+
+def _through(points: dict[int, int]):
+    """The peak between measured batches, linearly; past the last two, their line. Where the
+    plan measured a fit at k and a non-fit at k + 1 for this budget, it is k."""
+    batches = sorted(points)
+
+    def live(batch: int) -> float:
+        i = next((i for i, b in enumerate(batches) if b >= batch), len(batches) - 1)
+        lo, hi = (batches[i - 1], batches[i]) if i > 0 else (batches[0], batches[1])
+        return points[lo] + (points[hi] - points[lo]) * (batch - lo) / (hi - lo)
+    return live

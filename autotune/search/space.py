@@ -141,6 +141,7 @@ class SearchSpace:
         self.eval_frontiers: dict[str, int] = {}
         self.errors: list[str] = []
         self.first_hint: int | None = None  # a predicted frontier (a plan) for the first candidate without checkpointing
+        self.plan_hints: dict = {}  # (attention, checkpointing) -> {"train": batch, "eval": batch}: a plan's frontiers
         self.model_cls = None  # the transformers class: attentions it does not support are skipped
 
     # ------------------------------------------------------------ bookkeeping
@@ -210,7 +211,9 @@ class SearchSpace:
                     cand.reason = (f"cannot win: batch {largest} already fits without checkpointing and is the largest "
                                    "the global batch allows")
                     continue
-                self._search_candidate(cand, hint=floor or previous.get(gc) or (None if gc else self.first_hint), floor_batch=largest)
+                planned = self.plan_hints.get((attn, gc), {}).get("train")
+                self._search_candidate(cand, hint=planned or floor or previous.get(gc) or (None if gc else self.first_hint),
+                                       floor_batch=largest)
                 if cand.frontier:
                     previous[gc] = cand.frontier
                 if not gc:
@@ -313,7 +316,9 @@ class SearchSpace:
                         "gradient_accumulation_steps": config.gradient_accumulation_steps}
             with self.phase("eval"):
                 runner = _StepsRunner(self.runner, max(self.spec.eval_steps, 2))
-                search = self._find_frontier(runner, "eval", settings, self.budget, self.spec.max_batch_size, self.progress, found)
+                planned = self.plan_hints.get((config.attn_implementation, config.gradient_checkpointing), {}).get("eval")
+                search = self._find_frontier(runner, "eval", settings, self.budget, self.spec.max_batch_size, self.progress, found,
+                                             hint=planned)
                 for t in found:
                     t.purpose = "frontier"
                 self.trials.extend(found)

@@ -66,28 +66,47 @@ def device_batch(workload, batch_size: int) -> dict:
     return {k: v.to(device.torch_device, copy=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def train_steps(workload, batch_size: int, steps: int, optimizer=None, timings: list | None = None,
-                held: list | None = None) -> tuple[int, object]:
-    """Training steps as the Trainer runs them; returns (peak over steps 2.., the optimizer).
-    `held` receives the last step's batch, which the Trainer still holds while it evaluates."""
+def _train_step(workload, params, optimizer, batch_size: int, accumulation: int = 1, held: list | None = None) -> None:
+    """One optimizer step as the Trainer runs it. The Trainer fetches every micro-batch of the
+    step (and accelerate moves each to the device) before the first forward, so they are
+    resident together; `held` receives them (the Trainer still holds them while it evaluates)."""
+    model = workload.model
+    batches = [device_batch(workload, batch_size) for _ in range(max(accumulation, 1))]
+    for batch in batches:
+        loss = model(**batch).loss
+        workload.backward(loss)
+    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if held is not None:
+        held.extend(batches)
+    del loss, batch, batches
+
+
+@contextlib.contextmanager
+def stepping(workload, optimizer=None):
+    """Inside: `step(batch_size, accumulation=1, held=None)` runs one optimizer step; the
+    optimizer (and the state it creates in its first step) lives until the block ends."""
     device, model = workload.device, workload.model
     optimizer = optimizer or workload.make_optimizer()
     params = [p for p in model.parameters() if p.requires_grad]
     with device.tracking(), launched_forward(workload):
-        for step in range(steps):
-            if step == 1:
+        yield lambda batch_size, accumulation=1, held=None: _train_step(workload, params, optimizer, batch_size, accumulation, held)
+
+
+def train_steps(workload, batch_size: int, steps: int, optimizer=None, timings: list | None = None,
+                held: list | None = None, accumulation: int = 1) -> tuple[int, object]:
+    """Training steps as the Trainer runs them; returns (peak over steps 2.., the optimizer).
+    `held` receives the last step's micro-batches, which the Trainer still holds while it evaluates."""
+    device = workload.device
+    optimizer = optimizer or workload.make_optimizer()
+    with stepping(workload, optimizer) as step:
+        for index in range(steps):
+            if index == 1:
                 device.reset_peak()
             device.synchronize()
             started = time.perf_counter()
-            batch = device_batch(workload, batch_size)
-            loss = model(**batch).loss
-            workload.backward(loss)
-            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if held is not None and step == steps - 1:
-                held.append(batch)
-            del loss, batch
+            step(batch_size, accumulation, held if index == steps - 1 else None)
             device.synchronize()
             if timings is not None:
                 timings.append(time.perf_counter() - started)
@@ -110,16 +129,36 @@ def _outputs(model, batch: dict, outputs: str, max_new_tokens: int | None):
 def eval_steps(workload, batch_size: int, steps: int, settings: dict) -> int:
     """Evaluation inside training: one optimizer step first (its state stays resident), then
     `steps` eval steps keeping outputs as the Trainer does. Returns the evaluation's peak."""
+    state = train_before_eval(workload, settings)
+    try:
+        return evaluate(workload, batch_size, steps, settings)
+    finally:
+        del state
+
+
+def train_before_eval(workload, settings: dict) -> tuple:
+    """The optimizer step a mid-training evaluation follows, at the settings' train batch and
+    accumulation: keep what it returns (the optimizer and its state, the step's micro-batches,
+    which the Trainer still holds) alive while evaluating; every evaluation after it sees the same."""
+    held: list = []
+    _, optimizer = train_steps(workload, int(settings.get("per_device_train_batch_size") or 1), 1, held=held,
+                               accumulation=int(settings.get("gradient_accumulation_steps") or 1))
+    return optimizer, held
+
+
+def evaluate(workload, batch_size: int, steps: int, settings: dict) -> int:
+    """`steps` eval steps keeping outputs as the Trainer does (after train_before_eval); the peak."""
     device, model = workload.device, workload.model
-    last_train_batch: list = []
-    _, optimizer = train_steps(workload, int(settings.get("per_device_train_batch_size") or 1), 1, held=last_train_batch)
     outputs = eval_outputs_of(settings)
     accumulate = settings.get("eval_accumulation_steps")
+    held = held_labels = None
     model.eval()
-    held = held_labels = previous = None
     try:
         with device.tracking(), torch.no_grad(), launched_forward(workload):
             device.reset_peak()
+            # The Trainer's loop variables: the previous batch lives until the next one is on the
+            # device, the previous outputs until the next forward returns (not through the concat).
+            batch = loss = kept = None
             for step in range(steps):
                 batch = device_batch(workload, batch_size)
                 loss, kept = _outputs(model, batch, outputs, settings.get("max_new_tokens"))
@@ -128,11 +167,7 @@ def eval_steps(workload, batch_size: int, steps: int, settings: dict) -> int:
                     held_labels = batch["labels"] if held_labels is None else torch.cat([held_labels, batch["labels"]])
                     if accumulate and (step + 1) % accumulate == 0:
                         held = held_labels = None  # moved to the host
-                previous = (loss, kept, batch)  # the loop's variables live until the next step rebinds them
-                del loss, kept, batch
-            del previous
+            del batch, loss, kept, held, held_labels
             return device.peak_bytes()
     finally:
-        held = held_labels = previous = None
-        del optimizer, last_train_batch
         model.train()

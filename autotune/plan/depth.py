@@ -1,0 +1,219 @@
+"""Depth-independent plan cost: measure shallow copies of the model and extend to its depth.
+
+A fake-tensor step costs what its operators cost, so a plan's time grows with the number of
+layers; its memory does not need them all. The layers of a stack repeat: every decoder layer of
+a uniform model holds the same weights, gradients, optimizer state and saved activations, and
+each phase's peak (forward/backward, optimizer step, evaluation) is affine in the number of
+repeating units. So the plan runs two copies, one unit apart (the same config with fewer
+layers), and extends every measured number linearly to the real depth.
+
+A stack's unit is the shortest period of its layers' signatures: the config's per-layer lists
+(`layer_types`: sliding/full attention as in Gemma 2/3), its per-layer index lists
+(`mlp_only_layers`, a vision tower's `fullatt_block_indexes`), MoE every k layers
+(`decoder_sparse_step`), and each layer's own modules and parameter shapes. A depth of
+q units and r more layers is measured at 1 unit + r and 2 units + r. Where the layers do not
+repeat, or the copies would cost as much as the model, the plan runs at full depth and says
+why. A vision tower is extended with the text stack only where its blocks' kind comes from the
+config (Qwen2-VL/2.5-VL `depth`); other towers (CLIP, SigLIP) stay whole in every copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from .measure import CandidateMeasure, EvalPoint, TrainPoint
+
+# Per-layer index lists a config may hold (layers that differ from the others).
+INDEX_LISTS = ("mlp_only_layers", "fullatt_block_indexes", "deepstack_visual_indexes", "full_attn_idxs",
+               "cross_attention_layers", "sliding_window_layers", "global_attn_layers")
+# Attributes that say how a layer behaves without showing in its parameters.
+LAYER_ATTRIBUTES = ("attention_type", "is_sliding", "sliding_window", "layer_type", "use_rope", "is_causal")
+# Configs whose per-layer rules are not read here: the plan runs at full depth.
+UNREAD_RULES = ("first_k_dense_replace", "moe_layer_freq", "interleave_moe_layer_step", "moe_layer_start_index",
+                "no_rope_layer_interval", "attn_layer_period", "hybrid_override_pattern")
+
+
+@dataclass
+class Stack:
+    """One repeating stack of a config: which config, its depth key, the unit and remainder."""
+
+    config: object  # the sub-config (text_config, vision_config or the config itself)
+    key: str  # num_hidden_layers | depth
+    depth: int
+    unit: int
+    rest: int
+
+    @property
+    def units(self) -> int:
+        return (self.depth - self.rest) // self.unit
+
+
+@dataclass
+class DepthChoice:
+    """How a plan covers the model's depth: `stacks` extended, or full depth with the reason."""
+
+    stacks: list[Stack] = field(default_factory=list)
+    reason: str | None = None  # why full depth
+
+    @property
+    def extended(self) -> bool:
+        return bool(self.stacks)
+
+    def note(self) -> str:
+        if not self.extended:
+            return f"measured at full depth: {self.reason}"
+        parts = [f"{s.depth} layers as {s.units} units of {s.unit}" + (f" + {s.rest}" if s.rest else "") for s in self.stacks]
+        return "measured on shallow copies (1 and 2 units per stack), extended to " + "; ".join(parts)
+
+
+def _config_signatures(config, depth: int) -> list[tuple]:
+    """Each layer's kind as the config states it."""
+    values = vars(config)
+    if any(values.get(rule) for rule in UNREAD_RULES):
+        raise _Unread(next(rule for rule in UNREAD_RULES if values.get(rule)))
+    per_layer = [k for k, v in values.items() if isinstance(v, (list, tuple)) and len(v) == depth and k not in INDEX_LISTS]
+    index_lists = [k for k in INDEX_LISTS if isinstance(values.get(k), (list, tuple))]
+    step = values.get("decoder_sparse_step") if values.get("num_experts") or values.get("num_local_experts") else None
+    return [tuple(values[k][i] for k in per_layer) + tuple(i in values[k] for k in index_lists)
+            + ((((i + 1) % step) == 0,) if step and step > 1 else ()) for i in range(depth)]
+
+
+class _Unread(Exception):
+    pass
+
+
+def module_signature(layer) -> tuple:
+    """A layer's modules, behaviour flags and parameter shapes (what makes two layers cost alike)."""
+    modules = tuple((name, type(m).__name__, tuple(getattr(m, a, None) for a in LAYER_ATTRIBUTES)) for name, m in layer.named_modules())
+    params = tuple((name, tuple(p.shape), str(p.dtype), p.requires_grad) for name, p in layer.named_parameters())
+    return modules, params
+
+
+def _period(signatures: list) -> tuple[int, int] | None:
+    """(unit, rest): the shortest period p with signatures[i] == signatures[i % p]; rest = depth mod p."""
+    depth = len(signatures)
+    for p in range(1, depth // 3 + 1):  # at least 3 units: 1 and 2 units measured, one extended
+        if all(signatures[i] == signatures[i % p] for i in range(depth)):
+            return p, depth % p
+    return None
+
+
+def _stacks(config) -> list[tuple[object, str]]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    found = [(text, "num_hidden_layers")] if isinstance(getattr(text, "num_hidden_layers", None), int) else []
+    vision = getattr(config, "vision_config", None)
+    if vision is not None and isinstance(getattr(vision, "depth", None), int):
+        found.append((vision, "depth"))
+    return found
+
+
+def _layer_lists(model) -> dict[int, list]:
+    """The model's ModuleLists of repeated layers, by length (the decoder layers, tower blocks)."""
+    import torch
+
+    lists: dict[int, list] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
+            lists.setdefault(len(module), []).append(module)
+    return lists
+
+
+def choose_depth(config, model) -> DepthChoice:
+    """The stacks to extend, from the config and the full model built on the meta device."""
+    try:
+        candidates = _stacks(config)
+        if not candidates:
+            return DepthChoice(reason="no decoder-layer count in the config")
+        lists = _layer_lists(model)
+        stacks = []
+        for sub, key in candidates:
+            depth = getattr(sub, key)
+            layers = [m for m in lists.get(depth, []) if len({type(x).__name__ for x in m}) == 1
+                      and ("Decoder" in type(m[0]).__name__) == (key == "num_hidden_layers")]
+            signatures = _config_signatures(sub, depth)
+            if len(layers) == 1:
+                signatures = [s + module_signature(layer) for s, layer in zip(signatures, layers[0])]
+            elif key == "num_hidden_layers":
+                return DepthChoice(reason=f"the {depth} decoder layers were not found as one list of modules")
+            period = _period(signatures)
+            if period is None:
+                if key == "num_hidden_layers":
+                    return DepthChoice(reason=f"the {depth} decoder layers do not repeat in a unit of at most a third of them")
+                continue  # a tower that does not repeat stays whole in every copy
+            stacks.append(Stack(sub, key, depth, *period))
+    except _Unread as rule:
+        return DepthChoice(reason=f"the config's per-layer rule {rule} is not read by the plan")
+    if not stacks:
+        return DepthChoice(reason="no stack of layers repeats")
+    choice = DepthChoice(stacks=stacks)
+    if sum(map(sum, part_depths(choice))) >= sum(s.depth for s in stacks):
+        return DepthChoice(reason="the model is shallow: shallow copies would cost as much as the model")
+    return choice
+
+
+def shallow_config(config, choice: DepthChoice, up: int | None = None):
+    """A copy of the config with every extended stack at 1 unit + rest layers, stack `up` at 2
+    units + rest; per-layer lists cut to the new depth, index lists to the layers that remain."""
+    shallow = copy.deepcopy(config)
+    for (original, key), (sub, _) in zip(_stacks(config), _stacks(shallow)):
+        stack = next((s for s in choice.stacks if s.config is original), None)
+        if stack is None:
+            continue
+        depth = (2 if choice.stacks.index(stack) == up else 1) * stack.unit + stack.rest
+        for name, value in list(vars(sub).items()):
+            if name in INDEX_LISTS and isinstance(value, (list, tuple)):
+                setattr(sub, name, type(value)(i for i in value if i < depth))
+            elif isinstance(value, (list, tuple)) and len(value) == stack.depth:
+                setattr(sub, name, type(value)(value[:depth]))
+        setattr(sub, key, depth)
+    return shallow
+
+
+def part_depths(choice: DepthChoice) -> list[list[int]]:
+    """Depth of each stack in each shallow copy: all at 1 unit, then each stack at 2 in turn."""
+    ones = [s.unit + s.rest for s in choice.stacks]
+    return [ones] + [[d + (s.unit if i == j else 0) for j, (s, d) in enumerate(zip(choice.stacks, ones))]
+                     for i, s in enumerate(choice.stacks)]
+
+
+class DepthExtended:
+    """CandidateSteps' interface over shallow copies: parts[0] has every stack at 1 unit, part i
+    stack i at 2 units; every number is parts[0] + sum over stacks of units beyond the first x
+    (part i - parts[0])."""
+
+    def __init__(self, parts: list, choice: DepthChoice, result: CandidateMeasure):
+        self.parts, self.choice, self.result = parts, choice, result
+        self.train_points: dict[int, TrainPoint] = {}
+        self.eval_points: dict[tuple, EvalPoint] = {}
+
+    def extend(self, *values: float) -> float:
+        base = values[0]
+        return base + sum((s.units - 1) * (v - base) for s, v in zip(self.choice.stacks, values[1:]))
+
+    def train(self, batch: int) -> TrainPoint:
+        if batch not in self.train_points:
+            points = [part.train(batch) for part in self.parts]
+            fb = self.extend(*(p.forward_backward for p in points))
+            step = self.extend(*(p.step for p in points))
+            point = TrainPoint(round(max(fb, step)), round(fb), round(step), [], 0)
+            self.train_points[batch] = point
+            r, measures = self.result, [part.result for part in self.parts]
+            r.train_peaks[batch], r.forward_backward_peaks[batch], r.step_peaks[batch] = point.peak, point.forward_backward, point.step
+            for name in ("gradients", "optimizer_state", "step_transient", "logits_per_sample"):
+                setattr(r, name, round(self.extend(*(getattr(m, name) for m in measures))))
+        return self.train_points[batch]
+
+    def eval(self, train_batch: int, accumulation: int, batch: int) -> EvalPoint:
+        key = (train_batch, accumulation, batch)
+        if key not in self.eval_points:
+            point = EvalPoint(round(self.extend(*(part.eval(*key).peak for part in self.parts))), [])
+            self.eval_points[key] = point
+            if self.result.eval_after in (None, f"{train_batch}x{accumulation}"):
+                self.result.eval_after = f"{train_batch}x{accumulation}"
+                self.result.eval_peaks[batch] = point.peak
+        return self.eval_points[key]
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
