@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import time
 
-from . import __version__
+from . import __version__, levers
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .dataset import from_dataset
 from .emit.deepspeed import hidden_size
@@ -177,7 +177,8 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     done = validate(space, ranked)
     chosen = done.config
     for cand in space.candidates:
-        cand.chosen = (cand.attn_implementation, cand.gradient_checkpointing) == (chosen.attn_implementation, chosen.gradient_checkpointing)
+        cand.chosen = ((cand.attn_implementation, cand.gradient_checkpointing, cand.levers)
+                       == (chosen.attn_implementation, chosen.gradient_checkpointing, chosen.levers))
     return _recipe(spec, source, session, space, done, base, started, data)
 
 
@@ -209,6 +210,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         max_length=spec.max_length,
         optim=spec.optim,
         strategy=base.get("strategy"),
+        **levers.recipe_settings(spec, chosen, space.device),
         **{k: v for k, v in vision.items() if k != "env"},
         env={**vision.get("env", {}), **(base.get("env") or {})},
     )
@@ -220,6 +222,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         global_batch_note=chosen.note or split_advice(spec.global_batch_size, frontier.get("train", 0), session.world_size),
         trials=space.trials, wall_s=round(time.perf_counter() - started, 3),
         candidates=[c.row() for c in space.candidates], phases=space.phases,
+        levers=levers.outcome(spec, space.device, chosen, space.candidates),
     )
     return Recipe(
         schema=SCHEMA, model=session.model, hardware=session.hardware,
