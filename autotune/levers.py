@@ -149,6 +149,21 @@ def variant_unavailable(variant: dict, attn: str, device) -> str | None:
     return None
 
 
+_FLAGS = {"packing": "--packing", "padding_free": "--padding-free", "activation_offloading": "--activation-offloading",
+          "checkpoint_every_n_layers": "--gradient-checkpointing", "use_liger_kernel": "--liger"}
+
+
+def check_forced(spec, candidates: list) -> None:
+    """A lever asked `on` that can run nowhere here leaves nothing to measure: say which and why
+    (UsageError naming its flag), rather than "batch 1 does not fit"."""
+    if any(c.status != "skipped" for c in candidates):
+        return
+    for c in candidates:
+        key = next((k for k in LEVER_KEYS if c.levers.get(k)), None)
+        if key is not None and c.reason:
+            raise UsageError(_FLAGS[key], f"cannot run here: {c.reason}", f"leave {_FLAGS[key]} off or search it")
+
+
 def runs_here(workload, variant: dict) -> str | None:
     """Levers run through the Trainer in this process; sharded trials in workers run the step model.
     Packed rows are modelled for text inputs only."""

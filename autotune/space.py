@@ -209,6 +209,7 @@ class SearchSpace:
         for attn in self.spec.attn_candidates:
             for variant in self.variants():
                 self._search_chain(attn, variant, previous)
+        levers.check_forced(self.spec, self.candidates)
         return self.candidates
 
     def variants(self) -> list[dict]:

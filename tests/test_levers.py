@@ -231,6 +231,7 @@ def test_probe_with_partial_checkpointing_picks_the_cheapest_n_that_fits(make_wo
     (["--packing", "on", "--padding-free", "on"], "--padding-free"),
     (["--sequence-parallel-size", "3"], "--sequence-parallel-size"),
     (["--activation-offloading", "search", "--emit", "swift"], "--activation-offloading"),
+    (["--padding-free", "on", "--attn", "sdpa"], "--padding-free"),  # needs flash attention: nothing to measure
 ])
 def test_bad_lever_flags_exit_2_naming_the_flag(flags, flag, tmp_path, capsys):
     out = tmp_path / "r.yaml"
