@@ -292,13 +292,17 @@ class SearchSpace:
         found = cheapest_fitting(batches, ladder, fits) if batches else {}
         for cand in by_n.values():
             if not cand.frontier:
-                cand.status, cand.reason = "failed", f"{cand.reason}: no batch above {largest or 0} fits"
+                cand.status, cand.reason = "pruned", f"cannot win: {cand.reason}, and fits no batch above {largest or 0}"
         pairs = [(b, by_n[found[b]] if found.get(b) else on) for b in sorted(batches, reverse=True)]
         before = len(self.trials)
         with self.phase("throughput"):
             self._measure_pairs(pairs)
-        on.trials += len(self.trials) - before
-        if not on.measured and on.status == "searched":
+        for trial in self.trials[before:]:
+            (by_n.get(trial.settings.get("checkpoint_every_n_layers")) or on).trials += 1
+        if not batches:
+            on.status, on.reason = "pruned", (f"cannot win: frontier {on.frontier} admits no batch splitting the global batch "
+                                              f"above {largest}, which runs faster without checkpointing")
+        elif not on.measured and on.status == "searched":
             on.status, on.reason = "pruned", "cannot win: a partial checkpointing fits each batch it fits, and recomputes less"
         return list(by_n.values())
 
