@@ -64,10 +64,12 @@ def check_spec(spec) -> None:
         raise UsageError("--gradient-checkpointing", f"every-N needs a whole N >= 2, got {every!r}", "for example every-2")
     if every is not None and False in spec.gradient_checkpointing_candidates and every != PARTIAL:
         raise UsageError("--gradient-checkpointing", "every-N is a checkpointing mode; it cannot be combined with off")
-    for flag, values in (("--activation-offloading", spec.activation_offloading), ("--packing", spec.packing),
-                         ("--padding-free", spec.padding_free), ("--liger", spec.liger)):
-        if values not in SWITCHES.values():
+    for flag, name in (("--activation-offloading", "activation_offloading"), ("--packing", "packing"),
+                       ("--padding-free", "padding_free"), ("--liger", "liger")):
+        values = getattr(spec, name)
+        if not isinstance(values, (tuple, list)) or tuple(values) not in SWITCHES.values():
             raise UsageError(flag, f"unknown value {values!r}", "choose off, on or search")
+        setattr(spec, name, tuple(values))  # a spec sent to a worker process comes back with lists
     if True in spec.activation_offloading and True not in spec.gradient_checkpointing_candidates:
         raise UsageError("--activation-offloading", "offloads the checkpointed layers' inputs, so it needs checkpointing",
                          "add --gradient-checkpointing on (or search)")
