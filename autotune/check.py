@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from .devices import make_device
 from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
-from .levers import LEVER_KEYS
+from .recipe.levers import LEVER_KEYS
 from .probe import describe_hardware
-from .recipe import Recipe, TrialResult
+from .recipe.schema import Recipe, TrialResult
 from .spec import ProbeSpec
-from .trial import run_training
+from .trials.trial import run_training
 
 CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
 TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation",
@@ -163,8 +163,8 @@ def check(recipe: Recipe, device_kind: str | None = None, gpu_memory: int | None
 
 def _check_here(recipe: Recipe, kind: str, gpu_memory, margin: float, world: int, steps: int, device) -> CheckResult:
     """One process on this machine's device."""
-    from .model_source import resolve
-    from .workload import load_workload
+    from .model.source import resolve
+    from .model.workload import load_workload
 
     hw = recipe.hardware
     if device is None:
@@ -203,7 +203,7 @@ def _check_on_ranks(recipe: Recipe, kind: str, gpu_memory, margin: float, world:
     strategy, each trial agreed across ranks (any rank out of memory: the trial is; the peak is
     the largest rank's). The supervisor processes never touch the device."""
     from .cluster.session import open_session
-    from .model_source import resolve
+    from .model.source import resolve
     from .probe import ProgressSink
 
     s = recipe.settings

@@ -8,21 +8,21 @@ import time
 
 from . import __version__, levers
 from .errors import AutotuneError, DoesNotFitError, UsageError
-from .dataset import from_dataset
+from .model.dataset import from_dataset
 from .emit.deepspeed import hidden_size
-from .model_source import check_max_length, model_class, resolve
-from .multimodal import recipe_record, recipe_settings
+from .model.source import check_max_length, model_class, resolve
+from .model.multimodal import recipe_record, recipe_settings
 from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
-from .training_args import mixed_precision
-from .training_setup import plan_inputs
-from .quantize import quantization_record
-from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
-from .global_batch import split_advice
-from .search import FrontierSearch
+from .recipe.training_args import mixed_precision
+from .model.training_setup import plan_inputs
+from .model.quantize import quantization_record
+from .recipe.schema import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult
+from .search.global_batch import split_advice
+from .search.frontier import FrontierSearch
 from .sizes import format_size
-from .space import SearchSpace, attn_unavailable_reason, attn_unsupported_by_model
+from .search.space import SearchSpace, attn_unavailable_reason, attn_unsupported_by_model
 from .spec import ProbeSpec
-from .validate import validate
+from .search.validate import validate
 
 
 def library_versions() -> dict:
@@ -141,7 +141,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     base = {"env": dict(spec.env)} if spec.env else {}
     hint = None
     if plan is not None:
-        from .plan import hint_from_plan
+        from .plan.planner import hint_from_plan
 
         hint = hint_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
@@ -149,7 +149,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     choose_allocator = spec.expandable_segments == "auto" and session.supervisor is not None and session.hardware.device == "cuda"
     if len(spec.strategies) > 1 or choose_allocator:
         # Strategy and allocator first (issue #6), at the first runnable attention without checkpointing.
-        from .cluster.dimensions import search_train
+        from .search.dimensions import search_train
 
         first = {**base, "attn_implementation": _first_attention(spec, model_class(source.config)), "gradient_checkpointing": False}
         chosen, _ = search_train(runner, first, budget, spec.max_batch_size, progress, trials, spec.strategies,

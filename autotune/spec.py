@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .levers import check_spec as check_levers
+from .recipe.levers import check_spec as check_levers
 
 DTYPES = ("bfloat16", "float16", "float32")
 TRAIN_TYPES = ("full", "lora", "qlora")
@@ -157,7 +157,7 @@ class ProbeSpec:
             raise UsageError("--max-new-tokens", "only means something with --predict-with-generate", "add --predict-with-generate")
 
     def _validate_eval_outputs(self) -> None:
-        from .training_args import EVAL_OUTPUTS
+        from .recipe.training_args import EVAL_OUTPUTS
 
         if self.eval_outputs is None:
             return

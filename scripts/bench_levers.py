@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autotune import levers  # noqa: E402
 from autotune.devices import SimDevice  # noqa: E402
-from autotune.model_source import resolve  # noqa: E402
+from autotune.model.source import resolve  # noqa: E402
 from autotune.probe import ProgressSink, find_frontier  # noqa: E402
 from autotune.sizes import format_size, parse_size  # noqa: E402
-from autotune.space import SearchSpace  # noqa: E402
+from autotune.search.space import SearchSpace  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
-from autotune.trial import InProcessRunner  # noqa: E402
-from autotune.workload import load_workload  # noqa: E402
+from autotune.trials.trial import InProcessRunner  # noqa: E402
+from autotune.model.workload import load_workload  # noqa: E402
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
           "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 16384,

@@ -25,12 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autotune.devices import SimDevice  # noqa: E402
-from autotune.model_source import resolve  # noqa: E402
+from autotune.model.source import resolve  # noqa: E402
 from autotune.probe import ProgressSink, find_frontier  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
-from autotune.step_model import train_steps  # noqa: E402
-from autotune.trial import InProcessRunner, run_train_trial  # noqa: E402
-from autotune.workload import load_workload  # noqa: E402
+from autotune.trials.step_model import train_steps  # noqa: E402
+from autotune.trials.trial import InProcessRunner, run_train_trial  # noqa: E402
+from autotune.model.workload import load_workload  # noqa: E402
 
 MiB = 2**20
 MARGIN = 0.10

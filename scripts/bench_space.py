@@ -25,13 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autotune.devices import SimDevice  # noqa: E402
-from autotune.global_batch import exact_splits  # noqa: E402
-from autotune.model_source import resolve  # noqa: E402
+from autotune.search.global_batch import exact_splits  # noqa: E402
+from autotune.model.source import resolve  # noqa: E402
 from autotune.probe import probe  # noqa: E402
 from autotune.sizes import parse_size  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
-from autotune.trial import run_trial  # noqa: E402
-from autotune.workload import load_workload  # noqa: E402
+from autotune.trials.trial import run_trial  # noqa: E402
+from autotune.model.workload import load_workload  # noqa: E402
 
 
 def main() -> int:

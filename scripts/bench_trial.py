@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autotune.devices import SimDevice  # noqa: E402
-from autotune.model_source import resolve  # noqa: E402
+from autotune.model.source import resolve  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
-from autotune.trial import run_trial  # noqa: E402
-from autotune.workload import load_workload  # noqa: E402
+from autotune.trials.trial import run_trial  # noqa: E402
+from autotune.model.workload import load_workload  # noqa: E402
 
 OLD_COMMIT = "bb6a21c"
 MiB = 2**20

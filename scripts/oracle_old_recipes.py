@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 PROBE = """
 import sys, json
 from autotune.probe import probe
-from autotune.recipe import save_recipe
+from autotune.recipe.schema import save_recipe
 from autotune.spec import ProbeSpec
 case = json.loads(sys.argv[1])
 capacity = case.pop("capacity")
@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from autotune.devices import SimDevice
-    from autotune.recipe import load_recipe
+    from autotune.recipe.schema import load_recipe
     from autotune.spec import ProbeSpec
     from test_trainer_oracle import CASES, launched
 

@@ -17,9 +17,9 @@ import transformers.trainer  # noqa: E402,F401
 def make_workload():
     """Build a tiny workload on a simulated GPU: make_workload("tiny-llama", capacity, max_length=..., **spec)."""
     from autotune.devices import SimDevice
-    from autotune.model_source import resolve
+    from autotune.model.source import resolve
     from autotune.spec import ProbeSpec
-    from autotune.workload import load_workload
+    from autotune.model.workload import load_workload
 
     def build(name: str, capacity: int, max_length: int = 64, **spec_kwargs):
         spec = ProbeSpec(max_length=max_length, model_config=name, device="sim", gpu_memory=capacity, **spec_kwargs)

@@ -9,7 +9,7 @@ import pytest
 from autotune.check import check, compare_fingerprints, phases
 from autotune.cli import main
 from autotune.emit import swift
-from autotune.recipe import save_recipe
+from autotune.recipe.schema import save_recipe
 from launch_recipes import variant
 
 
@@ -103,7 +103,7 @@ def test_a_vision_language_recipe_checks_with_its_own_media_limits(tmp_path, cap
 
     from autotune.check import reprobe_command
     from autotune.cli import build_parser
-    from autotune.recipe import load_recipe
+    from autotune.recipe.schema import load_recipe
 
     out = tmp_path / "vl.yaml"
     assert main(["probe", "--model-config", "tiny-qwen2-vl", "--device", "sim", "--gpu-memory", "64MiB",

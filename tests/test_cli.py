@@ -10,7 +10,7 @@ import time
 import pytest
 
 from autotune.cli import main
-from autotune.recipe import load_recipe
+from autotune.recipe.schema import load_recipe
 
 DEMO = ["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "12MiB", "--max-length", "64"]
 
@@ -148,7 +148,7 @@ def test_probe_real_weights_from_a_local_directory(tmp_path, capsys):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from autotune.model_source import BUILTIN_DIR
+    from autotune.model.source import BUILTIN_DIR
 
     config = AutoConfig.from_pretrained(BUILTIN_DIR / "tiny-gpt2.json")
     torch.manual_seed(0)

@@ -27,6 +27,6 @@ def test_the_cli_copies_of_strategy_names_agree():
     from autotune.cli.plan import STRATEGIES as plan_cli
     from autotune.cluster.launch import STRATEGIES as launch_cli
     from autotune.cluster.sharding import STRATEGIES as engines
-    from autotune.plan_breakdown import STRATEGIES as planned
+    from autotune.plan.breakdown import STRATEGIES as planned
 
     assert plan_cli == planned and set(launch_cli) == set(engines)

@@ -14,8 +14,8 @@ from autotune.cluster.launch import spec_fields, torchrun_command
 from autotune.cluster.session import per_rank
 from autotune.devices.sim import LiveBytes
 from autotune.errors import UsageError
-from autotune.recipe import TrialResult
-from autotune.search import FrontierSearch, run_search
+from autotune.recipe.schema import TrialResult
+from autotune.search.frontier import FrontierSearch, run_search
 
 
 def report(outcome, peak=None, step=None, tps=None, message=None):
@@ -157,7 +157,7 @@ def test_journal_replays_each_entry_once_in_order(tmp_path):
     """A request made twice (the runoff re-times a configuration) replays the second recorded
     answer the second time, and a run never answers itself from its own new entries."""
     from autotune.cluster.journal import Journal
-    from autotune.recipe import TrialResult
+    from autotune.recipe.schema import TrialResult
 
     about = {"model": "m"}
     settings = {"per_device_train_batch_size": 2}

@@ -94,7 +94,7 @@ def agreed_trials(recipe: dict, world: int) -> dict:
     """Check that every trial's recorded outcome is the agreement of its `world` rank reports;
     return the first train trial of each (strategy, batch) with its ranks."""
     from autotune.cluster.agree import agree
-    from autotune.recipe import TrialResult
+    from autotune.recipe.schema import TrialResult
 
     by = {}
     for t in recipe["search"]["trials"]:

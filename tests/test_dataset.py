@@ -7,10 +7,10 @@ import yaml
 from PIL import Image
 
 from autotune.cli import main
-from autotune.dataset import from_dataset, percentile
+from autotune.model.dataset import from_dataset, percentile
 from autotune.errors import UsageError
-from autotune.model_source import resolve
-from autotune.recipe import load_recipe
+from autotune.model.source import resolve
+from autotune.recipe.schema import load_recipe
 from autotune.spec import ProbeSpec
 
 # The template writes "role content" per message, split on whitespace by the tokenizer below:
@@ -128,9 +128,9 @@ def test_a_model_directory_supplies_weights_and_tokenizer(data, tmp_path):
     import torch
 
     from autotune.devices import SimDevice
-    from autotune.families import family_for
-    from autotune.trial import run_train_trial
-    from autotune.workload import load_workload
+    from autotune.model.families import family_for
+    from autotune.trials.trial import run_train_trial
+    from autotune.model.workload import load_workload
 
     data_dir, tokenizer, expected = data
     source = resolve(None, "tiny-qwen2-vl")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from autotune.cli import main
-from autotune.recipe import load_recipe, save_recipe
+from autotune.recipe.schema import load_recipe, save_recipe
 from launch_recipes import variant
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from autotune.probe import ProgressSink, find_frontier
-from autotune.trial import InProcessRunner, run_train_trial
+from autotune.trials.trial import InProcessRunner, run_train_trial
 
 MiB = 2**20
 

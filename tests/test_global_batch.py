@@ -1,6 +1,6 @@
 import pytest
 
-from autotune.global_batch import split_global_batch
+from autotune.search.global_batch import split_global_batch
 
 
 def test_without_target_uses_the_frontier():
@@ -43,7 +43,7 @@ def test_a_prime_global_batch_says_no_split_is_close_and_suggests_neighbours():
 
 def test_probe_says_so_in_the_recipe_and_the_output(tmp_path, capsys):
     from autotune.cli import main
-    from autotune.recipe import load_recipe
+    from autotune.recipe.schema import load_recipe
 
     out = tmp_path / "r.yaml"
     assert main(["probe", "--model-config", "tiny-gpt2", "--device", "sim", "--gpu-memory", "8MiB", "--max-length", "32",

@@ -18,10 +18,10 @@ from autotune.cli import main
 from autotune.devices import SimDevice
 from autotune.emit import accelerate, hf, llamafactory, swift
 from autotune.errors import UsageError
-from autotune.lever_search import cheapest_fitting
+from autotune.search.levers import cheapest_fitting
 from autotune.probe import ProgressSink, find_frontier
-from autotune.recipe import TrialResult
-from autotune.space import TIE, Measured, SearchSpace, rank
+from autotune.recipe.schema import TrialResult
+from autotune.search.space import TIE, Measured, SearchSpace, rank
 from autotune.spec import ProbeSpec
 
 MiB = 2**20
@@ -159,7 +159,7 @@ def test_levers_through_the_trainer_lower_the_peak_as_measured(make_workload):
     checkpointed; offloading: by exactly the checkpointed layers' saved inputs (layers x batch x
     length x hidden x 2 bytes), which the sim device holds in host memory; packing: runs on sdpa
     (transformers masks the packed rows from position ids)."""
-    from autotune.trial import run_trial
+    from autotune.trials.trial import run_trial
 
     batch, length = 2, 32
     workload = make_workload(DEEP, 512 * MiB, max_length=length)
@@ -190,8 +190,8 @@ def test_probe_with_partial_checkpointing_picks_the_cheapest_n_that_fits(make_wo
     is the fewest checkpointed layers that fit 4 (brute force over the ladder), and the recipe,
     its launch files and `check` carry it."""
     from autotune.probe import probe
-    from autotune.recipe import save_recipe
-    from autotune.trial import run_trial
+    from autotune.recipe.schema import save_recipe
+    from autotune.trials.trial import run_trial
 
     length = 32
     workload = make_workload(DEEP, 512 * MiB, max_length=length)

@@ -8,8 +8,8 @@ import torch
 from transformers import LlavaNextProcessor
 
 from autotune.errors import UsageError
-from autotune.families import Media, family_for
-from autotune.model_source import resolve
+from autotune.model.families import Media, family_for
+from autotune.model.source import resolve
 
 
 def _processor_count(config, height: int, width: int) -> int:

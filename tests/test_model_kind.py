@@ -7,7 +7,7 @@ import pytest
 
 from autotune.cli import main
 from autotune.errors import UsageError
-from autotune.model_source import resolve
+from autotune.model.source import resolve
 
 BERT = {"model_type": "bert", "vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 1,
         "num_attention_heads": 2, "intermediate_size": 64}

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from autotune.cli import main
-from autotune.families import Media, family_for
-from autotune.families.qwen2_vl import worst_grid
-from autotune.model_source import resolve
+from autotune.model.families import Media, family_for
+from autotune.model.families.qwen2_vl import worst_grid
+from autotune.model.source import resolve
 from autotune.probe import ProgressSink, find_frontier
-from autotune.trial import InProcessRunner, run_train_trial
+from autotune.trials.trial import InProcessRunner, run_train_trial
 
 MiB = 2**20
 SIM = ["--device", "sim", "--gpu-memory", "64MiB"]

@@ -37,7 +37,7 @@ def test_quiet_full_fine_tuning_probe_prints_nothing_on_stderr(tmp_path):
 def test_other_warnings_still_show():
     import logging
 
-    from autotune.noise import silence_known_noise
+    from autotune.cli.noise import silence_known_noise
 
     silence_known_noise()
     logger = logging.getLogger("transformers.modeling_utils")

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from autotune.cli.output import summary
-from autotune.recipe import TrialResult
+from autotune.recipe.schema import TrialResult
 from autotune.sizes import format_size
 from launch_recipes import variant
 

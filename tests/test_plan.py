@@ -9,15 +9,15 @@ from autotune.cli import main
 from autotune.devices import SimDevice
 from autotune.devices.fake import FakeDevice
 from autotune.devices.sim import _rounded
-from autotune.model_source import resolve
-from autotune.plan import PlanOptions, make_plan, plan_recipe
-from autotune.plan_breakdown import Allowance, rows_for
-from autotune.plan_measure import build_plan_workload, measure_candidate, plan_source
+from autotune.model.source import resolve
+from autotune.plan.planner import PlanOptions, make_plan, plan_recipe
+from autotune.plan.breakdown import Allowance, rows_for
+from autotune.plan.measure import build_plan_workload, measure_candidate, plan_source
 from autotune.probe import probe
-from autotune.recipe import load_recipe
+from autotune.recipe.schema import load_recipe
 from autotune.spec import ProbeSpec
-from autotune.trial import run_eval_trial, run_train_trial
-from autotune.workload import load_workload
+from autotune.trials.trial import run_eval_trial, run_train_trial
+from autotune.model.workload import load_workload
 
 MiB = 2**20
 

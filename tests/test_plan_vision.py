@@ -7,11 +7,11 @@ import torch
 from autotune.devices import SimDevice
 from autotune.devices.fake import FakeDevice
 from autotune.devices.sim import _rounded
-from autotune.model_source import resolve
-from autotune.plan_measure import build_plan_workload, measure_candidate, plan_source
+from autotune.model.source import resolve
+from autotune.plan.measure import build_plan_workload, measure_candidate, plan_source
 from autotune.spec import ProbeSpec
-from autotune.trial import run_eval_trial, run_train_trial
-from autotune.workload import load_workload
+from autotune.trials.trial import run_eval_trial, run_train_trial
+from autotune.model.workload import load_workload
 
 
 def _plan(spec, checkpointing=False):

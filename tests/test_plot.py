@@ -7,14 +7,14 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from autotune.plot import build_figure, render_png  # noqa: E402
+from autotune.cli.plot import build_figure, render_png  # noqa: E402
 from launch_recipes import variant  # noqa: E402
 
 
 def _recipe_with_an_over_budget_trial():
     import dataclasses
 
-    from autotune.recipe import TrialResult
+    from autotune.recipe.schema import TrialResult
 
     r = variant("base")
     base = dict(r.search.trials[0].settings)

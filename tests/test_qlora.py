@@ -7,7 +7,7 @@ import torch
 
 from autotune.devices import SimDevice
 from autotune.errors import UsageError
-from autotune.trial import run_train_trial
+from autotune.trials.trial import run_train_trial
 
 
 def test_qlora_quantizes_only_the_language_model_and_trains(make_workload):

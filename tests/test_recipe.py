@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from autotune.errors import UsageError
-from autotune.recipe import (SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation,
+from autotune.recipe.schema import (SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation,
                              check_writable, load_recipe, save_recipe)
 
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from autotune.search import FrontierSearch, run_search
+from autotune.search.frontier import FrontierSearch, run_search
 
 
 def affine(a, b, capacity):

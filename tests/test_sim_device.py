@@ -3,7 +3,7 @@ import torch
 
 from autotune.devices import SimDevice, is_oom
 from autotune.devices.sim import LiveBytes, counting
-from autotune.trial import run_train_trial
+from autotune.trials.trial import run_train_trial
 
 
 def test_counts_storage_once_and_rounds_to_512():
@@ -81,7 +81,7 @@ def test_shrink_changes_capacity():
 
 
 def test_eval_keeping_logits_costs_more_than_loss_only(make_workload):
-    from autotune.trial import run_eval_trial
+    from autotune.trials.trial import run_eval_trial
 
     workload = make_workload("tiny-qwen2", 512 * 2**20)
     cap = workload.device.capacity

@@ -7,11 +7,11 @@ from autotune.cli import main
 from autotune.devices import SimDevice
 from autotune.errors import DoesNotFitError
 from autotune.probe import ProgressSink, find_frontier, probe
-from autotune.recipe import load_recipe
-from autotune.space import Measured, SearchSpace, rank
+from autotune.recipe.schema import load_recipe
+from autotune.search.space import Measured, SearchSpace, rank
 from autotune.spec import ProbeSpec
-from autotune.trial import InProcessRunner, run_trial
-from autotune.validate import validate
+from autotune.trials.trial import InProcessRunner, run_trial
+from autotune.search.validate import validate
 
 MiB = 2**20
 

@@ -17,10 +17,10 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from autotune.devices import SimDevice
-from autotune.model_source import resolve
+from autotune.model.source import resolve
 from autotune.probe import probe
 from autotune.spec import ProbeSpec
-from autotune.workload import load_workload
+from autotune.model.workload import load_workload
 
 MiB = 2**20
 EVAL_EVERY = 2

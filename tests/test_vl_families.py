@@ -13,12 +13,12 @@ from PIL import Image
 from autotune.devices import SimDevice
 from autotune.devices.fake import FakeDevice
 from autotune.errors import UsageError
-from autotune.families import Media, family_for
-from autotune.model_source import resolve
-from autotune.plan_measure import build_plan_workload, measure_candidate, plan_source
+from autotune.model.families import Media, family_for
+from autotune.model.source import resolve
+from autotune.plan.measure import build_plan_workload, measure_candidate, plan_source
 from autotune.spec import ProbeSpec
-from autotune.trial import run_eval_trial, run_train_trial
-from autotune.workload import load_workload
+from autotune.trials.trial import run_eval_trial, run_train_trial
+from autotune.model.workload import load_workload
 
 GiB = 2**30
 # Qwen3-VL's published preprocessor_config.json (Qwen/Qwen3-VL-*-Instruct).

@@ -8,7 +8,7 @@ import sys
 
 from .. import __version__
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, AutotuneError
-from ..noise import silence_known_noise
+from .noise import silence_known_noise
 from . import check as check_cmd
 from . import emit as emit_cmd
 from . import plan as plan_cmd

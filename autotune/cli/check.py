@@ -11,7 +11,7 @@ from pathlib import Path
 from ..cluster import launch
 from ..emit import swift
 from ..errors import UsageError
-from ..recipe import load_recipe
+from ..recipe.schema import load_recipe
 from ..sizes import format_size
 from .interrupt import deferred_interrupt
 

@@ -7,7 +7,7 @@ import sys
 
 from ..emit import TARGETS, files, require_validated
 from ..errors import UsageError
-from ..recipe import check_writable, load_recipe, write_atomic
+from ..recipe.schema import check_writable, load_recipe, write_atomic
 from . import next_steps
 
 EXAMPLES = """\

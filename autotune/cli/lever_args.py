@@ -3,7 +3,7 @@ flags. Each is off unless asked; `search` measures with and without it."""
 
 from __future__ import annotations
 
-from .. import levers
+from ..recipe import levers
 
 EXAMPLES = """\
   # partial checkpointing (every N-th layer, N searched) and activation offloading searched too

@@ -10,9 +10,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..levers import describe as describe_levers
+from ..recipe.levers import describe as describe_levers
 from ..progress import ProgressSink
-from ..recipe import Recipe, TrialResult
+from ..recipe.schema import Recipe, TrialResult
 from ..sizes import format_size
 
 _STYLE = {"fit": "green", "oom": "red", "over_budget": "yellow", "error": "red bold", "skipped": "dim",

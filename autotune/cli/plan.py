@@ -7,10 +7,10 @@ import argparse
 from rich.table import Table
 
 from ..errors import UsageError
-from ..model_source import builtin_names
-from ..recipe import check_writable, save_recipe
+from ..model.source import builtin_names
+from ..recipe.schema import check_writable, save_recipe
 from ..sizes import format_size, parse_size
-from ..training_args import EVAL_OUTPUTS
+from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS
 from . import multimodal_args
 from .interrupt import deferred_interrupt
@@ -79,8 +79,8 @@ def add_parser(sub) -> None:
 
 
 def options_from_args(args):
-    from ..plan import PlanOptions
-    from ..plan_breakdown import Allowance
+    from ..plan.planner import PlanOptions
+    from ..plan.breakdown import Allowance
 
     targets = [parse_size(size, "--gpu-memory") for size in args.gpu_memory.split(",") if size.strip()]
     if not targets:
@@ -125,7 +125,7 @@ def run(args) -> int:
         check_writable(args.out, args.force)
     console = stderr_console(quiet=args.quiet)
     with deferred_interrupt():
-        from ..plan import make_plan, plan_recipe  # torch: only when a plan runs
+        from ..plan.planner import make_plan, plan_recipe  # torch: only when a plan runs
 
     plan = make_plan(spec, options, progress=ConsoleProgress(console))
     recipe = plan_recipe(plan) if args.out else None

@@ -9,9 +9,9 @@ from ..cluster import launch
 from ..emit import TARGETS as EMIT_TARGETS
 from ..emit.swift import resolve_version as resolve_swift_version
 from ..errors import UsageError
-from ..model_source import builtin_names
-from ..recipe import check_writable, load_recipe, save_recipe
-from ..training_args import EVAL_OUTPUTS
+from ..model.source import builtin_names
+from ..recipe.schema import check_writable, load_recipe, save_recipe
+from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import lever_args, multimodal_args
 from .model_args import add_model_arguments

@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import UsageError
 from ..extras import install_hint
-from ..recipe import check_writable, load_recipe, write_atomic
+from ..recipe.schema import check_writable, load_recipe, write_atomic
 from .output import print_json, stdout_console, summary
 
 EXAMPLES = """\
@@ -40,7 +40,7 @@ def check_plot(path: str, force: bool) -> None:
 
 
 def write_plot(recipe, path: str) -> None:
-    from ..plot import render_png
+    from .plot import render_png
 
     write_atomic(path, render_png(recipe))
 

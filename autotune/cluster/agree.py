@@ -8,7 +8,7 @@ memory, so it never decides the outcome when another rank has a reason.
 
 from __future__ import annotations
 
-from ..recipe import TrialResult
+from ..recipe.schema import TrialResult
 
 # Most telling first: an OOM on one rank explains the peers that hung behind it in a collective.
 PRECEDENCE = ("oom", "crashed", "timeout", "error", "over_budget", "fit")

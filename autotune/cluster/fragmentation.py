@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..recipe import TrialResult
+from ..recipe.schema import TrialResult
 
 ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 EXPANDABLE = {ALLOC_CONF: "expandable_segments:True"}

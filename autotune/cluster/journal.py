@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from ..recipe import TrialResult
+from ..recipe.schema import TrialResult
 
 VERSION = 1
 

@@ -11,7 +11,7 @@ import json
 
 from .. import __version__
 from ..errors import AutotuneError, UsageError
-from ..recipe import Hardware, ModelInfo
+from ..recipe.schema import Hardware, ModelInfo
 from .journal import Journal, JournalRunner
 
 
@@ -86,8 +86,8 @@ def _local(spec, source, progress, device) -> Session:
     from ..devices import make_device
     from ..probe import describe_hardware, describe_model
     from ..sizes import format_size
-    from ..trial import InProcessRunner
-    from ..workload import load_workload
+    from ..trials.trial import InProcessRunner
+    from ..model.workload import load_workload
 
     device = device or make_device(spec.device, spec.gpu_memory)
     progress.stage(f"loading {source.architecture} ({source.kind}: {source.path}) on {device.name}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import UsageError
-from ..workload import Workload
+from ..model.workload import Workload
 
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3", "zero2_offload", "zero3_offload")
 DEEPSPEED = ("zero2", "zero3", "zero2_offload", "zero3_offload")

@@ -24,7 +24,7 @@ import sys
 import time
 
 from ..errors import AutotuneError
-from ..recipe import TrialResult
+from ..recipe.schema import TrialResult
 from .agree import agree
 
 CLEAN = ("fit", "over_budget", "oom", "error")

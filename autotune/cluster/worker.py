@@ -47,11 +47,11 @@ def _make_device(spec, config: dict):
 
 
 def serve(config: dict, requests, out) -> None:
-    from ..model_source import resolve
+    from ..model.source import resolve
     from ..probe import describe_model
     from ..spec import ProbeSpec
-    from ..trial import run_trial
-    from ..workload import load_workload
+    from ..trials.trial import run_trial
+    from ..model.workload import load_workload
     from .fragmentation import apply_steady_state_rule
     from .sharding import shard
 

@@ -5,7 +5,7 @@ every path before writing any."""
 
 from __future__ import annotations
 
-from ..recipe import Recipe
+from ..recipe.schema import Recipe
 from . import accelerate, deepspeed, hf, llamafactory, swift
 from .common import require_validated, zero_stage
 

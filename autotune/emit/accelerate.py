@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from ..recipe import Recipe
+from ..recipe.schema import Recipe
 from .common import check_strategy, mixed_precision, world_size, zero_stage
 
 
@@ -76,7 +76,7 @@ def render(recipe: Recipe, deepspeed_file: str = "ds_config.json") -> str:
 
 
 def describe_levers(recipe: Recipe) -> str:
-    from ..levers import LEVER_KEYS, describe
+    from ..recipe.levers import LEVER_KEYS, describe
 
     s = recipe.settings
     if not any(getattr(s, k) for k in LEVER_KEYS) and not (s.sequence_parallel_size or 0) > 1:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..errors import UsageError
-from ..recipe import Recipe
+from ..recipe.schema import Recipe
 
 STRATEGIES = ("ddp", "zero2", "zero3", "zero2_offload", "zero3_offload", "fsdp")
 # Written where a value must come from the user (the recipe cannot know it).
@@ -34,7 +34,7 @@ def check_strategy(recipe: Recipe) -> str | None:
 
 def mixed_precision(recipe: Recipe) -> str:
     """`bf16`, `fp16` or `no`: how the Trainer / accelerate should run for the recipe's dtype."""
-    from ..training_args import mixed_precision as of_dtype
+    from ..recipe.training_args import mixed_precision as of_dtype
 
     return recipe.settings.mixed_precision or of_dtype(recipe.settings.torch_dtype)
 

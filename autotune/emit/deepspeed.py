@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 
 from ..errors import UsageError
-from ..recipe import Recipe
+from ..recipe.schema import Recipe
 from .common import check_strategy, mixed_precision, offloads, world_size, zero_stage
 
 ZERO2 = {"allgather_partitions": True, "allgather_bucket_size": 200_000_000, "overlap_comm": False,

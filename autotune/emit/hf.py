@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from ..recipe import Recipe
-from ..training_args import arguments, checkpointing_names  # noqa: F401 - checkpointing_names: re-exported
+from ..recipe.schema import Recipe
+from ..recipe.training_args import arguments, checkpointing_names  # noqa: F401 - checkpointing_names: re-exported
 from .common import check_strategy, model_location, zero_stage
 
 

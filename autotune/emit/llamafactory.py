@@ -8,7 +8,7 @@ from __future__ import annotations
 import yaml
 
 from ..errors import UsageError
-from ..recipe import Recipe
+from ..recipe.schema import Recipe
 from .common import DATASET_PLACEHOLDER, check_strategy, mixed_precision, model_location, zero_stage
 
 FLASH_ATTN = {"eager": "disabled", "sdpa": "sdpa", "flash_attention_2": "fa2", "flash_attention_3": "fa3"}

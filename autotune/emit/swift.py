@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import UsageError
-from ..recipe import Recipe
-from ..training_args import CHECKPOINTING_KWARGS, checkpointing_lever_kwargs, eval_outputs_of
+from ..recipe.schema import Recipe
+from ..recipe.training_args import CHECKPOINTING_KWARGS, checkpointing_lever_kwargs, eval_outputs_of
 from .common import DATASET_PLACEHOLDER, check_strategy, launch_env, memory_comment, model_location
 
 FIELDS_DIR = Path(__file__).parent / "swift_fields"

@@ -24,10 +24,10 @@ run qlora --train-type qlora
 python - "$OUT" <<'PY'
 import json, sys, yaml
 from autotune.devices import make_device
-from autotune.model_source import resolve
+from autotune.model.source import resolve
 from autotune.spec import ProbeSpec
-from autotune.trial import run_eval_trial, run_train_trial
-from autotune.workload import load_workload
+from autotune.trials.trial import run_eval_trial, run_train_trial
+from autotune.model.workload import load_workload
 out = sys.argv[1]
 r = yaml.safe_load(open(f"{out}/mm-full-nothing-frozen.yaml"))
 s = r["settings"]

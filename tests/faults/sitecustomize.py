@@ -4,7 +4,7 @@ it in every process it starts (torchrun, supervisors, workers).
 
 AUTOTUNE_TEST_FAULT="kill:BATCH:MARKER": the first process that runs a trial at per-device
 train batch BATCH kills itself (SIGKILL) as the trial starts, as a worker dying mid-trial would;
-the file MARKER makes it happen once per test. The hook wraps `autotune.trial.run_trial` when
+the file MARKER makes it happen once per test. The hook wraps `autotune.trials.trial.run_trial` when
 that module is first imported (no torch import at start-up)."""
 
 import importlib.abc
@@ -28,7 +28,7 @@ def _killing(run_trial, batch: int, marker: str):
 
 class _WrapRunTrial(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "autotune.trial":
+        if name != "autotune.trials.trial":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         load = spec.loader.exec_module

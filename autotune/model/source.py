@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
-BUILTIN_DIR = Path(__file__).parent / "configs"
+BUILTIN_DIR = Path(__file__).parent.parent / "configs"
 # Attributes that hold a model's position limit, in the order transformers' families use them.
 _POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 

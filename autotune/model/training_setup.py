@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UsageError
+from ..errors import UsageError
 from .freezing import Freezing, apply_freezing, check, lora_targets, part_of
 from .multimodal import check_text_only, plan_for
 

@@ -18,8 +18,8 @@ import tempfile
 
 import torch
 
-from .training_args import arguments, eval_outputs_of
-from .workload import input_grad_hooked
+from ..recipe.training_args import arguments, eval_outputs_of
+from ..model.workload import input_grad_hooked
 
 
 class WorstCase(torch.utils.data.Dataset):

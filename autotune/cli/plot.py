@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 
-from .levers import LEVER_KEYS, describe
+from ..recipe.levers import LEVER_KEYS, describe
 
 MiB = 2**20
 

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
-from .extras import install_hint
+from ..errors import UsageError
+from ..extras import install_hint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 MEDIA_TAGS = ("<image>", "<video>")
@@ -237,7 +237,7 @@ def from_dataset(spec, source):
     """Measure --dataset and return (spec with the data's max_length / max_pixels /
     images_per_sample, the profile, the recipe's record of it)."""
     from .families import Media, VisionPlan, family_for
-    from .model_source import position_limit
+    from .source import position_limit
 
     family = family_for(source.config)
     vplan = VisionPlan()

@@ -27,8 +27,8 @@ trial without levers has exactly the settings it had before levers existed (jour
 
 from __future__ import annotations
 
-from .errors import UsageError
-from .extras import install_hint
+from ..errors import UsageError
+from ..extras import install_hint
 
 LEVER_KEYS = ("checkpoint_every_n_layers", "activation_offloading", "packing", "padding_free", "use_liger_kernel")
 SWITCHES = {"off": (False,), "on": (True,), "search": (False, True)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UsageError
+from ...errors import UsageError
 from .base import Family, Media, VisionPlan, text_ids
 
 

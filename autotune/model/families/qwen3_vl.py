@@ -14,7 +14,7 @@ shared Qwen2-VL video rule does not model.
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from ...errors import UsageError
 from .base import Media, VisionPlan
 from .qwen2_vl import Limits, family, plan
 

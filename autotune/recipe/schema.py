@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SCHEMA = 1
 

@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass, field
 
 
-from .devices import short_message
-from .recipe import TrialResult
+from ..devices import short_message
+from ..recipe.schema import TrialResult
 from .trainer_run import build_trainer, restore_model
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 
-from .levers import describe as describe_levers
-from .errors import DoesNotFitError
-from .recipe import TrialResult, Validation
-from .sizes import format_size
-from .trial import run_training
+from ..recipe.levers import describe as describe_levers
+from ..errors import DoesNotFitError
+from ..recipe.schema import TrialResult, Validation
+from ..sizes import format_size
+from ..trials.trial import run_training
 
 
 @dataclass

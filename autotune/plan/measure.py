@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .devices.fake import FakeDevice, materialise
-from .devices import short_message
-from .devices.sim import storage_bytes
-from .model_source import ModelSource, check_max_length, resolve
-from .spec import ProbeSpec
-from .step_model import eval_steps as plan_eval_steps, train_steps as plan_train_steps
-from .errors import UsageError
-from .training_setup import plan_inputs, prepare
-from .workload import Workload, apply_lora, build_model, count_parameters
+from ..devices.fake import FakeDevice, materialise
+from ..devices import short_message
+from ..devices.sim import storage_bytes
+from ..model.source import ModelSource, check_max_length, resolve
+from ..spec import ProbeSpec
+from ..trials.step_model import eval_steps as plan_eval_steps, train_steps as plan_train_steps
+from ..errors import UsageError
+from ..model.training_setup import plan_inputs, prepare
+from ..model.workload import Workload, apply_lora, build_model, count_parameters
 
 PLAN_BATCHES = (1, 2)  # two points give the line; peak is affine in batch size
 # On a CPU-only machine flash-attn cannot be imported. Its memory is linear in the sequence,

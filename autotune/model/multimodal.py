@@ -4,9 +4,9 @@ alone does not fit the sequence."""
 
 from __future__ import annotations
 
-from .errors import UsageError
+from ..errors import UsageError
 from .families import Family, Media, VisionPlan
-from .model_source import position_limit
+from .source import position_limit
 
 DEFAULT_IMAGES_PER_SAMPLE = 1
 

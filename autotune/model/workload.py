@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
-from .model_source import ModelSource, check_max_length
-from .spec import ProbeSpec
+from ..errors import UsageError
+from .source import ModelSource, check_max_length
+from ..spec import ProbeSpec
 from .training_setup import Setup, check_optimizer, plan_inputs, prepare
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .plan_measure import CandidateMeasure, Line
+from .measure import CandidateMeasure, Line
 
 STRATEGIES = ("zero2", "zero3", "fsdp")
 MiB = 2**20

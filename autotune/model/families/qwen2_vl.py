@@ -20,7 +20,7 @@ from functools import partial
 
 import torch
 
-from ..errors import UsageError
+from ...errors import UsageError
 from .base import Family, Media, VisionPlan, text_ids
 
 MIN_PIXELS = 56 * 56  # the image processor's default shortest_edge

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SWIFT_DEFAULTS = {"freeze_vit": True, "freeze_aligner": True, "freeze_llm": False}
 

@@ -21,11 +21,11 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from . import levers
-from .extras import install_hint
+from ..recipe import levers
+from ..extras import install_hint
 from .global_batch import exact_splits, split_global_batch
-from .lever_search import cheapest_fitting
-from .recipe import TrialResult
+from .levers import cheapest_fitting
+from ..recipe.schema import TrialResult
 
 TIE = 0.01  # throughputs within 1% are a tie; the lower peak wins
 # Configurations within 20% of the fastest are timed again (2 more rounds, round-robin): one

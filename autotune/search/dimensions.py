@@ -11,7 +11,7 @@ only when they raise it.
 
 from __future__ import annotations
 
-from .fragmentation import EXPANDABLE, wants_expandable
+from ..cluster.fragmentation import EXPANDABLE, wants_expandable
 
 
 def _score(search, trials, start: int):

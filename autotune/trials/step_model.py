@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from .training_args import eval_outputs_of, mixed_precision
+from ..recipe.training_args import eval_outputs_of, mixed_precision
 
 MAX_GRAD_NORM = 1.0  # TrainingArguments' default
 

@@ -14,21 +14,21 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import __version__
-from .devices import short_message
-from .devices.fake import FakeDevice
-from .errors import AutotuneError, UsageError
-from .global_batch import split_global_batch
-from .model_source import model_class
-from .plan_breakdown import Allowance, Rows, largest_batch, layer_bytes, peak_model, rows_for
-from .plan_measure import CandidateMeasure, build_plan_workload, measure_candidate, plan_source
-from .probe import ProgressSink, describe_model, library_versions
-from .recipe import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
-from .sizes import format_size
-from .space import attn_unsupported_by_model
-from .spec import ProbeSpec
-from .training_args import mixed_precision
-from .workload import TORCH_DTYPES
+from .. import __version__
+from ..devices import short_message
+from ..devices.fake import FakeDevice
+from ..errors import AutotuneError, UsageError
+from ..search.global_batch import split_global_batch
+from ..model.source import model_class
+from .breakdown import Allowance, Rows, largest_batch, layer_bytes, peak_model, rows_for
+from .measure import CandidateMeasure, build_plan_workload, measure_candidate, plan_source
+from ..probe import ProgressSink, describe_model, library_versions
+from ..recipe.schema import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
+from ..sizes import format_size
+from ..search.space import attn_unsupported_by_model
+from ..spec import ProbeSpec
+from ..recipe.training_args import mixed_precision
+from ..model.workload import TORCH_DTYPES
 
 CHOICE_RULE = ("no gradient checkpointing where it fits (checkpointing recomputes the forward, ~20-35% more compute), "
                "then the largest train frontier; a probe on the real card measures throughput")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 QUANT = {"quant_type": "nf4", "double_quant": True, "bits": 4}
 
