@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from .devices import make_device
 from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
 from .describe import describe_hardware
+from .recipe.levers import LEVER_KEYS
 from .recipe.schema import Recipe, TrialResult
 from .spec import ProbeSpec
 from .trials.trial import run_training, run_trial
 
 CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
-TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation")
+TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation",
+              *LEVER_KEYS)
 EVAL_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only", "eval_outputs",
-             "max_new_tokens", "gradient_checkpointing", "attn_implementation")
+             "max_new_tokens", "gradient_checkpointing", "attn_implementation", *LEVER_KEYS)
 
 
 @dataclass
@@ -143,12 +145,20 @@ def vision_fields(recipe: Recipe) -> dict:
 
 
 def phases(recipe: Recipe) -> list[tuple[str, dict]]:
+    """The recipe's trials; a lever is in the settings only when used (Liger only where it runs:
+    a recipe that asked for it where it could not be measured is checked as it was probed)."""
     s = recipe.settings
-    train = {k: getattr(s, k) for k in TRAIN_KEYS}
+    used = {k: getattr(s, k) for k in LEVER_KEYS if getattr(s, k) and not (k == "use_liger_kernel" and _liger_unmeasured(recipe))}
+    train = {k: getattr(s, k) for k in TRAIN_KEYS if k not in LEVER_KEYS} | used
     out = [("train", train)]
     if s.per_device_eval_batch_size is not None:
-        out.append(("eval", {k: getattr(s, k) for k in EVAL_KEYS if getattr(s, k) is not None}))
+        out.append(("eval", {k: getattr(s, k) for k in EVAL_KEYS if getattr(s, k) is not None and k not in LEVER_KEYS} | used))
     return out
+
+
+def _liger_unmeasured(recipe: Recipe) -> bool:
+    row = (recipe.search.levers or {}).get("asked", {}).get("liger") or {}
+    return row.get("status") == "not measured"
 
 
 def check(recipe: Recipe, device_kind: str | None = None, gpu_memory: int | None = None, margin: float | None = None,

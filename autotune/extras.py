@@ -11,6 +11,7 @@ EXTRAS = {
     "plot": "'matplotlib>=3.7'",
     "vision": "'pillow>=10'",
     "flash": "'flash-attn>=2.6' --no-build-isolation",
+    "liger": "'liger-kernel>=0.5'",
 }
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import datetime
 import time
 
-from . import __version__
+from . import __version__, levers
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .model.dataset import from_dataset
 from .model.source import check_max_length, model_class, resolve
@@ -156,7 +156,8 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     done = validate(space, ranked)
     chosen = done.config
     for cand in space.candidates:
-        cand.chosen = (cand.attn_implementation, cand.gradient_checkpointing) == (chosen.attn_implementation, chosen.gradient_checkpointing)
+        cand.chosen = ((cand.attn_implementation, cand.gradient_checkpointing, cand.levers)
+                       == (chosen.attn_implementation, chosen.gradient_checkpointing, chosen.levers))
     return _recipe(spec, source, session, space, done, base, started, data, limit)
 
 
@@ -210,6 +211,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         optim=spec.optim,
         task=spec.task if spec.task != "train" else None,
         strategy=base.get("strategy"),
+        **levers.recipe_settings(spec, chosen, space.device),
         **{k: v for k, v in vision.items() if k != "env"},
         env={**vision.get("env", {}), **(base.get("env") or {})},
     )
@@ -222,6 +224,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         sequence=limit.record() if limit else None,
         trials=space.trials, wall_s=round(time.perf_counter() - started, 3),
         candidates=[c.row() for c in space.candidates], phases=space.phases,
+        levers=levers.outcome(spec, space.device, chosen, space.candidates),
     )
     return Recipe(
         schema=SCHEMA, model=dataclasses.replace(session.model, max_length=spec.max_length), hardware=session.hardware,

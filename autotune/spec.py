@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .errors import UsageError
+from .recipe.levers import check_spec as check_levers
 
 DTYPES = ("bfloat16", "float16", "float32")
 TRAIN_TYPES = ("full", "lora", "qlora")
@@ -57,6 +58,14 @@ class ProbeSpec:
     # The search space (issue #3). Candidates that cannot run here are recorded as skipped.
     attn_candidates: tuple = ATTN_IMPLEMENTATIONS
     gradient_checkpointing_candidates: tuple = (False, True)
+    # Memory levers (issue #15, levers.py); off unless asked. every_n_layers: N (checkpoint every
+    # N-th layer), "partial" (N searched beside off and on), None (all-or-nothing checkpointing).
+    every_n_layers: int | str | None = None
+    activation_offloading: tuple = (False,)
+    packing: tuple = (False,)
+    padding_free: tuple = (False,)
+    liger: tuple = (False,)
+    sequence_parallel_size: int = 1  # ms-swift's; written to its launch files, not measured here
     eval: bool = True  # search the eval batch frontier
     plan_first: str = "auto"  # on: plan under fake tensors first, each search starts there; auto: on for cuda; off
     eval_steps: int = DEFAULT_EVAL_STEPS  # eval steps accumulated on the device (-> eval_accumulation_steps)
@@ -175,6 +184,7 @@ class ProbeSpec:
                              f"choose from {', '.join(ATTN_IMPLEMENTATIONS)}, comma-separated")
         if not self.gradient_checkpointing_candidates or any(not isinstance(g, bool) for g in self.gradient_checkpointing_candidates):
             raise UsageError("--gradient-checkpointing", "needs on, off or search")
+        check_levers(self)
         _positive("--eval-steps", self.eval_steps)
         self._validate_eval_outputs()
         _positive("--validate-steps", self.validate_steps)

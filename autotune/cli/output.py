@@ -10,6 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ..recipe.levers import describe as describe_levers
 from ..progress import ProgressSink
 from ..recipe.schema import Recipe, TrialResult
 from ..sizes import format_size
@@ -30,6 +31,8 @@ def describe_settings(settings: dict) -> str:
                        ("max_length", "length"), ("max_pixels", "pixels"), ("video_frames", "frames")):
         if key in settings and settings[key] is not None:
             value = settings[key]
+            if key == "gradient_checkpointing":
+                value = describe_levers(settings)  # on | off | every-4 | on+offload, packing ...
             parts.append(f"{short} {'on' if value is True else 'off' if value is False else value}")
     return ", ".join(parts)
 
@@ -90,7 +93,7 @@ def _trial_cells(recipe: Recipe, t: TrialResult, short_attn: bool) -> dict:
     attn = str(s.get("attn_implementation") or "-")
     return {"#": None, "phase": t.phase, "purpose": t.purpose or "", "batch": str(t.batch_size),
             "attn": ATTN_SHORT.get(attn, attn) if short_attn else attn,
-            "gc": "-" if t.phase == "eval" else ("on" if s.get("gradient_checkpointing") else "off"),
+            "gc": "-" if t.phase == "eval" else describe_levers(s),
             "outcome": f"[{_STYLE.get(t.outcome, '')}]{t.outcome}", "peak": format_size(t.peak_bytes),
             "% budget": f"{100 * t.peak_bytes / budget:.1f}" if t.peak_bytes and budget else "-",
             "tok/s": f"{t.tokens_per_s:,.0f}" if t.tokens_per_s else "-", "time": f"{t.wall_s:.1f}s"}
@@ -138,7 +141,7 @@ def _build_candidates_table(recipe: Recipe, columns: list[str], short_attn: bool
     for c in recipe.search.candidates:
         attn = c.get("attn_implementation", "")
         cells = {"attn": ATTN_SHORT.get(attn, attn) if short_attn else attn,
-                 "gc": "on" if c.get("gradient_checkpointing") else "off",
+                 "gc": describe_levers({**c, **(c.get("levers") or {})}),
                  "status": "[green bold]chosen[/green bold]" if c.get("chosen") else c.get("status", ""),
                  "frontier": str(c["frontier"]) if c.get("frontier") is not None else "-",
                  "split": (f"{c['per_device_train_batch_size']} x {c['gradient_accumulation_steps']}"
@@ -193,14 +196,19 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
         line += f" per_device_eval_batch_size={s.per_device_eval_batch_size}"
     if s.eval_accumulation_steps is not None or s.prediction_loss_only is not None:
         line += f" eval_accumulation_steps={s.eval_accumulation_steps} prediction_loss_only={s.prediction_loss_only}"
-    console.print(line + f" gradient_checkpointing={s.gradient_checkpointing} attn_implementation={s.attn_implementation}"
-                  + f" max_length={s.max_length}")
+    line += f" gradient_checkpointing={s.gradient_checkpointing} attn_implementation={s.attn_implementation}"
+    for key in ("checkpoint_every_n_layers", "activation_offloading", "packing", "padding_free", "use_liger_kernel", "sequence_parallel_size"):
+        if getattr(s, key, None):
+            line += f" {key}={getattr(s, key)}"
+    console.print(line + f" max_length={s.max_length}")
     if recipe.multimodal:
         m = recipe.multimodal
         console.print(f"vision      {m['family']}: {m['images_per_sample']} image(s) x {m['image_tokens']} tokens"
                       + (f", {m['videos_per_sample']} video x {m['video_tokens']} tokens" if m['videos_per_sample'] else "")
                       + f" + {m['text_tokens_per_sample']} text tokens; freeze_vit={s.freeze_vit} freeze_aligner={s.freeze_aligner} "
                       f"freeze_llm={s.freeze_llm}" + (f" env {s.env}" if s.env else ""))
+    for line in levers_lines(search.levers):
+        console.print(line)
     if search.global_batch_note:
         console.print(f"[yellow]note[/yellow]        {search.global_batch_note}")
     status = "[green]passed[/green]" if v.passed else "[red]failed[/red]"
@@ -212,6 +220,27 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
         if not attempt.get("passed"):
             console.print(f"[yellow]note[/yellow]        validation of {describe_settings(attempt)} failed: {attempt.get('message')}")
     files_and_next(console, written, next_steps)
+
+
+def levers_lines(record: dict) -> list[str]:
+    """The levers asked for (issue #15): what each did, and by how much the chosen one wins."""
+    if not record:
+        return []
+    lines = []
+    for name, row in record.get("asked", {}).items():
+        text = f"{name.replace('_', '-')} {row['asked']}: {row['status']}"
+        if row.get("reason"):
+            text += f" ({row['reason']})"
+        if row.get("written"):
+            text += "; written to the launch files"
+        lines.append(f"{'levers' if not lines else '':<12}{text}")
+    best = record.get("best_without_levers")
+    if record.get("speedup_pct") is not None and best:
+        lines.append(f"{'':<12}chosen {record['chosen']}: {record['speedup_pct']:+.1f}% tok/s over the best without levers "
+                     f"({best['configuration']}, batch {best['per_device_train_batch_size']}, {best['tokens_per_s']:,.0f} tok/s)")
+    elif record.get("note"):
+        lines.append(f"{'':<12}chosen {record['chosen']}: {record['note']}")
+    return lines
 
 
 def files_and_next(console: Console, written: list[str], next_steps: list[str]) -> None:

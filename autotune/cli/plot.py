@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 
+from ..recipe.levers import LEVER_KEYS, describe
+
 MiB = 2**20
 
 
 def _label(phase: str, settings: dict) -> str:
-    gc = "gc on" if settings.get("gradient_checkpointing") else "gc off"
+    gc = "gc " + describe(settings)  # gc on / gc off, or gc every-4, gc on+offload, packing
     return f"eval, {settings.get('attn_implementation')}" if phase == "eval" else f"{settings.get('attn_implementation')}, {gc}"
 
 
@@ -35,7 +37,8 @@ def throughput_points(trials) -> list[tuple[int, float]]:
 def chosen_point(recipe) -> tuple[str, int, float] | None:
     """(label, batch, peak MiB) of the chosen configuration: its validated peak, else its largest measured one."""
     s = recipe.settings
-    label = _label("train", {"attn_implementation": s.attn_implementation, "gradient_checkpointing": s.gradient_checkpointing})
+    label = _label("train", {"attn_implementation": s.attn_implementation, "gradient_checkpointing": s.gradient_checkpointing,
+                             **{k: getattr(s, k) for k in LEVER_KEYS}})
     batch = s.per_device_train_batch_size
     peaks = [t.peak_bytes for t in recipe.search.trials
              if t.phase == "train" and t.batch_size == batch and t.peak_bytes is not None

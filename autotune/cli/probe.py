@@ -13,7 +13,7 @@ from ..model.source import builtin_names
 from ..recipe.schema import check_writable, load_recipe, save_recipe
 from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
-from . import multimodal_args
+from . import lever_args, multimodal_args
 from .model_args import add_model_arguments
 from .emit import emit_for_probe, emit_paths, write_files
 from . import next_steps
@@ -40,6 +40,7 @@ examples:
   python -m autotune probe --model ./Qwen2.5-0.5B --max-length 2048 --gpu-memory 24GiB --format json
 
 {multimodal_args.EXAMPLES}
+{lever_args.EXAMPLES}
 built-in configs: {', '.join(builtin_names())}
 """
 
@@ -60,8 +61,9 @@ def add_parser(sub) -> None:
                        help="the batch a limit search (auto) runs at (default: 1); the batch search itself uses --max-batch-size")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
     space = p.add_argument_group("search space (the fastest configuration that fits wins)")
-    space.add_argument("--gradient-checkpointing", nargs="?", const="on", default="search", metavar="on|off|search",
-                       help="non-reentrant gradient checkpointing: on, off, or search both (default: search; the bare flag means on)")
+    space.add_argument("--gradient-checkpointing", nargs="?", const="on", default="search", metavar="on|off|search|every-N|partial",
+                       help="non-reentrant gradient checkpointing: on, off, or search both (default: search; the bare flag means on); "
+                            "every-N: every N-th layer; partial: off, on and every-N with N searched")
     space.add_argument("--attn", default=",".join(ATTN_IMPLEMENTATIONS), metavar="LIST",
                        help=f"attention implementations to search, comma-separated (default: {','.join(ATTN_IMPLEMENTATIONS)}; "
                             "those that cannot run here are recorded as skipped)")
@@ -70,6 +72,7 @@ def add_parser(sub) -> None:
                             "--predict-with-generate) with no training and no optimizer state, as a benchmark runs")
     space.add_argument("--per-device-eval-batch-size", type=int, metavar="B",
                        help="with --task eval and a limit given as auto: the eval batch it is searched at (default: 1)")
+    lever_args.add_arguments(space)
     space.add_argument("--no-eval", action="store_true", help="do not search the eval batch")
     space.add_argument("--eval-steps", type=int, default=DEFAULT_EVAL_STEPS,
                        help=f"eval steps whose logits stay on the device; becomes eval_accumulation_steps (default: {DEFAULT_EVAL_STEPS})")
@@ -124,7 +127,7 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         margin=args.margin,
         max_batch_size=args.max_batch_size, global_batch_size=args.global_batch_size, steps=args.steps,
         seed=args.seed, attn_candidates=tuple(a.strip() for a in args.attn.split(",") if a.strip()),
-        gradient_checkpointing_candidates=_gc_candidates(args.gradient_checkpointing), eval=not args.no_eval,
+        **lever_args.spec_kwargs(args), eval=not args.no_eval,
         eval_steps=args.eval_steps, prediction_loss_only=args.prediction_loss_only,
         predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
         eval_outputs=_eval_outputs(args),
@@ -156,13 +159,6 @@ def _eval_outputs(args) -> str | None:
     return "loss" if "swift" in (getattr(args, "emit", None) or []) else None
 
 
-def _gc_candidates(value: str) -> tuple:
-    choices = {"on": (True,), "off": (False,), "search": (False, True)}
-    if value not in choices:
-        raise UsageError("--gradient-checkpointing", f"unknown value {value!r}", "choose on, off or search")
-    return choices[value]
-
-
 def run(args) -> int:
     if launch.wants_torchrun(args):
         return launch.relaunch(args.argv, args)
@@ -170,6 +166,7 @@ def run(args) -> int:
     if spec.task == "eval" and args.emit:
         raise UsageError("--emit", "the launch files are training runs; an evaluation-only recipe has no training to launch",
                          "leave --emit out and read the recipe's eval settings (or recipe.apply them to your TrainingArguments)")
+    lever_args.check_targets(args)
     if args.device is not None and args.device not in ("cuda", "sim"):
         raise UsageError("--device", f"unknown device {args.device!r}", "choose cuda or sim")
     main_rank = launch.rank_from_env()[0] == 0  # under torchrun only rank 0 prints and writes

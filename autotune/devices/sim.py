@@ -182,6 +182,7 @@ class SimDevice:
         import transformers.trainer_pt_utils as pt_utils
 
         send, numpify = loader.send_to_device, pt_utils.nested_numpify
+        offload_hooks = torch.autograd.graph.save_on_cpu.__init__
 
         def send_to_device(batch, *args, **kwargs):
             return _map_tensors(send(batch, *args, **kwargs), torch.clone)
@@ -191,10 +192,30 @@ class SimDevice:
                 return numpify(_map_tensors(tensors, lambda t: t.detach().clone()))
 
         loader.send_to_device, pt_utils.nested_numpify = send_to_device, nested_numpify
+        torch.autograd.graph.save_on_cpu.__init__ = self._offload_hooks()
         try:
             yield
         finally:
             loader.send_to_device, pt_utils.nested_numpify = send, numpify
+            torch.autograd.graph.save_on_cpu.__init__ = offload_hooks
+
+    def _offload_hooks(self):
+        """torch's `save_on_cpu` (transformers' activation offloading) as a GPU runs it: each saved
+        tensor's copy is host memory (here: a copy made inside `host()`, uncounted; on a CPU its
+        own `.cpu()` would return the device tensor and keep it counted, and pinning needs an
+        accelerator), and the backward's copy back is a fresh device tensor (counted)."""
+
+        def pack(tensor):
+            with self.host():
+                return tensor.device, tensor.detach().clone()
+
+        def unpack(packed):
+            return packed[1].clone()
+
+        def init(hooks, pin_memory: bool = False, device_type: str = "cuda") -> None:
+            torch.autograd.graph.saved_tensors_hooks.__init__(hooks, pack, unpack)
+
+        return init
 
     def reset_peak(self) -> None:
         self.counter.peak = self.counter.current

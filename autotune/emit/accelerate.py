@@ -67,6 +67,20 @@ def render(recipe: Recipe, deepspeed_file: str = "ds_config.json") -> str:
     head = (f"# accelerate config from an autotune recipe: per-device batch {s.per_device_train_batch_size}, "
             f"gradient accumulation {s.gradient_accumulation_steps}, world size {world_size(recipe)}\n"
             "# the batch sizes themselves go to your training script (see `autotune emit hf`)\n")
+    used = describe_levers(recipe)
+    if used:
+        head += f"# memory levers ({used}): TrainingArguments and data settings of the script, see `autotune emit hf`\n"
     if zero_stage(recipe.settings.strategy) is not None:
         head += f"# {deepspeed_file}: the DeepSpeed config (`autotune emit deepspeed RECIPE -o {deepspeed_file}` writes it)\n"
     return head + yaml.safe_dump(accelerate_config(recipe, deepspeed_file), sort_keys=False, default_flow_style=False)
+
+
+def describe_levers(recipe: Recipe) -> str:
+    from ..recipe.levers import LEVER_KEYS, describe
+
+    s = recipe.settings
+    if not any(getattr(s, k) for k in LEVER_KEYS) and not (s.sequence_parallel_size or 0) > 1:
+        return ""
+    text = describe(s)
+    return text + (f", sequence parallel {s.sequence_parallel_size} (ms-swift's; not applied here)"
+                   if (s.sequence_parallel_size or 0) > 1 else "")

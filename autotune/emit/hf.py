@@ -46,8 +46,27 @@ def model_settings(recipe: Recipe) -> dict:
                 "video_max_pixels", "video_frames"):
         if getattr(s, key) is not None:
             out[key] = getattr(s, key)
+    data = data_levers(recipe)
+    if data:
+        out["data"] = data
     if s.env:
         out["env"] = dict(s.env)
+    return out
+
+
+def data_levers(recipe: Recipe) -> dict:
+    """The levers the data pipeline owns, not TrainingArguments, and how the probe ran them."""
+    s, out = recipe.settings, {}
+    if s.packing:
+        out["packing"] = {"row_length": s.max_length, "how": "several samples per row of max_length tokens, position_ids "
+                          "restarting at each sample, no attention_mask: transformers masks each sample from the "
+                          "position ids (sdpa/eager: a block-diagonal causal mask)"}
+    if s.padding_free:
+        out["padding_free"] = {"how": "transformers.DataCollatorWithFlattening (one row per batch, position_ids "
+                               "restarting per sample); needs attn_implementation flash_attention_2"}
+    if s.sequence_parallel_size and s.sequence_parallel_size > 1:
+        out["sequence_parallel_size"] = {"value": s.sequence_parallel_size, "how": "ms-swift's sequence parallelism; "
+                                         "TrainingArguments has no such argument: not applied by a plain Trainer run"}
     return out
 
 

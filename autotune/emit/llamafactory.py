@@ -42,9 +42,19 @@ def sections(recipe: Recipe, dataset: str | None = None, deepspeed_file: str = "
     data = {"dataset": dataset or DATASET_PLACEHOLDER, "template": TEMPLATE_PLACEHOLDER}
     if s.max_length is not None:
         data["cutoff_len"] = int(s.max_length)
+    if s.activation_offloading:
+        raise UsageError("RECIPE", "this recipe offloads activations (transformers' offload); LLaMA-Factory has no argument for it",
+                         "use `autotune emit hf`, or re-probe with --activation-offloading off")
+    if s.padding_free:
+        raise UsageError("RECIPE", "this recipe is padding-free (one flattened row per batch); LLaMA-Factory has no such argument",
+                         "use `autotune emit swift` (padding_free), or re-probe with --padding-free off")
+    if s.packing:
+        data["neat_packing"] = True  # packed rows whose samples do not attend to each other, as probed
     train = {"per_device_train_batch_size": s.per_device_train_batch_size,
              "gradient_accumulation_steps": s.gradient_accumulation_steps,
              "disable_gradient_checkpointing": not s.gradient_checkpointing}
+    if s.use_liger_kernel:
+        train["enable_liger_kernel"] = True
     precision = mixed_precision(recipe)
     if precision != "no":
         train[precision] = True
@@ -71,7 +81,19 @@ def render(recipe: Recipe, dataset: str | None = None) -> str:
         parts.append(f"# {DATASET_PLACEHOLDER} and {TEMPLATE_PLACEHOLDER} are placeholders: set your dataset and chat template")
     if zero_stage(recipe.settings.strategy) is not None:
         parts.append("# ds_config.json: write it with `python -m autotune emit deepspeed RECIPE -o ds_config.json`")
+    parts += lever_comments(recipe)
     for title, values in sections(recipe, dataset):
         parts.append(f"\n### {title}")
         parts.append(yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip())
     return "\n".join(parts) + "\n"
+
+
+def lever_comments(recipe: Recipe) -> list[str]:
+    """Levers LLaMA-Factory cannot say as probed; each written the safe way, and said so."""
+    s, notes = recipe.settings, []
+    if s.gradient_checkpointing and s.checkpoint_every_n_layers and s.checkpoint_every_n_layers > 1:
+        notes.append(f"# probed with checkpointing every {s.checkpoint_every_n_layers}th layer; LLaMA-Factory checkpoints every "
+                     "layer (no every_n_layers argument): this run needs less memory than probed and is slower")
+    if s.sequence_parallel_size and s.sequence_parallel_size > 1:
+        notes.append(f"# sequence_parallel_size {s.sequence_parallel_size} is ms-swift's; not written here (not measured either)")
+    return notes

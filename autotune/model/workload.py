@@ -158,15 +158,25 @@ class Workload:
     def release_grads(self) -> None:
         self.model.zero_grad(set_to_none=True)
 
-    def make_batch(self, batch_size: int, device=None) -> dict:
+    def make_batch(self, batch_size: int, device=None, layout: str | None = None) -> dict:
         """Worst case: every sample exactly max_length tokens, nothing padded away; for a
         vision-language model, the media at their limits inside those tokens. `device`: where
-        to build it (default: the workload's device; the trials' collator builds on the host)."""
+        to build it (default: the workload's device; the trials' collator builds on the host).
+        `layout` (issue #15): "packing" -- rows of max_length tokens, each two samples (positions
+        restart mid-row, no attention mask: transformers detects the packed rows from the
+        position ids); "padding_free" -- the whole batch as one row, positions restarting every
+        max_length tokens."""
         device = device or self.device.torch_device
         if self.setup is not None and self.setup.family is not None:
             return self.setup.family.inputs(self.source.config, self.setup.vision, batch_size, self.spec.max_length, device)
         length = self.spec.max_length
         input_ids = torch.randint(0, self.vocab_size, (batch_size, length), device=device)
+        if layout in ("packing", "padding_free"):
+            half = max(1, length // 2) if layout == "packing" else length
+            positions = (torch.arange(length, device=device) % half).expand(batch_size, length)
+            if layout == "padding_free":
+                input_ids, positions = input_ids.reshape(1, -1), positions.reshape(1, -1)
+            return {"input_ids": input_ids, "position_ids": positions.contiguous(), "labels": input_ids}
         return {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),

@@ -92,6 +92,13 @@ class Settings:
     max_new_tokens: int | None = None  # eval_outputs "generate": tokens generated per sample
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
+    # Memory levers (issue #15, autotune/recipe/levers.py); the defaults are "not used".
+    checkpoint_every_n_layers: int | None = None  # checkpointing every N-th layer (transformers' every_n_layers)
+    activation_offloading: bool = False  # the checkpointed layers' inputs in host memory (transformers' offload)
+    packing: bool = False  # rows of max_length tokens holding several samples (ms-swift packing)
+    padding_free: bool = False  # the batch flattened into one row (ms-swift padding_free; flash attention)
+    use_liger_kernel: bool = False  # Liger kernels (the Trainer's and ms-swift's use_liger_kernel)
+    sequence_parallel_size: int | None = None  # ms-swift's sequence parallelism (not measured here)
     torch_dtype: str = "bfloat16"
     # The Trainer's mixed precision as the trials ran and the launch files set it: bf16 | fp16 | no.
     # None: an older recipe (it follows torch_dtype).
@@ -134,6 +141,9 @@ class SearchRecord:
     # {"max_length": 1536}): the values searched, the proof (a fit and the next value's non-fit,
     # or None when the largest value fits), and each candidate's frontier.
     sequence: dict | None = None
+    # Issue #15: the levers asked for (status, reason) and, when the chosen configuration uses one,
+    # how much faster it is than the best configuration without levers. Empty: no lever flag given.
+    levers: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -79,5 +79,22 @@ def arguments(settings, fields=None, fsdp: bool = False) -> dict:
     if not fsdp:  # with FSDP, checkpointing belongs to FSDP itself (transformers warns otherwise)
         args[gc_name] = bool(get("gradient_checkpointing"))
         if get("gradient_checkpointing"):
-            args[gc_kwargs] = dict(CHECKPOINTING_KWARGS)
+            args[gc_kwargs] = {**CHECKPOINTING_KWARGS, **checkpointing_lever_kwargs(settings)}
+    if get("use_liger_kernel"):
+        args["use_liger_kernel"] = True
     return args
+
+
+def checkpointing_lever_kwargs(settings) -> dict:
+    """The memory levers transformers (>= 5.24) reads from `activation_checkpointing_kwargs`:
+    `every_n_layers` (checkpoint every n-th decoder layer) and `offload` (the checkpointed layers'
+    saved inputs in host memory). The Trainer pops both before the rest reaches
+    `torch.utils.checkpoint`; absent when not used, so older recipes' arguments are unchanged."""
+    get = settings.get if isinstance(settings, dict) else lambda k, d=None: getattr(settings, k, d)
+    kwargs: dict = {}
+    every = get("checkpoint_every_n_layers")
+    if every and int(every) > 1:
+        kwargs["every_n_layers"] = int(every)
+    if get("activation_offloading"):
+        kwargs["offload"] = True
+    return kwargs

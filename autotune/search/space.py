@@ -21,8 +21,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from ..recipe import levers
 from ..extras import install_hint
 from .global_batch import exact_splits, split_global_batch
+from .levers import cheapest_fitting
 from ..recipe.schema import TrialResult
 
 TIE = 0.01  # throughputs within 1% are a tie; the lower peak wins
@@ -77,11 +79,12 @@ class Measured:
     peak_bytes: int
     exact: bool = True
     note: str | None = None
+    levers: dict = field(default_factory=dict)  # levers.LEVER_KEYS set for this configuration (issue #15)
 
     @property
     def settings(self) -> dict:
         return {"attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
-                "per_device_train_batch_size": self.per_device_train_batch_size,
+                **self.levers, "per_device_train_batch_size": self.per_device_train_batch_size,
                 "gradient_accumulation_steps": self.gradient_accumulation_steps}
 
 
@@ -95,13 +98,20 @@ class Candidate:
     trials: int = 0
     measured: list[Measured] = field(default_factory=list)
     chosen: bool = False
+    levers: dict = field(default_factory=dict)
+
+    @property
+    def base(self) -> dict:
+        """The settings every trial of this candidate has."""
+        return {"attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
+                **self.levers}
 
     def best(self) -> Measured | None:
         return rank(self.measured)[0] if self.measured else None
 
     def row(self) -> dict:
         best = self.best()
-        return {
+        row = {
             "attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
             "status": self.status, "reason": self.reason, "frontier": self.frontier,
             "per_device_train_batch_size": best.per_device_train_batch_size if best else None,
@@ -111,15 +121,20 @@ class Candidate:
             "measured": [{"per_device_train_batch_size": m.per_device_train_batch_size,
                           "tokens_per_s": round(m.tokens_per_s, 2), "peak_bytes": m.peak_bytes} for m in self.measured],
         }
+        if self.levers:
+            row["levers"] = dict(self.levers)
+        return row
 
 
 def rank(measured: list[Measured]) -> list[Measured]:
-    """Fastest first; throughputs within TIE of the fastest left go to the lower peak."""
+    """Fastest first; throughputs within TIE of the fastest left go to a configuration without
+    levers (a lever wins only when it is faster), then to the lower peak."""
     left = sorted(measured, key=lambda m: -m.tokens_per_s)
     ordered = []
     while left:
         top = left[0].tokens_per_s
-        pick = min((m for m in left if m.tokens_per_s >= top * (1 - TIE)), key=lambda m: (m.peak_bytes, -m.tokens_per_s))
+        pick = min((m for m in left if m.tokens_per_s >= top * (1 - TIE)),
+                   key=lambda m: (bool(m.levers), m.peak_bytes, -m.tokens_per_s))
         ordered.append(pick)
         left.remove(pick)
     return ordered
@@ -143,6 +158,7 @@ class SearchSpace:
         self.first_hint: int | None = None  # a predicted frontier (a plan) for the first candidate without checkpointing
         self.plan_hints: dict = {}  # (attention, checkpointing) -> {"train": batch, "eval": batch}: a plan's frontiers
         self.model_cls = None  # the transformers class: attentions it does not support are skipped
+        self.layer_count: int | None = None  # layers partial checkpointing counts; None: counted on the model
 
     # ------------------------------------------------------------ bookkeeping
     @contextlib.contextmanager
@@ -190,35 +206,108 @@ class SearchSpace:
         return sorted(splits or [split_global_batch(spec.global_batch_size, frontier, spec.world_size).per_device], reverse=True)
 
     def search_train(self) -> list[Candidate]:
-        spec = self.spec
-        previous: dict[bool, int] = {}  # checkpointing -> frontier found for the previous attention
-        for attn in spec.attn_candidates:
-            without: Candidate | None = None
-            for gc in sorted(spec.gradient_checkpointing_candidates):
-                cand = Candidate(attn, gc)
-                self.candidates.append(cand)
-                cand.reason = attn_unavailable_reason(attn, self.device, spec.dtype, self.model_cls)
-                if cand.reason is None:
-                    cand.reason = self._switch(attn, gc)
-                if cand.reason is not None:
-                    cand.status = "skipped"
-                    continue
-                floor = without.frontier if (gc and without and without.frontier) else None
-                # the largest batch measured without checkpointing: with it, the same batch is only slower
-                largest = max((m.per_device_train_batch_size for m in without.measured), default=None) if (gc and without) else None
-                if largest and largest >= max(self.reachable()):
-                    cand.status = "pruned"
-                    cand.reason = (f"cannot win: batch {largest} already fits without checkpointing and is the largest "
-                                   "the global batch allows")
-                    continue
-                planned = self.plan_hints.get((attn, gc), {}).get("train")
-                self._search_candidate(cand, hint=planned or floor or previous.get(gc) or (None if gc else self.first_hint),
-                                       floor_batch=largest)
-                if cand.frontier:
-                    previous[gc] = cand.frontier
-                if not gc:
-                    without = cand
+        previous: dict[str, int] = {}  # configuration name -> frontier found for the previous attention
+        for attn in self.spec.attn_candidates:
+            for variant in self.variants():
+                self._search_chain(attn, variant, previous)
+        levers.check_forced(self.spec, self.candidates)
         return self.candidates
+
+    def variants(self) -> list[dict]:
+        """The data-side levers (packing, padding-free, Liger) each attention is searched with."""
+        return levers.variants(self.spec, self.device)
+
+    def _search_chain(self, attn: str, variant: dict, previous: dict[str, int]) -> None:
+        """The checkpointing modes of one attention and variant, most memory first (off, on,
+        on+offload; with `partial`, every-N between off and on). Each mode only lowers memory and
+        only adds work at the same batch, so each starts at the frontier of the modes before it
+        and is measured only above the largest batch they measured."""
+        earlier: list[Candidate] = []
+        for mode in levers.checkpointing_modes(self.spec):
+            gc = mode["gradient_checkpointing"]
+            cand = Candidate(attn, gc, levers={**variant, **levers.of(mode)})
+            self.candidates.append(cand)
+            cand.reason = self._unavailable(cand)
+            if cand.reason is not None:
+                cand.status = "skipped"
+                continue
+            floor = max((c.frontier for c in earlier if c.frontier), default=None)
+            # the largest batch measured with more memory: here, the same batch is only slower
+            largest = max((m.per_device_train_batch_size for c in earlier for m in c.measured), default=None)
+            if largest and largest >= max(self.reachable()):
+                cand.status = "pruned"
+                cand.reason = (f"cannot win: batch {largest} already fits {self._with_less(earlier)} and is the largest "
+                               "the global batch allows")
+                continue
+            name = levers.describe(cand.base)
+            partial = gc and earlier and self.spec.every_n_layers == levers.PARTIAL and not cand.levers.get("activation_offloading")
+            # a plan's frontier: planned without levers, so only for a candidate without them
+            planned = None if cand.levers else self.plan_hints.get((attn, gc), {}).get("train")
+            self._search_candidate(cand, hint=planned or floor or previous.get(name) or (None if gc else self.first_hint),
+                                   floor_batch=largest, measure=not partial)
+            partials = self._search_partial(cand, largest) if partial and cand.status == "searched" else []
+            if cand.frontier:
+                previous[name] = cand.frontier
+            earlier += [*partials, cand]
+
+    @staticmethod
+    def _with_less(earlier: list[Candidate]) -> str:
+        names = [levers.describe(c.base).split(", ")[0] for c in earlier]
+        return "without checkpointing" if names == ["off"] else "with checkpointing " + " / ".join(names)
+
+    def _unavailable(self, cand: Candidate) -> str | None:
+        reason = attn_unavailable_reason(cand.attn_implementation, self.device, self.spec.dtype, self.model_cls)
+        if reason is None and cand.levers:
+            reason = levers.runs_here(getattr(self.runner, "workload", None), cand.levers) or levers.variant_unavailable(
+                cand.levers, cand.attn_implementation, self.device)
+        return reason or self._switch(cand.attn_implementation, cand.gradient_checkpointing)
+
+    def _search_partial(self, on: Candidate, largest: int | None) -> list[Candidate]:
+        """Partial checkpointing between off and on: for each batch that fits only with
+        checkpointing, the every-N that checkpoints the fewest layers and still fits
+        (search/levers.py cheapest_fitting); then throughput at each batch with that mode (or with
+        full checkpointing where no N fits), largest batch first."""
+        batches = [b for b in self.batches_to_measure(on.frontier) if largest is None or b > largest]
+        if self.layer_count is None:
+            self.layer_count = levers.checkpointed_layer_count(self.runner.workload.model)
+        layers = self.layer_count
+        ladder = levers.every_n_ladder(layers)
+        by_n: dict[int, Candidate] = {}
+
+        def fits(batch: int, n: int) -> bool:
+            cand = by_n.get(n)
+            if cand is None:
+                cand = by_n[n] = Candidate(on.attn_implementation, True, status="searched",
+                                           levers={**on.levers, "checkpoint_every_n_layers": n},
+                                           reason=f"checkpoints {-(-layers // n)} of {layers} layers")
+                self.candidates.insert(self.candidates.index(on), cand)
+            before = len(self.trials)
+            with self.phase("train"):
+                result = self._run("train", {**cand.base, "per_device_train_batch_size": batch, **self.accumulation(batch)},
+                                   None, "frontier")
+            cand.trials += len(self.trials) - before
+            if result.outcome == "error":
+                self.errors.append(f"a training step failed for a reason other than memory: {result.message}")
+            if result.fits:
+                cand.frontier = max(cand.frontier or 0, batch)
+            return result.fits
+
+        found = cheapest_fitting(batches, ladder, fits) if batches else {}
+        for cand in by_n.values():
+            if not cand.frontier:
+                cand.status, cand.reason = "pruned", f"cannot win: {cand.reason}, and fits no batch above {largest or 0}"
+        pairs = [(b, by_n[found[b]] if found.get(b) else on) for b in sorted(batches, reverse=True)]
+        before = len(self.trials)
+        with self.phase("throughput"):
+            self._measure_pairs(pairs)
+        for trial in self.trials[before:]:
+            (by_n.get(trial.settings.get("checkpoint_every_n_layers")) or on).trials += 1
+        if not batches:
+            on.status, on.reason = "pruned", (f"cannot win: frontier {on.frontier} admits no batch splitting the global batch "
+                                              f"above {largest}, which runs faster without checkpointing")
+        elif not on.measured and on.status == "searched":
+            on.status, on.reason = "pruned", "cannot win: a partial checkpointing fits each batch it fits, and recomputes less"
+        return list(by_n.values())
 
     def _switch(self, attn: str, gc: bool) -> str | None:
         workload = getattr(self.runner, "workload", None)
@@ -230,9 +319,9 @@ class SearchSpace:
             return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         return None
 
-    def _search_candidate(self, cand: Candidate, hint: int | None, floor_batch: int | None) -> None:
+    def _search_candidate(self, cand: Candidate, hint: int | None, floor_batch: int | None, measure: bool = True) -> None:
         spec = self.spec
-        base = {"attn_implementation": cand.attn_implementation, "gradient_checkpointing": cand.gradient_checkpointing}
+        base = cand.base
         before = len(self.trials)
         with self.phase("train"):
             found: list[TrialResult] = []
@@ -248,6 +337,8 @@ class SearchSpace:
         elif search.frontier == 0:
             first = found[0]
             cand.status, cand.reason = "failed", f"batch 1 does not fit ({first.outcome})"
+        elif not measure:
+            cand.status = "searched"
         else:
             cand.status = "searched"
             batches = self.batches_to_measure(search.frontier)
@@ -258,24 +349,29 @@ class SearchSpace:
                     cand.reason = (f"cannot win: frontier {search.frontier} admits no batch splitting the global batch above {floor_batch}, "
                                    "which runs faster without checkpointing")
             with self.phase("throughput"):
-                self._measure(cand, base, batches)
+                self._measure_pairs([(b, cand) for b in batches])
         cand.trials = len(self.trials) - before
 
-    def _measure(self, cand: Candidate, base: dict, batches: list[int]) -> None:
-        """Largest batch first; go on to smaller ones while throughput keeps rising."""
+    def _measure_pairs(self, pairs: list[tuple[int, Candidate]]) -> None:
+        """(batch, candidate) pairs, largest batch first; per candidate, go on to smaller batches while
+        its throughput keeps rising (a smaller batch with a cheaper mode can still be faster)."""
         spec = self.spec
         key = "per_device_train_batch_size"
-        for batch in batches:
-            result = self._run("train", {**base, key: batch, **self.accumulation(batch)}, spec.steps + 2, "throughput")
+        last: dict[int, Measured] = {}
+        done: set[int] = set()
+        for batch, cand in pairs:
+            if id(cand) in done:
+                continue
+            result = self._run("train", {**cand.base, key: batch, **self.accumulation(batch)}, spec.steps + 2, "throughput")
             if not result.fits or not result.tokens_per_s:
                 continue  # at the frontier's edge a longer run can breach: it is not a candidate
             split = split_global_batch(spec.global_batch_size, batch, spec.world_size)  # batch itself: it came from the splits
             entry = Measured(cand.attn_implementation, cand.gradient_checkpointing, split.per_device, split.accumulation,
-                             result.tokens_per_s, result.peak_bytes, split.exact, split.note)
-            if cand.measured and entry.tokens_per_s <= cand.measured[-1].tokens_per_s:
-                cand.measured.append(entry)
-                break
+                             result.tokens_per_s, result.peak_bytes, split.exact, split.note, dict(cand.levers))
             cand.measured.append(entry)
+            if id(cand) in last and entry.tokens_per_s <= last[id(cand)].tokens_per_s:
+                done.add(id(cand))
+            last[id(cand)] = entry
 
     def runoff(self, band: float = RUNOFF_BAND, rounds: int = RUNOFF_ROUNDS) -> None:
         """Measure, don't guess, when in doubt: configurations within `band` of the fastest are
@@ -311,12 +407,14 @@ class SearchSpace:
         key = self.eval_key(config)
         if key not in self.eval_frontiers:
             found: list[TrialResult] = []
-            settings = {**self.eval_settings(config.attn_implementation, config.gradient_checkpointing),
+            # The levers as the evaluation runs them: packing packs the eval rows too; the Trainer
+            # uses Liger's fused loss in evaluation only when it keeps the loss alone (skip_logits).
+            settings = {**self.eval_settings(config.attn_implementation, config.gradient_checkpointing), **config.levers,
                         "per_device_train_batch_size": config.per_device_train_batch_size,
                         "gradient_accumulation_steps": config.gradient_accumulation_steps}
             with self.phase("eval"):
                 runner = _StepsRunner(self.runner, max(self.spec.eval_steps, 2))
-                planned = self.plan_hints.get((config.attn_implementation, config.gradient_checkpointing), {}).get("eval")
+                planned = None if config.levers else self.plan_hints.get((config.attn_implementation, config.gradient_checkpointing), {}).get("eval")
                 search = self._find_frontier(runner, "eval", settings, self.budget, self.spec.max_batch_size, self.progress, found,
                                              hint=planned)
                 for t in found:
@@ -330,8 +428,10 @@ class SearchSpace:
     @staticmethod
     def eval_key(config: Measured) -> str:
         # checkpointing too: on a GPU the train step before the evaluation leaves its cached blocks in the reserved peak
-        return (f"{config.attn_implementation}/gc-{'on' if config.gradient_checkpointing else 'off'}/"
-                f"{config.per_device_train_batch_size}x{config.gradient_accumulation_steps}")
+        gc = "on" if config.gradient_checkpointing else "off"
+        if config.levers:
+            gc = levers.describe(config.settings).replace(", ", "+")
+        return f"{config.attn_implementation}/gc-{gc}/{config.per_device_train_batch_size}x{config.gradient_accumulation_steps}"
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 
+from ..recipe.levers import describe as describe_levers
 from ..errors import DoesNotFitError
 from ..recipe.schema import TrialResult, Validation
 from ..sizes import format_size
@@ -116,7 +117,7 @@ def validate(space, ranked: list) -> Validated:
     """Validate configurations in order until one passes; DoesNotFitError when none does."""
     attempts: list[dict] = []
     for config in ranked:
-        space.progress.stage(f"validating {config.attn_implementation}, checkpointing {'on' if config.gradient_checkpointing else 'off'}, "
+        space.progress.stage(f"validating {config.attn_implementation}, checkpointing {describe_levers(config.settings)}, "
                              f"batch {config.per_device_train_batch_size}: {space.spec.validate_steps} train steps"
                              + (" and an eval phase" if space.spec.eval else ""))
         result = validate_one(space, config)

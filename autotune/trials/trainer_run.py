@@ -98,22 +98,28 @@ def build_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
     trainer = trainer_cls(
         model=workload.model, args=args, train_dataset=WorstCase(train_batch * train_steps),
         eval_dataset=WorstCase(eval_batch * world * eval_steps) if eval_every else None,
-        data_collator=_Collator(workload), callbacks=[meter], **kwargs,
+        data_collator=_Collator(workload, batch_layout(settings)), callbacks=[meter], **kwargs,
     )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     return trainer, saved
 
 
+def batch_layout(settings: dict) -> str | None:
+    """How the rows of a batch are laid out: "packing", "padding_free" or None (one sample a row)."""
+    return next((k for k in ("packing", "padding_free") if settings.get(k)), None)
+
+
 class _Collator:
     """Builds each batch on the host, as a DataLoader's collator does; the Trainer moves it."""
 
-    def __init__(self, workload):
+    def __init__(self, workload, layout: str | None = None):
         self.workload = workload
+        self.layout = layout
 
     def __call__(self, features: list) -> dict:
         with self.workload.device.host():
-            return self.workload.make_batch(len(features), device=torch.device("cpu"))
+            return self.workload.make_batch(len(features), device=torch.device("cpu"), layout=self.layout)
 
 
 # What accelerate's prepare leaves on the model: its mixed-precision forward wrapper, and a flag
