@@ -7,7 +7,8 @@ import dataclasses
 import datetime
 import time
 
-from . import __version__, levers
+from . import __version__
+from .recipe import levers
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .model.dataset import from_dataset
 from .model.source import check_max_length, model_class, resolve
