@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autotune import levers
+from autotune.recipe import levers
 from autotune.cli import main
 from autotune.devices import SimDevice
 from autotune.emit import accelerate, hf, llamafactory, swift
