@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune import levers  # noqa: E402
+from autotune.recipe import levers  # noqa: E402
 from autotune.devices import SimDevice  # noqa: E402
 from autotune.model.source import resolve  # noqa: E402
 from autotune.probe import ProgressSink, find_frontier  # noqa: E402
