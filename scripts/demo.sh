@@ -12,6 +12,6 @@ else
 fi
 mkdir -p out
 # The whole search space (attention x checkpointing, eval batch) and a short validation run:
-# about 40 s on 2 CPU cores.
+# about 10-15 s on 2 quiet CPU cores (the README's figure).
 python -m autotune probe --model-config tiny-llama "${device[@]}" --max-length 128 \
     --global-batch-size 8 --validate-steps 5 --out out/demo-recipe.yaml --force "$@"
