@@ -175,6 +175,9 @@ class Recipe:
     multimodal: dict | None = None  # vision-language worst case: family, images, tokens, grids (issue #5)
     dataset: dict | None = None  # --dataset: distribution, chosen limits, samples they cut, problem lines
     plan: dict | None = None  # `autotune plan`: the fake-tensor measurement and breakdown (validation.method "planned")
+    # RLHF (issue #12): how the run was modelled -- type, target framework, the reference model's
+    # residency, the rollout engine's share of the card (reserved or measured, `auto`'s sizing).
+    rlhf: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
