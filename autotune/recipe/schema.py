@@ -117,6 +117,20 @@ class Settings:
     strategy: str | None = None
     env: dict = field(default_factory=dict)  # environment the launch needs (PYTORCH_CUDA_ALLOC_CONF, MAX_PIXELS, ...)
     task: str | None = None  # "eval": an evaluation-only recipe (issue #14: Trainer.evaluate, no training); None: training
+    # RLHF (issue #12), ms-swift's names; None: not an RLHF recipe. GRPO's per-device batch counts
+    # completions, and max_length is the prompt's; DPO's max_length is prompt + response.
+    rlhf_type: str | None = None  # "grpo" | "dpo"
+    num_generations: int | None = None  # GRPO: completions per prompt
+    max_completion_length: int | None = None  # GRPO: tokens per completion
+    beta: float | None = None  # GRPO's KL coefficient / DPO's beta, as the run uses it
+    use_vllm: bool | None = None
+    vllm_mode: str | None = None  # "colocate" | "server"
+    vllm_gpu_memory_utilization: float | None = None
+    sleep_level: int | None = None  # ms-swift: 0 none; 1, 2: vLLM releases its memory while the trainer trains
+    offload_model: bool | None = None
+    offload_optimizer: bool | None = None
+    steps_per_generation: int | None = None  # GRPO; TRL's default is gradient_accumulation_steps
+    precompute_ref_log_probs: bool | None = None  # DPO
 
 
 @dataclass
