@@ -12,6 +12,7 @@ EXTRAS = {
     "vision": "'pillow>=10'",
     "flash": "'flash-attn>=2.6' --no-build-isolation",
     "liger": "'liger-kernel>=0.5'",
+    "rlhf": "'trl>=1.16,<2'",
 }
 
 

@@ -215,6 +215,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         **levers.recipe_settings(spec, chosen, space.device),
         **{k: v for k, v in vision.items() if k != "env"},
         env={**vision.get("env", {}), **(base.get("env") or {})},
+        **(_rlhf_settings(spec, session) if spec.rlhf else {}),
     )
     record = SearchRecord(
         margin=spec.margin, capacity_bytes=session.capacity, budget_bytes=session.budget, max_batch_size=spec.max_batch_size,
@@ -232,4 +233,34 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         settings=settings, search=record, validation=done.validation,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), autotune_version=__version__,
         multimodal=recipe_record(setup, spec), dataset=data,
+        rlhf=_rlhf_record(spec, session, chosen) if spec.rlhf else None,
     )
+
+
+def _rlhf_settings(spec, session) -> dict:
+    from .trials.rlhf_run import resolved_share
+
+    values = spec.rlhf.settings()
+    if spec.rlhf.colocated:
+        values["vllm_gpu_memory_utilization"] = resolved_share(spec.rlhf, getattr(session.runner, "workload", None))
+    return values
+
+
+def _rlhf_record(spec, session, chosen) -> dict:
+    """How the RLHF run was modelled: the target's defaults, the reference model, the rollout engine."""
+    from .recipe.rlhf import generation_batch
+    from .trials.rlhf_run import rollout_record
+
+    rlhf = spec.rlhf
+    record = {"type": rlhf.rlhf_type, "target": rlhf.target, "reference_model": rlhf.reference_model(spec.train_type),
+              "beta": rlhf.kl_beta, "beta_from": "given" if rlhf.beta is not None else f"{rlhf.target}'s default"}
+    if rlhf.rlhf_type == "grpo":
+        record.update(
+            num_generations=rlhf.generations, max_completion_length=rlhf.completion_length,
+            generation_batch_size=generation_batch(chosen.per_device_train_batch_size, chosen.gradient_accumulation_steps,
+                                                   session.world_size, rlhf.steps_per_generation),
+            global_batch=("chosen: ms-swift's default total batch of 16, rounded up to whole groups of num_generations on every rank"
+                          if rlhf.global_batch_defaulted else "given"),
+            rollout=rollout_record(rlhf, getattr(session.runner, "workload", None), session.capacity),
+            cycles=f"each trial runs >= 3 generate -> score -> train cycles ({spec.steps} optimizer steps)")
+    return record

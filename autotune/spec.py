@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .recipe.levers import check_spec as check_levers
+from .recipe.rlhf import RLHFSpec
 
 DTYPES = ("bfloat16", "float16", "float32")
 TRAIN_TYPES = ("full", "lora", "qlora")
@@ -98,6 +99,8 @@ class ProbeSpec:
     per_device_train_batch_size: int | None = None  # the fixed batch of a frontier search (default 1)
     per_device_eval_batch_size: int | None = None  # --task eval with a frontier (default 1)
     task: str = "train"  # "eval": evaluation only (Trainer.evaluate / generate), no training
+    # RLHF (issue #12, recipe/rlhf.py): GRPO or DPO through TRL's trainers; None: supervised fine-tuning.
+    rlhf: RLHFSpec | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -134,6 +137,31 @@ class ProbeSpec:
             _positive("--gpu-memory", self.gpu_memory)
         _check_cluster(self)
         self._validate_space()
+        self._validate_rlhf()
+
+    def _validate_rlhf(self) -> None:
+        if self.rlhf is None:
+            return
+        if isinstance(self.rlhf, dict):  # a spec sent to a worker process as plain data
+            self.rlhf = RLHFSpec(**self.rlhf)
+        self.rlhf.validate(self.world_size, self.global_batch_size, self.train_type)
+        import importlib.util
+
+        if importlib.util.find_spec("trl") is None:
+            from .extras import install_hint
+
+            raise UsageError("--rlhf-type", "RLHF probes run TRL's own trainers, and TRL is not installed", install_hint("rlhf"))
+        if self.rlhf.rlhf_type == "grpo" and self.global_batch_size is None and self.rlhf.steps_per_generation is None:
+            # The generation batch is the global batch; keep one that holds whole groups (ms-swift's 16, rounded up).
+            self.global_batch_size = self.rlhf.default_global_batch(self.world_size)
+            self.rlhf.global_batch_defaulted = True
+        for flag, bad in (("--task eval", self.task == "eval"), ("--max-length auto", self.frontier is not None),
+                          ("--dataset", self.dataset is not None), ("--strategy", bool(self.strategies)),
+                          ("--predict-with-generate", self.predict_with_generate)):
+            if bad:
+                raise UsageError("--rlhf-type", f"an RLHF probe does not take {flag} yet", f"leave {flag} out")
+        if self.eval_outputs not in (None, "loss"):
+            raise UsageError("--eval-outputs", "TRL's trainers evaluate their loss (and the rewards they log)", "leave --eval-outputs out")
 
     def _validate_multimodal(self) -> None:
         if self.optim not in OPTIMIZERS:
@@ -217,6 +245,8 @@ class ProbeSpec:
         """What the eval phase keeps: loss | logits | argmax | generate."""
         if self.eval_outputs:
             return self.eval_outputs
+        if self.rlhf is not None:
+            return "loss"  # TRL's trainers: no compute_metrics
         if self.prediction_loss_only:
             return "loss"
         return "generate" if self.predict_with_generate else "logits"

@@ -30,14 +30,22 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def whole_or_auto(text: str):
-    """A whole number, or "auto": search the largest value that fits (issue #14)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+def number_or_auto(convert, what: str):
+    """An argparse type: a number (`convert` of the text), or "auto"."""
+
+    def parse(text: str):
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or auto, got {text!r}") from None
+
+    return parse
+
+
+# A whole number, or "auto": search the largest value that fits (issue #14).
+whole_or_auto = number_or_auto(int, "a whole number")
 
 
 def add_arguments(parser) -> None:

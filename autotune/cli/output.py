@@ -209,6 +209,8 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
                       f"freeze_llm={s.freeze_llm}" + (f" env {s.env}" if s.env else ""))
     for line in levers_lines(search.levers):
         console.print(line)
+    for line in rlhf_lines(recipe):
+        console.print(line)
     if search.global_batch_note:
         console.print(f"[yellow]note[/yellow]        {search.global_batch_note}")
     status = "[green]passed[/green]" if v.passed else "[red]failed[/red]"
@@ -220,6 +222,28 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
         if not attempt.get("passed"):
             console.print(f"[yellow]note[/yellow]        validation of {describe_settings(attempt)} failed: {attempt.get('message')}")
     files_and_next(console, written, next_steps)
+
+
+def rlhf_lines(recipe: Recipe) -> list[str]:
+    """An RLHF recipe (issue #12): the run's RLHF arguments, the reference model, the rollout engine."""
+    r, s = recipe.rlhf, recipe.settings
+    if not r:
+        return []
+    if r["type"] == "dpo":
+        head = f"rlhf        dpo, beta {r['beta']} ({r['beta_from']}); reference model: {r['reference_model']}"
+        return [head + (", log-probs precomputed" if s.precompute_ref_log_probs else "")]
+    lines = [f"rlhf        grpo, {r['num_generations']} completions of {r['max_completion_length']} tokens per prompt of "
+             f"{s.max_length}; generation batch {r['generation_batch_size']}; beta {r['beta']} ({r['beta_from']}); "
+             f"reference model: {r['reference_model']}"]
+    rollout = r.get("rollout") or {}
+    if rollout.get("share") is not None:
+        auto = rollout.get("auto") or {}
+        lines.append(f"{'':<12}vLLM colocated: {rollout['share']} of the card ({format_size(rollout['share_bytes'])})"
+                     + (f", auto: needs {format_size(auto['need_bytes'])}" if auto.get("need_bytes") else "")
+                     + f"; {rollout['how']}")
+    elif rollout:
+        lines.append(f"{'':<12}rollouts: {rollout.get('engine')}, {rollout['how']}")
+    return lines
 
 
 def levers_lines(record: dict) -> list[str]:

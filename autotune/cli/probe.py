@@ -13,7 +13,7 @@ from ..model.source import builtin_names
 from ..recipe.schema import check_writable, load_recipe, save_recipe
 from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
-from . import lever_args, multimodal_args
+from . import lever_args, multimodal_args, rlhf_args
 from .model_args import add_model_arguments
 from .emit import emit_for_probe, emit_paths, write_files
 from . import next_steps
@@ -41,6 +41,7 @@ examples:
 
 {multimodal_args.EXAMPLES}
 {lever_args.EXAMPLES}
+{rlhf_args.EXAMPLES}
 built-in configs: {', '.join(builtin_names())}
 """
 
@@ -88,6 +89,7 @@ def add_parser(sub) -> None:
     space.add_argument("--validate-steps", type=int, default=DEFAULT_VALIDATE_STEPS,
                        help=f"training steps of the validation run of the chosen configuration (default: {DEFAULT_VALIDATE_STEPS})")
     multimodal_args.add_arguments(p)
+    rlhf_args.add_arguments(p)
     dev = p.add_argument_group("device and search")
     dev.add_argument("--device", help="cuda (default where available) or sim (a simulated GPU on the CPU)")
     dev.add_argument("--gpu-memory", metavar="SIZE", help="capacity: 24GiB, 80GB, 512MiB or bytes. On cuda, emulates a smaller card; required for sim")
@@ -132,7 +134,7 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
         eval_outputs=_eval_outputs(args),
         plan_first="off" if getattr(args, "no_plan", False) else "on" if getattr(args, "plan_first", False) else "auto",
-        **multimodal_args.spec_kwargs(args),
+        **multimodal_args.spec_kwargs(args), rlhf=rlhf_args.rlhf_spec(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )
 

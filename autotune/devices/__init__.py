@@ -5,7 +5,8 @@ and: `adopt(tensors)`, `tracking()` (a context in which allocations count), `hos
 in which new tensors are host memory), `transfers()` (the Trainer's host/device moves, charged as
 on a GPU), `reset_peak()`,
 `peak_bytes()`, `allocated_bytes()`, `synchronize()`, `release()`, `is_oom(exc)`,
-`memory_stats()`.
+`memory_stats()`, `reserved(nbytes)` (a context in which the card holds `nbytes` outside this
+process's tensors: a colocated rollout engine's share).
 """
 
 from __future__ import annotations

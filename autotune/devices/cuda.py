@@ -45,6 +45,16 @@ class CudaDevice:
         """The Trainer moves data between host and device for real here."""
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def reserved(self, nbytes: int):
+        """Inside, `nbytes` of the card are held as one block (a colocated rollout engine's share
+        where the engine itself is not installed): the allocator counts it like any tensor."""
+        block = torch.empty(nbytes, dtype=torch.uint8, device=self.torch_device)
+        try:
+            yield
+        finally:
+            del block
+
     def reset_peak(self) -> None:
         torch.cuda.reset_peak_memory_stats(self.index)
         # Retries counted from here on are the steady state's (the trial resets after step 1).

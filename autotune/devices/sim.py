@@ -118,6 +118,19 @@ class LiveBytes(TorchDispatchMode):
     def _forget(self, key: int) -> None:
         self.current -= self._live.pop(key, 0)
 
+    def hold(self, key, nbytes: int) -> None:
+        """Count `nbytes` the card holds outside torch's view (a colocated rollout engine's
+        share) under `key`, without allocating them here; past the capacity it is an OOM."""
+        if self.capacity is not None and self.current + nbytes > self.capacity:
+            self.ooms += 1
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to reserve {format_size(nbytes)} for the rollout engine; simulated GPU has "
+                f"{format_size(max(self.capacity - self.current, 0))} free. (autotune sim device: simulated.)")
+        self._live[key] = nbytes
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        self.window_peak = max(self.window_peak, self.current)
+
     def __enter__(self):
         # Storage resizes bypass the dispatcher; while counting, they count too.
         _RESIZE_HOOKS.append(self)
@@ -216,6 +229,17 @@ class SimDevice:
             torch.autograd.graph.saved_tensors_hooks.__init__(hooks, pack, unpack)
 
         return init
+
+    @contextlib.contextmanager
+    def reserved(self, nbytes: int):
+        """Inside, `nbytes` of the card are held by something other than this process's tensors
+        (a colocated vLLM's share): counted, never allocated here."""
+        key = ("reserved", id(object()))
+        self.counter.hold(key, nbytes)
+        try:
+            yield
+        finally:
+            self.counter._forget(key)
 
     def reset_peak(self) -> None:
         self.counter.peak = self.counter.current

@@ -203,6 +203,13 @@ class Workload:
             self.spec, self.setup = saved
 
     def tokens_per_batch(self, batch_size: int) -> int:
+        """Tokens trained on per batch: GRPO's samples are completions of prompt + completion
+        tokens, DPO's pairs are a chosen and a rejected sequence."""
+        rlhf = self.spec.rlhf
+        if rlhf is not None and rlhf.rlhf_type == "grpo":
+            return batch_size * (self.spec.max_length + rlhf.completion_length)
+        if rlhf is not None:
+            return batch_size * 2 * self.spec.max_length
         return batch_size * self.spec.max_length
 
 

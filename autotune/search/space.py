@@ -186,7 +186,15 @@ class SearchSpace:
         if spec.global_batch_size is None:
             return [spec.max_batch_size]
         splits = exact_splits(spec.global_batch_size, spec.max_batch_size, spec.world_size)
-        return splits or [split_global_batch(spec.global_batch_size, spec.max_batch_size, spec.world_size).per_device]
+        return self._allowed(splits or [split_global_batch(spec.global_batch_size, spec.max_batch_size, spec.world_size).per_device])
+
+    def _allowed(self, batches: list[int]) -> list[int]:
+        """The batches an RLHF run's rules admit (recipe/rlhf.py: whole groups of completions)."""
+        rlhf = self.spec.rlhf
+        if rlhf is None:
+            return batches
+        world = self.spec.world_size
+        return [b for b in batches if rlhf.train_allowed(b, self.accumulation(b)["gradient_accumulation_steps"], world)]
 
     def accumulation(self, batch: int) -> dict:
         """The accumulation a run at this per-device batch uses to keep the global batch. It is
@@ -201,9 +209,9 @@ class SearchSpace:
         """Per-device batches <= frontier that split the global batch exactly, largest first."""
         spec = self.spec
         if spec.global_batch_size is None:
-            return [frontier]
+            return self._allowed(list(range(frontier, 0, -1)))[:1]
         splits = exact_splits(spec.global_batch_size, frontier, spec.world_size)
-        return sorted(splits or [split_global_batch(spec.global_batch_size, frontier, spec.world_size).per_device], reverse=True)
+        return sorted(self._allowed(splits or [split_global_batch(spec.global_batch_size, frontier, spec.world_size).per_device]), reverse=True)
 
     def search_train(self) -> list[Candidate]:
         previous: dict[str, int] = {}  # configuration name -> frontier found for the previous attention
@@ -422,8 +430,16 @@ class SearchSpace:
                 self.trials.extend(found)
             if search.error:
                 self.errors.append(f"an eval step failed for a reason other than memory: {found[-1].message}")
-            self.eval_frontiers[key] = search.frontier
+            self.eval_frontiers[key] = self._eval_allowed(search.frontier)
         return self.eval_frontiers[key]
+
+    def _eval_allowed(self, frontier: int) -> int:
+        """The largest eval batch up to the frontier that the run's rules admit (GRPO: whole
+        groups of completions across the ranks); 0 when none does."""
+        rlhf = self.spec.rlhf
+        if rlhf is None:
+            return frontier
+        return next((b for b in range(frontier, 0, -1) if rlhf.eval_allowed(b, self.spec.world_size)), 0)
 
     @staticmethod
     def eval_key(config: Measured) -> str:

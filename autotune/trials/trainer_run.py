@@ -77,8 +77,10 @@ def trainer_arguments(workload, settings: dict, train_steps: int, eval_every: in
 
 def build_trainer(workload, settings: dict, train_steps: int, eval_every: int | None, eval_steps: int, meter):
     """The Trainer for one run, and what `restore_model` needs to undo its changes to the model."""
-    from transformers import PrinterCallback, ProgressCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
+    if workload.spec.rlhf is not None:
+        return _rlhf_trainer(workload, settings, train_steps, eval_every, eval_steps, meter)
     outputs = eval_outputs_of(settings) if eval_every else "loss"
     generate = outputs == "generate"
     args = (Seq2SeqTrainingArguments if generate else TrainingArguments)(**trainer_arguments(workload, settings, train_steps, eval_every, outputs))
@@ -100,8 +102,27 @@ def build_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
         eval_dataset=WorstCase(eval_batch * world * eval_steps) if eval_every else None,
         data_collator=_Collator(workload, batch_layout(settings)), callbacks=[meter], **kwargs,
     )
+    _quiet(trainer)
+    return trainer, saved
+
+
+def _quiet(trainer) -> None:
+    from transformers import PrinterCallback, ProgressCallback
+
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
+
+
+def _rlhf_trainer(workload, settings: dict, train_steps: int, eval_every: int | None, eval_steps: int, meter):
+    """TRL's GRPOTrainer / DPOTrainer (issue #12): the same run control, TRL's own data handling."""
+    from . import rlhf_run
+
+    values = trainer_arguments(workload, settings, train_steps, eval_every, "loss")
+    saved = _model_state(workload, settings, False)
+    trainer, during = rlhf_run.build_rlhf_trainer(workload, settings, values, train_steps, eval_every, eval_steps, meter)
+    saved["during"] = during
+    saved["rlhf"] = True
+    _quiet(trainer)
     return trainer, saved
 
 
@@ -150,6 +171,10 @@ def restore_model(workload, saved: dict | None) -> None:
     if saved is not None:
         for key in _PREPARED:
             model.__dict__.pop(key, None)
+        if saved.get("rlhf"):
+            from .rlhf_run import restore_reference
+
+            restore_reference(workload, _PREPARED)
         model.__dict__.update(saved["dict"])
         if saved["checkpointing"]:
             disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable

@@ -25,6 +25,7 @@ ends, the exception's traceback keeps the failed frames (and their activations) 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
@@ -139,6 +140,10 @@ def _with_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
     prior = workload.gradient_checkpointing
     # The Trainer enables checkpointing itself, from the arguments, as in the user's run.
     workload.configure(attn_implementation=settings.get("attn_implementation"), gradient_checkpointing=False)
+    if workload.spec.rlhf is not None:
+        from . import rlhf_run
+
+        rlhf_run.prepare(workload)  # the reference model, resident from the first trial on
     device.release()
     baseline = device.allocated_bytes()
     meter = _meter_class()(device)
@@ -147,7 +152,7 @@ def _with_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
     saved = None
     try:
         trainer, saved = build_trainer(workload, settings, train_steps, eval_every, eval_steps, meter)
-        with device.tracking(), device.transfers():
+        with device.tracking(), device.transfers(), saved.get("during") or contextlib.nullcontext():
             if evaluate_only:
                 meter.start_evaluation()
                 trainer.evaluate()

@@ -1,0 +1,189 @@
+"""RLHF workloads (issue #12): what a GRPO or DPO probe is asked, the frameworks' defaults, and
+the rules that tie the batch arguments together. Data and checks only; the trials that run
+TRL's trainers are in trials/rlhf_run.py.
+
+Names are ms-swift's (`rlhf_type`, `num_generations`, `max_completion_length`, `beta`,
+`vllm_gpu_memory_utilization`, `sleep_level`, ...). The two launch targets differ in their
+defaults, so a value left unset follows the chosen target and the recipe says which:
+
+| argument | ms-swift | TRL |
+|---|---|---|
+| `beta` (GRPO) | 0.04 | 0.0 |
+| `beta` (DPO) | 0.1 | 0.1 |
+| `max_completion_length` | 512 | 256 |
+| `num_generations` | 8 | 8 |
+| `vllm_gpu_memory_utilization` | 0.9 | 0.3 |
+
+Batch rules (TRL's `GRPOConfig.__post_init__`, which ms-swift follows): the per-device batch
+counts completions; the generation batch, per-device batch × world size × steps_per_generation
+(steps_per_generation defaults to the accumulation), must be divisible by `num_generations`;
+the eval batch × world size too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+RLHF_TYPES = ("grpo", "dpo")
+TARGETS = ("swift", "trl")
+VLLM_MODES = ("colocate", "server")
+SLEEP_LEVELS = (0, 1, 2)
+DEFAULTS = {
+    "swift": {"grpo_beta": 0.04, "dpo_beta": 0.1, "max_completion_length": 512, "num_generations": 8,
+              "vllm_gpu_memory_utilization": 0.9},
+    "trl": {"grpo_beta": 0.0, "dpo_beta": 0.1, "max_completion_length": 256, "num_generations": 8,
+            "vllm_gpu_memory_utilization": 0.3},
+}
+# ms-swift's default total batch when none is given (its gradient_accumulation_steps default
+# makes per-device × accumulation × world reach 16).
+SWIFT_DEFAULT_GLOBAL_BATCH = 16
+
+
+@dataclass
+class RLHFSpec:
+    """What an RLHF probe runs; None: the target's default (see the table above)."""
+
+    rlhf_type: str
+    target: str = "swift"
+    num_generations: int | None = None
+    max_completion_length: int | None = None
+    beta: float | None = None
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float | str | None = None  # a fraction, or "auto"
+    sleep_level: int = 0
+    offload_model: bool = False
+    offload_optimizer: bool = False
+    steps_per_generation: int | None = None
+    precompute_ref_log_probs: bool = False
+    global_batch_defaulted: bool = False  # GRPO without --global-batch-size: the spec chose it (default_global_batch)
+
+    def validate(self, world_size: int = 1, global_batch: int | None = None, train_type: str = "full") -> None:
+        if self.rlhf_type not in RLHF_TYPES:
+            raise UsageError("--rlhf-type", f"unknown RLHF type {self.rlhf_type!r}", f"choose one of {', '.join(RLHF_TYPES)}")
+        if self.target not in TARGETS:
+            raise UsageError("--rlhf-target", f"unknown target {self.target!r}", f"choose one of {', '.join(TARGETS)}")
+        if self.rlhf_type == "dpo":
+            self._validate_dpo()
+            return
+        for flag, value in (("--num-generations", self.num_generations), ("--max-completion-length", self.max_completion_length),
+                            ("--steps-per-generation", self.steps_per_generation)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UsageError(flag, f"must be a positive whole number, got {value!r}")
+        if self.generations < 2:
+            raise UsageError("--num-generations", "GRPO compares at least 2 completions per prompt", "for example --num-generations 8")
+        if self.beta is not None and self.beta < 0:
+            raise UsageError("--beta", f"must be >= 0, got {self.beta}")
+        if self.vllm_mode not in VLLM_MODES:
+            raise UsageError("--vllm-mode", f"unknown mode {self.vllm_mode!r}", f"choose one of {', '.join(VLLM_MODES)}")
+        if self.sleep_level not in SLEEP_LEVELS:
+            raise UsageError("--sleep-level", f"must be 0, 1 or 2, got {self.sleep_level!r}")
+        share = self.vllm_gpu_memory_utilization
+        if share is not None and share != "auto" and not (isinstance(share, float) and 0.0 < share < 1.0):
+            raise UsageError("--vllm-gpu-memory-utilization", f"must be a fraction in (0, 1) or auto, got {share!r}",
+                             "for example --vllm-gpu-memory-utilization 0.6")
+        if not self.use_vllm:
+            for flag, value in (("--vllm-gpu-memory-utilization", share), ("--sleep-level", self.sleep_level or None),
+                                ("--offload-model", self.offload_model or None), ("--offload-optimizer", self.offload_optimizer or None)):
+                if value is not None:
+                    raise UsageError(flag, "only means something with vLLM generating the rollouts", "add --use-vllm")
+        if self.precompute_ref_log_probs:
+            raise UsageError("--precompute-ref-log-probs", "is a DPO setting", "leave it out for GRPO")
+        self.check_global_batch(world_size, global_batch)
+
+    def _validate_dpo(self) -> None:
+        for flag, value in (("--num-generations", self.num_generations), ("--max-completion-length", self.max_completion_length),
+                            ("--steps-per-generation", self.steps_per_generation),
+                            ("--vllm-gpu-memory-utilization", self.vllm_gpu_memory_utilization)):
+            if value is not None:
+                raise UsageError(flag, "is a GRPO setting (DPO trains on given chosen/rejected pairs, it generates nothing)",
+                                 "leave it out, or use --rlhf-type grpo")
+        if self.use_vllm:
+            raise UsageError("--use-vllm", "DPO generates no rollouts", "leave it out, or use --rlhf-type grpo")
+        if self.beta is not None and self.beta <= 0:
+            raise UsageError("--beta", f"DPO's beta must be > 0, got {self.beta}")
+
+    # ---------------------------------------------------------------- resolved values
+    @property
+    def defaults(self) -> dict:
+        return DEFAULTS[self.target]
+
+    @property
+    def generations(self) -> int:
+        return self.num_generations or self.defaults["num_generations"]
+
+    @property
+    def completion_length(self) -> int:
+        return self.max_completion_length or self.defaults["max_completion_length"]
+
+    @property
+    def kl_beta(self) -> float:
+        if self.beta is not None:
+            return self.beta
+        return self.defaults["grpo_beta" if self.rlhf_type == "grpo" else "dpo_beta"]
+
+    @property
+    def colocated(self) -> bool:
+        """vLLM shares the training cards (server mode: it has cards of its own)."""
+        return self.rlhf_type == "grpo" and self.use_vllm and self.vllm_mode == "colocate"
+
+    @property
+    def share(self) -> float | str | None:
+        """The colocated engine's share of each card: a fraction, "auto", or None (no colocated engine)."""
+        if not self.colocated:
+            return None
+        return self.vllm_gpu_memory_utilization or self.defaults["vllm_gpu_memory_utilization"]
+
+    def reference_model(self, train_type: str) -> str:
+        """Whether a reference model is resident, as the frameworks decide it."""
+        if self.kl_beta == 0.0:
+            return "none (beta 0)"
+        if train_type in ("lora", "qlora"):
+            # TRL keeps a frozen copy of the adapter ("ref"); ms-swift disables the adapter: the base is the reference.
+            return "adapter (LoRA: the base model with the adapter off, or TRL's frozen adapter copy)"
+        if self.rlhf_type == "dpo" and self.precompute_ref_log_probs:
+            return "precomputed"
+        return "loaded"
+
+    def check_global_batch(self, world_size: int, global_batch: int | None) -> None:
+        """The generation batch is the global batch when steps_per_generation is left at the
+        accumulation: it must hold whole groups of num_generations completions."""
+        if self.rlhf_type != "grpo" or global_batch is None or self.steps_per_generation is not None:
+            return
+        if global_batch % self.generations:
+            raise UsageError("--global-batch-size", f"GRPO generates {global_batch} completions per optimizer step, "
+                             f"which is not a multiple of --num-generations {self.generations}",
+                             f"use a multiple of {self.generations}, e.g. --global-batch-size {self.default_global_batch(world_size)}")
+
+    def default_global_batch(self, world_size: int) -> int:
+        """ms-swift's default total batch of 16, rounded up to hold whole groups on every rank."""
+        unit = math.lcm(self.generations, world_size)
+        return -(-max(SWIFT_DEFAULT_GLOBAL_BATCH, unit) // unit) * unit
+
+    # ---------------------------------------------------------------- batch rules
+    def train_allowed(self, batch: int, accumulation: int, world_size: int) -> bool:
+        if self.rlhf_type != "grpo":
+            return True
+        return generation_batch(batch, accumulation, world_size, self.steps_per_generation) % self.generations == 0
+
+    def eval_allowed(self, batch: int, world_size: int) -> bool:
+        return self.rlhf_type != "grpo" or (batch * world_size) % self.generations == 0
+
+    def settings(self) -> dict:
+        """The recipe's settings (ms-swift's names) for this run."""
+        if self.rlhf_type == "dpo":
+            return {"rlhf_type": "dpo", "beta": self.kl_beta, "precompute_ref_log_probs": self.precompute_ref_log_probs or None}
+        values = {"rlhf_type": "grpo", "num_generations": self.generations, "max_completion_length": self.completion_length,
+                  "beta": self.kl_beta, "use_vllm": self.use_vllm, "steps_per_generation": self.steps_per_generation}
+        if self.use_vllm:
+            values.update(vllm_mode=self.vllm_mode, sleep_level=self.sleep_level, offload_model=self.offload_model,
+                          offload_optimizer=self.offload_optimizer)
+        return values
+
+
+def generation_batch(batch: int, accumulation: int, world_size: int, steps_per_generation: int | None) -> int:
+    """Completions generated at once across the ranks (TRL's generation_batch_size)."""
+    return batch * world_size * (steps_per_generation or accumulation)

@@ -1,0 +1,287 @@
+"""Build the TRL trainer an RLHF trial runs (issue #12): `GRPOTrainer` or `DPOTrainer`, both
+`transformers.Trainer` subclasses, so a trial is still `Trainer.train()` measured by the same
+callback (trials/trial.py). TRL's loss, generation, reference forward and batch rules run as
+in the user's job; autotune supplies only the worst-case data and what it cannot load here.
+
+- **Data.** GRPO: prompts of exactly `max_length` tokens, each generated `num_generations`
+  completions of exactly `max_completion_length` tokens (generation may not stop early:
+  `min_new_tokens`); a reward function of random rewards, so the advantages are not zero.
+  DPO: prompt + chosen and prompt + rejected of `max_length` tokens each. The text comes from
+  model/tokenizer.py's word-per-id tokenizer, so every length is exact.
+- **The rollout engine.** Without vLLM, TRL generates with the policy's `generate()` inside the
+  training step: measured. With `--use-vllm` where vLLM cannot start here (it is not installed,
+  or the card is simulated), the completions come through TRL's own `rollout_func` hook, as an
+  external engine hands them over, and a colocated engine's share of the card is held as a
+  fixed block (`device.reserved`): for the whole run at sleep level 0; only while generating at
+  sleep levels 1 and 2, whose engine releases its memory while the trainer trains (ms-swift's
+  `sleep_level`, TRL's `vllm_enable_sleep_mode`). Where vLLM is importable on a CUDA card, TRL
+  starts it colocated itself at the share, and the run measures it.
+- **The reference model** is resident where the framework loads one (recipe/rlhf.py
+  `reference_model`): a full fine-tune with beta != 0. TRL builds it with `from_pretrained` from
+  the policy's path; a model built from config.json alone has no such path, so the copy is built
+  as the policy was (random init on the device, same dtype) and handed to TRL, once per probe.
+- **Batch rules per trial.** A search trial at a per-device batch that does not split the
+  generation into whole groups gets the next generation batch that does (TRL rejects the
+  others), which holds more completions than the launched one: never less memory. The batches a
+  recipe may choose are the ones the rules allow (recipe/rlhf.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+
+from ..model.tokenizer import FIRST_WORD, synthetic_tokenizer, text_of
+from ..recipe.training_args import arguments
+
+# TRL warns on every trainer built with its (experimental) rollout_func hook.
+_SILENCE = {"TRL_EXPERIMENTAL_SILENCE": "1"}
+
+
+def vllm_runs_here(device) -> bool:
+    """vLLM can start colocated: a CUDA card and vLLM importable."""
+    if device.kind != "cuda":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def rollout_how(rlhf, device) -> str | None:
+    """How the rollout engine is part of the trials: "measured" (vLLM runs, or the policy
+    generates), "reserved" (a colocated share held as a block), "elsewhere" (server mode)."""
+    if rlhf.rlhf_type != "grpo":
+        return None
+    if not rlhf.use_vllm:
+        return "measured (the policy's generate())"
+    if rlhf.vllm_mode == "server":
+        return "elsewhere (vLLM server on other cards)"
+    return "measured (vLLM colocated)" if vllm_runs_here(device) else "reserved"
+
+
+def resolved_share(rlhf, workload) -> float | None:
+    """The colocated engine's share as a fraction (`auto` resolved on the workload)."""
+    share = rlhf.share
+    if share == "auto":
+        share = getattr(workload, "rollout_share", None)
+        if share is None:
+            raise ValueError("--vllm-gpu-memory-utilization auto was not resolved before the trials")
+    return share
+
+
+def share_bytes(workload) -> int:
+    """Bytes of each card the colocated engine holds (0: none on the training cards)."""
+    rlhf = workload.spec.rlhf
+    if rlhf.share is None or rollout_how(rlhf, workload.device) != "reserved":
+        return 0
+    return int(resolved_share(rlhf, workload) * workload.device.capacity)
+
+
+def rollout_record(rlhf, workload, capacity: int) -> dict | None:
+    """The recipe's record of the rollout engine: where it runs, its share, how the trials had it."""
+    if not rlhf.use_vllm:
+        return {"engine": "the policy's generate() (TRL without vLLM)", "how": "measured"}
+    record = {"engine": "vllm", "mode": rlhf.vllm_mode, "sleep_level": rlhf.sleep_level}
+    if rlhf.vllm_mode == "server":
+        record["how"] = "elsewhere: the server's own cards; nothing reserved on the training cards"
+        return record
+    share = resolved_share(rlhf, workload)
+    how = rollout_how(rlhf, workload.device) if workload is not None else "reserved"
+    record.update(share=share, share_bytes=int(share * capacity), auto=getattr(workload, "rollout_auto", None))
+    if how == "reserved":
+        held = "for the whole run" if rlhf.sleep_level == 0 else "only while generating (the engine sleeps while the trainer trains)"
+        record["how"] = (f"reserved, not measured: vLLM cannot start here, so its share was held on the card as one block "
+                         f"{held}; the completions came through TRL's rollout_func at full length")
+    else:
+        record["how"] = how
+    if rlhf.offload_model or rlhf.offload_optimizer:
+        record["offload"] = ("offload_model / offload_optimizer are written to the launch files; the trials kept the policy "
+                             "and optimizer on the card while generating (more memory than the run, never less)")
+    return record
+
+
+# ---------------------------------------------------------------- the reference model
+
+def prepare(workload) -> None:
+    """Build the reference model once per probe when the framework keeps one resident, before a
+    trial's baseline is taken (it stays on the card from then on, as in the run)."""
+    rlhf = workload.spec.rlhf
+    if getattr(workload, "reference", None) is not None or rlhf.reference_model(workload.spec.train_type) != "loaded":
+        return
+    from ..model.workload import build_model
+
+    family = workload.setup.family if workload.setup is not None else None
+    reference = build_model(workload.source, workload.spec, workload.device, family)
+    reference.eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    workload.device.adopt(list(reference.parameters()) + list(reference.buffers()))
+    workload.reference = reference
+
+
+@contextlib.contextmanager
+def _reference_for_grpo(workload):
+    """GRPOTrainer builds its reference with `create_model_from_path(policy path)`: hand it ours."""
+    reference = getattr(workload, "reference", None)
+    if reference is None:
+        yield
+        return
+    import trl.trainer.grpo_trainer as grpo
+
+    original = grpo.create_model_from_path
+    grpo.create_model_from_path = lambda *args, **kwargs: reference
+    try:
+        yield
+    finally:
+        grpo.create_model_from_path = original
+
+
+# ---------------------------------------------------------------- batch rules per trial
+
+def trial_generation_batch(batch: int, accumulation: int, world: int, generations: int, steps_per_generation: int | None) -> int:
+    """The generation batch a trial runs: the launched one where it holds whole groups, else the
+    next that does and that TRL accepts (a multiple of batch x world and of num_generations)."""
+    wanted = batch * world * (steps_per_generation or accumulation)
+    unit = math.lcm(batch * world, generations)
+    return -(-wanted // unit) * unit
+
+
+def eval_generations(batch: int, world: int, generations: int) -> int:
+    """num_generations at evaluation: the run's where the eval batch holds whole groups, else the
+    largest group that divides it (same completions per step: the same memory)."""
+    total = batch * world
+    if total % generations == 0:
+        return generations
+    return max(d for d in range(1, generations + 1) if total % d == 0)
+
+
+# ---------------------------------------------------------------- the trainers
+
+def build_rlhf_trainer(workload, settings: dict, values: dict, train_steps: int, eval_every: int | None, eval_steps: int, meter):
+    """The TRL trainer for one trial, the context its run needs (the rollout share), and what to
+    restore on the reference model. `values`: the run's TrainingArguments (trainer_run)."""
+    import os
+
+    os.environ.update(_SILENCE)
+    import datasets
+
+    datasets.disable_progress_bars()  # TRL maps its datasets with progress bars
+    rlhf = workload.spec.rlhf
+    tokenizer = synthetic_tokenizer(workload.vocab_size)
+    rng = random.Random(workload.spec.seed)
+    world = 1  # a trial is one process: TRL's batch rules count this process's completions
+    if rlhf.rlhf_type == "grpo":
+        trainer, during = _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, tokenizer, rng, world)
+    else:
+        trainer, during = _dpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, tokenizer, rng, world)
+    return trainer, during
+
+
+def _prompt(rng, vocab: int, length: int) -> str:
+    return text_of(rng.randrange(FIRST_WORD, vocab) for _ in range(length))
+
+
+def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, tokenizer, rng, world):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    rlhf, spec, device = workload.spec.rlhf, workload.spec, workload.device
+    batch = int(settings["per_device_train_batch_size"])
+    accumulation = int(settings.get("gradient_accumulation_steps") or 1)
+    generations, completion = rlhf.generations, rlhf.completion_length
+    generation_batch = trial_generation_batch(batch, accumulation, world, generations, rlhf.steps_per_generation)
+    how = rollout_how(rlhf, device)
+    vllm_here = how == "measured (vLLM colocated)"
+    grpo = dict(num_generations=generations, max_completion_length=completion, beta=rlhf.kl_beta,
+                generation_batch_size=generation_batch, log_completions=False,
+                generation_kwargs={"min_new_tokens": completion})  # no early stop: every completion at full length
+    if vllm_here:
+        grpo.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=float(rlhf.share),
+                    vllm_enable_sleep_mode=rlhf.sleep_level > 0, vllm_max_model_length=spec.max_length + completion)
+    eval_batch = int(settings.get("per_device_eval_batch_size") or 1)
+    if eval_every:
+        grpo["num_generations_eval"] = eval_generations(eval_batch, world, generations)
+    if rlhf.steps_per_generation and not eval_every and rlhf.train_allowed(batch, accumulation, world):
+        # One generation feeds several optimizer steps: run three generate -> score -> train cycles. (A search
+        # trial at a batch the rules do not allow, whose generation was rounded up, runs its own steps.)
+        per_generation = -(-generation_batch // (batch * world * accumulation))
+        values = {**values, "max_steps": max(values["max_steps"], 3 * per_generation)}
+    args = GRPOConfig(**values, **grpo)
+    vocab = workload.vocab_size
+    prompts = [_prompt(rng, vocab, spec.max_length) for _ in range(max(1, generation_batch // generations))]
+    train = Dataset.from_dict({"prompt": prompts * (train_steps * max(1, args.steps_per_generation) + 1)})
+    evaluation = None
+    if eval_every:
+        per_eval = max(1, eval_batch * world // grpo["num_generations_eval"])
+        evaluation = Dataset.from_dict({"prompt": prompts[:1] * (per_eval * eval_steps)})
+    reserve = share_bytes(workload)
+    kwargs = {}
+    if rlhf.use_vllm and not vllm_here:
+        kwargs["rollout_func"] = _external_rollout(tokenizer, rng, vocab, completion,
+                                                   device if (reserve and rlhf.sleep_level > 0) else None, reserve)
+    with _reference_for_grpo(workload):
+        trainer = GRPOTrainer(model=workload.model, reward_funcs=_random_reward(rng), args=args, train_dataset=train,
+                              eval_dataset=evaluation, processing_class=tokenizer, callbacks=[meter], **kwargs)
+    during = device.reserved(reserve) if reserve and rlhf.sleep_level == 0 else contextlib.nullcontext()
+    return trainer, during
+
+
+def _random_reward(rng):
+    def reward(completions, **kwargs):
+        return [rng.random() for _ in completions]
+
+    return reward
+
+
+def _external_rollout(tokenizer, rng, vocab: int, completion: int, device, reserve: int):
+    """What an external engine hands TRL (its `rollout_func`): the prompts' ids and completions
+    at full length. `device`: hold the engine's share while it generates (an engine that sleeps
+    while the trainer trains wakes up for this)."""
+
+    def rollout(prompts, trainer):
+        held = device.reserved(reserve) if device is not None else contextlib.nullcontext()
+        with held:
+            prompt_ids = tokenizer(text=list(prompts))["input_ids"]
+            completions = [[rng.randrange(FIRST_WORD, vocab) for _ in range(completion)] for _ in prompts]
+        return {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": None}
+
+    return rollout
+
+
+def _dpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, tokenizer, rng, world):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    rlhf, spec = workload.spec.rlhf, workload.spec
+    batch = int(settings["per_device_train_batch_size"])
+    accumulation = int(settings.get("gradient_accumulation_steps") or 1)
+    args = DPOConfig(**values, beta=rlhf.kl_beta, max_length=spec.max_length, precompute_ref_log_probs=rlhf.precompute_ref_log_probs)
+    vocab, prompt = workload.vocab_size, spec.max_length // 2
+    response = spec.max_length - prompt
+
+    def pairs(n: int) -> Dataset:
+        return Dataset.from_dict({"prompt": [_prompt(rng, vocab, prompt) for _ in range(n)],
+                                  "chosen": [_prompt(rng, vocab, response) for _ in range(n)],
+                                  "rejected": [_prompt(rng, vocab, response) for _ in range(n)]})
+
+    eval_batch = int(settings.get("per_device_eval_batch_size") or 1)
+    train = pairs(batch * accumulation * world * train_steps)
+    evaluation = pairs(eval_batch * world * eval_steps) if eval_every else None
+    trainer = DPOTrainer(model=workload.model, ref_model=getattr(workload, "reference", None), args=args, train_dataset=train,
+                         eval_dataset=evaluation, processing_class=tokenizer, callbacks=[meter])
+    return trainer, contextlib.nullcontext()
+
+
+def restore_reference(workload, prepared_keys) -> None:
+    """Undo what the trainer left for the next trial: accelerate's prepare on the cached reference
+    model (its forward wrapper and flag), and the frozen copy of the LoRA adapter ("ref") TRL adds
+    to a PEFT policy as its reference when beta != 0 (the next trainer would add it again)."""
+    reference = getattr(workload, "reference", None)
+    if reference is not None:
+        for key in prepared_keys:
+            reference.__dict__.pop(key, None)
+    model = workload.model
+    if "ref" in (getattr(model, "peft_config", None) or {}):
+        model.delete_adapter("ref")
+        model.set_adapter("default")

@@ -1,0 +1,258 @@
+"""RLHF probes (issue #12): GRPO and DPO through TRL's own trainers on the sim device.
+
+The oracle is TRL's trainer built here by the test, at the recipe's settings, with evaluation
+inside training: nothing of autotune's trial code runs in it (the model and the word-per-id
+tokenizer come from the workload; a colocated vLLM's share is held on the card with the
+device's `reserved`, as the recipe says the probe did). At the recipe's batch the run stays in
+the usable budget; at batch + 1 it passes it: the frontier is exact."""
+
+import dataclasses
+import random
+
+import pytest
+
+pytest.importorskip("trl")
+
+from datasets import Dataset  # noqa: E402
+from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer  # noqa: E402
+
+from autotune.devices import SimDevice  # noqa: E402
+from autotune.errors import UsageError  # noqa: E402
+from autotune.model.source import resolve  # noqa: E402
+from autotune.model.tokenizer import synthetic_tokenizer, text_of  # noqa: E402
+from autotune.model.workload import load_workload  # noqa: E402
+from autotune.probe import probe  # noqa: E402
+from autotune.recipe.rlhf import RLHFSpec, generation_batch  # noqa: E402
+from autotune.spec import ProbeSpec  # noqa: E402
+from autotune.trials import rlhf_run  # noqa: E402
+
+MiB = 2**20
+CAPACITY = 64 * MiB
+PROMPT, COMPLETION, GENERATIONS = 32, 16, 4
+
+
+def grpo_spec(**changes) -> ProbeSpec:
+    rlhf = RLHFSpec("grpo", num_generations=GENERATIONS, max_completion_length=COMPLETION, use_vllm=True,
+                    vllm_gpu_memory_utilization=0.25)
+    values = dict(max_length=PROMPT, model_config="tiny-llama", train_type="lora", device="sim", gpu_memory=CAPACITY,
+                  rlhf=rlhf, global_batch_size=8, attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,),
+                  validate_steps=4, eval_steps=2)
+    values.update(changes)
+    return ProbeSpec(**values)
+
+
+def _words(rng, vocab, n):
+    return text_of(rng.randrange(2, vocab) for _ in range(n))
+
+
+# ---------------------------------------------------------------- oracles: TRL's trainers, built here
+
+def launched_grpo(recipe, spec, batch, eval_batch, tmp):
+    """TRL's GRPOTrainer at the recipe's settings (batch may be one more), vLLM's share held on the
+    card, completions handed over by a rollout_func as an external engine does. Returns the run's peak.
+    TRL's configs default gradient_checkpointing to True: the recipe's value is set, as the emitted config sets it."""
+    device = SimDevice(CAPACITY)
+    workload = load_workload(resolve(None, spec.model_config), spec, device)
+    s = recipe.settings
+    tokenizer = synthetic_tokenizer(workload.vocab_size)
+    rng = random.Random(1)
+    vocab = workload.vocab_size
+    accumulation = s.gradient_accumulation_steps if batch == s.per_device_train_batch_size else 1
+    generated = rlhf_run.trial_generation_batch(batch, accumulation, 1, s.num_generations, None)
+
+    def rollout(prompts, trainer):
+        ids = tokenizer(text=list(prompts))["input_ids"]
+        return {"prompt_ids": ids, "completion_ids": [[rng.randrange(2, vocab) for _ in range(s.max_completion_length)] for _ in prompts],
+                "logprobs": None}
+
+    args = GRPOConfig(output_dir=str(tmp), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                      per_device_eval_batch_size=eval_batch, num_generations=s.num_generations,
+                      max_completion_length=s.max_completion_length, beta=s.beta, generation_batch_size=generated, bf16=True, gradient_checkpointing=s.gradient_checkpointing,
+                      max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="no", report_to="none",
+                      logging_strategy="no", disable_tqdm=True, use_cpu=True, log_completions=False)
+    prompts = [_words(rng, vocab, s.max_length) for _ in range(8)]
+    trainer = GRPOTrainer(model=workload.model, reward_funcs=lambda completions, **kw: [rng.random() for _ in completions],
+                          args=args, train_dataset=Dataset.from_dict({"prompt": prompts * 8}),
+                          eval_dataset=Dataset.from_dict({"prompt": prompts[:2]}), processing_class=tokenizer, rollout_func=rollout)
+    with device.tracking(), device.reserved(recipe.rlhf["rollout"]["share_bytes"]):
+        device.reset_peak()
+        trainer.train()
+    return device.peak_bytes()
+
+
+def launched_dpo(recipe, spec, batch, eval_batch, tmp):
+    """TRL's DPOTrainer at the recipe's settings; a full fine-tune, so the reference model is resident."""
+    device = SimDevice(CAPACITY)
+    workload = load_workload(resolve(None, spec.model_config), spec, device)
+    from autotune.model.workload import build_model
+
+    reference = build_model(workload.source, spec, device)
+    device.adopt(list(reference.parameters()))
+    s, rng, vocab = recipe.settings, random.Random(1), workload.vocab_size
+    half = s.max_length // 2
+
+    def pairs(n):
+        return Dataset.from_dict({k: [_words(rng, vocab, half) for _ in range(n)] for k in ("prompt", "chosen", "rejected")})
+
+    args = DPOConfig(output_dir=str(tmp), per_device_train_batch_size=batch, gradient_accumulation_steps=s.gradient_accumulation_steps,
+                     per_device_eval_batch_size=eval_batch, beta=s.beta, max_length=s.max_length, bf16=True, max_steps=4, gradient_checkpointing=s.gradient_checkpointing,
+                     eval_strategy="steps", eval_steps=2, save_strategy="no", report_to="none", logging_strategy="no",
+                     disable_tqdm=True, use_cpu=True)
+    trainer = DPOTrainer(model=workload.model, ref_model=reference, args=args, train_dataset=pairs(batch * 4 * s.gradient_accumulation_steps),
+                         eval_dataset=pairs(eval_batch * 2), processing_class=synthetic_tokenizer(vocab))
+    with device.tracking():
+        device.reset_peak()
+        trainer.train()
+    return device.peak_bytes()
+
+
+def _peak_or_oom(run, *args):
+    import torch
+
+    try:
+        return run(*args)
+    except torch.OutOfMemoryError:
+        return None  # past the whole card, so past the budget too
+
+
+# ---------------------------------------------------------------- the probes
+
+@pytest.mark.slow
+def test_grpo_lora_probe_reaches_an_exact_frontier_that_trl_confirms(tmp_path):
+    spec = grpo_spec()
+    recipe = probe(spec)
+    s, budget = recipe.settings, recipe.search.budget_bytes
+    assert (s.rlhf_type, s.num_generations, s.max_completion_length, s.use_vllm) == ("grpo", GENERATIONS, COMPLETION, True)
+    assert s.vllm_gpu_memory_utilization == 0.25 and s.beta == 0.04  # ms-swift's default beta
+    assert recipe.rlhf["rollout"]["share_bytes"] == CAPACITY // 4 and recipe.rlhf["rollout"]["how"].startswith("reserved")
+    assert recipe.rlhf["reference_model"].startswith("adapter")
+    # The generation batch holds whole groups; the global batch is kept.
+    assert generation_batch(s.per_device_train_batch_size, s.gradient_accumulation_steps, 1, None) == 8
+    train = [t for t in recipe.search.trials if t.phase == "train" and t.purpose != "throughput"]
+    frontier = recipe.search.frontier["train"]
+    assert any(t.batch_size == frontier and t.fits for t in train)
+    assert any(t.batch_size == frontier + 1 and not t.fits for t in train)
+    assert recipe.validation.passed
+    peak = launched_grpo(recipe, spec, s.per_device_train_batch_size, s.per_device_eval_batch_size, tmp_path)
+    assert peak <= budget
+    over = _peak_or_oom(launched_grpo, recipe, spec, frontier + 1, s.per_device_eval_batch_size, tmp_path)
+    assert over is None or over > budget
+
+
+@pytest.mark.slow
+def test_dpo_full_probe_keeps_the_reference_model_and_trl_confirms_it(tmp_path):
+    spec = ProbeSpec(max_length=64, model_config="tiny-llama", device="sim", gpu_memory=CAPACITY, rlhf=RLHFSpec("dpo"),
+                     attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,), validate_steps=4, eval_steps=2)
+    recipe = probe(spec)
+    s, budget = recipe.settings, recipe.search.budget_bytes
+    assert (s.rlhf_type, s.beta) == ("dpo", 0.1) and recipe.rlhf["reference_model"] == "loaded"
+    frontier = recipe.search.frontier["train"]
+    train = [t for t in recipe.search.trials if t.phase == "train"]
+    assert any(t.batch_size == frontier and t.fits for t in train)
+    assert any(t.batch_size == frontier + 1 and not t.fits for t in train)
+    assert launched_dpo(recipe, spec, s.per_device_train_batch_size, s.per_device_eval_batch_size, tmp_path) <= budget
+    over = _peak_or_oom(launched_dpo, recipe, spec, s.per_device_train_batch_size + 1, s.per_device_eval_batch_size, tmp_path)
+    assert over is None or over > budget
+
+
+# ---------------------------------------------------------------- the trials
+
+def test_the_reference_model_is_resident_only_where_the_framework_loads_one(make_workload):
+    from autotune.trials.trial import run_trial
+
+    peaks = {}
+    for name, train_type, beta in (("full, beta", "full", 0.04), ("full, beta 0", "full", 0.0)):
+        rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, beta=beta, use_vllm=True, vllm_mode="server")
+        workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type=train_type, rlhf=rlhf, global_batch_size=2)
+        result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY)
+        assert result.fits, result.message
+        peaks[name] = result.peak_bytes
+        assert (getattr(workload, "reference", None) is not None) == (beta != 0.0)
+    weights = sum(p.numel() * p.element_size() for p in workload.model.parameters())
+    assert peaks["full, beta"] - peaks["full, beta 0"] >= weights  # the reference copy, and its forward
+
+
+def test_sleeping_vllm_releases_its_share_while_the_trainer_trains(make_workload):
+    from autotune.trials.trial import run_trial
+
+    peaks = {}
+    for level in (0, 1):
+        rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=True, vllm_gpu_memory_utilization=0.5,
+                        sleep_level=level)
+        workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=rlhf, global_batch_size=2)
+        result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY)
+        assert result.fits, result.message
+        peaks[level] = result.peak_bytes
+    # Awake all along, the share sits under the training step's peak; asleep, only under the generation's.
+    assert peaks[0] > peaks[1] and peaks[1] >= CAPACITY // 2
+
+
+def test_the_share_past_the_card_is_an_out_of_memory(make_workload):
+    from autotune.trials.trial import run_trial
+
+    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=True, vllm_gpu_memory_utilization=0.99)
+    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=rlhf, global_batch_size=2)
+    assert run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY).outcome == "oom"
+
+
+def test_generation_by_the_policy_is_measured_at_full_length(make_workload):
+    """Without vLLM TRL generates with the policy's generate(): every completion at full length."""
+    from autotune.trials.trial import run_trial
+
+    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4)
+    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=rlhf, global_batch_size=2)
+    result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY)
+    assert result.fits, result.message
+    assert result.tokens_per_s and workload.tokens_per_batch(2) == 2 * (16 + 4)
+
+
+# ---------------------------------------------------------------- rules and errors
+
+def test_targets_defaults_and_batch_rules():
+    swift, trl = RLHFSpec("grpo"), RLHFSpec("grpo", target="trl")
+    assert (swift.kl_beta, trl.kl_beta) == (0.04, 0.0)
+    assert (swift.completion_length, trl.completion_length) == (512, 256)
+    assert RLHFSpec("grpo", use_vllm=True).share == 0.9 and RLHFSpec("grpo", target="trl", use_vllm=True).share == 0.3
+    assert trl.reference_model("full") == "none (beta 0)" and swift.reference_model("full") == "loaded"
+    assert RLHFSpec("dpo", precompute_ref_log_probs=True).reference_model("full") == "precomputed"
+    rule = RLHFSpec("grpo", num_generations=8)
+    assert rule.train_allowed(2, 4, 1) and not rule.train_allowed(3, 1, 1) and rule.train_allowed(1, 1, 8)
+    assert rule.eval_allowed(4, 2) and not rule.eval_allowed(3, 2)
+    assert rlhf_run.trial_generation_batch(3, 3, 1, 8, None) == 24  # 9 completions are not whole groups: 24 are
+    assert rlhf_run.eval_generations(6, 1, 4) == 3
+    spec = grpo_spec(global_batch_size=None)
+    assert spec.global_batch_size == 16 and spec.rlhf.global_batch_defaulted  # ms-swift's 16, whole groups of 4
+
+
+@pytest.mark.parametrize("changes, flag", [
+    ({"global_batch_size": 6}, "--global-batch-size"),
+    ({"rlhf": RLHFSpec("grpo", num_generations=1)}, "--num-generations"),
+    ({"rlhf": RLHFSpec("grpo", vllm_gpu_memory_utilization=0.5)}, "--vllm-gpu-memory-utilization"),
+    ({"rlhf": RLHFSpec("grpo", use_vllm=True, vllm_gpu_memory_utilization=1.5)}, "--vllm-gpu-memory-utilization"),
+    ({"rlhf": RLHFSpec("dpo", num_generations=4)}, "--num-generations"),
+    ({"rlhf": RLHFSpec("dpo", use_vllm=True)}, "--use-vllm"),
+    ({"rlhf": RLHFSpec("ppo")}, "--rlhf-type"),
+    ({"strategies": ("zero3",)}, "--rlhf-type"),
+])
+def test_bad_requests_name_the_flag(changes, flag):
+    with pytest.raises(UsageError) as info:
+        grpo_spec(**changes)
+    assert info.value.flag == flag
+
+
+def test_cli_refuses_an_rlhf_flag_without_the_type(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.yaml"
+    done = subprocess.run([sys.executable, "-m", "autotune", "probe", "--model-config", "tiny-llama", "--device", "sim",
+                           "--gpu-memory", "64MiB", "--max-length", "32", "--num-generations", "4", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "--num-generations" in done.stderr and "--rlhf-type" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_rlhf_spec_survives_a_trip_as_plain_data():
+    spec = grpo_spec()
+    again = ProbeSpec(**{**dataclasses.asdict(spec)})
+    assert again.rlhf == spec.rlhf
