@@ -189,3 +189,13 @@ def test_trls_colocate_engine_is_sized_as_modelled():
     assert "self.llm.sleep(level=2)" in _source("trl.generation.vllm_generation")  # vllm_enable_sleep_mode is level 2
     assert rollout.colocate_sequences(4, 2, tensor_parallel=2) == 16
 
+
+def test_the_field_report_script_runs(capsys):
+    spec = importlib.util.spec_from_file_location("rollout_share", "scripts/rollout_share.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main([])
+    out = capsys.readouterr().out
+    assert "80GB card" in out and "24GB card" in out
+    tp1 = next(line for line in out.splitlines() if line.strip().startswith("1 ") and "refused" in line)
+    assert "no available memory for the cache blocks" in tp1  # 0.6 × 24 GB is less than the 15.4 GiB of weights
