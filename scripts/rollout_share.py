@@ -17,7 +17,7 @@ import argparse
 
 from autotune.errors import UsageError
 from autotune.model import rollout
-from autotune.model.source import resolve
+from autotune.model.source import position_limit, resolve
 from autotune.sizes import format_size, parse_size
 
 CONFIG = "recipes/configs/qwen2.5-vl-7b/config.json"
@@ -56,6 +56,12 @@ def card_80(config, args, weights: int) -> None:
     _print(f"{args.big_card} card ({format_size(capacity)}), vLLM tp 1, sleep_level 0; GiB",
            ["seqs/engine", "need", "auto", "auto budget", "budget@0.6", "KV@0.6", "seqs held@0.6",
             "training@0.6", "training@auto"], rows)
+    limit = position_limit(config)
+    unset = rollout.rollout_need(config, args.dtype, 8, args.prompt_length, args.completion_length, weights_bytes=weights,
+                                 target=args.target, max_model_len=limit)
+    print(f"with vllm_max_model_len unset vLLM checks one request at the model's {limit} tokens: auto for 8 sequences "
+          f"becomes {rollout.auto_share(unset, capacity):.2f} (KV {_gib(unset.kv_cache_bytes)} GiB); a launch file should set "
+          f"vllm_max_model_len {args.prompt_length + args.completion_length}")
 
 
 def card_24(config, args, weights: int) -> None:

@@ -95,7 +95,7 @@ def test_qwen_vl_profiles_its_vision_tower_on_a_largest_image(qwen_vl):
     n = need(qwen_vl, target="swift")
     assert n.max_num_batched_tokens == 5120  # vLLM's multimodal default where ms-swift leaves it unset
     assert n.activation_bytes == 16384 * 4 * (3 * 1280 + 3 * 3420) * 2  # 16384 tokens of 2 × 2 patches through the tower
-    assert n.notes == ()
+    assert n.notes == () and "vision tower" in n.activation_how
 
 
 def test_a_vision_family_without_an_encoder_model_says_so():
@@ -199,3 +199,23 @@ def test_the_field_report_script_runs(capsys):
     assert "80GB card" in out and "24GB card" in out
     tp1 = next(line for line in out.splitlines() if line.strip().startswith("1 ") and "refused" in line)
     assert "no available memory for the cache blocks" in tp1  # 0.6 × 24 GB is less than the 15.4 GiB of weights
+
+
+def test_require_share_is_one_usage_error_with_the_auto_share(qwen7b):
+    n = need(qwen7b)
+    with pytest.raises(UsageError) as info:
+        rollout.require_share(0.1, n, CARD_80)
+    message = str(info.value)
+    assert message.startswith("--vllm-gpu-memory-utilization: share 0.1") and "\n" not in message
+    assert f"auto ({rollout.auto_share(n, CARD_80):g} for this batch)" in message
+    rollout.require_share(0.6, n, CARD_80)
+
+
+def test_a_completion_past_max_model_len_names_the_flag(qwen7b):
+    with pytest.raises(UsageError, match="--max-completion-length"):
+        need(qwen7b, prompt=4096, completion=512, max_model_len=4096)
+
+
+def test_gpt2_has_no_intermediate_size_but_a_need():
+    n = need(resolve(None, "tiny-gpt2").config, weights=GIB)
+    assert n.activation_bytes > 0 and n.kv_cache_bytes > 0

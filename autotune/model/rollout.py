@@ -186,7 +186,7 @@ def weight_bytes(config, dtype, tensor_parallel: int = 1) -> int:
 def _decoder_activation(text, tokens: int, size: int, tensor_parallel: int) -> int:
     """The profile forward's peak inside one decoder layer (inference mode, nothing saved): the
     residual and hidden states, the fused gate-up output and its activation, the MLP output."""
-    intermediate = text.intermediate_size
+    intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size  # GPT-2's n_inner None
     moe = getattr(text, "moe_intermediate_size", None)
     if moe and getattr(text, "num_experts_per_tok", None):
         intermediate = max(intermediate or 0, moe * text.num_experts_per_tok)
@@ -224,6 +224,7 @@ class RolloutNeed:
     kv_sequence_bytes: int  # one sequence at sequence_tokens
     kv_max_model_len_bytes: int  # one request at max_model_len
     kv_block_bytes: int  # one block over all layers
+    activation_how: str = ""
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -246,7 +247,7 @@ class RolloutNeed:
         return [
             ("policy weights", self.weights_bytes, "the model's parameters" + (f" / tp {self.tensor_parallel}" if self.tensor_parallel > 1 else "")),
             ("KV cache", self.kv_cache_bytes, f"{tokens} in {BLOCK_SIZE}-token blocks"),
-            ("profile activations", self.activation_bytes, f"forward at {self.max_num_batched_tokens} tokens, sampler on {self.sequences} rows"),
+            ("profile activations", self.activation_bytes, self.activation_how),
             ("non-torch memory", self.overhead_bytes, "allowance"),
             ("total in the share", self.total_bytes, ""),
             ("CUDA graphs", self.graph_bytes, "allowance, outside the share (vLLM <= 0.20)"),
@@ -276,6 +277,9 @@ def rollout_need(config, dtype, sequences: int, prompt_length: int, completion_l
     multimodal = text is not config
     tokens = prompt_length + completion_length
     max_model_len = max_model_len or tokens
+    if max_model_len < tokens:
+        raise UsageError("--max-completion-length", f"prompt {prompt_length} + completion {completion_length} = {tokens} tokens, "
+                                                    f"past vLLM's max_model_len {max_model_len}", "shorten either, or raise max_model_len")
     batched = max_num_batched_tokens or default_max_num_batched_tokens(target, multimodal)
     layers, notes = kv_layers(config, dtype, tensor_parallel, kv_cache_dtype)
     block = sum(layer.bytes_per_token for layer in layers) * BLOCK_SIZE
@@ -288,11 +292,12 @@ def rollout_need(config, dtype, sequences: int, prompt_length: int, completion_l
     encoder = _encoder_activation(config, batched, size, tensor_parallel)
     if multimodal and encoder is None:
         notes.append(f"the vision encoder's profile run of {config.model_type} is not modelled")
-    activation = max(decoder, sampler, encoder or 0)
+    activation, how = max((decoder, f"decoder forward at {batched} tokens"), (sampler, f"sampler on {sampler_rows} rows"),
+                          (encoder or 0, "vision tower on its largest dummy images"))
     overhead = NON_TORCH_BYTES if tensor_parallel == 1 else NON_TORCH_TP_BYTES
     weights = weight_bytes(config, dtype, tensor_parallel) if weights_bytes is None else weights_bytes
     return RolloutNeed(weights, kv, activation, overhead, CUDA_GRAPH_BYTES, sequences, tokens, max_model_len, batched,
-                       tensor_parallel, per_sequence, at_max, block, tuple(notes))
+                       tensor_parallel, per_sequence, at_max, block, how, tuple(notes))
 
 
 def kv_room(share: float, need: RolloutNeed, capacity_bytes: int) -> int:
@@ -303,9 +308,7 @@ def kv_room(share: float, need: RolloutNeed, capacity_bytes: int) -> int:
 
 def concurrent_sequences(share: float, need: RolloutNeed, capacity_bytes: int) -> int:
     """How many of the batch's sequences the KV cache at this share holds at once."""
-    blocks = kv_room(share, need, capacity_bytes) // need.kv_block_bytes - 1
-    per_sequence = need.kv_sequence_bytes // need.kv_block_bytes
-    return max(0, blocks // per_sequence)
+    return max(0, (kv_room(share, need, capacity_bytes) - need.kv_block_bytes) // need.kv_sequence_bytes)
 
 
 def check_share(share: float, need: RolloutNeed, capacity_bytes: int, free_bytes: int | None = None) -> str | None:
@@ -324,6 +327,18 @@ def check_share(share: float, need: RolloutNeed, capacity_bytes: int, free_bytes
         return (f"share {share:g} leaves {format_size(room)} of KV cache, less than one request at max_model_len "
                 f"{need.max_model_len} needs ({format_size(need.kv_one_request_bytes)}) (vLLM: cannot serve one request at the max seq len)")
     return None
+
+
+def require_share(share: float, need: RolloutNeed, capacity_bytes: int, free_bytes: int | None = None) -> None:
+    """`check_share` as the one-line UsageError the CLI prints, with the share `auto` would pick."""
+    reason = check_share(share, need, capacity_bytes, free_bytes)
+    if reason is None:
+        return
+    try:
+        hint = f"use {FLAG} auto ({auto_share(need, capacity_bytes):g} for this batch) or a larger share"
+    except UsageError as exc:
+        hint = exc.hint
+    raise UsageError(FLAG, reason, hint)
 
 
 def batch_shortfall(share: float, need: RolloutNeed, capacity_bytes: int) -> str | None:
