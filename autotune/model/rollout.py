@@ -2,7 +2,11 @@
 config as vLLM (V1 engine, 0.10 and later) accounts it. Pure arithmetic on a transformers
 config; torch is imported only to count the weights on the meta device.
 
-How vLLM sizes a colocated instance (read in vLLM's sources, never copied):
+Sources, read and never copied: github.com/vllm-project/vllm (0.10-0.11 and main),
+github.com/huggingface/trl (1.16, installed), github.com/modelscope/ms-swift, and
+docs.vllm.ai/en/latest/features/sleep_mode/; the paths below are inside those repositories.
+
+How vLLM sizes a colocated instance:
 
 - `gpu_memory_utilization` × the card's *total* memory is the instance's budget
   (`vllm/v1/worker/gpu_worker.py`, `init_device`: `requested_memory`). Before anything else vLLM
