@@ -61,9 +61,10 @@ How the trainers drive it:
   `vllm_enable_sleep_mode` calls `llm.sleep(level=2)` after each generation and wakes the
   weights, then the KV cache, before the next one (`trl/generation/vllm_generation.py`).
 
-What is left out, and said in `RolloutNeed.notes`: the encoder profile of vision-language
-families other than Qwen2-VL / Qwen2.5-VL, the hybrid allocator's padding of layer groups,
-linear-attention and Mamba state, prefix-cache sharing between a prompt's copies (it can only
+What is left out (`RolloutNeed.notes` names the first two where a model hits them): the encoder
+profile of vision-language families other than Qwen2-VL / Qwen2.5-VL, linear-attention and
+Mamba state (counted as full attention), the hybrid allocator's padding of layer groups,
+prefix-cache sharing between a prompt's copies (it can only
 lower the need), a vLLM LoRA adapter's buffers (`vllm_enable_lora`), quantized weights.
 """
 
