@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .devices import make_device
 from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
 from .describe import describe_hardware
+from .recipe import rlhf
 from .recipe.levers import LEVER_KEYS
 from .recipe.schema import Recipe, TrialResult
 from .spec import ProbeSpec
@@ -73,6 +74,7 @@ def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | N
             parts += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     if s.strategy:
         parts += ["--strategy", s.strategy, "--nproc-per-node", str(recipe.hardware.world_size)]
+    parts += rlhf.cli_flags(rlhf.from_recipe(s, recipe.rlhf))
     parts += ["--device", device or recipe.hardware.device]
     size = gpu_memory or _size_flag(capacity if capacity is not None else recipe.hardware.capacity_bytes)
     if size:
@@ -130,6 +132,7 @@ def spec_for(recipe: Recipe, device_kind: str, capacity: int, margin: float) -> 
         dtype=s.torch_dtype, device=device_kind, gpu_memory=capacity, margin=margin,
         gradient_checkpointing=bool(s.gradient_checkpointing), attn_implementation=s.attn_implementation,
         optim=s.optim, task=s.task or "train", **vision_fields(recipe),
+        rlhf=rlhf.from_recipe(s, recipe.rlhf), global_batch_size=recipe.search.global_batch_size if s.rlhf_type else None,
     )
 
 

@@ -137,6 +137,12 @@ def test_grpo_lora_probe_reaches_an_exact_frontier_that_trl_confirms(tmp_path):
     assert peak <= budget
     over = _peak_or_oom(launched_grpo, recipe, spec, frontier + 1, s.per_device_eval_batch_size, tmp_path)
     assert over is None or over > budget
+    # The pre-flight check re-runs the RLHF run from the recipe alone; a re-probe asks for it again.
+    from autotune.check import check, reprobe_command
+
+    assert check(recipe).exit_code == 0
+    command = reprobe_command(recipe)
+    assert "--rlhf-type grpo" in command and "--vllm-gpu-memory-utilization 0.25" in command and "--num-generations 4" in command
 
 
 @pytest.mark.slow

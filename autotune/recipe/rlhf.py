@@ -187,3 +187,38 @@ class RLHFSpec:
 def generation_batch(batch: int, accumulation: int, world_size: int, steps_per_generation: int | None) -> int:
     """Completions generated at once across the ranks (TRL's generation_batch_size)."""
     return batch * world_size * (steps_per_generation or accumulation)
+
+
+def from_recipe(settings, record: dict | None) -> RLHFSpec | None:
+    """The RLHFSpec a recipe was probed with (`check` re-runs it), from its settings and record."""
+    if not getattr(settings, "rlhf_type", None):
+        return None
+    record = record or {}
+    grpo = settings.rlhf_type == "grpo"
+    return RLHFSpec(
+        rlhf_type=settings.rlhf_type, target=record.get("target", "swift"),
+        num_generations=settings.num_generations if grpo else None,
+        max_completion_length=settings.max_completion_length if grpo else None, beta=settings.beta,
+        use_vllm=bool(settings.use_vllm), vllm_mode=settings.vllm_mode or "colocate",
+        vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization if settings.use_vllm and settings.vllm_mode != "server" else None,
+        sleep_level=settings.sleep_level or 0, offload_model=bool(settings.offload_model),
+        offload_optimizer=bool(settings.offload_optimizer), steps_per_generation=settings.steps_per_generation,
+        precompute_ref_log_probs=bool(settings.precompute_ref_log_probs))
+
+
+def cli_flags(rlhf: RLHFSpec | None) -> list[str]:
+    """The probe flags that ask for this RLHF run again (a re-probe command)."""
+    if rlhf is None:
+        return []
+    flags = ["--rlhf-type", rlhf.rlhf_type, "--rlhf-target", rlhf.target, "--beta", str(rlhf.kl_beta)]
+    if rlhf.rlhf_type == "dpo":
+        return flags + (["--precompute-ref-log-probs"] if rlhf.precompute_ref_log_probs else [])
+    flags += ["--num-generations", str(rlhf.generations), "--max-completion-length", str(rlhf.completion_length)]
+    if rlhf.steps_per_generation:
+        flags += ["--steps-per-generation", str(rlhf.steps_per_generation)]
+    if rlhf.use_vllm:
+        flags += ["--use-vllm", "--vllm-mode", rlhf.vllm_mode, "--sleep-level", str(rlhf.sleep_level)]
+        if rlhf.vllm_gpu_memory_utilization is not None and rlhf.vllm_mode == "colocate":
+            flags += ["--vllm-gpu-memory-utilization", str(rlhf.vllm_gpu_memory_utilization)]
+        flags += [f for f, on in (("--offload-model", rlhf.offload_model), ("--offload-optimizer", rlhf.offload_optimizer)) if on]
+    return flags
