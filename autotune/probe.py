@@ -101,6 +101,10 @@ class _WithBase:
 def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: float, plan: Recipe | None,
            data: dict | None, values=None) -> Recipe:
     runner, budget = session.runner, session.budget
+    if spec.rlhf is not None and getattr(runner, "workload", None) is not None:
+        from .trials.rlhf_run import prepare
+
+        prepare(runner.workload)  # the rollout engine's share (auto, or a share vLLM would refuse) before any trial
     base = {"env": dict(spec.env)} if spec.env else {}
     hint, hints = None, {}
     if plan is not None:

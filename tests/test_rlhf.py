@@ -178,19 +178,41 @@ def test_the_reference_model_is_resident_only_where_the_framework_loads_one(make
     assert peaks["full, beta"] - peaks["full, beta 0"] >= weights  # the reference copy, and its forward
 
 
+BIG = 8 * 2**30  # a card that holds vLLM's fixed allowances (non-torch memory, CUDA graphs: model/rollout.py)
+
+
 def test_sleeping_vllm_releases_its_share_while_the_trainer_trains(make_workload):
+    from autotune.model.rollout import resident_during_training
     from autotune.trials.trial import run_trial
 
     peaks = {}
     for level in (0, 1):
         rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=True, vllm_gpu_memory_utilization=0.5,
                         sleep_level=level)
-        workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=rlhf, global_batch_size=2)
-        result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY)
+        workload = make_workload("tiny-llama", BIG, max_length=16, train_type="lora", rlhf=rlhf, global_batch_size=2)
+        result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, BIG)
         assert result.fits, result.message
         peaks[level] = result.peak_bytes
-    # Awake all along, the share sits under the training step's peak; asleep, only under the generation's.
-    assert peaks[0] > peaks[1] and peaks[1] >= CAPACITY // 2
+    kept = resident_during_training(workload.rollout_need, BIG // 2, 1)
+    # Awake all along, the share sits under the training step's peak; asleep, the engine keeps only
+    # its fixed memory while training and takes its whole share again to generate.
+    assert kept < BIG // 2 and peaks[1] >= BIG // 2 and peaks[0] - peaks[1] > 0
+
+
+def test_auto_share_is_the_smallest_that_holds_the_engine(make_workload):
+    from autotune.trials.rlhf_run import prepare, rollout_record
+    from autotune.trials.trial import run_trial
+
+    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=True, vllm_gpu_memory_utilization="auto")
+    workload = make_workload("tiny-llama", BIG, max_length=16, train_type="lora", rlhf=rlhf, global_batch_size=4)
+    prepare(workload)
+    share, need = workload.rollout_share, workload.rollout_need
+    assert int(share * BIG) >= need.total_bytes > int((share - 0.01) * BIG)
+    assert need.sequences == 4  # the generation batch on this rank
+    result = run_trial(workload, "train", {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}, 3, BIG)
+    assert result.fits and result.peak_bytes >= int(share * BIG)
+    record = rollout_record(rlhf, workload, BIG)
+    assert record["share"] == share and record["auto"]["need_bytes"] == need.total_bytes
 
 
 def test_the_share_past_the_card_is_an_out_of_memory(make_workload):

@@ -78,6 +78,50 @@ def share_bytes(workload) -> int:
     return int(resolved_share(rlhf, workload) * workload.device.capacity)
 
 
+def training_share_bytes(workload, share: int) -> int:
+    """What the engine keeps of its share while the trainer trains: all of it at sleep level 0;
+    at levels 1 and 2 only what model/rollout.py says a sleeping engine keeps (its non-torch
+    memory and CUDA graphs), never more than the share."""
+    rlhf, need = workload.spec.rlhf, getattr(workload, "rollout_need", None)
+    if rlhf.sleep_level == 0:
+        return share
+    if need is None:
+        return 0
+    from ..model.rollout import resident_during_training
+
+    return min(share, resident_during_training(need, share, rlhf.sleep_level))
+
+
+def size_rollout(workload) -> None:
+    """The colocated engine's need for this run (model/rollout.py, from the config as vLLM accounts
+    it), `auto`'s share, and whether vLLM would accept a given share. On a CUDA card a share vLLM
+    would refuse at startup is one clear error before any trial; on the sim device (a tiny card
+    that cannot hold vLLM's fixed allowances) it is a note in the recipe."""
+    rlhf, spec, device = workload.spec.rlhf, workload.spec, workload.device
+    if not rlhf.colocated or hasattr(workload, "rollout_need"):
+        return
+    from ..model import rollout
+
+    if rlhf.steps_per_generation and rlhf.share == "auto":
+        from ..errors import UsageError
+
+        raise UsageError("--vllm-gpu-memory-utilization", "auto sizes the engine for the generation batch, which with "
+                         "--steps-per-generation follows the per-device batch being searched", "give a share, or leave --steps-per-generation out")
+    sequences = max(1, (spec.global_batch_size or rlhf.generations) // spec.world_size)  # the generation batch per rank
+    need = rollout.rollout_need(workload.source.config, spec.dtype, sequences, spec.max_length, rlhf.completion_length,
+                                weights_bytes=sum(p.numel() * p.element_size() for p in workload.model.parameters()),
+                                target=rlhf.target)
+    workload.rollout_need = need
+    capacity = device.capacity
+    if rlhf.share == "auto":
+        workload.rollout_share = rollout.auto_share(need, capacity)
+        workload.rollout_auto = {**need.record(), "need_bytes": need.total_bytes, "chosen": workload.rollout_share}
+        return
+    if device.kind == "cuda":
+        rollout.require_share(float(rlhf.share), need, capacity)
+    workload.rollout_check = rollout.check_share(float(rlhf.share), need, capacity)
+
+
 def rollout_record(rlhf, workload, capacity: int) -> dict | None:
     """The recipe's record of the rollout engine: where it runs, its share, how the trials had it."""
     if not rlhf.use_vllm:
@@ -89,6 +133,8 @@ def rollout_record(rlhf, workload, capacity: int) -> dict | None:
     share = resolved_share(rlhf, workload)
     how = rollout_how(rlhf, workload.device) if workload is not None else "reserved"
     record.update(share=share, share_bytes=int(share * capacity), auto=getattr(workload, "rollout_auto", None))
+    if getattr(workload, "rollout_check", None):
+        record["vllm_would_refuse"] = workload.rollout_check
     if how == "reserved":
         held = "for the whole run" if rlhf.sleep_level == 0 else "only while generating (the engine sleeps while the trainer trains)"
         record["how"] = (f"reserved, not measured: vLLM cannot start here, so its share was held on the card as one block "
@@ -107,6 +153,7 @@ def prepare(workload) -> None:
     """Build the reference model once per probe when the framework keeps one resident, before a
     trial's baseline is taken (it stays on the card from then on, as in the run)."""
     rlhf = workload.spec.rlhf
+    size_rollout(workload)
     if getattr(workload, "reference", None) is not None or rlhf.reference_model(workload.spec.train_type) != "loaded":
         return
     from ..model.workload import build_model
@@ -216,14 +263,15 @@ def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter
         per_eval = max(1, eval_batch * world // grpo["num_generations_eval"])
         evaluation = Dataset.from_dict({"prompt": prompts[:1] * (per_eval * eval_steps)})
     reserve = share_bytes(workload)
+    resident = training_share_bytes(workload, reserve)
     kwargs = {}
     if rlhf.use_vllm and not vllm_here:
         kwargs["rollout_func"] = _external_rollout(tokenizer, rng, vocab, completion,
-                                                   device if (reserve and rlhf.sleep_level > 0) else None, reserve)
+                                                   device if reserve > resident else None, reserve - resident)
     with _reference_for_grpo(workload):
         trainer = GRPOTrainer(model=workload.model, reward_funcs=_random_reward(rng), args=args, train_dataset=train,
                               eval_dataset=evaluation, processing_class=tokenizer, callbacks=[meter], **kwargs)
-    during = device.reserved(reserve) if reserve and rlhf.sleep_level == 0 else contextlib.nullcontext()
+    during = device.reserved(resident) if resident else contextlib.nullcontext()
     return trainer, during
 
 
@@ -236,8 +284,8 @@ def _random_reward(rng):
 
 def _external_rollout(tokenizer, rng, vocab: int, completion: int, device, reserve: int):
     """What an external engine hands TRL (its `rollout_func`): the prompts' ids and completions
-    at full length. `device`: hold the engine's share while it generates (an engine that sleeps
-    while the trainer trains wakes up for this)."""
+    at full length. `device`: hold `reserve` more bytes while it generates (an engine that sleeps
+    while the trainer trains wakes up to its whole share for this)."""
 
     def rollout(prompts, trainer):
         held = device.reserved(reserve) if device is not None else contextlib.nullcontext()
