@@ -258,6 +258,8 @@ def _rlhf_record(spec, session, chosen) -> dict:
     rlhf = spec.rlhf
     record = {"type": rlhf.rlhf_type, "target": rlhf.target, "reference_model": rlhf.reference_model(spec.train_type),
               "beta": rlhf.kl_beta, "beta_from": "given" if rlhf.beta is not None else f"{rlhf.target}'s default"}
+    if rlhf.reward_models:
+        record["reward_models"] = "resident beside the policy, scoring every completion: " + ", ".join(rlhf.reward_models)
     if rlhf.rlhf_type == "grpo":
         record.update(
             num_generations=rlhf.generations, max_completion_length=rlhf.completion_length,

@@ -215,6 +215,22 @@ def test_auto_share_is_the_smallest_that_holds_the_engine(make_workload):
     assert record["share"] == share and record["auto"]["need_bytes"] == need.total_bytes
 
 
+def test_a_reward_model_passed_as_a_model_is_resident_and_runs(make_workload):
+    from autotune.trials.trial import run_trial
+
+    peaks = {}
+    for rewards in ((), ("tiny-qwen2",)):
+        rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=True, vllm_mode="server", reward_models=rewards)
+        workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=rlhf, global_batch_size=2)
+        result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY)
+        assert result.fits, result.message
+        peaks[rewards] = result.peak_bytes
+    reward = workload.reward_models[0]
+    assert type(reward).__name__ == "Qwen2ForSequenceClassification"
+    weights = sum(p.numel() * p.element_size() for p in reward.parameters())
+    assert peaks[("tiny-qwen2",)] - peaks[()] >= weights
+
+
 def test_the_share_past_the_card_is_an_out_of_memory(make_workload):
     from autotune.trials.trial import run_trial
 
@@ -260,6 +276,7 @@ def test_targets_defaults_and_batch_rules():
     ({"rlhf": RLHFSpec("dpo", num_generations=4)}, "--num-generations"),
     ({"rlhf": RLHFSpec("dpo", use_vllm=True)}, "--use-vllm"),
     ({"rlhf": RLHFSpec("ppo")}, "--rlhf-type"),
+    ({"rlhf": RLHFSpec("dpo", reward_models=("tiny-llama",))}, "--reward-model"),
     ({"strategies": ("zero3",)}, "--rlhf-type"),
 ])
 def test_bad_requests_name_the_flag(changes, flag):

@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
                        help="ms-swift's vLLM sleep: 1 or 2 release its memory while the trainer trains (default: 0)")
     group.add_argument("--offload-model", action="store_true", help="ms-swift: move the policy to the CPU while vLLM generates")
     group.add_argument("--offload-optimizer", action="store_true", help="ms-swift: move the optimizer state to the CPU while vLLM generates")
+    group.add_argument("--reward-model", action="append", metavar="DIR|CONFIG|NAME",
+                       help="GRPO: a reward model passed as a model (resident beside the policy, scoring every completion); "
+                            "a model directory, a config.json (random init) or a built-in name; repeat for several")
     group.add_argument("--precompute-ref-log-probs", action="store_true",
                        help="DPO: compute the reference log-probs before training (no reference model resident while training)")
 
@@ -52,7 +55,8 @@ def rlhf_spec(args) -> RLHFSpec | None:
     kind = getattr(args, "rlhf_type", None)
     if kind is None:
         given = [name for name in (*_GRPO_ONLY, "beta") if getattr(args, name, None) is not None]
-        given += [name for name in ("use_vllm", "offload_model", "offload_optimizer", "precompute_ref_log_probs") if getattr(args, name, False)]
+        given += [name for name in ("use_vllm", "offload_model", "offload_optimizer", "precompute_ref_log_probs", "reward_model")
+                  if getattr(args, name, False)]
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise UsageError(flag, "is an RLHF setting", "add --rlhf-type grpo (or dpo)")
@@ -62,4 +66,5 @@ def rlhf_spec(args) -> RLHFSpec | None:
         max_completion_length=args.max_completion_length, beta=args.beta, use_vllm=args.use_vllm, vllm_mode=args.vllm_mode,
         vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization, sleep_level=args.sleep_level,
         offload_model=args.offload_model, offload_optimizer=args.offload_optimizer,
-        steps_per_generation=args.steps_per_generation, precompute_ref_log_probs=args.precompute_ref_log_probs)
+        steps_per_generation=args.steps_per_generation, precompute_ref_log_probs=args.precompute_ref_log_probs,
+        reward_models=tuple(args.reward_model or ()))

@@ -60,7 +60,8 @@ def _read_json(path: Path, flag: str) -> dict:
     return data
 
 
-def resolve(model: str | None, model_config: str | None) -> ModelSource:
+def resolve(model: str | None, model_config: str | None, causal_lm: bool = True) -> ModelSource:
+    """`causal_lm=False`: any architecture (a reward model's sequence-classification head)."""
     if model is not None:
         directory = Path(model).expanduser()
         if not directory.is_dir():
@@ -83,7 +84,8 @@ def resolve(model: str | None, model_config: str | None) -> ModelSource:
             raise UsageError("--model-config", f"no config file, directory or built-in config named {model_config!r}",
                              f"built-in configs: {', '.join(builtin_names())}")
         source = ModelSource(kind, shown, _config_from_dict(_read_json(path, "--model-config"), str(path), "--model-config"))
-    _require_causal_lm(source)
+    if causal_lm:
+        _require_causal_lm(source)
     return source
 
 

@@ -59,6 +59,7 @@ class RLHFSpec:
     offload_optimizer: bool = False
     steps_per_generation: int | None = None
     precompute_ref_log_probs: bool = False
+    reward_models: tuple = ()  # GRPO: reward models passed as models (a model directory, a config.json, a built-in name)
     global_batch_defaulted: bool = False  # GRPO without --global-batch-size: the spec chose it (default_global_batch)
 
     def validate(self, world_size: int = 1, global_batch: int | None = None, train_type: str = "full") -> None:
@@ -92,6 +93,7 @@ class RLHFSpec:
                     raise UsageError(flag, "only means something with vLLM generating the rollouts", "add --use-vllm")
         if self.precompute_ref_log_probs:
             raise UsageError("--precompute-ref-log-probs", "is a DPO setting", "leave it out for GRPO")
+        self.reward_models = tuple(self.reward_models)
         self.check_global_batch(world_size, global_batch)
 
     def _validate_dpo(self) -> None:
@@ -103,6 +105,8 @@ class RLHFSpec:
                                  "leave it out, or use --rlhf-type grpo")
         if self.use_vllm:
             raise UsageError("--use-vllm", "DPO generates no rollouts", "leave it out, or use --rlhf-type grpo")
+        if self.reward_models:
+            raise UsageError("--reward-model", "DPO learns from given preferences, it scores nothing", "leave it out, or use --rlhf-type grpo")
         if self.beta is not None and self.beta <= 0:
             raise UsageError("--beta", f"DPO's beta must be > 0, got {self.beta}")
 
@@ -177,7 +181,8 @@ class RLHFSpec:
         if self.rlhf_type == "dpo":
             return {"rlhf_type": "dpo", "beta": self.kl_beta, "precompute_ref_log_probs": self.precompute_ref_log_probs or None}
         values = {"rlhf_type": "grpo", "num_generations": self.generations, "max_completion_length": self.completion_length,
-                  "beta": self.kl_beta, "use_vllm": self.use_vllm, "steps_per_generation": self.steps_per_generation}
+                  "beta": self.kl_beta, "use_vllm": self.use_vllm, "steps_per_generation": self.steps_per_generation,
+                  "reward_model": list(self.reward_models) or None}
         if self.use_vllm:
             values.update(vllm_mode=self.vllm_mode, sleep_level=self.sleep_level, offload_model=self.offload_model,
                           offload_optimizer=self.offload_optimizer)
@@ -216,6 +221,8 @@ def cli_flags(rlhf: RLHFSpec | None) -> list[str]:
     flags += ["--num-generations", str(rlhf.generations), "--max-completion-length", str(rlhf.completion_length)]
     if rlhf.steps_per_generation:
         flags += ["--steps-per-generation", str(rlhf.steps_per_generation)]
+    for reward in rlhf.reward_models:
+        flags += ["--reward-model", reward]
     if rlhf.use_vllm:
         flags += ["--use-vllm", "--vllm-mode", rlhf.vllm_mode, "--sleep-level", str(rlhf.sleep_level)]
         if rlhf.vllm_gpu_memory_utilization is not None and rlhf.vllm_mode == "colocate":

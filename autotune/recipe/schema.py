@@ -131,6 +131,7 @@ class Settings:
     offload_optimizer: bool | None = None
     steps_per_generation: int | None = None  # GRPO; TRL's default is gradient_accumulation_steps
     precompute_ref_log_probs: bool | None = None  # DPO
+    reward_model: list[str] | None = None  # GRPO: reward models passed as models (ms-swift's reward_model)
 
 
 @dataclass

@@ -154,6 +154,7 @@ def prepare(workload) -> None:
     trial's baseline is taken (it stays on the card from then on, as in the run)."""
     rlhf = workload.spec.rlhf
     size_rollout(workload)
+    _load_reward_models(workload)
     if getattr(workload, "reference", None) is not None or rlhf.reference_model(workload.spec.train_type) != "loaded":
         return
     from ..model.workload import build_model
@@ -165,6 +166,45 @@ def prepare(workload) -> None:
         p.requires_grad_(False)
     workload.device.adopt(list(reference.parameters()) + list(reference.buffers()))
     workload.reference = reference
+
+
+def _load_reward_models(workload) -> None:
+    """GRPO's reward models passed as models: built once per probe on the device, in the policy's
+    dtype, frozen (TRL runs them under no_grad), with a word-per-id tokenizer at their vocabulary."""
+    rlhf = workload.spec.rlhf
+    if not rlhf.reward_models or hasattr(workload, "reward_models"):
+        return
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ..model.source import resolve
+    from ..model.workload import TORCH_DTYPES
+
+    dtype, device = TORCH_DTYPES[workload.spec.dtype], workload.device
+    models = []
+    for name in rlhf.reward_models:
+        weights = _is_model_dir(name)
+        source = resolve(name if weights else None, None if weights else name, causal_lm=False)
+        if weights:
+            model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=1, dtype=dtype,
+                                                                       device_map={"": device.torch_device})
+        else:
+            source.config.num_labels = 1
+            with torch.device(device.torch_device):
+                model = AutoModelForSequenceClassification.from_config(source.config, dtype=dtype)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = 0  # the word tokenizer's padding; TRL pads the reward inputs
+        model.eval().requires_grad_(False)
+        device.adopt(list(model.parameters()) + list(model.buffers()))
+        models.append(model)
+    workload.reward_models = models
+
+
+def _is_model_dir(name: str) -> bool:
+    from pathlib import Path
+
+    path = Path(name).expanduser()  # a directory with weights beside config.json; a config alone is random init
+    return path.is_dir() and (path / "config.json").is_file() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin")))
 
 
 @contextlib.contextmanager
@@ -269,8 +309,11 @@ def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter
         kwargs["rollout_func"] = _external_rollout(tokenizer, rng, vocab, completion,
                                                    device if reserve > resident else None, reserve - resident)
     with _reference_for_grpo(workload):
-        trainer = GRPOTrainer(model=workload.model, reward_funcs=_random_reward(rng), args=args, train_dataset=train,
-                              eval_dataset=evaluation, processing_class=tokenizer, callbacks=[meter], **kwargs)
+        rewards = getattr(workload, "reward_models", None)
+        if rewards:
+            kwargs["reward_processing_classes"] = [synthetic_tokenizer(m.config.vocab_size) for m in rewards]
+        trainer = GRPOTrainer(model=workload.model, reward_funcs=list(rewards) if rewards else _random_reward(rng), args=args,
+                              train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer, callbacks=[meter], **kwargs)
     during = device.reserved(resident) if resident else contextlib.nullcontext()
     return trainer, during
 
