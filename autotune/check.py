@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .devices import make_device
 from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
 from .describe import describe_hardware
-from .recipe import rlhf
+from .recipe import levers, rlhf
 from .recipe.levers import LEVER_KEYS
 from .recipe.schema import Recipe, TrialResult
 from .spec import ProbeSpec
@@ -74,7 +74,7 @@ def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | N
             parts += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     if s.strategy:
         parts += ["--strategy", s.strategy, "--nproc-per-node", str(recipe.hardware.world_size)]
-    parts += rlhf.cli_flags(rlhf.from_recipe(s, recipe.rlhf))
+    parts += levers.cli_flags(recipe.search.levers) + rlhf.cli_flags(rlhf.from_recipe(s, recipe.rlhf))
     parts += ["--device", device or recipe.hardware.device]
     size = gpu_memory or _size_flag(capacity if capacity is not None else recipe.hardware.capacity_bytes)
     if size:

@@ -120,6 +120,21 @@ def test_a_vision_language_recipe_checks_with_its_own_media_limits(tmp_path, cap
     assert args.freeze_aligner is False and args.freeze_vit is True
 
 
+def test_reprobe_hint_asks_for_the_levers_the_probe_was_asked_for():
+    """A re-probe that forgot --gradient-checkpointing partial or --activation-offloading would
+    search a smaller space than the recipe's and could find nothing that fits (issue #15)."""
+    import shlex
+
+    from autotune.check import reprobe_command
+    from autotune.cli import build_parser
+    base = variant("base")
+    asked = {"partial_checkpointing": {"asked": "partial"}, "activation_offloading": {"asked": "search"},
+             "sequence_parallel_size": {"asked": "2"}}
+    recipe = dataclasses.replace(base, search=dataclasses.replace(base.search, levers={"asked": asked}))
+    args = build_parser().parse_args(shlex.split(reprobe_command(recipe))[3:])
+    assert (args.gradient_checkpointing, args.activation_offloading, args.sequence_parallel_size) == ("partial", "search", 2)
+
+
 def test_reprobe_hint_keeps_the_device_searches_everything_and_never_overwrites(recipe_file, capsys):
     """The hint is copied and run: it must probe on the device the check ran on, at its
     capacity, over the whole search space, into a new file (the user's recipe stays)."""

@@ -274,3 +274,19 @@ def outcome(spec, device, chosen, candidates: list) -> dict:
         record["note"] = ("faster at the global batch than every configuration without levers" if best_without
                           else "no configuration without levers fits the global batch")
     return record
+
+
+# The flag that asks for each lever again, by its record name (`asked`).
+_ASK_FLAGS = {"partial_checkpointing": "--gradient-checkpointing", "activation_offloading": "--activation-offloading",
+              "packing": "--packing", "padding_free": "--padding-free", "liger": "--liger",
+              "sequence_parallel_size": "--sequence-parallel-size"}
+
+
+def cli_flags(record: dict | None) -> list[str]:
+    """The probe flags that ask for the same levers again (a re-probe command), from the recipe's
+    `search.levers` record: what the user asked, not what won."""
+    flags: list[str] = []
+    for name, row in ((record or {}).get("asked") or {}).items():
+        if name in _ASK_FLAGS:
+            flags += [_ASK_FLAGS[name], str(row["asked"])]
+    return flags
