@@ -117,6 +117,21 @@ class Settings:
     strategy: str | None = None
     env: dict = field(default_factory=dict)  # environment the launch needs (PYTORCH_CUDA_ALLOC_CONF, MAX_PIXELS, ...)
     task: str | None = None  # "eval": an evaluation-only recipe (issue #14: Trainer.evaluate, no training); None: training
+    # RLHF (issue #12), ms-swift's argument names. None / False: not an RLHF recipe / not set.
+    # GRPO's per_device_train_batch_size counts completions (TRL's rule); max_length is the
+    # prompt's length for GRPO, prompt + response for DPO.
+    rlhf_type: str | None = None  # "grpo" | "dpo"
+    num_generations: int | None = None  # GRPO: completions per prompt
+    max_completion_length: int | None = None  # GRPO: tokens per completion
+    beta: float | None = None  # KL coefficient (GRPO) / DPO beta, as the run uses it
+    use_vllm: bool | None = None
+    vllm_mode: str | None = None  # "colocate" | "server"
+    vllm_gpu_memory_utilization: float | None = None
+    sleep_level: int | None = None  # 0 | 1 | 2
+    offload_model: bool | None = None
+    offload_optimizer: bool | None = None
+    steps_per_generation: int | None = None  # GRPO; TRL's default: gradient_accumulation_steps
+    precompute_ref_log_probs: bool | None = None  # DPO
 
 
 @dataclass
