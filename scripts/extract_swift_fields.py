@@ -1,13 +1,17 @@
-"""Extract the argument names and types `swift sft` accepts from the installed ms-swift.
+"""Extract the argument names and types `swift sft` (or `swift rlhf`) accepts from the installed ms-swift.
 
 Run it with the python of a venv that has ms-swift installed (not autotune's own venv: ms-swift
 pins its own transformers):
 
     /work/venvs/swift46/bin/python scripts/extract_swift_fields.py autotune/emit/swift_fields/4.6.json
     /work/venvs/swift312/bin/python scripts/extract_swift_fields.py autotune/emit/swift_fields/3.12.json
+    /work/venvs/swift46/bin/python scripts/extract_swift_fields.py autotune/emit/swift_fields/4.6-rlhf.json rlhf
+    /work/venvs/swift312/bin/python scripts/extract_swift_fields.py autotune/emit/swift_fields/3.12-rlhf.json rlhf
 
-The class is `swift.arguments.SftArguments` in 4.x and `swift.llm.TrainArguments` in 3.x, the
-dataclasses `swift sft` parses its command line (and its YAML file) into."""
+`sft`: `swift.arguments.SftArguments` in 4.x, `swift.llm.TrainArguments` in 3.x; `rlhf`:
+`swift.arguments.RLHFArguments` in 4.x, `swift.llm.RLHFArguments` in 3.x -- the dataclasses
+`swift sft` / `swift rlhf` parse their command line (and YAML file) into. One file per
+(version, command), each of the same shape, so the SFT lists stay as they were."""
 
 import dataclasses
 import json
@@ -35,14 +39,17 @@ def type_text(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def main(out: str) -> None:
+CLASSES = {("sft", 4): ("swift.arguments", "SftArguments"), ("sft", 3): ("swift.llm", "TrainArguments"),
+           ("rlhf", 4): ("swift.arguments", "RLHFArguments"), ("rlhf", 3): ("swift.llm", "RLHFArguments")}
+
+
+def main(out: str, command: str = "sft") -> None:
+    import importlib
+
     version = metadata.version("ms-swift")
-    if int(version.split(".")[0]) >= 4:
-        from swift.arguments import SftArguments as cls
-        name = "swift.arguments.SftArguments"
-    else:
-        from swift.llm import TrainArguments as cls
-        name = "swift.llm.TrainArguments"
+    module, attr = CLASSES[(command, 4 if int(version.split(".")[0]) >= 4 else 3)]
+    cls = getattr(importlib.import_module(module), attr)
+    name = f"{module}.{attr}"
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # noqa: BLE001 - a forward reference that does not resolve: fall back per field
@@ -57,4 +64,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *sys.argv[2:3])

@@ -3,47 +3,15 @@ its parser converts. Checked against the checked-in field lists always, and agai
 own parser where `import swift` works (run these tests with a venv that has ms-swift)."""
 
 import shlex
-import typing
 
 import pytest
 import yaml
 
 from autotune.emit import swift
 from launch_recipes import VARIANTS, variant
+from swift_parsing import assert_real_swift_accepts, matches
 
 VERSIONS = ("3.12", "4.6")
-
-
-def matches(type_text: str, value) -> bool:
-    """Does a YAML value fit a field's type text (as written by scripts/extract_swift_fields.py)?"""
-    t = type_text.strip()
-    if t.startswith("Optional["):
-        return value is None or matches(t[len("Optional["):-1], value)
-    if t.startswith("Union["):
-        return any(matches(part, value) for part in _split(t[len("Union["):-1]))
-    if t.startswith("Literal["):
-        return value in [eval(x) for x in _split(t[len("Literal["):-1])]  # noqa: S307 - our own repr text
-    if t.startswith("List["):
-        return isinstance(value, list) and all(matches(t[5:-1], v) for v in value)
-    simple = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool), "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str), "dict": lambda v: isinstance(v, (dict, str)),
-              "Dict": lambda v: isinstance(v, (dict, str)), "OptimizerNames": lambda v: isinstance(v, str)}
-    if t in simple:
-        return simple[t](value)
-    raise AssertionError(f"type text {t!r} not understood by the test")
-
-
-def _split(text: str) -> list[str]:
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    return parts + [cur.strip()] if cur.strip() else parts
 
 
 def emitted(name: str, version: str) -> dict:
@@ -137,36 +105,10 @@ def test_real_ms_swift_parses_the_file(name, tmp_path):
     """ms-swift's own YAML loader (swift.cli.main.parse_yaml_args) turns the file into argv, and
     its own HfArgumentParser over the real SftArguments/TrainArguments converts every value."""
     pytest.importorskip("swift")
-    import dataclasses
-
-    from transformers import HfArgumentParser
-
-    major = _installed_major()
-    from swift.utils.utils import _patch_get_type_hints
     version = swift.resolve_version(None)
     path = tmp_path / "args.yaml"
     path.write_text(swift.render_yaml(variant(name), version))
-    if major == "3":  # `swift sft --config FILE`: prepare_config_args appends the file's flags
-        from swift.cli.main import prepare_config_args
-        from swift.llm import TrainArguments as cls
-        argv = ["--config", str(path)]
-        prepare_config_args(argv)
-    else:  # `swift sft FILE`: parse_yaml_args replaces the file with its flags
-        from swift.arguments import SftArguments as cls
-        from swift.cli.main import parse_yaml_args
-        argv = [str(path)]
-        parse_yaml_args(argv)
-    with _patch_get_type_hints():
-        parser = HfArgumentParser([cls])
-    namespace, unknown = parser.parse_known_args(argv)
-    assert unknown == [], f"ms-swift {version} does not accept {unknown}"
-    names = {f.name for f in dataclasses.fields(cls)}
-    data = yaml.safe_load(path.read_text())
-    data.pop("ENV", None)
-    for key, value in data.items():
-        assert key in names
-        got = getattr(namespace, key)
-        assert got == value or str(got) == str(value) or (isinstance(value, list) and list(got) == value), (key, got, value)
+    assert_real_swift_accepts(path, "sft", _installed_major())
 
 
 def test_script_passes_extra_flags_and_runs_with_bash(tmp_path):

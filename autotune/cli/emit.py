@@ -25,13 +25,18 @@ examples:
   python -m autotune emit accelerate recipe.yaml -o accelerate.yaml
   python -m autotune emit llamafactory recipe.yaml -o llamafactory.yaml
 
+  # an RLHF recipe (probe --rlhf-type grpo|dpo): swift writes `swift rlhf` files; trl a GRPOConfig /
+  # DPOConfig JSON + grpo.model.json (model, LoRA, the prompt length, the rollout share)
+  python -m autotune emit swift grpo-recipe.yaml -o grpo.sh
+  python -m autotune emit trl grpo-recipe.yaml -o grpo.json
+
 A recipe whose validation did not pass, or a plan (`autotune plan`), is refused unless
 --allow-unvalidated.
 """
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("emit", help="write launch files (ms-swift, HF Trainer, DeepSpeed, accelerate, LLaMA-Factory) from a recipe",
+    p = sub.add_parser("emit", help="write launch files (ms-swift, HF Trainer, DeepSpeed, accelerate, LLaMA-Factory, TRL) from a recipe",
                        description="Turn a recipe into the argument or config file a training framework reads.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", choices=TARGETS, help="which framework's file")
@@ -57,7 +62,8 @@ def emit_paths(recipe_out: str, targets: list[str]) -> list[str]:
     """Launch files `probe --emit` writes beside the recipe: r.yaml -> r.swift.yaml, r.swift.sh, r.hf.json, ..."""
     stem = recipe_out[: -len(".yaml")] if recipe_out.endswith(".yaml") else recipe_out
     names = {"swift": [".swift.yaml", ".swift.sh"], "hf": [".hf.json", ".hf.model.json"], "deepspeed": [".deepspeed.json"],
-             "accelerate": [".accelerate.yaml", ".accelerate.deepspeed.json"], "llamafactory": [".llamafactory.yaml"]}
+             "accelerate": [".accelerate.yaml", ".accelerate.deepspeed.json"], "llamafactory": [".llamafactory.yaml"],
+             "trl": [".trl.json", ".trl.model.json"]}
     return [stem + suffix for target in targets for suffix in names[target]]
 
 
@@ -87,7 +93,7 @@ def run(args) -> int:
     for path in outputs:
         print(f"wrote {path}", file=sys.stderr)
     for path in outputs:
-        command = next_steps.launch_command(args.target, path, args.swift_version)
+        command = next_steps.launch_command(args.target, path, args.swift_version, recipe.settings.rlhf_type)
         if command:
             print(f"next: {command}", file=sys.stderr)
     return 0

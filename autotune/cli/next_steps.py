@@ -8,14 +8,22 @@ import shlex
 from ..emit.swift import resolve_version
 
 
-def launch_command(target: str, path: str, swift_version: str | None = None) -> str | None:
-    """The command (or call) that reads the launch file at `path`; None for a side file."""
+def launch_command(target: str, path: str, swift_version: str | None = None, rlhf_type: str | None = None) -> str | None:
+    """The command (or call) that reads the launch file at `path`; None for a side file.
+    `rlhf_type`: the recipe's (an RLHF recipe launches with `swift rlhf`, TRL's GRPO/DPO config)."""
     q = shlex.quote(path)
     if target == "swift":
+        command = "rlhf" if rlhf_type else "sft"
         if path.endswith(".sh"):
-            return f"bash {q}   # extra swift sft flags go after it"
+            return f"bash {q}   # extra swift {command} flags go after it"
         v3 = resolve_version(swift_version).startswith("3.")
-        return f"swift sft --config {q}" if v3 else f"swift sft {q}"
+        return f"swift {command} --config {q}" if v3 else f"swift {command} {q}"
+    if target == "trl":
+        if path.endswith(".model.json"):
+            return None
+        config = {"grpo": "GRPOConfig", "dpo": "DPOConfig"}.get(rlhf_type or "", "GRPOConfig")
+        return (f"HfArgumentParser({config}).parse_json_file({path!r})   # in your TRL script; "
+                f"or TrlParser([{config}]).parse_args_and_config() with --config {q}")
     if target == "hf":
         if path.endswith(".model.json"):
             return None
@@ -32,14 +40,15 @@ def launch_command(target: str, path: str, swift_version: str | None = None) -> 
 
 
 def after_probe(recipe_path: str, emitted: dict[str, list[str]], swift_version: str | None = None,
-                training: bool = True) -> list[str]:
+                training: bool = True, rlhf_type: str | None = None) -> list[str]:
     """Next commands after `probe`: launch each emitted file, pre-flight the recipe in the job
     (`training` False: an evaluation-only recipe, which has no launch files)."""
     q = shlex.quote(recipe_path)
     lines = [f"python -m autotune check {q}   # in the job script, before the long run (exit 0 = fits)"]
-    launches = [c for target, paths in emitted.items() for p in paths if (c := launch_command(target, p, swift_version))]
+    launches = [c for target, paths in emitted.items() for p in paths
+                if (c := launch_command(target, p, swift_version, rlhf_type))]
     if launches:
         lines += launches
     elif training:
-        lines.append(f"python -m autotune emit swift {q} -o swift.yaml   # launch files: swift, hf, deepspeed, accelerate, llamafactory")
+        lines.append(f"python -m autotune emit swift {q} -o swift.yaml   # launch files: swift, hf, deepspeed, accelerate, llamafactory, trl")
     return lines

@@ -204,7 +204,7 @@ def run(args) -> int:
     if args.plot:
         write_plot(recipe, args.plot)
         written.append(args.plot)
-    steps = next_steps.after_probe(args.out, emitted, args.swift_version, training=recipe.settings.task != "eval")
+    steps = next_steps.after_probe(args.out, emitted, args.swift_version, training=recipe.settings.task != "eval", rlhf_type=recipe.settings.rlhf_type)
     if args.format == "json":  # stdout holds the JSON only; the files and next steps go to stderr
         print_json(recipe.to_dict())
         files_and_next(console, written, steps)

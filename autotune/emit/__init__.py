@@ -5,17 +5,26 @@ every path before writing any."""
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from ..recipe.schema import Recipe
-from . import accelerate, deepspeed, hf, llamafactory, swift
+from . import accelerate, deepspeed, hf, llamafactory, rlhf, swift, trl
 from .common import require_validated, zero_stage
 
-TARGETS = ("swift", "hf", "deepspeed", "accelerate", "llamafactory")
+TARGETS = ("swift", "hf", "deepspeed", "accelerate", "llamafactory", "trl")
 
 
 def files(target: str, recipe: Recipe, out: str, swift_version: str | None = None, dataset: str | None = None,
           script: bool | None = None) -> dict[str, str]:
     """The files `target` needs, keyed by path. For swift, a `.sh` path (or script=True) gives
-    the shell script, anything else the YAML argument file."""
+    the shell script, anything else the YAML argument file (`swift rlhf`'s for an RLHF recipe).
+    trl: a GRPOConfig / DPOConfig JSON and its sidecar; an RLHF recipe given to hf or
+    llamafactory is refused (their files would launch supervised training)."""
+    kind = rlhf.rlhf_type(recipe)
+    if kind and target in ("hf", "llamafactory"):
+        raise UsageError("RECIPE", f"this recipe is a {kind.upper()} run (settings.rlhf_type): `emit {target}` would write "
+                         "supervised training", "use `autotune emit trl` (TRL's config) or `autotune emit swift` (swift rlhf)")
+    if target == "trl":
+        return {out: trl.render(recipe), hf.sidecar_path(out): trl.render_model(recipe)}
     if target == "swift":
         as_script = out.endswith(".sh") if script is None else script
         render = swift.render_script if as_script else swift.render_yaml
@@ -34,4 +43,4 @@ def files(target: str, recipe: Recipe, out: str, swift_version: str | None = Non
     raise ValueError(f"unknown emit target {target!r}")
 
 
-__all__ = ["TARGETS", "files", "require_validated", "swift", "hf", "deepspeed", "accelerate", "llamafactory"]
+__all__ = ["TARGETS", "files", "require_validated", "swift", "hf", "deepspeed", "accelerate", "llamafactory", "trl"]

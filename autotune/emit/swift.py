@@ -1,9 +1,12 @@
 """ms-swift argument files: a YAML for `swift sft FILE.yaml` (4.x) or `swift sft --config
-FILE.yaml` (3.10-3.12), and a shell script in the style of ms-swift's own examples.
+FILE.yaml` (3.10-3.12), and a shell script in the style of ms-swift's own examples. A recipe
+with `settings.rlhf_type` (issue #12) gets the same files for `swift rlhf`: every SFT key plus
+the RLHF ones (`rlhf_type`, the rollout engine, the generation batch, beta).
 
 Names are ms-swift's: 4.x calls the training type `tuner_type`, 3.x `train_type`; attention is
 `attn_impl`. The checked-in field lists (swift_fields/*.json, extracted from the real argument
-dataclasses by scripts/extract_swift_fields.py) say what each version accepts."""
+dataclasses by scripts/extract_swift_fields.py: `3.12.json` SFT, `3.12-rlhf.json` RLHF) say what
+each version accepts; the RLHF keys are written only where that version's list has them."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import yaml
 from ..errors import UsageError
 from ..recipe.schema import Recipe
 from ..recipe.training_args import CHECKPOINTING_KWARGS, checkpointing_lever_kwargs, eval_outputs_of
+from . import rlhf
 from .common import DATASET_PLACEHOLDER, check_strategy, launch_env, memory_comment, model_location
 
 FIELDS_DIR = Path(__file__).parent / "swift_fields"
@@ -47,11 +51,16 @@ def resolve_version(requested: str | None) -> str:
     return f"{major}.{minor}"
 
 
-def field_list(version: str) -> dict[str, str]:
-    """Accepted argument names -> type text, for the closest checked-in list."""
+def field_list(version: str, command: str = "sft") -> dict[str, str]:
+    """Accepted argument names -> type text of `swift sft` / `swift rlhf`, for the closest checked-in list."""
     major = version.split(".")[0]
-    name = "4.6.json" if major != "3" else "3.12.json"
-    return json.loads((FIELDS_DIR / name).read_text())["fields"]
+    name = ("4.6" if major != "3" else "3.12") + ("-rlhf" if command == "rlhf" else "")
+    return json.loads((FIELDS_DIR / f"{name}.json").read_text())["fields"]
+
+
+def command(recipe: Recipe) -> str:
+    """`swift sft` or `swift rlhf`: which of ms-swift's commands launches the recipe."""
+    return "rlhf" if rlhf.rlhf_type(recipe) else "sft"
 
 
 def check_levers(recipe: Recipe) -> None:
@@ -85,7 +94,9 @@ def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict
     check_levers(recipe)
     strategy = check_strategy(recipe)
     v4 = not version.startswith("3.")
-    args: dict = {"model": model_location(recipe)}
+    rlhf_keys = rlhf_args(recipe, version)[0] if rlhf.rlhf_type(recipe) else {}
+    args: dict = {"rlhf_type": rlhf_keys.pop("rlhf_type")} if rlhf_keys else {}  # first, as ms-swift's examples write it
+    args["model"] = model_location(recipe)
     args["tuner_type" if v4 else "train_type"] = m.train_type
     if m.train_type == "lora" and m.lora:
         args["lora_rank"] = int(m.lora["r"])
@@ -129,8 +140,74 @@ def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict
         args["deepspeed"] = strategy  # ms-swift ships zero2/zero3/zero2_offload/zero3_offload configs
     elif strategy == "fsdp":
         args["fsdp"] = "fsdp2"  # ms-swift's FSDP2 preset (swift/../fsdp_config/fsdp2.json)
+    args.update(rlhf_keys)
     args["output_dir"] = "output"
     return args
+
+
+def rlhf_args(recipe: Recipe, version: str) -> tuple[dict, list[str]]:
+    """The `swift rlhf` keys of an RLHF recipe that this version's RLHFArguments accepts, and a
+    comment for each one it lacks. A lacking key that changes what the card holds (sleep, offload,
+    the generation batch, precomputed reference log-probs) is refused: the run would not be the
+    one probed."""
+    s, kind = recipe.settings, rlhf.rlhf_type(recipe)
+    fields = field_list(version, "rlhf")
+    args: dict = {"rlhf_type": kind}
+    comments: list[str] = []
+
+    def put(key: str, value, memory: str | None = None) -> None:
+        if value is None:
+            return
+        if key in fields:
+            args[key] = value
+        elif memory:
+            raise UsageError("RECIPE", f"ms-swift {version}'s RLHFArguments has no {key} (the recipe sets {value}): {memory}",
+                             "pass --swift-version 4.6 (or the ms-swift you run), or re-probe without it")
+        else:
+            comments.append(f"# {key}={value}: ms-swift {version} has no such argument; left out (no memory effect)")
+
+    if s.beta is not None:
+        put("beta", float(s.beta))
+    if kind == "dpo":
+        if s.precompute_ref_log_probs:
+            put("precompute_ref_log_probs", True, "without it the reference model stays resident while the policy trains")
+        return args, comments
+    put("num_generations", s.num_generations)
+    put("max_completion_length", s.max_completion_length)
+    spg = rlhf.steps_per_generation(recipe)
+    if "steps_per_generation" in fields:
+        put("steps_per_generation", spg)
+    elif spg != s.gradient_accumulation_steps:  # the default needs no key; another value sets the rollout batch
+        put("generation_batch_size", rlhf.generation_batch_size(recipe),
+            "it sets how many completions one rollout generates and holds")
+    put("use_vllm", bool(s.use_vllm))
+    if s.use_vllm:
+        mode = s.vllm_mode or "colocate"
+        put("vllm_mode", mode)
+        if mode == "colocate":
+            put("vllm_gpu_memory_utilization", s.vllm_gpu_memory_utilization)
+        elif s.vllm_gpu_memory_utilization is not None:
+            comments.append(f"# vllm_mode server: start the server (swift rollout) with --vllm_gpu_memory_utilization "
+                            f"{s.vllm_gpu_memory_utilization} on its own cards")
+        if s.max_length and s.max_completion_length:
+            put("vllm_max_model_len", int(s.max_length + s.max_completion_length))  # the context the share was sized for
+        put("sleep_level", s.sleep_level, "sleep releases vLLM's share while the policy trains" if s.sleep_level else None)
+    for key in ("offload_model", "offload_optimizer"):
+        value = getattr(s, key)
+        put(key, value, "it moves the training side off the card while vLLM generates" if value else None)
+    return args, comments
+
+
+def rlhf_comments(recipe: Recipe, version: str) -> list[str]:
+    """What the file's reader must know of the RLHF run: the rollout share as the recipe records
+    it, the keys this version lacks, the reward (autotune measures none)."""
+    if not rlhf.rlhf_type(recipe):
+        return []
+    lines = [f"# {note}" for note in rlhf.notes(recipe, "swift")] + rlhf_args(recipe, version)[1]
+    if recipe.settings.rlhf_type == "grpo":
+        lines.append("# GRPO needs your reward: add reward_funcs (or reward_model; a reward model on the card is memory "
+                     "the probe counted only if the recipe's rlhf record names it)")
+    return lines
 
 
 def render_yaml(recipe: Recipe, version: str | None = None, dataset: str | None = None) -> str:
@@ -141,16 +218,17 @@ def render_yaml(recipe: Recipe, version: str | None = None, dataset: str | None 
     head = [f"# ms-swift {version} arguments from autotune recipe ({recipe.model.architecture}, "
             f"{recipe.model.train_type}, max_length {recipe.settings.max_length})",
             memory_comment(recipe)]
+    cmd = command(recipe)
     if v4:
-        head.append("# run: swift sft THIS_FILE.yaml   (flags after the file override it)")
+        head.append(f"# run: swift {cmd} THIS_FILE.yaml   (flags after the file override it)")
     else:
-        head.append("# run: swift sft --config THIS_FILE.yaml   (3.x: the file wins over flags)")
+        head.append(f"# run: swift {cmd} --config THIS_FILE.yaml   (3.x: the file wins over flags)")
         if env:
             head.append("# 3.x reads no ENV block from this file; export these first:")
             head += [f"#   export {k}={shlex.quote(v)}" for k, v in env.items()]
     if not dataset:
         head.append(f"# {DATASET_PLACEHOLDER}: replace with your dataset (a hub id or a local .jsonl)")
-    head += model_type_comment(recipe) + lever_comments(recipe)
+    head += model_type_comment(recipe) + lever_comments(recipe) + rlhf_comments(recipe, version)
     body = dict(args)
     if v4 and env:
         body = {"ENV": env, **body}
@@ -167,16 +245,16 @@ def _flag_value(value) -> str:
 
 def render_script(recipe: Recipe, version: str | None = None, dataset: str | None = None) -> str:
     """A runnable script shaped like ms-swift's examples: memory comment, env vars one per
-    line, `swift sft \\`, then four-space-indented flags."""
+    line, `swift sft \\` (or `swift rlhf \\`), then four-space-indented flags."""
     version = resolve_version(version)
     args = swift_args(recipe, version, dataset)
     lines = [memory_comment(recipe), f"# ms-swift {version}; generated by autotune from a probed recipe"]
     if not dataset:
         lines.append(f"# {DATASET_PLACEHOLDER} below is a placeholder: replace it with your dataset")
-    lines += model_type_comment(recipe) + lever_comments(recipe)
+    lines += model_type_comment(recipe) + lever_comments(recipe) + rlhf_comments(recipe, version)
     lines.append('# extra flags go on the command line: bash THIS_FILE.sh --num_train_epochs 3 (passed on as "$@")')
     lines += [f"{k}={shlex.quote(v)} \\" for k, v in launch_env(recipe).items()]
-    lines.append("swift sft \\")
+    lines.append(f"swift {command(recipe)} \\")
     for key, value in args.items():
         lines.append(f"    --{key} {_flag_value(value)} \\")
     lines.append('    "$@"')
