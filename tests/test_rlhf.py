@@ -285,16 +285,20 @@ def test_bad_requests_name_the_flag(changes, flag):
     assert info.value.flag == flag
 
 
-def test_cli_refuses_an_rlhf_flag_without_the_type(tmp_path):
-    import subprocess
-    import sys
+@pytest.mark.parametrize("extra, flag", [
+    (["--num-generations", "4"], "--num-generations"),
+    (["--emit", "trl"], "--emit"),
+    (["--rlhf-type", "grpo", "--emit", "hf"], "--emit"),
+    (["--rlhf-type", "dpo", "--precompute-ref-log-probs", "--emit", "swift"], "--precompute-ref-log-probs"),
+])
+def test_cli_refuses_before_any_work(tmp_path, capsys, extra, flag):
+    from autotune.cli import main
 
     out = tmp_path / "r.yaml"
-    done = subprocess.run([sys.executable, "-m", "autotune", "probe", "--model-config", "tiny-llama", "--device", "sim",
-                           "--gpu-memory", "64MiB", "--max-length", "32", "--num-generations", "4", "--out", str(out)],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "--num-generations" in done.stderr and "--rlhf-type" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+    code = main(["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "64MiB", "--max-length", "32",
+                 "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_rlhf_spec_survives_a_trip_as_plain_data():

@@ -240,9 +240,9 @@ def rlhf_lines(recipe: Recipe) -> list[str]:
         auto = rollout.get("auto") or {}
         lines.append(f"{'':<12}vLLM colocated: {rollout['share']} of the card ({format_size(rollout['share_bytes'])})"
                      + (f", auto: needs {format_size(auto['need_bytes'])}" if auto.get("need_bytes") else "")
-                     + f"; {rollout['how']}")
+                     + f"; {rollout['how']}: {rollout.get('why')}")
     elif rollout:
-        lines.append(f"{'':<12}rollouts: {rollout.get('engine')}, {rollout['how']}")
+        lines.append(f"{'':<12}rollouts {rollout['how']}: {rollout.get('why')}")
     return lines
 
 

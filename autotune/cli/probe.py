@@ -169,6 +169,7 @@ def run(args) -> int:
         raise UsageError("--emit", "the launch files are training runs; an evaluation-only recipe has no training to launch",
                          "leave --emit out and read the recipe's eval settings (or recipe.apply them to your TrainingArguments)")
     lever_args.check_targets(args)
+    rlhf_args.check_targets(spec.rlhf, args.emit or [])
     if args.device is not None and args.device not in ("cuda", "sim"):
         raise UsageError("--device", f"unknown device {args.device!r}", "choose cuda or sim")
     main_rank = launch.rank_from_env()[0] == 0  # under torchrun only rank 0 prints and writes

@@ -68,3 +68,19 @@ def rlhf_spec(args) -> RLHFSpec | None:
         offload_model=args.offload_model, offload_optimizer=args.offload_optimizer,
         steps_per_generation=args.steps_per_generation, precompute_ref_log_probs=args.precompute_ref_log_probs,
         reward_models=tuple(args.reward_model or ()))
+
+
+def check_targets(rlhf: RLHFSpec | None, targets: list[str]) -> None:
+    """An --emit target that could not launch this run, refused before any work (the emitters
+    refuse the recipe too, but only after the probe)."""
+    if rlhf is None and "trl" in targets:
+        raise UsageError("--emit", "trl writes a GRPOConfig / DPOConfig, for an RLHF run", "add --rlhf-type grpo|dpo, or emit hf")
+    if rlhf is None:
+        return
+    for target in ("hf", "llamafactory"):
+        if target in targets:
+            raise UsageError("--emit", f"{target}'s files launch supervised training, not {rlhf.rlhf_type}",
+                             "use --emit trl or --emit swift (swift rlhf)")
+    if "swift" in targets and rlhf.precompute_ref_log_probs:
+        raise UsageError("--precompute-ref-log-probs", "no ms-swift version has this argument, so its files could not say it",
+                         "drop --emit swift (emit trl can), or leave --precompute-ref-log-probs out")

@@ -123,31 +123,30 @@ def size_rollout(workload) -> None:
 
 
 def rollout_record(rlhf, workload, capacity: int) -> dict | None:
-    """The recipe's record of the rollout engine: where it runs, its share, how the trials had it."""
+    """The recipe's record of the rollout engine: where it runs, its share, and how the trials had
+    it (`how`: "measured" | "reserved" | "elsewhere", `why`: in words)."""
     if not rlhf.use_vllm:
-        return {"engine": "the policy's generate() (TRL without vLLM)", "how": "measured"}
+        return {"engine": "generate", "how": "measured", "why": "TRL without vLLM generates with the policy's generate(), inside the trials"}
     record = {"engine": "vllm", "mode": rlhf.vllm_mode, "sleep_level": rlhf.sleep_level}
     if rlhf.vllm_mode == "server":
-        record["how"] = "elsewhere: the server's own cards; nothing reserved on the training cards"
+        record.update(how="elsewhere", why="the vLLM server has its own cards; nothing is reserved on the training cards")
         return record
     share = resolved_share(rlhf, workload)
     how = rollout_how(rlhf, workload.device) if workload is not None else "reserved"
     record.update(share=share, share_bytes=int(share * capacity), auto=getattr(workload, "rollout_auto", None))
+    if how == "reserved":
+        held = "for the whole run" if rlhf.sleep_level == 0 else "whole while generating, and only what a sleeping engine keeps while training"
+        record.update(how="reserved", why=f"vLLM cannot start here, so its share was held on the card as one block, {held}; "
+                                          "the completions came through TRL's rollout_func at full length")
+    else:
+        record.update(how="measured", why="vLLM ran colocated in the trials")
     if getattr(workload, "rollout_check", None):
         record["vllm_would_refuse"] = workload.rollout_check
-    if how == "reserved":
-        held = "for the whole run" if rlhf.sleep_level == 0 else "only while generating (the engine sleeps while the trainer trains)"
-        record["how"] = (f"reserved, not measured: vLLM cannot start here, so its share was held on the card as one block "
-                         f"{held}; the completions came through TRL's rollout_func at full length")
-    else:
-        record["how"] = how
     if rlhf.offload_model or rlhf.offload_optimizer:
         record["offload"] = ("offload_model / offload_optimizer are written to the launch files; the trials kept the policy "
                              "and optimizer on the card while generating (more memory than the run, never less)")
     return record
 
-
-# ---------------------------------------------------------------- the reference model
 
 def prepare(workload) -> None:
     """Build the reference model once per probe when the framework keeps one resident, before a
