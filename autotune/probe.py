@@ -43,6 +43,8 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
 
         values = frontier_values(spec, source)
         spec = values.loading_spec(spec)
+    if spec.rlhf is not None:
+        _check_rlhf_model(spec, source)
     check_max_length(source.config, spec.max_length, spec.max_new_tokens or 0)
     runnable = _runnable_attention(spec, device, model_class(source.config))
     from .cluster.session import open_session
@@ -60,6 +62,21 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
         return recipe
     finally:
         session.close()
+
+
+def _check_rlhf_model(spec: ProbeSpec, source) -> None:
+    """What an RLHF probe cannot run yet, refused before the model loads."""
+    if plan_inputs(source, spec).family is not None:
+        raise UsageError("--rlhf-type", "RLHF probes of vision-language models are not supported yet: the trials would "
+                         "generate from text-only prompts and measure no image tokens", "probe the language model's config, or SFT")
+    if spec.rlhf.rlhf_type != "grpo" or spec.max_length is None:
+        return
+    from .model.source import position_limit
+
+    limit, total = position_limit(source.config), spec.max_length + spec.rlhf.completion_length
+    if limit is not None and total > limit:  # the prompt and its completion are one sequence
+        raise UsageError("--max-completion-length", f"prompt {spec.max_length} + completion {spec.rlhf.completion_length} = {total} "
+                         f"tokens, past the model's position limit of {limit}", "shorten the prompt (--max-length) or the completion")
 
 
 def _runnable_attention(spec: ProbeSpec, device, model_cls=None) -> list[str]:

@@ -290,6 +290,7 @@ def test_bad_requests_name_the_flag(changes, flag):
     (["--emit", "trl"], "--emit"),
     (["--rlhf-type", "grpo", "--emit", "hf"], "--emit"),
     (["--rlhf-type", "dpo", "--precompute-ref-log-probs", "--emit", "swift"], "--precompute-ref-log-probs"),
+    (["--rlhf-type", "grpo", "--max-completion-length", "100000"], "--max-completion-length"),
 ])
 def test_cli_refuses_before_any_work(tmp_path, capsys, extra, flag):
     from autotune.cli import main
