@@ -114,3 +114,17 @@ def test_llava_clip336_moe_worst_case_and_plan():
     assert type(real.model.model.language_model).__name__ == "Qwen3MoeModel"
     assert (real.make_batch(1)["input_ids"] == config.image_token_id).sum() == 576
     check_plan_against_sim(spec, keep_logits=False)  # the plan's frontiers are the sim Trainer's
+
+
+def test_an_evaluation_that_fails_for_another_reason_than_memory_says_so():
+    """transformers 5's LLaVA outputs carry an image_outputs record with None fields; a Trainer that
+    keeps logits (a compute_metrics) cannot pad them and raises TypeError, in the user's run as in the
+    trial. The probe must say that, not "eval batch 1 does not fit"."""
+    from autotune.errors import AutotuneError
+    from autotune.probe import probe
+
+    spec = ProbeSpec(max_length=700, model_config="tiny-llava", device="sim", gpu_memory=256 * 2**20, max_batch_size=1,
+                     attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,), eval_outputs="logits", validate_steps=3)
+    with pytest.raises(AutotuneError) as info:
+        probe(spec)
+    assert "not for memory" in str(info.value) and "TypeError" in str(info.value) and "--eval-outputs argmax" in str(info.value)

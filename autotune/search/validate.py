@@ -29,6 +29,13 @@ def _eval_batch(space, config) -> tuple[int | None, str | None]:
     if not space.spec.eval:
         return None, None
     batch = space.eval_frontier(config)
+    failed = next((t for t in reversed(space.trials) if t.phase == "eval" and t.outcome == "error"), None)
+    if batch == 0 and failed is not None:
+        # Not memory: the Trainer's evaluation itself failed, as the user's run would (e.g. transformers 5's
+        # vision-language outputs carry None fields the Trainer's padding of kept logits cannot take).
+        keeps = space.spec.eval_keeps
+        hint = "--eval-outputs argmax (what ms-swift's acc metric keeps) or loss" if keeps == "logits" else "--eval-outputs loss"
+        return 0, f"the Trainer's evaluation failed, not for memory: {failed.message} (a run with the same eval settings fails the same way; try {hint})"
     if batch == 0:
         hint = "--prediction-loss-only" if not space.spec.prediction_loss_only else "a shorter --max-length"
         return 0, f"eval batch 1 does not fit with {config.attn_implementation} (try {hint}, or a smaller --eval-steps)"
