@@ -157,7 +157,8 @@ class ProbeSpec:
             self.rlhf.global_batch_defaulted = True
         for flag, bad in (("--task eval", self.task == "eval"), ("--max-length auto", self.frontier is not None),
                           ("--dataset", self.dataset is not None), ("--strategy", bool(self.strategies)),
-                          ("--predict-with-generate", self.predict_with_generate)):
+                          ("--predict-with-generate", self.predict_with_generate),
+                          ("--nproc-per-node / --nnodes (several ranks)", self.world_size > 1), ("--isolate", self.isolate)):
             if bad:
                 raise UsageError("--rlhf-type", f"an RLHF probe does not take {flag} yet", f"leave {flag} out")
         if self.eval_outputs not in (None, "loss"):

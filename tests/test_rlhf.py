@@ -278,6 +278,7 @@ def test_targets_defaults_and_batch_rules():
     ({"rlhf": RLHFSpec("ppo")}, "--rlhf-type"),
     ({"rlhf": RLHFSpec("dpo", reward_models=("tiny-llama",))}, "--reward-model"),
     ({"strategies": ("zero3",)}, "--rlhf-type"),
+    ({"world_size": 2}, "--rlhf-type"),
 ])
 def test_bad_requests_name_the_flag(changes, flag):
     with pytest.raises(UsageError) as info:
