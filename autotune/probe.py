@@ -175,12 +175,29 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
                               "try --train-type lora, --gradient-checkpointing on, a shorter --max-length, or a larger card")
     if spec.eval:
         space.eval_frontier(ranked[0])
-    done = validate(space, ranked)
+    try:
+        done = validate(space, ranked)
+    except DoesNotFitError:
+        lower = _evaluation_limit(space, limit, ranked[0], progress) if (limit is not None and spec.eval) else None
+        if lower is None:
+            raise
+        limit, spec, ranked = lower, _at_limit(space, lower, progress), space.ranked()
+        space.eval_frontier(ranked[0])
+        done = validate(space, ranked)
     chosen = done.config
     for cand in space.candidates:
         cand.chosen = ((cand.attn_implementation, cand.gradient_checkpointing, cand.levers)
                        == (chosen.attn_implementation, chosen.gradient_checkpointing, chosen.levers))
     return _recipe(spec, source, session, space, done, base, started, data, limit)
+
+
+def _evaluation_limit(space, limit, config, progress):
+    """The run failed at the found limit in its evaluation: the longest value whose evaluation fits."""
+    from .search.limits import evaluation_limit
+
+    progress.stage(f"the run does not fit at {limit.dimension} {limit.value} with its evaluation: searching the "
+                   "longest value whose evaluation fits")
+    return evaluation_limit(space, limit, config)
 
 
 def _at_limit(space, limit, progress) -> ProbeSpec:

@@ -235,3 +235,22 @@ def test_ms_swift_default_length_is_the_smallest_config_length():
 
     assert default_max_length(resolve(None, "tiny-llama").config) == 1024
     assert default_max_length(resolve(None, "tiny-qwen2-vl").config) == 4096  # from the nested text_config
+
+
+def test_the_length_steps_down_to_where_the_evaluation_fits_too():
+    """--max-length auto searches the train step; when the run's evaluation (16 eval steps of logits
+    kept, after a train step) does not fit at that length, the probe searches the longest length
+    whose evaluation fits, exactly (a fit and the next length's non-fit), and validates there."""
+    from autotune.probe import probe
+    from autotune.spec import ProbeSpec
+
+    spec = ProbeSpec(max_length=None, frontier="max_length", model_config="tiny-llama", device="sim", gpu_memory=24 * 2**20,
+                     train_type="lora", attn_candidates=("sdpa",), gradient_checkpointing_candidates=(True,),
+                     eval_outputs="logits", eval_steps=16, validate_steps=3)
+    recipe = probe(spec)
+    record = recipe.search.sequence
+    assert record["stepped_down"]["train_fit"] > record["value"] == recipe.settings.max_length
+    evals = {t.settings["max_length"]: t.fits for t in recipe.search.trials
+             if t.phase == "eval" and t.settings.get("per_device_eval_batch_size") == 1}
+    assert evals[record["fit"]] and not evals[record["non_fit"]]
+    assert recipe.validation.passed and recipe.validation.eval_steps > 0

@@ -106,7 +106,8 @@ class FrontierResult:
         return {"dimension": self.dimension, "value": self.value, "phase": self.phase, "batch": self.batch,
                 "step": v.step, "smallest": v.values[0], "largest": v.values[-1], "cap": v.cap_reason,
                 "fit": self.proof["fit"], "non_fit": self.proof["non_fit"], "candidates": dict(self.candidates),
-                "trials": self.trials}
+                "trials": self.trials, **({"stepped_down": {k: self.proof[k] for k in ("phase", "train_fit", "why")}}
+                                          if "train_fit" in self.proof else {})}
 
 
 def open_candidate(space, attn: str, gc: bool) -> Candidate:
@@ -246,3 +247,42 @@ def _measured(space, cand: Candidate, batch: int, trial) -> Measured:
                                      f"{spec.world_size}; using {batch} x {accumulation} x {spec.world_size}")
     return Measured(cand.attn_implementation, cand.gradient_checkpointing, split.per_device, split.accumulation,
                     trial.tokens_per_s or 0.0, trial.peak_bytes or 0, split.exact, split.note)
+
+
+def evaluation_limit(space, result: FrontierResult, config) -> FrontierResult | None:
+    """When the run at the found limit fails in its evaluation (the limit was searched on the train
+    step; the evaluation, after a train step with the optimizer state resident, may hold more:
+    kept logits grow with the length), the longest value below it whose evaluation at eval batch 1
+    fits -- the same exact search over the value list, with the chosen configuration's eval trials
+    -- and the configuration re-measured there. None when no smaller value's evaluation fits."""
+    below = result.values.values[:result.values.values.index(result.value)]
+    if not below or result.phase != "train":
+        return None
+    dimension = result.dimension
+    base = {**space.eval_settings(config.attn_implementation, config.gradient_checkpointing), **config.levers,
+            "per_device_train_batch_size": config.per_device_train_batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps, "per_device_eval_batch_size": 1}
+    started = len(space.trials)
+    search = FrontierSearch(budget=space.budget, max_batch=len(below))
+    with space.phase(f"{dimension} (eval)"):
+        while (k := search.next_batch()) is not None:
+            trial = space._run("eval", {**base, dimension: below[k - 1]}, max(space.spec.eval_steps, 2), "frontier")
+            search.record(k, trial.outcome, trial.peak_bytes)
+        if search.error or search.lo == 0:
+            return None
+        value = below[search.lo - 1]
+        cand = next(c for c in space.candidates if c.measured and any(m is config for m in c.measured))
+        train = space._run("train", {**config.settings, "gradient_accumulation_steps": config.gradient_accumulation_steps,
+                                     dimension: value}, space.spec.steps, "throughput")
+    if not train.fits:
+        return None
+    for other in space.candidates:
+        other.measured = []  # measured at the old value; only the re-measured configuration goes on
+    cand.frontier = value
+    cand.measured = [_measured(space, cand, result.batch, train)]
+    non_fit = below[search.lo] if search.lo < len(below) else result.value
+    proof = {"fit": value, "non_fit": non_fit, "phase": "eval",
+             "train_fit": result.value, "why": f"the evaluation did not fit at {non_fit}"}
+    space.eval_frontiers.clear()  # cached per configuration, at the old value
+    return FrontierResult(dimension, value, result.batch, "train", result.values, proof, dict(result.candidates),
+                          result.trials + len(space.trials) - started)
