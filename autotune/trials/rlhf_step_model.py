@@ -155,7 +155,7 @@ def generate_and_score(workload, rows: int, batch: int, share: tuple = (0, 0), v
     rewards = torch.rand(rows, device=device.torch_device)
     grouped = rewards.view(-1, rlhf.generations if workload.model.training else _eval_group(rows, rlhf.generations))
     output["advantages"] = (rewards - grouped.mean(dim=1).repeat_interleave(grouped.size(1))) / (
-        grouped.std(dim=1).repeat_interleave(grouped.size(1)) + 1e-4)
+        grouped.std(dim=1, correction=int(grouped.size(1) > 1)).repeat_interleave(grouped.size(1)) + 1e-4)
     output["num_items_in_batch"] = num_items
     del ids, mask
     return output
@@ -195,6 +195,9 @@ def _grpo_step(workload, params, state: GRPOState, batch: int, accumulation: int
     per_generation = rlhf.steps_per_generation or accumulation
     rows = trial_generation_batch(batch, accumulation, 1, rlhf.generations, rlhf.steps_per_generation)
     chunks = max(1, rows // batch)
+    # Each optimizer step modelled starts a generation (the step the peak is read from; with
+    # steps_per_generation > accumulation, TRL generates only on some steps and reuses the buffer).
+    state.step = 0
     for _ in range(accumulation):
         if state.step % per_generation == 0 or state.buffered is None:
             generated = generate_and_score(workload, rows, batch, share, vllm_generates, accumulation, moments)
@@ -301,7 +304,7 @@ def train_before_eval(workload, settings: dict, share: tuple = (0, 0)) -> tuple:
     return state, held
 
 
-def evaluate(workload, batch_size: int, steps: int, settings: dict, share: tuple = (0, 0)) -> int:
+def evaluate(workload, batch_size: int, steps: int, settings: dict, share: tuple = (0, 0), moments: list | None = None) -> int:
     """`steps` evaluation steps as TRL's `prediction_step` runs them (GRPO: generate and score the
     eval batch, then the loss; DPO: the loss), under no_grad; the peak."""
     device, model = workload.device, workload.model
@@ -314,7 +317,7 @@ def evaluate(workload, batch_size: int, steps: int, settings: dict, share: tuple
             inputs = loss = None
             for _ in range(steps):
                 if grpo:
-                    inputs = generate_and_score(workload, batch_size, batch_size, share)
+                    inputs = generate_and_score(workload, batch_size, batch_size, share, moments=moments)
                     loss = grpo_loss(workload, inputs)[0]
                 else:
                     inputs = dpo_batch(workload, batch_size)
