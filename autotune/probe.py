@@ -276,31 +276,13 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
 
 
 def _rlhf_settings(spec, session) -> dict:
-    from .trials.rlhf_run import resolved_share
+    from .trials.rlhf_run import recipe_settings
 
-    values = spec.rlhf.settings()
-    if spec.rlhf.colocated:
-        values["vllm_gpu_memory_utilization"] = resolved_share(spec.rlhf, getattr(session.runner, "workload", None))
-    return values
+    return recipe_settings(spec, getattr(session.runner, "workload", None))
 
 
 def _rlhf_record(spec, session, chosen) -> dict:
-    """How the RLHF run was modelled: the target's defaults, the reference model, the rollout engine."""
-    from .recipe.rlhf import generation_batch
-    from .trials.rlhf_run import rollout_record
+    from .trials.rlhf_run import recipe_record
 
-    rlhf = spec.rlhf
-    record = {"type": rlhf.rlhf_type, "target": rlhf.target, "reference_model": rlhf.reference_model(spec.train_type),
-              "beta": rlhf.kl_beta, "beta_from": "given" if rlhf.beta is not None else f"{rlhf.target}'s default"}
-    if rlhf.reward_models:
-        record["reward_models"] = "resident beside the policy, scoring every completion: " + ", ".join(rlhf.reward_models)
-    if rlhf.rlhf_type == "grpo":
-        record.update(
-            num_generations=rlhf.generations, max_completion_length=rlhf.completion_length,
-            generation_batch_size=generation_batch(chosen.per_device_train_batch_size, chosen.gradient_accumulation_steps,
-                                                   session.world_size, rlhf.steps_per_generation),
-            global_batch=("chosen: ms-swift's default total batch of 16, rounded up to whole groups of num_generations on every rank"
-                          if rlhf.global_batch_defaulted else "given"),
-            rollout=rollout_record(rlhf, getattr(session.runner, "workload", None), session.capacity),
-            cycles=f"each trial runs >= 3 generate -> score -> train cycles ({spec.steps} optimizer steps)")
-    return record
+    return recipe_record(spec, getattr(session.runner, "workload", None), chosen.per_device_train_batch_size,
+                         chosen.gradient_accumulation_steps, session.world_size, session.capacity)

@@ -12,7 +12,7 @@ from ..recipe.schema import check_writable, save_recipe
 from ..sizes import format_size, parse_size
 from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS
-from . import multimodal_args
+from . import multimodal_args, rlhf_args
 from .interrupt import deferred_interrupt
 from .model_args import add_model_arguments
 from .output import ConsoleProgress, print_json, stderr_console, stdout_console
@@ -38,6 +38,11 @@ examples:
       --world-size 8 --strategy zero3 --gpu-memory 24GB --global-batch-size 64 --out plan.yaml
   python -m autotune probe --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 --from-plan plan.yaml
 
+  # GRPO LoRA with vLLM colocated at 0.6 of an 80 GB card: the share is its own row
+  python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --train-type lora --max-length 1024 \
+      --rlhf-type grpo --num-generations 8 --max-completion-length 1024 --use-vllm --vllm-gpu-memory-utilization 0.6 \
+      --gpu-memory 80GB
+
 built-in configs: {', '.join(builtin_names())}
 """
 
@@ -60,6 +65,7 @@ def add_parser(sub) -> None:
                        help="what the planned evaluation keeps on the device, as in probe (default: loss; "
                             f"logits and argmax keep {DEFAULT_EVAL_STEPS} steps, probe's --eval-steps default)")
     multimodal_args.add_arguments(p)
+    rlhf_args.add_arguments(p)
     cards = p.add_argument_group("cards and sharding")
     cards.add_argument("--gpu-memory", default=DEFAULT_TARGETS, metavar="SIZES",
                        help=f"card sizes to plan for, comma-separated (default: {DEFAULT_TARGETS})")
@@ -146,6 +152,12 @@ def _gib(n) -> str:
     return format_size(n) if n is not None else "-"
 
 
+def _share_cell(share: dict) -> str:
+    whole, training = share["share_bytes"], share["training_bytes"]
+    text = _gib(whole) if whole == training else f"{_gib(whole)} generating, {_gib(training)} training"
+    return text + (f"; vLLM would refuse: {share['refused']}" if share.get("refused") else "")
+
+
 def show(plan, out_path, console) -> None:
     a = plan.options.allowance
     for c in plan.candidates:
@@ -157,11 +169,18 @@ def show(plan, out_path, console) -> None:
         table = Table(title=f"{title}  [{c.rows.method}]", title_justify="left")
         table.add_column("row")
         table.add_column("bytes per rank", justify="right")
-        for label, value in (("weights (and buffers)", c.rows.weights), ("gradients", c.rows.gradients),
+        for label, value in (("weights (and buffers)", c.rows.weights),
+                             *((("reference model weights", c.rows.reference_weights),) if c.rows.reference_weights else ()),
+                             ("gradients", c.rows.gradients),
                              ("optimizer state", c.rows.optimizer_state), ("optimizer-step transient", c.rows.step_transient),
                              ("activations per sample", c.rows.activations_per_sample), ("logits per sample", c.rows.logits_per_sample),
                              ("gathered layers (zero3/fsdp)", c.rows.gathered_working_set)):
             table.add_row(label, _gib(value))
+        for i, capacity in enumerate(plan.options.targets):
+            share = c.predictions[i].rollout
+            if share:
+                table.add_row(f"rollout engine on {format_size(capacity)} (vLLM {share['share']:g}{' auto' if share['auto'] else ''})",
+                              _share_cell(share))
         table.add_row("allowance (assumed)", f"{_gib(a.cuda_context)} context + {_gib(a.workspaces)} workspaces + {a.fragmentation:.0%} fragmentation")
         line = m.train_line
         table.add_row("measured train peak", f"{_gib(line.intercept)} + {_gib(line.slope)} x batch")

@@ -50,6 +50,7 @@ class Rows:
     logits_per_sample: float
     gathered_working_set: float = 0.0  # zero3/fsdp: unsharded layers in flight
     method: str = "measured"
+    reference_weights: float = 0.0  # RLHF: the reference model's weights, where the framework loads one
 
     def as_dict(self) -> dict:
         return {k: (round(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -145,3 +146,64 @@ def largest_batch(live, budget: float, allowance: Allowance, capacity: int, max_
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+# ---------------------------------------------------------------- RLHF: the reference model, the rollout engine
+
+
+def reference_bytes(workload) -> int:
+    """The reference model's weights and buffers on the card (0: none resident)."""
+    reference = getattr(workload, "reference", None)
+    if reference is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in [*reference.parameters(), *reference.buffers()])
+
+
+def rollout_on_card(workload, capacity: int) -> dict | None:
+    """A colocated vLLM engine on a card of `capacity`: its share (`auto`: the smallest that holds
+    it, model/rollout.py), the bytes it holds while generating (the whole share) and while the
+    trainer trains (all of it at sleep level 0; at 1 and 2 what a sleeping engine keeps), and why
+    vLLM would refuse it. None: no engine on the training cards."""
+    rlhf = workload.spec.rlhf
+    need = getattr(workload, "rollout_need", None)
+    if rlhf is None or not rlhf.colocated or need is None:
+        return None
+    from ..errors import UsageError
+    from ..model.rollout import auto_share, check_share
+    from ..trials.rlhf_run import training_share_bytes
+
+    refused = None
+    if rlhf.share == "auto":
+        try:
+            share = auto_share(need, capacity)
+        except UsageError as exc:
+            share, refused = 1.0, str(exc)
+    else:
+        share = float(rlhf.share)
+        refused = check_share(share, need, capacity)
+    whole = int(share * capacity)
+    training = training_share_bytes(workload, whole)
+    held = ("the whole share, all the time (sleep level 0)" if rlhf.sleep_level == 0 else
+            f"the whole share while generating; {training} bytes while training (sleep level {rlhf.sleep_level})")
+    return {"share": share, "share_bytes": whole, "training_bytes": training, "auto": rlhf.share == "auto",
+            "need_bytes": need.total_bytes, "refused": refused,
+            "how": f"planned: the share counted beside the fake-tensor steps, {held}; sized from the config as vLLM "
+                   "accounts it (model/rollout.py)"}
+
+
+def with_share(live, generating, share: dict | None):
+    """The live peak with a colocated engine's share: the training step's peak plus what the engine
+    holds while training, or the live bytes when it generates plus its whole share."""
+    if not share:
+        return live
+    whole, training = share["share_bytes"], share["training_bytes"]
+    return lambda batch: max(live(batch) + training, generating(batch) + whole)
+
+
+def allowed_eval(spec, frontier: int) -> int:
+    """The largest eval batch up to `frontier` that GRPO's rules allow (eval batch x world size a
+    multiple of num_generations); the frontier itself otherwise."""
+    rlhf = spec.rlhf
+    if rlhf is None:
+        return frontier
+    return next((b for b in range(frontier, 0, -1) if rlhf.eval_allowed(b, spec.world_size)), 0)

@@ -196,7 +196,7 @@ class DepthExtended:
             points = [part.train(batch) for part in self.parts]
             fb = self.extend(*(p.forward_backward for p in points))
             step = self.extend(*(p.step for p in points))
-            point = TrainPoint(round(max(fb, step)), round(fb), round(step), [], 0)
+            point = TrainPoint(round(max(fb, step)), round(fb), round(step), [], 0, round(self.extend(*(p.rollout for p in points))))
             self.train_points[batch] = point
             r, measures = self.result, [part.result for part in self.parts]
             r.train_peaks[batch], r.forward_backward_peaks[batch], r.step_peaks[batch] = point.peak, point.forward_backward, point.step
@@ -207,7 +207,8 @@ class DepthExtended:
     def eval(self, train_batch: int, accumulation: int, batch: int) -> EvalPoint:
         key = (train_batch, accumulation, batch)
         if key not in self.eval_points:
-            point = EvalPoint(round(self.extend(*(part.eval(*key).peak for part in self.parts))), [])
+            points = [part.eval(*key) for part in self.parts]
+            point = EvalPoint(round(self.extend(*(p.peak for p in points))), [], round(self.extend(*(p.rollout for p in points))))
             self.eval_points[key] = point
             if self.result.eval_after in (None, f"{train_batch}x{accumulation}"):
                 self.result.eval_after = f"{train_batch}x{accumulation}"

@@ -21,7 +21,7 @@ from ..devices import short_message
 from ..devices.sim import storage_bytes
 from ..model.source import ModelSource, check_max_length, resolve
 from ..spec import ProbeSpec
-from ..trials.step_model import evaluate as plan_evaluate, stepping as plan_stepping, train_before_eval as plan_train_before_eval
+from ..trials import rlhf_step_model, step_model
 from ..errors import UsageError
 from ..model.training_setup import plan_inputs, prepare
 from ..model.workload import Workload, apply_lora, build_model, count_parameters
@@ -146,12 +146,14 @@ class TrainPoint:
     step: int  # the peak inside it
     timeline: list  # live bytes after each allocation from the step's start (plan/frontier.py's envelope)
     split: int  # timeline[:split] is forward/backward, timeline[split:] the optimizer step
+    rollout: int = 0  # RLHF: live bytes when the rollout engine generates (its share not included)
 
 
 @dataclass
 class EvalPoint:
     peak: int
     timeline: list
+    rollout: int = 0  # RLHF: live bytes when the rollout engine generates (its share not included)
 
 
 class StepFailed(Exception):
@@ -185,7 +187,36 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
     total, trainable = count_parameters(model)
     workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation, setup=setup)
     workload.configure(gradient_checkpointing=spec.gradient_checkpointing)
+    if spec.rlhf is not None:
+        _plan_rlhf(workload, setup)
     return workload
+
+
+def _plan_rlhf(workload: Workload, setup) -> None:
+    """What an RLHF plan needs beside the policy: the reference model where the framework loads
+    one (built as the policy was, frozen), on fake tensors; refused: what it cannot model."""
+    spec = workload.spec
+    rlhf = spec.rlhf
+    if rlhf.rlhf_type == "grpo" and not rlhf.use_vllm:
+        raise UsageError("--use-vllm", "the plan cannot model generation by the policy's generate(): TRL reads the generated "
+                         "ids by value (the first EOS, .tolist()), and fake tensors have none",
+                         "plan with --use-vllm (colocated or --vllm-mode server), or probe it on a card")
+    if setup is not None and setup.family is not None:
+        raise UsageError("--rlhf-type", "an RLHF plan of a vision-language model is not modelled yet (TRL scores "
+                         "its images through the processor)", "plan the text model, or probe it on a card")
+    if rlhf.reference_model(spec.train_type) == "loaded":
+        reference = build_model(workload.source, spec, _Meta(), None)
+        materialise(reference, workload.device)
+        reference.eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        workload.device.adopt(list(reference.parameters()) + list(reference.buffers()))
+        workload.reference = reference
+
+
+def steps_of(workload: Workload):
+    """The step model of this workload: TRL's RLHF steps, or the Trainer's."""
+    return rlhf_step_model if workload.spec.rlhf is not None else step_model
 
 
 class CandidateSteps:
@@ -211,7 +242,8 @@ class CandidateSteps:
             device = self.workload.device
             try:
                 self._enter(("train",))
-                with device.timeline(), plan_stepping(self.workload, self._state[0]) as step:
+                moments: list = []
+                with device.timeline(), self._stepping(self._state[0], moments) as step:
                     device.reset_peak()
                     with StepRecorder(self.workload) as recorder:
                         step(batch, self.accumulation(batch))
@@ -219,7 +251,8 @@ class CandidateSteps:
             except Exception as exc:  # noqa: BLE001 - an operator fake tensors cannot run is recorded
                 self.close()
                 raise StepFailed(f"training step at batch {batch} failed under fake tensors: {short_message(exc)}") from exc
-            point = TrainPoint(device.peak_bytes(), recorder.forward_backward_peak, recorder.step_peak, timeline, recorder.split)
+            point = TrainPoint(device.peak_bytes(), recorder.forward_backward_peak, recorder.step_peak, timeline, recorder.split,
+                               max(moments, default=0))
             self.train_points[batch] = point
             r = self.result
             r.train_peaks[batch], r.forward_backward_peaks[batch], r.step_peaks[batch] = point.peak, point.forward_backward, point.step
@@ -235,13 +268,18 @@ class CandidateSteps:
             device = self.workload.device
             try:
                 self._enter(("eval", train_batch, accumulation))
+                moments: list = []
                 with device.timeline():
-                    peak = plan_evaluate(self.workload, batch, self.eval_steps, self._settings(train_batch, accumulation))
+                    settings = self._settings(train_batch, accumulation)
+                    if self.workload.spec.rlhf is not None:
+                        peak = rlhf_step_model.evaluate(self.workload, batch, self.eval_steps, settings, moments=moments)
+                    else:
+                        peak = step_model.evaluate(self.workload, batch, self.eval_steps, settings)
                     timeline = list(device.counter.timeline)
             except Exception as exc:  # noqa: BLE001
                 self.close()
                 raise StepFailed(f"evaluation step at batch {batch} failed under fake tensors: {short_message(exc)}") from exc
-            self.eval_points[key] = EvalPoint(peak, timeline)
+            self.eval_points[key] = EvalPoint(peak, timeline, max(moments, default=0))
             if self.result.eval_after in (None, f"{train_batch}x{accumulation}"):
                 self.result.eval_after = f"{train_batch}x{accumulation}"
                 self.result.eval_peaks[batch] = peak
@@ -259,12 +297,19 @@ class CandidateSteps:
         self.close()
         if what[0] == "train":
             optimizer = self.workload.make_optimizer()
-            with plan_stepping(self.workload, optimizer) as step:
+            if self.workload.spec.rlhf is not None:
+                optimizer = rlhf_step_model.GRPOState(optimizer)  # and the buffered generation between steps
+            with self._stepping(optimizer) as step:
                 step(1)  # step 1 creates the optimizer's state
             self._state = (optimizer,)
         else:
-            self._state = plan_train_before_eval(self.workload, self._settings(*what[1:]))
+            self._state = steps_of(self.workload).train_before_eval(self.workload, self._settings(*what[1:]))
         self._open = what
+
+    def _stepping(self, optimizer, moments: list | None = None):
+        if self.workload.spec.rlhf is not None:
+            return rlhf_step_model.stepping(self.workload, optimizer, moments=moments)
+        return step_model.stepping(self.workload, optimizer)
 
     def close(self) -> None:
         self._state, self._open = None, None

@@ -20,7 +20,8 @@ from ..devices.fake import FakeDevice
 from ..errors import AutotuneError, UsageError
 from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
-from .breakdown import Allowance, Rows, largest_batch, layer_bytes, peak_model, rows_for
+from .breakdown import (Allowance, Rows, allowed_eval, largest_batch, layer_bytes, peak_model, reference_bytes, rollout_on_card,
+                        rows_for, with_share)
 from .measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate
 from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
 from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
@@ -64,6 +65,7 @@ class Prediction:
     train_trials: int = 0  # fake-tensor steps the exact search measured (the seeds at batch 1 and 2 included when it visited them)
     eval_trials: int = 0
     eval_after: str | None = None  # the eval frontier is after a train step at this "batch x accumulation"
+    rollout: dict | None = None  # RLHF, a colocated engine: its share on this card (plan/breakdown.py rollout_on_card)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Plan:
     wall_s: float = 0.0
     peak_rss_bytes: int = 0
     depth: str = ""  # how the plan covered the model's depth (plan/depth.py)
+    workload: object = None  # the full-depth fake-tensor workload (the RLHF recipe's record reads its rollout sizing)
 
     def ok(self) -> list[CandidatePlan]:
         return [c for c in self.candidates if c.measure.error is None]
@@ -132,36 +135,44 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
         steps.train(batch)
     dtype_bytes = TORCH_DTYPES[spec.dtype].itemsize
     rows = rows_for(m, workload.trainable_params, dtype_bytes, options.strategy, spec.world_size, layers)
+    rows.reference_weights = float(reference_bytes(workload))
     model = peak_model(m, rows)
     candidate.rows = rows
     candidate.forward_backward_line, candidate.step_line = asdict(model.forward_backward), asdict(model.step)
     shift_fb, shift_step = model.forward_backward.intercept - m.forward_backward_line.intercept, model.step.intercept - m.step_line.intercept
     resident_saving = (m.weights - rows.weights) - rows.gathered_working_set  # eval holds the weights only
-    live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
-    predicted, candidate.envelope = train_curve(steps, shift_fb, shift_step)
+    base_live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
+    base_predicted, candidate.envelope = train_curve(steps, shift_fb, shift_step)
     searches = []
     for capacity in options.targets:
         budget = int(capacity * (1 - margin))
+        share = rollout_on_card(workload, capacity)
+        live = with_share(base_live, lambda b: steps.train(b).rollout, share)
+        generating = max(steps.train(b).rollout for b in SEED_BATCHES)
+        predicted = with_share(base_predicted, lambda b: generating, share)  # noqa: B023
         search = exact_frontier(live, predicted, budget, capacity, options.allowance, spec.max_batch_size)
-        searches.append((capacity, budget, search))
+        searches.append((capacity, budget, search, share, live))
         train = search.frontier
         live_peak = live(max(train, 1))
         prediction = Prediction(capacity, budget, train, 0, round(live_peak), round(options.allowance.on_card(live_peak)),
-                                train_trials=len(search.points))
+                                train_trials=len(search.points), rollout=share)
         if train:
             split = split_global_batch(spec.global_batch_size, train, spec.world_size)
             prediction.per_device_train_batch_size, prediction.gradient_accumulation_steps = split.per_device, split.accumulation
             prediction.global_batch_note = split.note
         candidate.predictions.append(prediction)
-    candidate.train_points = {b: round(live(b)) for b in sorted(steps.train_points)}
-    for prediction, (capacity, budget, _) in zip(candidate.predictions, searches):
+    candidate.train_points = {b: round(searches[0][4](b)) for b in sorted(steps.train_points)}
+    for prediction, (capacity, budget, _, share, _) in zip(candidate.predictions, searches):
         after = (prediction.per_device_train_batch_size or 1, prediction.gradient_accumulation_steps or 1)
-        evaluate = lambda b: steps.eval(*after, b).peak - resident_saving  # noqa: E731, B023
+        evaluate = with_share(lambda b: steps.eval(*after, b).peak - resident_saving,  # noqa: B023
+                              lambda b: steps.eval(*after, b).rollout, share)  # noqa: B023
         for batch in SEED_BATCHES:
             steps.eval(*after, batch)
-        eval_predicted, _ = eval_curve(steps, after, -resident_saving)
+        eval_base, _ = eval_curve(steps, after, -resident_saving)
+        generating = max(steps.eval(*after, b).rollout for b in SEED_BATCHES)
+        eval_predicted = with_share(eval_base, lambda b: generating, share)  # noqa: B023
         search = exact_frontier(evaluate, eval_predicted, budget, capacity, options.allowance, spec.max_batch_size)
-        prediction.eval_frontier, prediction.eval_trials = search.frontier, len(search.points)
+        prediction.eval_frontier, prediction.eval_trials = allowed_eval(spec, search.frontier), len(search.points)
         prediction.eval_peak_bytes = round(evaluate(max(search.frontier, 1)))
         prediction.eval_after = f"{after[0]}x{after[1]}"
         if not candidate.eval_points:
@@ -261,6 +272,10 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
     workload, depth, shallow = plan_workloads(spec, max(options.targets), options.depth)
     progress.stage(depth.note())
+    if spec.rlhf is not None and spec.rlhf.colocated:
+        from ..trials.rlhf_run import size_rollout
+
+        size_rollout(workload)  # the engine's need from the config, as vLLM accounts it (model/rollout.py)
     cls = model_class(source.config)
     layers = layer_bytes(workload.model)
     candidates = []
@@ -280,7 +295,7 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     choice = {capacity: choose(candidates, i) for i, capacity in enumerate(options.targets)}
     return Plan(spec, describe_model(workload), options, spec.margin, candidates, choice,
                 wall_s=round(time.perf_counter() - started, 3),
-                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, depth=depth.note())
+                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, depth=depth.note(), workload=workload)
 
 
 # ---------------------------------------------------------------- recipes
@@ -304,7 +319,7 @@ def plan_recipe(plan: Plan) -> Recipe:
                         eval_outputs=spec.eval_keeps, eval_accumulation_steps=spec.eval_keep_settings().get("eval_accumulation_steps"),
                         gradient_checkpointing=m.gradient_checkpointing, attn_implementation=m.attn_implementation,
                         torch_dtype=spec.dtype, mixed_precision=mixed_precision(spec.dtype), max_length=spec.max_length,
-                        strategy=plan.options.strategy)
+                        strategy=plan.options.strategy, **(_rlhf_settings(plan) if spec.rlhf else {}))
     trials = [TrialResult(phase=phase, settings={"attn_implementation": c.measure.measured_with,
                                                  "gradient_checkpointing": c.measure.gradient_checkpointing, key_: b},
                           outcome="planned", peak_bytes=peak, message="fake tensors: peak measured, nothing allocated")
@@ -323,9 +338,30 @@ def plan_recipe(plan: Plan) -> Recipe:
                             headroom_bytes=p.budget_bytes - p.live_peak_bytes if p.live_peak_bytes else None,
                             message="planned under fake tensors, never run on a GPU: probe it (probe --from-plan) before use")
     return Recipe(schema=SCHEMA, model=plan.model, hardware=hardware, settings=settings, search=search,
-                  validation=validation, plan=plan.to_dict(),
+                  validation=validation, plan=plan.to_dict(), rlhf=_rlhf_record(plan, p) if spec.rlhf else None,
                   created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   autotune_version=__version__)
+
+
+def _rlhf_settings(plan: Plan) -> dict:
+    from ..trials.rlhf_run import recipe_settings
+
+    return recipe_settings(plan.spec, plan.workload)
+
+
+def _rlhf_record(plan: Plan, p: Prediction) -> dict:
+    """The probe's `rlhf` record (trials/rlhf_run.py recipe_record), the rollout engine as planned."""
+    from ..trials.rlhf_run import recipe_record
+
+    record = recipe_record(plan.spec, plan.workload, p.per_device_train_batch_size, p.gradient_accumulation_steps,
+                           plan.spec.world_size, p.capacity_bytes)
+    rollout = record.get("rollout")
+    if rollout and p.rollout:
+        rollout["how"] = p.rollout["how"]
+        rollout["training_bytes"] = p.rollout["training_bytes"]
+    if "cycles" in record:
+        record["cycles"] = "planned: each fake-tensor step is an optimizer step that generates (trials/rlhf_step_model.py)"
+    return record
 
 
 def _check_plan_matches(recipe: Recipe, spec: ProbeSpec) -> None:

@@ -148,6 +148,37 @@ def rollout_record(rlhf, workload, capacity: int) -> dict | None:
     return record
 
 
+def recipe_settings(spec, workload) -> dict:
+    """The recipe's RLHF settings (ms-swift's names), the share resolved (`auto`: its chosen value)."""
+    values = spec.rlhf.settings()
+    if spec.rlhf.colocated:
+        values["vllm_gpu_memory_utilization"] = resolved_share(spec.rlhf, workload)
+    return values
+
+
+def recipe_record(spec, workload, batch: int, accumulation: int, world_size: int, capacity: int) -> dict:
+    """The recipe's `rlhf` record: the target's defaults, the reference model, the rollout engine
+    (shared by the probe and the plan)."""
+    from ..recipe.rlhf import generation_batch
+
+    rlhf = spec.rlhf
+    record = {"type": rlhf.rlhf_type, "target": rlhf.target, "reference_model": rlhf.reference_model(spec.train_type),
+              "beta": rlhf.kl_beta, "beta_from": "given" if rlhf.beta is not None else f"{rlhf.target}'s default"}
+    if rlhf.reward_models:
+        record["reward_models"] = "resident beside the policy, scoring every completion: " + ", ".join(rlhf.reward_models)
+    if rlhf.rlhf_type == "grpo":
+        record.update(
+            num_generations=rlhf.generations, max_completion_length=rlhf.completion_length,
+            generation_batch_size=generation_batch(batch, accumulation, world_size, rlhf.steps_per_generation),
+            global_batch=("chosen: ms-swift's default total batch of 16, rounded up to whole groups of num_generations on every rank"
+                          if rlhf.global_batch_defaulted else "given"),
+            rollout=rollout_record(rlhf, workload, capacity),
+            cycles=f"each trial runs >= 3 generate -> score -> train cycles ({spec.steps} optimizer steps)")
+    return record
+
+
+# ---------------------------------------------------------------- the reference model
+
 def prepare(workload) -> None:
     """Build the reference model once per probe when the framework keeps one resident, before a
     trial's baseline is taken (it stays on the card from then on, as in the run)."""

@@ -1,0 +1,95 @@
+"""`autotune plan --rlhf-type`: TRL's GRPO/DPO steps modelled (trials/rlhf_step_model.py), pinned
+against TRL's own trainers on the sim device, and the planned frontier checked by TRL trials."""
+
+import pytest
+
+pytest.importorskip("trl")
+
+from autotune.cli import main  # noqa: E402
+from autotune.plan.breakdown import Allowance  # noqa: E402
+from autotune.plan.planner import PlanOptions, make_plan, plan_recipe  # noqa: E402
+from autotune.recipe.rlhf import RLHFSpec  # noqa: E402
+from autotune.spec import ProbeSpec  # noqa: E402
+from autotune.trials import rlhf_run, rlhf_step_model  # noqa: E402
+from autotune.trials.trial import run_trial  # noqa: E402
+
+MiB = 2**20
+CAPACITY = 64 * MiB
+
+CASES = {
+    # vLLM colocated where it cannot start: its share held on the card; LoRA: the reference is the adapter off
+    "grpo lora, share": (RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True,
+                                  vllm_gpu_memory_utilization=0.25), "lora", 4, (2, 2)),
+    "grpo full, reference": (RLHFSpec("grpo", num_generations=2, max_completion_length=8, beta=0.04, use_vllm=True,
+                                      vllm_mode="server"), "full", 4, (2, 2)),
+    "dpo full": (RLHFSpec("dpo"), "full", None, (2, 1)),
+    "dpo lora": (RLHFSpec("dpo"), "lora", None, (2, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_step_model_peak_is_trl_s_within_2_percent(name, make_workload):
+    """TRL's trainer (run_trial) and the step model, real tensors under the sim counter, same settings."""
+    rlhf, train_type, global_batch, (batch, accumulation) = CASES[name]
+    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type=train_type, rlhf=rlhf,
+                             global_batch_size=global_batch)
+    settings = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
+    trial = run_trial(workload, "train", settings, 3, CAPACITY)
+    assert trial.fits, trial.message
+    share = rlhf_run.share_bytes(workload)
+    workload.configure(gradient_checkpointing=False)
+    modelled = rlhf_step_model.train_steps(workload, batch, 3, accumulation, share=(share, rlhf_run.training_share_bytes(workload, share)))
+    assert abs(modelled - trial.peak_bytes) <= 0.02 * trial.peak_bytes, (modelled, trial.peak_bytes)
+    if name == "grpo lora, share":
+        assert trial.peak_bytes > share == CAPACITY // 4
+
+
+def _grpo_spec(**changes):
+    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True, vllm_gpu_memory_utilization=0.25)
+    values = dict(max_length=16, model_config="tiny-llama", train_type="lora", rlhf=rlhf, global_batch_size=4,
+                  attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,))
+    values.update(changes)
+    return ProbeSpec(**values)
+
+
+def test_the_planned_grpo_frontier_is_confirmed_by_trl_trials(make_workload):
+    """The plan's frontier k on a card: TRL's trainer fits the budget at k and passes it at k + 1."""
+    spec = _grpo_spec()
+    plan = make_plan(spec, PlanOptions([CAPACITY], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
+    (candidate,) = plan.ok()
+    p = candidate.predictions[0]
+    assert p.rollout["share_bytes"] == CAPACITY // 4 and p.train_frontier > 1
+    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=spec.rlhf, global_batch_size=4)
+    accumulation = lambda b: max(1, round(4 / b))  # noqa: E731 - the plan's (and the probe's) global batch kept
+    for batch, fits in ((p.train_frontier, True), (p.train_frontier + 1, False)):
+        result = run_trial(workload, "train", {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation(batch)},
+                           3, p.budget_bytes)
+        assert (result.outcome == "fit") == fits, (batch, result.outcome, result.peak_bytes, p.budget_bytes)
+    recipe = plan_recipe(plan)
+    s = recipe.settings
+    assert (s.rlhf_type, s.num_generations, s.vllm_gpu_memory_utilization) == ("grpo", 2, 0.25)
+    assert recipe.rlhf["rollout"]["share_bytes"] == CAPACITY // 4 and recipe.rlhf["rollout"]["how"].startswith("planned")
+    assert recipe.rlhf["reference_model"].startswith("adapter")
+
+
+def test_auto_share_in_the_plan():
+    """auto: the smallest share holding the engine, and a frontier under what remains; asleep, the
+    engine keeps at most its share while the trainer trains."""
+    big = 8 * 2**30
+    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True, vllm_gpu_memory_utilization="auto",
+                    sleep_level=1)
+    plan = make_plan(_grpo_spec(rlhf=rlhf), PlanOptions([big], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
+    share = plan.ok()[0].predictions[0].rollout
+    assert share["auto"] and share["share_bytes"] >= share["need_bytes"] > int((share["share"] - 0.01) * big)
+    assert share["training_bytes"] <= share["share_bytes"] and plan.ok()[0].predictions[0].train_frontier > 0
+
+
+def test_reference_row_and_refusals(capsys):
+    argv = ["plan", "--model-config", "tiny-llama", "--max-length", "16", "--rlhf-type", "dpo", "--gradient-checkpointing", "off",
+            "--gpu-memory", "64MiB", "--quiet"]
+    assert main(argv) == 0
+    assert "reference model weights" in capsys.readouterr().out
+    code = main(["plan", "--model-config", "tiny-llama", "--max-length", "16", "--rlhf-type", "grpo", "--num-generations", "2",
+                 "--max-completion-length", "8", "--global-batch-size", "4", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("autotune: error: --use-vllm:") and len(err.strip().splitlines()) == 1
