@@ -201,6 +201,9 @@ def _plan_rlhf(workload: Workload, setup) -> None:
         raise UsageError("--use-vllm", "the plan cannot model generation by the policy's generate(): TRL reads the generated "
                          "ids by value (the first EOS, .tolist()), and fake tensors have none",
                          "plan with --use-vllm (colocated or --vllm-mode server), or probe it on a card")
+    if rlhf.reward_models:
+        raise UsageError("--reward-model", "the plan does not model reward models passed as models yet",
+                         "plan without it (the probe measures them), or probe it")
     if setup is not None and setup.family is not None:
         raise UsageError("--rlhf-type", "an RLHF plan of a vision-language model is not modelled yet (TRL scores "
                          "its images through the processor)", "plan the text model, or probe it on a card")
