@@ -231,6 +231,23 @@ def test_a_reward_model_passed_as_a_model_is_resident_and_runs(make_workload):
     assert peaks[("tiny-qwen2",)] - peaks[()] >= weights
 
 
+def test_trls_frozen_copy_of_the_adapter_counts_on_the_card(make_workload):
+    """LoRA with beta != 0: TRL's reference is a frozen copy of the adapter ("ref"), made while the
+    trainer is built; it is on the card for the run, and gone after the trial."""
+    from autotune.trials import trainer_run
+    from autotune.trials.trial import _meter_class
+
+    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=True, vllm_mode="server")
+    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=rlhf, global_batch_size=2)
+    before = workload.device.allocated_bytes()
+    trainer, saved = trainer_run.build_trainer(workload, {"per_device_train_batch_size": 2}, 3, None, 0, _meter_class()(workload.device))
+    copy = [p for name, p in workload.model.named_parameters() if ".ref." in name]
+    assert copy and workload.device.allocated_bytes() - before >= sum(p.numel() * p.element_size() for p in copy)
+    trainer = None
+    trainer_run.restore_model(workload, saved)
+    assert not [name for name, _ in workload.model.named_parameters() if ".ref." in name]
+
+
 def test_the_share_past_the_card_is_an_out_of_memory(make_workload):
     from autotune.trials.trial import run_trial
 

@@ -344,6 +344,9 @@ def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter
             kwargs["reward_processing_classes"] = [synthetic_tokenizer(m.config.vocab_size) for m in rewards]
         trainer = GRPOTrainer(model=workload.model, reward_funcs=list(rewards) if rewards else _random_reward(rng), args=args,
                               train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer, callbacks=[meter], **kwargs)
+    # With LoRA and beta != 0, TRL copies the adapter as a frozen "ref" adapter while the trainer is
+    # built, before the trial's counting starts: charge it to the card as the run holds it.
+    device.adopt([p for name, p in workload.model.named_parameters() if ".ref." in name])
     during = device.reserved(resident) if resident else contextlib.nullcontext()
     return trainer, during
 
