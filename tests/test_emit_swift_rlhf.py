@@ -150,3 +150,21 @@ def test_real_ms_swift_parses_the_rlhf_file(name, form, tmp_path):
     lines = swift.render_script(r, version).splitlines()
     flags = lines[lines.index("swift rlhf \\") + 1:-1]
     assert_real_swift_accepts(path, "rlhf", major, argv=shlex.split(" ".join(ln.rstrip("\\") for ln in flags)))
+
+
+def test_check_reads_the_rlhf_keys_back_from_a_swift_rlhf_file(tmp_path):
+    """`check --swift-args FILE` checks the run the user's file launches: its RLHF keys (completions,
+    their length, beta, vLLM's share and sleep) override the recipe's, as its batch keys do."""
+    import yaml
+
+    from autotune.cli.check import with_swift_args
+
+    recipe = rlhf_variant("grpo_vllm")
+    args = yaml.safe_load(swift.render_yaml(recipe, "4.6"))
+    args.update(num_generations=16, max_completion_length=2048, beta=0.0, vllm_gpu_memory_utilization=0.45, sleep_level=1)
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(args))
+    checked, _ = with_swift_args(recipe, str(path))
+    s = checked.settings
+    assert (s.num_generations, s.max_completion_length, s.beta, s.vllm_gpu_memory_utilization, s.sleep_level) == (16, 2048, 0.0, 0.45, 1)
+    assert s.rlhf_type == "grpo" and s.use_vllm is True

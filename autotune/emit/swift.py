@@ -287,9 +287,12 @@ def read_args(path: str | Path) -> dict:
 
 
 _BACK = {"per_device_train_batch_size": int, "gradient_accumulation_steps": int, "per_device_eval_batch_size": int,
-         "eval_accumulation_steps": int, "max_length": int, "torch_dtype": str, "optim": str}
+         "eval_accumulation_steps": int, "max_length": int, "torch_dtype": str, "optim": str,
+         # swift rlhf (issue #12): what sets the completions, the reference model and the rollout share
+         "rlhf_type": str, "num_generations": int, "max_completion_length": int, "beta": float, "vllm_mode": str,
+         "vllm_gpu_memory_utilization": float, "sleep_level": int, "steps_per_generation": int}
 _BOOLS = ("gradient_checkpointing", "prediction_loss_only", "vit_gradient_checkpointing", "freeze_vit", "freeze_aligner", "freeze_llm",
-          "packing", "padding_free", "use_liger_kernel")
+          "packing", "padding_free", "use_liger_kernel", "use_vllm", "offload_model", "offload_optimizer")
 
 
 def _as_bool(key: str, value) -> bool:
