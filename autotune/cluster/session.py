@@ -156,7 +156,7 @@ def _more_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in ("accelerate", "deepspeed", "bitsandbytes"):
+    for name in ("accelerate", "deepspeed", "bitsandbytes", "trl"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

@@ -161,8 +161,10 @@ def recipe_record(spec, workload, batch: int, accumulation: int, world_size: int
     (shared by the probe and the plan)."""
     from ..recipe.rlhf import generation_batch
 
+    from importlib.metadata import version
+
     rlhf = spec.rlhf
-    record = {"type": rlhf.rlhf_type, "target": rlhf.target, "reference_model": rlhf.reference_model(spec.train_type),
+    record = {"type": rlhf.rlhf_type, "target": rlhf.target, "trl": version("trl"), "reference_model": rlhf.reference_model(spec.train_type),
               "beta": rlhf.kl_beta, "beta_from": "given" if rlhf.beta is not None else f"{rlhf.target}'s default"}
     if rlhf.reward_models:
         record["reward_models"] = "resident beside the policy, scoring every completion: " + ", ".join(rlhf.reward_models)
