@@ -65,7 +65,10 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
 
 
 def _check_rlhf_model(spec: ProbeSpec, source) -> None:
-    """What an RLHF probe cannot run yet, refused before the model loads."""
+    """What an RLHF probe cannot run yet, refused before the model loads (the plan takes them)."""
+    if spec.world_size > 1:
+        raise UsageError("--rlhf-type", "an RLHF probe runs in one process for now (the rollout share is sized where the "
+                         "model is loaded)", "probe one rank, or plan the world size: autotune plan --rlhf-type ... --world-size N")
     if plan_inputs(source, spec).family is not None:
         raise UsageError("--rlhf-type", "RLHF probes of vision-language models are not supported yet: the trials would "
                          "generate from text-only prompts and measure no image tokens", "probe the language model's config, or SFT")

@@ -144,7 +144,7 @@ class ProbeSpec:
             return
         if isinstance(self.rlhf, dict):  # a spec sent to a worker process as plain data
             self.rlhf = RLHFSpec(**self.rlhf)
-        self.rlhf.validate(self.world_size, self.global_batch_size, self.train_type)
+        self.rlhf.validate(self.world_size, self.global_batch_size, self.max_batch_size)
         import importlib.util
 
         if importlib.util.find_spec("trl") is None:
@@ -154,11 +154,10 @@ class ProbeSpec:
         if self.rlhf.rlhf_type == "grpo" and self.global_batch_size is None and self.rlhf.steps_per_generation is None:
             # The generation batch is the global batch; keep one that holds whole groups (ms-swift's 16, rounded up).
             self.global_batch_size = self.rlhf.default_global_batch(self.world_size)
-            self.rlhf.global_batch_defaulted = True
+            self.rlhf = dataclasses.replace(self.rlhf, global_batch_defaulted=True)
         for flag, bad in (("--task eval", self.task == "eval"), ("--max-length auto", self.frontier is not None),
                           ("--dataset", self.dataset is not None), ("--strategy", bool(self.strategies)),
-                          ("--predict-with-generate", self.predict_with_generate),
-                          ("--nproc-per-node / --nnodes (several ranks)", self.world_size > 1), ("--isolate", self.isolate)):
+                          ("--predict-with-generate", self.predict_with_generate), ("--isolate", self.isolate)):
             if bad:
                 raise UsageError("--rlhf-type", f"an RLHF probe does not take {flag} yet", f"leave {flag} out")
         if self.eval_outputs not in (None, "loss"):

@@ -295,12 +295,17 @@ def test_targets_defaults_and_batch_rules():
     ({"rlhf": RLHFSpec("ppo")}, "--rlhf-type"),
     ({"rlhf": RLHFSpec("dpo", reward_models=("tiny-llama",))}, "--reward-model"),
     ({"strategies": ("zero3",)}, "--rlhf-type"),
-    ({"world_size": 2}, "--rlhf-type"),
+    ({"rlhf": RLHFSpec("grpo", num_generations=8, steps_per_generation=1), "max_batch_size": 4}, "--steps-per-generation"),
 ])
 def test_bad_requests_name_the_flag(changes, flag):
     with pytest.raises(UsageError) as info:
         grpo_spec(**changes)
     assert info.value.flag == flag
+
+
+def test_several_ranks_are_refused_by_the_probe():
+    with pytest.raises(UsageError, match="one process"):
+        probe(grpo_spec(world_size=2))
 
 
 @pytest.mark.parametrize("extra, flag", [

@@ -82,6 +82,13 @@ def test_auto_share_in_the_plan():
     share = plan.ok()[0].predictions[0].rollout
     assert share["auto"] and share["share_bytes"] >= share["need_bytes"] > int((share["share"] - 0.01) * big)
     assert share["training_bytes"] <= share["share_bytes"] and plan.ok()[0].predictions[0].train_frontier > 0
+    # At half the card, asleep, the engine keeps only its fixed memory (model/rollout.py: non-torch + CUDA graphs).
+    from autotune.model.rollout import CUDA_GRAPH_BYTES, NON_TORCH_BYTES
+
+    half = RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True, vllm_gpu_memory_utilization=0.5, sleep_level=1)
+    plan = make_plan(_grpo_spec(rlhf=half), PlanOptions([big], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
+    share = plan.ok()[0].predictions[0].rollout
+    assert share["training_bytes"] == NON_TORCH_BYTES + CUDA_GRAPH_BYTES < share["share_bytes"] == big // 2
 
 
 def test_reference_row_and_refusals(capsys):

@@ -19,6 +19,7 @@ storage itself dies), and the same key works for fake tensors, whose data pointe
 from __future__ import annotations
 
 import contextlib
+import itertools
 import weakref
 
 import torch
@@ -29,6 +30,7 @@ from ..sizes import format_size
 from .oom import is_oom
 
 BLOCK = 512
+_RESERVATIONS = itertools.count()
 _DEVICE = torch.ops.prim.device.default
 
 
@@ -234,7 +236,7 @@ class SimDevice:
     def reserved(self, nbytes: int):
         """Inside, `nbytes` of the card are held by something other than this process's tensors
         (a colocated vLLM's share): counted, never allocated here."""
-        key = ("reserved", id(object()))
+        key = ("reserved", next(_RESERVATIONS))  # unique while held: reservations nest (generation inside training)
         self.counter.hold(key, nbytes)
         try:
             yield

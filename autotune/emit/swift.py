@@ -173,6 +173,7 @@ def rlhf_args(recipe: Recipe, version: str) -> tuple[dict, list[str]]:
             put("precompute_ref_log_probs", True, "without it the reference model stays resident while the policy trains")
         return args, comments
     put("num_generations", s.num_generations)
+    put("reward_model", s.reward_model, "the reward models are resident beside the policy")
     put("max_completion_length", s.max_completion_length)
     spg = rlhf.steps_per_generation(recipe)
     if "steps_per_generation" in fields:

@@ -203,7 +203,4 @@ def with_share(live, generating, share: dict | None):
 def allowed_eval(spec, frontier: int) -> int:
     """The largest eval batch up to `frontier` that GRPO's rules allow (eval batch x world size a
     multiple of num_generations); the frontier itself otherwise."""
-    rlhf = spec.rlhf
-    if rlhf is None:
-        return frontier
-    return next((b for b in range(frontier, 0, -1) if rlhf.eval_allowed(b, spec.world_size)), 0)
+    return frontier if spec.rlhf is None else spec.rlhf.largest_eval_batch(frontier, spec.world_size)

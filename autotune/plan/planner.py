@@ -173,7 +173,7 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
         eval_predicted = with_share(eval_base, lambda b: generating, share)  # noqa: B023
         search = exact_frontier(evaluate, eval_predicted, budget, capacity, options.allowance, spec.max_batch_size)
         prediction.eval_frontier, prediction.eval_trials = allowed_eval(spec, search.frontier), len(search.points)
-        prediction.eval_peak_bytes = round(evaluate(max(search.frontier, 1)))
+        prediction.eval_peak_bytes = round(evaluate(max(prediction.eval_frontier, 1)))  # at the batch the rules allow
         prediction.eval_after = f"{after[0]}x{after[1]}"
         if not candidate.eval_points:
             candidate.eval_points = {key[2]: round(evaluate(key[2])) for key in sorted(steps.eval_points) if key[:2] == after}

@@ -62,7 +62,7 @@ class RLHFSpec:
     reward_models: tuple = ()  # GRPO: reward models passed as models (a model directory, a config.json, a built-in name)
     global_batch_defaulted: bool = False  # GRPO without --global-batch-size: the spec chose it (default_global_batch)
 
-    def validate(self, world_size: int = 1, global_batch: int | None = None, train_type: str = "full") -> None:
+    def validate(self, world_size: int = 1, global_batch: int | None = None, max_batch: int = 256) -> None:
         if self.rlhf_type not in RLHF_TYPES:
             raise UsageError("--rlhf-type", f"unknown RLHF type {self.rlhf_type!r}", f"choose one of {', '.join(RLHF_TYPES)}")
         if self.target not in TARGETS:
@@ -95,6 +95,7 @@ class RLHFSpec:
             raise UsageError("--precompute-ref-log-probs", "is a DPO setting", "leave it out for GRPO")
         self.reward_models = tuple(self.reward_models)
         self.check_global_batch(world_size, global_batch)
+        self.check_some_batch(world_size, global_batch, max_batch)
 
     def _validate_dpo(self) -> None:
         for flag, value in (("--num-generations", self.num_generations), ("--max-completion-length", self.max_completion_length),
@@ -162,6 +163,23 @@ class RLHFSpec:
                              f"which is not a multiple of --num-generations {self.generations}",
                              f"use a multiple of {self.generations}, e.g. --global-batch-size {self.default_global_batch(world_size)}")
 
+    def check_some_batch(self, world_size: int, global_batch: int | None, max_batch: int) -> None:
+        """Some per-device batch up to --max-batch-size must satisfy the rules (with
+        --steps-per-generation the generation batch follows the per-device batch)."""
+        if self.rlhf_type != "grpo" or self.steps_per_generation is None:
+            return
+        per_rank = global_batch // world_size if global_batch and global_batch % world_size == 0 else None
+        for batch in range(1, max_batch + 1):
+            if per_rank is not None and per_rank % batch:
+                continue
+            accumulation = per_rank // batch if per_rank else 1
+            if self.train_allowed(batch, accumulation, world_size):
+                return
+        raise UsageError("--steps-per-generation", f"no per-device batch up to {max_batch} makes batch x {world_size} rank(s) x "
+                         f"{self.steps_per_generation} steps a multiple of --num-generations {self.generations}"
+                         + (f" while splitting --global-batch-size {global_batch}" if global_batch else ""),
+                         "change --steps-per-generation, --num-generations or --global-batch-size (or leave --steps-per-generation out)")
+
     def default_global_batch(self, world_size: int) -> int:
         """ms-swift's default total batch of 16, rounded up to hold whole groups on every rank."""
         unit = math.lcm(self.generations, world_size)
@@ -175,6 +193,10 @@ class RLHFSpec:
 
     def eval_allowed(self, batch: int, world_size: int) -> bool:
         return self.rlhf_type != "grpo" or (batch * world_size) % self.generations == 0
+
+    def largest_eval_batch(self, frontier: int, world_size: int) -> int:
+        """The largest eval batch up to `frontier` the rules allow; 0 when none does."""
+        return next((b for b in range(frontier, 0, -1) if self.eval_allowed(b, world_size)), 0)
 
     def settings(self) -> dict:
         """The recipe's settings (ms-swift's names) for this run."""
@@ -208,7 +230,8 @@ def from_recipe(settings, record: dict | None) -> RLHFSpec | None:
         vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization if settings.use_vllm and settings.vllm_mode != "server" else None,
         sleep_level=settings.sleep_level or 0, offload_model=bool(settings.offload_model),
         offload_optimizer=bool(settings.offload_optimizer), steps_per_generation=settings.steps_per_generation,
-        precompute_ref_log_probs=bool(settings.precompute_ref_log_probs))
+        precompute_ref_log_probs=bool(settings.precompute_ref_log_probs),
+        reward_models=tuple(getattr(settings, "reward_model", None) or ()))
 
 
 def cli_flags(rlhf: RLHFSpec | None) -> list[str]:

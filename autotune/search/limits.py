@@ -284,5 +284,6 @@ def evaluation_limit(space, result: FrontierResult, config) -> FrontierResult | 
     proof = {"fit": value, "non_fit": non_fit, "phase": "eval",
              "train_fit": result.value, "why": f"the evaluation did not fit at {non_fit}"}
     space.eval_frontiers.clear()  # cached per configuration, at the old value
+    space.measured_eval_frontiers.clear()
     return FrontierResult(dimension, value, result.batch, "train", result.values, proof, dict(result.candidates),
                           result.trials + len(space.trials) - started)

@@ -154,6 +154,7 @@ class SearchSpace:
         self.candidates: list[Candidate] = []
         self.phases: dict[str, dict] = {}
         self.eval_frontiers: dict[str, int] = {}
+        self.measured_eval_frontiers: dict[str, int] = {}  # the eval frontiers as measured, before the batch rules
         self.errors: list[str] = []
         self.first_hint: int | None = None  # a predicted frontier (a plan) for the first candidate without checkpointing
         self.plan_hints: dict = {}  # (attention, checkpointing) -> {"train": batch, "eval": batch}: a plan's frontiers
@@ -431,15 +432,14 @@ class SearchSpace:
             if search.error:
                 self.errors.append(f"an eval step failed for a reason other than memory: {found[-1].message}")
             self.eval_frontiers[key] = self._eval_allowed(search.frontier)
+            self.measured_eval_frontiers[key] = search.frontier  # before an RLHF run's batch rules
         return self.eval_frontiers[key]
 
     def _eval_allowed(self, frontier: int) -> int:
         """The largest eval batch up to the frontier that the run's rules admit (GRPO: whole
         groups of completions across the ranks); 0 when none does."""
         rlhf = self.spec.rlhf
-        if rlhf is None:
-            return frontier
-        return next((b for b in range(frontier, 0, -1) if rlhf.eval_allowed(b, self.spec.world_size)), 0)
+        return frontier if rlhf is None else rlhf.largest_eval_batch(frontier, self.spec.world_size)
 
     @staticmethod
     def eval_key(config: Measured) -> str:

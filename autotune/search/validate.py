@@ -29,13 +29,21 @@ def _eval_batch(space, config) -> tuple[int | None, str | None]:
     if not space.spec.eval:
         return None, None
     batch = space.eval_frontier(config)
-    failed = next((t for t in reversed(space.trials) if t.phase == "eval" and t.outcome == "error"), None)
+    mine = {k: config.settings[k] for k in ("attn_implementation", "gradient_checkpointing", "per_device_train_batch_size")
+            if k in config.settings}
+    failed = next((t for t in reversed(space.trials) if t.phase == "eval" and t.outcome == "error"
+                   and all(t.settings.get(k) == v for k, v in mine.items())), None)
     if batch == 0 and failed is not None:
         # Not memory: the Trainer's evaluation itself failed, as the user's run would (e.g. transformers 5's
         # vision-language outputs carry None fields the Trainer's padding of kept logits cannot take).
         keeps = space.spec.eval_keeps
         hint = "--eval-outputs argmax (what ms-swift's acc metric keeps) or loss" if keeps == "logits" else "--eval-outputs loss"
         return 0, f"the Trainer's evaluation failed, not for memory: {failed.message} (a run with the same eval settings fails the same way; try {hint})"
+    rlhf = space.spec.rlhf
+    measured = space.measured_eval_frontiers.get(space.eval_key(config))
+    if batch == 0 and rlhf is not None and measured:
+        return 0, (f"no eval batch up to the eval frontier ({measured}) holds whole groups of --num-generations "
+                   f"{rlhf.generations} across {space.spec.world_size} rank(s)")
     if batch == 0:
         hint = "--prediction-loss-only" if not space.spec.prediction_loss_only else "a shorter --max-length"
         return 0, f"eval batch 1 does not fit with {config.attn_implementation} (try {hint}, or a smaller --eval-steps)"

@@ -33,7 +33,6 @@ import math
 import random
 
 from ..model.tokenizer import FIRST_WORD, synthetic_tokenizer, text_of
-from ..recipe.training_args import arguments
 
 # TRL warns on every trainer built with its (experimental) rollout_func hook.
 _SILENCE = {"TRL_EXPERIMENTAL_SILENCE": "1"}
@@ -79,14 +78,13 @@ def share_bytes(workload) -> int:
 
 
 def training_share_bytes(workload, share: int) -> int:
-    """What the engine keeps of its share while the trainer trains: all of it at sleep level 0;
-    at levels 1 and 2 only what model/rollout.py says a sleeping engine keeps (its non-torch
-    memory and CUDA graphs), never more than the share."""
+    """What the engine keeps while the trainer trains, as model/rollout.py says: awake (level 0),
+    its share less the profile run's activations (freed back to the process the trainer shares)
+    plus its CUDA graphs; asleep (1, 2), its non-torch memory and CUDA graphs. Never more than the
+    share: those allowances are a real card's, and a small simulated share holds at most itself."""
     rlhf, need = workload.spec.rlhf, getattr(workload, "rollout_need", None)
-    if rlhf.sleep_level == 0:
-        return share
     if need is None:
-        return 0
+        return share if rlhf.sleep_level == 0 else 0
     from ..model.rollout import resident_during_training
 
     return min(share, resident_during_training(need, share, rlhf.sleep_level))
@@ -109,7 +107,7 @@ def size_rollout(workload) -> None:
                          "--steps-per-generation follows the per-device batch being searched", "give a share, or leave --steps-per-generation out")
     sequences = max(1, (spec.global_batch_size or rlhf.generations) // spec.world_size)  # the generation batch per rank
     need = rollout.rollout_need(workload.source.config, spec.dtype, sequences, spec.max_length, rlhf.completion_length,
-                                weights_bytes=sum(p.numel() * p.element_size() for p in workload.model.parameters()),
+                                weights_bytes=None if spec.train_type == "qlora" else _weight_bytes(workload.model),
                                 target=rlhf.target)
     workload.rollout_need = need
     capacity = device.capacity
@@ -120,6 +118,12 @@ def size_rollout(workload) -> None:
     if device.kind == "cuda":
         rollout.require_share(float(rlhf.share), need, capacity)
     workload.rollout_check = rollout.check_share(float(rlhf.share), need, capacity)
+
+
+def _weight_bytes(model) -> int:
+    """The policy's bytes as vLLM loads them (the training copy's, LoRA adapters aside: small); under
+    QLoRA the training copy is 4-bit, so the engine's weights are counted from the config instead."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def rollout_record(rlhf, workload, capacity: int) -> dict | None:
@@ -316,7 +320,7 @@ def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter
                 generation_batch_size=generation_batch, log_completions=False,
                 generation_kwargs={"min_new_tokens": completion})  # no early stop: every completion at full length
     if vllm_here:
-        grpo.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=float(rlhf.share),
+        grpo.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=float(resolved_share(rlhf, workload)),
                     vllm_enable_sleep_mode=rlhf.sleep_level > 0, vllm_max_model_length=spec.max_length + completion)
     eval_batch = int(settings.get("per_device_eval_batch_size") or 1)
     if eval_every:

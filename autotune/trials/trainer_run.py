@@ -119,9 +119,13 @@ def _rlhf_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
 
     values = trainer_arguments(workload, settings, train_steps, eval_every, "loss")
     saved = _model_state(workload, settings, False)
-    trainer, during = rlhf_run.build_rlhf_trainer(workload, settings, values, train_steps, eval_every, eval_steps, meter)
-    saved["during"] = during
     saved["rlhf"] = True
+    try:
+        trainer, during = rlhf_run.build_rlhf_trainer(workload, settings, values, train_steps, eval_every, eval_steps, meter)
+    except BaseException:
+        restore_model(workload, saved)  # TRL may have added its "ref" adapter copy before failing
+        raise
+    saved["during"] = during
     _quiet(trainer)
     return trainer, saved
 
