@@ -200,7 +200,8 @@ def test_sleeping_vllm_releases_its_share_while_the_trainer_trains(make_workload
 
 
 def test_auto_share_is_the_smallest_that_holds_the_engine(make_workload):
-    from autotune.trials.rlhf_run import prepare, rollout_record
+    from autotune.trials.rlhf_rollout import rollout_record
+    from autotune.trials.rlhf_run import prepare
     from autotune.trials.trial import run_trial
 
     rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=True, vllm_gpu_memory_utilization="auto")

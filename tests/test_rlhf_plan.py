@@ -10,7 +10,7 @@ from autotune.plan.breakdown import Allowance  # noqa: E402
 from autotune.plan.planner import PlanOptions, make_plan, plan_recipe  # noqa: E402
 from autotune.recipe.rlhf import RLHFSpec  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
-from autotune.trials import rlhf_run, rlhf_step_model  # noqa: E402
+from autotune.trials import rlhf_rollout, rlhf_run, rlhf_step_model  # noqa: E402
 from autotune.trials.trial import run_trial  # noqa: E402
 
 MiB = 2**20
@@ -36,9 +36,9 @@ def test_the_step_model_peak_is_trl_s_within_2_percent(name, make_workload):
     settings = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
     trial = run_trial(workload, "train", settings, 3, CAPACITY)
     assert trial.fits, trial.message
-    share = rlhf_run.share_bytes(workload)
+    share = rlhf_rollout.share_bytes(workload)
     workload.configure(gradient_checkpointing=False)
-    modelled = rlhf_step_model.train_steps(workload, batch, 3, accumulation, share=(share, rlhf_run.training_share_bytes(workload, share)))
+    modelled = rlhf_step_model.train_steps(workload, batch, 3, accumulation, share=(share, rlhf_rollout.training_share_bytes(workload, share)))
     assert abs(modelled - trial.peak_bytes) <= 0.02 * trial.peak_bytes, (modelled, trial.peak_bytes)
     if name == "grpo lora, share":
         assert trial.peak_bytes > share == CAPACITY // 4

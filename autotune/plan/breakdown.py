@@ -170,7 +170,7 @@ def rollout_on_card(workload, capacity: int) -> dict | None:
         return None
     from ..errors import UsageError
     from ..model.rollout import auto_share, check_share
-    from ..trials.rlhf_run import training_share_bytes
+    from ..trials.rlhf_rollout import training_share_bytes
 
     refused = None
     if rlhf.share == "auto":

@@ -273,7 +273,7 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     workload, depth, shallow = plan_workloads(spec, max(options.targets), options.depth)
     progress.stage(depth.note())
     if spec.rlhf is not None and spec.rlhf.colocated:
-        from ..trials.rlhf_run import size_rollout
+        from ..trials.rlhf_rollout import size_rollout
 
         size_rollout(workload)  # the engine's need from the config, as vLLM accounts it (model/rollout.py)
     cls = model_class(source.config)
