@@ -107,7 +107,8 @@ def rollout_record(rlhf, workload, capacity: int) -> dict | None:
     how = rollout_how(rlhf, workload.device) if workload is not None else "reserved"
     record.update(share=share, share_bytes=int(share * capacity), auto=getattr(workload, "rollout_auto", None))
     if how == "reserved":
-        held = "for the whole run" if rlhf.sleep_level == 0 else "whole while generating, and only what a sleeping engine keeps while training"
+        held = ("whole while generating, less its profile activations while training" if rlhf.sleep_level == 0
+                else "whole while generating, and only what a sleeping engine keeps while training")
         record.update(how="reserved", why=f"vLLM cannot start here, so its share was held on the card as one block, {held}; "
                                           "the completions came through TRL's rollout_func at full length")
     else:

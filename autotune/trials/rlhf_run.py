@@ -12,8 +12,8 @@ in the user's job; autotune supplies only the worst-case data and what it cannot
   training step: measured. With `--use-vllm` where vLLM cannot start here (it is not installed,
   or the card is simulated), the completions come through TRL's own `rollout_func` hook, as an
   external engine hands them over, and a colocated engine's share of the card is held as a
-  fixed block (`device.reserved`): for the whole run at sleep level 0; only while generating at
-  sleep levels 1 and 2, whose engine releases its memory while the trainer trains (ms-swift's
+  block (`device.reserved`): whole while it generates, and while the trainer trains what
+  trials/rlhf_rollout.py says the engine keeps then (less at sleep levels 1 and 2, ms-swift's
   `sleep_level`, TRL's `vllm_enable_sleep_mode`). Where vLLM is importable on a CUDA card, TRL
   starts it colocated itself at the share, and the run measures it.
 - **The reference model** is resident where the framework loads one (recipe/rlhf.py
