@@ -47,7 +47,7 @@ import types
 import torch
 
 from ..recipe.training_args import mixed_precision
-from .step_model import MAX_GRAD_NORM, launched_forward
+from .step_model import MAX_GRAD_NORM, launched_forward, optimizer_step
 from .rlhf_run import trial_generation_batch
 
 GRPO_OUTPUTS = ("log_probs", "entropy")
@@ -250,15 +250,8 @@ def dpo_loss(workload, inputs: dict):
 
 def _dpo_step(workload, params, optimizer, batch: int, accumulation: int, held: list | None) -> None:
     batches = [dpo_batch(workload, batch) for _ in range(max(accumulation, 1))]
-    for inputs in batches:
-        loss = dpo_loss(workload, inputs)
-        workload.backward(loss)
-    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if held is not None:
-        held.extend(batches)
-    del loss, inputs, batches
+    optimizer_step(workload, params, optimizer, batches, lambda inputs: dpo_loss(workload, inputs), held)
+    del batches
 
 
 @contextlib.contextmanager

@@ -72,15 +72,22 @@ def _train_step(workload, params, optimizer, batch_size: int, accumulation: int 
     resident together; `held` receives them (the Trainer still holds them while it evaluates)."""
     model = workload.model
     batches = [device_batch(workload, batch_size) for _ in range(max(accumulation, 1))]
+    optimizer_step(workload, params, optimizer, batches, lambda batch: model(**batch).loss, held)
+    del batches
+
+
+def optimizer_step(workload, params, optimizer, batches: list, loss_of, held: list | None = None) -> None:
+    """The Trainer's optimizer step over micro-batches it has fetched: forward (`loss_of`) and
+    backward for each, clipping, the step, zero_grad; `held` receives the micro-batches."""
     for batch in batches:
-        loss = model(**batch).loss
+        loss = loss_of(batch)
         workload.backward(loss)
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if held is not None:
         held.extend(batches)
-    del loss, batch, batches
+    del loss, batch
 
 
 @contextlib.contextmanager
