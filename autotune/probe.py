@@ -128,12 +128,12 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     base = {"env": dict(spec.env)} if spec.env else {}
     hint, hints = None, {}
     if plan is not None:
-        from .plan.planner import hint_from_plan, hints_from_plan
+        from .plan.hints import hint_from_plan, hints_from_plan
 
         hint, hints = hint_from_plan(plan, spec, budget), hints_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
     elif _plans_first(spec, session, source):
-        from .plan.planner import planned_hints
+        from .plan.hints import planned_hints
 
         hints = planned_hints(spec, session.capacity, budget, progress)
         hint = hints.get((_first_attention(spec, model_class(source.config)), False), {}).get("train")

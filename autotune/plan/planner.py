@@ -20,7 +20,7 @@ from ..devices.fake import FakeDevice
 from ..errors import AutotuneError, UsageError
 from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
-from .breakdown import (Allowance, Rows, allowed_eval, largest_batch, layer_bytes, peak_model, reference_bytes, rollout_on_card,
+from .breakdown import (Allowance, Rows, allowed_eval, layer_bytes, peak_model, reference_bytes, rollout_on_card,
                         rows_for, with_share)
 from .measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate
 from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
@@ -362,82 +362,3 @@ def _rlhf_record(plan: Plan, p: Prediction) -> dict:
     if "cycles" in record:
         record["cycles"] = "planned: each fake-tensor step is an optimizer step that generates (trials/rlhf_step_model.py)"
     return record
-
-
-def _check_plan_matches(recipe: Recipe, spec: ProbeSpec) -> None:
-    if not recipe.plan:
-        raise UsageError("--from-plan", "this recipe holds no plan", "write one with `python -m autotune plan ... --out PLAN`")
-    model = recipe.model
-    for name, planned, probed in (("--max-length", model.max_length, spec.max_length), ("--train-type", model.train_type, spec.train_type),
-                                  ("--dtype", model.dtype, spec.dtype)):
-        if planned != probed:
-            raise UsageError("--from-plan", f"the plan was made for {name} {planned}, this probe uses {probed}",
-                             f"probe with {name} {planned}, or plan again")
-
-
-def _planned_batch(points: dict, budget: int, max_batch: int) -> int | None:
-    points = {int(b): p for b, p in (points or {}).items()}
-    if len(points) < 2:
-        return None
-    return largest_batch(_through(points), budget, Allowance(0, 0, 0.0), 2**62, max_batch) or 1
-
-
-def hints_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> dict:
-    """(attention, checkpointing) -> {"train": batch, "eval": batch}: where each planned
-    candidate's measured peaks cross this device's budget. Where the plan measured a fit at k
-    and a non-fit at k + 1 for this budget, the hint is k and the probe needs 2 trials."""
-    _check_plan_matches(recipe, spec)
-    return _hints(recipe.plan.get("candidates", []), budget, spec.max_batch_size)
-
-
-def _hints(candidates: list[dict], budget: int, max_batch: int) -> dict:
-    hints = {}
-    for candidate in candidates:
-        found = {phase: _planned_batch(candidate.get(f"{phase}_points"), budget, max_batch) for phase in ("train", "eval")}
-        if any(found.values()):
-            hints[(candidate["attn_implementation"], candidate["gradient_checkpointing"])] = {k: v for k, v in found.items() if v}
-    return hints
-
-
-def planned_hints(spec: ProbeSpec, capacity: int, budget: int, progress: ProgressSink | None = None) -> dict:
-    """The probe's plan first: every candidate of its space planned for its card under fake
-    tensors (no allowance: the probe's fit rule reads the device itself), as hints_from_plan
-    hands them over. {} where the plan cannot run (the probe then searches as without it)."""
-    progress = progress or ProgressSink()
-    options = PlanOptions([capacity], attn=list(spec.attn_candidates), checkpointing=sorted(spec.gradient_checkpointing_candidates),
-                          allowance=Allowance(0, 0, 0.0))
-    try:
-        plan = make_plan(spec, options, progress)
-    except AutotuneError as exc:
-        progress.stage(f"no plan first ({exc}); searching without it")
-        return {}
-    progress.stage(f"planned in {plan.wall_s:.1f}s under fake tensors; each search starts at its planned frontier")
-    return _hints([c.to_dict() for c in plan.ok()], budget, spec.max_batch_size)
-
-
-def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
-    """The batch size a probe should try first: where the plan's measured peaks for this
-    probe's (attention, checkpointing) cross this device's budget. None: the plan has no such candidate."""
-    _check_plan_matches(recipe, spec)
-    for candidate in recipe.plan.get("candidates", []):
-        if (candidate.get("attn_implementation") == spec.attn_implementation
-                and candidate.get("gradient_checkpointing") == spec.gradient_checkpointing and candidate.get("train_line")):
-            planned = _planned_batch(candidate.get("train_points"), budget, spec.max_batch_size)
-            if planned is None:  # a plan written before the exact search: its phase lines
-                fb, step = candidate["forward_backward_line"], candidate["step_line"]
-                live = lambda b: max(fb["intercept"] + fb["slope"] * b, step["intercept"] + step["slope"] * b)  # noqa: E731
-                planned = largest_batch(live, budget, Allowance(0, 0, 0.0), 2**62, spec.max_batch_size) or 1
-            return planned
-    return None
-
-
-def _through(points: dict[int, int]):
-    """The peak between measured batches, linearly; past the last two, their line. Where the
-    plan measured a fit at k and a non-fit at k + 1 for this budget, it is k."""
-    batches = sorted(points)
-
-    def live(batch: int) -> float:
-        i = next((i for i, b in enumerate(batches) if b >= batch), len(batches) - 1)
-        lo, hi = (batches[i - 1], batches[i]) if i > 0 else (batches[0], batches[1])
-        return points[lo] + (points[hi] - points[lo]) * (batch - lo) / (hi - lo)
-    return live
