@@ -69,8 +69,8 @@ def test_qwen3_vl_batch_freezing_and_sim_trials(make_workload):
     assert any(".deepstack_merger_list." in n for n in trainable) and any(".visual.merger." in n for n in trainable)
     assert not any(".visual.blocks." in n for n in trainable)
 
-    # On the sim device the step runs and its peak grows with the batch. (The plan does not run
-    # yet: DeepStack's hidden_states[visual_pos_masks] fails under fake tensors, aten.nonzero.)
+    # On the sim device the step runs and its peak grows with the batch (the plan against the
+    # sim device: tests/test_plan_vision.py).
     peaks = [run_train_trial(workload, b, 3, GiB) for b in (1, 2)]
     assert all(t.fits for t in peaks) and peaks[1].peak_bytes > peaks[0].peak_bytes
 

@@ -113,6 +113,9 @@ def test_qwen25_omni_thinker_video_worst_case_and_eval_only_generation():
     batch = real.make_batch(2)
     assert (batch["input_ids"] == config.video_token_id).sum() == 2 * vplan.video_tokens
     assert batch["video_second_per_grid"].tolist() == [1.0, 1.0] and "mm_token_type_ids" not in batch
+    # No audio ids in the text: one would send the positions looking for an audio clip.
+    audio = (config.audio_token_id, config.audio_start_token_id, config.audio_end_token_id)
+    assert not torch.isin(real.make_batch(64)["input_ids"], torch.tensor(audio)).any()
     assert torch.isfinite(real.model(**batch).loss)
     real.spec = spec.replace(task="eval", predict_with_generate=True, max_new_tokens=4)
     evaluation = run_trial(real, "eval", {"per_device_eval_batch_size": 2, **real.spec.eval_keep_settings()}, 2, GiB)

@@ -152,8 +152,10 @@ class KnownValues(TorchDispatchMode):
             value = self.value(index)
             if value is _UNKNOWN:
                 raise DynamicOutputShapeException(func)
-            for column in value.nonzero().unbind(1):
-                fake = self.fake_mode.from_tensor(column.clone())
+            with _disable_current_modes(), uncounted():  # the real mask's positions, outside the fake mode
+                columns = [column.clone() for column in value.nonzero().unbind(1)]
+            for column in columns:
+                fake = self.fake_mode.from_tensor(column)
                 self._set(fake, column)
                 positions.append(fake)
         return func(tensor, positions, *rest, **kwargs)

@@ -22,6 +22,7 @@ import contextlib
 import time
 
 import torch
+from transformers.trainer_pt_utils import nested_concat
 
 from ..recipe.training_args import eval_outputs_of, mixed_precision
 
@@ -129,8 +130,13 @@ def _outputs(model, batch: dict, outputs: str, max_new_tokens: int | None):
     out = model(**batch)
     if outputs == "loss":
         return out.loss, None
-    logits = out.logits
-    return out.loss, (logits.argmax(dim=-1) if outputs == "argmax" else logits)
+    if outputs == "argmax":
+        return out.loss, out.logits.argmax(dim=-1)
+    # Every output but the loss, as the Trainer's prediction_step keeps them: a vision-language
+    # model's image encoder outputs ride along with the logits.
+    ignore = getattr(model.config, "keys_to_ignore_at_inference", ["cache"])
+    kept = tuple(value for key, value in out.items() if key not in (*ignore, "loss"))
+    return out.loss, (kept[0] if len(kept) == 1 else kept)
 
 
 def eval_steps(workload, batch_size: int, steps: int, settings: dict) -> int:
@@ -170,7 +176,7 @@ def evaluate(workload, batch_size: int, steps: int, settings: dict) -> int:
                 batch = device_batch(workload, batch_size)
                 loss, kept = _outputs(model, batch, outputs, settings.get("max_new_tokens"))
                 if kept is not None:
-                    held = kept if held is None else torch.cat([held, kept])
+                    held = kept if held is None else nested_concat(held, kept, padding_index=-100)
                     held_labels = batch["labels"] if held_labels is None else torch.cat([held_labels, batch["labels"]])
                     if accumulate and (step + 1) % accumulate == 0:
                         held = held_labels = None  # moved to the host

@@ -30,7 +30,10 @@ SECONDS_PER_GRID = 1.0  # temporal_patch_size 2 / the processor's default fps 2.
 def inputs(config, vplan, batch_size: int, max_length: int, device) -> dict:
     """Qwen2-VL's worst-case batch; the thinker finds positions from the vision-start tokens
     (no mm_token_type_ids) and needs each video's seconds per temporal patch."""
-    batch = qwen2_vl_inputs(config, vplan, batch_size, max_length, device)
+    # Text that happened to hold an audio-start id would make the model look for an audio clip.
+    audio = tuple(getattr(config, name) for name in ("audio_token_id", "audio_start_token_id", "audio_end_token_id")
+                  if getattr(config, name, None) is not None)
+    batch = qwen2_vl_inputs(config, vplan, batch_size, max_length, device, avoid=audio)
     batch.pop("mm_token_type_ids")
     if vplan.videos:
         batch["video_second_per_grid"] = torch.full((batch_size * vplan.videos,), SECONDS_PER_GRID, device=device)

@@ -113,11 +113,13 @@ def _patches(vision, grid: tuple, count: int, device) -> torch.Tensor:
     return torch.randn(count * t * h * w, width, device=device)
 
 
-def inputs(config, vplan: VisionPlan, batch_size: int, max_length: int, device) -> dict:
+def inputs(config, vplan: VisionPlan, batch_size: int, max_length: int, device, avoid: tuple[int, ...] = ()) -> dict:
     """Every sample exactly max_length tokens: 1 text token, each image / video wrapped in
-    vision start/end, then text to the end. Labels ignore the placeholders, as the templates do."""
+    vision start/end, then text to the end. Labels ignore the placeholders, as the templates do.
+    `avoid`: more special ids the text must not contain (a family's own placeholders)."""
     vision = config.vision_config
-    placeholders = (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
+    placeholders = (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id,
+                    *avoid)
     ids = text_ids(config, batch_size, max_length, device, placeholders)
     kinds = torch.zeros(batch_size, max_length, dtype=torch.int32, device=device)
     pos = 1
