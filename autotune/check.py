@@ -20,10 +20,11 @@ from .spec import ProbeSpec
 from .trials.trial import run_training, run_trial
 
 CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
+# mixed_precision: as the launch file sets it (check --swift-args reads ms-swift's rule back).
 TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "attn_implementation",
-              *LEVER_KEYS)
+              "mixed_precision", *LEVER_KEYS)
 EVAL_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "eval_accumulation_steps", "prediction_loss_only", "eval_outputs",
-             "max_new_tokens", "gradient_checkpointing", "attn_implementation", *LEVER_KEYS)
+             "max_new_tokens", "gradient_checkpointing", "attn_implementation", "mixed_precision", *LEVER_KEYS)
 
 
 @dataclass

@@ -130,6 +130,7 @@ class ProbeSpec:
             raise UsageError("--dtype", f"unknown dtype {self.dtype!r}", f"choose one of {', '.join(DTYPES)}")
         if self.train_type not in TRAIN_TYPES:
             raise UsageError("--train-type", f"unknown training type {self.train_type!r}", f"choose one of {', '.join(TRAIN_TYPES)}")
+        self._validate_fp16_full()
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise UsageError("--attn", f"unknown attention implementation {self.attn_implementation!r}",
                              f"choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
@@ -138,6 +139,20 @@ class ProbeSpec:
         _check_cluster(self)
         self._validate_space()
         self._validate_rlhf()
+
+    def _validate_fp16_full(self) -> None:
+        """float16 weights trained in full under fp16 mixed precision (what ms-swift and the launch
+        files set for float16) stop at the first optimizer step on a card: the GradScaler refuses
+        fp16 gradients. LoRA trains its adapters in fp32 (peft casts them; ms-swift too), and
+        DeepSpeed keeps fp32 master weights, so those run."""
+        if self.dtype != "float16" or self.train_type != "full":
+            return
+        if self.strategies and all(s.startswith("zero") for s in self.strategies):
+            return
+        raise UsageError("--dtype", "float16 weights cannot train in full under fp16 mixed precision: the GradScaler "
+                         "refuses fp16 gradients ('Attempting to unscale FP16 gradients'), so the launched run stops at its "
+                         "first optimizer step", "use --dtype float32 or bfloat16, --train-type lora, or a DeepSpeed "
+                         "--strategy zero2 / zero3 (fp32 master weights)")
 
     def _validate_rlhf(self) -> None:
         if self.rlhf is None:

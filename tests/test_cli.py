@@ -59,6 +59,7 @@ BAD = [
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--predict-with-generate"], "--max-new-tokens"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--max-new-tokens", "8"], "--predict-with-generate"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--plot", "x.pdf"], "--plot"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--dtype", "float16"], "unscale FP16"),
     (["report", "/nonexistent/recipe.yaml"], "no recipe"),
 ]
 

@@ -2,12 +2,14 @@
 its parser converts. Checked against the checked-in field lists always, and against ms-swift's
 own parser where `import swift` works (run these tests with a venv that has ms-swift)."""
 
+import dataclasses
 import shlex
 
 import pytest
 import yaml
 
 from autotune.emit import swift
+from autotune.errors import UsageError
 from launch_recipes import VARIANTS, variant
 from swift_parsing import assert_real_swift_accepts, matches
 
@@ -90,6 +92,29 @@ def test_read_back_into_settings(tmp_path):
                 "eval_accumulation_steps", "gradient_checkpointing", "attn_implementation", "max_pixels", "strategy"):
         assert settings[key] == getattr(s, key), key
     assert model["train_type"] == "lora"
+
+
+@pytest.mark.parametrize("args,expected", [
+    ({"torch_dtype": "float32"}, "fp16"),  # ms-swift turns fp16 on for float32 weights when the file is silent
+    ({"torch_dtype": "float32", "fp16": False, "bf16": False}, "no"),  # what emit writes for a float32 probe
+    ({"torch_dtype": "bfloat16"}, "bf16"),
+    ({"torch_dtype": "bfloat16", "bf16": "false"}, "no"),
+    ({"torch_dtype": "float16"}, "fp16"),
+    ({}, None),  # the model's own dtype decides; the recipe's stands
+])
+def test_mixed_precision_read_back_follows_ms_swift(args, expected):
+    assert swift.settings_from_args(args)[0].get("mixed_precision") == expected
+
+
+def test_mixed_precision_is_written_as_probed():
+    for dtype, precision in (("bfloat16", "bf16"), ("float32", "no")):
+        recipe = variant("eval_zero3")
+        recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, torch_dtype=dtype, mixed_precision=None))
+        args = yaml.safe_load(swift.render_yaml(recipe, "4.6"))
+        assert (args["bf16"], args["fp16"]) == (precision == "bf16", False)
+        assert swift.settings_from_args(args)[0]["mixed_precision"] == precision
+    with pytest.raises(UsageError, match="bf16 and fp16 are both on"):
+        swift.settings_from_args({"bf16": True, "fp16": True})
 
 
 # ---------------------------------------------------------------- the real ms-swift, where installed

@@ -104,3 +104,22 @@ def test_the_launched_trainer_fits_at_the_recipe_and_not_one_batch_more(probed, 
     for more in ({"train_batch": s.per_device_train_batch_size + 1}, {"eval_batch": s.per_device_eval_batch_size + 1}):
         with pytest.raises(torch.OutOfMemoryError):
             launched(recipe, device=SimDevice(budget), **run, **more)
+
+
+def test_full_fp16_is_refused_for_the_reason_a_card_would_fail():
+    """float16 weights trained in full under fp16 mixed precision: torch's GradScaler (what
+    accelerate runs for fp16 on a card) refuses the fp16 gradients at the first optimizer step,
+    so the spec refuses the run; LoRA (adapters in fp32) and DeepSpeed (fp32 masters) pass."""
+    from autotune.errors import UsageError
+    from autotune.spec import ProbeSpec
+
+    layer = torch.nn.Linear(4, 4).half()
+    optimizer = torch.optim.AdamW(layer.parameters())
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(layer(torch.ones(2, 4, dtype=torch.float16)).float().sum()).backward()
+    with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients"):
+        scaler.unscale_(optimizer)
+    with pytest.raises(UsageError, match="^--dtype: float16 weights cannot train in full"):
+        ProbeSpec(model_config="tiny-llama", max_length=16, dtype="float16")
+    ProbeSpec(model_config="tiny-llama", max_length=16, dtype="float16", train_type="lora")
+    ProbeSpec(model_config="tiny-llama", max_length=16, dtype="float16", strategies=("zero2",), world_size=2)

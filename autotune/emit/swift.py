@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..recipe.schema import Recipe
 from ..recipe.training_args import CHECKPOINTING_KWARGS, checkpointing_lever_kwargs, eval_outputs_of
 from . import rlhf
-from .common import DATASET_PLACEHOLDER, check_strategy, launch_env, memory_comment, model_location
+from .common import DATASET_PLACEHOLDER, check_strategy, launch_env, memory_comment, mixed_precision, model_location
 
 FIELDS_DIR = Path(__file__).parent / "swift_fields"
 SUPPORTED = ("3.10", "3.11", "3.12", "4")
@@ -108,6 +108,9 @@ def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict
             args["target_modules"] = [targets] if isinstance(targets, str) else list(targets)
     args["dataset"] = [dataset or DATASET_PLACEHOLDER]
     args["torch_dtype"] = s.torch_dtype
+    # Mixed precision as probed, written out: left unset, ms-swift turns fp16 on for float32 weights.
+    precision = mixed_precision(recipe)
+    args["bf16"], args["fp16"] = precision == "bf16", precision == "fp16"
     if s.max_length is not None:
         args["max_length"] = int(s.max_length)
     args["per_device_train_batch_size"] = s.per_device_train_batch_size
@@ -306,6 +309,19 @@ def _as_bool(key: str, value) -> bool:
     raise UsageError("--swift-args", f"{key}: cannot read {value!r} as true/false")
 
 
+def _mixed_precision_back(args: dict) -> str | None:
+    """ms-swift's rule (ModelArguments._init_mixed_precision): an unset fp16 is on for float16 and
+    float32 weights, an unset bf16 on for bfloat16. None where neither the keys nor the dtype say."""
+    dtype = args.get("torch_dtype")
+    if dtype is None and args.get("bf16") is None and args.get("fp16") is None:
+        return None
+    fp16 = _as_bool("fp16", args["fp16"]) if args.get("fp16") is not None else dtype in ("float16", "float32")
+    bf16 = _as_bool("bf16", args["bf16"]) if args.get("bf16") is not None else dtype == "bfloat16"
+    if fp16 and bf16:
+        raise UsageError("--swift-args", "bf16 and fp16 are both on", "set one of them to false")
+    return "bf16" if bf16 else "fp16" if fp16 else "no"
+
+
 # ms-swift's HfConfigFactory.get_max_model_len: the smallest of these config values (nested
 # configs included) is the model's max_model_len, which it trains at when max_length is unset.
 MODEL_LEN_KEYS = ("seq_length", "max_position_embeddings", "n_positions", "model_max_length", "seq_len", "max_seq_len",
@@ -340,6 +356,9 @@ def settings_from_args(args: dict) -> tuple[dict, dict]:
             raise UsageError("--swift-args", f"gradient_checkpointing_kwargs: {kwargs!r} is not JSON") from None
     if isinstance(kwargs, dict) and kwargs.get("every_n_layers"):
         settings["checkpoint_every_n_layers"] = int(kwargs["every_n_layers"])
+    precision = _mixed_precision_back(args)
+    if precision is not None:
+        settings["mixed_precision"] = precision
     if args.get("sequence_parallel_size") is not None:
         settings["sequence_parallel_size"] = int(args["sequence_parallel_size"])
     if args.get("attn_impl") is not None:
