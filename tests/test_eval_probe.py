@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
 from autotune.check import check
 from autotune.cli import main
@@ -112,3 +112,41 @@ def test_an_eval_recipe_is_not_emitted_and_a_full_omni_config_points_at_its_thin
                  "--out", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "probes the thinker" in err[0] and "qwen2_5_omni_thinker" in err[0]
+
+
+def test_eval_only_probe_keeping_logits_holds_every_accumulated_step(tmp_path):
+    """Logits kept for --eval-steps 4 (eval_accumulation_steps): the frontier trials must run all 4
+    steps before the flush; with the trial's default 3 they missed one step of logits and the
+    validation ran out of memory. The oracle: the user's Trainer.evaluate() with compute_metrics."""
+    capacity, out = 64 * MiB, tmp_path / "r.yaml"
+    argv = ["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", str(capacity),
+            "--task", "eval", "--attn", "sdpa", "--validate-steps", "8", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    recipe = load_recipe(out)
+    assert recipe.settings.eval_accumulation_steps == 4 and recipe.settings.prediction_loss_only is False
+    spec = ProbeSpec(model_config="tiny-llama", max_length=64, device="sim", gpu_memory=capacity, task="eval")
+
+    def peak(batch):
+        device = SimDevice(capacity)
+        workload = load_workload(resolve(None, "tiny-llama"), spec, device)
+        workload.model.set_attn_implementation("sdpa")
+        user = TrainingArguments(output_dir=str(tmp_path / f"b{batch}"), report_to="none", disable_tqdm=True, use_cpu=True,
+                                 remove_unused_columns=False, dataloader_pin_memory=False)
+        args = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, per_device_eval_batch_size=batch)).apply(user)
+
+        def collate(features):
+            with device.host():
+                return workload.make_batch(len(features), device=torch.device("cpu"))
+
+        trainer = Trainer(model=workload.model, args=args, data_collator=collate, compute_metrics=lambda p: {},
+                          eval_dataset=WorstCase(batch * 8))
+        device.reset_peak()
+        try:
+            with device.tracking(), device.transfers():
+                trainer.evaluate()
+        except torch.OutOfMemoryError:
+            return capacity + 1
+        return device.peak_bytes()
+
+    batch, budget = recipe.settings.per_device_eval_batch_size, recipe.search.budget_bytes
+    assert peak(batch) <= budget < peak(batch + 1)

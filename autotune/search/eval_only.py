@@ -15,7 +15,7 @@ from ..errors import DoesNotFitError
 from ..recipe.schema import Validation
 from ..sizes import format_size
 from .limits import open_candidate, search_limit
-from .space import Candidate, Measured
+from .space import Candidate, Measured, _StepsRunner
 from .validate import Validated
 
 
@@ -32,7 +32,9 @@ def _batch_frontiers(space, find_frontier) -> list[tuple[Candidate, int]]:
             continue
         trials: list = []
         with space.phase("eval"):
-            search = find_frontier(space.runner, "eval", _eval_settings(space, attn), space.budget, spec.max_batch_size,
+            # As many eval steps as accumulate on the device before the flush: fewer miss the last step's outputs.
+            runner = _StepsRunner(space.runner, max(spec.eval_steps, 2))
+            search = find_frontier(runner, "eval", _eval_settings(space, attn), space.budget, spec.max_batch_size,
                                    space.progress, trials, hint=previous)
             for t in trials:
                 t.purpose = "frontier"

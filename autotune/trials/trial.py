@@ -266,6 +266,8 @@ def _engine_trial(workload, phase: str, settings: dict, steps: int, budget: int)
         if phase == "train":
             batch = int(settings["per_device_train_batch_size"])
             window.add_peak(step_model.train_steps(workload, batch, steps, timings=window.times)[0])
+        elif workload.spec.task == "eval":  # evaluation alone: nothing trained before it
+            window.add_peak(step_model.evaluate(workload, int(settings["per_device_eval_batch_size"]), steps, settings))
         else:
             window.add_peak(step_model.eval_steps(workload, int(settings["per_device_eval_batch_size"]), steps, settings))
     except Exception as exc:  # noqa: BLE001 - every failure becomes data
