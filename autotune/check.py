@@ -145,6 +145,7 @@ def vision_fields(recipe: Recipe) -> dict:
               "max_pixels": s.max_pixels, "video_max_pixels": s.video_max_pixels, "video_frames": s.video_frames}
     if media:
         fields["images_per_sample"] = media.get("images_per_sample")
+        fields["audio_clips"] = media.get("audio_clips_per_sample")
     return fields
 
 

@@ -86,6 +86,7 @@ class ProbeSpec:
     freeze_llm: bool | None = None
     max_pixels: int | None = None
     images_per_sample: int | None = None
+    audio_clips: int | None = None  # audio clips per sample (Qwen2.5-Omni's thinker), each 30 s at worst
     video_frames: int | None = None
     video_max_pixels: int | None = None
     dataset: str | None = None  # ms-swift JSONL; its samples set max_length / max_pixels
@@ -184,7 +185,8 @@ class ProbeSpec:
         for flag, value in (("--max-pixels", self.max_pixels), ("--video-max-pixels", self.video_max_pixels)):
             if value is not None:
                 _positive(flag, value)
-        for flag, value in (("--images-per-sample", self.images_per_sample), ("--video-frames", self.video_frames)):
+        for flag, value in (("--images-per-sample", self.images_per_sample), ("--video-frames", self.video_frames),
+                            ("--audio-clips", self.audio_clips)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise UsageError(flag, f"must be a whole number >= 0, got {value!r}")
         if self.length_percentile is not None:

@@ -120,3 +120,30 @@ def test_qwen25_omni_thinker_video_worst_case_and_eval_only_generation():
     real.spec = spec.replace(task="eval", predict_with_generate=True, max_new_tokens=4)
     evaluation = run_trial(real, "eval", {"per_device_eval_batch_size": 2, **real.spec.eval_keep_settings()}, 2, GiB)
     assert evaluation.fits and evaluation.steps == 2
+
+
+def test_qwen25_omni_thinker_audio_clips_as_the_processor_makes_them():
+    """--audio-clips: the processor's Whisper feature extractor pads or cuts every clip to 30 s,
+    so a 45-second clip is the worst case: its frames and token count as the processor computes
+    them, the placeholders the model reads, and the plan's peaks against the sim device's."""
+    from transformers import WhisperFeatureExtractor
+    from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import _get_feat_extract_output_lengths
+
+    name = "tiny-qwen2.5-omni-thinker"
+    config = resolve(None, name).config
+    extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
+    features = extractor([np.zeros(16000 * 45, dtype=np.float32)], sampling_rate=16000, padding="max_length",
+                         return_attention_mask=True, return_tensors="pt")
+    frames = int(features["attention_mask"].sum())
+    vplan = family_for(config).plan(config, Media(images=0, audio_clips=2))
+    assert (vplan.audios, vplan.audio_frames, vplan.audio_tokens) == (2, frames, int(_get_feat_extract_output_lengths(torch.tensor(frames))))
+    assert vplan.tokens == 2 * (750 + 2)
+    real = _plan_matches_sim(name, dict(max_length=800, images_per_sample=0, audio_clips=1))
+    batch = real.make_batch(2)
+    assert (batch["input_ids"] == config.audio_token_id).sum() == 2 * vplan.audio_tokens
+    assert tuple(batch["input_features"].shape) == (2, config.audio_config.num_mel_bins, frames)
+    assert torch.isfinite(real.model(**batch).loss)
+    from autotune.model.training_setup import plan_inputs
+
+    with pytest.raises(UsageError, match="^--audio-clips: qwen2-vl has no audio tower"):
+        plan_inputs(resolve(None, "tiny-qwen2-vl"), ProbeSpec(model_config="tiny-qwen2-vl", max_length=64, audio_clips=1))

@@ -63,6 +63,9 @@ def add_arguments(parser) -> None:
     vl.add_argument("--video-frames", type=whole_or_auto, metavar="N|auto",
                     help="frames of one video per sample (default: no video); auto: the most that fit (ms-swift's FPS_MAX_FRAMES)")
     vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame (default: 602112, qwen-vl-utils')")
+    vl.add_argument("--audio-clips", type=int, metavar="N",
+                    help="audio clips per sample (Qwen2.5-Omni's thinker; default: none): the feature extractor pads or cuts "
+                         "every clip to 30 s, so each is 3000 mel frames and 750 tokens")
     data = parser.add_argument_group("your own data")
     data.add_argument("--dataset", metavar="FILE.jsonl", help="ms-swift JSONL: measure every sample and probe at the longest (or --length-percentile)")
     data.add_argument("--length-percentile", type=float, metavar="P", help="probe at the P-th percentile of the data's lengths and pixels; longer samples are truncated (counted in the recipe)")
@@ -71,5 +74,5 @@ def add_arguments(parser) -> None:
 
 def spec_kwargs(args) -> dict:
     kwargs = {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
-                                            "video_frames", "video_max_pixels", "dataset", "length_percentile", "tokenizer")}
+                                            "audio_clips", "video_frames", "video_max_pixels", "dataset", "length_percentile", "tokenizer")}
     return {k: None if v == "auto" else v for k, v in kwargs.items()}

@@ -205,6 +205,7 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
         m = recipe.multimodal
         console.print(f"vision      {m['family']}: {m['images_per_sample']} image(s) x {m['image_tokens']} tokens"
                       + (f", {m['videos_per_sample']} video x {m['video_tokens']} tokens" if m['videos_per_sample'] else "")
+                      + (f", {m['audio_clips_per_sample']} audio clip(s) x {m['audio_tokens']} tokens" if m.get('audio_clips_per_sample') else "")
                       + f" + {m['text_tokens_per_sample']} text tokens; freeze_vit={s.freeze_vit} freeze_aligner={s.freeze_aligner} "
                       f"freeze_llm={s.freeze_llm}" + (f" env {s.env}" if s.env else ""))
     for line in levers_lines(search.levers):

@@ -14,13 +14,14 @@ DEFAULT_IMAGES_PER_SAMPLE = 1
 def media_from_spec(spec) -> Media:
     images = DEFAULT_IMAGES_PER_SAMPLE if spec.images_per_sample is None else spec.images_per_sample
     return Media(images=images, max_pixels=spec.max_pixels, video_frames=spec.video_frames or 0,
-                 video_max_pixels=spec.video_max_pixels)
+                 video_max_pixels=spec.video_max_pixels, audio_clips=spec.audio_clips or 0)
 
 
 def check_text_only(spec) -> None:
     """Vision flags given for a text-only model are a mistake worth saying."""
     for flag, value in (("--max-pixels", spec.max_pixels), ("--images-per-sample", spec.images_per_sample),
                         ("--video-frames", spec.video_frames), ("--video-max-pixels", spec.video_max_pixels),
+                        ("--audio-clips", spec.audio_clips),
                         ("--freeze-vit", spec.freeze_vit), ("--freeze-aligner", spec.freeze_aligner),
                         ("--freeze-llm", spec.freeze_llm)):
         if value:
@@ -31,6 +32,8 @@ def plan_for(family: Family, config, spec) -> VisionPlan:
     media = media_from_spec(spec)
     if media.video_frames and not family.supports_video:
         raise UsageError("--video-frames", f"{family.name} takes no video", "leave --video-frames out")
+    if media.audio_clips and not family.supports_audio:
+        raise UsageError("--audio-clips", f"{family.name} has no audio tower", "leave --audio-clips out")
     vplan = family.plan(config, media)
     check_sequence(vplan, spec.max_length, position_limit(config), family, config)
     return vplan
@@ -45,10 +48,11 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
         return
     image_part = vplan.images * (vplan.image_tokens + vplan.extra_tokens)
     video_part = vplan.videos * (vplan.video_tokens + vplan.extra_tokens)
+    audio_part = vplan.audios * (vplan.audio_tokens + vplan.extra_tokens)
     parts, fixes = [], []
     if vplan.images:
         parts.append(f"{vplan.images} image(s) x {vplan.image_tokens} tokens at {vplan.max_pixels} pixels")
-        room = (max_length - 1 - video_part) // vplan.images - vplan.extra_tokens  # tokens per image that would fit
+        room = (max_length - 1 - video_part - audio_part) // vplan.images - vplan.extra_tokens  # tokens per image that would fit
         if family.pixels_per_token is not None and room >= 4:
             fixes.append(f"--max-pixels {room * family.pixels_per_token(config)} or less")
         fixes.append("fewer --images-per-sample")
@@ -56,16 +60,20 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
         pair = vplan.video_tokens // vplan.video_grid[0]  # tokens per temporal patch (2 frames)
         parts.append(f"a video of {vplan.video_grid[0]} frame pairs x {pair} tokens = {vplan.video_tokens} tokens "
                      f"at {vplan.video_max_pixels} pixels per frame")
-        pairs = (max_length - 1 - image_part - vplan.extra_tokens) // pair
+        pairs = (max_length - 1 - image_part - audio_part - vplan.extra_tokens) // pair
         if pairs >= 1:
             fixes.append(f"--video-frames {2 * pairs} or fewer")
         fixes.append("a lower --video-max-pixels")
+    if vplan.audios:
+        parts.append(f"{vplan.audios} audio clip(s) x {vplan.audio_tokens} tokens (30 s each)")
+        fixes.append("fewer --audio-clips")
     if limit is None or need <= limit:
         fixes.append(f"--max-length {need} or more")
     else:
         fixes.append(f"not a longer --max-length: the model's position limit is {limit}")
-    flag = "--video-frames" if video_part > image_part else "--max-pixels"
-    raise UsageError(flag, f"the vision input alone is {vplan.tokens} tokens ({' + '.join(parts)}), "
+    flag = max((image_part, "--max-pixels"), (video_part, "--video-frames"), (audio_part, "--audio-clips"))[1]
+    what = "media" if vplan.audios else "vision input"
+    raise UsageError(flag, f"the {what} alone is {vplan.tokens} tokens ({' + '.join(parts)}), "
                            f"more than --max-length {max_length} leaves room for",
                      "use " + ", or ".join(fixes))
 
@@ -145,4 +153,5 @@ def recipe_record(setup, spec) -> dict | None:
         "videos_per_sample": v.videos, "video_tokens": v.video_tokens, "vision_tokens_per_sample": v.tokens,
         "text_tokens_per_sample": spec.max_length - v.tokens,
         "image_grid": list(v.image_grid), "video_grid": list(v.video_grid),
+        **({"audio_clips_per_sample": v.audios, "audio_tokens": v.audio_tokens} if v.audios else {}),
     }

@@ -18,6 +18,7 @@ class Media:
     max_pixels: int | None = None  # None: the family's processor default
     video_frames: int = 0  # frames per video (0: no video)
     video_max_pixels: int | None = None  # per frame; None: the family's default
+    audio_clips: int = 0  # audio clips per sample (families with an audio tower)
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,15 @@ class VisionPlan:
     video_grid: tuple = ()
     max_pixels: int | None = None
     video_max_pixels: int | None = None
+    audio_tokens: int = 0  # per clip
+    audios: int = 0
+    audio_frames: int = 0  # mel frames per clip, as the feature extractor pads them
 
     @property
     def tokens(self) -> int:
         return (self.images * (self.image_tokens + self.extra_tokens)
-                + self.videos * (self.video_tokens + self.extra_tokens))
+                + self.videos * (self.video_tokens + self.extra_tokens)
+                + self.audios * (self.audio_tokens + self.extra_tokens))
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Family:
     default_max_pixels: int | None = None
     default_video_max_pixels: int | None = None
     supports_video: bool = False
+    supports_audio: bool = False
     image_tokens_for_size: object = None  # (config, width, height, max_pixels) -> tokens (for --dataset)
     pixels_per_token: object = None  # config -> pixels one token covers, where --max-pixels applies
     min_pixels: int | None = None  # the processor's smallest image (where --max-pixels applies)

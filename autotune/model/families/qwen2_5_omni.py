@@ -6,8 +6,13 @@ model with M-RoPE positions found from the vision-start tokens.
 
 Video positions advance by `video_second_per_grid` x position_id_per_seconds per temporal
 patch; the processor sets temporal_patch_size / fps = 2 / 2.0 = 1 second (its hard-coded
-default fps). Audio is not modelled yet: a video's sound track (use_audio_in_video) and audio
-clips add audio-tower work and their own tokens; the worst case here is images and video only.
+default fps).
+
+Audio clips (`--audio-clips`): the processor's Whisper feature extractor pads or cuts every clip
+to 30 s (`padding="max_length"`, truncation on): 3000 mel frames, which the audio tower's
+convolution and pooling turn into 750 tokens (the processor's `_get_feat_extract_output_lengths`),
+between <|audio_bos|> and <|audio_eos|>. So the worst clip is any clip of 30 s or more. A
+video's own sound track (`use_audio_in_video`) is not modelled.
 
 Module split (ms-swift's model_arch for qwen2_5_omni, without the `thinker.` prefix): towers
 `model.visual`, `model.audio_tower`; aligners `model.visual.merger`, `model.audio_tower.proj`;
@@ -16,20 +21,36 @@ language model `model.language_model`, `lm_head`.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import torch
 
-from .base import Family
-from .qwen2_vl import QWEN2_VL, _factor, image_tokens_for_size, plan
+from .base import Family, Media, VisionPlan
+from .qwen2_vl import QWEN2_VL, _factor, image_tokens_for_size
 from .qwen2_vl import inputs as qwen2_vl_inputs
+from .qwen2_vl import plan as qwen2_vl_plan
 
 SECONDS_PER_GRID = 1.0  # temporal_patch_size 2 / the processor's default fps 2.0
 
 
+def plan_media(config, media: Media) -> VisionPlan:
+    """Qwen2.5-VL's image and video rule, and the 30-second audio clips."""
+    vplan = qwen2_vl_plan(config, media, limits=QWEN2_VL)
+    if not media.audio_clips:
+        return vplan
+    from transformers import WhisperFeatureExtractor
+    from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import _get_feat_extract_output_lengths
+
+    frames = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins).nb_max_frames  # 30 s of 10 ms hops
+    tokens = int(_get_feat_extract_output_lengths(torch.tensor(frames)))
+    return dataclasses.replace(vplan, audios=media.audio_clips, audio_tokens=tokens, audio_frames=frames)
+
+
 def inputs(config, vplan, batch_size: int, max_length: int, device) -> dict:
     """Qwen2-VL's worst-case batch; the thinker finds positions from the vision-start tokens
-    (no mm_token_type_ids) and needs each video's seconds per temporal patch."""
+    (no mm_token_type_ids) and needs each video's seconds per temporal patch. Audio clips come
+    after the vision items, each wrapped in <|audio_bos|> ... <|audio_eos|>."""
     # Text that happened to hold an audio-start id would make the model look for an audio clip.
     audio = tuple(getattr(config, name) for name in ("audio_token_id", "audio_start_token_id", "audio_end_token_id")
                   if getattr(config, name, None) is not None)
@@ -37,15 +58,33 @@ def inputs(config, vplan, batch_size: int, max_length: int, device) -> dict:
     batch.pop("mm_token_type_ids")
     if vplan.videos:
         batch["video_second_per_grid"] = torch.full((batch_size * vplan.videos,), SECONDS_PER_GRID, device=device)
+    if vplan.audios:
+        _add_audio(config, vplan, batch, batch_size, device)
     return batch
+
+
+def _add_audio(config, vplan, batch: dict, batch_size: int, device) -> None:
+    ids, labels = batch["input_ids"], batch["labels"]
+    pos = 1 + vplan.images * (vplan.image_tokens + vplan.extra_tokens) + vplan.videos * (vplan.video_tokens + vplan.extra_tokens)
+    for _ in range(vplan.audios):
+        n = vplan.audio_tokens
+        ids[:, pos] = config.audio_start_token_id
+        ids[:, pos + 1:pos + 1 + n] = config.audio_token_id
+        ids[:, pos + 1 + n] = config.audio_end_token_id
+        labels[:, pos:pos + n + 2] = -100  # the template masks the media placeholders
+        pos += n + 2
+    clips = batch_size * vplan.audios
+    # float32 log-mel features, as the feature extractor returns them; every frame real (30 s or more).
+    batch["input_features"] = torch.randn(clips, config.audio_config.num_mel_bins, vplan.audio_frames, device=device)
+    batch["feature_attention_mask"] = torch.ones(clips, vplan.audio_frames, dtype=torch.long, device=device)
 
 
 FAMILY = Family(
     name="qwen2.5-omni", model_types=("qwen2_5_omni_thinker",), model_class="Qwen2_5OmniThinkerForConditionalGeneration",
     vision_tower=("model.visual", "model.audio_tower"), aligner=("model.visual.merger", "model.audio_tower.proj"),
     language_model=("model.language_model", "lm_head"),
-    plan=partial(plan, limits=QWEN2_VL), inputs=inputs, default_max_pixels=QWEN2_VL.default_max_pixels,
-    default_video_max_pixels=QWEN2_VL.default_video_max_pixels, supports_video=True,
+    plan=plan_media, inputs=inputs, default_max_pixels=QWEN2_VL.default_max_pixels,
+    default_video_max_pixels=QWEN2_VL.default_video_max_pixels, supports_video=True, supports_audio=True,
     image_tokens_for_size=partial(image_tokens_for_size, limits=QWEN2_VL),
     pixels_per_token=lambda config: _factor(config.vision_config) ** 2, min_pixels=QWEN2_VL.min_pixels,
 )
