@@ -11,6 +11,7 @@ into a per-card, per-rank prediction; `plan` orchestrates.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -180,7 +181,8 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
         raise UsageError("--train-type", "qlora cannot be planned: bitsandbytes quantizes real weights, not fake tensors",
                          "plan --train-type lora for the adapters' cost, or probe qlora on a card")
     setup = plan_inputs(source, spec)
-    model = prepare(build_model(source, spec, _Meta(), setup.family), setup, spec, _Meta(), apply_lora)
+    model = prepare(build_model(source, spec, _Meta(), setup.family), setup, spec, _Meta(),
+                    functools.partial(apply_lora, on_meta=True))
     materialise(model, device)
     model.train()
     device.adopt(list(model.parameters()) + list(model.buffers()))
