@@ -174,24 +174,34 @@ class _Meta:
     torch_device = torch.device("meta")
 
 
-def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice) -> Workload:
+def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice, fake: bool = True) -> Workload:
     """Build on `meta` (no memory, no init), freeze and add LoRA there exactly as the probe does
-    (same family setup), then materialise fake tensors."""
+    (same family setup), then materialise fake tensors (`fake`; else it stays on `meta` until
+    `to_fake`: a full-depth model whose shallow copies run the steps only counts parameters)."""
     if spec.train_type == "qlora":
         raise UsageError("--train-type", "qlora cannot be planned: bitsandbytes quantizes real weights, not fake tensors",
                          "plan --train-type lora for the adapters' cost, or probe qlora on a card")
     setup = plan_inputs(source, spec)
     model = prepare(build_model(source, spec, _Meta(), setup.family), setup, spec, _Meta(),
                     functools.partial(apply_lora, on_meta=True))
-    materialise(model, device)
     model.train()
-    device.adopt(list(model.parameters()) + list(model.buffers()))
     total, trainable = count_parameters(model)
     workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation, setup=setup)
     workload.configure(gradient_checkpointing=spec.gradient_checkpointing)
     if spec.rlhf is not None:
         _plan_rlhf(workload, setup)
+    if fake:
+        to_fake(workload)
     return workload
+
+
+def to_fake(workload: Workload) -> None:
+    """Materialise the model (and the RLHF reference model) as fake tensors on the workload's
+    device, charged to its counter."""
+    for model in (workload.model, getattr(workload, "reference", None)):
+        if model is not None:
+            materialise(model, workload.device)
+            workload.device.adopt(list(model.parameters()) + list(model.buffers()))
 
 
 def _plan_rlhf(workload: Workload, setup) -> None:
@@ -211,11 +221,9 @@ def _plan_rlhf(workload: Workload, setup) -> None:
                          "its images through the processor)", "plan the text model, or probe it on a card")
     if rlhf.reference_model(spec.train_type) == "loaded":
         reference = build_model(workload.source, spec, _Meta(), None)
-        materialise(reference, workload.device)
         reference.eval()
         for p in reference.parameters():
             p.requires_grad_(False)
-        workload.device.adopt(list(reference.parameters()) + list(reference.buffers()))
         workload.reference = reference
 
 

@@ -22,7 +22,8 @@ from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
 from .breakdown import (Allowance, Rows, allowed_eval, layer_bytes, peak_model, reference_bytes, rollout_on_card,
                         rows_for, with_share)
-from .measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate
+from .measure import (CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate,
+                      to_fake)
 from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
 from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
 from ..describe import describe_model, library_versions
@@ -245,10 +246,13 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     # Built with sdpa (eager where the model has no sdpa): every candidate switches attention in
     # place (flash-attn may be missing here); one the model does not support reports why.
     built_with = "eager" if attn_unsupported_by_model("sdpa", model_class(source.config)) else "sdpa"
-    workload = _build(source, spec.replace(attn_implementation=built_with), FakeDevice(capacity))
+    # Built on meta: where shallow copies run the steps, the whole model only counts parameters.
+    workload = _build(source, spec.replace(attn_implementation=built_with), FakeDevice(capacity), fake=False)
     depth = choose_depth(source.config, workload.model) if depth_mode == "auto" else DepthChoice(reason="--full-depth")
     shallow = None
-    if depth.extended:
+    if not depth.extended:
+        to_fake(workload)
+    else:
         shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, up)),
                           spec.replace(attn_implementation=built_with), FakeDevice(capacity))
                    for up in (None, *range(len(depth.stacks)))]
@@ -257,9 +261,9 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     return workload, depth, shallow
 
 
-def _build(source, spec: ProbeSpec, device: FakeDevice):
+def _build(source, spec: ProbeSpec, device: FakeDevice, fake: bool = True):
     try:
-        workload = build_plan_workload(source, spec, device)
+        workload = build_plan_workload(source, spec, device, fake)
     except AutotuneError:
         raise
     except Exception as exc:  # noqa: BLE001 - say what failed, never a traceback
