@@ -227,11 +227,6 @@ def _plan_rlhf(workload: Workload, setup) -> None:
         workload.reference = reference
 
 
-def steps_of(workload: Workload):
-    """The step model of this workload: TRL's RLHF steps, or the Trainer's."""
-    return rlhf_step_model if workload.spec.rlhf is not None else step_model
-
-
 class CandidateSteps:
     """One candidate's training and evaluation steps under fake tensors, each batch measured once,
     in whatever order a search asks for them (plan/frontier.py). Training steps share one optimizer
@@ -308,15 +303,24 @@ class CandidateSteps:
         if self._open == what:
             return
         self.close()
-        if what[0] == "train":
-            optimizer = self.workload.make_optimizer()
-            if self.workload.spec.rlhf is not None:
-                optimizer = rlhf_step_model.GRPOState(optimizer)  # and the buffered generation between steps
-            with self._stepping(optimizer) as step:
-                step(1)  # step 1 creates the optimizer's state
-            self._state = (optimizer,)
+        workload = self.workload
+        if workload.spec.rlhf is not None:  # a real first step: it also fills GRPO's buffered generation
+            if what[0] == "train":
+                optimizer = rlhf_step_model.GRPOState(workload.make_optimizer())
+                with self._stepping(optimizer) as step:
+                    step(1)
+                self._state = (optimizer,)
+            else:
+                self._state = rlhf_step_model.train_before_eval(workload, self._settings(*what[1:]))
+        elif what[0] == "train":
+            self._state = (first_step_state(workload),)
         else:
-            self._state = steps_of(self.workload).train_before_eval(self.workload, self._settings(*what[1:]))
+            # What the optimizer step before an evaluation leaves (step_model.train_before_eval):
+            # the state, and that step's micro-batches, which the Trainer still holds.
+            optimizer = first_step_state(workload)
+            with workload.device.tracking():
+                held = [step_model.device_batch(workload, what[1]) for _ in range(max(what[2], 1))]
+            self._state = (optimizer, held)
         self._open = what
 
     def _stepping(self, optimizer, moments: list | None = None):
@@ -327,6 +331,22 @@ class CandidateSteps:
     def close(self) -> None:
         self._state, self._open = None, None
         self.workload.release_grads()
+
+
+def first_step_state(workload: Workload):
+    """A fresh optimizer holding what its first step leaves: the state of every trainable
+    parameter, made by one step over zero gradients (then `zero_grad`, as the Trainer does). A
+    step's forward and backward leave nothing else behind (the gradients are set to None and
+    the batch is gone), so the live bytes are those of a real first step, at no forward's cost:
+    the plan measures steps 2.. from here, as the probe's callback reads them."""
+    optimizer = workload.make_optimizer()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    with workload.device.tracking(), torch.no_grad():
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return optimizer
 
 
 def switch_candidate(workload: Workload, attn: str, checkpointing: bool) -> "CandidateMeasure":
