@@ -282,7 +282,7 @@ class CandidateSteps:
                     if self.workload.spec.rlhf is not None:
                         peak = rlhf_step_model.evaluate(self.workload, batch, self.eval_steps, settings, moments=moments)
                     else:
-                        peak = step_model.evaluate(self.workload, batch, self.eval_steps, settings)
+                        peak = step_model.evaluate(self.workload, batch, self.eval_steps, settings, first_forward=False)
                     timeline = list(device.counter.timeline)
             except Exception as exc:  # noqa: BLE001
                 self.close()
