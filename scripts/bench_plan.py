@@ -1,7 +1,9 @@
 """Plan time and peak RAM for 0.5B, 7B and 70B configs (issues #7, #13), one process per config
 so each peak RSS is its own. Prints one line per run; docs/benchmarks.md records the output.
-Importing torch, transformers and autotune is timed once on its own (a fresh process), so plan
-time and import time are reported apart.
+Importing torch, transformers and autotune is timed once on its own (a fresh process), and the
+plan reports the imports it makes itself (the model's modeling code, the Trainer: `import_s`), so
+plan time and import time are reported apart; CPU seconds beside wall seconds, the comparable
+figure on a shared machine.
 
     python scripts/bench_plan.py [--max-length 2048] [--train-type full] [--full-depth]
     python scripts/bench_plan.py --configs qwen2.5-vl-7b --max-length 4096 --gradient-checkpointing on \
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import subprocess
@@ -34,7 +37,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "import torch, transformers, peft, accelerate, autotune.plan.planner"], check=True,
                    capture_output=True)
     print(f"import torch, transformers, peft, accelerate, autotune.plan.planner: {time.perf_counter() - started:.1f}s, "
-          f"cpu {_children_cpu() - before:.1f}s (fresh process)")
+          f"cpu {_children_cpu() - before:.1f}s (fresh process); {os.getloadavg()[0]:.1f} load average")
     for name in args.configs.split(","):
         cmd = [sys.executable, "-m", "autotune", "plan", "--model-config", f"recipes/configs/{name}/config.json",
                "--max-length", args.max_length, "--train-type", args.train_type, "--gradient-checkpointing",
@@ -51,10 +54,12 @@ def main() -> None:
         peaks = {b: round(p / 2**30, 2) for b, p in sorted(c["train_peaks"].items(), key=lambda kv: int(kv[0]))}
         p = c["predictions"][0]
         print(f"{name:<14} {args.train_type} len {args.max_length} gc {args.gradient_checkpointing}: "
-              f"process {wall:.1f}s, cpu {cpu:.1f}s (plan {plan['wall_s']:.1f}s), peak RSS {plan['peak_rss_bytes'] / 2**30:.2f} GiB, "
+              f"process {wall:.1f}s, cpu {cpu:.1f}s; plan {plan['wall_s'] - plan['import_s']:.1f}s, cpu "
+              f"{plan['cpu_s'] - plan['import_cpu_s']:.1f}s without its {plan['import_s']:.1f}s of imports "
+              f"(cpu {plan['import_cpu_s']:.1f}s); peak RSS {plan['peak_rss_bytes'] / 2**30:.2f} GiB, "
               f"params {plan['model']['num_parameters'] / 1e9:.2f}B, train peak GiB by batch {peaks}, "
               f"80GiB frontier train {p['train_frontier']} ({p['train_trials']} trials) eval {p['eval_frontier']} "
-              f"({p['eval_trials']} trials); {plan['depth']}")
+              f"({p['eval_trials']} trials); {plan['depth']}; load average {os.getloadavg()[0]:.1f}")
 
 
 def _children_cpu() -> float:

@@ -84,3 +84,21 @@ def test_stacks_that_do_not_repeat_run_at_full_depth_and_say_why(tmp_path, chang
     source = plan_source(spec)
     choice = choose_depth(source.config, build_plan_workload(source, spec, FakeDevice()).model)
     assert not choice.extended and reason in choice.note() and "full depth" in choice.note()
+
+
+@pytest.mark.parametrize("train_type", ["full", "lora"])
+def test_an_extended_plan_counts_the_whole_model_as_the_full_depth_run(tmp_path, train_type):
+    """Where shallow copies run the steps the whole model stays on the meta device: its weights,
+    gradients and optimizer state are extended from the copies, and equal the full-depth run's."""
+    spec = ProbeSpec(max_length=32, model_config=_config(tmp_path, "tiny-llama", num_hidden_layers=4), train_type=train_type)
+    counts = []
+    for depth in ("auto", "full"):
+        workload, choice, shallow = plan_workloads(spec, 2**40, depth)
+        steps, measure = candidate_steps(workload, "sdpa", False, spec, shallow, choice)
+        try:
+            steps.train(2)
+        finally:
+            steps.close()
+        counts.append((workload.total_params, workload.trainable_params, measure.weights, measure.gradients,
+                       measure.optimizer_state))
+    assert counts[0] == counts[1] and all(counts[1]), counts

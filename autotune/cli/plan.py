@@ -201,7 +201,7 @@ def show(plan, out_path, console) -> None:
                              _gib(p.on_card_bytes), chosen)
     console.print(frontier)
     console.print(plan.depth)
-    console.print(f"planned in {plan.wall_s:.1f}s, peak RAM {_gib(plan.peak_rss_bytes)}; planned, not validated: "
+    console.print(f"planned in {plan.wall_s:.1f}s ({plan.import_s:.1f}s of it importing libraries), peak RAM {_gib(plan.peak_rss_bytes)}; planned, not validated: "
                   "probe on the real card (probe --from-plan) before a long run")
     if out_path:
         console.print(f"wrote       {out_path} (validation.method: planned)")

@@ -31,14 +31,15 @@ class FakeDevice(SimDevice):
         self.name = "fake tensors on the CPU (autotune plan)"
         self.counter = LiveBytes(None)
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
-        self.known = KnownValues(self.mode)
+        self.known = KnownValues(self.mode, counter=self.counter)
         self.known_data = KnownData(self.known)
 
     @contextlib.contextmanager
     def tracking(self):
-        # The counter is the inner mode: it sees each operator first and the fake outputs after;
-        # between them, the known values of small tensors answer data-dependent operators.
-        with self.mode, self.known, self.counter, self.known_data, known_values_are_readable(self.known):
+        # The known-values mode counts for the counter: it sees each operator before the fake
+        # mode and counts the fake outputs it returns, the known values of small tensors
+        # answering data-dependent operators between (one Python mode for both: cheaper).
+        with self.mode, self.known, self.counter.resizes(), self.known_data, known_values_are_readable(self.known):
             yield self.counter
 
     def shrink(self, capacity: int) -> None:

@@ -142,15 +142,28 @@ class LiveBytes(TorchDispatchMode):
         _RESIZE_HOOKS.remove(self)
         return super().__exit__(*exc)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func is _DEVICE:  # asked around every operator under fake tensors; allocates nothing
-            return out
+    @contextlib.contextmanager
+    def resizes(self):
+        """Count storage resizes without entering the mode: for a mode that counts operators'
+        outputs for this counter (`count_outputs`; devices/shadow.py under fake tensors)."""
+        _RESIZE_HOOKS.append(self)
+        try:
+            yield self
+        finally:
+            _RESIZE_HOOKS.remove(self)
+
+    def count_outputs(self, out) -> None:
         for item in tree_flatten(out)[0]:
             if isinstance(item, torch.Tensor):
                 # A DTensor (FSDP2's sharded parameters, gradients, optimizer state) owns its
                 # local shard; that shard is what this rank's device holds.
                 self.track(getattr(item, "_local_tensor", item))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is _DEVICE:  # asked around every operator under fake tensors; allocates nothing
+            return out
+        self.count_outputs(out)
         return out
 
 

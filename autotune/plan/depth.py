@@ -184,6 +184,7 @@ class DepthExtended:
 
     def __init__(self, parts: list, choice: DepthChoice, result: CandidateMeasure):
         self.parts, self.choice, self.result = parts, choice, result
+        result.weights = round(self.extend(*(part.result.weights for part in parts)))  # the whole model stays on meta
         self.train_points: dict[int, TrainPoint] = {}
         self.eval_points: dict[tuple, EvalPoint] = {}
 

@@ -11,6 +11,7 @@ into a per-card, per-rank prediction; `plan` orchestrates.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -173,23 +174,34 @@ class _Meta:
     torch_device = torch.device("meta")
 
 
-def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice) -> Workload:
+def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice, fake: bool = True) -> Workload:
     """Build on `meta` (no memory, no init), freeze and add LoRA there exactly as the probe does
-    (same family setup), then materialise fake tensors."""
+    (same family setup), then materialise fake tensors (`fake`; else it stays on `meta` until
+    `to_fake`: a full-depth model whose shallow copies run the steps only counts parameters)."""
     if spec.train_type == "qlora":
         raise UsageError("--train-type", "qlora cannot be planned: bitsandbytes quantizes real weights, not fake tensors",
                          "plan --train-type lora for the adapters' cost, or probe qlora on a card")
     setup = plan_inputs(source, spec)
-    model = prepare(build_model(source, spec, _Meta(), setup.family), setup, spec, _Meta(), apply_lora)
-    materialise(model, device)
+    model = prepare(build_model(source, spec, _Meta(), setup.family), setup, spec, _Meta(),
+                    functools.partial(apply_lora, on_meta=True))
     model.train()
-    device.adopt(list(model.parameters()) + list(model.buffers()))
     total, trainable = count_parameters(model)
     workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation, setup=setup)
     workload.configure(gradient_checkpointing=spec.gradient_checkpointing)
     if spec.rlhf is not None:
         _plan_rlhf(workload, setup)
+    if fake:
+        to_fake(workload)
     return workload
+
+
+def to_fake(workload: Workload) -> None:
+    """Materialise the model (and the RLHF reference model) as fake tensors on the workload's
+    device, charged to its counter."""
+    for model in (workload.model, getattr(workload, "reference", None)):
+        if model is not None:
+            materialise(model, workload.device)
+            workload.device.adopt(list(model.parameters()) + list(model.buffers()))
 
 
 def _plan_rlhf(workload: Workload, setup) -> None:
@@ -209,17 +221,10 @@ def _plan_rlhf(workload: Workload, setup) -> None:
                          "its images through the processor)", "plan the text model, or probe it on a card")
     if rlhf.reference_model(spec.train_type) == "loaded":
         reference = build_model(workload.source, spec, _Meta(), None)
-        materialise(reference, workload.device)
         reference.eval()
         for p in reference.parameters():
             p.requires_grad_(False)
-        workload.device.adopt(list(reference.parameters()) + list(reference.buffers()))
         workload.reference = reference
-
-
-def steps_of(workload: Workload):
-    """The step model of this workload: TRL's RLHF steps, or the Trainer's."""
-    return rlhf_step_model if workload.spec.rlhf is not None else step_model
 
 
 class CandidateSteps:
@@ -277,7 +282,7 @@ class CandidateSteps:
                     if self.workload.spec.rlhf is not None:
                         peak = rlhf_step_model.evaluate(self.workload, batch, self.eval_steps, settings, moments=moments)
                     else:
-                        peak = step_model.evaluate(self.workload, batch, self.eval_steps, settings)
+                        peak = step_model.evaluate(self.workload, batch, self.eval_steps, settings, first_forward=False)
                     timeline = list(device.counter.timeline)
             except Exception as exc:  # noqa: BLE001
                 self.close()
@@ -298,15 +303,24 @@ class CandidateSteps:
         if self._open == what:
             return
         self.close()
-        if what[0] == "train":
-            optimizer = self.workload.make_optimizer()
-            if self.workload.spec.rlhf is not None:
-                optimizer = rlhf_step_model.GRPOState(optimizer)  # and the buffered generation between steps
-            with self._stepping(optimizer) as step:
-                step(1)  # step 1 creates the optimizer's state
-            self._state = (optimizer,)
+        workload = self.workload
+        if workload.spec.rlhf is not None:  # a real first step: it also fills GRPO's buffered generation
+            if what[0] == "train":
+                optimizer = rlhf_step_model.GRPOState(workload.make_optimizer())
+                with self._stepping(optimizer) as step:
+                    step(1)
+                self._state = (optimizer,)
+            else:
+                self._state = rlhf_step_model.train_before_eval(workload, self._settings(*what[1:]))
+        elif what[0] == "train":
+            self._state = (first_step_state(workload),)
         else:
-            self._state = steps_of(self.workload).train_before_eval(self.workload, self._settings(*what[1:]))
+            # What the optimizer step before an evaluation leaves (step_model.train_before_eval):
+            # the state, and that step's micro-batches, which the Trainer still holds.
+            optimizer = first_step_state(workload)
+            with workload.device.tracking():
+                held = [step_model.device_batch(workload, what[1]) for _ in range(max(what[2], 1))]
+            self._state = (optimizer, held)
         self._open = what
 
     def _stepping(self, optimizer, moments: list | None = None):
@@ -317,6 +331,22 @@ class CandidateSteps:
     def close(self) -> None:
         self._state, self._open = None, None
         self.workload.release_grads()
+
+
+def first_step_state(workload: Workload):
+    """A fresh optimizer holding what its first step leaves: the state of every trainable
+    parameter, made by one step over zero gradients (then `zero_grad`, as the Trainer does). A
+    step's forward and backward leave nothing else behind (the gradients are set to None and
+    the batch is gone), so the live bytes are those of a real first step, at no forward's cost:
+    the plan measures steps 2.. from here, as the probe's callback reads them."""
+    optimizer = workload.make_optimizer()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    with workload.device.tracking(), torch.no_grad():
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return optimizer
 
 
 def switch_candidate(workload: Workload, attn: str, checkpointing: bool) -> "CandidateMeasure":

@@ -22,7 +22,8 @@ from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
 from .breakdown import (Allowance, Rows, allowed_eval, layer_bytes, peak_model, reference_bytes, rollout_on_card,
                         rows_for, with_share)
-from .measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate
+from .measure import (CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate,
+                      to_fake)
 from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
 from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
 from ..describe import describe_model, library_versions
@@ -101,10 +102,13 @@ class Plan:
     margin: float
     candidates: list[CandidatePlan]
     choice: dict  # capacity (bytes) -> candidate key or None
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the whole plan, import_s included
+    import_s: float = 0.0  # of which: importing the libraries the plan runs (load_libraries)
+    cpu_s: float = 0.0  # process CPU seconds over the plan (on a shared machine, the comparable figure)
+    import_cpu_s: float = 0.0
     peak_rss_bytes: int = 0
     depth: str = ""  # how the plan covered the model's depth (plan/depth.py)
-    workload: object = None  # the full-depth fake-tensor workload (the RLHF recipe's record reads its rollout sizing)
+    workload: object = None  # the full-depth workload, on meta where shallow copies ran (the RLHF record reads its rollout sizing)
 
     def ok(self) -> list[CandidatePlan]:
         return [c for c in self.candidates if c.measure.error is None]
@@ -121,7 +125,8 @@ class Plan:
                           "note": "assumed, not measured: a CPU cannot see the CUDA context, cuBLAS workspaces or fragmentation"},
             "choice_rule": CHOICE_RULE, "choice": {str(k): v for k, v in self.choice.items()},
             "candidates": [c.to_dict() for c in self.candidates],
-            "depth": self.depth, "wall_s": self.wall_s, "peak_rss_bytes": self.peak_rss_bytes,
+            "depth": self.depth, "wall_s": self.wall_s, "import_s": self.import_s,
+            "cpu_s": self.cpu_s, "import_cpu_s": self.import_cpu_s, "peak_rss_bytes": self.peak_rss_bytes,
         }
 
 
@@ -241,10 +246,13 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     # Built with sdpa (eager where the model has no sdpa): every candidate switches attention in
     # place (flash-attn may be missing here); one the model does not support reports why.
     built_with = "eager" if attn_unsupported_by_model("sdpa", model_class(source.config)) else "sdpa"
-    workload = _build(source, spec.replace(attn_implementation=built_with), FakeDevice(capacity))
+    # Built on meta: where shallow copies run the steps, the whole model only counts parameters.
+    workload = _build(source, spec.replace(attn_implementation=built_with), FakeDevice(capacity), fake=False)
     depth = choose_depth(source.config, workload.model) if depth_mode == "auto" else DepthChoice(reason="--full-depth")
     shallow = None
-    if depth.extended:
+    if not depth.extended:
+        to_fake(workload)
+    else:
         shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, up)),
                           spec.replace(attn_implementation=built_with), FakeDevice(capacity))
                    for up in (None, *range(len(depth.stacks)))]
@@ -253,9 +261,9 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     return workload, depth, shallow
 
 
-def _build(source, spec: ProbeSpec, device: FakeDevice):
+def _build(source, spec: ProbeSpec, device: FakeDevice, fake: bool = True):
     try:
-        workload = build_plan_workload(source, spec, device)
+        workload = build_plan_workload(source, spec, device, fake)
     except AutotuneError:
         raise
     except Exception as exc:  # noqa: BLE001 - say what failed, never a traceback
@@ -265,10 +273,26 @@ def _build(source, spec: ProbeSpec, device: FakeDevice):
     return workload
 
 
+def load_libraries(source: ModelSource, spec: ProbeSpec) -> None:
+    """Import what every plan runs, before it runs: the model's modeling code, peft for LoRA,
+    accelerate's mixed-precision wrapper, the Trainer (its optimizer choice). transformers and
+    peft load these lazily, so otherwise the first step pays for them; the plan reports the time
+    apart (`import_s`), as importing torch and transformers is no part of planning."""
+    import accelerate.utils  # noqa: F401
+    import transformers.trainer  # noqa: F401
+
+    if spec.train_type in ("lora", "qlora"):
+        import peft  # noqa: F401
+    model_class(source.config)  # the auto mapping imports the modeling module
+
+
 def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | None = None) -> Plan:
     progress = progress or ProgressSink()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     source = plan_source(spec)
+    progress.stage("importing the model's code, peft, accelerate and the Trainer")
+    load_libraries(source, spec)
+    import_s, import_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     progress.stage(f"building {source.architecture} from {source.path} on fake tensors (no memory is allocated)")
     workload, depth, shallow = plan_workloads(spec, max(options.targets), options.depth)
     progress.stage(depth.note())
@@ -294,7 +318,8 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
                             "rerun with AUTOTUNE_DEBUG=1, or probe on a real card")
     choice = {capacity: choose(candidates, i) for i, capacity in enumerate(options.targets)}
     return Plan(spec, describe_model(workload), options, spec.margin, candidates, choice,
-                wall_s=round(time.perf_counter() - started, 3),
+                wall_s=round(time.perf_counter() - started, 3), import_s=round(import_s, 3),
+                cpu_s=round(time.process_time() - cpu_started, 3), import_cpu_s=round(import_cpu_s, 3),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, depth=depth.note(), workload=workload)
 
 

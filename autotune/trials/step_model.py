@@ -159,10 +159,15 @@ def train_before_eval(workload, settings: dict) -> tuple:
     return optimizer, held
 
 
-def evaluate(workload, batch_size: int, steps: int, settings: dict) -> int:
-    """`steps` eval steps keeping outputs as the Trainer does (after train_before_eval); the peak."""
+def evaluate(workload, batch_size: int, steps: int, settings: dict, first_forward: bool = True) -> int:
+    """`steps` eval steps keeping outputs as the Trainer does (after train_before_eval); the peak.
+    `first_forward=False` (a plan, keeping the loss only): the first step makes its batch and
+    leaves its loss, a scalar, without running its forward. With the loss only, the second step
+    holds what the first held at every moment and the first's leftovers besides, so the peak is
+    the second's; under fake tensors a forward costs as much at any batch, so this halves it."""
     device, model = workload.device, workload.model
     outputs = eval_outputs_of(settings)
+    first_forward = first_forward or outputs != "loss" or steps < 2
     accumulate = settings.get("eval_accumulation_steps")
     held = held_labels = None
     model.eval()
@@ -174,6 +179,9 @@ def evaluate(workload, batch_size: int, steps: int, settings: dict) -> int:
             batch = loss = kept = None
             for step in range(steps):
                 batch = device_batch(workload, batch_size)
+                if step == 0 and not first_forward:
+                    loss = torch.zeros((), device=device.torch_device)  # the first forward's loss
+                    continue
                 loss, kept = _outputs(model, batch, outputs, settings.get("max_new_tokens"))
                 if kept is not None:
                     held = kept if held is None else nested_concat(held, kept, padding_index=-100)
