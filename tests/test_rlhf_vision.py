@@ -198,13 +198,17 @@ def test_the_processor_makes_the_planned_worst_case_without_downloads(make_workl
     assert processed["image_grid_thw"].tolist() == [list(vision.image_grid)] * (3 * vision.images)
 
 
-def test_the_images_reach_the_trials_forwards(make_workload):
-    """In a GRPO trial every forward of the policy (and of the reference) gets the prompts' images."""
+@pytest.mark.parametrize("use_vllm", [True, False])
+def test_the_images_reach_the_trials_forwards(make_workload, use_vllm):
+    """In a GRPO trial every forward of the policy (and of the reference) gets the prompts' images,
+    whether the stub engine hands over the completions or the policy's generate() makes them (its
+    prefill sees the images, its decoding steps one token each)."""
     import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen
 
     from autotune.trials.trial import run_trial
 
-    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=True, vllm_gpu_memory_utilization=0.25)
+    share = {"vllm_gpu_memory_utilization": 0.25} if use_vllm else {}
+    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=use_vllm, **share)
     workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=PROMPT, train_type="lora", rlhf=rlhf, global_batch_size=2,
                              max_pixels=PIXELS)
     vision, config = workload.setup.vision, workload.source.config
@@ -222,7 +226,9 @@ def test_the_images_reach_the_trials_forwards(make_workload):
         qwen.Qwen2_5_VLModel.forward = forward
     assert result.fits, result.message
     patches = vision.image_grid[0] * vision.image_grid[1] * vision.image_grid[2]
-    assert seen and set(seen) == {((2, PROMPT + 4), 2 * patches, 2 * vision.image_tokens)}
+    images = (2 * patches, 2 * vision.image_tokens)
+    expected = {((2, PROMPT + 4), *images)} | (set() if use_vllm else {((2, PROMPT), *images), ((2, 1), None, 0)})
+    assert set(seen) == expected
 
 
 # ---------------------------------------------------------------- what is refused, before the model loads
