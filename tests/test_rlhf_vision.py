@@ -148,10 +148,11 @@ def test_vl_grpo_lora_probe_reaches_an_exact_frontier_that_trl_confirms(tmp_path
     assert over is None or over > budget
     # The launch file carries what the supervised VL recipes carry; the check re-runs the recipe.
     from autotune.check import check, reprobe_command
-    from autotune.emit import swift
+    from autotune.emit import swift, trl
 
     script = swift.render_script(recipe, "4.6", None)
     assert "swift rlhf" in script and f"MAX_PIXELS={PIXELS}" in script and "--freeze_vit true" in script
+    assert any(f"max_pixels={PIXELS}" in note for note in trl.notes(recipe))  # TRL's processor must be built at it
     assert check(recipe).exit_code == 0
     assert f"--max-pixels {PIXELS}" in reprobe_command(recipe)
 
@@ -201,8 +202,9 @@ def test_the_processor_makes_the_planned_worst_case_without_downloads(make_workl
 @pytest.mark.parametrize("use_vllm", [True, False])
 def test_the_images_reach_the_trials_forwards(make_workload, use_vllm):
     """In a GRPO trial every forward of the policy (and of the reference) gets the prompts' images,
-    whether the stub engine hands over the completions or the policy's generate() makes them (its
-    prefill sees the images, its decoding steps one token each)."""
+    whether the stub engine hands over the completions or the policy's generate() makes them
+    (transformers encodes the images once before generating: the prefill gets the tower's output,
+    the decoding steps one token each)."""
     import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen
 
     from autotune.trials.trial import run_trial
@@ -212,23 +214,31 @@ def test_the_images_reach_the_trials_forwards(make_workload, use_vllm):
     workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=PROMPT, train_type="lora", rlhf=rlhf, global_batch_size=2,
                              max_pixels=PIXELS)
     vision, config = workload.setup.vision, workload.source.config
-    seen, forward = [], qwen.Qwen2_5_VLModel.forward
+    forwards, encoded = [], []
+    forward, encode = qwen.Qwen2_5_VLModel.forward, qwen.Qwen2_5_VLModel.get_image_features
 
-    def spy(self, input_ids=None, pixel_values=None, image_grid_thw=None, **kwargs):
-        seen.append((tuple(input_ids.shape), None if pixel_values is None else pixel_values.size(0),
-                     int((input_ids == config.image_token_id).sum())))
-        return forward(self, input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw, **kwargs)
+    def spy(self, input_ids=None, pixel_values=None, mm_encoder_outputs=None, **kwargs):
+        images = pixel_values.size(0) if pixel_values is not None else "encoded" if mm_encoder_outputs else None
+        forwards.append((tuple(input_ids.shape), int((input_ids == config.image_token_id).sum()), images))
+        return forward(self, input_ids=input_ids, pixel_values=pixel_values, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
 
-    qwen.Qwen2_5_VLModel.forward = spy
+    def spy_encode(self, pixel_values, image_grid_thw, **kwargs):
+        encoded.append((pixel_values.size(0), tuple(map(tuple, image_grid_thw.tolist()))))
+        return encode(self, pixel_values, image_grid_thw, **kwargs)
+
+    qwen.Qwen2_5_VLModel.forward, qwen.Qwen2_5_VLModel.get_image_features = spy, spy_encode
     try:
         result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY)
     finally:
-        qwen.Qwen2_5_VLModel.forward = forward
+        qwen.Qwen2_5_VLModel.forward, qwen.Qwen2_5_VLModel.get_image_features = forward, encode
     assert result.fits, result.message
     patches = vision.image_grid[0] * vision.image_grid[1] * vision.image_grid[2]
-    images = (2 * patches, 2 * vision.image_tokens)
-    expected = {((2, PROMPT + 4), *images)} | (set() if use_vllm else {((2, PROMPT), *images), ((2, 1), None, 0)})
-    assert set(seen) == expected
+    tokens = 2 * vision.image_tokens
+    expected = {((2, PROMPT + 4), tokens, 2 * patches)}
+    if not use_vllm:
+        expected |= {((2, PROMPT), tokens, "encoded"), ((2, 1), 0, None)}
+    assert set(forwards) == expected
+    assert set(encoded) == {(2 * patches, (tuple(vision.image_grid),) * 2)}
 
 
 # ---------------------------------------------------------------- what is refused, before the model loads
