@@ -7,7 +7,8 @@ in the user's job; autotune supplies only the worst-case data and what it cannot
   completions of exactly `max_completion_length` tokens (generation may not stop early:
   `min_new_tokens`); a reward function of random rewards, so the advantages are not zero.
   DPO: prompt + chosen and prompt + rejected of `max_length` tokens each. The text comes from
-  model/tokenizer.py's word-per-id tokenizer, so every length is exact.
+  model/tokenizer.py's word-per-id tokenizer, so every length is exact; a vision-language
+  policy's prompts carry the family's worst-case images (trials/rlhf_data.py makes the data).
 - **The rollout engine.** Without vLLM, TRL generates with the policy's `generate()` inside the
   training step: measured. With `--use-vllm` where vLLM cannot start here (it is not installed,
   or the card is simulated), the completions come through TRL's own `rollout_func` hook, as an
@@ -84,6 +85,12 @@ def check_vision(setup, spec) -> None:
     if family.processor is None:
         raise UsageError("--rlhf-type", f"RLHF probes of {family.name} models are not supported yet: the trials build the "
                          "processor TRL's image path needs for Qwen2-VL and Qwen2.5-VL only", "probe a Qwen2-VL or Qwen2.5-VL model, or SFT")
+    import importlib.util
+
+    if importlib.util.find_spec("PIL") is None:
+        from ..extras import install_hint
+
+        raise UsageError("--rlhf-type", "TRL's image path takes PIL images, and Pillow is not installed", install_hint("vision"))
     if spec.video_frames:
         raise UsageError("--video-frames", "TRL's GRPO and DPO data carry images, not video", "leave --video-frames out")
     if rlhf.reward_models:
