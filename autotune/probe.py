@@ -69,9 +69,9 @@ def _check_rlhf_model(spec: ProbeSpec, source) -> None:
     if spec.world_size > 1:
         raise UsageError("--rlhf-type", "an RLHF probe runs in one process for now (the rollout share is sized where the "
                          "model is loaded)", "probe one rank, or plan the world size: autotune plan --rlhf-type ... --world-size N")
-    if plan_inputs(source, spec).family is not None:
-        raise UsageError("--rlhf-type", "RLHF probes of vision-language models are not supported yet: the trials would "
-                         "generate from text-only prompts and measure no image tokens", "probe the language model's config, or SFT")
+    from .trials.rlhf_run import check_vision
+
+    check_vision(plan_inputs(source, spec), spec)
     if spec.rlhf.rlhf_type != "grpo" or spec.max_length is None:
         return
     from .model.source import position_limit

@@ -86,6 +86,10 @@ def notes(recipe: Recipe) -> list[str]:
     """What the config cannot say (JSON has no comments): the sidecar carries it."""
     s = recipe.settings
     out = rlhf.notes(recipe, "trl")
+    if s.max_pixels:
+        out.append(f"images were probed at max_pixels {s.max_pixels}, prompt tokens included: pass processing_class="
+                   f"AutoProcessor.from_pretrained(model, max_pixels={s.max_pixels}) to the trainer (without one TRL loads the "
+                   "model's preprocessor_config.json, whose max_pixels may be larger)")
     if s.rlhf_type == "grpo":
         if s.max_length:
             out.append(f"prompts were probed at {s.max_length} tokens (max_prompt_length): GRPOConfig has no prompt "

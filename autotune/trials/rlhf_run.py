@@ -7,7 +7,8 @@ in the user's job; autotune supplies only the worst-case data and what it cannot
   completions of exactly `max_completion_length` tokens (generation may not stop early:
   `min_new_tokens`); a reward function of random rewards, so the advantages are not zero.
   DPO: prompt + chosen and prompt + rejected of `max_length` tokens each. The text comes from
-  model/tokenizer.py's word-per-id tokenizer, so every length is exact.
+  model/tokenizer.py's word-per-id tokenizer, so every length is exact; a vision-language
+  policy's prompts carry the family's worst-case images (trials/rlhf_data.py makes the data).
 - **The rollout engine.** Without vLLM, TRL generates with the policy's `generate()` inside the
   training step: measured. With `--use-vllm` where vLLM cannot start here (it is not installed,
   or the card is simulated), the completions come through TRL's own `rollout_func` hook, as an
@@ -32,7 +33,8 @@ import contextlib
 import math
 import random
 
-from ..model.tokenizer import FIRST_WORD, synthetic_tokenizer, text_of
+from ..model.tokenizer import synthetic_tokenizer
+from .rlhf_data import TrialData
 from .rlhf_rollout import resolved_share, rollout_how, rollout_record, share_bytes, size_rollout, training_share_bytes
 
 # TRL warns on every trainer built with its (experimental) rollout_func hook.
@@ -68,6 +70,38 @@ def recipe_record(spec, workload, batch: int, accumulation: int, world_size: int
             rollout=rollout_record(rlhf, workload, capacity),
             cycles=f"each trial runs >= 3 generate -> score -> train cycles ({spec.steps} optimizer steps)")
     return record
+
+
+def check_vision(setup, spec) -> None:
+    """What a vision-language RLHF probe cannot run, refused before the model loads: families whose
+    processor autotune does not build yet, video (TRL's RLHF data carries images), reward models
+    passed as models (their text has the policy's images in it), and DPO's precomputed reference
+    log-probs, which TRL refuses for vision datasets."""
+    from ..errors import UsageError
+
+    family, rlhf = setup.family, spec.rlhf
+    if family is None:
+        return
+    if family.processor is None:
+        raise UsageError("--rlhf-type", f"RLHF probes of {family.name} models are not supported yet: the trials build the "
+                         "processor TRL's image path needs for Qwen2-VL and Qwen2.5-VL only", "probe a Qwen2-VL or Qwen2.5-VL model, or SFT")
+    import importlib.util
+
+    if importlib.util.find_spec("PIL") is None:
+        from ..extras import install_hint
+
+        raise UsageError("--rlhf-type", "TRL's image path takes PIL images, and Pillow is not installed", install_hint("vision"))
+    if spec.video_frames:
+        raise UsageError("--video-frames", "TRL's GRPO and DPO data carry images, not video", "leave --video-frames out")
+    if rlhf.reward_models:
+        raise UsageError("--reward-model", "reward models passed as models are not supported with a vision-language policy yet",
+                         "leave --reward-model out (the trials score with a reward function)")
+    if rlhf.rlhf_type == "dpo" and rlhf.precompute_ref_log_probs:
+        raise UsageError("--precompute-ref-log-probs", "TRL does not precompute the reference log-probs of vision datasets",
+                         "leave --precompute-ref-log-probs out")
+    if rlhf.rlhf_type == "dpo" and setup.vision.tokens + 2 > spec.max_length:
+        raise UsageError("--max-length", f"a DPO pair needs the prompt's {setup.vision.tokens} image tokens, a word and a response "
+                         f"token: {setup.vision.tokens + 2} tokens", f"use --max-length {setup.vision.tokens + 2} or more, or a lower --max-pixels")
 
 
 # ---------------------------------------------------------------- the reference model
@@ -178,21 +212,13 @@ def build_rlhf_trainer(workload, settings: dict, values: dict, train_steps: int,
 
     datasets.disable_progress_bars()  # TRL maps its datasets with progress bars
     rlhf = workload.spec.rlhf
-    tokenizer = synthetic_tokenizer(workload.vocab_size)
-    rng = random.Random(workload.spec.seed)
+    data = TrialData(workload, random.Random(workload.spec.seed))
     world = 1  # a trial is one process: TRL's batch rules count this process's completions
-    if rlhf.rlhf_type == "grpo":
-        trainer, during = _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, tokenizer, rng, world)
-    else:
-        trainer, during = _dpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, tokenizer, rng, world)
-    return trainer, during
+    build = _grpo if rlhf.rlhf_type == "grpo" else _dpo
+    return build(workload, settings, values, train_steps, eval_every, eval_steps, meter, data, world)
 
 
-def _prompt(rng, vocab: int, length: int) -> str:
-    return text_of(rng.randrange(FIRST_WORD, vocab) for _ in range(length))
-
-
-def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, tokenizer, rng, world):
+def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, data, world):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -218,25 +244,24 @@ def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter
         per_generation = -(-generation_batch // (batch * world * accumulation))
         values = {**values, "max_steps": max(values["max_steps"], 3 * per_generation)}
     args = GRPOConfig(**values, **grpo)
-    vocab = workload.vocab_size
-    prompts = [_prompt(rng, vocab, spec.max_length) for _ in range(max(1, generation_batch // generations))]
-    train = Dataset.from_dict({"prompt": prompts * (train_steps * max(1, args.steps_per_generation) + 1)})
+    prompts = data.prompts(max(1, generation_batch // generations), spec.max_length)
+    train = Dataset.from_dict({k: v * (train_steps * max(1, args.steps_per_generation) + 1) for k, v in prompts.items()})
     evaluation = None
     if eval_every:
         per_eval = max(1, eval_batch * world // grpo["num_generations_eval"])
-        evaluation = Dataset.from_dict({"prompt": prompts[:1] * (per_eval * eval_steps)})
+        evaluation = Dataset.from_dict({k: v[:1] * (per_eval * eval_steps) for k, v in prompts.items()})
     reserve = share_bytes(workload)
     resident = training_share_bytes(workload, reserve)
     kwargs = {}
     if rlhf.use_vllm and not vllm_here:
-        kwargs["rollout_func"] = _external_rollout(tokenizer, rng, vocab, completion,
-                                                   device if reserve > resident else None, reserve - resident)
+        kwargs["rollout_func"] = data.rollout(completion, reserve - resident)
     with _reference_for_grpo(workload):
         rewards = getattr(workload, "reward_models", None)
         if rewards:
             kwargs["reward_processing_classes"] = [synthetic_tokenizer(m.config.vocab_size) for m in rewards]
-        trainer = GRPOTrainer(model=workload.model, reward_funcs=list(rewards) if rewards else _random_reward(rng), args=args,
-                              train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer, callbacks=[meter], **kwargs)
+        trainer = GRPOTrainer(model=workload.model, reward_funcs=list(rewards) if rewards else _random_reward(data.rng), args=args,
+                              train_dataset=train, eval_dataset=evaluation, processing_class=data.processing_class, callbacks=[meter],
+                              **kwargs)
     # With LoRA and beta != 0, TRL copies the adapter as a frozen "ref" adapter while the trainer is
     # built, before the trial's counting starts: charge it to the card as the run holds it.
     device.adopt([p for name, p in workload.model.named_parameters() if ".ref." in name])
@@ -251,22 +276,7 @@ def _random_reward(rng):
     return reward
 
 
-def _external_rollout(tokenizer, rng, vocab: int, completion: int, device, reserve: int):
-    """What an external engine hands TRL (its `rollout_func`): the prompts' ids and completions
-    at full length. `device`: hold `reserve` more bytes while it generates (an engine that sleeps
-    while the trainer trains wakes up to its whole share for this)."""
-
-    def rollout(prompts, trainer):
-        held = device.reserved(reserve) if device is not None else contextlib.nullcontext()
-        with held:
-            prompt_ids = tokenizer(text=list(prompts))["input_ids"]
-            completions = [[rng.randrange(FIRST_WORD, vocab) for _ in range(completion)] for _ in prompts]
-        return {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": None}
-
-    return rollout
-
-
-def _dpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, tokenizer, rng, world):
+def _dpo(workload, settings, values, train_steps, eval_every, eval_steps, meter, data, world):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -274,19 +284,12 @@ def _dpo(workload, settings, values, train_steps, eval_every, eval_steps, meter,
     batch = int(settings["per_device_train_batch_size"])
     accumulation = int(settings.get("gradient_accumulation_steps") or 1)
     args = DPOConfig(**values, beta=rlhf.kl_beta, max_length=spec.max_length, precompute_ref_log_probs=rlhf.precompute_ref_log_probs)
-    vocab, prompt = workload.vocab_size, spec.max_length // 2
-    response = spec.max_length - prompt
-
-    def pairs(n: int) -> Dataset:
-        return Dataset.from_dict({"prompt": [_prompt(rng, vocab, prompt) for _ in range(n)],
-                                  "chosen": [_prompt(rng, vocab, response) for _ in range(n)],
-                                  "rejected": [_prompt(rng, vocab, response) for _ in range(n)]})
-
     eval_batch = int(settings.get("per_device_eval_batch_size") or 1)
-    train = pairs(batch * accumulation * world * train_steps)
-    evaluation = pairs(eval_batch * world * eval_steps) if eval_every else None
+    train = Dataset.from_dict(data.pairs(batch * accumulation * world * train_steps, spec.max_length))
+    evaluation = Dataset.from_dict(data.pairs(eval_batch * world * eval_steps, spec.max_length)) if eval_every else None
     trainer = DPOTrainer(model=workload.model, ref_model=getattr(workload, "reference", None), args=args, train_dataset=train,
-                         eval_dataset=evaluation, processing_class=tokenizer, callbacks=[meter])
+                         eval_dataset=evaluation, processing_class=data.processing_class, callbacks=[meter])
+    data.collate_on_host(trainer)
     return trainer, contextlib.nullcontext()
 
 

@@ -63,6 +63,7 @@ class Family:
     image_tokens_for_size: object = None  # (config, width, height, max_pixels) -> tokens (for --dataset)
     pixels_per_token: object = None  # config -> pixels one token covers, where --max-pixels applies
     min_pixels: int | None = None  # the processor's smallest image (where --max-pixels applies)
+    processor: object = None  # (config, VisionPlan) -> model/processor.Processing for TRL's image path; None: not yet
     notes: dict = field(default_factory=dict)
 
     def model_cls(self):

@@ -3,4 +3,4 @@ windowed-attention ViT; the tower pads its own windows, so any grid the processo
 
 from .qwen2_vl import family
 
-FAMILY = family("qwen2.5-vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration")
+FAMILY = family("qwen2.5-vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", processor_class="Qwen2_5_VLProcessor")

@@ -143,9 +143,37 @@ def inputs(config, vplan: VisionPlan, batch_size: int, max_length: int, device, 
     return batch
 
 
+PLACEHOLDERS = (("<|image_pad|>", "image_token_id"), ("<|video_pad|>", "video_token_id"),
+                ("<|vision_start|>", "vision_start_token_id"), ("<|vision_end|>", "vision_end_token_id"))
+
+
+def processor(config, vplan: VisionPlan, processor_class: str, limits: Limits = QWEN2_VL):
+    """The model's processor class for TRL's image path (model/processor.py): the PIL image
+    processor at the config's patch, merge and temporal sizes and the worst case's pixel limits
+    (`size`: shortest_edge = min_pixels, longest_edge = max_pixels, as the published
+    preprocessor configs write them), the placeholder tokens at the config's ids."""
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from ..processor import Processing, chat_template, images_only
+    from ..tokenizer import synthetic_tokenizer
+
+    vision = config.vision_config
+    specials = tuple((name, getattr(config, key)) for name, key in PLACEHOLDERS)
+    tokenizer = synthetic_tokenizer(config.get_text_config().vocab_size, specials)
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": limits.min_pixels, "longest_edge": vplan.max_pixels}, patch_size=vision.patch_size,
+        merge_size=vision.spatial_merge_size, temporal_patch_size=vision.temporal_patch_size)
+    cls = images_only(getattr(transformers, processor_class))
+    made = cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
+    _, h, w = vplan.image_grid  # in patches: a fixed point of smart_resize (plan checks it)
+    return Processing(made, (w * vision.patch_size, h * vision.patch_size), frozenset(i for _, i in specials))
+
+
 def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_VL, plan_rule=plan,
-           aligner: tuple[str, ...] = ("model.visual.merger",)) -> Family:
-    """Qwen2-VL and its descendants share the input rules and the module layout."""
+           aligner: tuple[str, ...] = ("model.visual.merger",), processor_class: str | None = None) -> Family:
+    """Qwen2-VL and its descendants share the input rules and the module layout. `processor_class`:
+    the transformers processor TRL's image path gets (None: not built for this member yet)."""
     return Family(
         name=name, model_types=(model_type,), model_class=model_class,
         vision_tower=("model.visual",), aligner=aligner,
@@ -154,7 +182,8 @@ def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_
         default_video_max_pixels=limits.default_video_max_pixels, supports_video=True,
         image_tokens_for_size=partial(image_tokens_for_size, limits=limits),
         pixels_per_token=lambda config: _factor(config.vision_config) ** 2, min_pixels=limits.min_pixels,
+        processor=partial(processor, processor_class=processor_class, limits=limits) if processor_class else None,
     )
 
 
-FAMILY = family("qwen2-vl", "qwen2_vl", "Qwen2VLForConditionalGeneration")
+FAMILY = family("qwen2-vl", "qwen2_vl", "Qwen2VLForConditionalGeneration", processor_class="Qwen2VLProcessor")

@@ -1,0 +1,256 @@
+"""Vision-language RLHF probes (issue #12): GRPO and DPO of Qwen2-VL-family models through TRL's
+own trainers on the sim device, with the family's worst-case images at --max-pixels.
+
+The oracle is TRL's trainer built here by the test at the recipe's settings, as in
+tests/test_rlhf.py: the model comes from the workload, the processor from the model's family
+(model/processor.py: the model's processor class, no downloads), the images at the worst case
+the family's resize rule gives at --max-pixels; nothing of autotune's trial code runs in it. At
+the recipe's batch the run stays in the usable budget; at batch + 1 it passes it."""
+
+import random
+
+import pytest
+
+pytest.importorskip("trl")
+
+from datasets import Dataset  # noqa: E402
+from test_rlhf import _peak_or_oom  # noqa: E402
+from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer  # noqa: E402
+
+from autotune.devices import SimDevice  # noqa: E402
+from autotune.errors import UsageError  # noqa: E402
+from autotune.model.source import resolve  # noqa: E402
+from autotune.model.tokenizer import random_ids, text_of  # noqa: E402
+from autotune.model.workload import load_workload  # noqa: E402
+from autotune.probe import probe  # noqa: E402
+from autotune.recipe.rlhf import RLHFSpec  # noqa: E402
+from autotune.spec import ProbeSpec  # noqa: E402
+from autotune.trials import rlhf_run  # noqa: E402
+
+MiB = 2**20
+CAPACITY = 48 * MiB
+PROMPT, COMPLETION, GENERATIONS = 32, 8, 2
+PIXELS = 28 * 28 * 8  # 8 image tokens per image (+ vision start and end)
+
+
+def vl_spec(model="tiny-qwen2.5-vl", rlhf=None, **changes) -> ProbeSpec:
+    rlhf = rlhf or RLHFSpec("grpo", num_generations=GENERATIONS, max_completion_length=COMPLETION, use_vllm=True,
+                            vllm_gpu_memory_utilization=0.25)
+    values = dict(max_length=PROMPT, model_config=model, train_type="lora", device="sim", gpu_memory=CAPACITY, rlhf=rlhf,
+                  global_batch_size=4, max_pixels=PIXELS, attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,),
+                  validate_steps=4, eval=False)  # tests/test_rlhf.py searches evaluations; the images take the same path
+    values.update(changes)
+    return ProbeSpec(**values)
+
+
+def _oracle_workload(spec):
+    device = SimDevice(CAPACITY)
+    workload = load_workload(resolve(None, spec.model_config), spec, device)
+    vision = workload.setup.vision
+    media = workload.setup.family.processor(workload.source.config, vision)
+    return device, workload, vision, media
+
+
+# ---------------------------------------------------------------- oracles: TRL's trainers, built here
+
+def launched_grpo(recipe, spec, batch, tmp):
+    """TRL's GRPOTrainer at the recipe's settings, conversational prompts with the worst-case images,
+    vLLM's share held on the card, the completions from a rollout_func that tokenizes with the
+    processor as an external engine does (on the host). Returns the run's peak."""
+    device, workload, vision, media = _oracle_workload(spec)
+    s, rng, vocab, avoid = recipe.settings, random.Random(1), workload.vocab_size, media.placeholder_ids
+    processor = media.processor
+    accumulation = s.gradient_accumulation_steps if batch == s.per_device_train_batch_size else 1
+    generated = rlhf_run.trial_generation_batch(batch, accumulation, 1, s.num_generations, None)
+
+    def rollout(prompts, trainer):
+        with device.host():
+            ids = processor.apply_chat_template(conversation=list(prompts), add_generation_prompt=True, tokenize=True,
+                                                return_dict=True)["input_ids"]
+        return {"prompt_ids": ids, "completion_ids": [random_ids(rng, vocab, s.max_completion_length, avoid) for _ in prompts],
+                "logprobs": None}
+
+    def prompts(n):
+        return {"prompt": [[{"role": "user", "content": text_of(random_ids(rng, vocab, s.max_length - vision.tokens, avoid))}]
+                           for _ in range(n)], "images": [media.images(vision.images) for _ in range(n)]}
+
+    args = GRPOConfig(output_dir=str(tmp), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                      num_generations=s.num_generations, max_completion_length=s.max_completion_length, beta=s.beta,
+                      generation_batch_size=generated, bf16=True, gradient_checkpointing=s.gradient_checkpointing, max_steps=4,
+                      save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, use_cpu=True,
+                      log_completions=False)
+    train = prompts(8)
+    trainer = GRPOTrainer(model=workload.model, reward_funcs=lambda completions, **kw: [rng.random() for _ in completions],
+                          args=args, train_dataset=Dataset.from_dict({k: v * 8 for k, v in train.items()}),
+                          processing_class=processor, rollout_func=rollout)
+    with device.tracking(), device.reserved(recipe.rlhf["rollout"]["share_bytes"]):
+        device.reset_peak()
+        trainer.train()
+    return device.peak_bytes()
+
+
+def launched_dpo(recipe, spec, batch, tmp):
+    """TRL's DPOTrainer at the recipe's settings with its vision collator (run on the host, where a
+    DataLoader runs it); LoRA, so the reference is the policy with its adapter off."""
+    device, workload, vision, media = _oracle_workload(spec)
+    s, rng, vocab, avoid = recipe.settings, random.Random(1), workload.vocab_size, media.placeholder_ids
+    prompt = max(s.max_length // 2, vision.tokens + 1)
+
+    def said(role, n):
+        return [{"role": role, "content": text_of(random_ids(rng, vocab, n, avoid))}]
+
+    def pairs(n):
+        return Dataset.from_dict({"prompt": [said("user", prompt - vision.tokens) for _ in range(n)],
+                                  "chosen": [said("assistant", s.max_length - prompt) for _ in range(n)],
+                                  "rejected": [said("assistant", s.max_length - prompt) for _ in range(n)],
+                                  "images": [media.images(vision.images) for _ in range(n)]})
+
+    args = DPOConfig(output_dir=str(tmp), per_device_train_batch_size=batch, gradient_accumulation_steps=s.gradient_accumulation_steps,
+                     beta=s.beta, max_length=s.max_length, bf16=True, max_steps=4, gradient_checkpointing=s.gradient_checkpointing,
+                     save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, use_cpu=True)
+    trainer = DPOTrainer(model=workload.model, args=args, train_dataset=pairs(batch * 4 * s.gradient_accumulation_steps),
+                         processing_class=media.processor)
+    collate = trainer.data_collator
+
+    def on_host(examples):
+        with device.host():
+            return collate(examples)
+
+    trainer.data_collator = on_host
+    with device.tracking():
+        device.reset_peak()
+        trainer.train()
+    return device.peak_bytes()
+
+
+def _exact(recipe):
+    frontier = recipe.search.frontier["train"]
+    train = [t for t in recipe.search.trials if t.phase == "train" and t.purpose != "throughput"]
+    assert any(t.batch_size == frontier and t.fits for t in train)
+    assert any(t.batch_size == frontier + 1 and not t.fits for t in train)
+    return frontier
+
+
+# ---------------------------------------------------------------- the probes
+
+@pytest.mark.slow
+def test_vl_grpo_lora_probe_reaches_an_exact_frontier_that_trl_confirms(tmp_path):
+    spec = vl_spec()
+    recipe = probe(spec)
+    s, budget = recipe.settings, recipe.search.budget_bytes
+    assert (s.rlhf_type, s.num_generations, s.use_vllm, s.vllm_gpu_memory_utilization) == ("grpo", GENERATIONS, True, 0.25)
+    assert s.max_pixels == PIXELS and recipe.multimodal["family"] == "qwen2.5-vl"
+    assert recipe.rlhf["rollout"]["how"] == "reserved" and recipe.rlhf["reference_model"].startswith("adapter")
+    frontier = _exact(recipe)
+    assert recipe.validation.passed
+    assert launched_grpo(recipe, spec, s.per_device_train_batch_size, tmp_path) <= budget
+    over = _peak_or_oom(launched_grpo, recipe, spec, frontier + 1, tmp_path)
+    assert over is None or over > budget
+    # The launch file carries what the supervised VL recipes carry; the check re-runs the recipe.
+    from autotune.check import check, reprobe_command
+    from autotune.emit import swift, trl
+
+    script = swift.render_script(recipe, "4.6", None)
+    assert "swift rlhf" in script and f"MAX_PIXELS={PIXELS}" in script and "--freeze_vit true" in script
+    assert any(f"max_pixels={PIXELS}" in note for note in trl.notes(recipe))  # TRL's processor must be built at it
+    assert check(recipe).exit_code == 0
+    assert f"--max-pixels {PIXELS}" in reprobe_command(recipe)
+
+
+@pytest.mark.slow
+def test_vl_dpo_probe_runs_and_its_frontier_holds(tmp_path):
+    spec = vl_spec("tiny-qwen2-vl", RLHFSpec("dpo"), max_length=48, global_batch_size=None)
+    recipe = probe(spec)
+    s, budget = recipe.settings, recipe.search.budget_bytes
+    assert (s.rlhf_type, s.max_pixels) == ("dpo", PIXELS) and recipe.rlhf["reference_model"].startswith("adapter")
+    frontier = _exact(recipe)
+    assert launched_dpo(recipe, spec, s.per_device_train_batch_size, tmp_path) <= budget
+    over = _peak_or_oom(launched_dpo, recipe, spec, frontier + 1, tmp_path)
+    assert over is None or over > budget
+
+
+# ---------------------------------------------------------------- the data the trials hand TRL
+
+@pytest.mark.parametrize("model", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_the_processor_makes_the_planned_worst_case_without_downloads(make_workload, model):
+    """The model's processor class, built from the config: the worst-case image becomes exactly the
+    planned grid, a prompt exactly --max-length tokens with its image tokens, and the stub engine's
+    prompt ids expand the placeholders as the processor does (the model checks that count)."""
+    from transformers import ProcessorMixin
+
+    from autotune.trials.rlhf_data import TrialData
+
+    workload = make_workload(model, CAPACITY, max_length=PROMPT, train_type="lora", rlhf=RLHFSpec("grpo", num_generations=2,
+                             max_completion_length=4, use_vllm=True, vllm_mode="server"), global_batch_size=2,
+                             max_pixels=PIXELS, images_per_sample=2)
+    vision, config = workload.setup.vision, workload.source.config
+    data = TrialData(workload, random.Random(0))
+    assert isinstance(data.processing_class, ProcessorMixin)  # what TRL's trainers take for a vision-language model
+    from trl.data_utils import prepare_multimodal_messages
+
+    prompts = data.prompts(3, PROMPT)
+    messages = [prepare_multimodal_messages(p, images=i) for p, i in zip(prompts["prompt"], prompts["images"])]
+    out = data.rollout(4, 0)(messages, None)
+    for ids, completion in zip(out["prompt_ids"], out["completion_ids"]):
+        assert len(ids) == PROMPT and ids.count(config.image_token_id) == vision.images * vision.image_tokens
+        assert len(completion) == 4 and not set(completion) & data.avoid
+    texts = [data.processing_class.apply_chat_template(m, tokenize=False) for m in messages]
+    processed = data.processing_class(images=prompts["images"], text=texts, return_tensors="pt")
+    assert processed["image_grid_thw"].tolist() == [list(vision.image_grid)] * (3 * vision.images)
+
+
+@pytest.mark.parametrize("use_vllm", [True, False])
+def test_the_images_reach_the_trials_forwards(make_workload, use_vllm):
+    """In a GRPO trial every forward of the policy (and of the reference) gets the prompts' images,
+    whether the stub engine hands over the completions or the policy's generate() makes them
+    (transformers encodes the images once before generating: the prefill gets the tower's output,
+    the decoding steps one token each)."""
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen
+
+    from autotune.trials.trial import run_trial
+
+    share = {"vllm_gpu_memory_utilization": 0.25} if use_vllm else {}
+    rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=use_vllm, **share)
+    workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=PROMPT, train_type="lora", rlhf=rlhf, global_batch_size=2,
+                             max_pixels=PIXELS)
+    vision, config = workload.setup.vision, workload.source.config
+    forwards, encoded = [], []
+    forward, encode = qwen.Qwen2_5_VLModel.forward, qwen.Qwen2_5_VLModel.get_image_features
+
+    def spy(self, input_ids=None, pixel_values=None, mm_encoder_outputs=None, **kwargs):
+        images = pixel_values.size(0) if pixel_values is not None else "encoded" if mm_encoder_outputs else None
+        forwards.append((tuple(input_ids.shape), int((input_ids == config.image_token_id).sum()), images))
+        return forward(self, input_ids=input_ids, pixel_values=pixel_values, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
+
+    def spy_encode(self, pixel_values, image_grid_thw, **kwargs):
+        encoded.append((pixel_values.size(0), tuple(map(tuple, image_grid_thw.tolist()))))
+        return encode(self, pixel_values, image_grid_thw, **kwargs)
+
+    qwen.Qwen2_5_VLModel.forward, qwen.Qwen2_5_VLModel.get_image_features = spy, spy_encode
+    try:
+        result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY)
+    finally:
+        qwen.Qwen2_5_VLModel.forward, qwen.Qwen2_5_VLModel.get_image_features = forward, encode
+    assert result.fits, result.message
+    patches = vision.image_grid[0] * vision.image_grid[1] * vision.image_grid[2]
+    tokens = 2 * vision.image_tokens
+    expected = {((2, PROMPT + 4), tokens, 2 * patches)}
+    if not use_vllm:
+        expected |= {((2, PROMPT), tokens, "encoded"), ((2, 1), 0, None)}
+    assert set(forwards) == expected
+    assert set(encoded) == {(2 * patches, (tuple(vision.image_grid),) * 2)}
+
+
+# ---------------------------------------------------------------- what is refused, before the model loads
+
+@pytest.mark.parametrize("changes, flag", [
+    ({"model": "tiny-internvl", "max_pixels": None, "max_length": 64}, "--rlhf-type"),
+    ({"video_frames": 4}, "--video-frames"),
+    ({"rlhf": RLHFSpec("grpo", num_generations=4, use_vllm=True, vllm_mode="server", reward_models=("tiny-qwen2",))}, "--reward-model"),
+    ({"rlhf": RLHFSpec("dpo", precompute_ref_log_probs=True), "global_batch_size": None}, "--precompute-ref-log-probs"),
+    ({"rlhf": RLHFSpec("dpo"), "global_batch_size": None, "max_length": 11}, "--max-length"),
+])
+def test_what_vision_rlhf_cannot_run_is_refused_naming_the_flag(changes, flag):
+    with pytest.raises(UsageError) as info:
+        probe(vl_spec(**changes))
+    assert info.value.flag == flag
