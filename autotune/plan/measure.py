@@ -217,8 +217,8 @@ def _plan_rlhf(workload: Workload, setup) -> None:
         raise UsageError("--reward-model", "the plan does not model reward models passed as models yet",
                          "plan without it (the probe measures them), or probe it")
     if setup is not None and setup.family is not None:
-        raise UsageError("--rlhf-type", "an RLHF plan of a vision-language model is not modelled yet (TRL scores "
-                         "its images through the processor)", "plan the text model, or probe it on a card")
+        raise UsageError("--rlhf-type", "an RLHF plan of a vision-language model is not modelled yet (TRL shuffles "
+                         "and splits the images by value, which fake tensors lack)", "probe it (the sim device or a card)")
     if rlhf.reference_model(spec.train_type) == "loaded":
         reference = build_model(workload.source, spec, _Meta(), None)
         reference.eval()
