@@ -17,7 +17,7 @@ from autotune.search.batches import search_bound
 from autotune.search.frontier import find_frontier
 from autotune.search.global_batch import exact_splits
 from autotune.search.space import SearchSpace
-from autotune.search.throughput import TIE, Measured, runoff_contenders
+from autotune.search.throughput import TIE, Measured, rises_to_above, runoff_contenders
 from autotune.search.validate import validate
 from autotune.spec import ProbeSpec
 from autotune.trials.trial import InProcessRunner, run_trial
@@ -197,3 +197,19 @@ def test_the_runoff_from_a_plan_times_again_only_what_is_inside_the_noise():
     assert runoff_contenders([top, apart], by_noise=True) == []
     assert runoff_contenders([top, close, apart]) == [top, close, apart]  # without a plan: the 20% band, as before
     assert runoff_contenders([top, unknown], by_noise=True) == [top, unknown]
+
+
+def test_a_fall_inside_the_noise_does_not_reopen_the_step_down():
+    base = {"attn_implementation": "sdpa", "gradient_checkpointing": False}
+    at_4 = Measured("sdpa", False, 4, 2, 1000.0, 10, spread=0.10)
+
+    def fit_at_7(tokens_per_s, spread=0.10, steps=5):
+        return TrialResult("train", {**base, "per_device_train_batch_size": 7, "gradient_accumulation_steps": 1}, "fit",
+                           peak_bytes=20, tokens_per_s=tokens_per_s, steps=steps, step_time_spread=spread)
+
+    assert rises_to_above([fit_at_7(1100.0)], base, at_4, 5)
+    assert rises_to_above([fit_at_7(950.0)], base, at_4, 5)  # 5% slower, inside 10% of noise: no fall
+    assert not rises_to_above([fit_at_7(850.0)], base, at_4, 5)  # 15% slower: a fall, batch 2 is timed
+    assert not rises_to_above([fit_at_7(990.0, spread=None)], base, at_4, 5)  # noise unknown: only a rise counts
+    assert not rises_to_above([fit_at_7(1100.0, steps=3)], base, at_4, 5)  # shorter than a timing
+    assert not rises_to_above([fit_at_7(1100.0)], {**base, "gradient_checkpointing": True}, at_4, 5)  # another configuration

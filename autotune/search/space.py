@@ -16,8 +16,9 @@ With a plan's frontiers (`probe --plan-first`, `--from-plan`; issue #13) each se
 its planned frontier and the space spends no trial that cannot change the choice: a search stops
 at the largest per-device batch the objective admits (search/batches.py `search_bound`), a
 frontier trial is as long as a timing so its fit at a timed batch is that timing, smaller
-batches are not timed where a fit at a larger one already ran faster, and the runoff re-times
-only timings inside each other's noise (search/throughput.py). Without a plan, as before.
+batches are not timed where a fit at a larger one ran no slower (up to the noise), and the
+runoff re-times only timings inside each other's noise (search/throughput.py). Without a
+plan, as before.
 The batch rules are search/batches.py; timings and their ranking search/throughput.py; which
 attention can run search/attention.py.
 """
@@ -35,7 +36,7 @@ from . import batches as batch_rules
 from .attention import attn_unavailable_reason, attn_unsupported_by_model  # noqa: F401  (plan/planner.py imports it from here)
 from .global_batch import split_global_batch
 from .levers import cheapest_fitting
-from .throughput import RUNOFF_BAND, RUNOFF_ROUNDS, Measured, faster_above, rank, runoff_contenders, timed_already
+from .throughput import RUNOFF_BAND, RUNOFF_ROUNDS, Measured, rank, rises_to_above, runoff_contenders, timed_already
 from ..recipe.schema import TrialResult
 
 
@@ -301,7 +302,7 @@ class SearchSpace:
         last: dict[int, Measured] = {}
         done: set[int] = set()
         for batch, cand in pairs:
-            if id(cand) in done or (id(cand) in last and self._faster_above(cand, last[id(cand)])):
+            if id(cand) in done or (id(cand) in last and self._rises_above(cand, last[id(cand)])):
                 continue
             settings = {**cand.base, key: batch, **self.accumulation(batch)}
             result = self._timed_already(settings) or self._run("train", settings, spec.steps + 2, "throughput")
@@ -320,9 +321,9 @@ class SearchSpace:
         """With a plan: the frontier's fit at exactly these settings, as long as a timing."""
         return timed_already(self.trials, settings, self.spec.steps + 2) if self.planned else None
 
-    def _faster_above(self, cand: Candidate, entry: Measured) -> bool:
-        """With a plan: a fit of this configuration at a larger batch ran faster than `entry`."""
-        return self.planned and faster_above(self.trials, cand.base, entry, self.spec.steps + 2)
+    def _rises_above(self, cand: Candidate, entry: Measured) -> bool:
+        """With a plan: a fit of this configuration at a larger batch ran no slower than `entry`."""
+        return self.planned and rises_to_above(self.trials, cand.base, entry, self.spec.steps + 2)
 
     def runoff(self, band: float = RUNOFF_BAND, rounds: int = RUNOFF_ROUNDS) -> None:
         """Measure, don't guess, when in doubt: configurations within `band` of the fastest (with a

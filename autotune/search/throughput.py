@@ -1,5 +1,5 @@
-"""What a throughput measurement is, how measurements are ranked, and which of them the runoff
-times again.
+"""What a throughput measurement is, how measurements are ranked, which of them the runoff
+times again, and (with a plan) which trials already are the timings a search needs.
 
 A `Measured` is one configuration timed at the target global batch. `rank` orders them fastest
 first, with ties (within TIE) going to a configuration without levers, then to the lower peak.
@@ -7,7 +7,9 @@ The runoff (search/space.py `SearchSpace.runoff`) re-times the configurations wh
 timings are too close to call: within RUNOFF_BAND of the fastest, or, when the search started
 from a plan (issue #13), only those whose gap to the fastest is inside the two trials' own
 timing noise (the spread of their timed steps), since a gap larger than both spreads is not
-noise.
+noise. With a plan, a frontier trial as long as a timing is the timing at its batch
+(`timed_already`), and a fit at a larger batch that ran no slower ends the step-down to
+smaller ones (`rises_to_above`).
 """
 
 from __future__ import annotations
@@ -57,15 +59,16 @@ def rank(measured: list[Measured]) -> list[Measured]:
     return ordered
 
 
+def noise(a: float | None, b: float | None, unknown: float) -> float:
+    """How far apart two timings can be by noise alone: half the sum of their step-time spreads
+    (each timing's median sits inside its steps' range), at most RUNOFF_BAND; `unknown` where a
+    spread is not known (a trial from a worker or a journal)."""
+    return unknown if a is None or b is None else min(RUNOFF_BAND, (a + b) / 2)
+
+
 def within_noise(top: Measured, other: Measured, band: float = RUNOFF_BAND) -> bool:
-    """Whether `other`'s gap to `top` is inside the two timings' noise: half the sum of their
-    step-time spreads (each timing's median sits inside its steps' range), at most `band`;
-    `band` itself where a spread is unknown (a trial from a worker or a journal)."""
-    if top.spread is None or other.spread is None:
-        noise = band
-    else:
-        noise = min(band, (top.spread + other.spread) / 2)
-    return other.tokens_per_s >= top.tokens_per_s * (1 - noise)
+    """Whether `other`'s gap to `top` is inside the two timings' noise (`band` where unknown)."""
+    return other.tokens_per_s >= top.tokens_per_s * (1 - min(band, noise(top.spread, other.spread, band)))
 
 
 def runoff_contenders(measured: list[Measured], band: float = RUNOFF_BAND, by_noise: bool = False) -> list[Measured]:
@@ -95,13 +98,14 @@ def timed_already(trials: list, settings: dict, steps: int):
     return next((t for t in trials if _timing(t, steps) and _same(t.settings, settings)), None)
 
 
-def faster_above(trials: list, base: dict, entry: Measured, steps: int) -> bool:
-    """Whether a fit of the configuration `base` at a larger per-device batch than `entry`'s ran
-    faster (with a plan, the frontier's fit at k, as long as a timing). The throughput then still
-    rises with the batch at `entry`, so, as the step-down to smaller batches itself assumes (it
-    stops at the first fall), the smaller batches are slower and are not timed. At k the
-    accumulation keeps no more samples per optimizer step than at `entry`, so the optimizer
-    step weighs at least as much there: a rise seen at k is not its amortisation."""
+def rises_to_above(trials: list, base: dict, entry: Measured, steps: int) -> bool:
+    """Whether a fit of the configuration `base` at a larger per-device batch than `entry`'s (with
+    a plan, the frontier's fit at k, as long as a timing) ran no slower, up to the two timings'
+    noise (none where a spread is unknown). The throughput then does not fall past `entry`'s
+    batch, so, as the step-down to smaller batches itself assumes (it stops at the first fall),
+    the smaller batches are slower and are not timed; a fall inside the noise is not a fall. At
+    k the accumulation keeps no more samples per optimizer step than at `entry`, so the
+    optimizer step weighs at least as much there: a rise seen at k is not its amortisation."""
     key = "per_device_train_batch_size"
-    return any(_timing(t, steps) and int(t.settings.get(key, 0)) > entry.per_device_train_batch_size
-               and t.tokens_per_s > entry.tokens_per_s and _same(t.settings, base) for t in trials)
+    return any(_timing(t, steps) and int(t.settings.get(key, 0)) > entry.per_device_train_batch_size and _same(t.settings, base)
+               and t.tokens_per_s >= entry.tokens_per_s * (1 - noise(t.step_time_spread, entry.spread, 0.0)) for t in trials)
