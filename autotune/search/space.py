@@ -138,8 +138,9 @@ class SearchSpace:
     def planned(self) -> bool:
         """The search starts from a plan's frontiers (--plan-first, --from-plan): it then also
         stops each train search at the largest batch the objective admits, takes a frontier
-        trial as the throughput sample where its settings are those timed, and runs off only
-        the timings inside each other's noise (issue #13). Without a plan, as before."""
+        trial as the throughput sample where its settings are those timed, times no smaller
+        batch where a larger one ran no slower, and runs off only the timings inside each
+        other's noise (issue #13). Without a plan, as before."""
         return bool(self.plan_hints)
 
     def search_train(self) -> list[Candidate]:
