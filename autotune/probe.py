@@ -20,7 +20,8 @@ from .recipe.schema import SCHEMA, Recipe, SearchRecord, Settings, TrialResult
 from .search.global_batch import split_advice
 from .search.frontier import find_frontier
 from .sizes import format_size
-from .search.space import SearchSpace, attn_unavailable_reason, attn_unsupported_by_model
+from .search.attention import attn_unavailable_reason, attn_unsupported_by_model
+from .search.space import SearchSpace
 from .spec import ProbeSpec
 from .search.validate import validate
 
@@ -263,7 +264,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         steps_per_trial=spec.steps, frontier=frontier, global_batch_size=spec.global_batch_size,
         effective_global_batch_size=chosen.per_device_train_batch_size * chosen.gradient_accumulation_steps * session.world_size,
         global_batch_exact=chosen.exact,
-        global_batch_note=chosen.note or split_advice(spec.global_batch_size, frontier.get("train", 0), session.world_size),
+        global_batch_note=chosen.note or split_advice(spec.global_batch_size, _advised_frontier(space, cand, frontier), session.world_size),
         sequence=limit.record() if limit else None,
         trials=space.trials, wall_s=round(time.perf_counter() - started, 3),
         candidates=[c.row() for c in space.candidates], phases=space.phases,
@@ -276,6 +277,15 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         multimodal=recipe_record(setup, spec), dataset=data,
         rlhf=_rlhf_record(spec, session, chosen) if spec.rlhf else None,
     )
+
+
+def _advised_frontier(space, cand, frontier: dict) -> int:
+    """The train frontier the global batch advice weighs. Where the search stopped at the largest
+    batch the global batch admits (with a plan), the plan's frontier, which was measured past it
+    under fake tensors: a card that fits more than the global batch needs is worth a note."""
+    measured = frontier.get("train", 0) or 0
+    planned = space.plan_hints.get((cand.attn_implementation, cand.gradient_checkpointing), {}).get("train")
+    return max(measured, planned or 0) if cand.bound and not cand.levers else measured
 
 
 def _rlhf_settings(spec, session) -> dict:

@@ -8,6 +8,7 @@ is found by brute force (every batch from 1 up to the first one that does not fi
 
     python scripts/bench_search.py                 # all cases, writes out/bench_search.json
     python scripts/bench_search.py --cases tiny-llama:full
+    python scripts/bench_search.py --plan-first    # adds autotune with the plan first (probe --plan-first)
 
 Needs the `bench` extra for Lightning (pip install -e .[bench]); without it, that column is skipped.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,25 @@ def bench_autotune(workload, budget):
     search = find_frontier(InProcessRunner(workload, STEPS, budget), "train", {}, budget, 256, ProgressSink(), trials)
     return {"settled": search.frontier, "trials": len(trials), "wall_s": time.perf_counter() - start,
             "tried": [t.batch_size for t in trials]}
+
+
+def bench_autotune_planned(workload, budget):
+    """`probe --plan-first` for this one candidate: the fake-tensor plan on the CPU (its train and
+    eval frontiers, as a probe's plan makes them), then the search from the planned frontier. On
+    a GPU machine the plan overlaps the model's load onto the card; here both run on the CPU, so
+    the wall time is their sum (reported apart as plan_s and trials_s)."""
+    from autotune.plan.hints import planned_hints
+
+    spec = workload.spec.replace(attn_candidates=(workload.attn_implementation,), gradient_checkpointing_candidates=(False,))
+    start = time.perf_counter()
+    hints = planned_hints(spec, workload.device.capacity, budget)
+    planned = time.perf_counter() - start
+    hint = hints.get((workload.attn_implementation, False), {}).get("train")
+    trials = []
+    search = find_frontier(InProcessRunner(workload, STEPS, budget), "train", {}, budget, 256, ProgressSink(), trials, hint=hint)
+    wall = time.perf_counter() - start
+    return {"settled": search.frontier, "trials": len(trials), "wall_s": wall, "plan_s": planned, "trials_s": wall - planned,
+            "planned_frontier": hint, "tried": [t.batch_size for t in trials]}
 
 
 def bench_accelerate(workload, budget):
@@ -132,6 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--out", default="out/bench_search.json")
+    parser.add_argument("--plan-first", action="store_true", help="add autotune with the plan first (probe --plan-first)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     rows = []
@@ -140,14 +162,19 @@ def main() -> None:
         budget = int(capacity * (1 - MARGIN))
         truth = brute_force(workload_for(*CASES[case]), budget)
         row = {"case": case, "capacity_bytes": capacity, "budget_bytes": budget, "max_length": length, "true_frontier": truth}
-        for tool, fn in (("autotune", bench_autotune), ("accelerate", bench_accelerate), ("lightning_binsearch", bench_lightning)):
+        tools = [("autotune", bench_autotune), ("accelerate", bench_accelerate), ("lightning_binsearch", bench_lightning)]
+        if args.plan_first:
+            tools.insert(1, ("autotune_plan_first", bench_autotune_planned))
+        for tool, fn in tools:
             result = fn(workload_for(*CASES[case]), budget)  # a fresh model and device per tool
             row[tool] = result
             if result:
+                parts = f" (plan {result['plan_s']:.1f}s + trials {result['trials_s']:.1f}s)" if "plan_s" in result else ""
                 print(f"{case:<18} {tool:<20} settled {result['settled']:>4} (true {truth:>3})  "
-                      f"trials {result['trials']:>3}  wall {result['wall_s']:6.1f}s", flush=True)
+                      f"trials {result['trials']:>3}  wall {result['wall_s']:6.1f}s{parts}", flush=True)
         rows.append(row)
-    meta = {"torch": str(torch.__version__), "margin": MARGIN, "steps_per_trial": STEPS, "rows": rows}
+    meta = {"torch": str(torch.__version__), "margin": MARGIN, "steps_per_trial": STEPS, "load_average": os.getloadavg(),
+            "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(meta, indent=2))
     print(f"wrote {args.out}")

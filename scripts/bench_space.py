@@ -60,8 +60,8 @@ def main() -> int:
     chosen = (s.attn_implementation, s.gradient_checkpointing, s.per_device_train_batch_size)
     search_trials = [t for t in recipe.search.trials if t.purpose != "validate"]
     if args.trials_only:
-        frontiers = {f"{c['attn_implementation']}/gc-{'on' if c['gradient_checkpointing'] else 'off'}": c["frontier"]
-                     for c in recipe.search.candidates}
+        frontiers = {f"{c['attn_implementation']}/gc-{'on' if c['gradient_checkpointing'] else 'off'}":
+                     (">=" if c.get("frontier_bound") else "") + str(c["frontier"]) for c in recipe.search.candidates}
         print(f"plan first: {'on' if args.plan_first else 'off'}; probe trials: {len(search_trials)} search ({_phases(recipe)}) "
               f"+ {recipe.search.phases.get('validate', {}).get('trials', 0)} validation; frontiers {frontiers}, "
               f"eval {recipe.search.frontier.get('eval')}; chosen {chosen}; probe wall {probe_s:.0f}s")
@@ -112,7 +112,22 @@ def _settings(attn: str, gc: bool, batch: int) -> dict:
 
 
 def _phases(recipe) -> str:
-    return ", ".join(f"{k} {v['trials']}" for k, v in recipe.search.phases.items() if k != "validate")
+    phases = ", ".join(f"{k} {v['trials']}" for k, v in recipe.search.phases.items() if k != "validate")
+    return f"{phases}; of the throughput trials, {_retimed(recipe)} re-timed by the runoff"
+
+
+def _retimed(recipe) -> int:
+    """Throughput trials at settings already timed (a runoff round): a fit of the same train settings
+    before it, at least as long."""
+    seen, again = [], 0
+    for t in recipe.search.trials:
+        if t.phase != "train" or not t.fits or not t.tokens_per_s:
+            continue
+        key = tuple(sorted((k, str(v)) for k, v in t.settings.items()))
+        if t.purpose == "throughput" and any(k == key and steps >= t.steps for k, steps in seen):
+            again += 1
+        seen.append((key, t.steps))
+    return again
 
 
 if __name__ == "__main__":

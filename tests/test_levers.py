@@ -21,7 +21,8 @@ from autotune.errors import UsageError
 from autotune.search.levers import cheapest_fitting
 from autotune.probe import ProgressSink, find_frontier
 from autotune.recipe.schema import TrialResult
-from autotune.search.space import TIE, Measured, SearchSpace, rank
+from autotune.search.space import SearchSpace
+from autotune.search.throughput import TIE, Measured, rank
 from autotune.spec import ProbeSpec
 
 MiB = 2**20

@@ -10,7 +10,8 @@ from autotune.probe import probe
 from autotune.progress import ProgressSink
 from autotune.search.frontier import find_frontier
 from autotune.recipe.schema import load_recipe
-from autotune.search.space import Measured, SearchSpace, rank
+from autotune.search.space import SearchSpace
+from autotune.search.throughput import Measured, rank
 from autotune.spec import ProbeSpec
 from autotune.trials.trial import InProcessRunner, run_trial
 from autotune.search.validate import validate

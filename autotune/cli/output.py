@@ -143,7 +143,7 @@ def _build_candidates_table(recipe: Recipe, columns: list[str], short_attn: bool
         cells = {"attn": ATTN_SHORT.get(attn, attn) if short_attn else attn,
                  "gc": describe_levers({**c, **(c.get("levers") or {})}),
                  "status": "[green bold]chosen[/green bold]" if c.get("chosen") else c.get("status", ""),
-                 "frontier": str(c["frontier"]) if c.get("frontier") is not None else "-",
+                 "frontier": (">=" if c.get("frontier_bound") else "") + str(c["frontier"]) if c.get("frontier") is not None else "-",
                  "split": (f"{c['per_device_train_batch_size']} x {c['gradient_accumulation_steps']}"
                                    if c.get("per_device_train_batch_size") else "-"),
                  "tok/s": f"{c['tokens_per_s']:,.0f}" if c.get("tokens_per_s") else "-",

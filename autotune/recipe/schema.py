@@ -35,6 +35,8 @@ class TrialResult:
     leaked_bytes: int | None = None
     memory_stats: dict | None = None
     purpose: str | None = None  # "frontier" | "throughput" (issue #3); None: a frontier trial
+    # (slowest - fastest) / median of the timed steps: the trial's own timing noise (issue #13)
+    step_time_spread: float | None = None
 
     @property
     def batch_size(self) -> int:

@@ -25,7 +25,9 @@ from ..errors import DoesNotFitError, UsageError
 from .global_batch import Split
 from .frontier import FrontierSearch
 from ..sizes import format_size
-from .space import Candidate, Measured, attn_unavailable_reason, rank
+from .attention import attn_unavailable_reason
+from .space import Candidate
+from .throughput import Measured, rank
 
 FLAGS = {"max_length": "--max-length", "max_pixels": "--max-pixels", "video_frames": "--video-frames"}
 

@@ -11,6 +11,16 @@ What earlier candidates teach is reused, never guessed past:
   with checkpointing only batches larger than the best one without it are measured, and the
   candidate is pruned when there is none;
 - a frontier found for one attention implementation is the first probe for the next.
+
+With a plan's frontiers (`probe --plan-first`, `--from-plan`; issue #13) each search starts at
+its planned frontier and the space spends no trial that cannot change the choice: a search stops
+at the largest per-device batch the objective admits (search/batches.py `search_bound`), a
+frontier trial is as long as a timing so its fit at a timed batch is that timing, smaller
+batches are not timed where a fit at a larger one ran no slower (up to the noise), and the
+runoff re-times only timings inside each other's noise (search/throughput.py). Without a
+plan, as before.
+The batch rules are search/batches.py; timings and their ranking search/throughput.py; which
+attention can run search/attention.py.
 """
 
 from __future__ import annotations
@@ -22,70 +32,12 @@ import time
 from dataclasses import dataclass, field
 
 from ..recipe import levers
-from ..extras import install_hint
-from .global_batch import exact_splits, split_global_batch
+from . import batches as batch_rules
+from .attention import attn_unavailable_reason, attn_unsupported_by_model  # noqa: F401  (plan/planner.py imports it from here)
+from .global_batch import split_global_batch
 from .levers import cheapest_fitting
+from .throughput import RUNOFF_BAND, RUNOFF_ROUNDS, Measured, rank, rises_to_above, runoff_contenders, timed_already
 from ..recipe.schema import TrialResult
-
-TIE = 0.01  # throughputs within 1% are a tie; the lower peak wins
-# Configurations within 20% of the fastest are timed again (2 more rounds, round-robin): one
-# short timing on a busy machine is not enough to call a winner.
-RUNOFF_BAND = 0.20
-RUNOFF_ROUNDS = 2
-
-
-# The class flags transformers' own dispatch checks (_sdpa_can_dispatch, _flash_attn_can_dispatch).
-_MODEL_SUPPORT_FLAGS = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn"}
-
-
-def attn_unsupported_by_model(attn: str, model_cls) -> str | None:
-    """Why the model class cannot use `attn` at all (Gemma 2: no sdpa, which has no softcapping)."""
-    flag = _MODEL_SUPPORT_FLAGS.get(attn)
-    if model_cls is None or flag is None or getattr(model_cls, flag, True):
-        return None
-    return f"{model_cls.__name__} does not support {attn} (transformers sets {flag} = False for it)"
-
-
-def attn_unavailable_reason(attn: str, device, dtype: str, model_cls=None) -> str | None:
-    """Why `attn` cannot run for this model class (when given), device and dtype (None: it can)."""
-    unsupported = attn_unsupported_by_model(attn, model_cls)
-    if unsupported or attn != "flash_attention_2":
-        return unsupported
-    if device.kind != "cuda":
-        return f"flash-attn needs a CUDA GPU; the {device.kind} device has none"
-    from transformers.utils import is_flash_attn_2_available
-
-    if not is_flash_attn_2_available():
-        return "the flash-attn package (>= 2.3.3) is not installed here; " + install_hint("flash")
-    if dtype not in ("bfloat16", "float16"):
-        return f"flash-attn runs in bfloat16 or float16 only, not {dtype}"
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(device.torch_device)
-    if major < 8:
-        return f"flash-attn 2 needs compute capability 8.0 (Ampere) or newer; this GPU is {major}.{minor}"
-    return None
-
-
-@dataclass
-class Measured:
-    """One measured configuration at the target global batch."""
-
-    attn_implementation: str
-    gradient_checkpointing: bool
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    tokens_per_s: float
-    peak_bytes: int
-    exact: bool = True
-    note: str | None = None
-    levers: dict = field(default_factory=dict)  # levers.LEVER_KEYS set for this configuration (issue #15)
-
-    @property
-    def settings(self) -> dict:
-        return {"attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
-                **self.levers, "per_device_train_batch_size": self.per_device_train_batch_size,
-                "gradient_accumulation_steps": self.gradient_accumulation_steps}
 
 
 @dataclass
@@ -99,6 +51,7 @@ class Candidate:
     measured: list[Measured] = field(default_factory=list)
     chosen: bool = False
     levers: dict = field(default_factory=dict)
+    bound: int | None = None  # the frontier is this search bound, below --max-batch-size: it is at least this
 
     @property
     def base(self) -> dict:
@@ -123,21 +76,9 @@ class Candidate:
         }
         if self.levers:
             row["levers"] = dict(self.levers)
+        if self.bound:
+            row["frontier_bound"] = self.bound  # not searched above: the global batch admits no larger per-device batch
         return row
-
-
-def rank(measured: list[Measured]) -> list[Measured]:
-    """Fastest first; throughputs within TIE of the fastest left go to a configuration without
-    levers (a lever wins only when it is faster), then to the lower peak."""
-    left = sorted(measured, key=lambda m: -m.tokens_per_s)
-    ordered = []
-    while left:
-        top = left[0].tokens_per_s
-        pick = min((m for m in left if m.tokens_per_s >= top * (1 - TIE)),
-                   key=lambda m: (bool(m.levers), m.peak_bytes, -m.tokens_per_s))
-        ordered.append(pick)
-        left.remove(pick)
-    return ordered
 
 
 class SearchSpace:
@@ -182,37 +123,25 @@ class SearchSpace:
 
     # ------------------------------------------------------------ train
     def reachable(self) -> list[int]:
-        """Per-device batches the objective admits at any frontier (up to --max-batch-size)."""
-        spec = self.spec
-        if spec.global_batch_size is None:
-            return [spec.max_batch_size]
-        splits = exact_splits(spec.global_batch_size, spec.max_batch_size, spec.world_size)
-        return self._allowed(splits or [split_global_batch(spec.global_batch_size, spec.max_batch_size, spec.world_size).per_device])
-
-    def _allowed(self, batches: list[int]) -> list[int]:
-        """The batches an RLHF run's rules admit (recipe/rlhf.py: whole groups of completions)."""
-        rlhf = self.spec.rlhf
-        if rlhf is None:
-            return batches
-        world = self.spec.world_size
-        return [b for b in batches if rlhf.train_allowed(b, self.accumulation(b)["gradient_accumulation_steps"], world)]
+        """Per-device batches the objective admits at any frontier (search/batches.py)."""
+        return batch_rules.reachable(self.spec)
 
     def accumulation(self, batch: int) -> dict:
-        """The accumulation a run at this per-device batch uses to keep the global batch. It is
-        part of what is probed: the Trainer fetches (and moves to the device) every micro-batch
-        of an optimizer step before the first forward, so they are all resident at once."""
-        spec = self.spec
-        if spec.global_batch_size is None:
-            return {"gradient_accumulation_steps": 1}
-        return {"gradient_accumulation_steps": max(1, round(spec.global_batch_size / (batch * spec.world_size)))}
+        """The accumulation that keeps the global batch at this per-device batch (search/batches.py)."""
+        return batch_rules.accumulation(self.spec, batch)
 
     def batches_to_measure(self, frontier: int) -> list[int]:
         """Per-device batches <= frontier that split the global batch exactly, largest first."""
-        spec = self.spec
-        if spec.global_batch_size is None:
-            return self._allowed(list(range(frontier, 0, -1)))[:1]
-        splits = exact_splits(spec.global_batch_size, frontier, spec.world_size)
-        return sorted(self._allowed(splits or [split_global_batch(spec.global_batch_size, frontier, spec.world_size).per_device]), reverse=True)
+        return batch_rules.to_measure(self.spec, frontier)
+
+    @property
+    def planned(self) -> bool:
+        """The search starts from a plan's frontiers (--plan-first, --from-plan): it then also
+        stops each train search at the largest batch the objective admits, takes a frontier
+        trial as the throughput sample where its settings are those timed, times no smaller
+        batch where a larger one ran no slower, and runs off only the timings inside each
+        other's noise (issue #13). Without a plan, as before."""
+        return bool(self.plan_hints)
 
     def search_train(self) -> list[Candidate]:
         previous: dict[str, int] = {}  # configuration name -> frontier found for the previous attention
@@ -332,14 +261,19 @@ class SearchSpace:
         spec = self.spec
         base = cand.base
         before = len(self.trials)
+        # With a plan, the search stops at the largest batch the objective admits, and each of its
+        # trials is as long as a timing: a fit at a batch that is timed then is that timing.
+        bound = batch_rules.search_bound(spec) if self.planned else spec.max_batch_size
+        runner = _StepsRunner(self.runner, spec.steps + 2) if self.planned else self.runner
         with self.phase("train"):
             found: list[TrialResult] = []
-            search = self._find_frontier(self.runner, "train", base, self.budget, spec.max_batch_size, self.progress, found,
+            search = self._find_frontier(runner, "train", base, self.budget, bound, self.progress, found,
                                          hint=hint, per_batch=self.accumulation)
             for t in found:
                 t.purpose = "frontier"
             self.trials.extend(found)
         cand.frontier = search.frontier
+        cand.bound = bound if search.frontier == bound < spec.max_batch_size else None
         if search.error:
             cand.status, cand.reason = "failed", f"a training step failed for a reason other than memory: {found[-1].message}"
             self.errors.append(cand.reason)
@@ -369,28 +303,35 @@ class SearchSpace:
         last: dict[int, Measured] = {}
         done: set[int] = set()
         for batch, cand in pairs:
-            if id(cand) in done:
+            if id(cand) in done or (id(cand) in last and self._rises_above(cand, last[id(cand)])):
                 continue
-            result = self._run("train", {**cand.base, key: batch, **self.accumulation(batch)}, spec.steps + 2, "throughput")
+            settings = {**cand.base, key: batch, **self.accumulation(batch)}
+            result = self._timed_already(settings) or self._run("train", settings, spec.steps + 2, "throughput")
             if not result.fits or not result.tokens_per_s:
                 continue  # at the frontier's edge a longer run can breach: it is not a candidate
             split = split_global_batch(spec.global_batch_size, batch, spec.world_size)  # batch itself: it came from the splits
             entry = Measured(cand.attn_implementation, cand.gradient_checkpointing, split.per_device, split.accumulation,
-                             result.tokens_per_s, result.peak_bytes, split.exact, split.note, dict(cand.levers))
+                             result.tokens_per_s, result.peak_bytes, split.exact, split.note, dict(cand.levers),
+                             result.step_time_spread)
             cand.measured.append(entry)
             if id(cand) in last and entry.tokens_per_s <= last[id(cand)].tokens_per_s:
                 done.add(id(cand))
             last[id(cand)] = entry
 
+    def _timed_already(self, settings: dict) -> TrialResult | None:
+        """With a plan: the frontier's fit at exactly these settings, as long as a timing."""
+        return timed_already(self.trials, settings, self.spec.steps + 2) if self.planned else None
+
+    def _rises_above(self, cand: Candidate, entry: Measured) -> bool:
+        """With a plan: a fit of this configuration at a larger batch ran no slower than `entry`."""
+        return self.planned and rises_to_above(self.trials, cand.base, entry, self.spec.steps + 2)
+
     def runoff(self, band: float = RUNOFF_BAND, rounds: int = RUNOFF_ROUNDS) -> None:
-        """Measure, don't guess, when in doubt: configurations within `band` of the fastest are
-        timed again, round-robin (so load drift hits all alike), and ranked by their median."""
-        measured = [m for c in self.candidates for m in c.measured]
-        if len(measured) < 2:
-            return
-        top = max(m.tokens_per_s for m in measured)
-        contenders = [m for m in measured if m.tokens_per_s >= top * (1 - band)]
-        if len(contenders) < 2:
+        """Measure, don't guess, when in doubt: configurations within `band` of the fastest (with a
+        plan: within their timings' own noise of it, search/throughput.py) are timed again,
+        round-robin (so load drift hits all alike), and ranked by their median."""
+        contenders = runoff_contenders([m for c in self.candidates for m in c.measured], band, by_noise=self.planned)
+        if not contenders:
             return
         samples = {id(m): [m.tokens_per_s] for m in contenders}
         with self.phase("throughput"):
@@ -431,15 +372,9 @@ class SearchSpace:
                 self.trials.extend(found)
             if search.error:
                 self.errors.append(f"an eval step failed for a reason other than memory: {found[-1].message}")
-            self.eval_frontiers[key] = self._eval_allowed(search.frontier)
+            self.eval_frontiers[key] = batch_rules.eval_allowed(self.spec, search.frontier)
             self.measured_eval_frontiers[key] = search.frontier  # before an RLHF run's batch rules
         return self.eval_frontiers[key]
-
-    def _eval_allowed(self, frontier: int) -> int:
-        """The largest eval batch up to the frontier that the run's rules admit (GRPO: whole
-        groups of completions across the ranks); 0 when none does."""
-        rlhf = self.spec.rlhf
-        return frontier if rlhf is None else rlhf.largest_eval_batch(frontier, self.spec.world_size)
 
     @staticmethod
     def eval_key(config: Measured) -> str:

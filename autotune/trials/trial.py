@@ -47,9 +47,16 @@ class _Window:
     def add_peak(self, value: int) -> None:
         self.peak = value if self.peak is None else max(self.peak, value)
 
+    def _timed(self) -> list:
+        return self.times[1:] if len(self.times) > 1 else self.times  # the first step warms up
+
     def step_time(self) -> float | None:
-        measured = self.times[1:] if len(self.times) > 1 else self.times  # the first step warms up
-        return statistics.median(measured) if measured else None
+        return statistics.median(self._timed()) if self._timed() else None
+
+    def spread(self) -> float | None:
+        """(slowest - fastest) / median of the timed steps; None below two of them."""
+        timed = self._timed()
+        return round((max(timed) - min(timed)) / statistics.median(timed), 4) if len(timed) > 1 and min(timed) > 0 else None
 
 
 def _meter_class():
@@ -215,6 +222,7 @@ def _result(workload, run: TrainerRun, phase: str, settings: dict, budget: int, 
         phase=phase, settings=settings, outcome=outcome, peak_bytes=peak, step_time_s=step_time,
         tokens_per_s=(tokens / step_time) if step_time else None, steps=steps, wall_s=run.wall_s, message=message,
         leaked_bytes=run.leaked if run.leaked > 0 else None, memory_stats=run.stats,
+        step_time_spread=window.spread() if step_time else None,
     )
 
 
