@@ -203,7 +203,7 @@ def accumulation_of(spec: ProbeSpec):
 
 def eval_steps_of(spec: ProbeSpec) -> int:
     """Eval steps a planned evaluation runs to reach the probe's eval peak. The probe's eval
-    trials run max(--eval-steps, 2) (space._StepsRunner); keeping the loss only, every step from
+    trials run max(--eval-steps, 2) (space.StepsRunner); keeping the loss only, every step from
     the second on repeats the second (the previous step's outputs live on through it)."""
     return 2 if eval_outputs_of(spec.eval_keep_settings()) == "loss" else max(spec.eval_steps, 2)
 

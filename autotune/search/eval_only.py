@@ -15,7 +15,7 @@ from ..errors import DoesNotFitError
 from ..recipe.schema import Validation
 from ..sizes import format_size
 from .limits import open_candidate, search_limit
-from .space import Candidate, Measured, _StepsRunner
+from .space import Candidate, Measured, StepsRunner
 from .validate import Validated
 
 
@@ -33,7 +33,7 @@ def _batch_frontiers(space, find_frontier) -> list[tuple[Candidate, int]]:
         trials: list = []
         with space.phase("eval"):
             # As many eval steps as accumulate on the device before the flush: fewer miss the last step's outputs.
-            runner = _StepsRunner(space.runner, max(spec.eval_steps, 2))
+            runner = StepsRunner(space.runner, max(spec.eval_steps, 2))
             search = find_frontier(runner, "eval", _eval_settings(space, attn), space.budget, spec.max_batch_size,
                                    space.progress, trials, hint=previous)
             for t in trials:

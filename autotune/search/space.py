@@ -264,7 +264,7 @@ class SearchSpace:
         # With a plan, the search stops at the largest batch the objective admits, and each of its
         # trials is as long as a timing: a fit at a batch that is timed then is that timing.
         bound = batch_rules.search_bound(spec) if self.planned else spec.max_batch_size
-        runner = _StepsRunner(self.runner, spec.steps + 2) if self.planned else self.runner
+        runner = StepsRunner(self.runner, spec.steps + 2) if self.planned else self.runner
         with self.phase("train"):
             found: list[TrialResult] = []
             search = self._find_frontier(runner, "train", base, self.budget, bound, self.progress, found,
@@ -363,7 +363,7 @@ class SearchSpace:
                         "per_device_train_batch_size": config.per_device_train_batch_size,
                         "gradient_accumulation_steps": config.gradient_accumulation_steps}
             with self.phase("eval"):
-                runner = _StepsRunner(self.runner, max(self.spec.eval_steps, 2))
+                runner = StepsRunner(self.runner, max(self.spec.eval_steps, 2))
                 planned = None if config.levers else self.plan_hints.get((config.attn_implementation, config.gradient_checkpointing), {}).get("eval")
                 search = self._find_frontier(runner, "eval", settings, self.budget, self.spec.max_batch_size, self.progress, found,
                                              hint=planned)
@@ -386,7 +386,7 @@ class SearchSpace:
 
 
 @dataclasses.dataclass
-class _StepsRunner:
+class StepsRunner:
     """A runner whose trials run `steps` steps (eval: as many steps as accumulate on the device)."""
 
     inner: object
