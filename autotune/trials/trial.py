@@ -51,7 +51,8 @@ class _Window:
         return self.times[1:] if len(self.times) > 1 else self.times  # the first step warms up
 
     def step_time(self) -> float | None:
-        return statistics.median(self._timed()) if self._timed() else None
+        timed = self._timed()
+        return statistics.median(timed) if timed else None
 
     def spread(self) -> float | None:
         """(slowest - fastest) / median of the timed steps; None below two of them."""
