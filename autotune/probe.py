@@ -9,6 +9,7 @@ import time
 
 from . import __version__
 from .recipe import levers
+from .cluster.worker import TRAINER_APPLIES
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .model.dataset import from_dataset
 from .model.source import check_max_length, model_class, resolve
@@ -157,6 +158,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     space.trials[:0] = trials
     space.first_hint, space.plan_hints = hint, hints
     space.model_cls = model_class(source.config)
+    space.lever_facts, space.through_trainer = session.lever_facts, base.get("strategy") in TRAINER_APPLIES
     if spec.task == "eval":  # issue #14: evaluation alone
         from .search.eval_only import search_eval
 

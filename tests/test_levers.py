@@ -66,7 +66,6 @@ class _Table:
 
     def __init__(self, layers, budget, recompute, act=10, ckpt=1):
         self.layers, self.budget, self.recompute, self.act, self.ckpt = layers, budget, recompute, act, ckpt
-        self.workload = types.SimpleNamespace(setup=None, configure=lambda **kwargs: None)
         self.calls = 0
 
     def checkpointed(self, s):
@@ -95,7 +94,7 @@ def _table_space(runner, **spec_kwargs):
     spec = ProbeSpec(max_length=64, model_config="tiny-llama", device="sim", gpu_memory=10**6, attn_candidates=("sdpa",),
                      global_batch_size=32, max_batch_size=32, **spec_kwargs)
     space = SearchSpace(spec, runner, SimDevice(10**6), runner.budget, ProgressSink(), find_frontier)
-    space.layer_count = runner.layers
+    space.lever_facts = {"vision_language": False, "checkpointed_layers": runner.layers}
     return space
 
 
@@ -309,3 +308,48 @@ def test_targets_without_activation_offloading_refuse_it():
     for render in (lambda: swift.render_yaml(r, "4.6"), lambda: llamafactory.render(r)):
         with pytest.raises(UsageError, match="offload"):
             render()
+
+
+# ------------------------------------------------------------------ supervised workers
+
+
+@pytest.mark.slow
+def test_levers_run_in_a_supervised_worker_as_in_process(tmp_path, capfd):
+    """`--isolate` runs each trial in a worker process through the same Trainer, so every-N and
+    packing run there too (they were refused as "cannot run here" before): the worker's trials
+    and the recipe are the in-process ones, peak for peak."""
+    argv = ["probe", "--model-config", DEEP, "--device", "sim", "--gpu-memory", "64MiB", "--max-length", "32",
+            "--max-batch-size", "4", "--steps", "3", "--attn", "sdpa", "--gradient-checkpointing", "every-2",
+            "--packing", "on", "--no-eval", "--validate-steps", "3", "--no-journal", "--format", "json"]
+    ref, isolated = tmp_path / "ref.yaml", tmp_path / "isolated.yaml"
+    assert main([*argv, "--out", str(ref)]) == 0
+    assert main([*argv, "--isolate", "--trial-timeout", "240", "--out", str(isolated)]) == 0
+    capfd.readouterr()
+
+    def essence(path):
+        recipe = yaml.safe_load(path.read_text())
+        trials = [(t["phase"], t["settings"].get("per_device_train_batch_size"), t["outcome"], t["peak_bytes"],
+                   levers.of(t["settings"])) for t in recipe["search"]["trials"]]
+        return recipe["search"]["levers"]["asked"], trials
+
+    asked, trials = essence(isolated)
+    assert asked["partial_checkpointing"]["status"] == asked["packing"]["status"] == "searched"
+    assert trials and all(lever == {"checkpoint_every_n_layers": 2, "packing": True} for *_, lever in trials)
+    assert (asked, trials) == essence(ref)
+
+
+def test_levers_run_wherever_a_trial_runs_the_trainer():
+    text, vision = {"vision_language": False, "checkpointed_layers": 6}, {"vision_language": True, "checkpointed_layers": 6}
+    assert levers.runs_here(text, True, {"packing": True, "checkpoint_every_n_layers": 2}) is None
+    assert levers.runs_here(vision, True, {"checkpoint_every_n_layers": 2, "activation_offloading": True}) is None
+    assert "FSDP or DeepSpeed" in levers.runs_here(text, False, {"checkpoint_every_n_layers": 2})
+    assert "vision-language" in levers.runs_here(vision, True, {"packing": True})
+
+
+def test_modes_after_a_fit_at_the_largest_batch_are_pruned_saying_which_fit():
+    runner = _Table(6, budget=10**9, recompute=0.3)  # everything fits: off already reaches the global batch
+    space = _table_space(runner, activation_offloading=(False, True))
+    space.search_train()
+    pruned = {levers.describe(c.base): c.reason for c in space.candidates if c.status == "pruned"}
+    assert pruned == {name: "cannot win: batch 32 already fits without checkpointing and is the largest the global batch allows"
+                      for name in ("on", "on+offload")}

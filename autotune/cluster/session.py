@@ -28,6 +28,7 @@ class Session:
     supervisor: object = None
     journal: Journal | None = None
     agreed: bool = False  # every rank reached this recipe
+    lever_facts: dict | None = None  # what the lever search needs of the model (recipe/levers.py facts_of)
 
     @property
     def is_main(self) -> bool:
@@ -85,6 +86,7 @@ def open_session(spec, source, progress, device=None) -> Session:
 def _local(spec, source, progress, device) -> Session:
     from ..devices import make_device
     from ..describe import describe_hardware, describe_model
+    from ..recipe.levers import facts_of
     from ..sizes import format_size
     from ..trials.trial import InProcessRunner
     from ..model.workload import load_workload
@@ -95,7 +97,8 @@ def _local(spec, source, progress, device) -> Session:
     budget = int(device.capacity * spec.usable_fraction)
     progress.stage(f"usable budget {format_size(budget)} of {format_size(device.capacity)} (margin {spec.margin:.0%})")
     return Session(runner=InProcessRunner(workload, spec.steps, budget), model=describe_model(workload),
-                   hardware=describe_hardware(device, spec.world_size), capacity=device.capacity, budget=budget)
+                   hardware=describe_hardware(device, spec.world_size), capacity=device.capacity, budget=budget,
+                   lever_facts=facts_of(workload))
 
 
 def _supervised(spec, progress) -> Session:
@@ -125,7 +128,8 @@ def _supervised(spec, progress) -> Session:
         progress.stage("ranks differ: " + ", ".join(f"rank {i} {format_size(d['capacity'])}" for i, d in enumerate(devices)))
     progress.stage(f"usable budget {format_size(budget)} of {format_size(capacity)} (margin {spec.margin:.0%}) per rank")
     return Session(runner=runner, model=ModelInfo(**ready.model), hardware=hardware, capacity=capacity, budget=budget,
-                   rank=control.rank, world_size=control.world_size, control=control, supervisor=runner)
+                   rank=control.rank, world_size=control.world_size, control=control, supervisor=runner,
+                   lever_facts=ready.levers)
 
 
 def per_rank(listed, single, world_size: int) -> list:

@@ -91,6 +91,7 @@ class Ready:
     model: dict
     devices: list[dict]
     budgets: list[int]
+    levers: dict  # the model's facts for the lever search (recipe/levers.py facts_of)
 
 
 class SupervisedRunner:
@@ -137,7 +138,8 @@ class SupervisedRunner:
             rank, why = failed[0]
             raise AutotuneError(f"the trial worker on rank {rank} could not load the model: {why}",
                                 "rerun with AUTOTUNE_DEBUG=1 for details")
-        self.ready = Ready(model=reports[0]["model"], devices=[r["device"] for r in reports], budgets=[r["budget"] for r in reports])
+        self.ready = Ready(model=reports[0]["model"], devices=[r["device"] for r in reports], budgets=[r["budget"] for r in reports],
+                           levers=reports[0]["levers"])
         return self.ready
 
     def stop(self, kill: bool = False) -> None:

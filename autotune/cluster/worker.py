@@ -57,6 +57,7 @@ def _make_device(spec, config: dict):
 def serve(config: dict, requests, out) -> None:
     from ..model.source import resolve
     from ..describe import describe_model
+    from ..recipe.levers import facts_of
     from ..spec import ProbeSpec
     from ..trials.trial import run_trial
     from ..model.workload import load_workload
@@ -76,12 +77,12 @@ def serve(config: dict, requests, out) -> None:
         for name in TORCHRUN_VARIABLES:
             os.environ.pop(name, None)
     workload = load_workload(resolve(spec.model, spec.model_config), spec, device)
-    info = describe_model(workload)
+    info, facts = describe_model(workload), facts_of(workload)
     if strategy not in TRAINER_APPLIES:
         workload = shard(workload, strategy, config["local_rank"])
     budget = int(device.capacity * spec.usable_fraction)
     _send(out, ready={"model": dataclasses.asdict(info), "device": {
-        "kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}, "budget": budget})
+        "kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}, "budget": budget, "levers": facts})
     for line in requests:
         request = json.loads(line)
         result = run_trial(workload, request["phase"], request["settings"], request.get("steps") or spec.steps, budget)

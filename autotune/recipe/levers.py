@@ -166,14 +166,24 @@ def check_forced(spec, candidates: list) -> None:
             raise UsageError(_FLAGS[key], f"cannot run here: {c.reason}", f"leave {_FLAGS[key]} off or search it")
 
 
-def runs_here(workload, variant: dict) -> str | None:
-    """Levers run through the Trainer in this process; sharded trials in workers run the step model.
-    Packed rows are modelled for text inputs only."""
-    if workload is None:
-        return ("the levers run through the Trainer in this process; trials in supervised workers run the "
-                "step model (issue #11), which has no lever switches")
-    family = workload.setup.family if workload.setup is not None else None
-    if family is not None and (variant.get("packing") or variant.get("padding_free")):
+def facts_of(workload) -> dict:
+    """What the lever search needs to know of a loaded model, as plain data (it travels from a
+    supervised worker in its `ready` report): whether its inputs carry media, and how many layers
+    `every_n_layers` counts."""
+    return {"vision_language": getattr(workload.setup, "family", None) is not None,
+            "checkpointed_layers": checkpointed_layer_count(workload.model)}
+
+
+def runs_here(facts: dict, through_trainer: bool, variant: dict) -> str | None:
+    """Why a variant's levers cannot run in this probe's trials (None: they can). The levers are the
+    Trainer's switches, so they run wherever a trial runs the Trainer: in this process, or in a
+    supervised worker with no strategy or DDP (which the Trainer applies itself); a worker whose
+    model a sharding engine wrapped runs the step model instead. Packed rows are modelled for text
+    inputs only."""
+    if not through_trainer:
+        return ("trials under FSDP or DeepSpeed run the step model in their workers (the model is wrapped by the "
+                "engine before the Trainer sees it), which has no lever switches")
+    if facts.get("vision_language") and (variant.get("packing") or variant.get("padding_free")):
         return "packed rows are modelled for text inputs; a vision-language sample's media are not split across rows here"
     return None
 

@@ -100,7 +100,11 @@ class SearchSpace:
         self.first_hint: int | None = None  # a predicted frontier (a plan) for the first candidate without checkpointing
         self.plan_hints: dict = {}  # (attention, checkpointing) -> {"train": batch, "eval": batch}: a plan's frontiers
         self.model_cls = None  # the transformers class: attentions it does not support are skipped
-        self.layer_count: int | None = None  # layers partial checkpointing counts; None: counted on the model
+        # What the levers need to know of the model (recipe/levers.py facts_of) and whether trials run
+        # the Trainer (not under FSDP / DeepSpeed); set by the probe from its session, else read off
+        # the runner's workload when first needed.
+        self.lever_facts: dict | None = None
+        self.through_trainer = True
 
     # ------------------------------------------------------------ bookkeeping
     @contextlib.contextmanager
@@ -190,15 +194,26 @@ class SearchSpace:
 
     @staticmethod
     def _with_less(earlier: list[Candidate]) -> str:
-        names = [levers.describe(c.base).split(", ")[0] for c in earlier]
-        return "without checkpointing" if names == ["off"] else "with checkpointing " + " / ".join(names)
+        """The modes measured before, in words: "without checkpointing or with every-3 checkpointing"."""
+        words: list[str] = []
+        for c in earlier:
+            name = levers.describe(c.base).split(", ")[0]
+            word = "without checkpointing" if name == "off" else ("with checkpointing" if name == "on" else f"with {name} checkpointing")
+            if word not in words:
+                words.append(word)
+        return " or ".join(words)
 
     def _unavailable(self, cand: Candidate) -> str | None:
         reason = attn_unavailable_reason(cand.attn_implementation, self.device, self.spec.dtype, self.model_cls)
         if reason is None and cand.levers:
-            reason = levers.runs_here(getattr(self.runner, "workload", None), cand.levers) or levers.variant_unavailable(
+            reason = levers.runs_here(self.facts(), self.through_trainer, cand.levers) or levers.variant_unavailable(
                 cand.levers, cand.attn_implementation, self.device)
         return reason or self._switch(cand.attn_implementation, cand.gradient_checkpointing)
+
+    def facts(self) -> dict:
+        if self.lever_facts is None:
+            self.lever_facts = levers.facts_of(self.runner.workload)
+        return self.lever_facts
 
     def _search_partial(self, on: Candidate, largest: int | None) -> list[Candidate]:
         """Partial checkpointing between off and on: for each batch that fits only with
@@ -206,9 +221,7 @@ class SearchSpace:
         (search/levers.py cheapest_fitting); then throughput at each batch with that mode (or with
         full checkpointing where no N fits), largest batch first."""
         batches = [b for b in self.batches_to_measure(on.frontier) if largest is None or b > largest]
-        if self.layer_count is None:
-            self.layer_count = levers.checkpointed_layer_count(self.runner.workload.model)
-        layers = self.layer_count
+        layers = self.facts()["checkpointed_layers"]
         ladder = levers.every_n_ladder(layers)
         by_n: dict[int, Candidate] = {}
 
