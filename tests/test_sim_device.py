@@ -92,3 +92,19 @@ def test_eval_keeping_logits_costs_more_than_loss_only(make_workload):
     assert kept.peak_bytes - loss_only.peak_bytes >= 3 * logits_step  # three steps' logits held, then a fourth
     assert flushed.peak_bytes < kept.peak_bytes
     assert workload.model.training  # eval trials put the model back in train mode
+
+
+def test_a_processor_batch_made_on_the_host_counts_once_it_moves_to_the_card():
+    """A vision collator returns a processor's BatchFeature (a UserDict, not a dict): accelerate's
+    copy to the device must count its tensors as a GPU holds them, as it counts a plain dict's."""
+    import accelerate.data_loader as loader
+    from transformers.feature_extraction_utils import BatchFeature
+
+    device = SimDevice(2**30)
+    with device.tracking(), device.transfers():
+        with device.host():
+            batch = BatchFeature({"pixel_values": torch.zeros(256, 1024), "input_ids": torch.zeros(4, 8, dtype=torch.long)})
+        assert device.allocated_bytes() == 0
+        moved = loader.send_to_device(batch, torch.device("cpu"))
+        assert isinstance(moved, BatchFeature)
+        assert device.allocated_bytes() == 256 * 1024 * 4 + 512  # each storage rounded up to 512 bytes

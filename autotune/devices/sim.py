@@ -18,7 +18,9 @@ storage itself dies), and the same key works for fake tensors, whose data pointe
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
+import copy
 import itertools
 import weakref
 
@@ -290,6 +292,11 @@ def _map_tensors(value, fn):
         return fn(value)
     if isinstance(value, dict):
         return type(value)({k: _map_tensors(v, fn) for k, v in value.items()})
+    if isinstance(value, collections.abc.MutableMapping):  # a processor's BatchFeature is a UserDict, not a dict
+        mapped = copy.copy(value)
+        for k, v in value.items():
+            mapped[k] = _map_tensors(v, fn)
+        return mapped
     if isinstance(value, (list, tuple)):
         return type(value)(_map_tensors(v, fn) for v in value)
     return value
