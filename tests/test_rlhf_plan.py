@@ -34,14 +34,67 @@ def test_the_step_model_peak_is_trl_s_within_2_percent(name, make_workload):
     workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type=train_type, rlhf=rlhf,
                              global_batch_size=global_batch)
     settings = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
-    trial = run_trial(workload, "train", settings, 3, CAPACITY)
-    assert trial.fits, trial.message
+    # The step model first, on the model as built: TRL's trainer changes it in place (DPO switches
+    # dropout off), which a plan's fresh model must model rather than inherit.
+    rlhf_run.prepare(workload)  # the reference model, where one is resident, as the probe builds it
     share = rlhf_rollout.share_bytes(workload)
     workload.configure(gradient_checkpointing=False)
     modelled = rlhf_step_model.train_steps(workload, batch, 3, accumulation, share=(share, rlhf_rollout.training_share_bytes(workload, share)))
+    trial = run_trial(workload, "train", settings, 3, CAPACITY)
+    assert trial.fits, trial.message
     assert abs(modelled - trial.peak_bytes) <= 0.02 * trial.peak_bytes, (modelled, trial.peak_bytes)
     if name == "grpo lora, share":
         assert trial.peak_bytes > share == CAPACITY // 4
+
+
+VL_PIXELS = 28 * 28 * 8  # 8 image tokens per image (+ vision start and end)
+VL_CASES = {
+    # the field report's shape: LoRA, frozen tower (ms-swift's default), vLLM's share held on the card
+    "grpo lora, qwen2.5-vl": ("tiny-qwen2.5-vl", RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True,
+                                                          vllm_gpu_memory_utilization=0.25), "lora", 4, (2, 2)),
+    "dpo lora, qwen2-vl": ("tiny-qwen2-vl", RLHFSpec("dpo"), "lora", None, (2, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(VL_CASES))
+def test_the_vision_language_step_model_peak_is_trl_s_within_2_percent(name, make_workload):
+    """As above with the family's worst-case images: TRL's trainer with the model's processor
+    (trials/rlhf_data.py) against the step model's image rows (the family's worst case)."""
+    model, rlhf, train_type, global_batch, (batch, accumulation) = VL_CASES[name]
+    workload = make_workload(model, CAPACITY, max_length=32, train_type=train_type, rlhf=rlhf, global_batch_size=global_batch,
+                             max_pixels=VL_PIXELS)
+    settings = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
+    # The step model first, on the model as built: TRL's trainer changes it in place (DPO switches
+    # dropout off), which a plan's fresh model must model rather than inherit.
+    rlhf_run.prepare(workload)  # the reference model, where one is resident, as the probe builds it
+    share = rlhf_rollout.share_bytes(workload)
+    workload.configure(gradient_checkpointing=False)
+    modelled = rlhf_step_model.train_steps(workload, batch, 3, accumulation, share=(share, rlhf_rollout.training_share_bytes(workload, share)))
+    trial = run_trial(workload, "train", settings, 3, CAPACITY)
+    assert trial.fits, trial.message
+    assert abs(modelled - trial.peak_bytes) <= 0.02 * trial.peak_bytes, (modelled, trial.peak_bytes)
+
+
+def test_the_step_model_s_image_rows_are_the_processor_s(make_workload):
+    """What the step model hands TRL's forward for a vision-language prompt has the shapes the
+    model's processor gives for the trials' prompts (and as many image tokens)."""
+    import random
+
+    from autotune.trials.rlhf_data import TrialData
+    from trl.data_utils import prepare_multimodal_messages
+
+    rlhf = VL_CASES["grpo lora, qwen2.5-vl"][1]
+    workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=32, train_type="lora", rlhf=rlhf, max_pixels=VL_PIXELS)
+    rows = rlhf_step_model.vision_rows(workload, 3)
+    data = TrialData(workload, random.Random(0))
+    prompts = data.prompts(3, 32)
+    texts = [data.processing_class.apply_chat_template(prepare_multimodal_messages(m, images=i), add_generation_prompt=True,
+                                                       tokenize=False) for m, i in zip(prompts["prompt"], prompts["images"])]
+    processed = data.processing_class(images=prompts["images"], text=texts, padding=True, return_tensors="pt")
+    assert {k: tuple(v.shape) for k, v in processed.items()} == {k: tuple(v.shape) for k, v in rows.items() if k != "num_images"}
+    image_id = workload.model.config.image_token_id
+    assert (rows["input_ids"] == image_id).sum() == (processed["input_ids"] == image_id).sum() > 0
+    assert rows["num_images"] == [1, 1, 1]
 
 
 def _grpo_spec(**changes):
@@ -70,6 +123,27 @@ def test_the_planned_grpo_frontier_is_confirmed_by_trl_trials(make_workload):
     assert (s.rlhf_type, s.num_generations, s.vllm_gpu_memory_utilization) == ("grpo", 2, 0.25)
     assert recipe.rlhf["rollout"]["share_bytes"] == CAPACITY // 4 and recipe.rlhf["rollout"]["how"].startswith("planned")
     assert recipe.rlhf["reference_model"].startswith("adapter")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(VL_CASES))
+def test_the_planned_vision_language_frontier_is_confirmed_by_trl_trials(name, make_workload):
+    """The field report's shape in miniature: a vision-language policy planned on fake tensors (the
+    images at --max-pixels); TRL's trainer with the model's processor fits the budget at the
+    planned frontier k and passes it at k + 1."""
+    model, rlhf, train_type, global_batch, _ = VL_CASES[name]
+    spec = _grpo_spec(model_config=model, max_length=32, max_pixels=VL_PIXELS, rlhf=rlhf, global_batch_size=global_batch)
+    plan = make_plan(spec, PlanOptions([CAPACITY], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
+    (candidate,) = plan.ok()
+    p = candidate.predictions[0]
+    assert p.train_frontier > 1
+    workload = make_workload(model, CAPACITY, max_length=32, train_type=train_type, rlhf=rlhf, global_batch_size=global_batch,
+                             max_pixels=VL_PIXELS)
+    accumulation = (lambda b: max(1, round(global_batch / b))) if global_batch else (lambda b: 1)  # noqa: E731
+    for batch, fits in ((p.train_frontier, True), (p.train_frontier + 1, False)):
+        result = run_trial(workload, "train", {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation(batch)},
+                           3, p.budget_bytes)
+        assert (result.outcome == "fit") == fits, (batch, result.outcome, result.peak_bytes, p.budget_bytes)
 
 
 def test_auto_share_in_the_plan():

@@ -217,10 +217,11 @@ def _plan_rlhf(workload: Workload, setup) -> None:
         raise UsageError("--reward-model", "the plan does not model reward models passed as models yet",
                          "plan without it (the probe measures them), or probe it")
     if setup is not None and setup.family is not None:
-        raise UsageError("--rlhf-type", "an RLHF plan of a vision-language model is not modelled yet (TRL shuffles "
-                         "and splits the images by value, which fake tensors lack)", "probe it (the sim device or a card)")
+        from ..trials.rlhf_run import check_vision
+
+        check_vision(setup, spec, trials=False)  # the families and inputs the probe's TRL trials run
     if rlhf.reference_model(spec.train_type) == "loaded":
-        reference = build_model(workload.source, spec, _Meta(), None)
+        reference = build_model(workload.source, spec, _Meta(), setup.family if setup is not None else None)
         reference.eval()
         for p in reference.parameters():
             p.requires_grad_(False)

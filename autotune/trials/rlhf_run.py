@@ -72,11 +72,12 @@ def recipe_record(spec, workload, batch: int, accumulation: int, world_size: int
     return record
 
 
-def check_vision(setup, spec) -> None:
+def check_vision(setup, spec, trials: bool = True) -> None:
     """What a vision-language RLHF probe cannot run, refused before the model loads: families whose
     processor autotune does not build yet, video (TRL's RLHF data carries images), reward models
     passed as models (their text has the policy's images in it), and DPO's precomputed reference
-    log-probs, which TRL refuses for vision datasets."""
+    log-probs, which TRL refuses for vision datasets. `trials=False` (a plan): Pillow is not needed,
+    since no processor runs."""
     from ..errors import UsageError
 
     family, rlhf = setup.family, spec.rlhf
@@ -87,7 +88,7 @@ def check_vision(setup, spec) -> None:
                          "processor TRL's image path needs for Qwen2-VL and Qwen2.5-VL only", "probe a Qwen2-VL or Qwen2.5-VL model, or SFT")
     import importlib.util
 
-    if importlib.util.find_spec("PIL") is None:
+    if trials and importlib.util.find_spec("PIL") is None:
         from ..extras import install_hint
 
         raise UsageError("--rlhf-type", "TRL's image path takes PIL images, and Pillow is not installed", install_hint("vision"))

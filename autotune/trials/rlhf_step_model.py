@@ -32,6 +32,12 @@ into one batch of 2 x batch rows at `max_length`); per micro-batch the policy's 
 (log-probs, entropy, mean logits, top-1: DPOTrainer's outputs), the reference's forward under
 no_grad unless the reference log-probs were precomputed, the sigmoid loss, backward.
 
+A vision-language policy (Qwen2-VL, Qwen2.5-VL): the prompts carry the family's worst-case
+images (`vision_rows`) and every forward gets their `pixel_values`, `image_grid_thw`,
+`num_images` and `mm_token_type_ids` as TRL passes them; GRPO's buffer splits the image rows per
+sample and shuffles them with TRL's own functions; DPO's rows repeat the images for chosen and
+rejected. TRL's DPO switches dropout off (`dropout_as_trl_sets_it`).
+
 Left out (small next to the step): TRL's metrics, the rewards' host-side work. Checkpointing is
 not switched off around the no_grad forwards as TRL does (`disable_gradient_checkpointing`):
 under no_grad a checkpointed layer saves nothing, so the memory is the same. Generating with the
@@ -42,6 +48,7 @@ policy's `generate()` (`--use-vllm` off) is not modelled: TRL reads the generate
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
 
 import torch
@@ -87,6 +94,30 @@ def fused_heads(workload):
                 m.forward = original
 
 
+@contextlib.contextmanager
+def dropout_as_trl_sets_it(workload):
+    """TRL's trainers switch dropout off in the policy and the reference when their config's
+    `disable_dropout` is on (DPOConfig: on by default, GRPOConfig: off), with TRL's own
+    `disable_dropout_in_model`, in their constructors; in a LoRA run that includes the adapters'
+    dropout, whose masks are kept per sample for the backward. Restored afterwards (TRL leaves
+    it off: the model is the run's)."""
+    from trl import DPOConfig, GRPOConfig
+    from trl.trainer.utils import disable_dropout_in_model
+
+    config = GRPOConfig if workload.spec.rlhf.rlhf_type == "grpo" else DPOConfig
+    default = next(f.default for f in dataclasses.fields(config) if f.name == "disable_dropout")
+    models = [m for m in (workload.model, getattr(workload, "reference", None)) if m is not None]
+    saved = [(m, m.p) for model in models for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    if default:
+        for model in models:
+            disable_dropout_in_model(model)
+    try:
+        yield
+    finally:
+        for module, p in saved:
+            module.p = p
+
+
 def _reference(workload):
     """(the module the reference forward runs on, the context it runs in)."""
     reference = getattr(workload, "reference", None)
@@ -102,15 +133,47 @@ class GRPOState:
         self.optimizer, self.buffered, self.step = optimizer, None, 0
 
 
-def _logps(workload, model, ids, mask, completion: int, batch: int, entropy: bool):
-    """GRPOTrainer._get_per_token_logps_and_entropies itself (its `self` needs only the autocast)."""
+def _logps(workload, model, ids, mask, completion: int, batch: int, entropy: bool, vision: dict | None = None):
+    """GRPOTrainer._get_per_token_logps_and_entropies itself (its `self` needs only the autocast);
+    `vision`: a vision-language policy's forward inputs, as TRL passes them (`_VISION_KEYS`)."""
     from trl import GRPOTrainer
 
     shim = types.SimpleNamespace(accelerator=types.SimpleNamespace(autocast=lambda: _autocast(workload), is_main_process=True))
     method = GRPOTrainer._get_per_token_logps_and_entropies
     method = getattr(method, "__wrapped__", method)  # TRL's profiling wrapper wants a whole trainer
-    logps, entropies, _ = method(shim, model, ids, mask, completion, batch_size=batch, compute_entropy=entropy)
+    logps, entropies, _ = method(shim, model, ids, mask, completion, batch_size=batch, compute_entropy=entropy,
+                                 **(vision or {}))
     return logps, entropies
+
+
+# What of a generation TRL hands the forward of a vision-language policy (Qwen2-VL / Qwen2.5-VL).
+_VISION_KEYS = ("pixel_values", "image_grid_thw", "num_images", "mm_token_type_ids")
+
+
+def _vision_of(inputs: dict) -> dict:
+    return {k: inputs[k] for k in _VISION_KEYS if k in inputs}
+
+
+def vision_rows(workload, rows: int, completion: int = 0) -> dict | None:
+    """A vision-language policy's `rows` prompts as TRL's processor call hands them over: ids of
+    `max_length` tokens holding each image's tokens, their mask, and the forward's image tensors,
+    built on the host and copied to the card (`_prepare_inputs`); `mm_token_type_ids` extended
+    with zeros over `completion` tokens, as TRL extends them. The tensors are the family's worst
+    case (model/families), whose shapes and token counts are the processor's (tests/test_rlhf_plan.py
+    checks them). None for a text policy."""
+    setup = workload.setup
+    if setup is None or setup.family is None:
+        return None
+    device = workload.device
+    with device.host():
+        inputs = setup.family.inputs(workload.source.config, setup.vision, rows, workload.spec.max_length, torch.device("cpu"))
+        inputs.pop("labels", None)
+        if "mm_token_type_ids" in inputs:
+            types_ = inputs["mm_token_type_ids"].long()
+            inputs["mm_token_type_ids"] = torch.cat([types_, types_.new_zeros(rows, completion)], dim=1)
+    moved = {k: v.to(device.torch_device, copy=True) for k, v in inputs.items()}
+    moved["num_images"] = [setup.vision.images] * rows
+    return moved
 
 
 def computes_old_logps(rlhf, accumulation: int, vllm_generates: bool) -> bool:
@@ -119,11 +182,21 @@ def computes_old_logps(rlhf, accumulation: int, vllm_generates: bool) -> bool:
     return accumulation % (rlhf.steps_per_generation or accumulation) != 0 or vllm_generates
 
 
+# The config ids a vision-language policy's text must not hold: each one it holds is counted as a
+# placeholder (the forward checks the count against the image features). RLHF's VL families are Qwen's.
+_PLACEHOLDER_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
 def _device_ids(workload, rows: int, length: int):
-    """Ids and their all-ones mask, built on the host and copied to the device as TRL pads them."""
+    """Ids and their all-ones mask, built on the host and copied to the device as TRL pads them;
+    never a placeholder id (the trials' completions avoid them too)."""
     device = workload.device
+    config = workload.source.config
+    avoid = [getattr(config, key) for key in _PLACEHOLDER_KEYS if getattr(config, key, None) is not None]
     with device.host():
         ids = torch.randint(2, workload.vocab_size, (rows, length))
+        for token in avoid:
+            ids = torch.where(ids == token, torch.full_like(ids, 2), ids)
         mask = torch.ones(rows, length, dtype=torch.long)
     return ids.to(device.torch_device, copy=True), mask.to(device.torch_device, copy=True)
 
@@ -139,19 +212,23 @@ def generate_and_score(workload, rows: int, batch: int, share: tuple = (0, 0), v
     with device.reserved(max(whole - held, 0)) if whole > held else contextlib.nullcontext():
         if moments is not None:
             moments.append(device.allocated_bytes() - whole)
-        prompt_ids, prompt_mask = _device_ids(workload, rows, prompt)
+        vision = vision_rows(workload, rows, completion)
+        if vision is None:
+            prompt_ids, prompt_mask = _device_ids(workload, rows, prompt)
+        else:
+            prompt_ids, prompt_mask = vision.pop("input_ids"), vision.pop("attention_mask")
         completion_ids, completion_mask = _device_ids(workload, rows, completion)
     output = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-              "completion_mask": completion_mask}
+              "completion_mask": completion_mask, **(vision or {})}
     num_items = completion_mask.sum()
     ids, mask = torch.cat([prompt_ids, completion_ids], dim=1), torch.cat([prompt_mask, completion_mask], dim=1)
     with torch.no_grad():
         if computes_old_logps(rlhf, accumulation, vllm_generates):
-            output["old_per_token_logps"] = _logps(workload, workload.model, ids, mask, completion, batch, False)[0]
+            output["old_per_token_logps"] = _logps(workload, workload.model, ids, mask, completion, batch, False, vision)[0]
         if rlhf.kl_beta != 0.0:
             model, context = _reference(workload)
             with context:
-                output["ref_per_token_logps"] = _logps(workload, model, ids, mask, completion, batch, False)[0]
+                output["ref_per_token_logps"] = _logps(workload, model, ids, mask, completion, batch, False, vision)[0]
     rewards = torch.rand(rows, device=device.torch_device)
     grouped = rewards.view(-1, rlhf.generations if workload.model.training else _eval_group(rows, rlhf.generations))
     output["advantages"] = (rewards - grouped.mean(dim=1).repeat_interleave(grouped.size(1))) / (
@@ -173,7 +250,8 @@ def grpo_loss(workload, inputs: dict):
     completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
     ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
     attention = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
-    logps, entropies = _logps(workload, workload.model, ids, attention, completion_ids.size(1), ids.size(0), True)
+    logps, entropies = _logps(workload, workload.model, ids, attention, completion_ids.size(1), ids.size(0), True,
+                              _vision_of(inputs))
     old = inputs.get("old_per_token_logps")
     old = logps.detach() if old is None else old
     coef_1 = torch.exp(logps - old)
@@ -189,7 +267,7 @@ def grpo_loss(workload, inputs: dict):
 
 def _grpo_step(workload, params, state: GRPOState, batch: int, accumulation: int, share: tuple, vllm_generates: bool,
                moments: list | None) -> None:
-    from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
+    from trl.trainer.utils import shuffle_sequence_dict, split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
     rlhf = workload.spec.rlhf
     per_generation = rlhf.steps_per_generation or accumulation
@@ -201,8 +279,8 @@ def _grpo_step(workload, params, state: GRPOState, batch: int, accumulation: int
     for _ in range(accumulation):
         if state.step % per_generation == 0 or state.buffered is None:
             generated = generate_and_score(workload, rows, batch, share, vllm_generates, accumulation, moments)
-            generated = shuffle_sequence_dict(generated)
-            state.buffered = split_tensor_dict(generated, chunks)
+            generated = shuffle_sequence_dict(split_pixel_values_by_grid(generated))
+            state.buffered = [unsplit_pixel_values_by_grid(part) for part in split_tensor_dict(generated, chunks)]
             del generated
         inputs = state.buffered[state.step % chunks]
         loss, entropies = grpo_loss(workload, inputs)
@@ -215,14 +293,23 @@ def _grpo_step(workload, params, state: GRPOState, batch: int, accumulation: int
 
 
 def dpo_batch(workload, batch: int) -> dict:
-    """DPO's collated batch: chosen and rejected rows concatenated, `max_length` tokens each."""
+    """DPO's collated batch: chosen and rejected rows concatenated, `max_length` tokens each, the
+    prompt half of each row (a vision-language prompt: its images and at least one word, with the
+    images repeated for chosen and rejected, as TRL's vision collator repeats them)."""
     rows, length = 2 * batch, workload.spec.max_length
-    ids, attention = _device_ids(workload, rows, length)
+    vision = vision_rows(workload, rows)
+    if vision is None:
+        ids, attention = _device_ids(workload, rows, length)
+        prompt, out = length // 2, {}
+    else:
+        ids, attention = vision.pop("input_ids"), vision.pop("attention_mask")
+        prompt, out = max(length // 2, workload.setup.vision.tokens + 1), vision
+        out.pop("num_images")  # the collator's batch has no image counts: each row's images are its own
     device = workload.device
     with device.host():
         completion = torch.ones(rows, length, dtype=torch.long)
-        completion[:, : length // 2] = 0
-    return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion.to(device.torch_device, copy=True)}
+        completion[:, :prompt] = 0
+    return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion.to(device.torch_device, copy=True), **out}
 
 
 def dpo_loss(workload, inputs: dict):
@@ -230,7 +317,7 @@ def dpo_loss(workload, inputs: dict):
     rlhf = workload.spec.rlhf
     completion_mask = inputs["completion_mask"]
     labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-    kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
+    kwargs = {k: v for k, v in inputs.items() if k != "completion_mask"} | {"use_cache": False}
     outputs = workload.model(**kwargs, labels=labels, fused_lm_head=True)
     length = completion_mask.size(1) - 1
     logps = outputs.log_probs[:, -length:].sum(dim=1)
@@ -273,7 +360,8 @@ def stepping(workload, optimizer=None, share: tuple = (0, 0), vllm_generates: bo
         else:
             _dpo_step(workload, params, state.optimizer, batch_size, accumulation, held)
 
-    with device.tracking(), fused_heads(workload), launched_forward(workload), device.reserved(held_share):
+    with device.tracking(), fused_heads(workload), dropout_as_trl_sets_it(workload), launched_forward(workload), \
+            device.reserved(held_share):
         yield step
 
 
@@ -305,7 +393,8 @@ def evaluate(workload, batch_size: int, steps: int, settings: dict, share: tuple
     whole, held_share = share
     model.eval()
     try:
-        with device.tracking(), fused_heads(workload), launched_forward(workload), device.reserved(held_share), torch.no_grad():
+        with device.tracking(), fused_heads(workload), dropout_as_trl_sets_it(workload), launched_forward(workload), \
+                device.reserved(held_share), torch.no_grad():
             device.reset_peak()
             inputs = loss = None
             for _ in range(steps):
