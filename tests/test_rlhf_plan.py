@@ -27,12 +27,24 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+VL_PIXELS = 28 * 28 * 8  # 8 image tokens per image (+ vision start and end)
+VL_CASES = {
+    # the field report's shape: LoRA, frozen tower (ms-swift's default), vLLM's share held on the card
+    "grpo lora, qwen2.5-vl": ("tiny-qwen2.5-vl", RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True,
+                                                          vllm_gpu_memory_utilization=0.25), "lora", 4, (2, 2)),
+    "dpo lora, qwen2-vl": ("tiny-qwen2-vl", RLHFSpec("dpo"), "lora", None, (2, 1)),
+}
+PINNED = {**{name: ("tiny-llama", *case, {"max_length": 16}) for name, case in CASES.items()},
+          **{name: (*case, {"max_length": 32, "max_pixels": VL_PIXELS}) for name, case in VL_CASES.items()}}
+
+
+@pytest.mark.parametrize("name", list(PINNED))
 def test_the_step_model_peak_is_trl_s_within_2_percent(name, make_workload):
-    """TRL's trainer (run_trial) and the step model, real tensors under the sim counter, same settings."""
-    rlhf, train_type, global_batch, (batch, accumulation) = CASES[name]
-    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type=train_type, rlhf=rlhf,
-                             global_batch_size=global_batch)
+    """TRL's trainer (run_trial) and the step model, real tensors under the sim counter, same
+    settings; a vision-language policy's trainer with the model's processor (trials/rlhf_data.py)
+    against the step model's image rows (the family's worst case)."""
+    model, rlhf, train_type, global_batch, (batch, accumulation), shape = PINNED[name]
+    workload = make_workload(model, CAPACITY, train_type=train_type, rlhf=rlhf, global_batch_size=global_batch, **shape)
     settings = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
     # The step model first, on the model as built: TRL's trainer changes it in place (DPO switches
     # dropout off), which a plan's fresh model must model rather than inherit.
@@ -45,34 +57,6 @@ def test_the_step_model_peak_is_trl_s_within_2_percent(name, make_workload):
     assert abs(modelled - trial.peak_bytes) <= 0.02 * trial.peak_bytes, (modelled, trial.peak_bytes)
     if name == "grpo lora, share":
         assert trial.peak_bytes > share == CAPACITY // 4
-
-
-VL_PIXELS = 28 * 28 * 8  # 8 image tokens per image (+ vision start and end)
-VL_CASES = {
-    # the field report's shape: LoRA, frozen tower (ms-swift's default), vLLM's share held on the card
-    "grpo lora, qwen2.5-vl": ("tiny-qwen2.5-vl", RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True,
-                                                          vllm_gpu_memory_utilization=0.25), "lora", 4, (2, 2)),
-    "dpo lora, qwen2-vl": ("tiny-qwen2-vl", RLHFSpec("dpo"), "lora", None, (2, 1)),
-}
-
-
-@pytest.mark.parametrize("name", list(VL_CASES))
-def test_the_vision_language_step_model_peak_is_trl_s_within_2_percent(name, make_workload):
-    """As above with the family's worst-case images: TRL's trainer with the model's processor
-    (trials/rlhf_data.py) against the step model's image rows (the family's worst case)."""
-    model, rlhf, train_type, global_batch, (batch, accumulation) = VL_CASES[name]
-    workload = make_workload(model, CAPACITY, max_length=32, train_type=train_type, rlhf=rlhf, global_batch_size=global_batch,
-                             max_pixels=VL_PIXELS)
-    settings = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
-    # The step model first, on the model as built: TRL's trainer changes it in place (DPO switches
-    # dropout off), which a plan's fresh model must model rather than inherit.
-    rlhf_run.prepare(workload)  # the reference model, where one is resident, as the probe builds it
-    share = rlhf_rollout.share_bytes(workload)
-    workload.configure(gradient_checkpointing=False)
-    modelled = rlhf_step_model.train_steps(workload, batch, 3, accumulation, share=(share, rlhf_rollout.training_share_bytes(workload, share)))
-    trial = run_trial(workload, "train", settings, 3, CAPACITY)
-    assert trial.fits, trial.message
-    assert abs(modelled - trial.peak_bytes) <= 0.02 * trial.peak_bytes, (modelled, trial.peak_bytes)
 
 
 def test_the_step_model_s_image_rows_are_the_processor_s(make_workload):
