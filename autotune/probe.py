@@ -68,9 +68,6 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
 
 def _check_rlhf_model(spec: ProbeSpec, source) -> None:
     """What an RLHF probe cannot run yet, refused before the model loads (the plan takes them)."""
-    if spec.world_size > 1:
-        raise UsageError("--rlhf-type", "an RLHF probe runs in one process for now (the rollout share is sized where the "
-                         "model is loaded)", "probe one rank, or plan the world size: autotune plan --rlhf-type ... --world-size N")
     from .trials.rlhf_run import check_vision
 
     check_vision(plan_inputs(source, spec), spec)
@@ -293,11 +290,11 @@ def _advised_frontier(space, cand, frontier: dict) -> int:
 def _rlhf_settings(spec, session) -> dict:
     from .trials.rlhf_run import recipe_settings
 
-    return recipe_settings(spec, getattr(session.runner, "workload", None))
+    return recipe_settings(spec, session.rollout_source)
 
 
 def _rlhf_record(spec, session, chosen) -> dict:
     from .trials.rlhf_run import recipe_record
 
-    return recipe_record(spec, getattr(session.runner, "workload", None), chosen.per_device_train_batch_size,
+    return recipe_record(spec, session.rollout_source, chosen.per_device_train_batch_size,
                          chosen.gradient_accumulation_steps, session.world_size, session.capacity)

@@ -173,7 +173,7 @@ class ProbeSpec:
             self.rlhf = dataclasses.replace(self.rlhf, global_batch_defaulted=True)
         for flag, bad in (("--task eval", self.task == "eval"), ("--max-length auto", self.frontier is not None),
                           ("--dataset", self.dataset is not None), ("--strategy", bool(self.strategies)),
-                          ("--predict-with-generate", self.predict_with_generate), ("--isolate", self.isolate)):
+                          ("--predict-with-generate", self.predict_with_generate)):
             if bad:
                 raise UsageError("--rlhf-type", f"an RLHF probe does not take {flag} yet", f"leave {flag} out")
         if self.eval_outputs not in (None, "loss"):

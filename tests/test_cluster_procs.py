@@ -193,3 +193,25 @@ def test_four_ranks_one_smaller_agree_on_every_trial_and_the_recipe(tmp_path):
     four, ranks = by[(None, 4)]
     assert [r["outcome"] for r in ranks] == ["fit", "fit", "fit", "over_budget"] and four["outcome"] == "over_budget"
     assert recipe["settings"]["per_device_train_batch_size"] == 3 == recipe["search"]["frontier"]["train"]
+
+
+def test_grpo_on_two_ranks_counts_every_rank_s_completions(tmp_path):
+    """An RLHF probe on two gloo ranks: each worker sizes the colocated engine's `auto` share where
+    its model loads, TRL's GRPOTrainer runs under DDP with its batch rules over both ranks (the
+    generation batch holds per-device batch x accumulation x 2 completions), the ranks agree on
+    every trial and on the recipe, and `check` re-runs it on two ranks."""
+    pytest.importorskip("trl")
+    recipe = torchrun_probe(tmp_path, 2, "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "2GiB",
+                            "--train-type", "lora", "--rlhf-type", "grpo", "--max-length", "16", "--max-completion-length", "8",
+                            "--num-generations", "2", "--use-vllm", "--vllm-gpu-memory-utilization", "auto",
+                            "--global-batch-size", "4", "--max-batch-size", "4", "--attn", "sdpa", "--gradient-checkpointing",
+                            "off", "--no-eval", "--validate-steps", "3", "--trial-timeout", "240", "--no-journal")
+    s, rlhf = recipe["settings"], recipe["rlhf"]
+    agreed_trials(recipe, 2)
+    assert s["per_device_train_batch_size"] * s["gradient_accumulation_steps"] * 2 == rlhf["generation_batch_size"] == 4
+    assert 0 < s["vllm_gpu_memory_utilization"] == rlhf["rollout"]["share"] < 1 and rlhf["rollout"]["auto"]["chosen"] == rlhf["rollout"]["share"]
+    assert rlhf["rollout"]["share_bytes"] < min(t["peak_bytes"] for t in recipe["search"]["trials"] if t["outcome"] == "fit")
+    check = subprocess.run([sys.executable, "-m", "autotune", "check", str(tmp_path / "r.yaml"), "--nproc-per-node", "2",
+                            "--gpu-memory", "2GiB", "--format", "json"], env=env(), timeout=300, capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert json.loads(check.stdout[check.stdout.index("{"):])["status"] == "fits"

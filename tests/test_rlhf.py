@@ -304,11 +304,6 @@ def test_bad_requests_name_the_flag(changes, flag):
     assert info.value.flag == flag
 
 
-def test_several_ranks_are_refused_by_the_probe():
-    with pytest.raises(UsageError, match="one process"):
-        probe(grpo_spec(world_size=2))
-
-
 @pytest.mark.parametrize("extra, flag", [
     (["--num-generations", "4"], "--num-generations"),
     (["--emit", "trl"], "--emit"),

@@ -29,6 +29,12 @@ class Session:
     journal: Journal | None = None
     agreed: bool = False  # every rank reached this recipe
     lever_facts: dict | None = None  # what the lever search needs of the model (recipe/levers.py facts_of)
+    rollout: object = None  # an RLHF run's rollout engine as sized where the model loaded (the workload, or a view)
+
+    @property
+    def rollout_source(self):
+        """What `rlhf_run.recipe_settings` / `recipe_record` read the rollout engine from."""
+        return getattr(self.runner, "workload", None) or self.rollout
 
     @property
     def is_main(self) -> bool:
@@ -105,6 +111,7 @@ def _supervised(spec, progress) -> Session:
     from ..describe import library_versions
     from ..sizes import format_size
     from .control import Control
+    from ..trials.rlhf_rollout import rollout_view
     from .supervisor import SupervisedRunner
 
     # The supervisors' own collectives wait at most one trial (or load) plus slack: never the limit.
@@ -129,7 +136,7 @@ def _supervised(spec, progress) -> Session:
     progress.stage(f"usable budget {format_size(budget)} of {format_size(capacity)} (margin {spec.margin:.0%}) per rank")
     return Session(runner=runner, model=ModelInfo(**ready.model), hardware=hardware, capacity=capacity, budget=budget,
                    rank=control.rank, world_size=control.world_size, control=control, supervisor=runner,
-                   lever_facts=ready.levers)
+                   lever_facts=ready.levers, rollout=rollout_view(ready.rollout) if ready.rollout else None)
 
 
 def per_rank(listed, single, world_size: int) -> list:

@@ -92,6 +92,7 @@ class Ready:
     devices: list[dict]
     budgets: list[int]
     levers: dict  # the model's facts for the lever search (recipe/levers.py facts_of)
+    rollout: dict | None  # an RLHF run's rollout engine as sized in the worker (trials/rlhf_rollout.py rollout_facts)
 
 
 class SupervisedRunner:
@@ -139,7 +140,7 @@ class SupervisedRunner:
             raise AutotuneError(f"the trial worker on rank {rank} could not load the model: {why}",
                                 "rerun with AUTOTUNE_DEBUG=1 for details")
         self.ready = Ready(model=reports[0]["model"], devices=[r["device"] for r in reports], budgets=[r["budget"] for r in reports],
-                           levers=reports[0]["levers"])
+                           levers=reports[0]["levers"], rollout=reports[0]["rollout"])
         return self.ready
 
     def stop(self, kill: bool = False) -> None:

@@ -58,6 +58,7 @@ def serve(config: dict, requests, out) -> None:
     from ..model.source import resolve
     from ..describe import describe_model
     from ..recipe.levers import facts_of
+    from ..trials.rlhf_rollout import rollout_facts
     from ..spec import ProbeSpec
     from ..trials.trial import run_trial
     from ..model.workload import load_workload
@@ -80,9 +81,14 @@ def serve(config: dict, requests, out) -> None:
     info, facts = describe_model(workload), facts_of(workload)
     if strategy not in TRAINER_APPLIES:
         workload = shard(workload, strategy, config["local_rank"])
+    if spec.rlhf is not None:
+        from ..trials.rlhf_run import prepare
+
+        prepare(workload)  # the rollout engine's share, the reference and reward models, before any trial
     budget = int(device.capacity * spec.usable_fraction)
     _send(out, ready={"model": dataclasses.asdict(info), "device": {
-        "kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}, "budget": budget, "levers": facts})
+        "kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}, "budget": budget, "levers": facts,
+        "rollout": rollout_facts(workload) if spec.rlhf is not None else None})
     for line in requests:
         request = json.loads(line)
         result = run_trial(workload, request["phase"], request["settings"], request.get("steps") or spec.steps, budget)

@@ -5,6 +5,22 @@ sizing before any trial, and the recipe's record of it. trials/rlhf_run.py build
 
 from __future__ import annotations
 
+import types
+
+# What a probe's recipe needs of the engine as sized where the model loaded (size_rollout); a
+# supervised worker sends them in its ready report.
+_FACTS = ("rollout_share", "rollout_auto", "rollout_check")
+
+
+def rollout_facts(workload) -> dict:
+    return {"device_kind": workload.device.kind, **{k: getattr(workload, k, None) for k in _FACTS}}
+
+
+def rollout_view(facts: dict):
+    """Stands in for the workload in `resolved_share` / `rollout_record` where the model loaded in
+    a worker process."""
+    return types.SimpleNamespace(device=types.SimpleNamespace(kind=facts["device_kind"]), **{k: facts[k] for k in _FACTS})
+
 
 def vllm_runs_here(device) -> bool:
     """vLLM can start colocated: a CUDA card and vLLM importable."""

@@ -214,7 +214,10 @@ def build_rlhf_trainer(workload, settings: dict, values: dict, train_steps: int,
     datasets.disable_progress_bars()  # TRL maps its datasets with progress bars
     rlhf = workload.spec.rlhf
     data = TrialData(workload, random.Random(workload.spec.seed))
-    world = 1  # a trial is one process: TRL's batch rules count this process's completions
+    import torch.distributed as dist
+
+    # TRL's batch rules count every rank's completions: one process, or a supervised worker's group.
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     build = _grpo if rlhf.rlhf_type == "grpo" else _dpo
     return build(workload, settings, values, train_steps, eval_every, eval_steps, meter, data, world)
 
