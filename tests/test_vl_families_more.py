@@ -94,6 +94,71 @@ def test_internvl_worst_case_is_the_processors_most_tiles_batch_and_plan():
     assert torch.isfinite(real.model(**batch).loss)
 
 
+def _frames_as_given():
+    """transformers' BaseVideoProcessor with its torchvision steps off (resize, normalize, RGB
+    conversion: torchvision is not a dependency): frames given at the tower's size come out as
+    `pixel_values_videos`, one row per frame, as InternVLVideoProcessor's resize would leave them."""
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    return type("FramesAsGiven", (BaseVideoProcessor,), {"do_resize": False, "do_normalize": False, "do_convert_rgb": False})()
+
+
+def _byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (every byte one token: the most a byte-level
+    tokenizer makes of a text) and InternVL's special tokens, as the InternVL3-hf tokenizer
+    config names them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens={
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+
+
+def test_internvl_video_is_what_the_processor_makes_of_it_and_plans_as_the_sim_probes():
+    """--video-frames for InternVL: InternVLProcessor itself (its <video> expansion and its merge
+    of image tiles and frames into pixel_values) makes of an image and an N-frame video exactly
+    the worst case's tokens, placeholder positions and pixel rows; the model reads that batch; the
+    plan's peaks equal the sim device's; ms-swift's VIDEO_SEGMENTS goes into the recipe's env."""
+    from transformers import InternVLProcessor
+
+    from autotune.model.multimodal import swift_env
+    from autotune.model.processor import images_only
+
+    config = resolve(None, "tiny-internvl").config
+    family = family_for(config)
+    side = config.vision_config.image_size[0]
+    processor = images_only(InternVLProcessor)(image_processor=_internvl_processor(config), tokenizer=_byte_tokenizer(),
+                                               image_seq_length=config.image_seq_length)
+    processor.video_processor = _frames_as_given()
+    image = Image.fromarray(np.zeros((3 * side, 4 * side, 3), dtype=np.uint8))  # the worst grid: 12 tiles and the thumbnail
+    for frames in (1, 3, 12):  # 12: two-digit frame labels
+        video = np.zeros((frames, side, side, 3), dtype=np.uint8)
+        made = processor(text=["x<IMG_CONTEXT><video>"], images=[image], videos=[video], return_tensors="pt")
+        vplan = family.plan(config, Media(images=1, video_frames=frames))
+        ids = made["input_ids"][0]
+        assert len(ids) == 1 + vplan.tokens and vplan.video_grid == (frames, side, side)
+        assert (ids == processor.image_token_id).sum() == vplan.image_tokens + vplan.video_tokens == (13 + frames) * config.image_seq_length
+        batch = family.inputs(config, vplan, 2, len(ids) + 5, "cpu")
+        assert torch.equal(batch["input_ids"][0, :len(ids)] == config.image_token_id, ids == processor.image_token_id)
+        assert batch["pixel_values"].shape == (2 * made["pixel_values"].shape[0], *made["pixel_values"].shape[1:])
+    real = _plan_matches_sim("tiny-internvl", dict(max_length=96, images_per_sample=0, video_frames=4))
+    batch = real.make_batch(2)
+    assert batch["pixel_values"].shape[0] == 2 * 4 and (batch["input_ids"] == config.image_token_id).sum() == 2 * 4 * config.image_seq_length
+    assert torch.isfinite(real.model(**batch).loss)  # the model checks the features against the placeholders
+    assert swift_env(family, real.setup.vision, real.spec) == {"VIDEO_SEGMENTS": "4"}
+    with pytest.raises(UsageError, match="^--video-max-pixels: InternVL resizes every video frame"):
+        family.plan(config, Media(video_frames=4, video_max_pixels=3136))
+    from autotune.model.training_setup import plan_inputs
+
+    # 9 frames are 134 tokens: too long for 112, which holds 7 (the labels counted)
+    with pytest.raises(UsageError, match=r"^--video-frames: the vision input alone is 134 tokens \(a video of 9 frames x 4 tokens "
+                                         r"\+ 98 around them = 134 tokens\).*use --video-frames 7 or fewer, or --max-length 135 or more$"):
+        plan_inputs(resolve(None, "tiny-internvl"), ProbeSpec(model_config="tiny-internvl", max_length=112, images_per_sample=0, video_frames=9))
+
+
 def test_qwen25_omni_thinker_video_worst_case_and_eval_only_generation():
     """Qwen2.5-Omni's thinker with a video (the benchmark case): the Qwen2.5-VL rule's tokens as
     the model reads them, training, and evaluation alone with generate() on the sim device."""

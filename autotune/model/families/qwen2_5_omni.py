@@ -65,7 +65,7 @@ def inputs(config, vplan, batch_size: int, max_length: int, device) -> dict:
 
 def _add_audio(config, vplan, batch: dict, batch_size: int, device) -> None:
     ids, labels = batch["input_ids"], batch["labels"]
-    pos = 1 + vplan.images * (vplan.image_tokens + vplan.extra_tokens) + vplan.videos * (vplan.video_tokens + vplan.extra_tokens)
+    pos = 1 + vplan.image_part + vplan.video_part
     for _ in range(vplan.audios):
         n = vplan.audio_tokens
         ids[:, pos] = config.audio_start_token_id
@@ -85,6 +85,7 @@ FAMILY = Family(
     language_model=("model.language_model", "lm_head"),
     plan=plan_media, inputs=inputs, default_max_pixels=QWEN2_VL.default_max_pixels,
     default_video_max_pixels=QWEN2_VL.default_video_max_pixels, supports_video=True, supports_audio=True,
+    video_frames_env="FPS_MAX_FRAMES",
     image_tokens_for_size=partial(image_tokens_for_size, limits=QWEN2_VL),
     pixels_per_token=lambda config: _factor(config.vision_config) ** 2, min_pixels=QWEN2_VL.min_pixels,
 )
