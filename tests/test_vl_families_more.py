@@ -212,3 +212,57 @@ def test_qwen25_omni_thinker_audio_clips_as_the_processor_makes_them():
 
     with pytest.raises(UsageError, match="^--audio-clips: qwen2-vl has no audio tower"):
         plan_inputs(resolve(None, "tiny-qwen2-vl"), ProbeSpec(model_config="tiny-qwen2-vl", max_length=64, audio_clips=1))
+
+
+def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
+    """--use-audio-in-video: the video's sound track is one more 30-second clip (750 tokens, as the
+    feature extractor makes of a 45-second track), interleaved with the frames' tokens in 2-second
+    chunks exactly as the processor's own `replace_video_with_audio_token` writes them; the model
+    reads that batch; the plan's peaks equal the sim device's; ms-swift's USE_AUDIO_IN_VIDEO goes
+    into the recipe's env."""
+    from transformers import Qwen2_5OmniProcessor, WhisperFeatureExtractor
+
+    from autotune.model.multimodal import swift_env
+    from autotune.model.training_setup import plan_inputs
+
+    name = "tiny-qwen2.5-omni-thinker"
+    config = resolve(None, name).config
+    family = family_for(config)
+    extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
+    track, _ = Qwen2_5OmniProcessor._process_audio(SimpleNamespace(feature_extractor=extractor, replace_audio_token=lambda *a, **k: ""),
+                                                [np.zeros(16000 * 45, dtype=np.float32)], sampling_rate=16000, return_attention_mask=True,
+                                                return_tensors="pt")
+    marks = {config.video_token_id: "V", config.audio_token_id: "A", config.audio_start_token_id: "<",
+             config.audio_end_token_id: ">", config.vision_start_token_id: "[", config.vision_end_token_id: "]"}
+    for frames in (2, 8):  # one chunk of frames; two, then the rest of the track
+        media = Media(images=0, video_frames=frames, video_max_pixels=6272, audio_in_video=True)
+        vplan = family.plan(config, media)
+        grid = vplan.video_grid
+        written = Qwen2_5OmniProcessor.replace_video_with_audio_token(
+            SimpleNamespace(audio_bos_token="<", audio_eos_token=">", video_token="V", audio_token="A",
+                            video_processor=SimpleNamespace(merge_size=config.vision_config.spatial_merge_size),
+                            get_chunked_index=lambda *a: Qwen2_5OmniProcessor.get_chunked_index(None, *a)),
+            {"video_grid_thw": np.array([grid]), "video_second_per_grid": [2 / 2.0]}, 0, {"num_audio_tokens": track["num_audio_tokens"].numpy()}, 0,
+            position_id_per_seconds=Qwen2_5OmniProcessor.position_id_per_seconds, seconds_per_chunk=Qwen2_5OmniProcessor.seconds_per_chunk)
+        assert vplan.video_audio_tokens == int(track["num_audio_tokens"][0]) == 750
+        ids = family.inputs(config, vplan, 1, vplan.tokens + 3, "cpu")["input_ids"][0].tolist()
+        assert "".join(marks.get(i, ".") for i in ids) == ".[" + written + "].."  # the chat template's vision start/end around it
+    real = _plan_matches_sim(name, dict(max_length=800, images_per_sample=0, video_frames=4, video_max_pixels=6272, use_audio_in_video=True))
+    batch = real.make_batch(2)
+    assert batch["use_audio_in_video"] is True and tuple(batch["input_features"].shape) == (2, config.audio_config.num_mel_bins, 3000)
+    assert (batch["input_ids"] == config.audio_token_id).sum() == 2 * 750
+    assert torch.isfinite(real.model(**batch).loss)
+    assert swift_env(family, real.setup.vision, real.spec)["USE_AUDIO_IN_VIDEO"] == "true"
+    from autotune.check import vision_fields
+    from autotune.model.multimodal import recipe_record
+
+    settings = SimpleNamespace(freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_pixels=None, video_max_pixels=6272, video_frames=4)
+    recipe = SimpleNamespace(settings=settings, multimodal=recipe_record(real.setup, real.spec))
+    assert vision_fields(recipe)["use_audio_in_video"] is True  # `check` rebuilds the worst case with the track
+    with pytest.raises(UsageError, match="^--use-audio-in-video: internvl has no audio tower"):
+        plan_inputs(resolve(None, "tiny-internvl"), ProbeSpec(model_config="tiny-internvl", max_length=64, video_frames=2, use_audio_in_video=True))
+    with pytest.raises(UsageError, match="^--use-audio-in-video: needs a video"):
+        ProbeSpec(model_config=name, max_length=64, use_audio_in_video=True)
+    with pytest.raises(UsageError, match=r"^--video-frames: .* \+ its sound track's 750 \(30 s\).*no --use-audio-in-video"):
+        plan_inputs(resolve(None, name), ProbeSpec(model_config=name, max_length=700, images_per_sample=0, video_frames=4,
+                                                   video_max_pixels=6272, use_audio_in_video=True))

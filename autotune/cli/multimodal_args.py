@@ -67,6 +67,9 @@ def add_arguments(parser) -> None:
     vl.add_argument("--audio-clips", type=int, metavar="N",
                     help="audio clips per sample (Qwen2.5-Omni's thinker; default: none): the feature extractor pads or cuts "
                          "every clip to 30 s, so each is 3000 mel frames and 750 tokens")
+    vl.add_argument("--use-audio-in-video", action="store_true",
+                    help="the video's own sound track goes in too, its 30 s of audio tokens interleaved with the frames' "
+                         "(Qwen2.5-Omni's thinker; ms-swift's USE_AUDIO_IN_VIDEO)")
     data = parser.add_argument_group("your own data")
     data.add_argument("--dataset", metavar="FILE.jsonl", help="ms-swift JSONL: measure every sample and probe at the longest (or --length-percentile)")
     data.add_argument("--length-percentile", type=float, metavar="P", help="probe at the P-th percentile of the data's lengths and pixels; longer samples are truncated (counted in the recipe)")
@@ -75,5 +78,5 @@ def add_arguments(parser) -> None:
 
 def spec_kwargs(args) -> dict:
     kwargs = {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
-                                            "audio_clips", "video_frames", "video_max_pixels", "dataset", "length_percentile", "tokenizer")}
+                                            "audio_clips", "video_frames", "video_max_pixels", "use_audio_in_video", "dataset", "length_percentile", "tokenizer")}
     return {k: None if v == "auto" else v for k, v in kwargs.items()}

@@ -16,14 +16,15 @@ DEFAULT_IMAGES_PER_SAMPLE = 1
 def media_from_spec(spec) -> Media:
     images = DEFAULT_IMAGES_PER_SAMPLE if spec.images_per_sample is None else spec.images_per_sample
     return Media(images=images, max_pixels=spec.max_pixels, video_frames=spec.video_frames or 0,
-                 video_max_pixels=spec.video_max_pixels, audio_clips=spec.audio_clips or 0)
+                 video_max_pixels=spec.video_max_pixels, audio_clips=spec.audio_clips or 0,
+                 audio_in_video=spec.use_audio_in_video)
 
 
 def check_text_only(spec) -> None:
     """Vision flags given for a text-only model are a mistake worth saying."""
     for flag, value in (("--max-pixels", spec.max_pixels), ("--images-per-sample", spec.images_per_sample),
                         ("--video-frames", spec.video_frames), ("--video-max-pixels", spec.video_max_pixels),
-                        ("--audio-clips", spec.audio_clips),
+                        ("--audio-clips", spec.audio_clips), ("--use-audio-in-video", spec.use_audio_in_video),
                         ("--freeze-vit", spec.freeze_vit), ("--freeze-aligner", spec.freeze_aligner),
                         ("--freeze-llm", spec.freeze_llm)):
         if value:
@@ -36,6 +37,8 @@ def plan_for(family: Family, config, spec) -> VisionPlan:
         raise UsageError("--video-frames", f"{family.name} takes no video", "leave --video-frames out")
     if media.audio_clips and not family.supports_audio:
         raise UsageError("--audio-clips", f"{family.name} has no audio tower", "leave --audio-clips out")
+    if media.audio_in_video and not family.supports_audio:
+        raise UsageError("--use-audio-in-video", f"{family.name} has no audio tower to hear the sound track with", "leave --use-audio-in-video out")
     vplan = family.plan(config, media)
     check_sequence(vplan, spec.max_length, position_limit(config), family, config, media)
     return vplan
@@ -62,7 +65,8 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
         per = vplan.video_tokens // patches
         if vplan.video_step == 2:
             parts.append(f"a video of {patches} frame pairs x {per} tokens = {vplan.video_tokens} tokens "
-                         f"at {vplan.video_max_pixels} pixels per frame")
+                         f"at {vplan.video_max_pixels} pixels per frame"
+                         + (f" + its sound track's {vplan.video_audio_tokens} (30 s)" if vplan.video_audio_tokens else ""))
         else:
             parts.append(f"a video of {patches} frames x {per} tokens + {vplan.video_wrap} around them = {video_part} tokens")
         most = most_frames(family, config, media, max_length) if media is not None else 0
@@ -70,6 +74,8 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
             fixes.append(f"--video-frames {most} or fewer")
         if vplan.video_max_pixels is not None:
             fixes.append("a lower --video-max-pixels")
+        if vplan.video_audio_tokens:
+            fixes.append("no --use-audio-in-video")
     if vplan.audios:
         parts.append(f"{vplan.audios} audio clip(s) x {vplan.audio_tokens} tokens (30 s each)")
         fixes.append("fewer --audio-clips")
@@ -143,7 +149,8 @@ def media_values(family: Family, config, spec, dimension: str) -> tuple[list[int
 
 def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:
     """The environment ms-swift's template for the family reads for the same limits: Qwen2-VL's
-    MAX_PIXELS / VIDEO_MAX_PIXELS / FPS_MAX_FRAMES, InternVL's VIDEO_SEGMENTS."""
+    MAX_PIXELS / VIDEO_MAX_PIXELS / FPS_MAX_FRAMES, InternVL's VIDEO_SEGMENTS, Qwen2.5-Omni's
+    USE_AUDIO_IN_VIDEO."""
     env = {}
     if family.default_max_pixels is not None:
         env["MAX_PIXELS"] = str(vplan.max_pixels)
@@ -152,6 +159,8 @@ def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:
             env["VIDEO_MAX_PIXELS"] = str(vplan.video_max_pixels)
         if family.video_frames_env is not None:
             env[family.video_frames_env] = str(spec.video_frames)
+        if vplan.video_audio_tokens:
+            env["USE_AUDIO_IN_VIDEO"] = "true"  # ms-swift's Qwen2.5-Omni template then loads each video's sound track
     return env
 
 
@@ -183,4 +192,5 @@ def recipe_record(setup, spec) -> dict | None:
         "text_tokens_per_sample": spec.max_length - v.tokens,
         "image_grid": list(v.image_grid), "video_grid": list(v.video_grid),
         **({"audio_clips_per_sample": v.audios, "audio_tokens": v.audio_tokens} if v.audios else {}),
+        **({"video_audio_tokens": v.video_audio_tokens} if v.video_audio_tokens else {}),
     }

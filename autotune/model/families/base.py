@@ -19,6 +19,7 @@ class Media:
     video_frames: int = 0  # frames per video (0: no video)
     video_max_pixels: int | None = None  # per frame; None: the family's default
     audio_clips: int = 0  # audio clips per sample (families with an audio tower)
+    audio_in_video: bool = False  # each video's sound track too (Qwen2.5-Omni's use_audio_in_video)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class VisionPlan:
     # writes a label and <img> ... </img> around every frame); None: extra_tokens.
     video_extra_tokens: int | None = None
     video_step: int = 1  # frames per temporal patch: --video-frames moves in these steps
+    video_audio_tokens: int = 0  # per video, its sound track's tokens (0: none), interleaved with the frames'
 
     @property
     def video_wrap(self) -> int:
@@ -53,7 +55,7 @@ class VisionPlan:
 
     @property
     def video_part(self) -> int:
-        return self.videos * (self.video_tokens + self.video_wrap)
+        return self.videos * (self.video_tokens + self.video_audio_tokens + self.video_wrap)
 
     @property
     def audio_part(self) -> int:
