@@ -191,7 +191,7 @@ class ProbeSpec:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise UsageError(flag, f"must be a whole number >= 0, got {value!r}")
         if self.use_audio_in_video and not self.video_frames and self.frontier != "video_frames":
-            raise UsageError("--use-audio-in-video", "needs a video to take the sound track of", "add --video-frames N (or auto)")
+            raise UsageError("--use-audio-in-video", "needs a video to take the sound track of", "add --video-frames N (or auto), or set it false")
         if self.length_percentile is not None:
             if self.dataset is None:
                 raise UsageError("--length-percentile", "needs --dataset FILE.jsonl to take the percentile of")

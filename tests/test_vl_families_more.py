@@ -259,10 +259,13 @@ def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
     settings = SimpleNamespace(freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_pixels=None, video_max_pixels=6272, video_frames=4)
     recipe = SimpleNamespace(settings=settings, multimodal=recipe_record(real.setup, real.spec))
     assert vision_fields(recipe)["use_audio_in_video"] is True  # `check` rebuilds the worst case with the track
+    from autotune.cli import build_parser
+
+    assert build_parser().parse_args(["probe", "--model-config", name, "--use-audio-in-video", "true"]).use_audio_in_video is True
     with pytest.raises(UsageError, match="^--use-audio-in-video: internvl has no audio tower"):
         plan_inputs(resolve(None, "tiny-internvl"), ProbeSpec(model_config="tiny-internvl", max_length=64, video_frames=2, use_audio_in_video=True))
     with pytest.raises(UsageError, match="^--use-audio-in-video: needs a video"):
         ProbeSpec(model_config=name, max_length=64, use_audio_in_video=True)
-    with pytest.raises(UsageError, match=r"^--video-frames: .* \+ its sound track's 750 \(30 s\).*no --use-audio-in-video"):
+    with pytest.raises(UsageError, match=r"^--video-frames: .* \+ its sound track's 750 \(30 s\).*--use-audio-in-video false"):
         plan_inputs(resolve(None, name), ProbeSpec(model_config=name, max_length=700, images_per_sample=0, video_frames=4,
                                                    video_max_pixels=6272, use_audio_in_video=True))

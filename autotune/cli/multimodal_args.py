@@ -67,8 +67,8 @@ def add_arguments(parser) -> None:
     vl.add_argument("--audio-clips", type=int, metavar="N",
                     help="audio clips per sample (Qwen2.5-Omni's thinker; default: none): the feature extractor pads or cuts "
                          "every clip to 30 s, so each is 3000 mel frames and 750 tokens")
-    vl.add_argument("--use-audio-in-video", action="store_true",
-                    help="the video's own sound track goes in too, its 30 s of audio tokens interleaved with the frames' "
+    vl.add_argument("--use-audio-in-video", type=boolean, default=False, metavar="true|false",
+                    help="true: the video's own sound track goes in too, its 30 s of audio tokens interleaved with the frames' "
                          "(Qwen2.5-Omni's thinker; ms-swift's USE_AUDIO_IN_VIDEO)")
     data = parser.add_argument_group("your own data")
     data.add_argument("--dataset", metavar="FILE.jsonl", help="ms-swift JSONL: measure every sample and probe at the longest (or --length-percentile)")

@@ -75,7 +75,7 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
         if vplan.video_max_pixels is not None:
             fixes.append("a lower --video-max-pixels")
         if vplan.video_audio_tokens:
-            fixes.append("no --use-audio-in-video")
+            fixes.append("--use-audio-in-video false")
     if vplan.audios:
         parts.append(f"{vplan.audios} audio clip(s) x {vplan.audio_tokens} tokens (30 s each)")
         fixes.append("fewer --audio-clips")
