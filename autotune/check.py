@@ -146,6 +146,8 @@ def vision_fields(recipe: Recipe) -> dict:
     if media:
         fields["images_per_sample"] = media.get("images_per_sample")
         fields["audio_clips"] = media.get("audio_clips_per_sample")
+        if media.get("video_audio_tokens"):
+            fields["use_audio_in_video"] = True  # the sound track the probe heard
     return fields
 
 

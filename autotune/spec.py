@@ -89,6 +89,7 @@ class ProbeSpec:
     audio_clips: int | None = None  # audio clips per sample (Qwen2.5-Omni's thinker), each 30 s at worst
     video_frames: int | None = None
     video_max_pixels: int | None = None
+    use_audio_in_video: bool = False  # the video's sound track goes in too (Qwen2.5-Omni; ms-swift's USE_AUDIO_IN_VIDEO)
     dataset: str | None = None  # ms-swift JSONL; its samples set max_length / max_pixels
     length_percentile: float | None = None  # probe at this percentile of the dataset instead of its max
     tokenizer: str | None = None  # a local tokenizer/processor directory for --dataset
@@ -189,6 +190,8 @@ class ProbeSpec:
                             ("--audio-clips", self.audio_clips)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise UsageError(flag, f"must be a whole number >= 0, got {value!r}")
+        if self.use_audio_in_video and not self.video_frames and self.frontier != "video_frames":
+            raise UsageError("--use-audio-in-video", "needs a video to take the sound track of", "add --video-frames N (or auto), or set it false")
         if self.length_percentile is not None:
             if self.dataset is None:
                 raise UsageError("--length-percentile", "needs --dataset FILE.jsonl to take the percentile of")

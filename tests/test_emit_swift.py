@@ -94,6 +94,19 @@ def test_read_back_into_settings(tmp_path):
     assert model["train_type"] == "lora"
 
 
+def test_a_familys_own_frames_variable_replaces_qwen_vls(tmp_path):
+    """An InternVL recipe carries ms-swift's VIDEO_SEGMENTS in its env (model/multimodal.py):
+    the launch file writes that and not Qwen-VL's FPS_MAX_FRAMES, and reads it back as the frames."""
+    r = variant("base")
+    internvl = dataclasses.replace(r, settings=dataclasses.replace(r.settings, video_frames=7, env={"VIDEO_SEGMENTS": "7"}))
+    text = swift.render_script(internvl, "4.6")
+    assert "VIDEO_SEGMENTS=7 \\" in text and "FPS_MAX_FRAMES" not in text
+    assert "FPS_MAX_FRAMES=16 \\" in swift.render_script(variant("eval_zero3"), "4.6")  # no family env: Qwen-VL's names
+    path = tmp_path / "s.yaml"
+    path.write_text(swift.render_yaml(internvl, "4.6"))
+    assert swift.settings_from_args(swift.read_args(path))[0]["video_frames"] == 7
+
+
 @pytest.mark.parametrize("args,expected", [
     ({"torch_dtype": "float32"}, "fp16"),  # ms-swift turns fp16 on for float32 weights when the file is silent
     ({"torch_dtype": "float32", "fp16": False, "bf16": False}, "no"),  # what emit writes for a float32 probe

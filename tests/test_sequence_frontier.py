@@ -13,6 +13,7 @@ import pytest
 
 from autotune.cli import main
 from autotune.devices import SimDevice
+from autotune.model.families import Media, family_for
 from autotune.model.source import resolve
 from autotune.probe import ProgressSink, find_frontier
 from autotune.recipe.schema import load_recipe
@@ -166,17 +167,18 @@ class Rejudged:
         return result
 
 
-MEDIA = {  # dimension -> spec: 8 pixel values (4..11 tokens per image), 7 frame counts (1..7 temporal patches)
-    "max_pixels": dict(max_length=14),
-    "video_frames": dict(max_length=32, images_per_sample=0, video_max_pixels=3136),
+MEDIA = {  # case -> (model, dimension, spec)
+    "max_pixels": ("tiny-qwen2-vl", "max_pixels", dict(max_length=14)),  # 8 pixel values (4..11 tokens per image)
+    "video_frames": ("tiny-qwen2-vl", "video_frames", dict(max_length=32, images_per_sample=0, video_max_pixels=3136)),  # 1..7 temporal patches
+    "internvl_video_frames": ("tiny-internvl", "video_frames", dict(max_length=112, images_per_sample=0)),  # 1..7 frames, a tile each
 }
 
 
 @pytest.fixture(scope="module", params=sorted(MEDIA))
 def media_curve(request):
     """Brute force: every value's peak at batch 1 (sdpa, no checkpointing), on a generous card."""
-    dimension = request.param
-    spec, values, workload, memo, _ = _setup("tiny-qwen2-vl", 256 * MiB, "sdpa", frontier=dimension, **MEDIA[dimension])
+    name, dimension, kwargs = MEDIA[request.param]
+    spec, values, workload, memo, _ = _setup(name, 256 * MiB, "sdpa", frontier=dimension, **kwargs)
     settings = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "per_device_train_batch_size": 1,
                 "gradient_accumulation_steps": 1}
     peaks = {v: memo.run("train", {**settings, dimension: v}).peak_bytes for v in values.values}
@@ -208,9 +210,15 @@ def test_media_values_follow_the_family_resize_rule():
         best = max((h // 28) * (w // 28) for h in range(28, 400, 28) for w in range(28, 400, 28)
                    if smart_resize(h, w, 28, 3136, pixels) == (h, w))
         assert best == tokens
-    frames = frontier_values(ProbeSpec(model_config="tiny-qwen2-vl", frontier="video_frames", **MEDIA["video_frames"]),
+    frames = frontier_values(ProbeSpec(model_config="tiny-qwen2-vl", frontier="video_frames", **MEDIA["video_frames"][2]),
                              resolve(None, "tiny-qwen2-vl"))
     assert frames.values == [2, 4, 6, 8, 10, 12, 14] and "7 temporal patches" in frames.cap_reason
+    # InternVL: one frame at a time, up to the most whose tokens (labels included) leave one text token
+    internvl = resolve(None, "tiny-internvl")
+    frames = frontier_values(ProbeSpec(model_config="tiny-internvl", frontier="video_frames", **MEDIA["internvl_video_frames"][2]), internvl)
+    family, config = family_for(internvl.config), internvl.config
+    fits = [n for n in range(1, 20) if family.plan(config, Media(images=0, video_frames=n)).tokens + 1 <= 112]
+    assert frames.values == fits == list(range(1, 8)) and "7 frames" in frames.cap_reason
 
 
 @pytest.mark.parametrize("media_curve", ["max_pixels"], indirect=True)

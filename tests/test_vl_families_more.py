@@ -94,6 +94,71 @@ def test_internvl_worst_case_is_the_processors_most_tiles_batch_and_plan():
     assert torch.isfinite(real.model(**batch).loss)
 
 
+def _frames_as_given():
+    """transformers' BaseVideoProcessor with its torchvision steps off (resize, normalize, RGB
+    conversion: torchvision is not a dependency): frames given at the tower's size come out as
+    `pixel_values_videos`, one row per frame, as InternVLVideoProcessor's resize would leave them."""
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    return type("FramesAsGiven", (BaseVideoProcessor,), {"do_resize": False, "do_normalize": False, "do_convert_rgb": False})()
+
+
+def _byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (every byte one token: the most a byte-level
+    tokenizer makes of a text) and InternVL's special tokens, as the InternVL3-hf tokenizer
+    config names them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens={
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+
+
+def test_internvl_video_is_what_the_processor_makes_of_it_and_plans_as_the_sim_probes():
+    """--video-frames for InternVL: InternVLProcessor itself (its <video> expansion and its merge
+    of image tiles and frames into pixel_values) makes of an image and an N-frame video exactly
+    the worst case's tokens, placeholder positions and pixel rows; the model reads that batch; the
+    plan's peaks equal the sim device's; ms-swift's VIDEO_SEGMENTS goes into the recipe's env."""
+    from transformers import InternVLProcessor
+
+    from autotune.model.multimodal import swift_env
+    from autotune.model.processor import images_only
+
+    config = resolve(None, "tiny-internvl").config
+    family = family_for(config)
+    side = config.vision_config.image_size[0]
+    processor = images_only(InternVLProcessor)(image_processor=_internvl_processor(config), tokenizer=_byte_tokenizer(),
+                                               image_seq_length=config.image_seq_length)
+    processor.video_processor = _frames_as_given()
+    image = Image.fromarray(np.zeros((3 * side, 4 * side, 3), dtype=np.uint8))  # the worst grid: 12 tiles and the thumbnail
+    for frames in (1, 3, 12):  # 12: two-digit frame labels
+        video = np.zeros((frames, side, side, 3), dtype=np.uint8)
+        made = processor(text=["x<IMG_CONTEXT><video>"], images=[image], videos=[video], return_tensors="pt")
+        vplan = family.plan(config, Media(images=1, video_frames=frames))
+        ids = made["input_ids"][0]
+        assert len(ids) == 1 + vplan.tokens and vplan.video_grid == (frames, side, side)
+        assert (ids == processor.image_token_id).sum() == vplan.image_tokens + vplan.video_tokens == (13 + frames) * config.image_seq_length
+        batch = family.inputs(config, vplan, 2, len(ids) + 5, "cpu")
+        assert torch.equal(batch["input_ids"][0, :len(ids)] == config.image_token_id, ids == processor.image_token_id)
+        assert batch["pixel_values"].shape == (2 * made["pixel_values"].shape[0], *made["pixel_values"].shape[1:])
+    real = _plan_matches_sim("tiny-internvl", dict(max_length=96, images_per_sample=0, video_frames=4))
+    batch = real.make_batch(2)
+    assert batch["pixel_values"].shape[0] == 2 * 4 and (batch["input_ids"] == config.image_token_id).sum() == 2 * 4 * config.image_seq_length
+    assert torch.isfinite(real.model(**batch).loss)  # the model checks the features against the placeholders
+    assert swift_env(family, real.setup.vision, real.spec) == {"VIDEO_SEGMENTS": "4"}
+    with pytest.raises(UsageError, match="^--video-max-pixels: InternVL resizes every video frame"):
+        family.plan(config, Media(video_frames=4, video_max_pixels=3136))
+    from autotune.model.training_setup import plan_inputs
+
+    # 9 frames are 134 tokens: too long for 112, which holds 7 (the labels counted)
+    with pytest.raises(UsageError, match=r"^--video-frames: the vision input alone is 134 tokens \(a video of 9 frames x 4 tokens "
+                                         r"\+ 98 around them = 134 tokens\).*use --video-frames 7 or fewer, or --max-length 135 or more$"):
+        plan_inputs(resolve(None, "tiny-internvl"), ProbeSpec(model_config="tiny-internvl", max_length=112, images_per_sample=0, video_frames=9))
+
+
 def test_qwen25_omni_thinker_video_worst_case_and_eval_only_generation():
     """Qwen2.5-Omni's thinker with a video (the benchmark case): the Qwen2.5-VL rule's tokens as
     the model reads them, training, and evaluation alone with generate() on the sim device."""
@@ -147,3 +212,60 @@ def test_qwen25_omni_thinker_audio_clips_as_the_processor_makes_them():
 
     with pytest.raises(UsageError, match="^--audio-clips: qwen2-vl has no audio tower"):
         plan_inputs(resolve(None, "tiny-qwen2-vl"), ProbeSpec(model_config="tiny-qwen2-vl", max_length=64, audio_clips=1))
+
+
+def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
+    """--use-audio-in-video: the video's sound track is one more 30-second clip (750 tokens, as the
+    feature extractor makes of a 45-second track), interleaved with the frames' tokens in 2-second
+    chunks exactly as the processor's own `replace_video_with_audio_token` writes them; the model
+    reads that batch; the plan's peaks equal the sim device's; ms-swift's USE_AUDIO_IN_VIDEO goes
+    into the recipe's env."""
+    from transformers import Qwen2_5OmniProcessor, WhisperFeatureExtractor
+
+    from autotune.model.multimodal import swift_env
+    from autotune.model.training_setup import plan_inputs
+
+    name = "tiny-qwen2.5-omni-thinker"
+    config = resolve(None, name).config
+    family = family_for(config)
+    extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
+    track, _ = Qwen2_5OmniProcessor._process_audio(SimpleNamespace(feature_extractor=extractor, replace_audio_token=lambda *a, **k: ""),
+                                                [np.zeros(16000 * 45, dtype=np.float32)], sampling_rate=16000, return_attention_mask=True,
+                                                return_tensors="pt")
+    marks = {config.video_token_id: "V", config.audio_token_id: "A", config.audio_start_token_id: "<",
+             config.audio_end_token_id: ">", config.vision_start_token_id: "[", config.vision_end_token_id: "]"}
+    for frames in (2, 8):  # one chunk of frames; two, then the rest of the track
+        media = Media(images=0, video_frames=frames, video_max_pixels=6272, audio_in_video=True)
+        vplan = family.plan(config, media)
+        grid = vplan.video_grid
+        written = Qwen2_5OmniProcessor.replace_video_with_audio_token(
+            SimpleNamespace(audio_bos_token="<", audio_eos_token=">", video_token="V", audio_token="A",
+                            video_processor=SimpleNamespace(merge_size=config.vision_config.spatial_merge_size),
+                            get_chunked_index=lambda *a: Qwen2_5OmniProcessor.get_chunked_index(None, *a)),
+            {"video_grid_thw": np.array([grid]), "video_second_per_grid": [2 / 2.0]}, 0, {"num_audio_tokens": track["num_audio_tokens"].numpy()}, 0,
+            position_id_per_seconds=Qwen2_5OmniProcessor.position_id_per_seconds, seconds_per_chunk=Qwen2_5OmniProcessor.seconds_per_chunk)
+        assert vplan.video_audio_tokens == int(track["num_audio_tokens"][0]) == 750
+        ids = family.inputs(config, vplan, 1, vplan.tokens + 3, "cpu")["input_ids"][0].tolist()
+        assert "".join(marks.get(i, ".") for i in ids) == ".[" + written + "].."  # the chat template's vision start/end around it
+    real = _plan_matches_sim(name, dict(max_length=800, images_per_sample=0, video_frames=4, video_max_pixels=6272, use_audio_in_video=True))
+    batch = real.make_batch(2)
+    assert batch["use_audio_in_video"] is True and tuple(batch["input_features"].shape) == (2, config.audio_config.num_mel_bins, 3000)
+    assert (batch["input_ids"] == config.audio_token_id).sum() == 2 * 750
+    assert torch.isfinite(real.model(**batch).loss)
+    assert swift_env(family, real.setup.vision, real.spec)["USE_AUDIO_IN_VIDEO"] == "true"
+    from autotune.check import vision_fields
+    from autotune.model.multimodal import recipe_record
+
+    settings = SimpleNamespace(freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_pixels=None, video_max_pixels=6272, video_frames=4)
+    recipe = SimpleNamespace(settings=settings, multimodal=recipe_record(real.setup, real.spec))
+    assert vision_fields(recipe)["use_audio_in_video"] is True  # `check` rebuilds the worst case with the track
+    from autotune.cli import build_parser
+
+    assert build_parser().parse_args(["probe", "--model-config", name, "--use-audio-in-video", "true"]).use_audio_in_video is True
+    with pytest.raises(UsageError, match="^--use-audio-in-video: internvl has no audio tower"):
+        plan_inputs(resolve(None, "tiny-internvl"), ProbeSpec(model_config="tiny-internvl", max_length=64, video_frames=2, use_audio_in_video=True))
+    with pytest.raises(UsageError, match="^--use-audio-in-video: needs a video"):
+        ProbeSpec(model_config=name, max_length=64, use_audio_in_video=True)
+    with pytest.raises(UsageError, match=r"^--video-frames: .* \+ its sound track's 750 \(30 s\).*--use-audio-in-video false"):
+        plan_inputs(resolve(None, name), ProbeSpec(model_config=name, max_length=700, images_per_sample=0, video_frames=4,
+                                                   video_max_pixels=6272, use_audio_in_video=True))

@@ -61,11 +61,15 @@ def add_arguments(parser) -> None:
                          "processor's); auto: the largest that fits at --max-length and the batch (ms-swift's MAX_PIXELS)")
     vl.add_argument("--images-per-sample", type=int, metavar="N", help="images in every sample of the worst-case batch (default: 1)")
     vl.add_argument("--video-frames", type=whole_or_auto, metavar="N|auto",
-                    help="frames of one video per sample (default: no video); auto: the most that fit (ms-swift's FPS_MAX_FRAMES)")
-    vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame (default: 602112, qwen-vl-utils')")
+                    help="frames of one video per sample (default: no video); auto: the most that fit (ms-swift's FPS_MAX_FRAMES; "
+                         "InternVL's VIDEO_SEGMENTS)")
+    vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame, Qwen families (default: 602112, qwen-vl-utils'); InternVL resizes frames to one tile")
     vl.add_argument("--audio-clips", type=int, metavar="N",
                     help="audio clips per sample (Qwen2.5-Omni's thinker; default: none): the feature extractor pads or cuts "
                          "every clip to 30 s, so each is 3000 mel frames and 750 tokens")
+    vl.add_argument("--use-audio-in-video", type=boolean, default=False, metavar="true|false",
+                    help="true: the video's own sound track goes in too, its 30 s of audio tokens interleaved with the frames' "
+                         "(Qwen2.5-Omni's thinker; ms-swift's USE_AUDIO_IN_VIDEO)")
     data = parser.add_argument_group("your own data")
     data.add_argument("--dataset", metavar="FILE.jsonl", help="ms-swift JSONL: measure every sample and probe at the longest (or --length-percentile)")
     data.add_argument("--length-percentile", type=float, metavar="P", help="probe at the P-th percentile of the data's lengths and pixels; longer samples are truncated (counted in the recipe)")
@@ -74,5 +78,5 @@ def add_arguments(parser) -> None:
 
 def spec_kwargs(args) -> dict:
     kwargs = {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
-                                            "audio_clips", "video_frames", "video_max_pixels", "dataset", "length_percentile", "tokenizer")}
+                                            "audio_clips", "video_frames", "video_max_pixels", "use_audio_in_video", "dataset", "length_percentile", "tokenizer")}
     return {k: None if v == "auto" else v for k, v in kwargs.items()}

@@ -61,6 +61,11 @@ def world_size(recipe: Recipe) -> int:
     return max(1, int(recipe.hardware.world_size))
 
 
+# The media limits ms-swift's templates read from the environment (model/multimodal.py swift_env
+# writes the family's own into the recipe): Qwen2-VL's and Qwen2.5-Omni's, InternVL's frames.
+VISION_ENV = frozenset({"MAX_PIXELS", "VIDEO_MAX_PIXELS", "FPS_MAX_FRAMES", "VIDEO_SEGMENTS"})
+
+
 def launch_env(recipe: Recipe) -> dict[str, str]:
     """Environment the launch needs: the recipe's own `env` (PYTORCH_CUDA_ALLOC_CONF, ...), the
     vision-language limits ms-swift and Qwen-VL processors read, and the process layout."""
@@ -74,10 +79,12 @@ def launch_env(recipe: Recipe) -> dict[str, str]:
         env["NPROC_PER_NODE"] = str(per_node)
         if n > per_node:
             env["NNODES"] = str(-(-n // per_node))
-    for key, value in (("MAX_PIXELS", s.max_pixels), ("VIDEO_MAX_PIXELS", s.video_max_pixels), ("FPS_MAX_FRAMES", s.video_frames)):
-        if value is not None:
-            env[key] = str(value)
-    env.update({str(k): str(v) for k, v in (s.env or {}).items()})
+    own = {str(k): str(v) for k, v in (s.env or {}).items()}
+    if not own.keys() & VISION_ENV:  # a recipe without its family's env: the Qwen-VL names, from the settings
+        for key, value in (("MAX_PIXELS", s.max_pixels), ("VIDEO_MAX_PIXELS", s.video_max_pixels), ("FPS_MAX_FRAMES", s.video_frames)):
+            if value is not None:
+                env[key] = str(value)
+    env.update(own)
     return env
 
 

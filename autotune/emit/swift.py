@@ -368,7 +368,8 @@ def settings_from_args(args: dict) -> tuple[dict, dict]:
     if deepspeed:
         settings["strategy"] = str(deepspeed)
     env = args.get("ENV") or {}
-    for name, key in (("MAX_PIXELS", "max_pixels"), ("VIDEO_MAX_PIXELS", "video_max_pixels"), ("FPS_MAX_FRAMES", "video_frames")):
+    for name, key in (("MAX_PIXELS", "max_pixels"), ("VIDEO_MAX_PIXELS", "video_max_pixels"), ("VIDEO_SEGMENTS", "video_frames"),
+                      ("FPS_MAX_FRAMES", "video_frames")):
         if name in env:
             settings[key] = int(env[name])
     model: dict = {}

@@ -164,7 +164,7 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
             file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
             if not file.is_file():
                 bad = bad or f"video not found: {name}"
-            vision_tokens += vision_plan.video_tokens + vision_plan.extra_tokens
+            vision_tokens += vision_plan.video_tokens + vision_plan.video_wrap
         if bad:
             issues.append((number, bad))
             continue

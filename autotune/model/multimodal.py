@@ -4,6 +4,8 @@ alone does not fit the sequence."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import UsageError
 from .families import Family, Media, VisionPlan
 from .source import position_limit
@@ -14,14 +16,15 @@ DEFAULT_IMAGES_PER_SAMPLE = 1
 def media_from_spec(spec) -> Media:
     images = DEFAULT_IMAGES_PER_SAMPLE if spec.images_per_sample is None else spec.images_per_sample
     return Media(images=images, max_pixels=spec.max_pixels, video_frames=spec.video_frames or 0,
-                 video_max_pixels=spec.video_max_pixels, audio_clips=spec.audio_clips or 0)
+                 video_max_pixels=spec.video_max_pixels, audio_clips=spec.audio_clips or 0,
+                 audio_in_video=spec.use_audio_in_video)
 
 
 def check_text_only(spec) -> None:
     """Vision flags given for a text-only model are a mistake worth saying."""
     for flag, value in (("--max-pixels", spec.max_pixels), ("--images-per-sample", spec.images_per_sample),
                         ("--video-frames", spec.video_frames), ("--video-max-pixels", spec.video_max_pixels),
-                        ("--audio-clips", spec.audio_clips),
+                        ("--audio-clips", spec.audio_clips), ("--use-audio-in-video", spec.use_audio_in_video),
                         ("--freeze-vit", spec.freeze_vit), ("--freeze-aligner", spec.freeze_aligner),
                         ("--freeze-llm", spec.freeze_llm)):
         if value:
@@ -34,21 +37,22 @@ def plan_for(family: Family, config, spec) -> VisionPlan:
         raise UsageError("--video-frames", f"{family.name} takes no video", "leave --video-frames out")
     if media.audio_clips and not family.supports_audio:
         raise UsageError("--audio-clips", f"{family.name} has no audio tower", "leave --audio-clips out")
+    if media.audio_in_video and not family.supports_audio:
+        raise UsageError("--use-audio-in-video", f"{family.name} has no audio tower to hear the sound track with", "leave --use-audio-in-video out")
     vplan = family.plan(config, media)
-    check_sequence(vplan, spec.max_length, position_limit(config), family, config)
+    check_sequence(vplan, spec.max_length, position_limit(config), family, config, media)
     return vplan
 
 
-def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family: Family, config) -> None:
+def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family: Family, config, media: Media | None = None) -> None:
     """Vision tokens plus at least one text token must fit in --max-length (and so in the model's
     position limit, checked with --max-length itself). The refusal names the largest contributor
-    and says what to change: pixels, frames, or the max length."""
+    and says what to change: pixels, frames, or the max length. `media`: what the plan was made
+    from (for the most frames that would fit)."""
     need = vplan.tokens + 1
     if need <= max_length:
         return
-    image_part = vplan.images * (vplan.image_tokens + vplan.extra_tokens)
-    video_part = vplan.videos * (vplan.video_tokens + vplan.extra_tokens)
-    audio_part = vplan.audios * (vplan.audio_tokens + vplan.extra_tokens)
+    image_part, video_part, audio_part = vplan.image_part, vplan.video_part, vplan.audio_part
     parts, fixes = [], []
     if vplan.images:
         parts.append(f"{vplan.images} image(s) x {vplan.image_tokens} tokens at {vplan.max_pixels} pixels")
@@ -57,13 +61,21 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
             fixes.append(f"--max-pixels {room * family.pixels_per_token(config)} or less")
         fixes.append("fewer --images-per-sample")
     if vplan.videos:
-        pair = vplan.video_tokens // vplan.video_grid[0]  # tokens per temporal patch (2 frames)
-        parts.append(f"a video of {vplan.video_grid[0]} frame pairs x {pair} tokens = {vplan.video_tokens} tokens "
-                     f"at {vplan.video_max_pixels} pixels per frame")
-        pairs = (max_length - 1 - image_part - audio_part - vplan.extra_tokens) // pair
-        if pairs >= 1:
-            fixes.append(f"--video-frames {2 * pairs} or fewer")
-        fixes.append("a lower --video-max-pixels")
+        patches = vplan.video_grid[0]
+        per = vplan.video_tokens // patches
+        if vplan.video_step == 2:
+            parts.append(f"a video of {patches} frame pairs x {per} tokens = {vplan.video_tokens} tokens "
+                         f"at {vplan.video_max_pixels} pixels per frame"
+                         + (f" + its sound track's {vplan.video_audio_tokens} (30 s)" if vplan.video_audio_tokens else ""))
+        else:
+            parts.append(f"a video of {patches} frames x {per} tokens + {vplan.video_wrap} around them = {video_part} tokens")
+        most = most_frames(family, config, media, max_length) if media is not None else 0
+        if most:
+            fixes.append(f"--video-frames {most} or fewer")
+        if vplan.video_max_pixels is not None:
+            fixes.append("a lower --video-max-pixels")
+        if vplan.video_audio_tokens:
+            fixes.append("--use-audio-in-video false")
     if vplan.audios:
         parts.append(f"{vplan.audios} audio clip(s) x {vplan.audio_tokens} tokens (30 s each)")
         fixes.append("fewer --audio-clips")
@@ -76,6 +88,26 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
     raise UsageError(flag, f"the {what} alone is {vplan.tokens} tokens ({' + '.join(parts)}), "
                            f"more than --max-length {max_length} leaves room for",
                      "use " + ", or ".join(fixes))
+
+
+def most_frames(family: Family, config, media: Media, max_length: int) -> int:
+    """The most frames per video (a whole number of temporal patches) whose worst case, beside
+    the sample's other media and one text token, fits in max_length; 0 when not even one patch
+    does. By the family's own plan, so labels and wrappers that grow with the frames count."""
+    step = getattr(config.vision_config, "temporal_patch_size", 1) or 1  # frames per temporal patch
+
+    def fits(patches: int) -> bool:
+        return family.plan(config, dataclasses.replace(media, video_frames=step * patches)).tokens + 1 <= max_length
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while fits(high):  # tokens grow with the frames: double, then bisect
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return step * low
 
 
 def media_values(family: Family, config, spec, dimension: str) -> tuple[list[int], str, str]:
@@ -93,7 +125,7 @@ def media_values(family: Family, config, spec, dimension: str) -> tuple[list[int
         per_token = family.pixels_per_token(config)
         smallest = family.plan(config, Media(images=media.images, max_pixels=family.min_pixels, video_frames=media.video_frames,
                                              video_max_pixels=media.video_max_pixels))
-        video_part = smallest.videos * (smallest.video_tokens + smallest.extra_tokens)
+        video_part = smallest.video_part
         most = (spec.max_length - 1 - video_part) // media.images - smallest.extra_tokens
         first = -(-family.min_pixels // per_token)
         values = [t * per_token for t in range(first, most + 1)]
@@ -104,25 +136,31 @@ def media_values(family: Family, config, spec, dimension: str) -> tuple[list[int
     if not family.supports_video:
         raise UsageError("--video-frames", f"{family.name} takes no video", "leave --video-frames out")
     step = getattr(config.vision_config, "temporal_patch_size", 1) or 1  # frames per temporal patch
-    one = family.plan(config, Media(images=media.images, max_pixels=media.max_pixels, video_frames=step,
-                                    video_max_pixels=media.video_max_pixels))
-    image_part = one.images * (one.image_tokens + one.extra_tokens)
-    patches = (spec.max_length - 1 - image_part - one.extra_tokens) // one.video_tokens
-    if patches < 1:
-        raise UsageError("--max-length", f"{spec.max_length} leaves no room for a video of {step} frames ({one.video_tokens} tokens) "
-                                         f"beside {image_part} image tokens", "use a longer --max-length, or fewer --images-per-sample")
-    return ([step * k for k in range(1, patches + 1)], f"{step} frames (one temporal patch, {one.video_tokens} tokens)",
-            f"--max-length {spec.max_length} leaves room for {patches} temporal patches")
+    media = dataclasses.replace(media, video_frames=step)
+    one = family.plan(config, media)
+    most = most_frames(family, config, media, spec.max_length)
+    if not most:
+        raise UsageError("--max-length", f"{spec.max_length} leaves no room for a video of {step} frames ({one.video_part} tokens) "
+                                         f"beside {one.image_part} image tokens", "use a longer --max-length, or fewer --images-per-sample")
+    what = f"one temporal patch, {one.video_tokens} tokens" if step > 1 else f"{one.video_tokens} tokens and its label"
+    return ([step * k for k in range(1, most // step + 1)], f"{step} frame{'s' if step > 1 else ''} ({what})",
+            f"--max-length {spec.max_length} leaves room for {most // step} {'temporal patches' if step > 1 else 'frames'}")
 
 
 def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:
-    """The environment ms-swift's Qwen2-VL template reads for the same limits."""
-    if family.default_max_pixels is None:
-        return {}
-    env = {"MAX_PIXELS": str(vplan.max_pixels)}
+    """The environment ms-swift's template for the family reads for the same limits: Qwen2-VL's
+    MAX_PIXELS / VIDEO_MAX_PIXELS / FPS_MAX_FRAMES, InternVL's VIDEO_SEGMENTS, Qwen2.5-Omni's
+    USE_AUDIO_IN_VIDEO."""
+    env = {}
+    if family.default_max_pixels is not None:
+        env["MAX_PIXELS"] = str(vplan.max_pixels)
     if vplan.videos:
-        env["VIDEO_MAX_PIXELS"] = str(vplan.video_max_pixels)
-        env["FPS_MAX_FRAMES"] = str(spec.video_frames)
+        if vplan.video_max_pixels is not None:
+            env["VIDEO_MAX_PIXELS"] = str(vplan.video_max_pixels)
+        if family.video_frames_env is not None:
+            env[family.video_frames_env] = str(spec.video_frames)
+        if vplan.video_audio_tokens:
+            env["USE_AUDIO_IN_VIDEO"] = "true"  # ms-swift's Qwen2.5-Omni template then loads each video's sound track
     return env
 
 
@@ -154,4 +192,5 @@ def recipe_record(setup, spec) -> dict | None:
         "text_tokens_per_sample": spec.max_length - v.tokens,
         "image_grid": list(v.image_grid), "video_grid": list(v.video_grid),
         **({"audio_clips_per_sample": v.audios, "audio_tokens": v.audio_tokens} if v.audios else {}),
+        **({"video_audio_tokens": v.video_audio_tokens} if v.video_audio_tokens else {}),
     }

@@ -19,6 +19,7 @@ class Media:
     video_frames: int = 0  # frames per video (0: no video)
     video_max_pixels: int | None = None  # per frame; None: the family's default
     audio_clips: int = 0  # audio clips per sample (families with an audio tower)
+    audio_in_video: bool = False  # each video's sound track too (Qwen2.5-Omni's use_audio_in_video)
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,31 @@ class VisionPlan:
     audio_tokens: int = 0  # per clip
     audios: int = 0
     audio_frames: int = 0  # mel frames per clip, as the feature extractor pads them
+    # Per video, the tokens around its placeholders when they are not `extra_tokens` (InternVL
+    # writes a label and <img> ... </img> around every frame); None: extra_tokens.
+    video_extra_tokens: int | None = None
+    video_step: int = 1  # frames per temporal patch: --video-frames moves in these steps
+    video_audio_tokens: int = 0  # per video, its sound track's tokens (0: none), interleaved with the frames'
+
+    @property
+    def video_wrap(self) -> int:
+        return self.extra_tokens if self.video_extra_tokens is None else self.video_extra_tokens
+
+    @property
+    def image_part(self) -> int:
+        return self.images * (self.image_tokens + self.extra_tokens)
+
+    @property
+    def video_part(self) -> int:
+        return self.videos * (self.video_tokens + self.video_audio_tokens + self.video_wrap)
+
+    @property
+    def audio_part(self) -> int:
+        return self.audios * (self.audio_tokens + self.extra_tokens)
 
     @property
     def tokens(self) -> int:
-        return (self.images * (self.image_tokens + self.extra_tokens)
-                + self.videos * (self.video_tokens + self.extra_tokens)
-                + self.audios * (self.audio_tokens + self.extra_tokens))
+        return self.image_part + self.video_part + self.audio_part
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,7 @@ class Family:
     default_max_pixels: int | None = None
     default_video_max_pixels: int | None = None
     supports_video: bool = False
+    video_frames_env: str | None = None  # ms-swift's environment variable for the frames per video
     supports_audio: bool = False
     image_tokens_for_size: object = None  # (config, width, height, max_pixels) -> tokens (for --dataset)
     pixels_per_token: object = None  # config -> pixels one token covers, where --max-pixels applies

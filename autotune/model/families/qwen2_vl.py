@@ -103,7 +103,8 @@ def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
         video_tokens = t * vh * vw
     return VisionPlan(image_tokens=h * w, video_tokens=video_tokens, images=media.images,
                       videos=1 if media.video_frames else 0, extra_tokens=2,  # <|vision_start|> ... <|vision_end|>
-                      image_grid=image_grid, video_grid=video_grid, max_pixels=max_pixels, video_max_pixels=video_pixels)
+                      image_grid=image_grid, video_grid=video_grid, max_pixels=max_pixels, video_max_pixels=video_pixels,
+                      video_step=vision.temporal_patch_size)
 
 
 def _patches(vision, grid: tuple, count: int, device) -> torch.Tensor:
@@ -179,7 +180,7 @@ def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_
         vision_tower=("model.visual",), aligner=aligner,
         language_model=("model.language_model", "lm_head"),
         plan=partial(plan_rule, limits=limits), inputs=inputs, default_max_pixels=limits.default_max_pixels,
-        default_video_max_pixels=limits.default_video_max_pixels, supports_video=True,
+        default_video_max_pixels=limits.default_video_max_pixels, supports_video=True, video_frames_env="FPS_MAX_FRAMES",
         image_tokens_for_size=partial(image_tokens_for_size, limits=limits),
         pixels_per_token=lambda config: _factor(config.vision_config) ** 2, min_pixels=limits.min_pixels,
         processor=partial(processor, processor_class=processor_class, limits=limits) if processor_class else None,
