@@ -253,9 +253,9 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     if not depth.extended:
         to_fake(workload)
     else:
-        shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, up)),
+        shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, part)),
                           spec.replace(attn_implementation=built_with), FakeDevice(capacity))
-                   for up in (None, *range(len(depth.stacks)))]
+                   for part in range(len(depth.parts()))]
     for built in [workload, *(shallow or [])]:
         built.spec = spec
     return workload, depth, shallow
