@@ -10,7 +10,7 @@ import pytest
 import autotune
 from autotune.devices.fake import FakeDevice
 from autotune.plan.planner import PlanOptions, candidate_steps, make_plan, plan_workloads
-from autotune.plan.breakdown import Allowance
+from autotune.plan.breakdown import Allowance, layer_bytes
 from autotune.plan.depth import choose_depth
 from autotune.plan.measure import build_plan_workload, plan_source
 from autotune.spec import ProbeSpec
@@ -121,8 +121,10 @@ def test_stacks_that_do_not_repeat_run_at_full_depth_and_say_why(tmp_path, chang
 
 @pytest.mark.parametrize("train_type", ["full", "lora"])
 def test_an_extended_plan_counts_the_whole_model_as_the_full_depth_run(tmp_path, train_type):
-    """Where shallow copies run the steps the whole model stays on the meta device: its weights,
-    gradients and optimizer state are extended from the copies, and equal the full-depth run's."""
+    """Where shallow copies run the steps the whole model stays on the meta device (LoRA's
+    adapters left out of it): its parameter counts, weights, gradients and optimizer state are
+    extended from the copies, and equal the full-depth run's; so do the layer sizes ZeRO-3 and
+    FSDP gather, read from a copy."""
     spec = ProbeSpec(max_length=32, model_config=_config(tmp_path, "tiny-llama", num_hidden_layers=4), train_type=train_type)
     counts = []
     for depth in ("auto", "full"):
@@ -133,5 +135,5 @@ def test_an_extended_plan_counts_the_whole_model_as_the_full_depth_run(tmp_path,
         finally:
             steps.close()
         counts.append((workload.total_params, workload.trainable_params, measure.weights, measure.gradients,
-                       measure.optimizer_state))
+                       measure.optimizer_state, layer_bytes(shallow[0].model if shallow else workload.model)))
     assert counts[0] == counts[1] and all(counts[1]), counts

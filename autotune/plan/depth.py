@@ -25,6 +25,7 @@ config (Qwen2-VL/2.5-VL `depth`); other towers (CLIP, SigLIP) stay whole in ever
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 from .measure import CandidateMeasure, EvalPoint, TrainPoint
@@ -89,6 +90,15 @@ class DepthChoice:
     def repeats(self) -> list[int]:
         """How many times the real depth holds what each copy after the base adds to it."""
         return [times for s in self.stacks for _, times in s.copies()[1]]
+
+    def extend(self, *values: float) -> float:
+        """A number at the real depth from its value in each copy (`parts()` order)."""
+        base = values[0]
+        return base + sum(times * (v - base) for times, v in zip(self._repeats, values[1:]))
+
+    @functools.cached_property
+    def _repeats(self) -> list[int]:  # extend runs for every batch a search predicts
+        return self.repeats()
 
     def note(self) -> str:
         if not self.extended:
@@ -239,14 +249,10 @@ class DepthExtended:
 
     def __init__(self, parts: list, choice: DepthChoice, result: CandidateMeasure):
         self.parts, self.choice, self.result = parts, choice, result
-        self.repeats = choice.repeats()
+        self.extend = choice.extend
         result.weights = round(self.extend(*(part.result.weights for part in parts)))  # the whole model stays on meta
         self.train_points: dict[int, TrainPoint] = {}
         self.eval_points: dict[tuple, EvalPoint] = {}
-
-    def extend(self, *values: float) -> float:
-        base = values[0]
-        return base + sum(times * (v - base) for times, v in zip(self.repeats, values[1:]))
 
     def train(self, batch: int) -> TrainPoint:
         if batch not in self.train_points:
