@@ -77,15 +77,17 @@ def test_a_tower_of_window_blocks_and_a_full_block_is_measured_by_kind(tmp_path)
     """Qwen2.5-VL-7B's tower: runs of window-attention blocks, each closed by a full-attention
     block (here 3 + 1, three times). Each kind is extended to its own count from copies of 2 and
     3 blocks (one of each, then one more of each kind), not of 4 and 8; with checkpointing the
-    frozen tower is in the autograd graph (transformers hooks its patch embedding)."""
-    path = _config(tmp_path, "tiny-qwen2.5-vl", text={"num_hidden_layers": 4},
+    frozen tower is in the autograd graph (transformers hooks its patch embedding). The text
+    layers beyond the first and the window blocks beyond the first are as many (8, as 27 in
+    Qwen2.5-VL-7B), so one copy measures both."""
+    path = _config(tmp_path, "tiny-qwen2.5-vl", text={"num_hidden_layers": 9},
                    vision={"depth": 12, "fullatt_block_indexes": [3, 7, 11]})
     spec = ProbeSpec(max_length=96, model_config=path, max_pixels=56 * 56 * 4)
     source = plan_source(spec)
     choice = choose_depth(source.config, build_plan_workload(source, spec, FakeDevice(), fake=False).model)
-    # text, tower: the base copy, the text at 2 layers, one more window block, one more full block
-    assert choice.parts() == [[[0], [0, 3]], [[0, 1], [0, 3]], [[0], [0, 0, 3]], [[0], [0, 3, 3]]]
-    assert choice.repeats() == [3, 3 * 3 - 1, 3 - 1]
+    # text, tower: the base copy; a text layer and a window block more; a full block more
+    assert choice.parts() == [[[0], [0, 3]], [[0, 1], [0, 0, 3]], [[0], [0, 3, 3]]]
+    assert choice.repeats() == [9 - 1, 3 - 1]
     (how, train, evaluate), (_, full_train, full_eval) = (_peaks(spec, True, d) for d in ("auto", "full"))
     assert "12 layers as 3 units of 4, each kind extended apart (runs of 3, 1 alike layers)" in how
     assert abs(train - full_train) <= 0.01 * full_train and abs(evaluate - full_eval) <= 0.01 * full_eval
