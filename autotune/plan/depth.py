@@ -17,9 +17,12 @@ measured by kind instead: one layer of each run (+ r), then that copy with one m
 one run, for each run in turn, and each kind extended to its own count; so a copy holds a few
 layers of the unit, not all of it. That needs the kinds to come from the config's per-layer
 and index lists (a copy is a selection of the original layers, its lists selected alike), not
-from a rule on the position (`decoder_sparse_step`). Where the layers do not repeat, or the
-copies would cost as much as the model, the plan runs at full depth and says why. A vision tower is extended with the text stack only where its blocks' kind comes from the
-config (Qwen2-VL/2.5-VL `depth`); other towers (CLIP, SigLIP) stay whole in every copy.
+from a rule on the position (`decoder_sparse_step`). Terms the real depth holds equally often
+(Qwen2.5-VL-7B: 27 more text layers, 27 more window blocks) are measured in one copy, the
+extension needing only their sum. Where the layers do not repeat, or the copies would cost as
+much as the model, the plan runs at full depth and says why. A vision tower is extended with
+the text stack only where its blocks' kind comes from the config (Qwen2-VL/2.5-VL `depth`);
+other towers (CLIP, SigLIP) stay whole in every copy.
 """
 
 from __future__ import annotations
