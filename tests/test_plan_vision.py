@@ -119,3 +119,25 @@ def test_known_values_follow_in_place_writes_and_forget_unknown_ones():
         ids.copy_(big[:2, :8].long())
         with pytest.raises(Exception, match="local_scalar_dense|data-dependent|DataDependent"):
             ids.sum().item()
+
+
+@pytest.mark.parametrize("name,extra,keeps", [
+    ("tiny-qwen2.5-vl", {"max_pixels": 56 * 56 * 4}, "logits"),  # logits and the image encoder's outputs kept
+    ("tiny-llama", {}, "logits"),
+    ("tiny-llama", {}, "argmax"),
+])
+def test_replayed_eval_forwards_equal_running_every_forward(name, extra, keeps):
+    """A plan runs an evaluation's first forward and replays it for the later steps (each the
+    same forward again), with outputs made alike: the peak and the live-bytes timeline are those
+    of running every forward, byte for byte (4 steps, the outputs concatenated on the device)."""
+    from autotune.trials import step_model
+
+    spec = ProbeSpec(max_length=96, model_config=name, eval_outputs=keeps, **extra)
+    settings = {**spec.eval_keep_settings(), "eval_accumulation_steps": 3}  # flushed once inside the 4 steps
+    results = []
+    for first_forward in (True, False):
+        workload = build_plan_workload(plan_source(spec), spec, FakeDevice())
+        with workload.device.timeline():
+            peak = step_model.evaluate(workload, 2, 4, settings, first_forward=first_forward)
+            results.append((peak, max(workload.device.counter.timeline)))
+    assert results[0] == results[1], results

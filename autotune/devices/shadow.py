@@ -42,6 +42,7 @@ _FROM_DATA = {torch.tensor, torch.as_tensor}
 _READS_VALUES = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
                  torch.ops.aten.equal.default}
 _DEVICE = torch.ops.prim.device.default
+_META = torch.device("meta")
 _TO_PYTHON = {torch.Tensor.item}
 
 
@@ -92,7 +93,10 @@ class KnownValues(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is _DEVICE:  # asked around every operator; nothing to know
+        if func is _DEVICE:  # asked around every operator (6 in 10 of a plan's dispatches); nothing to know
+            tensor = args[0]
+            if type(tensor) is FakeTensor:  # answered as FakeTensor's own handler answers it, one Python dispatch fewer
+                return _META if tensor.fake_mode.in_kernel_invocation else tensor.fake_device
             return func(*args, **kwargs)
         out = self._dispatch(func, args, kwargs)
         if self.counter is not None:

@@ -83,6 +83,23 @@ class LiveBytes(TorchDispatchMode):
     def start_window(self) -> None:
         self.window_peak = self.current
 
+    def rises_since(self, start: int, mark: int) -> list[int]:
+        """Live bytes above `start` after each growth since the timeline held `mark` points (the
+        window's peak alone where no timeline is kept): what `replay` charges again."""
+        if self.timeline is None:
+            return [self.window_peak - start]
+        return [live - start for live in self.timeline[mark:]]
+
+    def replay(self, rises: list[int]) -> None:
+        """Charge, from the current live bytes, a computation measured before and not run again
+        (an identical forward: `rises_since` of its run): the peak, the window's peak and the
+        timeline follow as if it ran here; what it leaves behind, the caller allocates. For a
+        plan's counter, which never raises out of memory."""
+        top = self.current + max(rises, default=0)
+        self.peak, self.window_peak = max(self.peak, top), max(self.window_peak, top)
+        if self.timeline is not None:
+            self.timeline.extend(self.current + rise for rise in rises)
+
     def track(self, tensor: torch.Tensor) -> None:
         if tensor.device.type == "meta" or self.host:
             return

@@ -11,15 +11,24 @@ A stack's unit is the shortest period of its layers' signatures: the config's pe
 (`layer_types`: sliding/full attention as in Gemma 2/3), its per-layer index lists
 (`mlp_only_layers`, a vision tower's `fullatt_block_indexes`), MoE every k layers
 (`decoder_sparse_step`), and each layer's own modules and parameter shapes. A depth of
-q units and r more layers is measured at 1 unit + r and 2 units + r. Where the layers do not
-repeat, or the copies would cost as much as the model, the plan runs at full depth and says
-why. A vision tower is extended with the text stack only where its blocks' kind comes from the
-config (Qwen2-VL/2.5-VL `depth`); other towers (CLIP, SigLIP) stay whole in every copy.
+q units and r more layers is measured at 1 unit + r and 2 units + r. A unit made of runs of
+alike layers (a Qwen2.5-VL tower: 7 window-attention blocks, then a full-attention one) is
+measured by kind instead: one layer of each run (+ r), then that copy with one more layer of
+one run, for each run in turn, and each kind extended to its own count; so a copy holds a few
+layers of the unit, not all of it. That needs the kinds to come from the config's per-layer
+and index lists (a copy is a selection of the original layers, its lists selected alike), not
+from a rule on the position (`decoder_sparse_step`). Terms the real depth holds equally often
+(Qwen2.5-VL-7B: 27 more text layers, 27 more window blocks) are measured in one copy, the
+extension needing only their sum. Where the layers do not repeat, or the copies would cost as
+much as the model, the plan runs at full depth and says why. A vision tower is extended with
+the text stack only where its blocks' kind comes from the config (Qwen2-VL/2.5-VL `depth`);
+other towers (CLIP, SigLIP) stay whole in every copy.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 from .measure import CandidateMeasure, EvalPoint, TrainPoint
@@ -36,17 +45,33 @@ UNREAD_RULES = ("first_k_dense_replace", "moe_layer_freq", "interleave_moe_layer
 
 @dataclass
 class Stack:
-    """One repeating stack of a config: which config, its depth key, the unit and remainder."""
+    """One repeating stack of a config: which config, its depth key, the unit and remainder, and
+    where its unit is measured by kind, the lengths of the unit's runs of alike layers."""
 
     config: object  # the sub-config (text_config, vision_config or the config itself)
     key: str  # num_hidden_layers | depth
     depth: int
     unit: int
     rest: int
+    runs: tuple[int, ...] = ()  # by kind: the unit's runs of alike layers, in order; () measures whole units
 
     @property
     def units(self) -> int:
         return (self.depth - self.rest) // self.unit
+
+    def terms(self) -> list[int]:
+        """How many times the real stack holds each term a longer copy adds: whole units, the
+        unit units - 1 times; by kind, one layer of run j units x len(run j) - 1 times."""
+        return [self.units * length - 1 for length in self.runs] if self.runs else [self.units - 1]
+
+    def layers(self, more: set[int]) -> list[int]:
+        """The original layers a copy keeps: the base (1 unit + rest; by kind, the first layer of
+        each run + rest), with one more of each term in `more` (the unit again; run j's layer twice)."""
+        tail = list(range(self.units * self.unit, self.depth))
+        if not self.runs:
+            return list(range(self.unit * (2 if more else 1))) + tail
+        starts = [sum(self.runs[:j]) for j in range(len(self.runs))]
+        return [start for j, start in enumerate(starts) for _ in range(2 if j in more else 1)] + tail
 
 
 @dataclass
@@ -60,11 +85,48 @@ class DepthChoice:
     def extended(self) -> bool:
         return bool(self.stacks)
 
+    def parts(self) -> list[list[list[int]]]:
+        """Each shallow copy as the original layers it keeps, per stack: the base copy (every
+        stack at its base), then one copy per group of terms the real depth holds equally often
+        (`repeats()`), with one more of each term of the group (Qwen2.5-VL-7B: a text layer and
+        a window block 27 times more, in one copy), the other stacks at base."""
+        return [[s.layers(set()) for s in self.stacks]] + [
+            [s.layers({term for where, term in members if where == i}) for i, s in enumerate(self.stacks)]
+            for members in self._groups().values()]
+
+    def repeats(self) -> list[int]:
+        """How many times the real depth holds what each copy after the base adds to it."""
+        return list(self._groups())
+
+    def _groups(self) -> dict[int, list[tuple[int, int]]]:
+        """Terms (stack, term) by how many times the real depth holds them; terms held equally
+        often are measured together: the extension only needs their sum."""
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for i, stack in enumerate(self.stacks):
+            for term, times in enumerate(stack.terms()):
+                groups.setdefault(times, []).append((i, term))
+        return groups
+
+    def extend(self, *values: float) -> float:
+        """A number at the real depth from its value in each copy (`parts()` order)."""
+        base = values[0]
+        return base + sum(times * (v - base) for times, v in zip(self._repeats, values[1:]))
+
+    @functools.cached_property
+    def _repeats(self) -> list[int]:  # extend runs for every batch a search predicts
+        return self.repeats()
+
     def note(self) -> str:
         if not self.extended:
             return f"measured at full depth: {self.reason}"
-        parts = [f"{s.depth} layers as {s.units} units of {s.unit}" + (f" + {s.rest}" if s.rest else "") for s in self.stacks]
-        return "measured on shallow copies (1 and 2 units per stack), extended to " + "; ".join(parts)
+        parts = [f"{s.depth} layers as {s.units} units of {s.unit}" + (f" + {s.rest}" if s.rest else "")
+                 + (f", each kind extended apart (runs of {', '.join(map(str, s.runs))} alike layers)" if s.runs else "")
+                 for s in self.stacks]
+        how = ("1 and 2 units per stack" if not any(s.runs for s in self.stacks)
+               else "1 and 2 units per stack, or one layer of each kind and one more of each in turn")
+        if len(self.repeats()) < sum(len(s.terms()) for s in self.stacks):
+            how += "; what the depth holds as often, in one copy"
+        return f"measured on shallow copies ({how}), extended to " + "; ".join(parts)
 
 
 def _config_signatures(config, depth: int) -> list[tuple]:
@@ -74,9 +136,36 @@ def _config_signatures(config, depth: int) -> list[tuple]:
         raise _Unread(next(rule for rule in UNREAD_RULES if values.get(rule)))
     per_layer = [k for k, v in values.items() if isinstance(v, (list, tuple)) and len(v) == depth and k not in INDEX_LISTS]
     index_lists = [k for k in INDEX_LISTS if isinstance(values.get(k), (list, tuple))]
-    step = values.get("decoder_sparse_step") if values.get("num_experts") or values.get("num_local_experts") else None
+    step = _sparse_step(values)
     return [tuple(values[k][i] for k in per_layer) + tuple(i in values[k] for k in index_lists)
-            + ((((i + 1) % step) == 0,) if step and step > 1 else ()) for i in range(depth)]
+            + ((((i + 1) % step) == 0,) if step else ()) for i in range(depth)]
+
+
+def _sparse_step(values: dict) -> int | None:
+    """MoE every k layers (k > 1): a layer's kind set by its position, not by a list."""
+    step = values.get("decoder_sparse_step") if values.get("num_experts") or values.get("num_local_experts") else None
+    return step if step and step > 1 else None
+
+
+def _run_lengths(signatures: list) -> list[int]:
+    runs: list[int] = []
+    for i, signature in enumerate(signatures):
+        if i and signature == signatures[i - 1]:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs
+
+
+def _runs(signatures: list, config_signatures: list, unit: int, config) -> tuple[int, ...]:
+    """The unit's runs of alike layers, where measuring by kind is sound: some run is longer
+    than one layer, and the config's lists alone tell the runs apart (a shallow copy selects
+    from those lists; a kind set by a rule on the position, or seen only in the modules, would
+    not follow the selection). Else () and the stack is measured in whole units."""
+    runs = _run_lengths(signatures[:unit])
+    if max(runs) == 1 or _sparse_step(vars(config)) or _run_lengths(config_signatures[:unit]) != runs:
+        return ()
+    return tuple(runs)
 
 
 class _Unread(Exception):
@@ -131,9 +220,9 @@ def choose_depth(config, model) -> DepthChoice:
             depth = getattr(sub, key)
             layers = [m for m in lists.get(depth, []) if len({type(x).__name__ for x in m}) == 1
                       and ("Decoder" in type(m[0]).__name__) == (key == "num_hidden_layers")]
-            signatures = _config_signatures(sub, depth)
+            signatures = stated = _config_signatures(sub, depth)
             if len(layers) == 1:
-                signatures = [s + module_signature(layer) for s, layer in zip(signatures, layers[0])]
+                signatures = [s + module_signature(layer) for s, layer in zip(stated, layers[0])]
             elif key == "num_hidden_layers":
                 return DepthChoice(reason=f"the {depth} decoder layers were not found as one list of modules")
             period = _period(signatures)
@@ -141,56 +230,47 @@ def choose_depth(config, model) -> DepthChoice:
                 if key == "num_hidden_layers":
                     return DepthChoice(reason=f"the {depth} decoder layers do not repeat in a unit of at most a third of them")
                 continue  # a tower that does not repeat stays whole in every copy
-            stacks.append(Stack(sub, key, depth, *period))
+            stacks.append(Stack(sub, key, depth, *period, runs=_runs(signatures, stated, period[0], sub)))
     except _Unread as rule:
         return DepthChoice(reason=f"the config's per-layer rule {rule} is not read by the plan")
     if not stacks:
         return DepthChoice(reason="no stack of layers repeats")
     choice = DepthChoice(stacks=stacks)
-    if sum(map(sum, part_depths(choice))) >= sum(s.depth for s in stacks):
+    if sum(len(layers) for part in choice.parts() for layers in part) >= sum(s.depth for s in stacks):
         return DepthChoice(reason="the model is shallow: shallow copies would cost as much as the model")
     return choice
 
 
-def shallow_config(config, choice: DepthChoice, up: int | None = None):
-    """A copy of the config with every extended stack at 1 unit + rest layers, stack `up` at 2
-    units + rest; per-layer lists cut to the new depth, index lists to the layers that remain."""
+def shallow_config(config, choice: DepthChoice, part: int = 0):
+    """A copy of the config whose extended stacks keep the original layers of `choice.parts()[part]`:
+    per-layer lists selected alike, index lists the positions of the kept layers they held."""
     shallow = copy.deepcopy(config)
+    kept = dict(zip(map(id, (s.config for s in choice.stacks)), choice.parts()[part]))
     for (original, key), (sub, _) in zip(_stacks(config), _stacks(shallow)):
-        stack = next((s for s in choice.stacks if s.config is original), None)
-        if stack is None:
+        layers = kept.get(id(original))
+        if layers is None:
             continue
-        depth = (2 if choice.stacks.index(stack) == up else 1) * stack.unit + stack.rest
+        depth = getattr(original, key)
         for name, value in list(vars(sub).items()):
             if name in INDEX_LISTS and isinstance(value, (list, tuple)):
-                setattr(sub, name, type(value)(i for i in value if i < depth))
-            elif isinstance(value, (list, tuple)) and len(value) == stack.depth:
-                setattr(sub, name, type(value)(value[:depth]))
-        setattr(sub, key, depth)
+                setattr(sub, name, type(value)(i for i, layer in enumerate(layers) if layer in value))
+            elif isinstance(value, (list, tuple)) and len(value) == depth:
+                setattr(sub, name, type(value)(value[layer] for layer in layers))
+        setattr(sub, key, len(layers))
     return shallow
 
 
-def part_depths(choice: DepthChoice) -> list[list[int]]:
-    """Depth of each stack in each shallow copy: all at 1 unit, then each stack at 2 in turn."""
-    ones = [s.unit + s.rest for s in choice.stacks]
-    return [ones] + [[d + (s.unit if i == j else 0) for j, (s, d) in enumerate(zip(choice.stacks, ones))]
-                     for i, s in enumerate(choice.stacks)]
-
-
 class DepthExtended:
-    """CandidateSteps' interface over shallow copies: parts[0] has every stack at 1 unit, part i
-    stack i at 2 units; every number is parts[0] + sum over stacks of units beyond the first x
-    (part i - parts[0])."""
+    """CandidateSteps' interface over shallow copies (`DepthChoice.parts()`): every number is
+    parts[0] + sum over the longer copies of (part i - parts[0]) x the times the real depth
+    holds what part i adds (`DepthChoice.repeats()`)."""
 
     def __init__(self, parts: list, choice: DepthChoice, result: CandidateMeasure):
         self.parts, self.choice, self.result = parts, choice, result
+        self.extend = choice.extend
         result.weights = round(self.extend(*(part.result.weights for part in parts)))  # the whole model stays on meta
         self.train_points: dict[int, TrainPoint] = {}
         self.eval_points: dict[tuple, EvalPoint] = {}
-
-    def extend(self, *values: float) -> float:
-        base = values[0]
-        return base + sum((s.units - 1) * (v - base) for s, v in zip(self.choice.stacks, values[1:]))
 
     def train(self, batch: int) -> TrainPoint:
         if batch not in self.train_points:

@@ -174,19 +174,28 @@ class _Meta:
     torch_device = torch.device("meta")
 
 
-def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice, fake: bool = True) -> Workload:
+def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice, fake: bool = True,
+                        adapters: bool = True) -> Workload:
     """Build on `meta` (no memory, no init), freeze and add LoRA there exactly as the probe does
     (same family setup), then materialise fake tensors (`fake`; else it stays on `meta` until
-    `to_fake`: a full-depth model whose shallow copies run the steps only counts parameters)."""
+    `to_fake`: a full-depth model whose shallow copies run the steps only counts parameters).
+    `adapters=False`: where LoRA makes the same adapters in every layer (all-linear, or a
+    family's unfrozen parts; not a pattern the layers' names could match apart, not RLHF), the
+    model is left without them and `adapters_left_out` is set: a full-depth model that only
+    chooses the depth (plan/planner.py plan_workloads adds them if it runs at full depth)."""
     if spec.train_type == "qlora":
         raise UsageError("--train-type", "qlora cannot be planned: bitsandbytes quantizes real weights, not fake tensors",
                          "plan --train-type lora for the adapters' cost, or probe qlora on a card")
     setup = plan_inputs(source, spec)
-    model = prepare(build_model(source, spec, _Meta(), setup.family), setup, spec, _Meta(),
-                    functools.partial(apply_lora, on_meta=True))
+    model = build_model(source, spec, _Meta(), setup.family)
+    left_out = (not adapters and spec.train_type == "lora" and spec.rlhf is None
+                and (setup.family is not None or spec.lora_target_modules == "all-linear"))
+    if not left_out:
+        model = prepare(model, setup, spec, _Meta(), functools.partial(apply_lora, on_meta=True))
     model.train()
     total, trainable = count_parameters(model)
     workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation, setup=setup)
+    workload.adapters_left_out = left_out
     workload.configure(gradient_checkpointing=spec.gradient_checkpointing)
     if spec.rlhf is not None:
         _plan_rlhf(workload, setup)
