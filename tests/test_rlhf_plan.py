@@ -10,7 +10,7 @@ from autotune.plan.breakdown import Allowance  # noqa: E402
 from autotune.plan.planner import PlanOptions, make_plan, plan_recipe  # noqa: E402
 from autotune.recipe.rlhf import RLHFSpec  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
-from autotune.trials import rlhf_rollout, rlhf_run, rlhf_step_model  # noqa: E402
+from autotune.trials import rlhf_rollout, rlhf_run, rlhf_step_inputs, rlhf_step_model  # noqa: E402
 from autotune.trials.trial import run_trial  # noqa: E402
 
 MiB = 2**20
@@ -69,7 +69,7 @@ def test_the_step_model_s_image_rows_are_the_processor_s(make_workload):
 
     rlhf = VL_CASES["grpo lora, qwen2.5-vl"][1]
     workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=32, train_type="lora", rlhf=rlhf, max_pixels=VL_PIXELS)
-    rows = rlhf_step_model.vision_rows(workload, 3)
+    rows = rlhf_step_inputs.vision_rows(workload, 3)
     data = TrialData(workload, random.Random(0))
     prompts = data.prompts(3, 32)
     texts = [data.processing_class.apply_chat_template(prepare_multimodal_messages(m, images=i), add_generation_prompt=True,

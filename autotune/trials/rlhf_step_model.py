@@ -48,7 +48,6 @@ policy's `generate()` (`--use-vllm` off) is not modelled: TRL reads the generate
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import types
 
 import torch
@@ -56,6 +55,7 @@ import torch
 from ..recipe.training_args import mixed_precision
 from .step_model import MAX_GRAD_NORM, launched_forward, optimizer_step
 from .rlhf_run import trial_generation_batch
+from .rlhf_step_inputs import device_ids, dropout_as_trl_sets_it, vision_of, vision_rows
 
 GRPO_OUTPUTS = ("log_probs", "entropy")
 DPO_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
@@ -94,30 +94,6 @@ def fused_heads(workload):
                 m.forward = original
 
 
-@contextlib.contextmanager
-def dropout_as_trl_sets_it(workload):
-    """TRL's trainers switch dropout off in the policy and the reference when their config's
-    `disable_dropout` is on (DPOConfig: on by default, GRPOConfig: off), with TRL's own
-    `disable_dropout_in_model`, in their constructors; in a LoRA run that includes the adapters'
-    dropout, whose masks are kept per sample for the backward. Restored afterwards (TRL leaves
-    it off: the model is the run's)."""
-    from trl import DPOConfig, GRPOConfig
-    from trl.trainer.utils import disable_dropout_in_model
-
-    config = GRPOConfig if workload.spec.rlhf.rlhf_type == "grpo" else DPOConfig
-    default = next(f.default for f in dataclasses.fields(config) if f.name == "disable_dropout")
-    models = [m for m in (workload.model, getattr(workload, "reference", None)) if m is not None]
-    saved = [(m, m.p) for model in models for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    if default:
-        for model in models:
-            disable_dropout_in_model(model)
-    try:
-        yield
-    finally:
-        for module, p in saved:
-            module.p = p
-
-
 def _reference(workload):
     """(the module the reference forward runs on, the context it runs in)."""
     reference = getattr(workload, "reference", None)
@@ -135,7 +111,7 @@ class GRPOState:
 
 def _logps(workload, model, ids, mask, completion: int, batch: int, entropy: bool, vision: dict | None = None):
     """GRPOTrainer._get_per_token_logps_and_entropies itself (its `self` needs only the autocast);
-    `vision`: a vision-language policy's forward inputs, as TRL passes them (`_VISION_KEYS`)."""
+    `vision`: a vision-language policy's forward inputs, as TRL passes them (rlhf_step_inputs.py)."""
     from trl import GRPOTrainer
 
     shim = types.SimpleNamespace(accelerator=types.SimpleNamespace(autocast=lambda: _autocast(workload), is_main_process=True))
@@ -146,59 +122,10 @@ def _logps(workload, model, ids, mask, completion: int, batch: int, entropy: boo
     return logps, entropies
 
 
-# What of a generation TRL hands the forward of a vision-language policy (Qwen2-VL / Qwen2.5-VL).
-_VISION_KEYS = ("pixel_values", "image_grid_thw", "num_images", "mm_token_type_ids")
-
-
-def _vision_of(inputs: dict) -> dict:
-    return {k: inputs[k] for k in _VISION_KEYS if k in inputs}
-
-
-def vision_rows(workload, rows: int, completion: int = 0) -> dict | None:
-    """A vision-language policy's `rows` prompts as TRL's processor call hands them over: ids of
-    `max_length` tokens holding each image's tokens, their mask, and the forward's image tensors,
-    built on the host and copied to the card (`_prepare_inputs`); `mm_token_type_ids` extended
-    with zeros over `completion` tokens, as TRL extends them. The tensors are the family's worst
-    case (model/families), whose shapes and token counts are the processor's (tests/test_rlhf_plan.py
-    checks them). None for a text policy."""
-    setup = workload.setup
-    if setup is None or setup.family is None:
-        return None
-    device = workload.device
-    with device.host():
-        inputs = setup.family.inputs(workload.source.config, setup.vision, rows, workload.spec.max_length, torch.device("cpu"))
-        inputs.pop("labels", None)
-        if "mm_token_type_ids" in inputs:
-            types_ = inputs["mm_token_type_ids"].long()
-            inputs["mm_token_type_ids"] = torch.cat([types_, types_.new_zeros(rows, completion)], dim=1)
-    moved = {k: v.to(device.torch_device, copy=True) for k, v in inputs.items()}
-    moved["num_images"] = [setup.vision.images] * rows
-    return moved
-
-
 def computes_old_logps(rlhf, accumulation: int, vllm_generates: bool) -> bool:
     """TRL computes the old policy's log-probs when the generation does not line up with the
     optimizer step, or when vLLM generates (its importance-sampling correction, on by default)."""
     return accumulation % (rlhf.steps_per_generation or accumulation) != 0 or vllm_generates
-
-
-# The config ids a vision-language policy's text must not hold: each one it holds is counted as a
-# placeholder (the forward checks the count against the image features). RLHF's VL families are Qwen's.
-_PLACEHOLDER_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-
-
-def _device_ids(workload, rows: int, length: int):
-    """Ids and their all-ones mask, built on the host and copied to the device as TRL pads them;
-    never a placeholder id (the trials' completions avoid them too)."""
-    device = workload.device
-    config = workload.source.config
-    avoid = [getattr(config, key) for key in _PLACEHOLDER_KEYS if getattr(config, key, None) is not None]
-    with device.host():
-        ids = torch.randint(2, workload.vocab_size, (rows, length))
-        for token in avoid:
-            ids = torch.where(ids == token, torch.full_like(ids, 2), ids)
-        mask = torch.ones(rows, length, dtype=torch.long)
-    return ids.to(device.torch_device, copy=True), mask.to(device.torch_device, copy=True)
 
 
 def generate_and_score(workload, rows: int, batch: int, share: tuple = (0, 0), vllm_generates: bool = False,
@@ -214,10 +141,10 @@ def generate_and_score(workload, rows: int, batch: int, share: tuple = (0, 0), v
             moments.append(device.allocated_bytes() - whole)
         vision = vision_rows(workload, rows, completion)
         if vision is None:
-            prompt_ids, prompt_mask = _device_ids(workload, rows, prompt)
+            prompt_ids, prompt_mask = device_ids(workload, rows, prompt)
         else:
             prompt_ids, prompt_mask = vision.pop("input_ids"), vision.pop("attention_mask")
-        completion_ids, completion_mask = _device_ids(workload, rows, completion)
+        completion_ids, completion_mask = device_ids(workload, rows, completion)
     output = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
               "completion_mask": completion_mask, **(vision or {})}
     num_items = completion_mask.sum()
@@ -251,7 +178,7 @@ def grpo_loss(workload, inputs: dict):
     ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
     attention = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
     logps, entropies = _logps(workload, workload.model, ids, attention, completion_ids.size(1), ids.size(0), True,
-                              _vision_of(inputs))
+                              vision_of(inputs))
     old = inputs.get("old_per_token_logps")
     old = logps.detach() if old is None else old
     coef_1 = torch.exp(logps - old)
@@ -299,7 +226,7 @@ def dpo_batch(workload, batch: int) -> dict:
     rows, length = 2 * batch, workload.spec.max_length
     vision = vision_rows(workload, rows)
     if vision is None:
-        ids, attention = _device_ids(workload, rows, length)
+        ids, attention = device_ids(workload, rows, length)
         prompt, out = length // 2, {}
     else:
         ids, attention = vision.pop("input_ids"), vision.pop("attention_mask")
