@@ -200,6 +200,17 @@ def describe(settings) -> str:
     return ", ".join([gc, *extras])
 
 
+def modes_in_words(settings: list) -> str:
+    """Checkpointing modes in words, for a prune reason: "without checkpointing or with every-3 checkpointing"."""
+    words: list[str] = []
+    for one in settings:
+        name = describe(one).split(", ")[0]
+        word = "without checkpointing" if name == "off" else ("with checkpointing" if name == "on" else f"with {name} checkpointing")
+        if word not in words:
+            words.append(word)
+    return " or ".join(words)
+
+
 def of(settings: dict) -> dict:
     """The lever settings (non-default only) among a trial's settings."""
     return {k: settings[k] for k in LEVER_KEYS if settings.get(k)}

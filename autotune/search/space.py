@@ -178,7 +178,7 @@ class SearchSpace:
             largest = max((m.per_device_train_batch_size for c in earlier for m in c.measured), default=None)
             if largest and largest >= max(self.reachable()):
                 cand.status = "pruned"
-                cand.reason = (f"cannot win: batch {largest} already fits {self._with_less(earlier)} and is the largest "
+                cand.reason = (f"cannot win: batch {largest} already fits {levers.modes_in_words([c.base for c in earlier])} and is the largest "
                                "the global batch allows")
                 continue
             name = levers.describe(cand.base)
@@ -191,17 +191,6 @@ class SearchSpace:
             if cand.frontier:
                 previous[name] = cand.frontier
             earlier += [*partials, cand]
-
-    @staticmethod
-    def _with_less(earlier: list[Candidate]) -> str:
-        """The modes measured before, in words: "without checkpointing or with every-3 checkpointing"."""
-        words: list[str] = []
-        for c in earlier:
-            name = levers.describe(c.base).split(", ")[0]
-            word = "without checkpointing" if name == "off" else ("with checkpointing" if name == "on" else f"with {name} checkpointing")
-            if word not in words:
-                words.append(word)
-        return " or ".join(words)
 
     def _unavailable(self, cand: Candidate) -> str | None:
         reason = attn_unavailable_reason(cand.attn_implementation, self.device, self.spec.dtype, self.model_cls)
