@@ -141,3 +141,26 @@ def test_replayed_eval_forwards_equal_running_every_forward(name, extra, keeps):
             peak = step_model.evaluate(workload, 2, 4, settings, first_forward=first_forward)
             results.append((peak, max(workload.device.counter.timeline)))
     assert results[0] == results[1], results
+
+
+def test_a_planned_vision_language_recipe_carries_its_media_limits_into_the_launch_files(tmp_path):
+    """`plan --out` for a vision-language model writes what the probe's recipe does: the image
+    limit it planned at, the freezing, ms-swift's MAX_PIXELS. Without them `emit swift` wrote a
+    file that trains at the processor's default limit (16384 image tokens for Qwen2-VL), not the
+    planned 16."""
+    import yaml
+
+    from autotune.cli import main
+    from autotune.emit import swift
+    from autotune.recipe.schema import load_recipe
+
+    out = tmp_path / "plan.yaml"
+    assert main(["plan", "--model-config", "tiny-qwen2-vl", "--max-length", "96", "--max-pixels", "12544", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--gpu-memory", "24MiB", "--cuda-context", "0", "--workspaces", "0",
+                 "--out", str(out)]) == 0
+    recipe = load_recipe(out)
+    s = recipe.settings
+    assert (s.max_pixels, s.freeze_vit, s.freeze_aligner, s.freeze_llm, s.env.get("MAX_PIXELS")) == (12544, True, True, False, "12544")
+    assert recipe.multimodal["image_tokens"] == 16 and recipe.multimodal["images_per_sample"] == 1
+    args = yaml.safe_load(swift.render_yaml(recipe, "4.6"))
+    assert args["ENV"]["MAX_PIXELS"] == "12544" and args["freeze_vit"] is True

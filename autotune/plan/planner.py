@@ -19,6 +19,7 @@ from ..devices import short_message
 from ..devices.fake import FakeDevice
 from ..errors import AutotuneError, UsageError
 from ..search.global_batch import split_global_batch
+from ..model.multimodal import recipe_record, recipe_settings as vision_settings
 from ..model.source import ModelSource, model_class
 from .breakdown import (Allowance, Rows, allowed_eval, layer_bytes, peak_model, reference_bytes, rollout_on_card,
                         rows_for, with_share)
@@ -346,13 +347,15 @@ def plan_recipe(plan: Plan) -> Recipe:
                          "try --train-type lora, --gradient-checkpointing, a shorter --max-length, or more memory")
     chosen = next(c for c in plan.candidates if c.measure.key == key)
     p, m, spec = chosen.predictions[0], chosen.measure, plan.spec
+    setup = getattr(plan.workload, "setup", None)  # a vision-language model's media limits and freezing, as the probe writes them
     settings = Settings(per_device_train_batch_size=p.per_device_train_batch_size,
                         gradient_accumulation_steps=p.gradient_accumulation_steps,
                         per_device_eval_batch_size=p.eval_frontier or None, prediction_loss_only=spec.eval_keeps == "loss",
                         eval_outputs=spec.eval_keeps, eval_accumulation_steps=spec.eval_keep_settings().get("eval_accumulation_steps"),
                         gradient_checkpointing=m.gradient_checkpointing, attn_implementation=m.attn_implementation,
                         torch_dtype=spec.dtype, mixed_precision=mixed_precision(spec.dtype), max_length=spec.max_length,
-                        strategy=plan.options.strategy, **(_rlhf_settings(plan) if spec.rlhf else {}))
+                        strategy=plan.options.strategy, **(_rlhf_settings(plan) if spec.rlhf else {}),
+                        **vision_settings(setup, spec, m.gradient_checkpointing))
     trials = [TrialResult(phase=phase, settings={"attn_implementation": c.measure.measured_with,
                                                  "gradient_checkpointing": c.measure.gradient_checkpointing, key_: b},
                           outcome="planned", peak_bytes=peak, message="fake tensors: peak measured, nothing allocated")
@@ -371,7 +374,7 @@ def plan_recipe(plan: Plan) -> Recipe:
                             headroom_bytes=p.budget_bytes - p.live_peak_bytes if p.live_peak_bytes else None,
                             message="planned under fake tensors, never run on a GPU: probe it (probe --from-plan) before use")
     return Recipe(schema=SCHEMA, model=plan.model, hardware=hardware, settings=settings, search=search,
-                  validation=validation, plan=plan.to_dict(), rlhf=_rlhf_record(plan, p) if spec.rlhf else None,
+                  validation=validation, plan=plan.to_dict(), multimodal=recipe_record(setup, spec), rlhf=_rlhf_record(plan, p) if spec.rlhf else None,
                   created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   autotune_version=__version__)
 
