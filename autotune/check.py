@@ -147,7 +147,9 @@ def vision_fields(recipe: Recipe) -> dict:
         fields["images_per_sample"] = media.get("images_per_sample")
         fields["audio_clips"] = media.get("audio_clips_per_sample")
         if media.get("video_audio_tokens"):
-            fields["use_audio_in_video"] = True  # the sound track the probe heard
+            fields["use_audio_in_video"] = True  # the sound track the probe heard (a recipe older than the setting)
+    if s.use_audio_in_video is not None:  # the setting, which an ms-swift file's USE_AUDIO_IN_VIDEO replaces
+        fields["use_audio_in_video"] = s.use_audio_in_video
     return fields
 
 

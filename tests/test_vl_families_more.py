@@ -256,7 +256,8 @@ def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
     from autotune.check import vision_fields
     from autotune.model.multimodal import recipe_record
 
-    settings = SimpleNamespace(freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_pixels=None, video_max_pixels=6272, video_frames=4)
+    settings = SimpleNamespace(freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_pixels=None, video_max_pixels=6272, video_frames=4,
+                               use_audio_in_video=None)  # a recipe from before the setting: the record says it
     recipe = SimpleNamespace(settings=settings, multimodal=recipe_record(real.setup, real.spec))
     assert vision_fields(recipe)["use_audio_in_video"] is True  # `check` rebuilds the worst case with the track
     from autotune.cli import build_parser
@@ -269,3 +270,43 @@ def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
     with pytest.raises(UsageError, match=r"^--video-frames: .* \+ its sound track's 750 \(30 s\).*--use-audio-in-video false"):
         plan_inputs(resolve(None, name), ProbeSpec(model_config=name, max_length=700, images_per_sample=0, video_frames=4,
                                                    video_max_pixels=6272, use_audio_in_video=True))
+
+
+@pytest.mark.parametrize("version", ["4.6", "3.12"])
+def test_check_reads_use_audio_in_video_back_from_the_ms_swift_file(tmp_path, version):
+    """`check --swift-args` checks the sound track the launch will load: ms-swift's Qwen2.5-Omni
+    template loads it only with USE_AUDIO_IN_VIDEO (default false). A 4.x file's ENV block says so;
+    a 3.x file has no ENV block (the variables are exported by hand), so the recipe's stays.
+    LLaMA-Factory has an argument of that name."""
+    import dataclasses
+
+    from autotune.check import spec_for
+    from autotune.cli.check import with_swift_args
+    from autotune.emit import swift
+    from autotune.model.training_setup import plan_inputs
+    from launch_recipes import variant
+
+    name = "tiny-qwen2.5-omni-thinker"
+    r = variant("base")
+    settings = dataclasses.replace(r.settings, freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_length=800, video_max_pixels=6272,
+                                   video_frames=4, use_audio_in_video=True,
+                                   env={"VIDEO_MAX_PIXELS": "6272", "FPS_MAX_FRAMES": "4", "USE_AUDIO_IN_VIDEO": "true"})
+    recipe = dataclasses.replace(r, settings=settings, model=dataclasses.replace(r.model, path=name, max_length=800),
+                                 multimodal={"family": "qwen2_5_omni", "images_per_sample": 0, "video_audio_tokens": 750})
+    text = swift.render_yaml(recipe, version)
+    from autotune.emit import llamafactory
+
+    assert "use_audio_in_video: true" in llamafactory.render(recipe)  # LLaMA-Factory's own argument
+    tracks = {}
+    for told in ("true", "false", None):
+        edited = text if told == "true" else text.replace("USE_AUDIO_IN_VIDEO: 'true'", "" if told is None else "USE_AUDIO_IN_VIDEO: 'false'")
+        assert (edited != text) == (told != "true" and version.startswith("4."))
+        path = tmp_path / f"swift-{told}.yaml"
+        path.write_text(edited)
+        checked, _ = with_swift_args(recipe, str(path))
+        spec = spec_for(checked, "sim", 2**30, 0.1)
+        tracks[told] = plan_inputs(resolve(None, name), spec).vision.video_audio_tokens
+    if version.startswith("4."):
+        assert tracks == {"true": 750, "false": 0, None: 0}
+    else:
+        assert tracks == {"true": 750, "false": 750, None: 750}

@@ -372,6 +372,9 @@ def settings_from_args(args: dict) -> tuple[dict, dict]:
                       ("FPS_MAX_FRAMES", "video_frames")):
         if name in env:
             settings[key] = int(env[name])
+    if args.get("ENV") is not None and (settings.get("video_frames") or "USE_AUDIO_IN_VIDEO" in env):
+        # ms-swift's Qwen2.5-Omni template loads a video's sound track only when told (default false)
+        settings["use_audio_in_video"] = _as_bool("USE_AUDIO_IN_VIDEO", env.get("USE_AUDIO_IN_VIDEO", False))
     model: dict = {}
     train_type = args.get("tuner_type", args.get("train_type"))
     if train_type is not None:

@@ -178,6 +178,7 @@ def recipe_settings(setup, spec, gradient_checkpointing: bool) -> dict:
         "max_pixels": vplan.max_pixels if applies and vplan.images else None,
         "video_max_pixels": vplan.video_max_pixels if vplan.videos else None,
         "video_frames": spec.video_frames if vplan.videos else None,
+        "use_audio_in_video": True if vplan.video_audio_tokens else None,
         "env": swift_env(setup.family, vplan, spec) if vplan.images or vplan.videos else {},
     }
 
