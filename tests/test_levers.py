@@ -343,7 +343,54 @@ def test_levers_run_wherever_a_trial_runs_the_trainer():
     assert levers.runs_here(text, True, {"packing": True, "checkpoint_every_n_layers": 2}) is None
     assert levers.runs_here(vision, True, {"checkpoint_every_n_layers": 2, "activation_offloading": True}) is None
     assert "FSDP or DeepSpeed" in levers.runs_here(text, False, {"checkpoint_every_n_layers": 2})
-    assert "vision-language" in levers.runs_here(vision, True, {"packing": True})
+    assert levers.runs_here(vision, True, {"packing": True}) is None
+    assert "vision-language" in levers.runs_here(vision, True, {"padding_free": True})
+
+
+def test_vision_language_packed_rows_hold_the_most_media_and_mask_each_sample(make_workload):
+    """A packed vision-language row holds as many samples at the media limits as fit (the worst
+    case: short captions beside full-size images), so its vision tower sees k times one sample's
+    media; the real model keeps each sample to itself (a token changed in the first sample leaves
+    the others' logits as they were: the packed mask, which a cache would silently switch off).
+    The probe's packed frontier is brute force's, and packing costs more than one sample a row."""
+    import torch
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    from autotune.model import packing
+    from autotune.probe import probe
+    from autotune.trials.trial import run_trial
+
+    length = 128
+    workload = make_workload("tiny-qwen2-vl", 512 * MiB, max_length=length, max_pixels=12544)
+    vplan, config = workload.setup.vision, workload.source.config
+    k = packing.samples_per_row(vplan, length)
+    assert k == length // (vplan.tokens + packing.TEXT_PER_SAMPLE) == 3
+    batch = workload.make_batch(2, device=torch.device("cpu"), layout="packing")
+    assert ((batch["input_ids"] == config.image_token_id).sum(dim=1) == k * vplan.image_tokens).all()
+    assert batch["image_grid_thw"].shape[0] == 2 * k and batch["position_ids"].shape == (4, 2, length)
+    assert int(find_packed_sequence_indices(batch["position_ids"][0]).max()) == k - 1
+    workload.model.eval()
+    first = packing.segment_lengths(vplan, length)[0]
+    changed = dict(batch, input_ids=batch["input_ids"].clone())
+    changed["input_ids"][:, first - 2] = (changed["input_ids"][:, first - 2] + 1) % 50
+    with torch.no_grad():
+        a, b = (workload.model(**{key: v.to(workload.device.torch_device) if torch.is_tensor(v) else v for key, v in x.items()}).logits
+                for x in (batch, changed))
+    assert not torch.equal(a[:, first - 2], b[:, first - 2]) and torch.equal(a[:, first:], b[:, first:])
+    workload.model.train()
+
+    peaks = {n: run_trial(workload, "train", {"per_device_train_batch_size": n, "packing": True}, 3, 10**12).peak_bytes for n in range(1, 7)}
+    unpacked = run_trial(workload, "train", {"per_device_train_batch_size": 2, "packing": False}, 3, 10**12).peak_bytes
+    assert peaks[2] > unpacked  # three images a row, not one
+    capacity = int((peaks[3] + peaks[4]) / 2 / 0.9)
+    spec = ProbeSpec(max_length=length, model_config="tiny-qwen2-vl", max_pixels=12544, device="sim", gpu_memory=capacity,
+                     max_batch_size=8, attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,), packing=(True,),
+                     eval=False, validate_steps=3)  # no global batch: every trial at accumulation 1, as brute force ran
+    recipe = probe(spec, device=SimDevice(capacity))
+    truth = max(n for n, peak in peaks.items() if peak <= recipe.search.budget_bytes)  # brute force at the probe's budget
+    assert truth == 3
+    assert recipe.settings.packing is True and recipe.search.frontier["train"] == truth
+    assert recipe.validation.passed
 
 
 def test_modes_after_a_fit_at_the_largest_batch_are_pruned_saying_which_fit():

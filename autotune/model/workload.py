@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
+from . import packing
 from .source import ModelSource, check_max_length
 from ..spec import ProbeSpec
 from .training_setup import Setup, check_optimizer, plan_inputs, prepare
@@ -164,21 +165,23 @@ class Workload:
         """Worst case: every sample exactly max_length tokens, nothing padded away; for a
         vision-language model, the media at their limits inside those tokens. `device`: where
         to build it (default: the workload's device; the trials' collator builds on the host).
-        `layout` (issue #15): "packing" -- rows of max_length tokens, each two samples (positions
-        restart mid-row, no attention mask: transformers detects the packed rows from the
-        position ids); "padding_free" -- the whole batch as one row, positions restarting every
-        max_length tokens."""
+        `layout` (issue #15, model/packing.py): "packing" -- rows of max_length tokens holding
+        several samples (positions restart, no attention mask: transformers masks the packed rows
+        from the position ids; a vision-language row holds as many samples at the media limits as
+        fit); "padding_free" -- a text batch as one row, positions restarting every max_length
+        tokens."""
         device = device or self.device.torch_device
-        if self.setup is not None and self.setup.family is not None:
-            return self.setup.family.inputs(self.source.config, self.setup.vision, batch_size, self.spec.max_length, device)
         length = self.spec.max_length
+        if self.setup is not None and self.setup.family is not None:
+            config, vplan = self.source.config, self.setup.vision
+            if layout == "packing":
+                return packing.vision_rows(self.setup.family, config, vplan, batch_size, length, device, packing.uses_mrope(config))
+            return self.setup.family.inputs(config, vplan, batch_size, length, device)
         input_ids = torch.randint(0, self.vocab_size, (batch_size, length), device=device)
-        if layout in ("packing", "padding_free"):
-            half = max(1, length // 2) if layout == "packing" else length
-            positions = (torch.arange(length, device=device) % half).expand(batch_size, length)
-            if layout == "padding_free":
-                input_ids, positions = input_ids.reshape(1, -1), positions.reshape(1, -1)
-            return {"input_ids": input_ids, "position_ids": positions.contiguous(), "labels": input_ids}
+        if layout == "packing":
+            return packing.text_rows(input_ids)
+        if layout == "padding_free":
+            return packing.text_rows(input_ids.reshape(1, -1), samples=batch_size)
         return {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),

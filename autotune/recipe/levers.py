@@ -13,7 +13,8 @@ would:
   would, and TRL is not a launch target of autotune);
 - packing: rows of `max_length` tokens holding several samples, told apart by `position_ids` that
   restart and no attention mask, which transformers' masking_utils turns into a block-diagonal
-  causal mask for sdpa and eager (`find_packed_sequence_indices`), so it runs on a CPU;
+  causal mask for sdpa and eager (`find_packed_sequence_indices`), so it runs on a CPU; a
+  vision-language row holds the most samples at the media limits it can (model/packing.py);
 - padding-free: the whole batch flattened into one row; it needs flash attention's varlen kernels
   (with sdpa or eager the one row's mask is (batch x length)^2);
 - Liger kernels: the Trainer's `use_liger_kernel` (CUDA and the liger-kernel package);
@@ -178,13 +179,14 @@ def runs_here(facts: dict, through_trainer: bool, variant: dict) -> str | None:
     """Why a variant's levers cannot run in this probe's trials (None: they can). The levers are the
     Trainer's switches, so they run wherever a trial runs the Trainer: in this process, or in a
     supervised worker with no strategy or DDP (which the Trainer applies itself); a worker whose
-    model a sharding engine wrapped runs the step model instead. Packed rows are modelled for text
-    inputs only."""
+    model a sharding engine wrapped runs the step model instead. Padding-free rows are modelled for
+    text inputs only (model/packing.py)."""
     if not through_trainer:
         return ("trials under FSDP or DeepSpeed run the step model in their workers (the model is wrapped by the "
                 "engine before the Trainer sees it), which has no lever switches")
-    if facts.get("vision_language") and (variant.get("packing") or variant.get("padding_free")):
-        return "packed rows are modelled for text inputs; a vision-language sample's media are not split across rows here"
+    if facts.get("vision_language") and variant.get("padding_free"):
+        return ("padding-free rows are modelled for text inputs; a vision-language batch flattened into one row needs flash "
+                "attention's varlen kernels (use --packing: rows of max_length tokens, several samples with their media)")
     return None
 
 
