@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -31,7 +32,32 @@ def test_quiet_full_fine_tuning_probe_prints_nothing_on_stderr(tmp_path):
             f" '--max-batch-size', '2', '--attn', 'sdpa', '--gradient-checkpointing', 'off', '--no-eval', '--validate-steps', '3',"
             f" '--quiet', '--format', 'json', '--out', {str(tmp_path / 'r.yaml')!r}]))")
     done = _run(code)
-    assert done.stderr == "" and '"schema": 1' in done.stdout
+    assert done.stderr == "" and json.loads(done.stdout)["schema"] == 1
+
+
+def test_json_stdout_holds_the_json_only_when_a_library_prints_to_stdout(tmp_path):
+    """DeepSpeed's logger writes to stdout (its accelerator line, when transformers imports it):
+    with --format json that line goes to stderr, so stdout parses; `emit -o -` likewise."""
+    recipe = tmp_path / "r.yaml"
+    code = ("import logging, sys\n"
+            "from autotune.cli import main\n"
+            "import autotune.plan.planner as plan\n"
+            "real = plan.make_plan\n"
+            "def noisy(*a, **k):\n"
+            "    log = logging.getLogger('a-library'); log.propagate = False\n"
+            "    log.addHandler(logging.StreamHandler(sys.stdout)); log.warning('a library line on stdout')\n"
+            "    print('a print too')\n"
+            "    return real(*a, **k)\n"
+            "plan.make_plan = noisy\n"
+            f"code = main(['plan', '--model-config', 'tiny-llama', '--max-length', '32', '--gpu-memory', '64MiB', '--cuda-context', '0', '--workspaces', '0', '--attn', 'sdpa',"
+            f" '--gradient-checkpointing', 'off', '--quiet', '--format', 'json', '--out', {str(recipe)!r}])\n"
+            f"code = code or main(['emit', 'hf', {str(recipe)!r}, '-o', '-', '--allow-unvalidated'])\n"
+            "raise SystemExit(code)")
+    done = _run(code)
+    text, emitted = done.stdout.split("\n}\n", 1)
+    assert json.loads(text + "}")["max_length"] == 32 and "a library line" not in done.stdout
+    assert done.stderr.count("a library line on stdout") == 1 and "a print too" in done.stderr
+    assert emitted.strip() and "a print" not in emitted
 
 
 def test_other_warnings_still_show():

@@ -9,6 +9,7 @@ import sys
 from .. import __version__
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, AutotuneError
 from .noise import silence_known_noise
+from .output import machine_readable_stdout
 from . import check as check_cmd
 from . import emit as emit_cmd
 from . import plan as plan_cmd
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     silence_known_noise()
     _remember_sigint()
     try:
+        if getattr(args, "format", None) == "json" or (args.command == "emit" and getattr(args, "out", None) == "-"):
+            with machine_readable_stdout():
+                return args.run(args) or 0
         return args.run(args) or 0
     except AutotuneError as exc:
         if debug:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ..errors import UsageError
 from ..recipe.schema import load_recipe
 from ..sizes import format_size
 from .interrupt import deferred_interrupt
+from .output import print_json
 
 EXAMPLES = """\
 exit codes:
@@ -114,8 +114,7 @@ def run(args) -> int:
     if args.format == "json":
         data = dataclasses.asdict(result)
         data["exit_code"] = result.exit_code
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(data)
     else:
         print_text(result, args.recipe)
     return launch.report_exit_code(result.exit_code)

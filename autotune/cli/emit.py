@@ -8,6 +8,7 @@ import sys
 from ..emit import TARGETS, files, require_validated
 from ..errors import UsageError
 from ..recipe.schema import check_writable, load_recipe, write_atomic
+from .output import results
 from . import next_steps
 
 EXAMPLES = """\
@@ -87,7 +88,7 @@ def run(args) -> int:
     outputs = files(args.target, recipe, "-" if out == "-" else out, args.swift_version, args.dataset, args.script)
     if out == "-":
         for text in outputs.values():
-            sys.stdout.write(text)
+            results().write(text)
         return 0
     write_files(outputs, args.force)
     for path in outputs:

@@ -21,6 +21,11 @@ LOG_MESSAGES = (
     # `loss_type: null`; the default causal-LM loss is used, as it should be. A real unknown
     # loss_type still warns.
     ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),
+    # DeepSpeed, accelerator/real_accelerator.py, when transformers or accelerate imports it: on a
+    # machine without CUDA it falls back to its CPU accelerator, which autotune does not use (the
+    # trials run on the sim device, ZeRO's trials on gloo); on a card, its INFO line naming CUDA.
+    ("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator"),
+    ("DeepSpeed", "Setting ds_accelerator to"),
 )
 # (category, regex on the message): warnings raised inside libraries, about their own calls.
 WARNINGS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -276,9 +277,32 @@ def files_and_next(console: Console, written: list[str], next_steps: list[str]) 
         console.print(f"{'next' if i == 0 else '':<12}{line}", soft_wrap=True)
 
 
+_RESULTS = None  # the real stdout while a command whose stdout is data runs (machine_readable_stdout)
+
+
+@contextlib.contextmanager
+def machine_readable_stdout():
+    """While a command whose stdout is data runs (`--format json`, `emit -o -`), anything else
+    printed to stdout goes to stderr: DeepSpeed's logger writes its accelerator line to stdout
+    when transformers imports it ("Setting accelerator to CPU", "Setting ds_accelerator to cuda"),
+    which broke `... --format json | jq`. The data itself goes to `results()`."""
+    global _RESULTS
+    saved = sys.stdout
+    _RESULTS, sys.stdout = saved, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout, _RESULTS = saved, None
+
+
+def results():
+    """Where a command's data goes: the real stdout (see machine_readable_stdout)."""
+    return _RESULTS or sys.stdout
+
+
 def print_json(data: dict) -> None:
-    json.dump(data, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    json.dump(data, results(), indent=2)
+    results().write("\n")
 
 
 def stdout_console() -> Console:
