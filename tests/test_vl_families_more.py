@@ -276,7 +276,8 @@ def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
 def test_check_reads_use_audio_in_video_back_from_the_ms_swift_file(tmp_path, version):
     """`check --swift-args` checks the sound track the launch will load: ms-swift's Qwen2.5-Omni
     template loads it only with USE_AUDIO_IN_VIDEO (default false). A 4.x file's ENV block says so;
-    a 3.x file has no ENV block (the variables are exported by hand), so the recipe's stays.
+    a 3.x file has none (its header says to export the variables), so the shell's exports count,
+    and with nothing exported the recipe's value is checked and a note says to export it.
     LLaMA-Factory has an argument of that name."""
     import dataclasses
 
@@ -303,10 +304,16 @@ def test_check_reads_use_audio_in_video_back_from_the_ms_swift_file(tmp_path, ve
         assert (edited != text) == (told != "true" and version.startswith("4."))
         path = tmp_path / f"swift-{told}.yaml"
         path.write_text(edited)
-        checked, _ = with_swift_args(recipe, str(path))
+        checked, note = with_swift_args(recipe, str(path), environ={})
         spec = spec_for(checked, "sim", 2**30, 0.1)
         tracks[told] = plan_inputs(resolve(None, name), spec).vision.video_audio_tokens
+        assert (note is None) == version.startswith("4.")
     if version.startswith("4."):
         assert tracks == {"true": 750, "false": 0, None: 0}
-    else:
-        assert tracks == {"true": 750, "false": 750, None: 750}
+        return
+    assert tracks == {"true": 750, "false": 750, None: 750}
+    assert "export VIDEO_MAX_PIXELS=6272 FPS_MAX_FRAMES=4 before the launch" in note
+    exported = {"VIDEO_MAX_PIXELS": "6272", "FPS_MAX_FRAMES": "4", "PATH": "/bin"}
+    for told, track in (("true", 750), (None, 0)):
+        checked, note = with_swift_args(recipe, str(path), environ=exported | ({"USE_AUDIO_IN_VIDEO": told} if told else {}))
+        assert note is None and plan_inputs(resolve(None, name), spec_for(checked, "sim", 2**30, 0.1)).vision.video_audio_tokens == track

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -61,16 +62,25 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def with_swift_args(recipe, path: str):
-    """The recipe with the ms-swift file's settings, and a note when the file leaves max_length
-    unset (ms-swift then trains at the model's full length, which the check then runs)."""
+def with_swift_args(recipe, path: str, environ: dict | None = None):
+    """The recipe with the ms-swift file's settings (and the media variables exported here, which
+    ms-swift's templates read too), and a note when the file leaves max_length unset (ms-swift
+    then trains at the model's full length, which the check then runs) or when a media limit the
+    recipe needs is neither in the file nor exported (ms-swift would use its default)."""
     from ..check import unset_length
 
+    environ = dict(os.environ) if environ is None else environ
     args = swift.read_args(path)
-    settings, model = swift.settings_from_args(args)
+    settings, model = swift.settings_from_args(args, environ)
     recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
                                  model=dataclasses.replace(recipe.model, **model))
-    return unset_length(recipe, args, path)
+    recipe, note = unset_length(recipe, args, path)
+    unset = [f"{k}={v}" for k, v in (recipe.settings.env or {}).items() if k in swift.VISION_ENV and k not in swift.media_env(args, environ)]
+    if unset:
+        media = (f"neither {path} nor this shell sets {', '.join(k.split('=')[0] for k in unset)}: ms-swift's template then uses "
+                 f"its default limit; export {' '.join(unset)} before the launch (checked at the recipe's value)")
+        note = f"{note}; {media}" if note else media
+    return recipe, note
 
 
 def reprobe_out(recipe_path: str) -> str:

@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..recipe.schema import Recipe
 from ..recipe.training_args import CHECKPOINTING_KWARGS, checkpointing_lever_kwargs, eval_outputs_of
 from . import rlhf
-from .common import DATASET_PLACEHOLDER, check_strategy, launch_env, memory_comment, mixed_precision, model_location
+from .common import DATASET_PLACEHOLDER, VISION_ENV, check_strategy, launch_env, memory_comment, mixed_precision, model_location
 
 FIELDS_DIR = Path(__file__).parent / "swift_fields"
 SUPPORTED = ("3.10", "3.11", "3.12", "4")
@@ -336,8 +336,17 @@ def default_max_length(config) -> int | None:
     return min(found) if found else None
 
 
-def settings_from_args(args: dict) -> tuple[dict, dict]:
-    """(settings changes in recipe names, model changes) read back from ms-swift arguments."""
+def media_env(args: dict, environ: dict | None = None) -> dict:
+    """The media variables ms-swift's templates will read: those exported in `environ` (the
+    shell's; a 3.x file has no ENV block, its header says to export them), the file's ENV block
+    over them (4.x sets it into the environment)."""
+    keys = VISION_ENV | {"USE_AUDIO_IN_VIDEO"}
+    return {k: str(v) for k, v in (environ or {}).items() if k in keys} | {str(k): str(v) for k, v in (args.get("ENV") or {}).items()}
+
+
+def settings_from_args(args: dict, environ: dict | None = None) -> tuple[dict, dict]:
+    """(settings changes in recipe names, model changes) read back from ms-swift arguments, and
+    from the media variables `environ` exports (media_env)."""
     settings: dict = {}
     for key, kind in _BACK.items():
         if args.get(key) is not None:
@@ -367,12 +376,12 @@ def settings_from_args(args: dict) -> tuple[dict, dict]:
     deepspeed = args.get("deepspeed")
     if deepspeed:
         settings["strategy"] = str(deepspeed)
-    env = args.get("ENV") or {}
+    env = media_env(args, environ)
     for name, key in (("MAX_PIXELS", "max_pixels"), ("VIDEO_MAX_PIXELS", "video_max_pixels"), ("VIDEO_SEGMENTS", "video_frames"),
                       ("FPS_MAX_FRAMES", "video_frames")):
         if name in env:
             settings[key] = int(env[name])
-    if args.get("ENV") is not None and (settings.get("video_frames") or "USE_AUDIO_IN_VIDEO" in env):
+    if settings.get("video_frames") or "USE_AUDIO_IN_VIDEO" in env:
         # ms-swift's Qwen2.5-Omni template loads a video's sound track only when told (default false)
         settings["use_audio_in_video"] = _as_bool("USE_AUDIO_IN_VIDEO", env.get("USE_AUDIO_IN_VIDEO", False))
     model: dict = {}
