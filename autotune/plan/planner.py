@@ -20,10 +20,11 @@ from ..devices.fake import FakeDevice
 from ..errors import AutotuneError, UsageError
 from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
-from .breakdown import (Allowance, Rows, allowed_eval, layer_bytes, peak_model, reference_bytes, rollout_on_card,
-                        rows_for, with_share)
+from .breakdown import (Allowance, Rows, allowed_eval, frozen_bytes, frozen_saving, gathered_layers, layer_bytes, peak_model,
+                        rollout_on_card, rows_for, with_share)
 from .measure import (CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate,
                       to_fake)
+from .rlhf import full_depth_reason
 from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
 from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
 from ..describe import describe_model, library_versions
@@ -139,13 +140,15 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
     for batch in SEED_BATCHES:
         steps.train(batch)
     dtype_bytes = TORCH_DTYPES[spec.dtype].itemsize
-    rows = rows_for(m, workload.trainable_params, dtype_bytes, options.strategy, spec.world_size, layers)
-    rows.reference_weights = float(reference_bytes(workload))
-    model = peak_model(m, rows)
+    frozen = frozen_bytes(workload)
+    rows = rows_for(m, workload.trainable_params, dtype_bytes, options.strategy, spec.world_size,
+                    gathered_layers(workload, options.strategy, layers), frozen)
+    model = peak_model(m, rows, frozen)
     candidate.rows = rows
     candidate.forward_backward_line, candidate.step_line = asdict(model.forward_backward), asdict(model.step)
     shift_fb, shift_step = model.forward_backward.intercept - m.forward_backward_line.intercept, model.step.intercept - m.step_line.intercept
-    resident_saving = (m.weights - rows.weights) - rows.gathered_working_set  # eval holds the weights only
+    # eval holds the weights only (the policy's and the frozen models')
+    resident_saving = (m.weights - rows.weights) + frozen_saving(rows, frozen) - rows.gathered_working_set
     base_live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
     base_predicted, candidate.envelope = train_curve(steps, shift_fb, shift_step)
     searches = []
@@ -250,8 +253,9 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     # and LoRA adapters alike in every layer are left out of it (peft on the whole model was
     # 0.5 s of a 7B plan, 2-3 s of a 70B): its counts are the copies', extended.
     built = spec.replace(attn_implementation=built_with)
-    workload = _build(source, built, FakeDevice(capacity), fake=False, adapters=depth_mode != "auto")
-    depth = choose_depth(source.config, workload.model) if depth_mode == "auto" else DepthChoice(reason="--full-depth")
+    reason = "--full-depth" if depth_mode != "auto" else full_depth_reason(spec)
+    workload = _build(source, built, FakeDevice(capacity), fake=False, adapters=reason is None)
+    depth = choose_depth(source.config, workload.model) if reason is None else DepthChoice(reason=reason)
     shallow = None
     if not depth.extended:
         if workload.adapters_left_out:
