@@ -218,11 +218,33 @@ def rollout_on_card(workload, capacity: int) -> dict | None:
                    "accounts it (model/rollout.py)"}
 
 
-def with_share(live, generating, share: dict | None):
+def syncs_whole_policy(spec, strategy: str | None) -> bool:
+    """TRL pushes the policy's weights to vLLM before each generation after an optimizer step
+    (vllm_generation.py `_iter_named_params`, colocated or server): a PEFT policy under ZeRO-3 is
+    gathered whole on every rank for it (`gather_params` of every parameter, to merge the adapter),
+    any other one parameter at a time."""
+    rlhf = spec.rlhf
+    return rlhf is not None and rlhf.rlhf_type == "grpo" and rlhf.use_vllm and spec.train_type == "lora" and strategy == "zero3"
+
+
+def generation_shift(measure: CandidateMeasure, rows: Rows, frozen: tuple[int, int], whole_policy: bool) -> float:
+    """What a rank holds when the engine generates, against the unsharded measurement: less what it
+    does not hold (sharding), plus what the weight sync gathers (the whole policy where
+    `syncs_whole_policy`, else at most the layers ZeRO-3 / FSDP gather anyway)."""
+    if rows.method == "measured":
+        return 0.0
+    policy_saving = measure.weights - rows.weights
+    saved = policy_saving + (measure.optimizer_state - rows.optimizer_state) + frozen_saving(rows, frozen)
+    return (policy_saving if whole_policy else rows.gathered_working_set) - saved
+
+
+def with_share(live, generating, share: dict | None, moment: bool = False):
     """The live peak with a colocated engine's share: the training step's peak plus what the engine
-    holds while training, or the live bytes when it generates plus its whole share."""
+    holds while training, or the live bytes when it generates plus its whole share. Without a
+    colocated engine, `moment`: the live bytes at generation can still be the peak (a weight sync
+    that gathers the whole policy)."""
     if not share:
-        return live
+        return (lambda batch: max(live(batch), generating(batch))) if moment else live
     whole, training = share["share_bytes"], share["training_bytes"]
     return lambda batch: max(live(batch) + training, generating(batch) + whole)
 

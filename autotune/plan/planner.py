@@ -20,8 +20,8 @@ from ..devices.fake import FakeDevice
 from ..errors import AutotuneError, UsageError
 from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
-from .breakdown import (Allowance, Rows, allowed_eval, frozen_bytes, frozen_saving, gathered_layers, layer_bytes, peak_model,
-                        rollout_on_card, rows_for, with_share)
+from .breakdown import (Allowance, Rows, allowed_eval, frozen_bytes, frozen_saving, gathered_layers, generation_shift, layer_bytes,
+                        peak_model, rollout_on_card, rows_for, syncs_whole_policy, with_share)
 from .measure import (CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate,
                       to_fake)
 from .rlhf import full_depth_reason
@@ -150,14 +150,16 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
     # eval holds the weights only (the policy's and the frozen models')
     resident_saving = (m.weights - rows.weights) + frozen_saving(rows, frozen) - rows.gathered_working_set
     base_live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
+    whole_sync = syncs_whole_policy(spec, options.strategy)
+    at_generation = generation_shift(m, rows, frozen, whole_sync)
     base_predicted, candidate.envelope = train_curve(steps, shift_fb, shift_step)
     searches = []
     for capacity in options.targets:
         budget = int(capacity * (1 - margin))
         share = rollout_on_card(workload, capacity)
-        live = with_share(base_live, lambda b: steps.train(b).rollout, share)
-        generating = max(steps.train(b).rollout for b in SEED_BATCHES)
-        predicted = with_share(base_predicted, lambda b: generating, share)  # noqa: B023
+        live = with_share(base_live, lambda b: steps.train(b).rollout + at_generation, share, whole_sync)
+        generating = max(steps.train(b).rollout for b in SEED_BATCHES) + at_generation
+        predicted = with_share(base_predicted, lambda b: generating, share, whole_sync)  # noqa: B023
         search = exact_frontier(live, predicted, budget, capacity, options.allowance, spec.max_batch_size)
         searches.append((capacity, budget, search, share, live))
         train = search.frontier
@@ -173,12 +175,12 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
     for prediction, (capacity, budget, _, share, _) in zip(candidate.predictions, searches):
         after = (prediction.per_device_train_batch_size or 1, prediction.gradient_accumulation_steps or 1)
         evaluate = with_share(lambda b: steps.eval(*after, b).peak - resident_saving,  # noqa: B023
-                              lambda b: steps.eval(*after, b).rollout, share)  # noqa: B023
+                              lambda b: steps.eval(*after, b).rollout + at_generation, share, whole_sync)  # noqa: B023
         for batch in SEED_BATCHES:
             steps.eval(*after, batch)
         eval_base, _ = eval_curve(steps, after, -resident_saving)
-        generating = max(steps.eval(*after, b).rollout for b in SEED_BATCHES)
-        eval_predicted = with_share(eval_base, lambda b: generating, share)  # noqa: B023
+        generating = max(steps.eval(*after, b).rollout for b in SEED_BATCHES) + at_generation
+        eval_predicted = with_share(eval_base, lambda b: generating, share, whole_sync)  # noqa: B023
         search = exact_frontier(evaluate, eval_predicted, budget, capacity, options.allowance, spec.max_batch_size)
         prediction.eval_frontier, prediction.eval_trials = allowed_eval(spec, search.frontier), len(search.points)
         prediction.eval_peak_bytes = round(evaluate(max(prediction.eval_frontier, 1)))  # at the batch the rules allow
