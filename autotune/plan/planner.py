@@ -22,8 +22,7 @@ from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
 from .breakdown import (Allowance, Rows, allowed_eval, frozen_bytes, frozen_saving, gathered_layers, generation_shift, layer_bytes,
                         peak_model, rollout_on_card, rows_for, syncs_whole_policy, with_share)
-from .measure import (CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate,
-                      to_fake)
+from .measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate, to_fake
 from .rlhf import full_depth_reason
 from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
 from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
@@ -139,16 +138,13 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
     m = candidate.measure
     for batch in SEED_BATCHES:
         steps.train(batch)
-    dtype_bytes = TORCH_DTYPES[spec.dtype].itemsize
-    frozen = frozen_bytes(workload)
-    rows = rows_for(m, workload.trainable_params, dtype_bytes, options.strategy, spec.world_size,
-                    gathered_layers(workload, options.strategy, layers), frozen)
+    frozen, layers = frozen_bytes(workload), gathered_layers(workload, options.strategy, layers)
+    rows = rows_for(m, workload.trainable_params, TORCH_DTYPES[spec.dtype].itemsize, options.strategy, spec.world_size, layers, frozen)
     model = peak_model(m, rows, frozen)
     candidate.rows = rows
     candidate.forward_backward_line, candidate.step_line = asdict(model.forward_backward), asdict(model.step)
     shift_fb, shift_step = model.forward_backward.intercept - m.forward_backward_line.intercept, model.step.intercept - m.step_line.intercept
-    # eval holds the weights only (the policy's and the frozen models')
-    resident_saving = (m.weights - rows.weights) + frozen_saving(rows, frozen) - rows.gathered_working_set
+    resident_saving = (m.weights - rows.weights) + frozen_saving(rows, frozen) - rows.gathered_working_set  # eval: the weights only
     base_live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
     whole_sync = syncs_whole_policy(spec, options.strategy)
     at_generation = generation_shift(m, rows, frozen, whole_sync)
