@@ -130,6 +130,64 @@ def test_the_planned_vision_language_frontier_is_confirmed_by_trl_trials(name, m
         assert (result.outcome == "fit") == fits, (batch, result.outcome, result.peak_bytes, p.budget_bytes)
 
 
+# A reward model whose scoring forward is the step's peak (one layer, a wide MLP): the pin below
+# fails by more than 2% if the step model charged its weights but not its forward.
+WIDE_MLP_REWARD = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 8192,
+                   "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+                   "max_position_embeddings": 256, "tie_word_embeddings": False, "rms_norm_eps": 1e-6}
+
+
+@pytest.fixture
+def reward_rlhf(tmp_path):
+    import json
+
+    path = tmp_path / "reward.json"
+    path.write_text(json.dumps(WIDE_MLP_REWARD))
+    return RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True, vllm_mode="server", reward_models=(str(path),))
+
+
+def test_a_reward_model_s_scoring_is_trl_s_within_2_percent(make_workload, reward_rlhf, monkeypatch):
+    """GRPO with a reward model passed as a model: TRL scores every completion of the generation
+    in one forward under inference mode; the step model's peak is the trial's within 2%, and
+    without that forward (its weights alone) it would not be."""
+    import torch
+
+    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=reward_rlhf, global_batch_size=4)
+    rlhf_run.prepare(workload)
+    workload.configure(gradient_checkpointing=False)
+    modelled = rlhf_step_model.train_steps(workload, 1, 3, 4)
+    trial = run_trial(workload, "train", {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 4}, 3, CAPACITY)
+    assert trial.fits, trial.message
+    assert abs(modelled - trial.peak_bytes) <= 0.02 * trial.peak_bytes, (modelled, trial.peak_bytes)
+    monkeypatch.setattr(rlhf_step_model, "score", lambda w, rows, length: torch.rand(rows, device=w.device.torch_device))
+    weights_only = rlhf_step_model.train_steps(workload, 1, 3, 4)
+    assert trial.peak_bytes - weights_only > 0.02 * trial.peak_bytes, (weights_only, trial.peak_bytes)
+
+
+REWARD_CAPACITY = 24 * MiB
+
+
+def test_the_planned_frontier_with_a_reward_model_is_confirmed_by_trl_trials(make_workload, reward_rlhf, capsys):
+    """The plan's frontier with a reward model resident and scoring: TRL's trainer fits the budget
+    at k and passes it at k + 1; the breakdown has the reward model's row; the plan ran at full
+    depth (the scoring peak does not extend with the policy's depth)."""
+    spec = _grpo_spec(rlhf=reward_rlhf)
+    plan = make_plan(spec, PlanOptions([REWARD_CAPACITY], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
+    (candidate,) = plan.ok()
+    p = candidate.predictions[0]
+    reward = plan.workload.reward_models[0]
+    assert candidate.rows.reward_weights == sum(t.numel() * t.element_size() for t in [*reward.parameters(), *reward.buffers()]) > 0
+    assert plan.depth.startswith("measured at full depth: reward models")
+    assert p.train_frontier > 1
+    workload = make_workload("tiny-llama", REWARD_CAPACITY, max_length=16, train_type="lora", rlhf=reward_rlhf, global_batch_size=4)
+    accumulation = lambda b: max(1, round(4 / b))  # noqa: E731
+    for batch, fits in ((p.train_frontier, True), (p.train_frontier + 1, False)):
+        result = run_trial(workload, "train", {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation(batch)},
+                           3, p.budget_bytes)
+        assert (result.outcome == "fit") == fits, (batch, result.outcome, result.peak_bytes, p.budget_bytes)
+    assert plan_recipe(plan).rlhf["reward_models"].startswith("resident beside the policy")
+
+
 def test_auto_share_in_the_plan():
     """auto: the smallest share holding the engine, and a frontier under what remains; asleep, the
     engine keeps at most its share while the trainer trains."""

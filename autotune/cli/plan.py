@@ -171,6 +171,7 @@ def show(plan, out_path, console) -> None:
         table.add_column("bytes per rank", justify="right")
         for label, value in (("weights (and buffers)", c.rows.weights),
                              *((("reference model weights", c.rows.reference_weights),) if c.rows.reference_weights else ()),
+                             *((("reward model weights", c.rows.reward_weights),) if c.rows.reward_weights else ()),
                              ("gradients", c.rows.gradients),
                              ("optimizer state", c.rows.optimizer_state), ("optimizer-step transient", c.rows.step_transient),
                              ("activations per sample", c.rows.activations_per_sample), ("logits per sample", c.rows.logits_per_sample),

@@ -51,6 +51,7 @@ class Rows:
     gathered_working_set: float = 0.0  # zero3/fsdp: unsharded layers in flight
     method: str = "measured"
     reference_weights: float = 0.0  # RLHF: the reference model's weights, where the framework loads one
+    reward_weights: float = 0.0  # GRPO: the reward models passed as models
 
     def as_dict(self) -> dict:
         return {k: (round(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -80,12 +81,15 @@ def layer_bytes(model) -> tuple[int, int]:
 
 
 def rows_for(measure: CandidateMeasure, trainable_params: int, dtype_bytes: int, strategy: str | None = None,
-             world_size: int = 1, layers: tuple[int, int] = (0, 0)) -> Rows:
-    """The rows for one rank. Unsharded: all measured. Sharded: the documented partitioning."""
+             world_size: int = 1, layers: tuple[int, int] = (0, 0), frozen: tuple[int, int] = (0, 0)) -> Rows:
+    """The rows for one rank. Unsharded: all measured. Sharded: the documented partitioning.
+    `frozen`: an RLHF run's (reference model, reward models) weights, whole (in the measured
+    peaks: they are on the counter), partitioned where the trainer's engine partitions them."""
     line = measure.train_line
     activations = max(line.slope - measure.logits_per_sample, 0.0)
+    reference, rewards = frozen
     rows = Rows(measure.weights, measure.gradients, measure.optimizer_state, measure.step_transient,
-                activations, float(measure.logits_per_sample))
+                activations, float(measure.logits_per_sample), reference_weights=float(reference), reward_weights=float(rewards))
     if not strategy or world_size == 1:
         return rows
     n = world_size
@@ -102,6 +106,10 @@ def rows_for(measure: CandidateMeasure, trainable_params: int, dtype_bytes: int,
         if strategy == "zero3":
             rows.weights = measure.weights / n
             rows.gathered_working_set = 2 * largest_layer + outside_layers  # layer in use + prefetched
+            # TRL's prepare_deepspeed starts the reference and reward models under the run's ZeRO-3
+            # config (no optimizer): partitioned too, gathered layer by layer as the policy is. Under
+            # stage 2 it starts them at stage 0: whole on every rank.
+            rows.reference_weights, rows.reward_weights = reference / n, rewards / n
         rows.method = f"documented partitioning (DeepSpeed ZeRO stage {strategy[-1]}), not measured"
     elif strategy == "fsdp":
         # FSDP2 fully_shard per decoder layer (accelerate's transformer auto-wrap): parameters,
@@ -113,20 +121,29 @@ def rows_for(measure: CandidateMeasure, trainable_params: int, dtype_bytes: int,
         rows.optimizer_state = measure.optimizer_state / n
         rows.step_transient = measure.step_transient / n
         rows.gathered_working_set = 2 * largest_layer + outside_layers
+        # TRL's prepare_fsdp shards the reference; reward models are prepared in evaluation mode,
+        # which accelerate never wraps: whole on every rank.
+        rows.reference_weights = reference / n
         rows.method = "documented partitioning (PyTorch FSDP2 fully_shard per decoder layer), not measured"
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     return rows
 
 
-def peak_model(measure: CandidateMeasure, rows: Rows | None = None) -> PeakModel:
+def frozen_saving(rows: Rows, frozen: tuple[int, int]) -> float:
+    """What of the frozen models (`frozen`: reference, reward models, whole) a rank does not hold."""
+    return sum(frozen) - rows.reference_weights - rows.reward_weights
+
+
+def peak_model(measure: CandidateMeasure, rows: Rows | None = None, frozen: tuple[int, int] = (0, 0)) -> PeakModel:
     """The measured phase lines; for sharded rows, each phase loses what the ranks no longer
     hold. The forward/backward phase keeps the measured gradients (they fill up during
     backward; charging them whole is the conservative choice)."""
     fb, step = Line.through(measure.forward_backward_peaks), Line.through(measure.step_peaks)
     if rows is None or rows.method == "measured":
         return PeakModel(fb, step)
-    saved_resident = (measure.weights - rows.weights) + (measure.optimizer_state - rows.optimizer_state)
+    saved_resident = ((measure.weights - rows.weights) + (measure.optimizer_state - rows.optimizer_state)
+                      + frozen_saving(rows, frozen))
     saved_step = saved_resident + (measure.gradients - rows.gradients) + (measure.step_transient - rows.step_transient)
     extra = rows.gathered_working_set
     return PeakModel(Line(fb.intercept - saved_resident + extra, fb.slope), Line(step.intercept - saved_step + extra, step.slope))
@@ -148,15 +165,25 @@ def largest_batch(live, budget: float, allowance: Allowance, capacity: int, max_
     return lo
 
 
-# ---------------------------------------------------------------- RLHF: the reference model, the rollout engine
+# ---------------------------------------------------------------- RLHF: the frozen models, the rollout engine
 
 
-def reference_bytes(workload) -> int:
-    """The reference model's weights and buffers on the card (0: none resident)."""
-    reference = getattr(workload, "reference", None)
-    if reference is None:
-        return 0
-    return sum(t.numel() * t.element_size() for t in [*reference.parameters(), *reference.buffers()])
+def frozen_bytes(workload) -> tuple[int, int]:
+    """(the reference model's, the reward models') weights and buffers, whole (0: none resident)."""
+    from .rlhf import weight_bytes
+
+    return (weight_bytes(getattr(workload, "reference", None)),
+            sum(weight_bytes(m) for m in getattr(workload, "reward_models", None) or ()))
+
+
+def gathered_layers(workload, strategy: str | None, layers: tuple[int, int]) -> tuple[int, int]:
+    """The (largest layer, rest) ZeRO-3 gathers at a time: the policy's (`layers`; the reference is
+    the same model), or a reward model's where its gathered set is larger: each forward gathers
+    its own model's layers while the others stay partitioned. Reward models are whole elsewhere."""
+    if strategy != "zero3":
+        return layers
+    candidates = [layers, *(layer_bytes(m) for m in getattr(workload, "reward_models", None) or ())]
+    return max(candidates, key=lambda pair: 2 * pair[0] + pair[1])
 
 
 def rollout_on_card(workload, capacity: int) -> dict | None:
@@ -191,11 +218,33 @@ def rollout_on_card(workload, capacity: int) -> dict | None:
                    "accounts it (model/rollout.py)"}
 
 
-def with_share(live, generating, share: dict | None):
+def syncs_whole_policy(spec, strategy: str | None) -> bool:
+    """TRL pushes the policy's weights to vLLM before each generation after an optimizer step
+    (vllm_generation.py `_iter_named_params`, colocated or server): a PEFT policy under ZeRO-3 is
+    gathered whole on every rank for it (`gather_params` of every parameter, to merge the adapter),
+    any other one parameter at a time."""
+    rlhf = spec.rlhf
+    return rlhf is not None and rlhf.rlhf_type == "grpo" and rlhf.use_vllm and spec.train_type == "lora" and strategy == "zero3"
+
+
+def generation_shift(measure: CandidateMeasure, rows: Rows, frozen: tuple[int, int], whole_policy: bool) -> float:
+    """What a rank holds when the engine generates, against the unsharded measurement: less what it
+    does not hold (sharding), plus what the weight sync gathers (the whole policy where
+    `syncs_whole_policy`, else at most the layers ZeRO-3 / FSDP gather anyway)."""
+    if rows.method == "measured":
+        return 0.0
+    policy_saving = measure.weights - rows.weights
+    saved = policy_saving + (measure.optimizer_state - rows.optimizer_state) + frozen_saving(rows, frozen)
+    return (policy_saving if whole_policy else rows.gathered_working_set) - saved
+
+
+def with_share(live, generating, share: dict | None, moment: bool = False):
     """The live peak with a colocated engine's share: the training step's peak plus what the engine
-    holds while training, or the live bytes when it generates plus its whole share."""
+    holds while training, or the live bytes when it generates plus its whole share. Without a
+    colocated engine, `moment`: the live bytes at generation can still be the peak (a weight sync
+    that gathers the whole policy)."""
     if not share:
-        return live
+        return (lambda batch: max(live(batch), generating(batch))) if moment else live
     whole, training = share["share_bytes"], share["training_bytes"]
     return lambda batch: max(live(batch) + training, generating(batch) + whole)
 

@@ -26,6 +26,7 @@ from ..trials import rlhf_step_model, step_model
 from ..errors import UsageError
 from ..model.training_setup import plan_inputs, prepare
 from ..model.workload import Workload, apply_lora, build_model, count_parameters
+from .rlhf import build_frozen_models, frozen_models
 
 PLAN_BATCHES = (1, 2)  # two points give the line; peak is affine in batch size
 # On a CPU-only machine flash-attn cannot be imported. Its memory is linear in the sequence,
@@ -198,43 +199,18 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
     workload.adapters_left_out = left_out
     workload.configure(gradient_checkpointing=spec.gradient_checkpointing)
     if spec.rlhf is not None:
-        _plan_rlhf(workload, setup)
+        build_frozen_models(workload, setup)
     if fake:
         to_fake(workload)
     return workload
 
 
 def to_fake(workload: Workload) -> None:
-    """Materialise the model (and the RLHF reference model) as fake tensors on the workload's
-    device, charged to its counter."""
-    for model in (workload.model, getattr(workload, "reference", None)):
-        if model is not None:
-            materialise(model, workload.device)
-            workload.device.adopt(list(model.parameters()) + list(model.buffers()))
-
-
-def _plan_rlhf(workload: Workload, setup) -> None:
-    """What an RLHF plan needs beside the policy: the reference model where the framework loads
-    one (built as the policy was, frozen), on fake tensors; refused: what it cannot model."""
-    spec = workload.spec
-    rlhf = spec.rlhf
-    if rlhf.rlhf_type == "grpo" and not rlhf.use_vllm:
-        raise UsageError("--use-vllm", "the plan cannot model generation by the policy's generate(): TRL reads the generated "
-                         "ids by value (the first EOS, .tolist()), and fake tensors have none",
-                         "plan with --use-vllm (colocated or --vllm-mode server), or probe it on a card")
-    if rlhf.reward_models:
-        raise UsageError("--reward-model", "the plan does not model reward models passed as models yet",
-                         "plan without it (the probe measures them), or probe it")
-    if setup is not None and setup.family is not None:
-        from ..trials.rlhf_run import check_vision
-
-        check_vision(setup, spec, trials=False)  # the families and inputs the probe's TRL trials run
-    if rlhf.reference_model(spec.train_type) == "loaded":
-        reference = build_model(workload.source, spec, _Meta(), setup.family if setup is not None else None)
-        reference.eval()
-        for p in reference.parameters():
-            p.requires_grad_(False)
-        workload.reference = reference
+    """Materialise the model (and an RLHF run's reference and reward models) as fake tensors on the
+    workload's device, charged to its counter."""
+    for model in (workload.model, *frozen_models(workload)):
+        materialise(model, workload.device)
+        workload.device.adopt(list(model.parameters()) + list(model.buffers()))
 
 
 class CandidateSteps:

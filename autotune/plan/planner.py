@@ -21,10 +21,10 @@ from ..errors import AutotuneError, UsageError
 from ..search.global_batch import split_global_batch
 from ..model.multimodal import recipe_record, recipe_settings as vision_settings
 from ..model.source import ModelSource, model_class
-from .breakdown import (Allowance, Rows, allowed_eval, layer_bytes, peak_model, reference_bytes, rollout_on_card,
-                        rows_for, with_share)
-from .measure import (CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate,
-                      to_fake)
+from .breakdown import (Allowance, Rows, allowed_eval, frozen_bytes, frozen_saving, gathered_layers, generation_shift, layer_bytes,
+                        peak_model, rollout_on_card, rows_for, syncs_whole_policy, with_share)
+from .measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate, to_fake
+from .rlhf import full_depth_reason
 from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
 from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
 from ..describe import describe_model, library_versions
@@ -139,23 +139,24 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
     m = candidate.measure
     for batch in SEED_BATCHES:
         steps.train(batch)
-    dtype_bytes = TORCH_DTYPES[spec.dtype].itemsize
-    rows = rows_for(m, workload.trainable_params, dtype_bytes, options.strategy, spec.world_size, layers)
-    rows.reference_weights = float(reference_bytes(workload))
-    model = peak_model(m, rows)
+    frozen, layers = frozen_bytes(workload), gathered_layers(workload, options.strategy, layers)
+    rows = rows_for(m, workload.trainable_params, TORCH_DTYPES[spec.dtype].itemsize, options.strategy, spec.world_size, layers, frozen)
+    model = peak_model(m, rows, frozen)
     candidate.rows = rows
     candidate.forward_backward_line, candidate.step_line = asdict(model.forward_backward), asdict(model.step)
     shift_fb, shift_step = model.forward_backward.intercept - m.forward_backward_line.intercept, model.step.intercept - m.step_line.intercept
-    resident_saving = (m.weights - rows.weights) - rows.gathered_working_set  # eval holds the weights only
+    resident_saving = (m.weights - rows.weights) + frozen_saving(rows, frozen) - rows.gathered_working_set  # eval: the weights only
     base_live = lambda b: max(steps.train(b).forward_backward + shift_fb, steps.train(b).step + shift_step)  # noqa: E731
+    whole_sync = syncs_whole_policy(spec, options.strategy)
+    at_generation = generation_shift(m, rows, frozen, whole_sync)
     base_predicted, candidate.envelope = train_curve(steps, shift_fb, shift_step)
     searches = []
     for capacity in options.targets:
         budget = int(capacity * (1 - margin))
         share = rollout_on_card(workload, capacity)
-        live = with_share(base_live, lambda b: steps.train(b).rollout, share)
-        generating = max(steps.train(b).rollout for b in SEED_BATCHES)
-        predicted = with_share(base_predicted, lambda b: generating, share)  # noqa: B023
+        live = with_share(base_live, lambda b: steps.train(b).rollout + at_generation, share, whole_sync)
+        generating = max(steps.train(b).rollout for b in SEED_BATCHES) + at_generation
+        predicted = with_share(base_predicted, lambda b: generating, share, whole_sync)  # noqa: B023
         search = exact_frontier(live, predicted, budget, capacity, options.allowance, spec.max_batch_size)
         searches.append((capacity, budget, search, share, live))
         train = search.frontier
@@ -171,12 +172,12 @@ def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: Pr
     for prediction, (capacity, budget, _, share, _) in zip(candidate.predictions, searches):
         after = (prediction.per_device_train_batch_size or 1, prediction.gradient_accumulation_steps or 1)
         evaluate = with_share(lambda b: steps.eval(*after, b).peak - resident_saving,  # noqa: B023
-                              lambda b: steps.eval(*after, b).rollout, share)  # noqa: B023
+                              lambda b: steps.eval(*after, b).rollout + at_generation, share, whole_sync)  # noqa: B023
         for batch in SEED_BATCHES:
             steps.eval(*after, batch)
         eval_base, _ = eval_curve(steps, after, -resident_saving)
-        generating = max(steps.eval(*after, b).rollout for b in SEED_BATCHES)
-        eval_predicted = with_share(eval_base, lambda b: generating, share)  # noqa: B023
+        generating = max(steps.eval(*after, b).rollout for b in SEED_BATCHES) + at_generation
+        eval_predicted = with_share(eval_base, lambda b: generating, share, whole_sync)  # noqa: B023
         search = exact_frontier(evaluate, eval_predicted, budget, capacity, options.allowance, spec.max_batch_size)
         prediction.eval_frontier, prediction.eval_trials = allowed_eval(spec, search.frontier), len(search.points)
         prediction.eval_peak_bytes = round(evaluate(max(prediction.eval_frontier, 1)))  # at the batch the rules allow
@@ -251,8 +252,9 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     # and LoRA adapters alike in every layer are left out of it (peft on the whole model was
     # 0.5 s of a 7B plan, 2-3 s of a 70B): its counts are the copies', extended.
     built = spec.replace(attn_implementation=built_with)
-    workload = _build(source, built, FakeDevice(capacity), fake=False, adapters=depth_mode != "auto")
-    depth = choose_depth(source.config, workload.model) if depth_mode == "auto" else DepthChoice(reason="--full-depth")
+    reason = "--full-depth" if depth_mode != "auto" else full_depth_reason(spec)
+    workload = _build(source, built, FakeDevice(capacity), fake=False, adapters=reason is None)
+    depth = choose_depth(source.config, workload.model) if reason is None else DepthChoice(reason=reason)
     shallow = None
     if not depth.extended:
         if workload.adapters_left_out:

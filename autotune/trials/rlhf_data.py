@@ -64,7 +64,10 @@ class TrialData:
     def prompts(self, n: int, length: int) -> dict:
         """Columns of `n` prompts of `length` tokens each, their images' tokens included."""
         if self.media is None:
-            return {"prompt": [self._words(length) for _ in range(n)]}
+            # A reward model passed as a model reads `prompt + completion`, joined as strings (TRL's
+            # `_calculate_rewards`): the trailing space keeps the last prompt word and the first
+            # completion word apart, so it reads prompt + completion tokens, as a real text would.
+            return {"prompt": [self._words(length) + " " for _ in range(n)]}
         return {"prompt": [[{"role": "user", "content": self._words(length - self.vision_tokens)}] for _ in range(n)],
                 "images": [self.media.images(self.images) for _ in range(n)]}
 

@@ -132,30 +132,36 @@ def _load_reward_models(workload) -> None:
     rlhf = workload.spec.rlhf
     if not rlhf.reward_models or hasattr(workload, "reward_models"):
         return
+    device = workload.device
+    models = [reward_model(name, workload.spec.dtype, device.torch_device) for name in rlhf.reward_models]
+    for model in models:
+        device.adopt(list(model.parameters()) + list(model.buffers()))
+    workload.reward_models = models
+
+
+def reward_model(name: str, dtype: str, torch_device, weights: bool = True):
+    """One reward model as TRL loads it (`AutoModelForSequenceClassification`, `num_labels=1`),
+    frozen, in eval mode: from a model directory's weights (`weights`, else its config alone), a
+    config.json or a built-in name (random init), built on `torch_device` (`meta` for a plan)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     from ..model.source import resolve
     from ..model.workload import TORCH_DTYPES
 
-    dtype, device = TORCH_DTYPES[workload.spec.dtype], workload.device
-    models = []
-    for name in rlhf.reward_models:
-        weights = _is_model_dir(name)
-        source = resolve(name if weights else None, None if weights else name, causal_lm=False)
-        if weights:
-            model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=1, dtype=dtype,
-                                                                       device_map={"": device.torch_device})
-        else:
-            source.config.num_labels = 1
-            with torch.device(device.torch_device):
-                model = AutoModelForSequenceClassification.from_config(source.config, dtype=dtype)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = 0  # the word tokenizer's padding; TRL pads the reward inputs
-        model.eval().requires_grad_(False)
-        device.adopt(list(model.parameters()) + list(model.buffers()))
-        models.append(model)
-    workload.reward_models = models
+    dtype_ = TORCH_DTYPES[dtype]
+    from_dir = _is_model_dir(name)
+    source = resolve(name if from_dir else None, None if from_dir else name, causal_lm=False)
+    if from_dir and weights:
+        model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=1, dtype=dtype_,
+                                                                   device_map={"": torch_device})
+    else:
+        source.config.num_labels = 1
+        with torch.device(torch_device):
+            model = AutoModelForSequenceClassification.from_config(source.config, dtype=dtype_)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = 0  # the word tokenizer's padding; TRL pads the reward inputs
+    return model.eval().requires_grad_(False)
 
 
 def _is_model_dir(name: str) -> bool:

@@ -69,14 +69,15 @@ def vision_rows(workload, rows: int, completion: int = 0) -> dict | None:
 _PLACEHOLDER_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
 
-def device_ids(workload, rows: int, length: int):
+def device_ids(workload, rows: int, length: int, vocab_size: int | None = None):
     """Ids and their all-ones mask, built on the host and copied to the device as TRL pads them;
-    never a placeholder id (the trials' completions avoid them too)."""
+    never a placeholder id (the trials' completions avoid them too). `vocab_size`: another
+    model's (a reward model's), else the policy's."""
     device = workload.device
     config = workload.source.config
     avoid = [getattr(config, key) for key in _PLACEHOLDER_KEYS if getattr(config, key, None) is not None]
     with device.host():
-        ids = torch.randint(2, workload.vocab_size, (rows, length))
+        ids = torch.randint(2, vocab_size or workload.vocab_size, (rows, length))
         for token in avoid:
             ids = torch.where(ids == token, torch.full_like(ids, 2), ids)
         mask = torch.ones(rows, length, dtype=torch.long)

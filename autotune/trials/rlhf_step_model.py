@@ -38,6 +38,9 @@ images (`vision_rows`) and every forward gets their `pixel_values`, `image_grid_
 sample and shuffles them with TRL's own functions; DPO's rows repeat the images for chosen and
 rejected. TRL's DPO switches dropout off (`dropout_as_trl_sets_it`).
 
+GRPO's reward models passed as models (`--reward-model`) score every completion of the generation
+after the no_grad forwards, in one forward each (`score`); their weights are resident all along.
+
 Left out (small next to the step): TRL's metrics, the rewards' host-side work. Checkpointing is
 not switched off around the no_grad forwards as TRL does (`disable_gradient_checkpointing`):
 under no_grad a checkpointed layer saves nothing, so the memory is the same. Generating with the
@@ -156,13 +159,33 @@ def generate_and_score(workload, rows: int, batch: int, share: tuple = (0, 0), v
             model, context = _reference(workload)
             with context:
                 output["ref_per_token_logps"] = _logps(workload, model, ids, mask, completion, batch, False, vision)[0]
-    rewards = torch.rand(rows, device=device.torch_device)
+    rewards = score(workload, rows, prompt + completion)
     grouped = rewards.view(-1, rlhf.generations if workload.model.training else _eval_group(rows, rlhf.generations))
     output["advantages"] = (rewards - grouped.mean(dim=1).repeat_interleave(grouped.size(1))) / (
         grouped.std(dim=1, correction=int(grouped.size(1) > 1)).repeat_interleave(grouped.size(1)) + 1e-4)
     output["num_items_in_batch"] = num_items
     del ids, mask
     return output
+
+
+def score(workload, rows: int, length: int):
+    """The rewards of `rows` completions, as TRL's `_calculate_rewards` computes them. Reward models
+    passed as models (`workload.reward_models`) each read every completion after its prompt
+    (`length` tokens of their own vocabulary, tokenized on the host and copied to the card as
+    `_prepare_inputs` copies them) in one forward of all the rows, under inference mode and the
+    Trainer's autocast (accelerate prepares them in evaluation mode), into a (rows, models) fp32
+    tensor; their weighted sum is the reward. Without reward models, a reward function's values."""
+    device = workload.device
+    models = getattr(workload, "reward_models", None) or ()
+    if not models:
+        return torch.rand(rows, device=device.torch_device)
+    per_model = torch.zeros(rows, len(models), device=device.torch_device)
+    for i, model in enumerate(models):
+        ids, mask = device_ids(workload, rows, length, model.config.vocab_size)
+        with torch.inference_mode(), _autocast(workload):
+            per_model[:, i] = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+        del ids, mask
+    return per_model.sum(dim=1)
 
 
 def _eval_group(rows: int, generations: int) -> int:
