@@ -9,9 +9,10 @@ import pytest
 
 import autotune
 from autotune.devices.fake import FakeDevice
-from autotune.plan.planner import PlanOptions, candidate_steps, make_plan, plan_workloads
+from autotune.plan.copies import candidate_steps
+from autotune.plan.planner import PlanOptions, make_plan, plan_workloads
 from autotune.plan.breakdown import Allowance, layer_bytes
-from autotune.plan.depth import choose_depth
+from autotune.plan.depth import DepthChoice, Stack, Unsound, choose_depth
 from autotune.plan.measure import build_plan_workload, plan_source
 from autotune.spec import ProbeSpec
 
@@ -30,13 +31,14 @@ def _config(tmp_path, name: str, text=None, vision=None, **top) -> str:
     return str(path)
 
 
-def _peaks(spec, checkpointing: bool, depth: str, batch: int = 2) -> tuple[str, int, int]:
+def _peaks(spec, checkpointing: bool, depth: str, batch: int = 2, *more: int) -> tuple:
     """(how the depth was covered, the train peak at `batch`, the eval peak at `batch` after a
-    train step at batch 2); each copy's peaks are extended at every batch alike."""
+    train step at batch 2, then those at each of `more`); each copy's peaks are extended at every
+    batch alike."""
     workload, choice, shallow = plan_workloads(spec, 2**40, depth)
     steps, measure = candidate_steps(workload, "sdpa", checkpointing, spec, shallow, choice)
     try:
-        return choice.note(), steps.train(batch).peak, steps.eval(2, 1, batch).peak
+        return choice.note(), *(peak for b in (batch, *more) for peak in (steps.train(b).peak, steps.eval(2, 1, b).peak))
     finally:
         steps.close()
 
@@ -75,67 +77,78 @@ def test_a_vision_tower_with_window_and_full_blocks_extends_over_its_unit(tmp_pa
 
 def test_a_tower_of_window_blocks_and_a_full_block_is_measured_by_kind(tmp_path):
     """Qwen2.5-VL-7B's tower: runs of window-attention blocks, each closed by a full-attention
-    block (here 3 + 1, three times). Each kind is extended to its own count from copies of 2 and
-    3 blocks (one of each, then one more of each kind), not of 4 and 8; with checkpointing the
-    frozen tower is in the autograd graph (transformers hooks its patch embedding). The text
-    layers beyond the first and the window blocks beyond the first are as many (8, as 27 in
-    Qwen2.5-VL-7B), so one copy measures both."""
+    block (here 3 + 1, three times). Each kind is extended to its own count from copies of 1 to 3
+    blocks, not of 4 and 8; the window blocks (whose SDPA path loops over the windows in Python)
+    are left out of the base copy: one copy holds one, and the others count as one more full
+    block adds (the same parameters), checked at every step. With checkpointing the frozen tower
+    is in the autograd graph (transformers hooks its patch embedding). Images of 4 windows each;
+    every peak equals the full-depth run's."""
     path = _config(tmp_path, "tiny-qwen2.5-vl", text={"num_hidden_layers": 9},
                    vision={"depth": 12, "fullatt_block_indexes": [3, 7, 11]})
-    spec = ProbeSpec(max_length=96, model_config=path, max_pixels=56 * 56 * 4)
+    spec = ProbeSpec(max_length=96, model_config=path, max_pixels=112 * 112 * 4)
     source = plan_source(spec)
     choice = choose_depth(source.config, build_plan_workload(source, spec, FakeDevice(), fake=False).model)
-    # text, tower: the base copy; a text layer and a window block more; a full block more
-    assert choice.parts() == [[[0], [0, 3]], [[0, 1], [0, 0, 3]], [[0], [0, 3, 3]]]
-    assert choice.repeats() == [9 - 1, 3 - 1]
-    (how, train, evaluate), (_, full_train, full_eval) = (_peaks(spec, True, d) for d in ("auto", "full"))
+    # text, tower: the base copy (no window block); a text layer more; a window block; a full block more
+    assert choice.parts() == [[[0], [3]], [[0, 1], [3]], [[0], [0, 3]], [[0], [3, 3]]]
+    assert choice.repeats() == [9 - 1, 1, (3 - 1) + (3 * 3 - 1)]
+    # where the check fails: one of each kind in every copy; the text layers and window blocks
+    # beyond the first are as many (8, as 27 in Qwen2.5-VL-7B), so one copy measures both
+    assert choice.fallback().parts() == [[[0], [0, 3]], [[0, 1], [0, 0, 3]], [[0], [0, 3, 3]]]
+    assert choice.fallback().repeats() == [9 - 1, 3 - 1]
+    (how, *peaks), (_, *full_peaks) = (_peaks(spec, True, d) for d in ("auto", "full"))
     assert "12 layers as 3 units of 4, each kind extended apart (runs of 3, 1 alike layers)" in how
-    assert abs(train - full_train) <= 0.01 * full_train and abs(evaluate - full_eval) <= 0.01 * full_eval
+    assert "base without its run of 3" in how
+    assert peaks == full_peaks  # train and eval, byte for byte
 
 
-def test_a_kind_set_by_its_position_is_measured_in_whole_units(tmp_path):
-    """MoE every third layer (`decoder_sparse_step`) is a rule on the position, which a copy
-    selecting layers would not follow: the unit is measured whole."""
-    spec = ProbeSpec(max_length=32, model_config=_config(tmp_path, "tiny-qwen3-moe", num_hidden_layers=12, decoder_sparse_step=3))
-    source = plan_source(spec)
-    choice = choose_depth(source.config, build_plan_workload(source, spec, FakeDevice(), fake=False).model)
-    assert [(s.unit, s.runs) for s in choice.stacks] == [(3, ())] and "units of 3" in choice.note()
-    assert choice.parts() == [[[0, 1, 2]], [[0, 1, 2, 3, 4, 5]]]
+def _lean_choice():
+    """Qwen2.5-VL-7B's stacks as plan/depth.py reads them: 28 text layers; 32 tower blocks, 7
+    window blocks and a full one, 4 times, the window blocks left out of the base copy."""
+    return DepthChoice(stacks=[Stack(None, "num_hidden_layers", 28, 1, 0),
+                               Stack(None, "depth", 32, 8, 0, runs=(7, 1), absent=0, reference=1)])
 
 
-def test_a_plan_says_how_it_covered_the_depth(tmp_path):
-    spec = ProbeSpec(max_length=32, model_config=_config(tmp_path, "tiny-llama", num_hidden_layers=4), margin=0.0)
-    plan = make_plan(spec, PlanOptions([16 * MiB], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
-    assert "4 layers as 4 units of 1" in plan.depth and plan.to_dict()["depth"] == plan.depth
+def test_the_7b_tower_runs_one_window_block_in_four_copies():
+    choice = _lean_choice()
+    assert choice.parts() == [[[0], [7]], [[0, 1], [7]], [[0], [0, 7]], [[0], [7, 7]]]
+    assert choice.repeats() == [27, 1, 27 + 3]
+    assert choice.fallback().parts() == [[[0], [0, 7]], [[0, 1], [0, 0, 7]], [[0], [0, 7, 7]]]
 
 
-@pytest.mark.parametrize("change,reason", [
-    ({"num_hidden_layers": 8, "mlp_only_layers": [0]}, "do not repeat"),  # a dense first layer, MoE after it
-    ({"num_hidden_layers": 8, "first_k_dense_replace": 1}, "first_k_dense_replace is not read"),
-    ({"num_hidden_layers": 3}, "shallow"),
+@pytest.mark.parametrize("window,passes", [
+    (MiB, True),  # both kinds hold their checkpointed input (1 MiB) at the peak
+    (MiB + 512, True),  # and a small tensor all window blocks share, held once: 27 x 512 bytes, under 0.1%
+    (3 * MiB, False),  # the peak inside the window block's own moments: its transient
+    (0, False),  # the peak where the window block holds nothing and a full block its input
 ])
-def test_stacks_that_do_not_repeat_run_at_full_depth_and_say_why(tmp_path, change, reason):
-    spec = ProbeSpec(max_length=32, model_config=_config(tmp_path, "tiny-qwen3-moe", **change))
-    source = plan_source(spec)
-    choice = choose_depth(source.config, build_plan_workload(source, spec, FakeDevice()).model)
-    assert not choice.extended and reason in choice.note() and "full depth" in choice.note()
+def test_the_check_refuses_a_window_block_that_adds_what_a_full_block_does_not(window, passes):
+    base, text, full = 100 * MiB, 5 * MiB, MiB
+    values = (base, base + text, base + window, base + full)  # parts() order
+    if passes:
+        _lean_choice().check("the peak", *values)
+    else:
+        with pytest.raises(Unsound, match="the peak: the vision tower's layer 0 .* added"):
+            _lean_choice().check("the peak", *values)
 
 
-@pytest.mark.parametrize("train_type", ["full", "lora"])
-def test_an_extended_plan_counts_the_whole_model_as_the_full_depth_run(tmp_path, train_type):
-    """Where shallow copies run the steps the whole model stays on the meta device (LoRA's
-    adapters left out of it): its parameter counts, weights, gradients and optimizer state are
-    extended from the copies, and equal the full-depth run's; so do the layer sizes ZeRO-3 and
-    FSDP gather, read from a copy."""
-    spec = ProbeSpec(max_length=32, model_config=_config(tmp_path, "tiny-llama", num_hidden_layers=4), train_type=train_type)
-    counts = []
-    for depth in ("auto", "full"):
-        workload, choice, shallow = plan_workloads(spec, 2**40, depth)
-        steps, measure = candidate_steps(workload, "sdpa", False, spec, shallow, choice)
-        try:
-            steps.train(2)
-        finally:
-            steps.close()
-        counts.append((workload.total_params, workload.trainable_params, measure.weights, measure.gradients,
-                       measure.optimizer_state, layer_bytes(shallow[0].model if shallow else workload.model)))
-    assert counts[0] == counts[1] and all(counts[1]), counts
+def test_a_tower_whose_peak_moves_between_kinds_falls_back_to_one_of_each_kind(tmp_path):
+    """A full-attention block opening each unit of 3 window blocks: the step's peak sits in the
+    full block's moments, where a window block after it holds nothing and a second full block
+    holds the first's output. The first window block adds less than a full block: the check
+    refuses the base without window blocks at the first step, and the plan runs the fallback
+    copies (one block of each kind in every copy), reusing the one copy they share, and says so."""
+    path = _config(tmp_path, "tiny-qwen2.5-vl", text={"num_hidden_layers": 3},
+                   vision={"depth": 12, "fullatt_block_indexes": [0, 4, 8], "hidden_size": 64, "intermediate_size": 256})
+    spec = ProbeSpec(max_length=96, model_config=path, max_pixels=224 * 224, margin=0.0)
+    plan = make_plan(spec, PlanOptions([14 * MiB], attn=["eager"], checkpointing=[True], allowance=Allowance(0, 0, 0.0)))
+    candidate = plan.candidates[0]
+    assert "eager/gc-on fell back: measured on shallow copies" in plan.depth
+    assert "forward/backward peak at train batch 2" in candidate.depth_fallback
+    assert "base without" in plan.depth and "base without" not in candidate.depth_fallback
+    workload, choice, shallow = plan_workloads(spec, 2**40, "auto")
+    fallback = choice.fallback()
+    steps, _ = candidate_steps(workload, "eager", True, spec, shallow.for_choice(fallback), fallback)
+    try:
+        assert candidate.measure.train_peaks[2] == steps.train(2).peak
+    finally:
+        steps.close()

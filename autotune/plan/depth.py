@@ -23,15 +23,24 @@ extension needing only their sum. Where the layers do not repeat, or the copies 
 much as the model, the plan runs at full depth and says why. A vision tower is extended with
 the text stack only where its blocks' kind comes from the config (Qwen2-VL/2.5-VL `depth`);
 other towers (CLIP, SigLIP) stay whole in every copy.
+
+A tower measured by kind leaves its longest run out of the base copy (`Stack.absent`: a
+Qwen2.5-VL tower's window-attention blocks, whose SDPA path loops in Python over 80 windows
+per image, so every copy holding one pays for it): one copy holds one such block, and its
+other blocks are counted as the kind with the same parameters adds one (`Stack.reference`,
+the full-attention block, measured from one to two). That is sound while both kinds hold the
+same bytes at each phase's peak (with checkpointing, their checkpointed input), so the peak
+sits in neither block's own moments; `DepthChoice.check` tests it at every step (the first
+window block's increment against the second full block's) and the plan falls back to one
+layer of each kind in every copy (`DepthChoice.fallback`) where it fails, saying so.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from dataclasses import dataclass, field
-
-from .measure import CandidateMeasure, EvalPoint, TrainPoint
 
 # Per-layer index lists a config may hold (layers that differ from the others).
 INDEX_LISTS = ("mlp_only_layers", "fullatt_block_indexes", "deepstack_visual_indexes", "full_attn_idxs",
@@ -41,6 +50,15 @@ LAYER_ATTRIBUTES = ("attention_type", "is_sliding", "sliding_window", "layer_typ
 # Configs whose per-layer rules are not read here: the plan runs at full depth.
 UNREAD_RULES = ("first_k_dense_replace", "moe_layer_freq", "interleave_moe_layer_step", "moe_layer_start_index",
                 "no_rope_layer_interval", "attn_layer_period", "hybrid_override_pattern")
+# The error a base copy without a kind may admit (`DepthChoice.check`), as a share of the number
+# it extends: its one-offs (a tensor all blocks of the kind share, held once) are bytes where
+# a block's own moments are megabytes.
+CHECK_SHARE = 0.001
+
+
+class Unsound(Exception):
+    """The base copy without a kind cannot be extended here (DepthChoice.check): the plan runs the
+    fallback copies instead; the message says where the two kinds' increments parted."""
 
 
 @dataclass
@@ -54,6 +72,12 @@ class Stack:
     unit: int
     rest: int
     runs: tuple[int, ...] = ()  # by kind: the unit's runs of alike layers, in order; () measures whole units
+    absent: int | None = None  # by kind: the run the base copy leaves out (measured once, in a copy of its own)
+    reference: int | None = None  # the run with the same parameters whose next layer stands in for the absent run's others
+
+    @property
+    def name(self) -> str:
+        return "vision tower" if self.key == "depth" else "decoder stack"
 
     @property
     def units(self) -> int:
@@ -61,17 +85,30 @@ class Stack:
 
     def terms(self) -> list[int]:
         """How many times the real stack holds each term a longer copy adds: whole units, the
-        unit units - 1 times; by kind, one layer of run j units x len(run j) - 1 times."""
-        return [self.units * length - 1 for length in self.runs] if self.runs else [self.units - 1]
+        unit units - 1 times; by kind, one layer of run j units x len(run j) - 1 times. With a run
+        absent from the base: its first layer once, its others as many more of the reference run."""
+        if not self.runs:
+            return [self.units - 1]
+        times = [self.units * length - 1 for length in self.runs]
+        if self.absent is not None:
+            times[self.reference] += times[self.absent]
+            times[self.absent] = 1
+        return times
+
+    def checked(self) -> tuple[int, ...]:
+        """The terms `DepthChoice.check` compares (absent, reference), each measured in a copy of its own."""
+        return () if self.absent is None else (self.absent, self.reference)
 
     def layers(self, more: set[int]) -> list[int]:
         """The original layers a copy keeps: the base (1 unit + rest; by kind, the first layer of
-        each run + rest), with one more of each term in `more` (the unit again; run j's layer twice)."""
+        each run, none of the absent run's, + rest), with one more of each term in `more` (the
+        unit again; run j's layer once more)."""
         tail = list(range(self.units * self.unit, self.depth))
         if not self.runs:
             return list(range(self.unit * (2 if more else 1))) + tail
         starts = [sum(self.runs[:j]) for j in range(len(self.runs))]
-        return [start for j, start in enumerate(starts) for _ in range(2 if j in more else 1)] + tail
+        return [start for j, start in enumerate(starts)
+                for _ in range((j != self.absent) + (j in more))] + tail
 
 
 @dataclass
@@ -88,24 +125,59 @@ class DepthChoice:
     def parts(self) -> list[list[list[int]]]:
         """Each shallow copy as the original layers it keeps, per stack: the base copy (every
         stack at its base), then one copy per group of terms the real depth holds equally often
-        (`repeats()`), with one more of each term of the group (Qwen2.5-VL-7B: a text layer and
-        a window block 27 times more, in one copy), the other stacks at base."""
+        (`repeats()`), with one more of each term of the group (Qwen2.5-VL-7B: a text layer
+        27 times more; a window block once; a full block 30 times more), the other stacks at base."""
         return [[s.layers(set()) for s in self.stacks]] + [
             [s.layers({term for where, term in members if where == i}) for i, s in enumerate(self.stacks)]
-            for members in self._groups().values()]
+            for _, members in self._groups()]
 
     def repeats(self) -> list[int]:
         """How many times the real depth holds what each copy after the base adds to it."""
-        return list(self._groups())
+        return [times for times, _ in self._groups()]
 
-    def _groups(self) -> dict[int, list[tuple[int, int]]]:
-        """Terms (stack, term) by how many times the real depth holds them; terms held equally
-        often are measured together: the extension only needs their sum."""
-        groups: dict[int, list[tuple[int, int]]] = {}
+    def _groups(self) -> list[tuple[int, list[tuple[int, int]]]]:
+        """(times, terms (stack, term)) in copy order: terms held equally often are measured
+        together (the extension only needs their sum), but the terms `check` compares each alone."""
+        groups: list[tuple[int, list[tuple[int, int]]]] = []
+        shared: dict[int, list[tuple[int, int]]] = {}
         for i, stack in enumerate(self.stacks):
             for term, times in enumerate(stack.terms()):
-                groups.setdefault(times, []).append((i, term))
+                if term in stack.checked():
+                    groups.append((times, [(i, term)]))
+                    continue
+                if times not in shared:
+                    shared[times] = []
+                    groups.append((times, shared[times]))
+                shared[times].append((i, term))
         return groups
+
+    @property
+    def lean(self) -> bool:
+        """Some stack's base copy leaves a kind out (`Stack.absent`): `check` guards the extension."""
+        return any(s.absent is not None for s in self.stacks)
+
+    def fallback(self) -> "DepthChoice":
+        """The same stacks with one layer of each kind in every copy: where `check` fails."""
+        return DepthChoice(stacks=[dataclasses.replace(s, absent=None, reference=None) for s in self.stacks])
+
+    def check(self, what: str, *values: float) -> None:
+        """Raise Unsound where the extension of `values` (parts() order) from a base without a kind
+        cannot be trusted: the first layer of the absent kind must add what one more layer of the
+        reference kind adds, up to CHECK_SHARE of the extended number over the absent kind's other
+        layers. A peak inside a layer's own moments (its transient in the forward, the
+        recompute or the backward) would differ by that transient; the extension would count it
+        for every layer of the kind."""
+        copy_of = {term: k + 1 for k, (_, members) in enumerate(self._groups()) for term in members}
+        for i, stack in enumerate(self.stacks):
+            if stack.absent is None:
+                continue
+            absent, reference = (values[copy_of[(i, term)]] - values[0] for term in stack.checked())
+            others = stack.units * stack.runs[stack.absent] - 1
+            if others * abs(absent - reference) > CHECK_SHARE * abs(self.extend(*values)):
+                first = sum(stack.runs[:stack.absent])
+                second = sum(stack.runs[:stack.reference])
+                raise Unsound(f"{what}: the {stack.name}'s layer {first} (a kind the base copy leaves out) added "
+                              f"{round(absent)} bytes, one more of its layer {second} (the same parameters) {round(reference)}")
 
     def extend(self, *values: float) -> float:
         """A number at the real depth from its value in each copy (`parts()` order)."""
@@ -126,6 +198,11 @@ class DepthChoice:
                else "1 and 2 units per stack, or one layer of each kind and one more of each in turn")
         if len(self.repeats()) < sum(len(s.terms()) for s in self.stacks):
             how += "; what the depth holds as often, in one copy"
+        for s in self.stacks:
+            if s.absent is not None:
+                how += (f"; the {s.name}'s base without its run of {s.runs[s.absent]}: one such layer in a copy of its "
+                        f"own, the others as one more of the run of {s.runs[s.reference]} adds (the same parameters), "
+                        "checked at every step")
         return f"measured on shallow copies ({how}), extended to " + "; ".join(parts)
 
 
@@ -230,22 +307,47 @@ def choose_depth(config, model) -> DepthChoice:
                 if key == "num_hidden_layers":
                     return DepthChoice(reason=f"the {depth} decoder layers do not repeat in a unit of at most a third of them")
                 continue  # a tower that does not repeat stays whole in every copy
-            stacks.append(Stack(sub, key, depth, *period, runs=_runs(signatures, stated, period[0], sub)))
+            stack = Stack(sub, key, depth, *period, runs=_runs(signatures, stated, period[0], sub))
+            if key == "depth" and len(layers) == 1:
+                stack.absent, stack.reference = _left_out(stack, layers[0])
+            stacks.append(stack)
     except _Unread as rule:
         return DepthChoice(reason=f"the config's per-layer rule {rule} is not read by the plan")
     if not stacks:
         return DepthChoice(reason="no stack of layers repeats")
     choice = DepthChoice(stacks=stacks)
-    if sum(len(layers) for part in choice.parts() for layers in part) >= sum(s.depth for s in stacks):
+    if choice.lean and _copied(choice) >= sum(s.depth for s in stacks):
+        choice = choice.fallback()
+    if _copied(choice) >= sum(s.depth for s in stacks):
         return DepthChoice(reason="the model is shallow: shallow copies would cost as much as the model")
     return choice
 
 
-def shallow_config(config, choice: DepthChoice, part: int = 0):
-    """A copy of the config whose extended stacks keep the original layers of `choice.parts()[part]`:
-    per-layer lists selected alike, index lists the positions of the kept layers they held."""
+def _copied(choice: DepthChoice) -> int:
+    """The layers the copies hold between them (what the plan's steps cost, roughly)."""
+    return sum(len(layers) for part in choice.parts() for layers in part)
+
+
+def _left_out(stack: Stack, layers) -> tuple[int | None, int | None]:
+    """(the run a tower's base copy leaves out, the run standing in for its layers) or (None, None).
+    A tower only: its longest run (Qwen2.5-VL's window blocks, whose SDPA path loops over the
+    windows in Python) costs every copy that holds one; a text stack's kinds cost alike, and one
+    more copy would cost more than it saves. The stand-in has the same parameters."""
+    runs = stack.runs
+    if len(runs) < 2 or max(runs) < 2:
+        return None, None
+    absent = runs.index(max(runs))
+    params = [module_signature(layers[sum(runs[:j])])[1] for j in range(len(runs))]
+    reference = next((j for j in range(len(runs)) if j != absent and params[j] == params[absent]), None)
+    return (absent, reference) if reference is not None else (None, None)
+
+
+def shallow_config(config, choice: DepthChoice, kept: list[list[int]]):
+    """A copy of the config whose extended stacks keep the original layers `kept` (one of
+    `choice.parts()`): per-layer lists selected alike, index lists the positions of the kept
+    layers they held."""
     shallow = copy.deepcopy(config)
-    kept = dict(zip(map(id, (s.config for s in choice.stacks)), choice.parts()[part]))
+    kept = dict(zip(map(id, (s.config for s in choice.stacks)), kept))
     for (original, key), (sub, _) in zip(_stacks(config), _stacks(shallow)):
         layers = kept.get(id(original))
         if layers is None:
@@ -258,44 +360,3 @@ def shallow_config(config, choice: DepthChoice, part: int = 0):
                 setattr(sub, name, type(value)(value[layer] for layer in layers))
         setattr(sub, key, len(layers))
     return shallow
-
-
-class DepthExtended:
-    """CandidateSteps' interface over shallow copies (`DepthChoice.parts()`): every number is
-    parts[0] + sum over the longer copies of (part i - parts[0]) x the times the real depth
-    holds what part i adds (`DepthChoice.repeats()`)."""
-
-    def __init__(self, parts: list, choice: DepthChoice, result: CandidateMeasure):
-        self.parts, self.choice, self.result = parts, choice, result
-        self.extend = choice.extend
-        result.weights = round(self.extend(*(part.result.weights for part in parts)))  # the whole model stays on meta
-        self.train_points: dict[int, TrainPoint] = {}
-        self.eval_points: dict[tuple, EvalPoint] = {}
-
-    def train(self, batch: int) -> TrainPoint:
-        if batch not in self.train_points:
-            points = [part.train(batch) for part in self.parts]
-            fb = self.extend(*(p.forward_backward for p in points))
-            step = self.extend(*(p.step for p in points))
-            point = TrainPoint(round(max(fb, step)), round(fb), round(step), [], 0, round(self.extend(*(p.rollout for p in points))))
-            self.train_points[batch] = point
-            r, measures = self.result, [part.result for part in self.parts]
-            r.train_peaks[batch], r.forward_backward_peaks[batch], r.step_peaks[batch] = point.peak, point.forward_backward, point.step
-            for name in ("gradients", "optimizer_state", "step_transient", "logits_per_sample"):
-                setattr(r, name, round(self.extend(*(getattr(m, name) for m in measures))))
-        return self.train_points[batch]
-
-    def eval(self, train_batch: int, accumulation: int, batch: int) -> EvalPoint:
-        key = (train_batch, accumulation, batch)
-        if key not in self.eval_points:
-            points = [part.eval(*key) for part in self.parts]
-            point = EvalPoint(round(self.extend(*(p.peak for p in points))), [], round(self.extend(*(p.rollout for p in points))))
-            self.eval_points[key] = point
-            if self.result.eval_after in (None, f"{train_batch}x{accumulation}"):
-                self.result.eval_after = f"{train_batch}x{accumulation}"
-                self.result.eval_peaks[batch] = point.peak
-        return self.eval_points[key]
-
-    def close(self) -> None:
-        for part in self.parts:
-            part.close()

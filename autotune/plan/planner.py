@@ -23,9 +23,10 @@ from ..model.multimodal import recipe_record, recipe_settings as vision_settings
 from ..model.source import ModelSource, model_class
 from .breakdown import (Allowance, Rows, allowed_eval, frozen_bytes, frozen_saving, gathered_layers, generation_shift, layer_bytes,
                         peak_model, rollout_on_card, rows_for, syncs_whole_policy, with_share)
-from .measure import CandidateMeasure, CandidateSteps, StepFailed, build_plan_workload, plan_source, switch_candidate, to_fake
+from .measure import CandidateMeasure, StepFailed, build_plan_workload, plan_source, to_fake
 from .rlhf import full_depth_reason
-from .depth import DepthChoice, DepthExtended, choose_depth, shallow_config
+from .copies import ShallowCopies, candidate_steps
+from .depth import DepthChoice, Unsound, choose_depth, shallow_config
 from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
 from ..describe import describe_model, library_versions
 from ..progress import ProgressSink
@@ -33,7 +34,7 @@ from ..recipe.schema import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, S
 from ..sizes import format_size
 from ..search.space import attn_unsupported_by_model
 from ..spec import ProbeSpec
-from ..recipe.training_args import eval_outputs_of, mixed_precision
+from ..recipe.training_args import mixed_precision
 from ..model.workload import TORCH_DTYPES
 
 CHOICE_RULE = ("no gradient checkpointing where it fits (checkpointing recomputes the forward, ~20-35% more compute), "
@@ -80,6 +81,7 @@ class CandidatePlan:
     train_points: dict = field(default_factory=dict)  # batch -> per-rank live train peak, every batch measured
     eval_points: dict = field(default_factory=dict)  # the same for evaluation, after the first card's train batch
     envelope: bool = False  # the seed steps allocated in the same order: the first trials came from their envelope
+    depth_fallback: str | None = None  # how the candidate covered the depth where the plan's copies could not (plan_candidate)
 
     def to_dict(self) -> dict:
         m = self.measure
@@ -131,7 +133,7 @@ class Plan:
         }
 
 
-def _predict(candidate: CandidatePlan, steps: CandidateSteps, workload, spec: ProbeSpec, options: PlanOptions, margin: float,
+def _predict(candidate: CandidatePlan, steps, workload, spec: ProbeSpec, options: PlanOptions, margin: float,
              layers: tuple[int, int]) -> None:
     """Per card: the exact train frontier (plan/frontier.py), then the exact eval frontier after a
     train step at the batch and accumulation the plan chose for that card (as the probe
@@ -195,45 +197,26 @@ def choose(candidates: list[CandidatePlan], index: int) -> str | None:
     return best.measure.key
 
 
-def accumulation_of(spec: ProbeSpec):
-    """The accumulation a train step at a per-device batch uses to keep the global batch (the
-    probe's train trials: space.SearchSpace.accumulation)."""
-    if spec.global_batch_size is None:
-        return lambda batch: 1
-    return lambda batch: max(1, round(spec.global_batch_size / (batch * spec.world_size)))
-
-
-def eval_steps_of(spec: ProbeSpec) -> int:
-    """Eval steps a planned evaluation runs to reach the probe's eval peak. The probe's eval
-    trials run max(--eval-steps, 2) (space.StepsRunner); keeping the loss only, every step from
-    the second on repeats the second (the previous step's outputs live on through it)."""
-    return 2 if eval_outputs_of(spec.eval_keep_settings()) == "loss" else max(spec.eval_steps, 2)
-
-
-def candidate_steps(workload, attn: str, checkpointing: bool, spec: ProbeSpec, shallow: list | None = None,
-                    depth: DepthChoice | None = None):
-    """(what measures the candidate's steps, its measure): the model's own steps, or its shallow
-    copies' extended to its depth (plan/depth.py). The measure carries the reason it cannot run."""
-    measure = switch_candidate(workload, attn, checkpointing)
-    args = (eval_steps_of(spec), spec.eval_keep_settings(), accumulation_of(spec))
-    if measure.error:
-        return None, measure
-    if shallow:
-        parts = [CandidateSteps(w, switch_candidate(w, attn, checkpointing), *args) for w in shallow]
-        return DepthExtended(parts, depth, measure), measure
-    return CandidateSteps(workload, measure, *args), measure
-
-
 def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, options: PlanOptions,
                    layers: tuple[int, int], shallow: list | None = None, depth: DepthChoice | None = None) -> CandidatePlan:
-    """One candidate: its exact frontiers per card, or the reason fake tensors could not run it."""
+    """One candidate: its exact frontiers per card, or the reason fake tensors could not run it.
+    Where the copies' base leaves a kind out and a step fails its check (depth.Unsound), the
+    candidate is planned again on the fallback copies (reusing the steps measured on copies
+    the two share), and `depth_fallback` says why."""
     started = time.perf_counter()
     steps, measure = candidate_steps(workload, attn, checkpointing, spec, shallow, depth)
     candidate = CandidatePlan(measure, None, None, None)
     if steps is None:
         return candidate
     try:
-        _predict(candidate, steps, workload, spec, options, spec.margin, layers)
+        try:
+            _predict(candidate, steps, workload, spec, options, spec.margin, layers)
+        except Unsound as unsound:
+            steps.close()
+            depth = depth.fallback()
+            steps, measure = candidate_steps(workload, attn, checkpointing, spec, shallow.for_choice(depth), depth, steps.parts)
+            candidate = CandidatePlan(measure, None, None, None, depth_fallback=f"{depth.note()} ({unsound})")
+            _predict(candidate, steps, workload, spec, options, spec.margin, layers)
     except StepFailed as exc:
         measure.error, candidate.predictions = str(exc), []
     finally:
@@ -261,14 +244,17 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
             workload = _build(source, built, FakeDevice(capacity), fake=False)
         to_fake(workload)
     else:
-        shallow = [_build(ModelSource(source.kind, source.path, shallow_config(source.config, depth, part)),
-                          built, FakeDevice(capacity))
-                   for part in range(len(depth.parts()))]
+        def copy(choice: DepthChoice, kept: list[list[int]]):
+            made = _build(ModelSource(source.kind, source.path, shallow_config(source.config, choice, kept)), built,
+                          FakeDevice(capacity))
+            made.spec = spec
+            return made
+
+        shallow = ShallowCopies(copy, depth)
         if workload.adapters_left_out:
             workload.total_params, workload.trainable_params = (
                 round(depth.extend(*(getattr(w, name) for w in shallow))) for name in ("total_params", "trainable_params"))
-    for built in [workload, *(shallow or [])]:
-        built.spec = spec
+    workload.spec = spec
     return workload, depth, shallow
 
 
@@ -331,7 +317,9 @@ def make_plan(spec: ProbeSpec, options: PlanOptions, progress: ProgressSink | No
     return Plan(spec, describe_model(workload), options, spec.margin, candidates, choice,
                 wall_s=round(time.perf_counter() - started, 3), import_s=round(import_s, 3),
                 cpu_s=round(time.process_time() - cpu_started, 3), import_cpu_s=round(import_cpu_s, 3),
-                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, depth=depth.note(), workload=workload)
+                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, workload=workload,
+                depth="; ".join([depth.note(), *(f"{c.measure.key} fell back: {c.depth_fallback}" for c in candidates
+                                                 if c.depth_fallback)]))
 
 
 # ---------------------------------------------------------------- recipes
