@@ -26,6 +26,7 @@ from ..trials import rlhf_step_model, step_model
 from ..errors import UsageError
 from ..model.training_setup import plan_inputs, prepare
 from ..model.workload import Workload, apply_lora, build_model, count_parameters
+from .rope import positions_once_per_layout
 from .rlhf import build_frozen_models, frozen_models
 
 PLAN_BATCHES = (1, 2)  # two points give the line; peak is affine in batch size
@@ -194,6 +195,7 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
     if not left_out:
         model = prepare(model, setup, spec, _Meta(), functools.partial(apply_lora, on_meta=True))
     model.train()
+    positions_once_per_layout(model)  # the worst case's rows are alike (plan/rope.py)
     total, trainable = count_parameters(model)
     workload = Workload(model, source, spec, device, total, trainable, attn_implementation=spec.attn_implementation, setup=setup)
     workload.adapters_left_out = left_out
