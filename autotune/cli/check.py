@@ -75,10 +75,11 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
                                  model=dataclasses.replace(recipe.model, **model))
     recipe, note = unset_length(recipe, args, path)
-    unset = [f"{k}={v}" for k, v in (recipe.settings.env or {}).items() if k in swift.VISION_ENV and k not in swift.media_env(args, environ)]
+    given = swift.media_env(args, environ)
+    unset = {k: v for k, v in (recipe.settings.env or {}).items() if k in swift.VISION_ENV and k not in given}
     if unset:
-        media = (f"neither {path} nor this shell sets {', '.join(k.split('=')[0] for k in unset)}: ms-swift's template then uses "
-                 f"its default limit; export {' '.join(unset)} before the launch (checked at the recipe's value)")
+        media = (f"neither {path} nor this shell sets {', '.join(unset)}: ms-swift's template then uses its default limit; "
+                 f"export {' '.join(f'{k}={v}' for k, v in unset.items())} before the launch (checked at the recipe's value)")
         note = f"{note}; {media}" if note else media
     return recipe, note
 
