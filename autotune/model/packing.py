@@ -52,7 +52,8 @@ def vision_rows(family, config, vplan, batch_size: int, length: int, device, mro
     """`batch_size` packed rows of `length` tokens (see the module's note). Every row is alike, so
     one is built and repeated: per-item tensors (pixel values, grids) row after row, as a
     collator concatenates them."""
-    parts = [family.inputs(config, vplan, 1, n, device) for n in segment_lengths(vplan, length)]
+    segments = segment_lengths(vplan, length)
+    parts = [family.inputs(config, vplan, 1, n, device) for n in segments]
     row: dict = {}
     for key, first in parts[0].items():
         values = [p[key] for p in parts]
@@ -65,7 +66,7 @@ def vision_rows(family, config, vplan, batch_size: int, length: int, device, mro
         else:
             row[key] = torch.cat(values, dim=0)
     row.pop("attention_mask", None)  # a packed row is masked from its position ids
-    text = torch.cat([torch.arange(n, device=device) for n in segment_lengths(vplan, length)])
+    text = torch.cat([torch.arange(n, device=device) for n in segments])
     batch = {key: (value.repeat(batch_size, *([1] * (value.dim() - 1))) if key in SEQUENCE_KEYS
                    else torch.cat([value] * batch_size) if isinstance(value, torch.Tensor) else value)
              for key, value in row.items()}
