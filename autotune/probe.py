@@ -50,11 +50,15 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
     check_max_length(source.config, spec.max_length, spec.max_new_tokens or 0)
     runnable = _runnable_attention(spec, device, model_class(source.config))
     from .cluster.session import open_session
+    from .plan.hints import FirstPlan
 
+    # The plan first (without --from-plan) runs as soon as the card is known: beside the load in a worker.
+    first_plan = FirstPlan(spec, lambda kind, world_size: plan is None and _plans_first(spec, kind, world_size, source), progress)
     # Load with an attention that runs here; each trial then switches in place.
-    session = open_session(spec.replace(attn_implementation=runnable[0], gradient_checkpointing=False), source, progress, device)
+    session = open_session(spec.replace(attn_implementation=runnable[0], gradient_checkpointing=False), source, progress, device,
+                           on_device=first_plan)
     try:
-        recipe = _probe(spec, source, session, progress, started, plan, data, values)
+        recipe = _probe(spec, source, session, progress, started, plan, data, values, first_plan)
         session.confirm_agreement(recipe)
         resumed = getattr(session.runner, "resumed", 0)
         if resumed:
@@ -118,7 +122,7 @@ class _WithBase:
 
 
 def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: float, plan: Recipe | None,
-           data: dict | None, values=None) -> Recipe:
+           data: dict | None, values=None, first_plan=None) -> Recipe:
     runner, budget = session.runner, session.budget
     if spec.rlhf is not None and getattr(runner, "workload", None) is not None:
         from .trials.rlhf_run import prepare
@@ -131,10 +135,8 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
 
         hint, hints = hint_from_plan(plan, spec, budget), hints_from_plan(plan, spec, budget)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
-    elif _plans_first(spec, session, source):
-        from .plan.hints import planned_hints
-
-        hints = planned_hints(spec, session.capacity, budget, progress)
+    elif first_plan is not None and first_plan.hints is not None:  # planned when the session knew its card
+        hints = first_plan.hints
         hint = hints.get((_first_attention(spec, model_class(source.config)), False), {}).get("train")
     trials: list[TrialResult] = []
     choose_allocator = spec.expandable_segments == "auto" and session.supervisor is not None and session.hardware.device == "cuda"
@@ -154,6 +156,9 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
                         progress, find_frontier)
     space.trials[:0] = trials
     space.first_hint, space.plan_hints = hint, hints
+    planned = first_plan.phase(session.load_span) if first_plan is not None else None
+    if planned:
+        space.phases["plan"] = planned
     space.model_cls = model_class(source.config)
     space.lever_facts, space.through_trainer = session.lever_facts, base.get("strategy") in TRAINER_APPLIES
     if spec.task == "eval":  # issue #14: evaluation alone
@@ -211,15 +216,15 @@ def _at_limit(space, limit, progress) -> ProbeSpec:
     return space.spec
 
 
-def _plans_first(spec: ProbeSpec, session, source) -> bool:
+def _plans_first(spec: ProbeSpec, device_kind: str, world_size: int, source) -> bool:
     """Plan first (--plan-first; by default on a CUDA card, where a trial costs far more than a
     fake-tensor step on the CPU), one device, no sharding strategy: the plan is exact there. Not
     by default for vision-language models, whose towers still make a plan take minutes."""
-    if spec.plan_first == "off" or spec.strategies or session.world_size > 1 or spec.train_type == "qlora":
+    if spec.plan_first == "off" or spec.strategies or world_size > 1 or spec.train_type == "qlora":
         return False
     if spec.plan_first == "on":
         return True
-    return session.hardware.device == "cuda" and plan_inputs(source, spec).family is None
+    return device_kind == "cuda" and plan_inputs(source, spec).family is None
 
 
 def _first_attention(spec: ProbeSpec, model_cls=None) -> str:

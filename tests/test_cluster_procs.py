@@ -215,3 +215,34 @@ def test_grpo_on_two_ranks_counts_every_rank_s_completions(tmp_path):
                             "--gpu-memory", "2GiB", "--format", "json"], env=env(), timeout=300, capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode == 0, check.stderr[-3000:]
     assert json.loads(check.stdout[check.stdout.index("{"):])["status"] == "fits"
+
+
+def test_the_plan_first_runs_while_the_worker_loads_the_model():
+    """Issue #13 item 6: with trials in a worker, the supervisor plans under fake tensors as soon
+    as the worker has opened its card, while the worker loads the model: the two spans overlap on
+    the system's monotonic clock (the plan before the worker starts, or after it is ready, would
+    not). The search then starts at the planned frontier: a fit at k and a non-fit at k + 1."""
+    from autotune.probe import probe
+    from autotune.progress import ProgressSink
+    from autotune.spec import ProbeSpec
+
+    class Stages(ProgressSink):
+        def __init__(self):
+            self.seen = []
+
+        def stage(self, message):
+            self.seen.append(message)
+
+    stages = Stages()
+    spec = ProbeSpec(model_config="tiny-llama", device="sim", gpu_memory=12 * 2**20, max_length=16, max_batch_size=64,
+                     attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,), eval=False, validate_steps=3,
+                     isolate=True, plan_first="on", trial_timeout=120)
+    recipe = probe(spec, stages)
+    planned = recipe.search.phases["plan"]
+    assert 0 < planned["while_loading_s"] <= planned["wall_s"]
+    planning = next(i for i, m in enumerate(stages.seen) if m.startswith("planned in"))
+    ready = next(i for i, m in enumerate(stages.seen) if m.startswith("usable budget"))
+    assert planning < ready  # planned before the worker reported its model loaded
+    train = [t for t in recipe.search.trials if t.phase == "train" and t.purpose != "validation"]
+    k = recipe.search.frontier["train"]
+    assert [(t.settings["per_device_train_batch_size"], t.outcome) for t in train[:2]] == [(k, "fit"), (k + 1, "over_budget")]

@@ -166,8 +166,12 @@ def candidates_table(recipe: Recipe, width: int = 120) -> Table:
 
 
 def phases_line(recipe: Recipe) -> str:
-    parts = [f"{name} {p['trials']} trials {p['wall_s']:.1f}s" for name, p in recipe.search.phases.items()]
-    return ", ".join(parts)
+    def part(name: str, p: dict) -> str:
+        if name == "plan":  # the plan first: no trials; with workers it ran while they loaded the model
+            beside = p.get("while_loading_s") or 0
+            return f"plan {p['wall_s']:.1f}s" + (f" ({beside:.1f}s of it while the model loaded)" if beside else "")
+        return f"{name} {p['trials']} trials {p['wall_s']:.1f}s"
+    return ", ".join(part(name, p) for name, p in recipe.search.phases.items())
 
 
 def sequence_line(q: dict) -> str:

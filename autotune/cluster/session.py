@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 
 from .. import __version__
 from ..errors import AutotuneError, UsageError
@@ -30,6 +31,7 @@ class Session:
     agreed: bool = False  # every rank reached this recipe
     lever_facts: dict | None = None  # what the lever search needs of the model (recipe/levers.py facts_of)
     rollout: object = None  # an RLHF run's rollout engine as sized where the model loaded (the workload, or a view)
+    load_span: tuple[float, float] | None = None  # the model's load on the system's monotonic clock (this rank's)
 
     @property
     def rollout_source(self):
@@ -75,8 +77,14 @@ def supervised(spec) -> bool:
     return bool(spec.world_size > 1 or spec.strategies or spec.isolate or spec.gpu_memory_per_rank or under_torchrun() or cuda_auto)
 
 
-def open_session(spec, source, progress, device=None) -> Session:
-    session = _supervised(spec, progress) if supervised(spec) else _local(spec, source, progress, device)
+def open_session(spec, source, progress, device=None, on_device=None) -> Session:
+    """`on_device(kind, capacity, budget, world_size)`: called once with the card; with workers,
+    as soon as they have opened it, while they load the model (the probe's plan first runs
+    there); in this process, after the load."""
+    if supervised(spec):
+        session = _supervised(spec, progress, on_device)
+    else:
+        session = _local(spec, source, progress, device, on_device)
     if spec.journal:
         about = journal_about(spec, source, session)
         journal = Journal(spec.journal, about) if session.is_main else None
@@ -89,7 +97,7 @@ def open_session(spec, source, progress, device=None) -> Session:
     return session
 
 
-def _local(spec, source, progress, device) -> Session:
+def _local(spec, source, progress, device, on_device=None) -> Session:
     from ..devices import make_device
     from ..describe import describe_hardware, describe_model
     from ..recipe.levers import facts_of
@@ -98,16 +106,20 @@ def _local(spec, source, progress, device) -> Session:
     from ..model.workload import load_workload
 
     device = device or make_device(spec.device, spec.gpu_memory)
-    progress.stage(f"loading {source.architecture} ({source.kind}: {source.path}) on {device.name}")
-    workload = load_workload(source, spec, device)
     budget = int(device.capacity * spec.usable_fraction)
+    progress.stage(f"loading {source.architecture} ({source.kind}: {source.path}) on {device.name}")
+    load_started = time.monotonic()
+    workload = load_workload(source, spec, device)
+    load_span = (load_started, time.monotonic())
+    if on_device is not None:  # one process does one thing at a time: the plan after the load
+        on_device(device.kind, device.capacity, budget, 1)
     progress.stage(f"usable budget {format_size(budget)} of {format_size(device.capacity)} (margin {spec.margin:.0%})")
     return Session(runner=InProcessRunner(workload, spec.steps, budget), model=describe_model(workload),
                    hardware=describe_hardware(device, spec.world_size), capacity=device.capacity, budget=budget,
-                   lever_facts=facts_of(workload))
+                   lever_facts=facts_of(workload), load_span=load_span)
 
 
-def _supervised(spec, progress) -> Session:
+def _supervised(spec, progress, on_device=None) -> Session:
     from ..describe import library_versions
     from ..sizes import format_size
     from .control import Control
@@ -121,8 +133,10 @@ def _supervised(spec, progress) -> Session:
     first = spec.strategies[0] if spec.strategies else None
     env = dict(spec.env)
     progress.stage(f"starting {control.world_size} trial worker(s)" + (f" ({first})" if first else ""))
+    world_size = control.world_size
+    about = (lambda d: on_device(d["kind"], d["capacity"], d["budget"], world_size)) if on_device else None
     try:
-        ready = runner.start(first, env)
+        ready = runner.start(first, env, about)
     except BaseException:
         control.close()
         raise
@@ -136,7 +150,8 @@ def _supervised(spec, progress) -> Session:
     progress.stage(f"usable budget {format_size(budget)} of {format_size(capacity)} (margin {spec.margin:.0%}) per rank")
     return Session(runner=runner, model=ModelInfo(**ready.model), hardware=hardware, capacity=capacity, budget=budget,
                    rank=control.rank, world_size=control.world_size, control=control, supervisor=runner,
-                   lever_facts=ready.levers, rollout=rollout_view(ready.rollout) if ready.rollout else None)
+                   lever_facts=ready.levers, rollout=rollout_view(ready.rollout) if ready.rollout else None,
+                   load_span=ready.load_span)
 
 
 def per_rank(listed, single, world_size: int) -> list:

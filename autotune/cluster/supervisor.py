@@ -93,6 +93,7 @@ class Ready:
     budgets: list[int]
     levers: dict  # the model's facts for the lever search (recipe/levers.py facts_of)
     rollout: dict | None  # an RLHF run's rollout engine as sized in the worker (trials/rlhf_rollout.py rollout_facts)
+    load_span: tuple[float, float] | None = None  # this rank's model load, on the system's monotonic clock
 
 
 class SupervisedRunner:
@@ -118,8 +119,10 @@ class SupervisedRunner:
                 "capacity": self.capacities[c.rank], "store": [c.store_host, c.store_port],
                 "prefix": f"worker{self.generation}/", "strategy": strategy, "timeout_s": self.timeout_s}
 
-    def start(self, strategy: str | None, env: dict) -> Ready:
-        """Start this rank's worker; every rank's must report ready, or the probe stops."""
+    def start(self, strategy: str | None, env: dict, on_device=None) -> Ready:
+        """Start this rank's worker; every rank's must report ready, or the probe stops.
+        `on_device(device)`: called with the worker's device (kind, name, capacity, count, budget)
+        as soon as it is open, while the worker goes on to load the model."""
         self.generation += 1
         c = self.control
         child_env = {**os.environ, **env, "RANK": str(c.rank), "WORLD_SIZE": str(c.world_size),
@@ -128,6 +131,11 @@ class SupervisedRunner:
         self.key = (strategy, json.dumps(env, sort_keys=True))
         flag = f"abort/start/{self.generation}"
         kind, payload = self.worker.wait(time.monotonic() + self.timeout_s, lambda: c.flagged(flag))
+        if kind == "message" and "device" in payload:
+            if on_device is not None:
+                on_device(payload["device"])
+            # The load's own time limit, from now: the callback's work is not the worker's.
+            kind, payload = self.worker.wait(time.monotonic() + self.timeout_s, lambda: c.flagged(flag))
         report = payload.get("ready") if kind == "message" else None
         if report is None:
             c.raise_flag(flag)
@@ -140,7 +148,8 @@ class SupervisedRunner:
             raise AutotuneError(f"the trial worker on rank {rank} could not load the model: {why}",
                                 "rerun with AUTOTUNE_DEBUG=1 for details")
         self.ready = Ready(model=reports[0]["model"], devices=[r["device"] for r in reports], budgets=[r["budget"] for r in reports],
-                           levers=reports[0]["levers"], rollout=reports[0]["rollout"])
+                           levers=reports[0]["levers"], rollout=reports[0]["rollout"],
+                           load_span=tuple(report["load_span"]) if report.get("load_span") else None)
         return self.ready
 
     def stop(self, kill: bool = False) -> None:

@@ -2,8 +2,9 @@
 trials its supervisor sends. `python -m autotune.cluster.worker FD`.
 
 Protocol: one JSON line of configuration on stdin, then one JSON request per line
-(`{"phase", "settings"}`); replies go to file descriptor FD as JSON lines (`{"ready": ...}`,
-`{"result": ...}`, `{"failed": ...}`). stdout and stderr stay free for library noise.
+(`{"phase", "settings"}`); replies go to file descriptor FD as JSON lines (`{"device": ...}` once
+the device is open and before the model loads, so the supervisor can plan meanwhile; then
+`{"ready": ...}`, `{"result": ...}`, `{"failed": ...}`). stdout and stderr stay free for library noise.
 
 A worker may die at any moment (an OOM mid-collective, a sticky CUDA error, a segfault): the
 supervisor sees it and starts a fresh one. The environment a trial needs
@@ -18,6 +19,7 @@ import datetime
 import json
 import os
 import sys
+import time
 
 
 # Strategies the Trainer applies itself from its arguments and the torchrun variables (accelerate
@@ -77,6 +79,10 @@ def serve(config: dict, requests, out) -> None:
         # accelerate would wrap the model in DDP and its gradient buckets would count.
         for name in TORCHRUN_VARIABLES:
             os.environ.pop(name, None)
+    budget = int(device.capacity * spec.usable_fraction)
+    about = {"kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}
+    _send(out, device={**about, "budget": budget})
+    load_started = time.monotonic()  # system-wide on Linux and macOS: comparable with the supervisor's clock
     workload = load_workload(resolve(spec.model, spec.model_config), spec, device)
     info, facts = describe_model(workload), facts_of(workload)
     if strategy not in TRAINER_APPLIES:
@@ -85,10 +91,9 @@ def serve(config: dict, requests, out) -> None:
         from ..trials.rlhf_run import prepare
 
         prepare(workload)  # the rollout engine's share, the reference and reward models, before any trial
-    budget = int(device.capacity * spec.usable_fraction)
-    _send(out, ready={"model": dataclasses.asdict(info), "device": {
-        "kind": device.kind, "name": device.name, "capacity": device.capacity, "count": device.count}, "budget": budget, "levers": facts,
-        "rollout": rollout_facts(workload) if spec.rlhf is not None else None})
+    _send(out, ready={"model": dataclasses.asdict(info), "device": about, "budget": budget, "levers": facts,
+                      "rollout": rollout_facts(workload) if spec.rlhf is not None else None,
+                      "load_span": [load_started, time.monotonic()]})
     for line in requests:
         request = json.loads(line)
         result = run_trial(workload, request["phase"], request["settings"], request.get("steps") or spec.steps, budget)

@@ -3,6 +3,8 @@ the batch where its measured peaks cross the probe's budget, the first trial of 
 
 from __future__ import annotations
 
+import time
+
 from ..errors import AutotuneError, UsageError
 from ..progress import ProgressSink
 from ..recipe.schema import Recipe
@@ -60,6 +62,34 @@ def planned_hints(spec: ProbeSpec, capacity: int, budget: int, progress: Progres
         return {}
     progress.stage(f"planned in {plan.wall_s:.1f}s under fake tensors; each search starts at its planned frontier")
     return _hints([c.to_dict() for c in plan.ok()], budget, spec.max_batch_size)
+
+
+class FirstPlan:
+    """The probe's plan first, made when the session knows its card (`open_session`'s
+    `on_device`): where trials run in a worker, while the worker loads the model, so the plan's
+    CPU work on fake tensors costs no wall time beside a load from disk onto the card. `wanted(kind,
+    world_size)` says whether to plan; `hints` stays None where no plan was made."""
+
+    def __init__(self, spec: ProbeSpec, wanted, progress: ProgressSink | None = None):
+        self.spec, self.wanted, self.progress = spec, wanted, progress or ProgressSink()
+        self.hints: dict | None = None
+        self.span: tuple[float, float] | None = None
+
+    def __call__(self, kind: str, capacity: int, budget: int, world_size: int) -> None:
+        if not self.wanted(kind, world_size):
+            return
+        started = time.monotonic()
+        self.hints = planned_hints(self.spec, capacity, budget, self.progress)
+        self.span = (started, time.monotonic())
+
+    def phase(self, load_span: tuple[float, float] | None) -> dict | None:
+        """The recipe's `search.phases["plan"]`: the plan's wall time, and how much of it ran while
+        the model loaded (`load_span`, on the same monotonic clock). None where no plan was made."""
+        if self.span is None:
+            return None
+        start, end = self.span
+        beside = max(0.0, min(end, load_span[1]) - max(start, load_span[0])) if load_span else 0.0
+        return {"trials": 0, "wall_s": round(end - start, 3), "while_loading_s": round(beside, 3)}
 
 
 def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
