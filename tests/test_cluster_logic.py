@@ -2,7 +2,6 @@
 per-rank capacities, and the sim device's accounting of storage resizes (FSDP2)."""
 
 import argparse
-import json
 
 import pytest
 import torch

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from autotune.emit import accelerate, deepspeed, hf, llamafactory
-from launch_recipes import VARIANTS, variant
+from launch_recipes import variant
 
 
 @pytest.mark.parametrize("name", ["base", "fsdp"])

@@ -11,7 +11,7 @@ import autotune
 from autotune.devices.fake import FakeDevice
 from autotune.plan.copies import candidate_steps
 from autotune.plan.planner import PlanOptions, make_plan, plan_workloads
-from autotune.plan.breakdown import Allowance, layer_bytes
+from autotune.plan.breakdown import Allowance
 from autotune.plan.depth import DepthChoice, Stack, Unsound, choose_depth
 from autotune.plan.measure import build_plan_workload, plan_source
 from autotune.spec import ProbeSpec

@@ -5,7 +5,6 @@ import sys
 import pytest
 import torch
 
-from autotune.devices import SimDevice
 from autotune.errors import UsageError
 from autotune.trials.trial import run_train_trial
 

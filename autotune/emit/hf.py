@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from ..recipe.schema import Recipe
-from ..recipe.training_args import arguments, checkpointing_names  # noqa: F401 - checkpointing_names: re-exported
+from ..recipe.training_args import arguments
 from .common import check_strategy, model_location, zero_stage
 
 

@@ -32,7 +32,7 @@ from ..describe import describe_model, library_versions
 from ..progress import ProgressSink
 from ..recipe.schema import SCHEMA, Hardware, ModelInfo, Recipe, SearchRecord, Settings, TrialResult, Validation
 from ..sizes import format_size
-from ..search.space import attn_unsupported_by_model
+from ..search.attention import attn_unsupported_by_model
 from ..spec import ProbeSpec
 from ..recipe.training_args import mixed_precision
 from ..model.workload import TORCH_DTYPES

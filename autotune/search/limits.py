@@ -27,7 +27,7 @@ from .frontier import FrontierSearch
 from ..sizes import format_size
 from .attention import attn_unavailable_reason
 from .space import Candidate
-from .throughput import Measured, rank
+from .throughput import Measured
 
 FLAGS = {"max_length": "--max-length", "max_pixels": "--max-pixels", "video_frames": "--video-frames"}
 

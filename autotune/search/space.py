@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ..recipe import levers
 from . import batches as batch_rules
-from .attention import attn_unavailable_reason, attn_unsupported_by_model  # noqa: F401  (plan/planner.py imports it from here)
+from .attention import attn_unavailable_reason
 from .global_batch import split_global_batch
 from .levers import cheapest_fitting
 from .throughput import RUNOFF_BAND, RUNOFF_ROUNDS, Measured, rank, rises_to_above, runoff_contenders, timed_already
