@@ -32,6 +32,7 @@ frontier = probe["search"]["frontier"]["train"]
 print(f"{tag}: batch {b}: planned live {planned/2**30:.2f} GiB vs allocated {allocated/2**30:.2f} GiB "
       f"({100*(planned-allocated)/allocated:+.1f}%), reserved {t['peak_bytes']/2**30:.2f} GiB; "
       f"frontier planned {pred['train_frontier']} vs probed {frontier} ({100*(pred['train_frontier']-frontier)/max(frontier,1):+.1f}%); "
-      f"trials {len(probe['search']['trials'])} cold, {len(warm['search']['trials'])} from plan")
+      f"trials {len(probe['search']['trials'])} cold, {len(warm['search']['trials'])} from plan; "
+      f"the probe's plan first (CUDA default) {probe['search']['phases'].get('plan')} (while_loading_s: hidden by the model's load)")
 PY
 done
