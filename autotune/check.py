@@ -76,6 +76,8 @@ def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | N
     if s.strategy:
         parts += ["--strategy", s.strategy, "--nproc-per-node", str(recipe.hardware.world_size)]
     parts += levers.cli_flags(recipe.search.levers) + rlhf.cli_flags(rlhf.from_recipe(s, recipe.rlhf))
+    if s.use_cache_off_in_sub_configs:
+        parts += ["--emit", "swift"]  # probed for an ms-swift launch: its KV cache switches (and eval keeping) again
     parts += ["--device", device or recipe.hardware.device]
     size = gpu_memory or _size_flag(capacity if capacity is not None else recipe.hardware.capacity_bytes)
     if size:
@@ -133,6 +135,7 @@ def spec_for(recipe: Recipe, device_kind: str, capacity: int, margin: float) -> 
         dtype=s.torch_dtype, device=device_kind, gpu_memory=capacity, margin=margin,
         gradient_checkpointing=bool(s.gradient_checkpointing), attn_implementation=s.attn_implementation,
         optim=s.optim, task=s.task or "train", **vision_fields(recipe),
+        use_cache_off_in_sub_configs=bool(s.use_cache_off_in_sub_configs),  # None: an older recipe, the HF Trainer's
         rlhf=rlhf.from_recipe(s, recipe.rlhf), global_batch_size=recipe.search.global_batch_size if s.rlhf_type else None,
     )
 

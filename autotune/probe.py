@@ -250,6 +250,7 @@ def _recipe(spec, source, session, space, done, base: dict, started: float, data
         prediction_loss_only=(spec.eval_keeps == "loss") if spec.eval else None,
         eval_outputs=spec.eval_keeps if spec.eval else None,
         max_new_tokens=spec.max_new_tokens if (spec.eval and spec.eval_keeps == "generate") else None,
+        use_cache_off_in_sub_configs=spec.use_cache_off_in_sub_configs,
         gradient_checkpointing=chosen.gradient_checkpointing,
         attn_implementation=chosen.attn_implementation,
         torch_dtype=spec.dtype,

@@ -77,6 +77,11 @@ class ProbeSpec:
     # else "logits" (the Hugging Face Trainer with a compute_metrics). The CLI sets "loss" for
     # --emit swift (ms-swift sets no compute_metrics by default).
     eval_outputs: str | None = None
+    # Whether the launch switches `use_cache` off in the language model's sub-configs too, as
+    # ms-swift does (model/kv_cache.py), not in the top config alone, as the HF Trainer does: under
+    # the HF Trainer a vision-language model's evaluation builds a KV cache. The CLI sets it for
+    # --emit swift, as it defaults eval_outputs; text models are the same either way.
+    use_cache_off_in_sub_configs: bool = False
     validate_steps: int = DEFAULT_VALIDATE_STEPS
     extras: dict = field(default_factory=dict)  # room for later phases' flags
     # Vision-language (issue #5). None: the family's / ms-swift's default.

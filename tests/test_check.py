@@ -8,7 +8,7 @@ import pytest
 
 from autotune.check import check, compare_fingerprints, phases
 from autotune.cli import main
-from autotune.emit import swift
+from autotune.emit import hf, swift
 from autotune.recipe.schema import save_recipe
 from launch_recipes import variant
 
@@ -153,3 +153,59 @@ def test_reprobe_hint_keeps_the_device_searches_everything_and_never_overwrites(
     assert args.attn == build_parser().parse_args(["probe"]).attn and args.gradient_checkpointing == "search"
     assert "--force" not in argv and args.out == str(recipe_file.with_name("recipe.reprobe-2.yaml"))
     assert args.max_length == r.model.max_length and args.global_batch_size == r.search.global_batch_size
+
+
+def _vision_recipe(use_cache_off_in_sub_configs):
+    """The tiny recipe made a full fine-tune of tiny Qwen2-VL with ms-swift's loss-only evaluation:
+    the check runs what a recipe says, so no probe is needed to say it."""
+    r = variant("base")
+    model = dataclasses.replace(r.model, path="tiny-qwen2-vl", max_length=96, train_type="full", lora=None)
+    settings = dataclasses.replace(r.settings, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                                   per_device_eval_batch_size=3, eval_outputs="loss", prediction_loss_only=True,
+                                   max_length=96, max_pixels=56 * 56 * 4,
+                                   use_cache_off_in_sub_configs=use_cache_off_in_sub_configs)
+    return dataclasses.replace(r, model=model, settings=settings)
+
+
+def test_check_runs_the_kv_cache_switches_the_recipe_was_probed_with(tmp_path):
+    """A recipe probed for ms-swift is checked as ms-swift runs it (no KV cache in the language
+    model's eval forwards); an older recipe, without the field, loads and is checked as before
+    (the HF Trainer's: the cache is built), its eval peak higher by exactly that cache."""
+    from autotune.check import spec_for
+    from autotune.model.source import resolve
+    from autotune.recipe.schema import load_recipe
+
+    path = tmp_path / "old.yaml"
+    save_recipe(_vision_recipe(None), path)
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if "use_cache_off_in_sub_configs" not in line))
+    older = load_recipe(path)
+    assert older.settings.use_cache_off_in_sub_configs is None
+    assert spec_for(older, "sim", 2**24, 0.1).use_cache_off_in_sub_configs is False
+    swift_run, hf_run = check(_vision_recipe(True)), check(older)
+    assert swift_run.status == hf_run.status == "fits"
+    (swift_train, swift_eval), (hf_train, hf_eval) = swift_run.trials, hf_run.trials
+    text = resolve(None, "tiny-qwen2-vl").config.text_config
+    head = text.hidden_size // text.num_attention_heads
+    cache = text.num_hidden_layers * 2 * text.num_key_value_heads * head * 96 * 3 * 2  # bf16, eval batch 3
+    assert abs((hf_eval.peak_bytes - swift_eval.peak_bytes) - cache) <= 0.02 * cache, (hf_eval.peak_bytes, swift_eval.peak_bytes, cache)
+    assert swift_train.peak_bytes == hf_train.peak_bytes
+
+
+def test_an_ms_swift_file_is_checked_with_ms_swifts_kv_cache_switches_and_reprobed_for_ms_swift(tmp_path):
+    import shlex
+
+    from autotune.check import reprobe_command, spec_for
+    from autotune.cli import build_parser
+    from autotune.cli.check import with_swift_args
+
+    args = tmp_path / "swift.yaml"
+    args.write_text(swift.render_yaml(variant("base"), "4.6"))
+    assert variant("base").settings.use_cache_off_in_sub_configs is False  # probed for the HF Trainer (no --emit swift)
+    recipe, _ = with_swift_args(variant("base"), str(args), environ={})
+    assert recipe.settings.use_cache_off_in_sub_configs is True
+    assert spec_for(recipe, "sim", 2**24, 0.1).use_cache_off_in_sub_configs is True
+    assert build_parser().parse_args(shlex.split(reprobe_command(recipe))[3:]).emit == ["swift"]
+    assert build_parser().parse_args(shlex.split(reprobe_command(variant("base")))[3:]).emit is None
+    # The HF Trainer's sidecar tells a user of this recipe what ms-swift did that the Trainer does not.
+    assert "get_text_config().use_cache = False" in hf.model_settings(recipe)["use_cache_off_in_sub_configs"]["how"]
+    assert "use_cache_off_in_sub_configs" not in hf.model_settings(variant("base"))

@@ -109,6 +109,7 @@ def test_probe_emit_swift_writes_beside_the_recipe(tmp_path, capsys):
     assert f"swift sft {tmp_path / 'r.swift.yaml'}" in tail and f"bash {tmp_path / 'r.swift.sh'}" in tail
     assert f"python -m autotune check {out}" in tail
     assert load_recipe(out).validation.passed
+    assert load_recipe(out).settings.use_cache_off_in_sub_configs is True  # the trials ran ms-swift's KV cache switches
     data = yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
     assert data["per_device_train_batch_size"] == load_recipe(out).settings.per_device_train_batch_size
     assert (tmp_path / "r.swift.sh").read_text().count("swift sft \\") == 1

@@ -36,6 +36,14 @@ def test_plan_reads_values_where_the_model_does_and_matches_the_sim_device(name,
     check_plan_against_sim(ProbeSpec(max_length=length, model_config=name, **extra), keep_logits="llava" not in name)
 
 
+def test_a_plan_for_an_ms_swift_launch_matches_the_sim_probe_for_ms_swift():
+    """ms-swift switches use_cache off in the language model's config too (model/kv_cache.py): the
+    planned eval step builds no KV cache, as the sim Trainer trials for that target do not; with
+    ms-swift's loss-only evaluation the cache is inside the eval peak."""
+    spec = ProbeSpec(max_length=96, model_config="tiny-qwen2-vl", max_pixels=56 * 56 * 4, use_cache_off_in_sub_configs=True)
+    check_plan_against_sim(spec, keep_logits=False, loss_exact=True)
+
+
 def _bytes(numels, itemsize=2):
     return sum(_rounded(n * itemsize) for n in numels)
 

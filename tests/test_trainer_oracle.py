@@ -45,9 +45,12 @@ def accuracy(prediction):
     return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == labels))}
 
 
-def launched(recipe, spec, device, train_batch=None, eval_batch=None, tmp="oracle-out"):
+def launched(recipe, spec, device, train_batch=None, eval_batch=None, tmp="oracle-out", as_swift=False):
     """Run the user's Trainer at the recipe's settings (optionally one batch larger). Returns
-    the peak of the whole run; raises OutOfMemoryError when it passes the device's capacity."""
+    the peak of the whole run; raises OutOfMemoryError when it passes the device's capacity.
+    A `compute_metrics` unless the recipe keeps the loss only; `as_swift`: the model configured
+    as ms-swift configures it before training (3.12's `set_model_config_attr(model, 'use_cache',
+    False)`: every module's config, the language model's text config included)."""
     workload = load_workload(resolve(spec.model, spec.model_config), spec, device)
     if recipe.settings.attn_implementation != workload.attn_implementation:
         workload.model.set_attn_implementation(recipe.settings.attn_implementation)
@@ -63,9 +66,15 @@ def launched(recipe, spec, device, train_batch=None, eval_batch=None, tmp="oracl
         with device.host():  # a DataLoader builds its batch in host memory
             return workload.make_batch(len(features), device=torch.device("cpu"))
 
-    trainer = Trainer(model=workload.model, args=args, data_collator=collate, compute_metrics=accuracy,
+    metrics = {} if recipe.settings.eval_outputs == "loss" else {"compute_metrics": accuracy}
+    trainer = Trainer(model=workload.model, args=args, data_collator=collate, **metrics,
                       train_dataset=Samples(args.per_device_train_batch_size * args.gradient_accumulation_steps * TRAIN_STEPS),
-                      eval_dataset=Samples(args.per_device_eval_batch_size * 2 * args.eval_accumulation_steps))
+                      eval_dataset=Samples(args.per_device_eval_batch_size * 2 * (args.eval_accumulation_steps or 2)))
+    if as_swift:
+        for module in workload.model.modules():
+            config = getattr(module, "config", None)
+            if config is not None and getattr(config, "use_cache", False) is not False:
+                config.use_cache = False
     device.reset_peak()
     with device.tracking(), device.transfers():
         trainer.train()
@@ -92,18 +101,48 @@ def probed(request):
     return probe(spec), spec
 
 
+def fits_at_the_recipe_and_not_one_batch_more(recipe, spec, tmp_path, **how) -> dict:
+    """The launched run at the recipe's batches within its budget, and past it one train or eval
+    batch more. Returns the run's arguments (`how`: launched's, e.g. as_swift)."""
+    s, budget = recipe.settings, recipe.search.budget_bytes
+    run = dict(spec=spec.replace(attn_implementation=s.attn_implementation), tmp=tmp_path, **how)
+    assert launched(recipe, device=SimDevice(budget), **run) <= budget  # raises past the budget
+    for more in ({"train_batch": s.per_device_train_batch_size + 1}, {"eval_batch": s.per_device_eval_batch_size + 1}):
+        with pytest.raises(torch.OutOfMemoryError):
+            launched(recipe, device=SimDevice(budget), **run, **more)
+    return run
+
+
 @pytest.mark.slow
 def test_the_launched_trainer_fits_at_the_recipe_and_not_one_batch_more(probed, tmp_path):
     recipe, spec = probed
     s = recipe.settings
-    budget = recipe.search.budget_bytes
     assert recipe.validation.passed and s.per_device_eval_batch_size and s.eval_outputs == "logits"
-    run = dict(spec=spec.replace(attn_implementation=s.attn_implementation), tmp=tmp_path)
-    peak = launched(recipe, device=SimDevice(budget), **run)  # raises past the budget
-    assert peak <= budget
-    for more in ({"train_batch": s.per_device_train_batch_size + 1}, {"eval_batch": s.per_device_eval_batch_size + 1}):
-        with pytest.raises(torch.OutOfMemoryError):
-            launched(recipe, device=SimDevice(budget), **run, **more)
+    fits_at_the_recipe_and_not_one_batch_more(recipe, spec, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def probed_for_swift():
+    """A vision-language probe for an ms-swift launch (`--emit swift`): loss-only evaluation, and
+    no KV cache in the language model's eval forwards (model/kv_cache.py). On this card the eval
+    frontier after the train frontier (3) is 5 for ms-swift and 4 for the HF Trainer (whose eval
+    at 5 holds the cache: 2 layers x 2 x 2 KV heads x 16 x 96 tokens x 5 x 2 bytes = 120 KiB more)."""
+    spec = ProbeSpec(device="sim", gpu_memory=15_480_036, attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,),
+                     validate_steps=4, model_config="tiny-qwen2-vl", max_length=96, max_pixels=56 * 56 * 4,
+                     eval_outputs="loss", use_cache_off_in_sub_configs=True)
+    return probe(spec), spec
+
+
+@pytest.mark.slow
+def test_an_ms_swift_recipe_fits_the_trainer_configured_as_ms_swift_runs_it(probed_for_swift, tmp_path):
+    recipe, spec = probed_for_swift
+    s = recipe.settings
+    assert recipe.validation.passed and s.eval_outputs == "loss" and s.use_cache_off_in_sub_configs is True
+    run = fits_at_the_recipe_and_not_one_batch_more(recipe, spec, tmp_path, as_swift=True)
+    # The same recipe under the HF Trainer: its evaluation builds the cache and passes the budget.
+    assert s.per_device_eval_batch_size == 5
+    with pytest.raises(torch.OutOfMemoryError):
+        launched(recipe, device=SimDevice(recipe.search.budget_bytes), **{**run, "as_swift": False})
 
 
 def test_full_fp16_is_refused_for_the_reason_a_card_would_fail():

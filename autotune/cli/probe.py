@@ -132,7 +132,7 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         **lever_args.spec_kwargs(args), eval=not args.no_eval,
         eval_steps=args.eval_steps, prediction_loss_only=args.prediction_loss_only,
         predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
-        eval_outputs=_eval_outputs(args),
+        eval_outputs=_eval_outputs(args), use_cache_off_in_sub_configs=_launches_swift(args),
         plan_first="off" if getattr(args, "no_plan", False) else "on" if getattr(args, "plan_first", False) else "auto",
         **multimodal_args.spec_kwargs(args), rlhf=rlhf_args.rlhf_spec(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
@@ -158,7 +158,13 @@ def _eval_outputs(args) -> str | None:
     chosen = getattr(args, "eval_outputs", None)
     if chosen or args.prediction_loss_only or args.predict_with_generate:
         return chosen
-    return "loss" if "swift" in (getattr(args, "emit", None) or []) else None
+    return "loss" if _launches_swift(args) else None
+
+
+def _launches_swift(args) -> bool:
+    """The launch target is ms-swift (`--emit swift`): the trials then run what ms-swift does
+    where it differs from the HF Trainer (its eval keeping, its KV cache switches)."""
+    return "swift" in (getattr(args, "emit", None) or [])
 
 
 def run(args) -> int:

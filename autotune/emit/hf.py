@@ -46,6 +46,11 @@ def model_settings(recipe: Recipe) -> dict:
                 "video_max_pixels", "video_frames", "use_audio_in_video"):
         if getattr(s, key) is not None:
             out[key] = getattr(s, key)
+    if s.use_cache_off_in_sub_configs:
+        out["use_cache_off_in_sub_configs"] = {
+            "value": True, "how": "the recipe was probed as ms-swift runs, use_cache off in the language model's configs too "
+            "(the Trainer sets it in model.config only): set model.config.get_text_config().use_cache = False before "
+            "trainer.train(), or a vision-language model's evaluation builds a KV cache the eval batch was not probed with"}
     data = data_levers(recipe)
     if data:
         out["data"] = data

@@ -347,7 +347,8 @@ def media_env(args: dict, environ: dict | None = None) -> dict:
 def settings_from_args(args: dict, environ: dict | None = None) -> tuple[dict, dict]:
     """(settings changes in recipe names, model changes) read back from ms-swift arguments, and
     from the media variables `environ` exports (media_env)."""
-    settings: dict = {}
+    # ms-swift itself, whatever the file says: use_cache off in the language model's configs too.
+    settings: dict = {"use_cache_off_in_sub_configs": True}
     for key, kind in _BACK.items():
         if args.get(key) is not None:
             try:

@@ -342,6 +342,7 @@ def plan_recipe(plan: Plan) -> Recipe:
                         gradient_accumulation_steps=p.gradient_accumulation_steps,
                         per_device_eval_batch_size=p.eval_frontier or None, prediction_loss_only=spec.eval_keeps == "loss",
                         eval_outputs=spec.eval_keeps, eval_accumulation_steps=spec.eval_keep_settings().get("eval_accumulation_steps"),
+                        use_cache_off_in_sub_configs=spec.use_cache_off_in_sub_configs,
                         gradient_checkpointing=m.gradient_checkpointing, attn_implementation=m.attn_implementation,
                         torch_dtype=spec.dtype, mixed_precision=mixed_precision(spec.dtype), max_length=spec.max_length,
                         strategy=plan.options.strategy, **(_rlhf_settings(plan) if spec.rlhf else {}),

@@ -92,6 +92,10 @@ class Settings:
     # (training_args.EVAL_OUTPUTS). None: an older recipe (prediction_loss_only says it).
     eval_outputs: str | None = None
     max_new_tokens: int | None = None  # eval_outputs "generate": tokens generated per sample
+    # The trials switched `use_cache` off in the language model's sub-configs too, as ms-swift does
+    # (true), or in the top config only, as the HF Trainer does (false; None: an older recipe, the
+    # same): under the HF Trainer a vision-language model's evaluation builds a KV cache.
+    use_cache_off_in_sub_configs: bool | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     # Memory levers (issue #15, autotune/recipe/levers.py); the defaults are "not used".

@@ -13,7 +13,9 @@ DeepSpeed/FSDP path through its arguments replaces that:
   `optimizer.step()`, `zero_grad(set_to_none=True)`; peak from step 2 on;
 - evaluation: after one optimizer step, with the optimizer state resident; outputs kept as the
   Trainer keeps them (training_args.EVAL_OUTPUTS): the previous step's outputs stay alive while
-  the next forward runs, and the kept ones are concatenated until `eval_accumulation_steps`.
+  the next forward runs, and the kept ones are concatenated until `eval_accumulation_steps`;
+- both: `use_cache` off in the top config, as the Trainer's constructor sets it, and in the
+  language model's configs too for an ms-swift launch (model/kv_cache.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from transformers.trainer_pt_utils import nested_concat
 
+from ..model import kv_cache
 from ..recipe.training_args import eval_outputs_of, mixed_precision
 
 MAX_GRAD_NORM = 1.0  # TrainingArguments' default
@@ -32,8 +35,17 @@ MAX_GRAD_NORM = 1.0  # TrainingArguments' default
 
 @contextlib.contextmanager
 def launched_forward(workload):
-    """The model's forward as accelerate wraps it for the Trainer's mixed precision (under
-    DeepSpeed the engine runs its own bf16/fp16, without autocast)."""
+    """The model's forward as the launched run has it: `use_cache` off where the launch switches
+    it off (the Trainer: the top config; ms-swift: the language model's too, model/kv_cache.py),
+    and accelerate's wrapper for the Trainer's mixed precision (under DeepSpeed the engine runs
+    its own bf16/fp16, without autocast)."""
+    with kv_cache.as_launched(getattr(workload, "inner", None) or workload.model, workload.spec.use_cache_off_in_sub_configs):
+        with _mixed_precision_forward(workload):
+            yield
+
+
+@contextlib.contextmanager
+def _mixed_precision_forward(workload):
     model = workload.model
     precision = mixed_precision(workload.spec.dtype)
     if precision == "no" or getattr(workload, "engine", None) is not None:

@@ -19,6 +19,7 @@ import tempfile
 import torch
 
 from ..recipe.training_args import arguments, eval_outputs_of
+from ..model import kv_cache
 from ..model.workload import input_grad_hooked
 
 
@@ -103,7 +104,16 @@ def build_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
         data_collator=_Collator(workload, batch_layout(settings)), callbacks=[meter], **kwargs,
     )
     _quiet(trainer)
+    _cache_as_launched(workload, saved)
     return trainer, saved
+
+
+def _cache_as_launched(workload, saved: dict) -> None:
+    """The Trainer has switched `use_cache` off in the model's top config; an ms-swift launch
+    switches it off in the language model's configs too before training (model/kv_cache.py),
+    so a vision-language model's evaluation builds no KV cache there."""
+    if workload.spec.use_cache_off_in_sub_configs:
+        saved["use_cache"] = kv_cache.switch_off_sub_configs(workload.model)
 
 
 def _quiet(trainer) -> None:
@@ -127,6 +137,7 @@ def _rlhf_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
         raise
     saved["during"] = during
     _quiet(trainer)
+    _cache_as_launched(workload, saved)  # `swift rlhf` trains the policy through the same mixin
     return trainer, saved
 
 
@@ -170,7 +181,7 @@ def _model_state(workload, settings: dict, generate: bool) -> dict:
 def restore_model(workload, saved: dict | None) -> None:
     """Undo the run's changes to the model: accelerate's mixed-precision forward wrapper, the
     checkpointing the Trainer enabled (and the embedding hook it added), the generation limits,
-    and the gradients an interrupted step left."""
+    ms-swift's KV cache switches, and the gradients an interrupted step left."""
     model = workload.model
     if saved is not None:
         for key in _PREPARED:
@@ -187,6 +198,7 @@ def restore_model(workload, saved: dict | None) -> None:
                 model.disable_input_require_grads()
         if "generation" in saved:
             model.generation_config.max_new_tokens, model.generation_config.min_new_tokens = saved["generation"]
+        kv_cache.put_back(saved.get("use_cache"))
     workload.gradient_checkpointing = False
     workload.release_grads()
     model.train()  # a run that ends in an evaluation leaves the model in eval mode
