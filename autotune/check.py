@@ -76,6 +76,7 @@ def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | N
     if s.strategy:
         parts += ["--strategy", s.strategy, "--nproc-per-node", str(recipe.hardware.world_size)]
     parts += levers.cli_flags(recipe.search.levers) + rlhf.cli_flags(rlhf.from_recipe(s, recipe.rlhf))
+    parts += _eval_flags(s)
     if s.use_cache_off_in_sub_configs:
         parts += ["--emit", "swift"]  # probed for an ms-swift launch: its KV cache switches (and eval keeping) again
     parts += ["--device", device or recipe.hardware.device]
@@ -84,6 +85,24 @@ def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | N
         parts += ["--gpu-memory", shlex.quote(size)]
     parts += ["--margin", str(recipe.search.margin), "--out", shlex.quote(out)]
     return " ".join(parts)
+
+
+def _eval_flags(s) -> list[str]:
+    """The evaluation the recipe was probed with: an evaluation-only probe, none, or what its eval
+    kept (a re-probe with the target's default could keep less and find an eval batch too large)."""
+    if s.task == "eval":
+        parts = ["--task", "eval"]
+    elif s.per_device_eval_batch_size is None:
+        return ["--no-eval"]
+    else:
+        parts = []
+    if s.eval_outputs:
+        parts += ["--eval-outputs", s.eval_outputs]
+    if s.eval_outputs == "generate" and s.max_new_tokens:
+        parts += ["--max-new-tokens", str(s.max_new_tokens)]
+    if s.eval_accumulation_steps:
+        parts += ["--eval-steps", str(s.eval_accumulation_steps)]
+    return parts
 
 
 def _size_flag(capacity: int | None) -> str | None:

@@ -135,6 +135,29 @@ def test_reprobe_hint_asks_for_the_levers_the_probe_was_asked_for():
     assert (args.gradient_checkpointing, args.activation_offloading, args.sequence_parallel_size) == ("partial", "search", 2)
 
 
+def test_reprobe_hint_asks_for_the_evaluation_the_recipe_was_probed_with():
+    """A re-probe with the target's default eval (loss only for ms-swift, logits otherwise) would
+    size another evaluation: one that keeps argmax ids, or generates, or none at all."""
+    import shlex
+
+    from autotune.check import reprobe_command
+    from autotune.cli import build_parser
+
+    base = variant("base")
+
+    def reprobed(**settings):
+        settings = {"per_device_eval_batch_size": 4, **settings}
+        recipe = dataclasses.replace(base, settings=dataclasses.replace(base.settings, **settings))
+        return build_parser().parse_args(shlex.split(reprobe_command(recipe))[3:])
+
+    args = reprobed(eval_outputs="argmax", eval_accumulation_steps=3)
+    assert (args.eval_outputs, args.eval_steps, args.no_eval) == ("argmax", 3, False)
+    args = reprobed(eval_outputs="generate", max_new_tokens=16, eval_accumulation_steps=2)
+    assert (args.eval_outputs, args.max_new_tokens, args.eval_steps) == ("generate", 16, 2)
+    assert reprobed(per_device_eval_batch_size=None, eval_outputs=None).no_eval is True
+    assert reprobed(task="eval", eval_outputs="logits").task == "eval"
+
+
 def test_reprobe_hint_keeps_the_device_searches_everything_and_never_overwrites(recipe_file, capsys):
     """The hint is copied and run: it must probe on the device the check ran on, at its
     capacity, over the whole search space, into a new file (the user's recipe stays)."""
