@@ -136,3 +136,18 @@ def test_rank_prefers_lower_peak_on_a_tie():
     b = Measured("eager", False, 4, 1, 995.0, 500)
     c = Measured("sdpa", True, 8, 1, 1200.0, 800)
     assert rank([a, b, c]) == [c, b, a]
+
+
+def test_a_train_trial_over_the_budget_ends_after_its_first_step_with_the_optimizer_state(make_workload):
+    """From step 2 the optimizer state is resident and the train peak can only grow, so a trial
+    over the budget then is a non-fit whatever its other steps do: it stops, and on the sim device
+    the peak it reports is the one the whole trial reaches (steps 2 on are alike)."""
+    workload = make_workload("tiny-llama", 64 * MiB, max_length=32)
+    settings = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "per_device_train_batch_size": 8,
+                "gradient_accumulation_steps": 1}
+    whole = run_trial(workload, "train", settings, 5, 64 * MiB)
+    assert whole.outcome == "fit" and whole.steps == 5
+    stopped = run_trial(workload, "train", settings, 5, whole.peak_bytes - 1)
+    assert (stopped.outcome, stopped.steps, stopped.peak_bytes) == ("over_budget", 2, whole.peak_bytes)
+    just_fits = run_trial(workload, "train", settings, 5, whole.peak_bytes)
+    assert (just_fits.outcome, just_fits.steps) == ("fit", 5)

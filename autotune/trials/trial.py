@@ -66,8 +66,9 @@ def _meter_class():
     class Meter(TrainerCallback):
         """Peaks and step times per phase, read at the Trainer's own step and eval boundaries."""
 
-        def __init__(self, device):
+        def __init__(self, device, stop_over: int | None = None):
             self.device = device
+            self.stop_over = stop_over
             self.phase = "train"
             self.train, self.eval = _Window(), _Window()
             self.evaluations = 0
@@ -87,6 +88,10 @@ def _meter_class():
             self.train.times.append(self._now() - self._t)
             if state.global_step >= 2:
                 self.train.add_peak(self.device.peak_bytes())
+                if self.stop_over is not None and self.train.peak > self.stop_over:
+                    # Over the budget with the optimizer state resident: the outcome cannot change
+                    # (the peak only grows), so the steps left would be spent on a known non-fit.
+                    control.should_training_stop = True
             if control.should_evaluate:  # the Trainer evaluates next, after zero_grad, optimizer state resident
                 self.phase = "eval"
                 self.device.reset_peak()
@@ -129,10 +134,12 @@ class TrainerRun:
 
 
 def train_with_trainer(workload, settings: dict, train_steps: int, eval_every: int | None = None,
-                       eval_steps: int = 0) -> TrainerRun:
+                       eval_steps: int = 0, stop_over: int | None = None) -> TrainerRun:
     """Train `train_steps` optimizer steps with the real Trainer at `settings`; with `eval_every`,
-    the Trainer evaluates `eval_steps` eval batches every `eval_every` steps, inside training."""
-    return _with_trainer(workload, settings, train_steps, eval_every, eval_steps, evaluate_only=False)
+    the Trainer evaluates `eval_steps` eval batches every `eval_every` steps, inside training.
+    `stop_over`: end training after the first step (from step 2, the first with the optimizer
+    state resident) whose train peak passes these bytes."""
+    return _with_trainer(workload, settings, train_steps, eval_every, eval_steps, evaluate_only=False, stop_over=stop_over)
 
 
 def evaluate_with_trainer(workload, settings: dict, eval_steps: int) -> TrainerRun:
@@ -143,7 +150,7 @@ def evaluate_with_trainer(workload, settings: dict, eval_steps: int) -> TrainerR
 
 
 def _with_trainer(workload, settings: dict, train_steps: int, eval_every: int | None, eval_steps: int,
-                  evaluate_only: bool) -> TrainerRun:
+                  evaluate_only: bool, stop_over: int | None = None) -> TrainerRun:
     device = workload.device
     prior = workload.gradient_checkpointing
     # The Trainer enables checkpointing itself, from the arguments, as in the user's run.
@@ -154,7 +161,7 @@ def _with_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
         rlhf_run.prepare(workload)  # the reference model, resident from the first trial on
     device.release()
     baseline = device.allocated_bytes()
-    meter = _meter_class()(device)
+    meter = _meter_class()(device, stop_over)
     started = time.perf_counter()
     outcome, failed, message = "ran", None, None
     saved = None
@@ -249,7 +256,7 @@ def _run_phase(workload, phase: str, settings: dict, steps: int, budget: int) ->
     if phase == "eval" and workload.spec.task == "eval":
         run = evaluate_with_trainer(workload, settings, steps)
     elif phase == "train":
-        run = train_with_trainer(workload, settings, steps)
+        run = train_with_trainer(workload, settings, steps, stop_over=budget)  # a non-fit ends early
     elif phase == "eval":
         # The optimizer state exists after one step; the train batch is the configuration's, or 1.
         settings.setdefault("per_device_train_batch_size", 1)
