@@ -25,6 +25,9 @@ def _plan(spec, checkpointing=False):
     ("tiny-llava-next", 128, {}),
     # Qwen3-VL: deepstack features added at a boolean mask of the visual positions.
     ("tiny-qwen3-vl", 128, {"max_pixels": 65536}),
+    # Qwen3-VL video: a temporal patch of 256 tokens between its timestamp and vision start/end
+    # (qwen-vl-utils' worst frame at the per-frame floor), the grid split per frame in get_rope_index.
+    ("tiny-qwen3-vl", 280, {"images_per_sample": 0, "video_frames": 2, "video_max_pixels": 131072, "eval_steps": 2}),
     # A text model at a length where an explicit L x L attention mask (what transformers builds
     # for tensors it takes for traced ones) would cost more than 2%.
     ("tiny-llama", 384, {}),

@@ -238,6 +238,25 @@ def test_probe_max_pixels_auto_sets_ms_swift_env(media_curve, tmp_path):
     assert f"MAX_PIXELS={ordered[4]}" in (tmp_path / "r.swift.sh").read_text()
 
 
+def test_qwen3_vl_video_frames_auto_equals_brute_force():
+    """Qwen3-VL's video on the sim device: 1..3 temporal patches of 256 tokens (qwen-vl-utils'
+    upscaled worst frame at the per-frame floor) and their timestamps; the searched frame count is
+    the brute force's at budgets between each pair of neighbours (tests/test_qwen3_vl_video.py:
+    the worst case against qwen-vl-utils and the processor)."""
+    spec, values, workload, memo, _ = _setup("tiny-qwen3-vl", 256 * MiB, "sdpa", frontier="video_frames", max_length=828,
+                                             images_per_sample=0, video_max_pixels=131072)
+    assert values.values == [2, 4, 6] and workload.make_batch(1)["video_grid_thw"].tolist() == [[3, 4, 256]]
+    settings = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "per_device_train_batch_size": 1,
+                "gradient_accumulation_steps": 1}
+    peaks = {v: memo.run("train", {**settings, "video_frames": v}).peak_bytes for v in values.values}
+    assert list(peaks.values()) == sorted(peaks.values()) and len(set(peaks.values())) == 3
+    for low, high in ((2, 4), (4, 6)):
+        budget = (peaks[low] + peaks[high]) // 2
+        space = SearchSpace(spec, Rejudged(memo, budget), workload.device, budget, ProgressSink(), find_frontier)
+        result = search_limit(space, values)
+        assert result.value == max(v for v, p in peaks.items() if p <= budget) == low and result.proof["non_fit"] == high
+
+
 def test_ms_swift_default_length_is_the_smallest_config_length():
     from autotune.emit.swift import default_max_length
 

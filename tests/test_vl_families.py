@@ -75,11 +75,10 @@ def test_qwen3_vl_batch_freezing_and_sim_trials(make_workload):
     assert all(t.fits for t in peaks) and peaks[1].peak_bytes > peaks[0].peak_bytes
 
 
-def test_qwen3_vl_refuses_video_and_tiny_limits():
+def test_qwen3_vl_refuses_tiny_limits():
+    """(Video: tests/test_qwen3_vl_video.py.)"""
     config = resolve(None, "tiny-qwen3-vl").config
     family = family_for(config)
-    with pytest.raises(UsageError, match="^--video-frames: Qwen3-VL video"):
-        family.plan(config, Media(video_frames=4))
     with pytest.raises(UsageError, match=r"^--max-pixels: 50000 is below the processor's minimum of 65536 pixels \(256x256\)"):
         family.plan(config, Media(max_pixels=50000))
 

@@ -66,7 +66,8 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     """The recipe with the ms-swift file's settings (and the media variables exported here, which
     ms-swift's templates read too), and a note when the file leaves max_length unset (ms-swift
     then trains at the model's full length, which the check then runs) or when a media limit the
-    recipe needs is neither in the file nor exported (ms-swift would use its default)."""
+    recipe needs is neither in the file nor exported (ms-swift would use its default). A variable
+    the recipe holds at one value (emit/common.py HELD_ENV) set to another is refused."""
     from ..check import unset_length
 
     environ = dict(os.environ) if environ is None else environ
@@ -76,6 +77,12 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
                                  model=dataclasses.replace(recipe.model, **model))
     recipe, note = unset_length(recipe, args, path)
     given = swift.media_env(args, environ)
+    held = {k: v for k, v in (recipe.settings.env or {}).items() if k in swift.HELD_ENV}
+    for key, value in held.items():
+        if key in given and given[key] != value:
+            raise UsageError("--swift-args", f"{key}={given[key]} ({path} or this shell) changes the media worst case, which the "
+                                             f"recipe holds at {key}={value} and a check cannot vary",
+                             f"set {key}={value} or leave it unset")
     unset = {k: v for k, v in (recipe.settings.env or {}).items() if k in swift.VISION_ENV and k not in given}
     if unset:
         media = (f"neither {path} nor this shell sets {', '.join(unset)}: ms-swift's template then uses its default limit; "

@@ -63,7 +63,8 @@ def add_arguments(parser) -> None:
     vl.add_argument("--video-frames", type=whole_or_auto, metavar="N|auto",
                     help="frames of one video per sample (default: no video); auto: the most that fit (ms-swift's FPS_MAX_FRAMES; "
                          "InternVL's VIDEO_SEGMENTS)")
-    vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame, Qwen families (default: 602112, qwen-vl-utils'); InternVL resizes frames to one tile")
+    vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame, Qwen families (default: qwen-vl-utils' 768 tokens, 602112 for Qwen2/2.5-VL, "
+                         "786432 for Qwen3-VL); InternVL resizes frames to one tile")
     vl.add_argument("--audio-clips", type=int, metavar="N",
                     help="audio clips per sample (Qwen2.5-Omni's thinker; default: none): the feature extractor pads or cuts "
                          "every clip to 30 s, so each is 3000 mel frames and 750 tokens")

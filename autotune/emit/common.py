@@ -64,6 +64,10 @@ def world_size(recipe: Recipe) -> int:
 # The media limits ms-swift's templates read from the environment (model/multimodal.py swift_env
 # writes the family's own into the recipe): Qwen2-VL's and Qwen2.5-Omni's, InternVL's frames.
 VISION_ENV = frozenset({"MAX_PIXELS", "VIDEO_MAX_PIXELS", "FPS_MAX_FRAMES", "VIDEO_SEGMENTS"})
+# Variables a family's worst case holds at one value (its `swift_env`: Qwen3-VL's MODEL_SEQ_LEN,
+# qwen-vl-utils' budget over a video's frames) that a check cannot vary; unset means the library's
+# default, which is the value held.
+HELD_ENV = frozenset({"MODEL_SEQ_LEN"})
 
 
 def launch_env(recipe: Recipe) -> dict[str, str]:

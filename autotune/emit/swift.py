@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..recipe.schema import Recipe
 from ..recipe.training_args import CHECKPOINTING_KWARGS, checkpointing_lever_kwargs, eval_outputs_of
 from . import rlhf
-from .common import DATASET_PLACEHOLDER, VISION_ENV, check_strategy, launch_env, memory_comment, mixed_precision, model_location
+from .common import DATASET_PLACEHOLDER, HELD_ENV, VISION_ENV, check_strategy, launch_env, memory_comment, mixed_precision, model_location
 
 FIELDS_DIR = Path(__file__).parent / "swift_fields"
 SUPPORTED = ("3.10", "3.11", "3.12", "4")
@@ -340,7 +340,7 @@ def media_env(args: dict, environ: dict | None = None) -> dict:
     """The media variables ms-swift's templates will read: those exported in `environ` (the
     shell's; a 3.x file has no ENV block, its header says to export them), the file's ENV block
     over them (4.x sets it into the environment)."""
-    keys = VISION_ENV | {"USE_AUDIO_IN_VIDEO"}
+    keys = VISION_ENV | HELD_ENV | {"USE_AUDIO_IN_VIDEO"}
     return {k: str(v) for k, v in (environ or {}).items() if k in keys} | {str(k): str(v) for k, v in (args.get("ENV") or {}).items()}
 
 

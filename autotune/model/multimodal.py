@@ -64,9 +64,11 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
         patches = vplan.video_grid[0]
         per = vplan.video_tokens // patches
         if vplan.video_step == 2:
+            timestamps = vplan.video_extra_tokens is not None and not vplan.video_audio_tokens  # Qwen3-VL's, and start/end
             parts.append(f"a video of {patches} frame pairs x {per} tokens = {vplan.video_tokens} tokens "
                          f"at {vplan.video_max_pixels} pixels per frame"
-                         + (f" + its sound track's {vplan.video_audio_tokens} (30 s)" if vplan.video_audio_tokens else ""))
+                         + (f" + its sound track's {vplan.video_audio_tokens} (30 s)" if vplan.video_audio_tokens else "")
+                         + (f" + {vplan.video_wrap} of timestamps and vision start/end" if timestamps else ""))
         else:
             parts.append(f"a video of {patches} frames x {per} tokens + {vplan.video_wrap} around them = {video_part} tokens")
         most = most_frames(family, config, media, max_length) if media is not None else 0
@@ -150,7 +152,7 @@ def media_values(family: Family, config, spec, dimension: str) -> tuple[list[int
 def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:
     """The environment ms-swift's template for the family reads for the same limits: Qwen2-VL's
     MAX_PIXELS / VIDEO_MAX_PIXELS / FPS_MAX_FRAMES, InternVL's VIDEO_SEGMENTS, Qwen2.5-Omni's
-    USE_AUDIO_IN_VIDEO."""
+    USE_AUDIO_IN_VIDEO, and what the family's own `swift_env` adds (Qwen3-VL's MODEL_SEQ_LEN)."""
     env = {}
     if family.default_max_pixels is not None:
         env["MAX_PIXELS"] = str(vplan.max_pixels)
@@ -161,6 +163,8 @@ def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:
             env[family.video_frames_env] = str(spec.video_frames)
         if vplan.video_audio_tokens:
             env["USE_AUDIO_IN_VIDEO"] = "true"  # ms-swift's Qwen2.5-Omni template then loads each video's sound track
+    if family.swift_env is not None:
+        env.update(family.swift_env(vplan))
     return env
 
 

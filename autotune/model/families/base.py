@@ -85,6 +85,7 @@ class Family:
     pixels_per_token: object = None  # config -> pixels one token covers, where --max-pixels applies
     min_pixels: int | None = None  # the processor's smallest image (where --max-pixels applies)
     processor: object = None  # (config, VisionPlan) -> model/processor.Processing for TRL's image path; None: not yet
+    swift_env: object = None  # VisionPlan -> {variable: value}: more of ms-swift's environment the worst case holds
     notes: dict = field(default_factory=dict)
 
     def model_cls(self):

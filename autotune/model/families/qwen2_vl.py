@@ -171,19 +171,20 @@ def processor(config, vplan: VisionPlan, processor_class: str, limits: Limits = 
     return Processing(made, (w * vision.patch_size, h * vision.patch_size), frozenset(i for _, i in specials))
 
 
-def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_VL, plan_rule=plan,
-           aligner: tuple[str, ...] = ("model.visual.merger",), processor_class: str | None = None) -> Family:
-    """Qwen2-VL and its descendants share the input rules and the module layout. `processor_class`:
+def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_VL, plan_rule=plan, inputs_rule=inputs,
+           aligner: tuple[str, ...] = ("model.visual.merger",), processor_class: str | None = None, swift_env=None) -> Family:
+    """Qwen2-VL and its descendants share the image rules and the module layout. `processor_class`:
     the transformers processor TRL's image path gets (None: not built for this member yet)."""
     return Family(
         name=name, model_types=(model_type,), model_class=model_class,
         vision_tower=("model.visual",), aligner=aligner,
         language_model=("model.language_model", "lm_head"),
-        plan=partial(plan_rule, limits=limits), inputs=inputs, default_max_pixels=limits.default_max_pixels,
+        plan=partial(plan_rule, limits=limits), inputs=inputs_rule, default_max_pixels=limits.default_max_pixels,
         default_video_max_pixels=limits.default_video_max_pixels, supports_video=True, video_frames_env="FPS_MAX_FRAMES",
         image_tokens_for_size=partial(image_tokens_for_size, limits=limits),
         pixels_per_token=lambda config: _factor(config.vision_config) ** 2, min_pixels=limits.min_pixels,
         processor=partial(processor, processor_class=processor_class, limits=limits) if processor_class else None,
+        swift_env=swift_env,
     )
 
 
