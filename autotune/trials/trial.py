@@ -250,13 +250,21 @@ def run_trial(workload, phase: str, settings: dict, steps: int, budget: int) -> 
         return _run_phase(workload, phase, settings, steps, budget)
 
 
+def _ranks() -> int:
+    """Ranks training together. A rank over its budget cannot stop alone: its peers would wait for
+    it in the next step's collectives (their agreement comes after the trial, cluster/agree.py)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _run_phase(workload, phase: str, settings: dict, steps: int, budget: int) -> TrialResult:
     if getattr(workload, "strategy", None):
         return _engine_trial(workload, phase, settings, steps, budget)
     if phase == "eval" and workload.spec.task == "eval":
         run = evaluate_with_trainer(workload, settings, steps)
     elif phase == "train":
-        run = train_with_trainer(workload, settings, steps, stop_over=budget)  # a non-fit ends early
+        run = train_with_trainer(workload, settings, steps, stop_over=None if _ranks() > 1 else budget)  # a non-fit ends early
     elif phase == "eval":
         # The optimizer state exists after one step; the train batch is the configuration's, or 1.
         settings.setdefault("per_device_train_batch_size", 1)
