@@ -76,7 +76,11 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
         if most:
             fixes.append(f"--video-frames {most} or fewer")
         if vplan.video_max_pixels is not None:
-            fixes.append("a lower --video-max-pixels")
+            if family.pixels_per_token is not None and per > vplan.video_max_pixels // family.pixels_per_token(config):
+                # past the cap: qwen-vl-utils' floor (1.05 x the frame minimum) or a thin frame's rounding
+                fixes.append("a lower --video-min-pixels (each frame gets at least 1.05x it, whatever --video-max-pixels)")
+            else:
+                fixes.append("a lower --video-max-pixels")
         if vplan.video_audio_tokens:
             fixes.append("--use-audio-in-video false")
     if vplan.audios:

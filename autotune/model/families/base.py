@@ -46,9 +46,6 @@ class VisionPlan:
     video_extra_tokens: int | None = None
     video_step: int = 1  # frames per temporal patch: --video-frames moves in these steps
     video_audio_tokens: int = 0  # per video, its sound track's tokens (0: none), interleaved with the frames'
-    # (height, width) in pixels of an image the processor resizes to `image_grid`, where it resizes
-    # (Qwen-VL: the worst grid is not always a fixed point of its rule); () where not needed.
-    image_source: tuple = ()
 
     @property
     def video_wrap(self) -> int:

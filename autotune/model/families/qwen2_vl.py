@@ -61,11 +61,12 @@ def image_tokens_for_size(config, width: int, height: int, max_pixels: int, limi
 
 
 def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
-    """The worst image is the largest grid under --max-pixels (a fixed point of the resize): what
-    ms-swift's qwen-vl-utils makes at most from 29 tokens per image up. Below about 200 tokens
-    transformers' own processor makes more of a thin strip (qwen_resize.processor_worst: it keeps
-    the short side at one factor), which an HF-processor launch can meet: not modelled for images
-    yet (docs/architecture.md). The worst video is the one either launch makes the most of
+    """The worst image is the largest grid under --max-pixels (a fixed point of the resize): the
+    most ms-swift's qwen-vl-utils makes of any image at 10 tokens or more (below, its rounding up
+    of a small image can make 10). Below about 200 tokens transformers' own processor makes more of
+    a thin strip (qwen_resize.processor_worst: it keeps the short side at one factor; 113 tokens
+    at 64), which a launch through the HF processor can meet: not modelled for images
+    (docs/architecture.md). The worst video is the one either launch makes the most of
     (`worst_frames`)."""
     vision = config.vision_config
     merge, factor = vision.spatial_merge_size, _factor(vision)
@@ -89,7 +90,7 @@ def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
     return VisionPlan(image_tokens=h * w, video_tokens=video_tokens, images=media.images,
                       videos=1 if media.video_frames else 0, extra_tokens=2,  # <|vision_start|> ... <|vision_end|>
                       image_grid=image_grid, video_grid=video_grid, max_pixels=max_pixels, video_max_pixels=video_pixels,
-                      video_step=vision.temporal_patch_size, image_source=(h * factor, w * factor),
+                      video_step=vision.temporal_patch_size,
                       video_min_pixels=media.video_min_pixels if media.video_frames else None)
 
 
@@ -169,8 +170,8 @@ def processor(config, vplan: VisionPlan, processor_class: str, limits: Limits = 
         merge_size=vision.spatial_merge_size, temporal_patch_size=vision.temporal_patch_size)
     cls = images_only(getattr(transformers, processor_class))
     made = cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
-    height, width = vplan.image_source  # the image the processor resizes to the worst case's grid
-    return Processing(made, (width, height), frozenset(i for _, i in specials))
+    _, h, w = vplan.image_grid  # in patches: a fixed point of smart_resize (qwen_resize.worst_grid)
+    return Processing(made, (w * vision.patch_size, h * vision.patch_size), frozenset(i for _, i in specials))
 
 
 def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_VL, plan_rule=plan, inputs_rule=inputs,
