@@ -164,7 +164,8 @@ def vision_fields(recipe: Recipe) -> dict:
     the model's default worst case (Qwen2-VL: 16384 image tokens), not the probed one."""
     s, media = recipe.settings, recipe.multimodal or {}
     fields = {"freeze_vit": s.freeze_vit, "freeze_aligner": s.freeze_aligner, "freeze_llm": s.freeze_llm,
-              "max_pixels": s.max_pixels, "video_max_pixels": s.video_max_pixels, "video_frames": s.video_frames}
+              "max_pixels": s.max_pixels, "video_max_pixels": s.video_max_pixels, "video_min_pixels": s.video_min_pixels,
+              "video_frames": s.video_frames}
     if media:
         fields["images_per_sample"] = media.get("images_per_sample")
         fields["audio_clips"] = media.get("audio_clips_per_sample")

@@ -94,6 +94,7 @@ class ProbeSpec:
     audio_clips: int | None = None  # audio clips per sample (Qwen2.5-Omni's thinker), each 30 s at worst
     video_frames: int | None = None
     video_max_pixels: int | None = None
+    video_min_pixels: int | None = None  # per frame: ms-swift's VIDEO_MIN_PIXELS (qwen-vl-utils' frame minimum)
     use_audio_in_video: bool = False  # the video's sound track goes in too (Qwen2.5-Omni; ms-swift's USE_AUDIO_IN_VIDEO)
     dataset: str | None = None  # ms-swift JSONL; its samples set max_length / max_pixels
     length_percentile: float | None = None  # probe at this percentile of the dataset instead of its max
@@ -188,7 +189,8 @@ class ProbeSpec:
     def _validate_multimodal(self) -> None:
         if self.optim not in OPTIMIZERS:
             raise UsageError("--optim", f"unknown optimizer {self.optim!r}", f"choose one of {', '.join(OPTIMIZERS)}")
-        for flag, value in (("--max-pixels", self.max_pixels), ("--video-max-pixels", self.video_max_pixels)):
+        for flag, value in (("--max-pixels", self.max_pixels), ("--video-max-pixels", self.video_max_pixels),
+                            ("--video-min-pixels", self.video_min_pixels)):
             if value is not None:
                 _positive(flag, value)
         for flag, value in (("--images-per-sample", self.images_per_sample), ("--video-frames", self.video_frames),

@@ -40,3 +40,31 @@ def pytest_collection_modifyitems(config, items):
     """The longest tests (marked slow) first: under xdist a long test dealt out last would leave
     the other worker idle at the end. Stable otherwise: the files' order is kept."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="module")
+def vision_process():
+    """qwen-vl-utils' `vision_process` over stand-ins for what it imports and cannot load here
+    (tests/qwen_vl_utils_stand_ins.py); skipped without qwen-vl-utils."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("qwen_vl_utils") is None:
+        pytest.skip("qwen-vl-utils is not installed (pip install --no-deps qwen-vl-utils)")
+    from qwen_vl_utils_stand_ins import stand_ins
+
+    saved = {name: sys.modules.get(name) for name in stand_ins()}
+    sys.modules.update(stand_ins())
+    try:
+        from qwen_vl_utils import vision_process as vp
+        vp.FORCE_QWENVL_VIDEO_READER = "decord"
+        vp.get_video_reader_backend.cache_clear()
+        yield vp
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+        for name in [n for n in sys.modules if n.startswith("qwen_vl_utils")]:
+            del sys.modules[name]  # imported over the stand-ins: not for anyone else

@@ -5,7 +5,7 @@ import torch
 
 from autotune.cli import main
 from autotune.model.families import Media, family_for
-from autotune.model.families.qwen2_vl import worst_grid
+from autotune.model.families.qwen_resize import worst_grid
 from autotune.model.source import resolve
 from autotune.progress import ProgressSink
 from autotune.search.frontier import find_frontier
@@ -75,7 +75,8 @@ def test_more_pixels_or_frames_lower_the_frontier(make_workload):
     base = {"max_pixels": 56 * 56, "images_per_sample": 1}
     found, _ = frontier(make_workload("tiny-qwen2-vl", capacity, max_length=64, **base), budget, 6)
     assert found >= 2
-    for media in ({"max_pixels": 28 * 28 * 40}, {"video_frames": 8, "video_max_pixels": 28 * 28 * 5}):
+    # the smallest video frame qwen-vl-utils and the processor allow is 29 tokens (a thin one, scaled up)
+    for media in ({"max_pixels": 28 * 28 * 40}, {"video_frames": 2, "video_max_pixels": 3136, "video_min_pixels": 3136}):
         workload = make_workload("tiny-qwen2-vl", capacity, max_length=64, **{**base, **media})
         assert run_train_trial(workload, found, 3, budget).outcome in ("oom", "over_budget"), media
         assert run_train_trial(workload, 1, 3, budget).fits
@@ -104,12 +105,14 @@ def test_full_size_configs_resolve_with_their_published_token_counts():
 def test_an_over_long_video_is_refused_with_what_to_change(tmp_path, capsys):
     out = tmp_path / "r.yaml"
     argv = ["probe", "--model-config", "tiny-qwen2-vl", *SIM, "--max-length", "128", "--video-frames", "64",
-            "--video-max-pixels", "12544", "--images-per-sample", "0", "--out", str(out)]
+            "--video-max-pixels", "12544", "--video-min-pixels", "3136", "--images-per-sample", "0", "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("autotune: error: --video-frames:")
-    # 64 frames = 32 frame pairs x 16 tokens (112^2 / 28^2) = 512; 128 - 1 - 2 wrappers leaves 7 pairs
-    assert "512 tokens" in err and "--video-frames 14 or fewer" in err and "--max-length 515 or more" in err
+    # 64 frames = 32 frame pairs x 56 tokens = 1792: under 12544 pixels (16 tokens) the processor
+    # makes a thin frame 1 x 56 merged patches (qwen_resize.processor_worst); 128 - 1 - 2 wrappers
+    # leaves 2 pairs
+    assert "1792 tokens" in err and "--video-frames 4 or fewer" in err and "--max-length 1795 or more" in err
     assert not out.exists()
 
 
@@ -136,13 +139,14 @@ def test_vision_flags_on_a_text_model_are_refused(tmp_path, capsys):
 
 
 def test_worst_case_batch_matches_the_model_rules(make_workload):
-    workload = make_workload("tiny-qwen2-vl", 1 << 30, max_length=64, max_pixels=112 * 112, images_per_sample=2,
-                             video_frames=3, video_max_pixels=56 * 56)
+    workload = make_workload("tiny-qwen2-vl", 1 << 30, max_length=128, max_pixels=112 * 112, images_per_sample=2,
+                             video_frames=3, video_max_pixels=56 * 56, video_min_pixels=56 * 56)
     batch = workload.make_batch(3)
     config = workload.source.config
-    assert batch["input_ids"].shape == (3, 64)
+    assert batch["input_ids"].shape == (3, 128)
     assert (batch["input_ids"] == config.image_token_id).sum() == 3 * 2 * 16  # 112^2 / 28^2
-    assert (batch["input_ids"] == config.video_token_id).sum() == 3 * 2 * 4  # ceil(3 / 2) temporal patches x 56^2 / 28^2
-    assert batch["image_grid_thw"].tolist() == [[1, 8, 8]] * 6 and batch["video_grid_thw"].tolist() == [[2, 4, 4]] * 3
+    # ceil(3 / 2) temporal patches x 29 tokens: the thin frame the processor scales up to 56^2 pixels
+    assert (batch["input_ids"] == config.video_token_id).sum() == 3 * 2 * 29
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 8]] * 6 and batch["video_grid_thw"].tolist() == [[2, 2, 58]] * 3
     assert batch["pixel_values"].shape == (6 * 64, 3 * 2 * 14 * 14)
     assert torch.equal(batch["labels"] == -100, batch["mm_token_type_ids"] != 0)

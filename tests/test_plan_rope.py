@@ -11,8 +11,8 @@ from autotune.plan.rope import positions_once_per_layout
 from autotune.spec import ProbeSpec
 
 
-@pytest.mark.parametrize("name, media", [("tiny-qwen2-vl", dict(max_pixels=12544, video_frames=4, video_max_pixels=6272)),
-                                         ("tiny-qwen2.5-vl", dict(max_pixels=12544, video_frames=4, video_max_pixels=6272)),
+@pytest.mark.parametrize("name, media", [("tiny-qwen2-vl", dict(max_pixels=12544, video_frames=4, video_max_pixels=6272, video_min_pixels=3136)),
+                                         ("tiny-qwen2.5-vl", dict(max_pixels=12544, video_frames=4, video_max_pixels=6272, video_min_pixels=3136)),
                                          ("tiny-qwen3-vl", dict(max_pixels=65536, images_per_sample=2))])
 def test_positions_once_per_layout_equal_the_models_own_loop(name, media):
     spec = ProbeSpec(model_config=name, max_length=512, device="sim", gpu_memory=2**32, **media)

@@ -14,86 +14,18 @@ not a dependency: these tests skip without it (`pip install --no-deps qwen-vl-ut
 import dataclasses
 import importlib.util
 import re
-import sys
 import types
 
-import numpy as np
 import pytest
 import torch
 
 from autotune.errors import UsageError
 from autotune.model.families import Media, family_for
-from autotune.model.families import qwen3_vl
+from autotune.model.families import qwen3_vl, qwen_resize
 from autotune.model.source import resolve
+from qwen_vl_utils_stand_ins import VIDEOS
 
 SPECIALS = ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")
-VIDEOS = {}  # a video file's text -> (frames, fps, height, width): what the stand-in decoder holds
-
-
-class _VideoReader:
-    """decord.VideoReader's interface over a video of VIDEOS[the file's text] (black frames); given
-    a path, or the file's bytes (ms-swift's patched reader loads the file first)."""
-
-    def __init__(self, source):
-        key = source.read().decode() if hasattr(source, "read") else open(source).read()
-        self.frames, self.fps, self.height, self.width = VIDEOS[key]
-
-    def __len__(self):
-        return self.frames
-
-    def get_avg_fps(self):
-        return self.fps
-
-    def get_batch(self, indices):
-        frames = np.zeros((len(indices), self.height, self.width, 3), dtype=np.uint8)
-        return types.SimpleNamespace(asnumpy=lambda: frames)
-
-
-def _module(name, **attributes):
-    module = types.ModuleType(name)
-    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-    module.__dict__.update(attributes)
-    return module
-
-
-def _stand_ins() -> dict:
-    """Modules qwen-vl-utils imports that cannot load here: torchvision (its resize of the frames'
-    values: a nearest-neighbour interpolation to the size asked for), decord (the decoder), requests."""
-    def resize(video, size, interpolation=None, antialias=True):
-        return torch.nn.functional.interpolate(video.float(), size=tuple(size))
-
-    functional = _module("torchvision.transforms.functional", resize=resize)
-    transforms = _module("torchvision.transforms", functional=functional, InterpolationMode=types.SimpleNamespace(BICUBIC="bicubic"))
-    io = _module("torchvision.io")
-    modules = {"torchvision": _module("torchvision", __version__="0.0+stand-in", io=io, transforms=transforms),
-               "torchvision.io": io, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional,
-               "decord": _module("decord", VideoReader=_VideoReader)}
-    if importlib.util.find_spec("requests") is None:
-        modules["requests"] = _module("requests")
-    return modules
-
-
-@pytest.fixture(scope="module")
-def vision_process():
-    if importlib.util.find_spec("qwen_vl_utils") is None:
-        pytest.skip("qwen-vl-utils is not installed (pip install --no-deps qwen-vl-utils)")
-    saved = {name: sys.modules.get(name) for name in _stand_ins()}
-    sys.modules.update(_stand_ins())
-    try:
-        from qwen_vl_utils import vision_process as vp
-        vp.FORCE_QWENVL_VIDEO_READER = "decord"
-        vp.get_video_reader_backend.cache_clear()
-        yield vp
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-        for name in [n for n in sys.modules if n.startswith("qwen_vl_utils")]:
-            del sys.modules[name]  # imported over the stand-ins: not for anyone else
-
-
 def _as_ms_swift_sets(vp, monkeypatch, env: dict) -> str:
     """qwen-vl-utils' globals as ms-swift's Qwen3-VL loader sets them from `env`: its own
     `compat_qwen_vl_utils(16)` and `patch_qwen_vl_utils` where ms-swift is installed, else their
@@ -163,7 +95,7 @@ def test_video_worst_case_is_what_qwen_vl_utils_and_the_processor_make(case, vis
     frames, per_frame, (height, width), seq_len = CASES[case]
     config = resolve(None, "tiny-qwen3-vl").config
     if seq_len:
-        monkeypatch.setattr(qwen3_vl, "MODEL_SEQ_LEN", seq_len)
+        monkeypatch.setattr(qwen_resize, "MODEL_SEQ_LEN", seq_len)
         monkeypatch.setattr(vision_process, "MODEL_SEQ_LEN", seq_len)
     vplan = family_for(config).plan(config, Media(images=0, video_frames=frames, video_max_pixels=per_frame))
     assert vplan.video_grid[0] == frames // 2  # at these settings the worst video has all N frames
@@ -208,24 +140,27 @@ def test_video_worst_case_is_what_qwen_vl_utils_and_the_processor_make(case, vis
     assert torch.equal(ours[0], theirs[0])
 
 
-@pytest.mark.parametrize("max_tokens", [128, 256, 300, 768])
-def test_the_frame_grid_is_the_most_qwen_vl_utils_smart_resize_makes(max_tokens, vision_process):
-    """Over frames of every shape qwen-vl-utils accepts (thin ones at every aspect ratio with a
-    denominator up to 8, and a sweep of ordinary sizes), its smart_resize makes no frame with more
-    tokens than the family's frame grid, and one with exactly as many."""
-    budget = qwen3_vl.frame_budget(2, max_tokens)
-    h, w = qwen3_vl.frame_grid(2, max_tokens)
-    sizes = [(a, b) for a in range(1, 9) for b in range(a, min(200 * a, 4200) + 1)]
-    sizes += [(a, b) for a in range(32, 1600, 29) for b in range(a, 2400, 31)]
+@pytest.mark.parametrize("factor, max_tokens", [(32, 128), (32, 300), (32, 768), (28, 128), (28, 768)])
+def test_the_frame_grid_is_the_most_qwen_vl_utils_smart_resize_makes(factor, max_tokens, vision_process):
+    """Over frames of every shape qwen-vl-utils accepts (every size under the minimum up to two
+    factors high, where its rounding up overshoots, and a sweep of ordinary sizes), its
+    smart_resize makes no frame with more tokens than the frame grid (Qwen3-VL's 32-pixel factor;
+    Qwen2-VL's 28), and one with exactly as many. At factor 28 the most is a float tie: a 19 x 2432
+    frame scaled up to 128 tokens has both sides a hair above a whole number, 2 x 129."""
+    square, low = factor * factor, qwen_resize.VIDEO_MIN_TOKENS * factor * factor
+    budget = qwen_resize.frame_budget(2, max_tokens)
+    h, w = qwen_resize.frame_grid(2, max_tokens, factor)
+    sizes = [(a, b) for a in range(1, 2 * factor + 1) for b in range(a, min(200 * a, low // a) + 1)]
+    sizes += [(a, b) for a in range(factor, 50 * factor, 29) for b in range(a, 75 * factor, 31)]
     made = {}
     for a, b in sizes:
-        ha, wa = vision_process.smart_resize(a, b, 32, qwen3_vl.VIDEO_MIN_TOKENS * 1024, budget * 1024)
-        made.setdefault(ha * wa // 1024, (a, b))
+        ha, wa = vision_process.smart_resize(a, b, factor, low, budget * square)
+        made.setdefault(ha * wa // square, (a, b))
     assert max(made) == h * w
     if h * w <= budget:  # the largest grid under the budget: a frame of that size comes out as it went in
-        assert vision_process.smart_resize(32 * h, 32 * w, 32, qwen3_vl.VIDEO_MIN_TOKENS * 1024, budget * 1024) == (32 * h, 32 * w)
-    else:
-        assert (h, w) == (2, 128) and budget < 256  # the upscaled thin frame
+        assert vision_process.smart_resize(factor * h, factor * w, factor, low, budget * square) == (factor * h, factor * w)
+    else:  # the upscaled thin frame
+        assert (h, w) == ((2, 128) if factor == 32 else (2, 129)) and budget < h * w
 
 
 def test_more_frames_are_not_always_more_tokens():

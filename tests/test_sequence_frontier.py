@@ -169,7 +169,9 @@ class Rejudged:
 
 MEDIA = {  # case -> (model, dimension, spec)
     "max_pixels": ("tiny-qwen2-vl", "max_pixels", dict(max_length=14)),  # 8 pixel values (4..11 tokens per image)
-    "video_frames": ("tiny-qwen2-vl", "video_frames", dict(max_length=32, images_per_sample=0, video_max_pixels=3136)),  # 1..7 temporal patches
+    # 1..7 temporal patches of 29 tokens (the thin frame scaled up to 3136 pixels) and the video's start/end
+    "video_frames": ("tiny-qwen2-vl", "video_frames", dict(max_length=206, images_per_sample=0, video_max_pixels=3136,
+                                                           video_min_pixels=3136)),
     "internvl_video_frames": ("tiny-internvl", "video_frames", dict(max_length=112, images_per_sample=0)),  # 1..7 frames, a tile each
 }
 

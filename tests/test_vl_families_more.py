@@ -168,12 +168,14 @@ def test_qwen25_omni_thinker_video_worst_case_and_eval_only_generation():
 
     name = "tiny-qwen2.5-omni-thinker"
     config = resolve(None, name).config
-    media = dict(max_pixels=3136, video_frames=7, video_max_pixels=6272)
+    media = dict(max_pixels=3136, video_frames=7, video_max_pixels=6272, video_min_pixels=3136)
     vplan = family_for(config).plan(config, Media(images=1, **media))
     t, h, w = vplan.video_grid
-    assert t == 4 and smart_resize(h * 14, w * 14, 28, 3136, 6272) == (h * 14, w * 14)  # 7 frames pad to 4 temporal patches
-    assert vplan.video_tokens == t * h * w // 4 == 4 * 8
-    real = _plan_matches_sim(name, dict(max_length=64, **media))  # the plan runs under fake tensors too
+    # 7 frames pad to 4 temporal patches; under 6272 pixels the processor's worst frame is a thin
+    # one, 1 x 40 merged patches (its short side clamped), which it makes of a 15 x 3000 frame
+    assert t == 4 and smart_resize(15, 3000, 28, 3136, 6272) == (h * 14, w * 14) == (28, 1120)
+    assert vplan.video_tokens == t * h * w // 4 == 4 * 40
+    real = _plan_matches_sim(name, dict(max_length=200, **media))  # the plan runs under fake tensors too
     spec = real.spec
     batch = real.make_batch(2)
     assert (batch["input_ids"] == config.video_token_id).sum() == 2 * vplan.video_tokens
@@ -235,7 +237,7 @@ def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
     marks = {config.video_token_id: "V", config.audio_token_id: "A", config.audio_start_token_id: "<",
              config.audio_end_token_id: ">", config.vision_start_token_id: "[", config.vision_end_token_id: "]"}
     for frames in (2, 8):  # one chunk of frames; two, then the rest of the track
-        media = Media(images=0, video_frames=frames, video_max_pixels=6272, audio_in_video=True)
+        media = Media(images=0, video_frames=frames, video_max_pixels=6272, video_min_pixels=3136, audio_in_video=True)
         vplan = family.plan(config, media)
         grid = vplan.video_grid
         written = Qwen2_5OmniProcessor.replace_video_with_audio_token(
@@ -247,7 +249,8 @@ def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
         assert vplan.video_audio_tokens == int(track["num_audio_tokens"][0]) == 750
         ids = family.inputs(config, vplan, 1, vplan.tokens + 3, "cpu")["input_ids"][0].tolist()
         assert "".join(marks.get(i, ".") for i in ids) == ".[" + written + "].."  # the chat template's vision start/end around it
-    real = _plan_matches_sim(name, dict(max_length=800, images_per_sample=0, video_frames=4, video_max_pixels=6272, use_audio_in_video=True))
+    real = _plan_matches_sim(name, dict(max_length=900, images_per_sample=0, video_frames=4, video_max_pixels=6272, video_min_pixels=3136,
+                                        use_audio_in_video=True))
     batch = real.make_batch(2)
     assert batch["use_audio_in_video"] is True and tuple(batch["input_features"].shape) == (2, config.audio_config.num_mel_bins, 3000)
     assert (batch["input_ids"] == config.audio_token_id).sum() == 2 * 750
@@ -257,7 +260,7 @@ def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
     from autotune.model.multimodal import recipe_record
 
     settings = SimpleNamespace(freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_pixels=None, video_max_pixels=6272, video_frames=4,
-                               use_audio_in_video=None)  # a recipe from before the setting: the record says it
+                               video_min_pixels=3136, use_audio_in_video=None)  # a recipe from before the setting: the record says it
     recipe = SimpleNamespace(settings=settings, multimodal=recipe_record(real.setup, real.spec))
     assert vision_fields(recipe)["use_audio_in_video"] is True  # `check` rebuilds the worst case with the track
     from autotune.cli import build_parser
@@ -289,10 +292,11 @@ def test_check_reads_use_audio_in_video_back_from_the_ms_swift_file(tmp_path, ve
 
     name = "tiny-qwen2.5-omni-thinker"
     r = variant("base")
-    settings = dataclasses.replace(r.settings, freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_length=800, video_max_pixels=6272,
+    # 2 frame pairs of 258 tokens at most (qwen-vl-utils' per-frame floor; a thin frame scaled up) + 750 of sound
+    settings = dataclasses.replace(r.settings, freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_length=1400, video_max_pixels=6272,
                                    video_frames=4, use_audio_in_video=True,
                                    env={"VIDEO_MAX_PIXELS": "6272", "FPS_MAX_FRAMES": "4", "USE_AUDIO_IN_VIDEO": "true"})
-    recipe = dataclasses.replace(r, settings=settings, model=dataclasses.replace(r.model, path=name, max_length=800),
+    recipe = dataclasses.replace(r, settings=settings, model=dataclasses.replace(r.model, path=name, max_length=1400),
                                  multimodal={"family": "qwen2_5_omni", "images_per_sample": 0, "video_audio_tokens": 750})
     text = swift.render_yaml(recipe, version)
     from autotune.emit import llamafactory

@@ -65,6 +65,9 @@ def add_arguments(parser) -> None:
                          "InternVL's VIDEO_SEGMENTS)")
     vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame, Qwen families (default: qwen-vl-utils' 768 tokens, 602112 for Qwen2/2.5-VL, "
                          "786432 for Qwen3-VL); InternVL resizes frames to one tile")
+    vl.add_argument("--video-min-pixels", type=int, metavar="N",
+                    help="the least pixels per video frame, Qwen families (ms-swift's VIDEO_MIN_PIXELS; default: qwen-vl-utils' "
+                         "128 tokens, 100352 for Qwen2/2.5-VL): every frame gets at least 1.05x this, whatever --video-max-pixels")
     vl.add_argument("--audio-clips", type=int, metavar="N",
                     help="audio clips per sample (Qwen2.5-Omni's thinker; default: none): the feature extractor pads or cuts "
                          "every clip to 30 s, so each is 3000 mel frames and 750 tokens")
@@ -79,5 +82,5 @@ def add_arguments(parser) -> None:
 
 def spec_kwargs(args) -> dict:
     kwargs = {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
-                                            "audio_clips", "video_frames", "video_max_pixels", "use_audio_in_video", "dataset", "length_percentile", "tokenizer")}
+                                            "audio_clips", "video_frames", "video_max_pixels", "video_min_pixels", "use_audio_in_video", "dataset", "length_percentile", "tokenizer")}
     return {k: None if v == "auto" else v for k, v in kwargs.items()}

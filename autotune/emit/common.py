@@ -63,7 +63,7 @@ def world_size(recipe: Recipe) -> int:
 
 # The media limits ms-swift's templates read from the environment (model/multimodal.py swift_env
 # writes the family's own into the recipe): Qwen2-VL's and Qwen2.5-Omni's, InternVL's frames.
-VISION_ENV = frozenset({"MAX_PIXELS", "VIDEO_MAX_PIXELS", "FPS_MAX_FRAMES", "VIDEO_SEGMENTS"})
+VISION_ENV = frozenset({"MAX_PIXELS", "VIDEO_MAX_PIXELS", "VIDEO_MIN_PIXELS", "FPS_MAX_FRAMES", "VIDEO_SEGMENTS"})
 # Variables a family's worst case holds at one value (its `swift_env`: Qwen3-VL's MODEL_SEQ_LEN,
 # qwen-vl-utils' budget over a video's frames) that a check cannot vary; unset means the library's
 # default, which is the value held.
@@ -85,7 +85,8 @@ def launch_env(recipe: Recipe) -> dict[str, str]:
             env["NNODES"] = str(-(-n // per_node))
     own = {str(k): str(v) for k, v in (s.env or {}).items()}
     if not own.keys() & VISION_ENV:  # a recipe without its family's env: the Qwen-VL names, from the settings
-        for key, value in (("MAX_PIXELS", s.max_pixels), ("VIDEO_MAX_PIXELS", s.video_max_pixels), ("FPS_MAX_FRAMES", s.video_frames)):
+        for key, value in (("MAX_PIXELS", s.max_pixels), ("VIDEO_MAX_PIXELS", s.video_max_pixels),
+                           ("VIDEO_MIN_PIXELS", s.video_min_pixels), ("FPS_MAX_FRAMES", s.video_frames)):
             if value is not None:
                 env[key] = str(value)
     env.update(own)

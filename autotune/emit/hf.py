@@ -43,7 +43,7 @@ def model_settings(recipe: Recipe) -> dict:
         out["lora"] = {"r": m.lora["r"], "lora_alpha": m.lora["alpha"], "lora_dropout": m.lora.get("dropout"),
                        "target_modules": m.lora.get("target_modules"), "task_type": "CAUSAL_LM"}
     for key in ("freeze_vit", "freeze_aligner", "freeze_llm", "vit_gradient_checkpointing", "max_pixels",
-                "video_max_pixels", "video_frames", "use_audio_in_video"):
+                "video_max_pixels", "video_min_pixels", "video_frames", "use_audio_in_video"):
         if getattr(s, key) is not None:
             out[key] = getattr(s, key)
     if s.use_cache_off_in_sub_configs:

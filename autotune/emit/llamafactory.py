@@ -16,7 +16,7 @@ TEMPLATE_PLACEHOLDER = "YOUR_TEMPLATE"
 # recipe name -> LLaMA-Factory name, for the vision-language settings it has.
 VL_NAMES = {"freeze_vit": "freeze_vision_tower", "freeze_aligner": "freeze_multi_modal_projector",
             "freeze_llm": "freeze_language_model", "max_pixels": "image_max_pixels",
-            "video_max_pixels": "video_max_pixels", "video_frames": "video_maxlen",
+            "video_max_pixels": "video_max_pixels", "video_min_pixels": "video_min_pixels", "video_frames": "video_maxlen",
             "use_audio_in_video": "use_audio_in_video"}  # its ProcessorArguments: a video's sound track (default false)
 
 
@@ -29,7 +29,8 @@ def sections(recipe: Recipe, dataset: str | None = None, deepspeed_file: str = "
     model = {"model_name_or_path": model_location(recipe), "trust_remote_code": True,
              "flash_attn": FLASH_ATTN.get(s.attn_implementation, "auto")}
     for ours, theirs in VL_NAMES.items():
-        if getattr(s, ours) is not None and ours in ("max_pixels", "video_max_pixels", "video_frames", "use_audio_in_video"):
+        if getattr(s, ours) is not None and ours in ("max_pixels", "video_max_pixels", "video_min_pixels", "video_frames",
+                                                               "use_audio_in_video"):
             model[theirs] = getattr(s, ours)
     method = {"stage": "sft", "do_train": True, "finetuning_type": m.train_type}
     if m.train_type == "lora" and m.lora:

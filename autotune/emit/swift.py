@@ -378,7 +378,8 @@ def settings_from_args(args: dict, environ: dict | None = None) -> tuple[dict, d
     if deepspeed:
         settings["strategy"] = str(deepspeed)
     env = media_env(args, environ)
-    for name, key in (("MAX_PIXELS", "max_pixels"), ("VIDEO_MAX_PIXELS", "video_max_pixels"), ("VIDEO_SEGMENTS", "video_frames"),
+    for name, key in (("MAX_PIXELS", "max_pixels"), ("VIDEO_MAX_PIXELS", "video_max_pixels"), ("VIDEO_MIN_PIXELS", "video_min_pixels"),
+                      ("VIDEO_SEGMENTS", "video_frames"),
                       ("FPS_MAX_FRAMES", "video_frames")):
         if name in env:
             settings[key] = int(env[name])

@@ -16,7 +16,7 @@ DEFAULT_IMAGES_PER_SAMPLE = 1
 def media_from_spec(spec) -> Media:
     images = DEFAULT_IMAGES_PER_SAMPLE if spec.images_per_sample is None else spec.images_per_sample
     return Media(images=images, max_pixels=spec.max_pixels, video_frames=spec.video_frames or 0,
-                 video_max_pixels=spec.video_max_pixels, audio_clips=spec.audio_clips or 0,
+                 video_max_pixels=spec.video_max_pixels, video_min_pixels=spec.video_min_pixels, audio_clips=spec.audio_clips or 0,
                  audio_in_video=spec.use_audio_in_video)
 
 
@@ -24,6 +24,7 @@ def check_text_only(spec) -> None:
     """Vision flags given for a text-only model are a mistake worth saying."""
     for flag, value in (("--max-pixels", spec.max_pixels), ("--images-per-sample", spec.images_per_sample),
                         ("--video-frames", spec.video_frames), ("--video-max-pixels", spec.video_max_pixels),
+                        ("--video-min-pixels", spec.video_min_pixels),
                         ("--audio-clips", spec.audio_clips), ("--use-audio-in-video", spec.use_audio_in_video),
                         ("--freeze-vit", spec.freeze_vit), ("--freeze-aligner", spec.freeze_aligner),
                         ("--freeze-llm", spec.freeze_llm)):
@@ -75,7 +76,11 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
         if most:
             fixes.append(f"--video-frames {most} or fewer")
         if vplan.video_max_pixels is not None:
-            fixes.append("a lower --video-max-pixels")
+            if family.pixels_per_token is not None and per > vplan.video_max_pixels // family.pixels_per_token(config):
+                # past the cap: qwen-vl-utils' floor (1.05 x the frame minimum) or a thin frame's rounding
+                fixes.append("a lower --video-min-pixels (each frame gets at least 1.05x it, whatever --video-max-pixels)")
+            else:
+                fixes.append("a lower --video-max-pixels")
         if vplan.video_audio_tokens:
             fixes.append("--use-audio-in-video false")
     if vplan.audios:
@@ -126,7 +131,7 @@ def media_values(family: Family, config, spec, dimension: str) -> tuple[list[int
             raise UsageError("--max-pixels", "auto needs an image in the sample", "add --images-per-sample 1 (or more)")
         per_token = family.pixels_per_token(config)
         smallest = family.plan(config, Media(images=media.images, max_pixels=family.min_pixels, video_frames=media.video_frames,
-                                             video_max_pixels=media.video_max_pixels))
+                                             video_max_pixels=media.video_max_pixels, video_min_pixels=media.video_min_pixels))
         video_part = smallest.video_part
         most = (spec.max_length - 1 - video_part) // media.images - smallest.extra_tokens
         first = -(-family.min_pixels // per_token)
@@ -159,6 +164,8 @@ def swift_env(family: Family, vplan: VisionPlan, spec) -> dict:
     if vplan.videos:
         if vplan.video_max_pixels is not None:
             env["VIDEO_MAX_PIXELS"] = str(vplan.video_max_pixels)
+        if vplan.video_min_pixels is not None:
+            env["VIDEO_MIN_PIXELS"] = str(vplan.video_min_pixels)
         if family.video_frames_env is not None:
             env[family.video_frames_env] = str(spec.video_frames)
         if vplan.video_audio_tokens:
@@ -181,6 +188,7 @@ def recipe_settings(setup, spec, gradient_checkpointing: bool) -> dict:
         "vit_gradient_checkpointing": gradient_checkpointing,
         "max_pixels": vplan.max_pixels if applies and vplan.images else None,
         "video_max_pixels": vplan.video_max_pixels if vplan.videos else None,
+        "video_min_pixels": vplan.video_min_pixels if vplan.videos else None,
         "video_frames": spec.video_frames if vplan.videos else None,
         "use_audio_in_video": True if vplan.video_audio_tokens else None,
         "env": swift_env(setup.family, vplan, spec) if vplan.images or vplan.videos else {},

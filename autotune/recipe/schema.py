@@ -118,6 +118,7 @@ class Settings:
     vit_gradient_checkpointing: bool | None = None
     max_pixels: int | None = None
     video_max_pixels: int | None = None
+    video_min_pixels: int | None = None
     video_frames: int | None = None
     use_audio_in_video: bool | None = None  # Qwen2.5-Omni: each video's sound track too (ms-swift's USE_AUDIO_IN_VIDEO)
     # Sharding (issue #6): "ddp" | "zero2" | "zero3" | "zero2_offload" | "zero3_offload" | "fsdp"; None: single device.

@@ -18,6 +18,7 @@ class Media:
     max_pixels: int | None = None  # None: the family's processor default
     video_frames: int = 0  # frames per video (0: no video)
     video_max_pixels: int | None = None  # per frame; None: the family's default
+    video_min_pixels: int | None = None  # per frame (ms-swift's VIDEO_MIN_PIXELS); None: the family's default
     audio_clips: int = 0  # audio clips per sample (families with an audio tower)
     audio_in_video: bool = False  # each video's sound track too (Qwen2.5-Omni's use_audio_in_video)
 
@@ -36,6 +37,7 @@ class VisionPlan:
     video_grid: tuple = ()
     max_pixels: int | None = None
     video_max_pixels: int | None = None
+    video_min_pixels: int | None = None  # as the user set it (None: the rule's default)
     audio_tokens: int = 0  # per clip
     audios: int = 0
     audio_frames: int = 0  # mel frames per clip, as the feature extractor pads them

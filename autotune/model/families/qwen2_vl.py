@@ -22,22 +22,25 @@ import torch
 
 from ...errors import UsageError
 from .base import Family, Media, VisionPlan, text_ids
+from .qwen_resize import processor_worst, swift_env as video_env, worst_grid, worst_video
 
 MIN_PIXELS = 56 * 56  # the image processor's default shortest_edge
 # Published preprocessor_config.json of Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct: what
 # ms-swift uses when MAX_PIXELS is unset. 12845056 = 16384 tokens per image.
 DEFAULT_MAX_PIXELS = 12845056
 DEFAULT_VIDEO_MAX_PIXELS = 768 * 28 * 28  # qwen-vl-utils VIDEO_MAX_PIXELS
-MAX_ASPECT = 200  # smart_resize refuses more extreme aspect ratios
+VIDEO_MIN_PIXELS = 128 * 28 * 28  # the video processor's default shortest_edge (per frame)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """A processor's pixel limits: its min_pixels (shortest_edge) and the published defaults."""
+    """A processor's pixel limits: its min_pixels (shortest_edge), the video processor's, and the
+    published defaults."""
 
     min_pixels: int = MIN_PIXELS
     default_max_pixels: int = DEFAULT_MAX_PIXELS
     default_video_max_pixels: int = DEFAULT_VIDEO_MAX_PIXELS
+    video_min_pixels: int = VIDEO_MIN_PIXELS
 
 
 QWEN2_VL = Limits()
@@ -45,28 +48,6 @@ QWEN2_VL = Limits()
 
 def _factor(vision) -> int:
     return vision.patch_size * vision.spatial_merge_size
-
-
-def worst_grid(max_pixels: int, factor: int) -> tuple[int, int]:
-    """The (height, width) in merged units of the largest image the processor can produce under
-    `max_pixels`: smart_resize keeps both sides multiples of `factor` and h*w*factor^2 <= max_pixels,
-    so the most tokens is floor(max_pixels / factor^2) when some h x w within the aspect limit
-    reaches it. Of the grids with the most tokens, the squarest."""
-    budget = max_pixels // (factor * factor)
-    best = (0, 1, 1)
-    for h in range(1, math.isqrt(budget) + 1):
-        w = budget // h
-        if w / h <= MAX_ASPECT and (h * w, h) > best[:2]:
-            best = (h * w, h, w)
-    return best[1], best[2]
-
-
-def _check_with_processor_rule(height: int, width: int, factor: int, max_pixels: int, min_pixels: int = MIN_PIXELS) -> None:
-    """The grid must be a fixed point of the processor's own resize: the image it describes is
-    one a user's data can produce."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    assert smart_resize(height, width, factor, min_pixels, max_pixels) == (height, width)
 
 
 def image_tokens_for_size(config, width: int, height: int, max_pixels: int, limits: Limits = QWEN2_VL) -> int:
@@ -80,6 +61,13 @@ def image_tokens_for_size(config, width: int, height: int, max_pixels: int, limi
 
 
 def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
+    """The worst image is the largest grid under --max-pixels (a fixed point of the resize): the
+    most ms-swift's qwen-vl-utils makes of any image at 10 tokens or more (below, its rounding up
+    of a small image can make 10). Below about 200 tokens transformers' own processor makes more of
+    a thin strip (qwen_resize.processor_worst: it keeps the short side at one factor; 113 tokens
+    at 64), which a launch through the HF processor can meet: not modelled for images
+    (docs/architecture.md). The worst video is the one either launch makes the most of
+    (`worst_frames`)."""
     vision = config.vision_config
     merge, factor = vision.spatial_merge_size, _factor(vision)
     max_pixels, min_pixels = media.max_pixels or limits.default_max_pixels, limits.min_pixels
@@ -87,8 +75,7 @@ def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
         side = math.isqrt(min_pixels)
         raise UsageError("--max-pixels", f"{max_pixels} is below the processor's minimum of {min_pixels} pixels ({side}x{side})",
                          f"use --max-pixels {min_pixels} or more")
-    h, w = worst_grid(max_pixels, factor)
-    _check_with_processor_rule(h * factor, w * factor, factor, max_pixels, min_pixels)
+    h, w = worst_grid(max_pixels, factor)  # see the docstring: not the processor's clamped strips yet
     image_grid = (1, h * merge, w * merge)
     video_grid, video_tokens, video_pixels = (), 0, None
     if media.video_frames:
@@ -96,15 +83,31 @@ def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
         if video_pixels < min_pixels:
             raise UsageError("--video-max-pixels", f"{video_pixels} is below the processor's minimum of {min_pixels} pixels",
                              f"use --video-max-pixels {min_pixels} or more")
-        vh, vw = worst_grid(video_pixels, factor)
-        # The video processor pads the frames to a multiple of the temporal patch.
-        t = math.ceil(media.video_frames / vision.temporal_patch_size)
+        frame_min = media.video_min_pixels or limits.video_min_pixels
+        t, (vh, vw) = worst_frames(media.video_frames, video_pixels, frame_min, factor, vision.temporal_patch_size)
         video_grid = (t, vh * merge, vw * merge)
         video_tokens = t * vh * vw
     return VisionPlan(image_tokens=h * w, video_tokens=video_tokens, images=media.images,
                       videos=1 if media.video_frames else 0, extra_tokens=2,  # <|vision_start|> ... <|vision_end|>
                       image_grid=image_grid, video_grid=video_grid, max_pixels=max_pixels, video_max_pixels=video_pixels,
-                      video_step=vision.temporal_patch_size)
+                      video_step=vision.temporal_patch_size,
+                      video_min_pixels=media.video_min_pixels if media.video_frames else None)
+
+
+def worst_frames(frames: int, max_pixels: int, min_pixels: int, factor: int, temporal: int) -> tuple[int, tuple[int, int]]:
+    """(temporal patches, frame grid in merged patches) of the video of up to `frames` frames with
+    the most tokens under either launch. ms-swift reads it with qwen-vl-utils' `fetch_video`
+    (qwen_resize.worst_video: the frames share a budget over the video, each gets at least 1.05 x
+    the frame minimum whatever --video-max-pixels says, a thin frame scaled up to the minimum gets
+    more) and hands it on with `do_resize=False`; transformers' video processor resizes each of
+    the frames alone by its smart_resize, between its shortest_edge (the same minimum) and the cap
+    (a clamped strip below about 200 tokens). The larger is the worst case for either."""
+    square = factor * factor
+    n, swift = worst_video(frames, max_pixels // square, factor, min_tokens=-(-min_pixels // square))
+    processor = processor_worst(factor, min_pixels, max_pixels).grid(factor)
+    # The processor pads the frames to a multiple of the temporal patch; qwen-vl-utils' come in 2s.
+    made = [(n // temporal, swift), (math.ceil(frames / temporal), processor)]
+    return max(made, key=lambda m: (m[0] * m[1][0] * m[1][1], m[0]))
 
 
 def _patches(vision, grid: tuple, count: int, device) -> torch.Tensor:
@@ -167,12 +170,12 @@ def processor(config, vplan: VisionPlan, processor_class: str, limits: Limits = 
         merge_size=vision.spatial_merge_size, temporal_patch_size=vision.temporal_patch_size)
     cls = images_only(getattr(transformers, processor_class))
     made = cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
-    _, h, w = vplan.image_grid  # in patches: a fixed point of smart_resize (plan checks it)
+    _, h, w = vplan.image_grid  # in patches: a fixed point of smart_resize (qwen_resize.worst_grid)
     return Processing(made, (w * vision.patch_size, h * vision.patch_size), frozenset(i for _, i in specials))
 
 
 def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_VL, plan_rule=plan, inputs_rule=inputs,
-           aligner: tuple[str, ...] = ("model.visual.merger",), processor_class: str | None = None, swift_env=None) -> Family:
+           aligner: tuple[str, ...] = ("model.visual.merger",), processor_class: str | None = None, swift_env=video_env) -> Family:
     """Qwen2-VL and its descendants share the image rules and the module layout. `processor_class`:
     the transformers processor TRL's image path gets (None: not built for this member yet)."""
     return Family(

@@ -22,7 +22,7 @@ qwen-vl-utils alone decides the frames and their size:
   video is the one of N frames or fewer whose frames x tokens per frame is the most.
   A frame smaller than the minimum is scaled up with both sides rounded up, which can overshoot
   the budget: a frame thinner than about 1:126 becomes 2 x 128 merged patches, 256 tokens
-  (`_upscaled_worst`); square ones 144.
+  (`qwen_resize.upscaled_worst`); square ones 144.
 - text: transformers' `Qwen3VLProcessor.replace_video_token` writes each temporal patch as
   `<{t:.1f} seconds>` (the mean time of its two frames, from the video's fps and frame indices)
   + <|vision_start|> + the patch's tokens + <|vision_end|>; it replaces the template's
@@ -45,21 +45,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import torch
 
 from ...errors import UsageError
 from .base import Media, VisionPlan
-from .qwen2_vl import MAX_ASPECT, Limits, _factor, _patches, family, plan, worst_grid
+from .qwen2_vl import Limits, _factor, _patches, family, plan
 from .qwen2_vl import inputs as qwen2_vl_inputs
+from .qwen_resize import VIDEO_MIN_TOKENS, worst_video
 
 LIMITS = Limits(min_pixels=65536, default_max_pixels=16777216, default_video_max_pixels=768 * 32 * 32)
 
-# qwen-vl-utils 0.0.14 (vision_process.py), as ms-swift leaves it unless the variables are exported.
-VIDEO_MIN_TOKENS = 128  # VIDEO_MIN_TOKEN_NUM
-MODEL_SEQ_LEN = 128000  # its budget over a whole video: MODEL_SEQ_LEN x 0.9 tokens
-FRAME_FACTOR = 2  # frames come in multiples of 2
 LONGEST_VIDEO_SECONDS = 86400.0  # the timestamps are counted as wide as a day-long video's
 
 
@@ -70,66 +66,18 @@ def plan_media(config, media: Media, limits: Limits = LIMITS) -> VisionPlan:
     vision = config.vision_config
     factor, merge = _factor(vision), vision.spatial_merge_size
     per_frame_cap = media.video_max_pixels or limits.default_video_max_pixels
-    smallest = VIDEO_MIN_TOKENS * factor * factor
+    smallest = media.video_min_pixels or VIDEO_MIN_TOKENS * factor * factor
     if per_frame_cap < smallest:
         raise UsageError("--video-max-pixels", f"{per_frame_cap} is below qwen-vl-utils' per-frame minimum of {smallest} pixels "
-                                               f"({VIDEO_MIN_TOKENS} tokens of {factor}x{factor}): every frame gets at least that",
+                                               f"({smallest // (factor * factor)} tokens of {factor}x{factor}): every frame gets at least that",
                          f"use --video-max-pixels {smallest} or more")
-    frames, (h, w) = worst_video(media.video_frames, per_frame_cap // (factor * factor))
+    frames, (h, w) = worst_video(media.video_frames, per_frame_cap // (factor * factor), factor, per_patch=2 + timestamp_tokens(),
+                                 min_tokens=-(-smallest // (factor * factor)))
     patches = frames // vision.temporal_patch_size
     return dataclasses.replace(
         vplan, videos=1, video_tokens=patches * h * w, video_grid=(patches, h * merge, w * merge),
         video_extra_tokens=2 + patches * (2 + timestamp_tokens()),  # the video's start/end; per patch its time and start/end
-        video_max_pixels=per_frame_cap, video_step=vision.temporal_patch_size)
-
-
-def frame_budget(frames: int, max_tokens: int) -> float:
-    """qwen-vl-utils' `fetch_video`: the most tokens one frame of a `frames`-frame video may
-    have (its max_pixels / factor^2)."""
-    total = MODEL_SEQ_LEN * 0.9
-    return max(min(max_tokens, total / frames * FRAME_FACTOR), int(VIDEO_MIN_TOKENS * 1.05))
-
-
-def frame_grid(frames: int, max_tokens: int) -> tuple[int, int]:
-    """(height, width) in merged patches of the frame with the most tokens qwen-vl-utils'
-    smart_resize can make in a `frames`-frame video: the largest grid under the budget (a fixed
-    point of the resize), or an upscaled small frame when that overshoots it."""
-    grid = worst_grid(int(frame_budget(frames, max_tokens)), 1)  # in tokens: a factor of 1
-    upscaled = _upscaled_worst(VIDEO_MIN_TOKENS)
-    return upscaled if upscaled[0] * upscaled[1] > grid[0] * grid[1] else grid
-
-
-@functools.lru_cache(maxsize=8)
-def _upscaled_worst(min_tokens: int) -> tuple[int, int]:
-    """The most merged patches smart_resize's upscaling branch makes (a frame below the minimum:
-    beta = sqrt(min / (h * w)), both sides times beta, rounded *up* to the factor). In patch units
-    the sides become ceil(A) x ceil(B) with A * B = min_tokens and B / A = the aspect ratio
-    (<= MAX_ASPECT), so the most is where A lies just above a whole number p - 1 (or at the
-    steepest aspect): p x ceil(min_tokens / (p - 1)). Checked against qwen-vl-utils' own
-    smart_resize over thin and small frames (tests/test_qwen3_vl_video.py)."""
-    low, high = math.sqrt(min_tokens / MAX_ASPECT), math.sqrt(min_tokens)
-    best = (0, 0)
-    for p in range(max(1, math.ceil(low)), math.ceil(high) + 1):
-        if p - 1 >= low:  # A just above p - 1: B just below min_tokens / (p - 1)
-            q = math.ceil(min_tokens / (p - 1))
-        else:  # A at its smallest, the steepest aspect
-            q = math.ceil(min_tokens / low)
-        if p * q > best[0] * best[1]:
-            best = (p, q)
-    return best
-
-
-def worst_video(frames: int, max_tokens: int) -> tuple[int, tuple[int, int]]:
-    """(frames, frame grid) of the video of at most `frames` frames (a whole number of temporal
-    patches) with the most placeholder and timestamp tokens."""
-    most = FRAME_FACTOR * math.ceil(frames / FRAME_FACTOR)  # a list of images is padded up to the factor
-
-    def tokens(n: int) -> int:
-        h, w = frame_grid(n, max_tokens)
-        return (n // FRAME_FACTOR) * (h * w + 2 + timestamp_tokens())
-
-    best = max(range(FRAME_FACTOR, most + 1, FRAME_FACTOR), key=lambda n: (tokens(n), n))
-    return best, frame_grid(best, max_tokens)
+        video_max_pixels=per_frame_cap, video_step=vision.temporal_patch_size, video_min_pixels=media.video_min_pixels)
 
 
 @functools.lru_cache(maxsize=1)
@@ -183,11 +131,5 @@ def inputs(config, vplan: VisionPlan, batch_size: int, max_length: int, device) 
     return batch
 
 
-def swift_env(vplan: VisionPlan) -> dict:
-    """qwen-vl-utils reads MODEL_SEQ_LEN for its budget over a video's frames: held at the value
-    the worst case assumed."""
-    return {"MODEL_SEQ_LEN": str(MODEL_SEQ_LEN)} if vplan.videos else {}
-
-
 FAMILY = family("qwen3-vl", "qwen3_vl", "Qwen3VLForConditionalGeneration", limits=LIMITS, plan_rule=plan_media,
-                inputs_rule=inputs, swift_env=swift_env, aligner=("model.visual.merger", "model.visual.deepstack_merger_list"))
+                inputs_rule=inputs, aligner=("model.visual.merger", "model.visual.deepstack_merger_list"))
