@@ -228,3 +228,8 @@ def test_the_recipe_env_pins_the_limits_and_check_reads_them_back(tmp_path):
     assert "MODEL_SEQ_LEN" not in with_swift_args(recipe, str(path), environ={})[1]
     with pytest.raises(UsageError, match=r"^--swift-args: MODEL_SEQ_LEN=64000"):
         with_swift_args(recipe, str(path), environ={"MODEL_SEQ_LEN": "64000"})
+    # ms-swift's Qwen3-VL docs set qwen-vl-utils' token numbers: they win over the pixel names
+    # (its loader fills them from VIDEO_MAX_PIXELS only where unset), and the limit counts as given.
+    checked, note = with_swift_args(recipe, str(path), environ={"VIDEO_MAX_TOKEN_NUM": "512", "VIDEO_MAX_PIXELS": "262144",
+                                                                "FPS_MAX_FRAMES": "4", "IMAGE_MAX_TOKEN_NUM": "1024"})
+    assert checked.settings.video_max_pixels == 512 * 1024 and checked.settings.max_pixels == 1024 * 1024 and note is None

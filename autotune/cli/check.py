@@ -72,7 +72,7 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
 
     environ = dict(os.environ) if environ is None else environ
     args = swift.read_args(path)
-    settings, model = swift.settings_from_args(args, environ)
+    settings, model = swift.settings_from_args(args, environ, pixels_per_token(recipe))
     recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
                                  model=dataclasses.replace(recipe.model, **model))
     recipe, note = unset_length(recipe, args, path)
@@ -83,12 +83,27 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
             raise UsageError("--swift-args", f"{key}={given[key]} ({path} or this shell) changes the media worst case, which the "
                                              f"recipe holds at {key}={value} and a check cannot vary",
                              f"set {key}={value} or leave it unset")
+    given |= {swift.TOKEN_ENV[k].upper(): v for k, v in given.items() if k in swift.TOKEN_ENV}  # the same limit, in tokens
     unset = {k: v for k, v in (recipe.settings.env or {}).items() if k in swift.VISION_ENV and k not in given}
     if unset:
         media = (f"neither {path} nor this shell sets {', '.join(unset)}: ms-swift's template then uses its default limit; "
                  f"export {' '.join(f'{k}={v}' for k, v in unset.items())} before the launch (checked at the recipe's value)")
         note = f"{note}; {media}" if note else media
     return recipe, note
+
+
+def pixels_per_token(recipe) -> int | None:
+    """A Qwen-VL recipe's pixels per token (its factor squared), for qwen-vl-utils' token numbers;
+    None for other models."""
+    if not recipe.multimodal:
+        return None
+    from ..model.families import family_for
+    from ..model.source import resolve
+
+    m = recipe.model
+    config = resolve(m.path if m.source == "weights" else None, None if m.source == "weights" else m.path).config
+    family = family_for(config)
+    return family.pixels_per_token(config) if family is not None and family.pixels_per_token is not None else None
 
 
 def reprobe_out(recipe_path: str) -> str:

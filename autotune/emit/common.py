@@ -68,6 +68,11 @@ VISION_ENV = frozenset({"MAX_PIXELS", "VIDEO_MAX_PIXELS", "VIDEO_MIN_PIXELS", "F
 # qwen-vl-utils' budget over a video's frames) that a check cannot vary; unset means the library's
 # default, which is the value held.
 HELD_ENV = frozenset({"MODEL_SEQ_LEN"})
+# qwen-vl-utils >= 0.0.14 reads the limits as token numbers; ms-swift's Qwen-VL loaders set each
+# from its *_PIXELS name (// the factor squared) only where it is not set already, so one set by
+# the user wins (swift `compat_qwen_vl_utils`). Recipe setting for each.
+TOKEN_ENV = {"IMAGE_MAX_TOKEN_NUM": "max_pixels", "VIDEO_MAX_TOKEN_NUM": "video_max_pixels",
+             "VIDEO_MIN_TOKEN_NUM": "video_min_pixels"}
 
 
 def launch_env(recipe: Recipe) -> dict[str, str]:

@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..recipe.schema import Recipe
 from ..recipe.training_args import CHECKPOINTING_KWARGS, checkpointing_lever_kwargs, eval_outputs_of
 from . import rlhf
-from .common import DATASET_PLACEHOLDER, HELD_ENV, VISION_ENV, check_strategy, launch_env, memory_comment, mixed_precision, model_location
+from .common import DATASET_PLACEHOLDER, HELD_ENV, TOKEN_ENV, VISION_ENV, check_strategy, launch_env, memory_comment, mixed_precision, model_location
 
 FIELDS_DIR = Path(__file__).parent / "swift_fields"
 SUPPORTED = ("3.10", "3.11", "3.12", "4")
@@ -340,13 +340,15 @@ def media_env(args: dict, environ: dict | None = None) -> dict:
     """The media variables ms-swift's templates will read: those exported in `environ` (the
     shell's; a 3.x file has no ENV block, its header says to export them), the file's ENV block
     over them (4.x sets it into the environment)."""
-    keys = VISION_ENV | HELD_ENV | {"USE_AUDIO_IN_VIDEO"}
+    keys = VISION_ENV | HELD_ENV | TOKEN_ENV.keys() | {"USE_AUDIO_IN_VIDEO"}
     return {k: str(v) for k, v in (environ or {}).items() if k in keys} | {str(k): str(v) for k, v in (args.get("ENV") or {}).items()}
 
 
-def settings_from_args(args: dict, environ: dict | None = None) -> tuple[dict, dict]:
+def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token: int | None = None) -> tuple[dict, dict]:
     """(settings changes in recipe names, model changes) read back from ms-swift arguments, and
-    from the media variables `environ` exports (media_env)."""
+    from the media variables `environ` exports (media_env). `pixels_per_token`: the Qwen-VL
+    family's factor squared, to read qwen-vl-utils' token numbers (TOKEN_ENV), which win over the
+    pixel names as they do in ms-swift."""
     # ms-swift itself, whatever the file says: use_cache off in the language model's configs too.
     settings: dict = {"use_cache_off_in_sub_configs": True}
     for key, kind in _BACK.items():
@@ -383,6 +385,9 @@ def settings_from_args(args: dict, environ: dict | None = None) -> tuple[dict, d
                       ("FPS_MAX_FRAMES", "video_frames")):
         if name in env:
             settings[key] = int(env[name])
+    for name, key in TOKEN_ENV.items():
+        if name in env and pixels_per_token:
+            settings[key] = int(env[name]) * pixels_per_token
     if settings.get("video_frames") or "USE_AUDIO_IN_VIDEO" in env:
         # ms-swift's Qwen2.5-Omni template loads a video's sound track only when told (default false)
         settings["use_audio_in_video"] = _as_bool("USE_AUDIO_IN_VIDEO", env.get("USE_AUDIO_IN_VIDEO", False))
