@@ -65,6 +65,14 @@ def test_bad_recipe_and_flags(tmp_path, capsys):
     assert not list(tmp_path.glob("a*.json")) and not (tmp_path / "s.yaml").exists()
 
 
+
+def test_out_under_a_file_is_bad_input(recipe_file, tmp_path, capsys):
+    """-o recipe.yaml/x.json: one line and exit 2, not an unexpected FileExistsError (exit 1)."""
+    assert main(["emit", "hf", str(recipe_file), "-o", str(recipe_file / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autotune: error: --out:") and "not a directory" in err[0]
+    assert recipe_file.is_file()
+
 def test_apply_round_trips(tmp_path):
     from transformers import TrainingArguments
 

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -96,3 +97,21 @@ def test_hand_edited_values_of_the_wrong_type_are_refused_naming_the_key(tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("autotune: error: RECIPE") and key in err[0], err
     assert not (tmp_path / "s.yaml").exists()
+
+
+def test_check_writable_refuses_a_path_under_a_file(tmp_path):
+    """`--out recipe.yaml/x.yaml` used to pass the check and fail after the whole probe (FileExistsError)."""
+    (tmp_path / "recipe.yaml").write_text("precious")
+    with pytest.raises(UsageError, match="is a file, not a directory"):
+        check_writable(tmp_path / "recipe.yaml" / "sub" / "x.yaml", force=True)
+    assert (tmp_path / "recipe.yaml").read_text() == "precious"
+
+
+def test_check_writable_tries_the_directory(tmp_path):
+    """Asked of the directory itself: /proc takes no new files, even for root (os.access says yes)."""
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    with pytest.raises(UsageError, match="cannot write into /proc"):
+        check_writable("/proc/nope/x.yaml", force=False)
+    check_writable(tmp_path / "new" / "deeper" / "x.yaml", force=False)  # missing folders are made later
+    assert list(tmp_path.iterdir()) == []  # the trial file is gone

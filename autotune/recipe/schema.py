@@ -326,6 +326,23 @@ def check_writable(path: str | os.PathLike, force: bool, flag: str = "--out") ->
         raise UsageError(flag, f"{path} is a directory", "give a file name such as recipe.yaml")
     if path.exists() and not force:
         raise UsageError(flag, f"{path} already exists", "choose another --out, or add --force to overwrite it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise UsageError(flag, f"cannot write into {parent}")
+    parent = path.parent  # the nearest folder that exists: write_atomic makes the missing ones below it
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(flag, f"{parent} is a file, not a directory, so {path} cannot be made",
+                         f"give a {flag} outside {parent}")
+    if not _can_create_in(parent):
+        raise UsageError(flag, f"cannot write into {parent}", f"give a {flag} in a directory you can write to")
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether a file can be made in `directory`: tried, not asked of the permission bits
+    (root passes os.access everywhere; a read-only mount or /proc refuses anyway)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".autotune-", suffix=".tmp", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    Path(name).unlink(missing_ok=True)
+    return True
