@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,6 +116,20 @@ def test_help_lists_subcommands_and_examples(capsys):
     assert "probe" in top and "report" in top
     assert "examples:" in probe and "--gpu-memory" in probe and "tiny-llama" in probe
 
+
+
+@pytest.mark.parametrize("command", ["probe", "plan", "check", "emit", "report"])
+def test_help_examples_keep_their_line_breaks(capsys, command):
+    """An example that runs over a line ends it with a backslash, as a shell takes it; a lone
+    backslash in the Python source joined the two lines into one with a gap in the middle."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    epilog = capsys.readouterr().out.split("examples:", 1)[1]
+    lines = epilog.splitlines()
+    for i, line in enumerate(lines):
+        assert not re.search(r"\S {3,}--", line), line
+        if line.startswith("      --"):  # a continuation: the line above ends with a backslash
+            assert lines[i - 1].endswith(" \\"), lines[i - 1]
 
 def test_ctrl_c_leaves_no_recipe(tmp_path):
     out = tmp_path / "r.yaml"

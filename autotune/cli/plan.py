@@ -39,8 +39,8 @@ examples:
   python -m autotune probe --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 --from-plan plan.yaml
 
   # GRPO LoRA with vLLM colocated at 0.6 of an 80 GB card: the share is its own row
-  python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --train-type lora --max-length 1024 \
-      --rlhf-type grpo --num-generations 8 --max-completion-length 1024 --use-vllm --vllm-gpu-memory-utilization 0.6 \
+  python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --train-type lora --max-length 1024 \\
+      --rlhf-type grpo --num-generations 8 --max-completion-length 1024 --use-vllm --vllm-gpu-memory-utilization 0.6 \\
       --gpu-memory 80GB
 
 built-in configs: {', '.join(builtin_names())}

@@ -33,7 +33,7 @@ examples:
       --global-batch-size 64 --out qwen7b-lora.yaml
 
   # only sdpa, checkpointing always on, eval as a Trainer without compute_metrics, and a plot
-  python -m autotune probe --model-config tiny-qwen2 --device sim --gpu-memory 2GiB --max-length 256 \
+  python -m autotune probe --model-config tiny-qwen2 --device sim --gpu-memory 2GiB --max-length 256 \\
       --attn sdpa --gradient-checkpointing on --prediction-loss-only --plot probe.png
 
   # real weights, emulate a 24 GiB card on a bigger one, machine-readable output
