@@ -125,6 +125,10 @@ class ProbeSpec:
         _positive("--max-batch-size", self.max_batch_size)
         _positive("--lora-r", self.lora_r)
         _positive("--lora-alpha", self.lora_alpha)
+        if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout <= 1.0):  # torch's Dropout
+            raise UsageError("--lora-dropout", f"must be a probability in [0, 1], got {self.lora_dropout}", "for example --lora-dropout 0.05")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):  # numpy's, which transformers' set_seed seeds
+            raise UsageError("--seed", f"must be a whole number in [0, 2**32), got {self.seed}", "for example --seed 0")
         _positive("--world-size", self.world_size)
         if self.global_batch_size is not None:
             _positive("--global-batch-size", self.global_batch_size)

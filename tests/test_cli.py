@@ -61,6 +61,8 @@ BAD = [
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--max-new-tokens", "8"], "--predict-with-generate"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--plot", "x.pdf"], "--plot"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--dtype", "float16"], "unscale FP16"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--train-type", "lora", "--lora-dropout", "2"], "--lora-dropout"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--seed", "-1"], "--seed"),
     (["report", "/nonexistent/recipe.yaml"], "no recipe"),
 ]
 
