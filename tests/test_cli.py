@@ -77,6 +77,20 @@ def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, capsys, argv, needle
     assert not out.exists()
 
 
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA card is here")
+@pytest.mark.parametrize("extra", [[], ["--isolate"], ["--strategy", "ddp"]])
+def test_device_cuda_without_a_card_is_bad_input(tmp_path, capsys, extra):
+    """--device cuda starts trial workers (expandable segments are probed on CUDA); without a card
+    the worker's failure used to end as 'could not load the model: AttributeError' (exit 1)."""
+    out = tmp_path / "r.yaml"
+    argv = ["probe", "--model-config", "tiny-llama", "--device", "cuda", "--max-length", "16", "--out", str(out), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["autotune: error: --device: no CUDA device is available here; "
+                   "use --device sim --gpu-memory 24GiB to probe a simulated GPU"]
+    assert not out.exists() and not list(tmp_path.iterdir())
+
 def test_config_that_is_not_a_causal_lm(tmp_path, capsys):
     cfg = tmp_path / "config.json"
     out = tmp_path / "r.yaml"
