@@ -63,6 +63,10 @@ BAD = [
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--dtype", "float16"], "unscale FP16"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--train-type", "lora", "--lora-dropout", "2"], "--lora-dropout"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--seed", "-1"], "--seed"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--no-eval", "--eval-steps", "8"], "--eval-steps: sets the eval phase, which --no-eval skips"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--no-eval", "--prediction-loss-only"], "--prediction-loss-only"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--no-eval", "--eval-outputs", "logits"], "--eval-outputs"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--no-eval", "--predict-with-generate", "--max-new-tokens", "4"], "--predict-with-generate"),
     (["report", "/nonexistent/recipe.yaml"], "no recipe"),
 ]
 

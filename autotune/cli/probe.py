@@ -75,7 +75,7 @@ def add_parser(sub) -> None:
                        help="with --task eval and a limit given as auto: the eval batch it is searched at (default: 1)")
     lever_args.add_arguments(space)
     space.add_argument("--no-eval", action="store_true", help="do not search the eval batch")
-    space.add_argument("--eval-steps", type=int, default=DEFAULT_EVAL_STEPS,
+    space.add_argument("--eval-steps", type=int,
                        help=f"eval steps whose logits stay on the device; becomes eval_accumulation_steps (default: {DEFAULT_EVAL_STEPS})")
     space.add_argument("--eval-outputs", choices=EVAL_OUTPUTS, metavar="|".join(EVAL_OUTPUTS),
                        help="what the eval phase keeps on the device, as your trainer does: loss (no compute_metrics: "
@@ -118,6 +118,7 @@ def add_parser(sub) -> None:
 
 def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
     """`cluster=False` (autotune plan): no device, ranks, journal or workers."""
+    _check_no_eval(args)
     frontier = _frontier(args, cluster)
     return ProbeSpec(
         max_length=None if args.max_length == "auto" else args.max_length,
@@ -130,13 +131,28 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         max_batch_size=args.max_batch_size, global_batch_size=args.global_batch_size, steps=args.steps,
         seed=args.seed, attn_candidates=tuple(a.strip() for a in args.attn.split(",") if a.strip()),
         **lever_args.spec_kwargs(args), eval=not args.no_eval,
-        eval_steps=args.eval_steps, prediction_loss_only=args.prediction_loss_only,
+        eval_steps=DEFAULT_EVAL_STEPS if args.eval_steps is None else args.eval_steps, prediction_loss_only=args.prediction_loss_only,
         predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
         eval_outputs=_eval_outputs(args), use_cache_off_in_sub_configs=_launches_swift(args),
         plan_first="off" if getattr(args, "no_plan", False) else "on" if getattr(args, "plan_first", False) else "auto",
         **multimodal_args.spec_kwargs(args), rlhf=rlhf_args.rlhf_spec(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )
+
+
+# The eval phase's flags (--eval-steps has no argparse default, so that giving it is seen).
+_EVAL_FLAGS = ("eval_steps", "eval_outputs", "prediction_loss_only", "predict_with_generate", "max_new_tokens")
+
+
+def _check_no_eval(args) -> None:
+    """With --no-eval no eval phase runs and the recipe keeps no eval settings: an eval flag beside
+    it would be dropped without a word."""
+    if not getattr(args, "no_eval", False):
+        return
+    for name in _EVAL_FLAGS:
+        if getattr(args, name, None) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(flag, "sets the eval phase, which --no-eval skips", f"leave {flag} out, or drop --no-eval")
 
 
 def _frontier(args, cluster: bool) -> str | None:
