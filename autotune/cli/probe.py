@@ -14,7 +14,7 @@ from ..recipe.schema import check_writable, load_recipe, save_recipe
 from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import lever_args, multimodal_args, rlhf_args
-from .model_args import add_model_arguments
+from .model_args import add_model_arguments, lora_kwargs
 from .emit import emit_for_probe, emit_paths, write_files
 from . import next_steps
 from .interrupt import deferred_interrupt
@@ -125,8 +125,7 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         frontier=frontier, length_granularity=getattr(args, "length_granularity", DEFAULT_LENGTH_GRANULARITY),
         per_device_train_batch_size=getattr(args, "per_device_train_batch_size", None),
         per_device_eval_batch_size=getattr(args, "per_device_eval_batch_size", None), task=getattr(args, "task", "train"), model=args.model, model_config=args.model_config, train_type=args.train_type,
-        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_target_modules=args.lora_target_modules, dtype=args.dtype, device=args.device,
+        **lora_kwargs(args), dtype=args.dtype, device=args.device,
         margin=args.margin,
         max_batch_size=args.max_batch_size, global_batch_size=args.global_batch_size, steps=args.steps,
         seed=args.seed, attn_candidates=tuple(a.strip() for a in args.attn.split(",") if a.strip()),
