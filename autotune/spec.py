@@ -201,6 +201,8 @@ class ProbeSpec:
                 raise UsageError(flag, f"must be a whole number >= 0, got {value!r}")
         if self.use_audio_in_video and not self.video_frames and self.frontier != "video_frames":
             raise UsageError("--use-audio-in-video", "needs a video to take the sound track of", "add --video-frames N (or auto), or set it false")
+        if self.tokenizer is not None and self.dataset is None:  # read only to measure the data
+            raise UsageError("--tokenizer", "tokenizes --dataset FILE.jsonl, and no dataset is given", "add --dataset, or leave --tokenizer out")
         if self.length_percentile is not None:
             if self.dataset is None:
                 raise UsageError("--length-percentile", "needs --dataset FILE.jsonl to take the percentile of")

@@ -69,6 +69,7 @@ BAD = [
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--no-eval", "--predict-with-generate", "--max-new-tokens", "4"], "--predict-with-generate"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--lora-r", "16"], "--lora-r: sets the LoRA adapters, and --train-type full trains none"),
     (["plan", "--model-config", "tiny-llama", "--max-length", "64", "--gpu-memory", "1GiB", "--lora-target-modules", "q_proj"], "--lora-target-modules"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--tokenizer", "/tmp"], "--tokenizer"),
     (["report", "/nonexistent/recipe.yaml"], "no recipe"),
 ]
 
