@@ -6,6 +6,7 @@ import argparse
 import contextlib
 
 from ..cluster import launch
+from ..cluster.journal import journal_path
 from ..emit import TARGETS as EMIT_TARGETS
 from ..emit.swift import resolve_version as resolve_swift_version
 from ..errors import UsageError
@@ -113,7 +114,7 @@ def add_parser(sub) -> None:
                      help=f"also write launch files beside --out ({', '.join(EMIT_TARGETS)}); swift writes OUT.swift.yaml and OUT.swift.sh")
     out.add_argument("--swift-version", metavar="X.Y", help="ms-swift version for --emit swift (default: installed, else 4.6)")
     launch.add_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, kept_on_interrupt=kept_on_interrupt)
 
 
 def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
@@ -180,6 +181,12 @@ def _launches_swift(args) -> bool:
     """The launch target is ms-swift (`--emit swift`): the trials then run what ms-swift does
     where it differs from the HF Trainer (its eval keeping, its KV cache switches)."""
     return "swift" in (getattr(args, "emit", None) or [])
+
+
+def kept_on_interrupt(args) -> str | None:
+    """What a Ctrl-C leaves behind: the journal of the trials that finished (README: Journal and resume)."""
+    path = None if args.no_journal else journal_path(args.out)
+    return f"the finished trials are kept in {path}: rerun the same command to resume" if path and path.exists() else None
 
 
 def run(args) -> int:
