@@ -38,7 +38,9 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize("text,needle", [
     ("schema: [", "not valid YAML"),
     ("just a string", "not an autotune recipe"),
-    ("schema: 99\n", "schema 99"),
+    ("schema: 99\n", "schema 99 is not supported (this autotune reads schema 1); a newer autotune wrote it: upgrade autotune"),
+    ("schema: 0\n", "schema 0 is not supported (this autotune reads schema 1); probe again"),
+    ("schema: 1\nmodel: {}\n", "missing key(s) hardware, settings, search, validation; is the file cut short?"),
 ])
 def test_malformed_recipes_name_the_problem(tmp_path, text, needle):
     path = tmp_path / "r.yaml"

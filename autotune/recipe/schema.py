@@ -230,8 +230,9 @@ def _build(tp, value, where: str):
             raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         missing = [f.name for f in dataclasses.fields(tp)
                    if f.name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+        if missing:  # a file cut short (a copy that stopped) or edited by hand
+            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}; is the file cut short? "
+                             "Restore it, or probe again to write it anew")
         return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -266,7 +267,10 @@ def recipe_from_dict(data: dict) -> Recipe:
     if not isinstance(data, dict) or "schema" not in data:
         raise ValueError("not an autotune recipe (no 'schema' key)")
     if data["schema"] != SCHEMA:
-        raise ValueError(f"recipe schema {data['schema']} is not supported (this autotune reads schema {SCHEMA})")
+        newer = isinstance(data["schema"], int) and not isinstance(data["schema"], bool) and data["schema"] > SCHEMA
+        fix = ("a newer autotune wrote it: upgrade autotune (pip install -U autotune-oom), or probe again with this one"
+               if newer else "probe again with this autotune to write it anew")
+        raise ValueError(f"recipe schema {data['schema']} is not supported (this autotune reads schema {SCHEMA}); {fix}")
     return _build(Recipe, data, "recipe")
 
 
