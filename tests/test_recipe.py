@@ -75,6 +75,9 @@ def test_check_writable_refuses_to_overwrite(tmp_path):
         check_writable(target, force=False)
     check_writable(target, force=True)
     assert target.read_text() == "precious"
+    with pytest.raises(UsageError) as info:  # `report --plot p.png` said "choose another --out"
+        check_writable(target, force=False, flag="--plot")
+    assert str(info.value) == f"--plot: {target} already exists; choose another --plot, or add --force to overwrite it"
 
 
 @pytest.mark.parametrize("edit,key", [

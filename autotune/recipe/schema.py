@@ -329,7 +329,7 @@ def check_writable(path: str | os.PathLike, force: bool, flag: str = "--out") ->
     if path.is_dir():
         raise UsageError(flag, f"{path} is a directory", "give a file name such as recipe.yaml")
     if path.exists() and not force:
-        raise UsageError(flag, f"{path} already exists", "choose another --out, or add --force to overwrite it")
+        raise UsageError(flag, f"{path} already exists", f"choose another {flag}, or add --force to overwrite it")
     parent = path.parent  # the nearest folder that exists: write_atomic makes the missing ones below it
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
