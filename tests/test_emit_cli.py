@@ -60,8 +60,12 @@ def test_bad_recipe_and_flags(tmp_path, capsys):
     save_recipe(variant("base"), good)
     assert main(["emit", "swift", str(good), "-o", str(tmp_path / "s.yaml"), "--swift-version", "2.6"]) == 2
     assert main(["emit", "hf", str(good), "-o", str(tmp_path / "a.json"), "--swift-version", "4.6"]) == 2
+    # A flag the target has no use for was dropped without a word (--script, --dataset for hf).
+    assert main(["emit", "hf", str(good), "-o", str(tmp_path / "a.json"), "--script"]) == 2
+    assert main(["emit", "deepspeed", str(good), "-o", str(tmp_path / "a.json"), "--dataset", "data.jsonl"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 4 and all(line.startswith("autotune: error:") for line in lines)
+    assert len(lines) == 6 and all(line.startswith("autotune: error:") for line in lines)
+    assert lines[4].startswith("autotune: error: --script:") and lines[5].startswith("autotune: error: --dataset:")
     assert not list(tmp_path.glob("a*.json")) and not (tmp_path / "s.yaml").exists()
 
 
