@@ -201,6 +201,10 @@ def show(plan, out_path, console) -> None:
             frontier.add_row(format_size(capacity), c.measure.key, str(p.train_frontier), str(p.eval_frontier), split,
                              _gib(p.on_card_bytes), chosen)
     console.print(frontier)
+    for i, capacity in enumerate(plan.options.targets):  # the chosen split, when it is not the global batch asked for
+        note = next((c.predictions[i].global_batch_note for c in plan.ok() if plan.choice[capacity] == c.measure.key), None)
+        if note:
+            console.print(f"[yellow]note[/yellow] {format_size(capacity)}: {note}")
     console.print(plan.depth)
     console.print(f"planned in {plan.wall_s:.1f}s ({plan.import_s:.1f}s of it importing libraries), peak RAM {_gib(plan.peak_rss_bytes)}; planned, not validated: "
                   "probe on the real card (probe --from-plan) before a long run")
