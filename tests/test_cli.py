@@ -70,6 +70,8 @@ BAD = [
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--lora-r", "16"], "--lora-r: sets the LoRA adapters, and --train-type full trains none"),
     (["plan", "--model-config", "tiny-llama", "--max-length", "64", "--gpu-memory", "1GiB", "--lora-target-modules", "q_proj"], "--lora-target-modules"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--tokenizer", "/tmp"], "--tokenizer"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--from-plan", "/nonexistent/plan.yaml"],
+     "--from-plan: no recipe at /nonexistent/plan.yaml; run `python -m autotune plan ... --out PLAN` first"),
     (["report", "/nonexistent/recipe.yaml"], "no recipe"),
 ]
 

@@ -213,7 +213,7 @@ def run(args) -> int:
     if args.from_plan and (spec.frontier or spec.task == "eval"):
         raise UsageError("--from-plan", "a plan predicts the train batch frontier; a limit search or an evaluation-only probe does not use it",
                          "leave --from-plan out")
-    plan = load_recipe(args.from_plan) if args.from_plan else None
+    plan = load_recipe(args.from_plan, "--from-plan", "python -m autotune plan ... --out PLAN") if args.from_plan else None
     progress = ConsoleProgress(console)
     # Several seconds of silence otherwise; a transient spinner, so a bad-input error stays one line.
     with console.status("importing torch and transformers") if console.is_terminal else contextlib.nullcontext():

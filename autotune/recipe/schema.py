@@ -274,21 +274,22 @@ def recipe_from_dict(data: dict) -> Recipe:
     return _build(Recipe, data, "recipe")
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read a recipe written by `autotune probe`. Raises UsageError naming what is wrong."""
+def load_recipe(path: str | os.PathLike, flag: str = "RECIPE", maker: str = "python -m autotune probe ... --out FILE") -> Recipe:
+    """Read a recipe written by `autotune probe` (or a plan: `probe --from-plan`, whose `flag` and
+    `maker` the errors then name). Raises UsageError naming what is wrong."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise UsageError("RECIPE", f"no recipe at {path}", "run `python -m autotune probe ... --out FILE` first") from None
+        raise UsageError(flag, f"no recipe at {path}", f"run `{maker}` first") from None
     except OSError as exc:
-        raise UsageError("RECIPE", f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(flag, f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise UsageError("RECIPE", f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UsageError(flag, f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     try:
         return recipe_from_dict(data)
     except (ValueError, TypeError) as exc:
-        raise UsageError("RECIPE", f"{path}: {exc}") from None
+        raise UsageError(flag, f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------- writing
