@@ -77,6 +77,20 @@ def test_out_under_a_file_is_bad_input(recipe_file, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("autotune: error: --out:") and "not a directory" in err[0]
     assert recipe_file.is_file()
 
+
+def test_report_of_a_plan_says_planned_not_failed(tmp_path, capsys):
+    """A plan's validation is neither passed nor failed: `report plan.yaml` printed
+    'validation  failed (planned, 0 train steps) ... headroom 1.56 GiB (None%)'."""
+    r = variant("base")
+    plan = dataclasses.replace(r, validation=dataclasses.replace(r.validation, method="planned", passed=False, steps=0,
+                                                                 headroom_pct=None, message="planned under fake tensors"))
+    path = tmp_path / "plan.yaml"
+    save_recipe(plan, path)
+    assert main(["report", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "validation none (planned): predicted peak" in out and "planned under fake tensors" in out
+    assert "failed" not in out and "None%" not in out
+
 def test_apply_round_trips(tmp_path):
     from transformers import TrainingArguments
 
