@@ -100,6 +100,23 @@ def test_device_cuda_without_a_card_is_bad_input(tmp_path, capsys, extra):
                    "use --device sim --gpu-memory 24GiB to probe a simulated GPU"]
     assert not out.exists() and not list(tmp_path.iterdir())
 
+
+def test_model_directory_without_weights(tmp_path, capsys):
+    """--model DIR with a config.json alone: from_pretrained's OSError ended as 'unexpected error'
+    (exit 1) once the model loaded. A plan reads the config alone and still takes it."""
+    from autotune.model.source import BUILTIN_DIR
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text((BUILTIN_DIR / "tiny-llama.json").read_text())
+    out = tmp_path / "r.yaml"
+    assert main(["probe", "--model", str(tmp_path / "model"), "--device", "sim", "--gpu-memory", "12MiB", "--max-length", "16",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"autotune: error: --model: {tmp_path / 'model'} has a config.json but no weights")
+    assert "--model-config" in err[0] and not out.exists()
+    assert main(["plan", "--model", str(tmp_path / "model"), "--max-length", "16", "--gpu-memory", "80GB", "--quiet",
+                 "--gradient-checkpointing", "off"]) == 0
+
 def test_config_that_is_not_a_causal_lm(tmp_path, capsys):
     cfg = tmp_path / "config.json"
     out = tmp_path / "r.yaml"

@@ -96,6 +96,19 @@ def resolve(model: str | None, model_config: str | None, causal_lm: bool = True)
     return source
 
 
+def require_weights(source: ModelSource) -> None:
+    """A probe of --model DIR loads its weights (a plan reads the config alone): the files
+    `from_pretrained` reads are looked for before the model loads, where their absence was an
+    OSError ('unexpected error', exit 1). A config alone is a random-init probe."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    names = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+    if source.kind == "weights" and not any((Path(source.path) / name).is_file() for name in names):
+        raise UsageError("--model", f"{source.path} has a config.json but no weights ({', '.join(names)})",
+                         f"use --model-config {source.path} to probe it at random init (same memory and speed), "
+                         "or point at the directory with the weights")
+
+
 def _require_causal_lm(source: ModelSource) -> None:
     problem = not_causal_reason(source.config)
     if problem:
