@@ -218,6 +218,9 @@ class ProbeSpec:
         _positive("--length-granularity", self.length_granularity)
         if self.task == "eval" and not self.eval:
             raise UsageError("--no-eval", "--task eval is the evaluation", "leave --no-eval out")
+        if self.task == "eval" and self.global_batch_size is not None:  # an evaluation has no optimizer step to accumulate for
+            raise UsageError("--global-batch-size", "sets the training batch, and --task eval trains nothing",
+                             "leave --global-batch-size out (the eval batch is searched)")
         if self.per_device_eval_batch_size is not None and (self.task != "eval" or self.frontier is None):
             raise UsageError("--per-device-eval-batch-size", "fixes the eval batch of an evaluation-only limit search",
                              "use it with --task eval and --max-length / --max-pixels / --video-frames auto")

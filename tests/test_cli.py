@@ -72,6 +72,7 @@ BAD = [
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--tokenizer", "/tmp"], "--tokenizer"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--from-plan", "/nonexistent/plan.yaml"],
      "--from-plan: no recipe at /nonexistent/plan.yaml; run `python -m autotune plan ... --out PLAN` first"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--device", "sim", "--gpu-memory", "1GiB", "--task", "eval", "--global-batch-size", "8"], "--global-batch-size: sets the training batch"),
     (["report", "/nonexistent/recipe.yaml"], "no recipe"),
 ]
 

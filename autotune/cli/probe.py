@@ -88,7 +88,8 @@ def add_parser(sub) -> None:
     space.add_argument("--predict-with-generate", action="store_true", help="the eval phase probes generate() (KV cache growth)")
     space.add_argument("--max-new-tokens", type=int, help="tokens generated per sample with --predict-with-generate")
     space.add_argument("--validate-steps", type=int, default=DEFAULT_VALIDATE_STEPS,
-                       help=f"training steps of the validation run of the chosen configuration (default: {DEFAULT_VALIDATE_STEPS})")
+                       help=f"steps of the validation run of the chosen configuration: training steps (eval steps with --task eval) "
+                            f"(default: {DEFAULT_VALIDATE_STEPS})")
     multimodal_args.add_arguments(p)
     rlhf_args.add_arguments(p)
     dev = p.add_argument_group("device and search")
