@@ -204,6 +204,9 @@ def check(recipe: Recipe, device_kind: str | None = None, gpu_memory: int | None
 
     started = time.perf_counter()
     kind = device_kind or recipe.hardware.device
+    if kind == "plan":  # `autotune plan --out`: made on no device, so there is none to default to
+        raise UsageError("RECIPE", "this recipe is a plan (validation.method: planned): nothing ran, and it names no device to check on",
+                         "probe on this machine first (python -m autotune probe ... --from-plan PLAN), then check that recipe")
     margin = recipe.search.margin if margin is None else margin
     if not 0.0 <= margin < 1.0:
         raise UsageError("--margin", f"must be a fraction in [0, 1), got {margin}")

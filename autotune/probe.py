@@ -12,7 +12,7 @@ from .recipe import levers
 from .cluster.worker import TRAINER_APPLIES
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .model.dataset import from_dataset
-from .model.source import check_max_length, model_class, resolve
+from .model.source import check_max_length, model_class, require_weights, resolve
 from .model.multimodal import recipe_record, recipe_settings
 from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
 from .recipe.training_args import mixed_precision
@@ -35,6 +35,7 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
     progress = progress or ProgressSink()
     started = time.perf_counter()
     source = resolve(spec.model, spec.model_config)
+    require_weights(source)
     data = None
     if spec.dataset:
         spec, profile, data = from_dataset(spec, source)

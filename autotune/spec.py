@@ -126,6 +126,10 @@ class ProbeSpec:
         _positive("--max-batch-size", self.max_batch_size)
         _positive("--lora-r", self.lora_r)
         _positive("--lora-alpha", self.lora_alpha)
+        if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout <= 1.0):  # torch's Dropout
+            raise UsageError("--lora-dropout", f"must be a probability in [0, 1], got {self.lora_dropout}", "for example --lora-dropout 0.05")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):  # numpy's, which transformers' set_seed seeds
+            raise UsageError("--seed", f"must be a whole number in [0, 2**32), got {self.seed}", "for example --seed 0")
         _positive("--world-size", self.world_size)
         if self.global_batch_size is not None:
             _positive("--global-batch-size", self.global_batch_size)
@@ -199,6 +203,8 @@ class ProbeSpec:
                 raise UsageError(flag, f"must be a whole number >= 0, got {value!r}")
         if self.use_audio_in_video and not self.video_frames and self.frontier != "video_frames":
             raise UsageError("--use-audio-in-video", "needs a video to take the sound track of", "add --video-frames N (or auto), or set it false")
+        if self.tokenizer is not None and self.dataset is None:  # read only to measure the data
+            raise UsageError("--tokenizer", "tokenizes --dataset FILE.jsonl, and no dataset is given", "add --dataset, or leave --tokenizer out")
         if self.length_percentile is not None:
             if self.dataset is None:
                 raise UsageError("--length-percentile", "needs --dataset FILE.jsonl to take the percentile of")
@@ -214,6 +220,9 @@ class ProbeSpec:
         _positive("--length-granularity", self.length_granularity)
         if self.task == "eval" and not self.eval:
             raise UsageError("--no-eval", "--task eval is the evaluation", "leave --no-eval out")
+        if self.task == "eval" and self.global_batch_size is not None:  # an evaluation has no optimizer step to accumulate for
+            raise UsageError("--global-batch-size", "sets the training batch, and --task eval trains nothing",
+                             "leave --global-batch-size out (the eval batch is searched)")
         if self.per_device_eval_batch_size is not None and (self.task != "eval" or self.frontier is None):
             raise UsageError("--per-device-eval-batch-size", "fixes the eval batch of an evaluation-only limit search",
                              "use it with --task eval and --max-length / --max-pixels / --video-frames auto")

@@ -76,6 +76,19 @@ def test_bad_recipe_exit_2(tmp_path, capsys, text):
     assert len(err) == 1 and err[0].startswith("autotune: error: RECIPE")
 
 
+
+def test_a_plan_is_refused_naming_the_recipe(tmp_path, capsys):
+    """A plan (`autotune plan --out`) has hardware.device "plan": check answered '--device: unknown
+    device 'plan'', a flag the user did not give."""
+    r = variant("base")
+    plan = dataclasses.replace(r, hardware=dataclasses.replace(r.hardware, device="plan", name="planned 64.00 MiB card"),
+                               validation=dataclasses.replace(r.validation, method="planned", passed=False))
+    path = tmp_path / "plan.yaml"
+    save_recipe(plan, path)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autotune: error: RECIPE: this recipe is a plan") and "--from-plan" in err[0]
+
 def test_swift_args_replace_the_recipe_settings(recipe_file, tmp_path, capsys):
     """The ms-swift file the user will launch with is what gets checked: a batch far past the
     frontier in it makes the check fail even though the recipe itself fits."""

@@ -109,6 +109,29 @@ def test_torchrun_command_strips_its_flags():
     assert cmd[cmd.index("autotune"):] == ["autotune", "probe", "--model-config", "tiny-llama", "--out", "r.yaml"]
 
 
+
+@pytest.mark.parametrize("changes, flag", [
+    ({"nnodes": "0"}, "--nnodes"),  # torchrun: AssertionError 'min_nodes must be > 0', a traceback and exit 1
+    ({"nnodes": "two"}, "--nnodes"),
+    ({"nnodes": "4:2"}, "--nnodes"),
+    ({"nnodes": "2", "node_rank": "2"}, "--node-rank"),
+    ({"node_rank": "-1"}, "--node-rank"),
+    ({"master_port": "99999999"}, "--master-port"),  # torchrun waited on it
+    ({"master_port": "http"}, "--master-port"),
+])
+def test_torchrun_values_torchrun_would_refuse_are_one_line(changes, flag, monkeypatch):
+    from autotune.cluster.launch import wants_torchrun
+
+    for name in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "MASTER_ADDR"):  # not under torchrun already
+        monkeypatch.delenv(name, raising=False)
+    args = argparse.Namespace(**{"nproc_per_node": 2, "nnodes": None, "node_rank": None, "rdzv_endpoint": None, "rdzv_id": None,
+                                 "master_port": None, **changes})
+    with pytest.raises(UsageError) as info:
+        wants_torchrun(args)
+    assert info.value.flag == flag
+    good = argparse.Namespace(nproc_per_node=2, nnodes="1:4", node_rank="0", rdzv_endpoint=None, rdzv_id=None, master_port="29511")
+    assert wants_torchrun(good)
+
 def test_gpu_memory_per_rank(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     args = argparse.Namespace(gpu_memory="16MiB,24MiB", strategy="ddp,fsdp", isolate=False, trial_timeout=60.0,

@@ -145,3 +145,17 @@ def test_a_model_directory_supplies_weights_and_tokenizer(data, tmp_path):
     assert profile.tokenizer == str(model_dir) and profile.token_counts() == expected
     workload = load_workload(weights, new_spec, SimDevice(1 << 30))
     assert workload.source.kind == "weights" and run_train_trial(workload, 1, 3, 1 << 30).fits
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("", "empty.jsonl holds no sample; write one ms-swift sample per line: a JSON object with a 'messages' list"),
+    ('{"foo": 1}\n', "(1 problem line(s); first: line 1: no 'messages' list); fix that line and the others like it"),
+])
+def test_no_usable_sample_says_what_to_fix(tmp_path, text, needle):
+    """Raised before any problem line is printed: the hint used to say 'fix the lines named above'."""
+    (tmp_path / "empty.jsonl").write_text(text)
+    spec = ProbeSpec(max_length=None, model_config="tiny-llama", dataset=str(tmp_path / "empty.jsonl"),
+                     tokenizer=make_tokenizer(tmp_path / "tok"))
+    with pytest.raises(UsageError) as info:
+        from_dataset(spec, resolve(None, "tiny-llama"))
+    assert info.value.flag == "--dataset" and needle in str(info.value) and "named above" not in str(info.value)

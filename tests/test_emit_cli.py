@@ -60,10 +60,36 @@ def test_bad_recipe_and_flags(tmp_path, capsys):
     save_recipe(variant("base"), good)
     assert main(["emit", "swift", str(good), "-o", str(tmp_path / "s.yaml"), "--swift-version", "2.6"]) == 2
     assert main(["emit", "hf", str(good), "-o", str(tmp_path / "a.json"), "--swift-version", "4.6"]) == 2
+    # A flag the target has no use for was dropped without a word (--script, --dataset for hf).
+    assert main(["emit", "hf", str(good), "-o", str(tmp_path / "a.json"), "--script"]) == 2
+    assert main(["emit", "deepspeed", str(good), "-o", str(tmp_path / "a.json"), "--dataset", "data.jsonl"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 4 and all(line.startswith("autotune: error:") for line in lines)
+    assert len(lines) == 6 and all(line.startswith("autotune: error:") for line in lines)
+    assert lines[4].startswith("autotune: error: --script:") and lines[5].startswith("autotune: error: --dataset:")
     assert not list(tmp_path.glob("a*.json")) and not (tmp_path / "s.yaml").exists()
 
+
+
+def test_out_under_a_file_is_bad_input(recipe_file, tmp_path, capsys):
+    """-o recipe.yaml/x.json: one line and exit 2, not an unexpected FileExistsError (exit 1)."""
+    assert main(["emit", "hf", str(recipe_file), "-o", str(recipe_file / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autotune: error: --out:") and "not a directory" in err[0]
+    assert recipe_file.is_file()
+
+
+def test_report_of_a_plan_says_planned_not_failed(tmp_path, capsys):
+    """A plan's validation is neither passed nor failed: `report plan.yaml` printed
+    'validation  failed (planned, 0 train steps) ... headroom 1.56 GiB (None%)'."""
+    r = variant("base")
+    plan = dataclasses.replace(r, validation=dataclasses.replace(r.validation, method="planned", passed=False, steps=0,
+                                                                 headroom_pct=None, message="planned under fake tensors"))
+    path = tmp_path / "plan.yaml"
+    save_recipe(plan, path)
+    assert main(["report", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "validation none (planned): predicted peak" in out and "planned under fake tensors" in out
+    assert "failed" not in out and "None%" not in out
 
 def test_apply_round_trips(tmp_path):
     from transformers import TrainingArguments

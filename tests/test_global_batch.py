@@ -53,3 +53,14 @@ def test_probe_says_so_in_the_recipe_and_the_output(tmp_path, capsys):
     assert recipe.search.frontier["train"] == 4 and recipe.settings.per_device_train_batch_size == 1
     assert "no split is close" in recipe.search.global_batch_note and "4 (4 x 1 x 1) or 6 (3 x 2 x 1)" in recipe.search.global_batch_note
     assert "no split is close" in " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+
+
+def test_plan_says_so_in_its_output(capsys):
+    """`plan --global-batch-size 8 --world-size 3` chose 3 x 1 per rank (9 in all) and its table
+    did not say that 8 cannot be split; the probe's summary does."""
+    from autotune.cli import main
+
+    assert main(["plan", "--model-config", "tiny-llama", "--max-length", "32", "--gradient-checkpointing", "off",
+                 "--gpu-memory", "80GB", "--global-batch-size", "8", "--world-size", "3", "--strategy", "zero3", "--quiet"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "note 74.51 GiB: global batch 8 cannot be split exactly (8 is not a multiple of the world size 3)" in out

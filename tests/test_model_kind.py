@@ -55,3 +55,20 @@ def test_weights_directory_names_the_model_flag(tmp_path):
 ])
 def test_causal_configs_still_resolve(tmp_path, data):
     assert resolve(None, _write(tmp_path, data)).model_type == data["model_type"]
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"model_type": "no-such-model"}, "does not know model_type 'no-such-model'; upgrade transformers"),
+    ({"model_type": 5}, "does not know model_type 5"),
+    ({"model_type": "llama", "hidden_size": -4}, "transformers refuses this config (Class validation error"),
+    ({"model_type": "llama", "vocab_size": "many"}, "Field 'vocab_size' expected int"),
+    ({"model_type": "llama", "num_attention_heads": 0}, "transformers refuses this config"),
+])
+def test_a_config_transformers_refuses_is_one_short_line(tmp_path, capsys, data, needle):
+    """Used to be exit 1 with transformers' multi-line validation error, or a line listing every
+    model type transformers knows (12 000 characters)."""
+    argv = ["plan", "--model-config", _write(tmp_path, data), "--max-length", "16", "--gpu-memory", "1GiB"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autotune: error: --model-config: ") and needle in err[0], err
+    assert len(err[0]) < 400

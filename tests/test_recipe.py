@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -37,7 +38,9 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize("text,needle", [
     ("schema: [", "not valid YAML"),
     ("just a string", "not an autotune recipe"),
-    ("schema: 99\n", "schema 99"),
+    ("schema: 99\n", "schema 99 is not supported (this autotune reads schema 1); a newer autotune wrote it: upgrade autotune"),
+    ("schema: 0\n", "schema 0 is not supported (this autotune reads schema 1); probe again"),
+    ("schema: 1\nmodel: {}\n", "missing key(s) hardware, settings, search, validation; is the file cut short?"),
 ])
 def test_malformed_recipes_name_the_problem(tmp_path, text, needle):
     path = tmp_path / "r.yaml"
@@ -72,6 +75,9 @@ def test_check_writable_refuses_to_overwrite(tmp_path):
         check_writable(target, force=False)
     check_writable(target, force=True)
     assert target.read_text() == "precious"
+    with pytest.raises(UsageError) as info:  # `report --plot p.png` said "choose another --out"
+        check_writable(target, force=False, flag="--plot")
+    assert str(info.value) == f"--plot: {target} already exists; choose another --plot, or add --force to overwrite it"
 
 
 @pytest.mark.parametrize("edit,key", [
@@ -96,3 +102,21 @@ def test_hand_edited_values_of_the_wrong_type_are_refused_naming_the_key(tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("autotune: error: RECIPE") and key in err[0], err
     assert not (tmp_path / "s.yaml").exists()
+
+
+def test_check_writable_refuses_a_path_under_a_file(tmp_path):
+    """`--out recipe.yaml/x.yaml` used to pass the check and fail after the whole probe (FileExistsError)."""
+    (tmp_path / "recipe.yaml").write_text("precious")
+    with pytest.raises(UsageError, match="is a file, not a directory"):
+        check_writable(tmp_path / "recipe.yaml" / "sub" / "x.yaml", force=True)
+    assert (tmp_path / "recipe.yaml").read_text() == "precious"
+
+
+def test_check_writable_tries_the_directory(tmp_path):
+    """Asked of the directory itself: /proc takes no new files, even for root (os.access says yes)."""
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    with pytest.raises(UsageError, match="cannot write into /proc"):
+        check_writable("/proc/nope/x.yaml", force=False)
+    check_writable(tmp_path / "new" / "deeper" / "x.yaml", force=False)  # missing folders are made later
+    assert list(tmp_path.iterdir()) == []  # the trial file is gone

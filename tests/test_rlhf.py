@@ -306,6 +306,9 @@ def test_bad_requests_name_the_flag(changes, flag):
 
 @pytest.mark.parametrize("extra, flag", [
     (["--num-generations", "4"], "--num-generations"),
+    (["--sleep-level", "1"], "--sleep-level"),  # the flags with a default were taken without --rlhf-type, and ignored
+    (["--vllm-mode", "server"], "--vllm-mode"),
+    (["--rlhf-target", "trl"], "--rlhf-target"),
     (["--emit", "trl"], "--emit"),
     (["--rlhf-type", "grpo", "--emit", "hf"], "--emit"),
     (["--rlhf-type", "dpo", "--precompute-ref-log-probs", "--emit", "swift"], "--precompute-ref-log-probs"),

@@ -61,16 +61,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("autotune: interrupted; nothing was written", file=sys.stderr)
+        print(_interrupted_line(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001
         if _interrupted(exc) or _SIGINTS:  # a lazy import (transformers) turned the Ctrl-C into an ImportError
-            print("autotune: interrupted; nothing was written", file=sys.stderr)
+            print(_interrupted_line(args), file=sys.stderr)
             return EXIT_INTERRUPTED
         if debug:
             raise
         print(f"autotune: unexpected error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _interrupted_line(args) -> str:
+    """Nothing is written on Ctrl-C, except what a command keeps on purpose (`kept`: the probe's
+    journal of the trials that finished, which a rerun resumes from)."""
+    kept = getattr(args, "kept_on_interrupt", None)
+    note = kept(args) if kept else None
+    return f"autotune: interrupted; no recipe was written; {note}" if note else "autotune: interrupted; nothing was written"
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -84,6 +84,11 @@ def run(args) -> int:
                          "read its eval settings, or recipe.apply them to your TrainingArguments")
     if args.swift_version and args.target != "swift":
         raise UsageError("--swift-version", f"only applies to `emit swift`, not {args.target}")
+    if args.script and args.target != "swift":  # the other targets write their one file format
+        raise UsageError("--script", f"only applies to `emit swift`, not {args.target}", "leave --script out")
+    if args.dataset and args.target not in ("swift", "llamafactory"):  # the others' files name no dataset
+        raise UsageError("--dataset", f"only applies to `emit swift` and `emit llamafactory`, not {args.target}",
+                         "leave --dataset out; your training script loads the data")
     out = args.out
     outputs = files(args.target, recipe, "-" if out == "-" else out, args.swift_version, args.dataset, args.script)
     if out == "-":

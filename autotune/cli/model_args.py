@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from ..spec import DTYPES, TRAIN_TYPES
+import dataclasses
+
+from ..errors import UsageError
+from ..spec import DTYPES, TRAIN_TYPES, ProbeSpec
+
+LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 def add_model_arguments(parser, model_help: str, train_type_help: str):
@@ -15,8 +20,20 @@ def add_model_arguments(parser, model_help: str, train_type_help: str):
     model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="model and training dtype (default: bfloat16)")
     train = parser.add_argument_group("training")
     train.add_argument("--train-type", choices=TRAIN_TYPES, default="full", help=train_type_help)
-    train.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
-    train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default: 32)")
-    train.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
-    train.add_argument("--lora-target-modules", default="all-linear", help="peft target_modules (default: all-linear, the LM's linear layers)")
+    # No argparse defaults: lora_kwargs fills ProbeSpec's, so that a LoRA flag given to a full fine-tune is seen.
+    train.add_argument("--lora-r", type=int, help="LoRA rank (default: 8)")
+    train.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 32)")
+    train.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05)")
+    train.add_argument("--lora-target-modules", help="peft target_modules (default: all-linear, the LM's linear layers)")
     return train
+
+
+def lora_kwargs(args) -> dict:
+    """The LoRA settings for ProbeSpec (its defaults where a flag is not given). A full fine-tune
+    has no adapters: a LoRA flag beside it would be dropped without a word, so it is refused."""
+    given = [name for name in LORA_FLAGS if getattr(args, name, None) is not None]
+    if given and args.train_type == "full":
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(flag, "sets the LoRA adapters, and --train-type full trains none", f"add --train-type lora (or qlora), or leave {flag} out")
+    defaults = {f.name: f.default for f in dataclasses.fields(ProbeSpec)}
+    return {name: defaults[name] if getattr(args, name, None) is None else getattr(args, name) for name in LORA_FLAGS}

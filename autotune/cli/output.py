@@ -219,11 +219,16 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
         console.print(line)
     if search.global_batch_note:
         console.print(f"[yellow]note[/yellow]        {search.global_batch_note}")
-    status = "[green]passed[/green]" if v.passed else "[red]failed[/red]"
-    steps = f"{v.steps} train steps" + (f" + {v.eval_steps} eval steps" if v.eval_steps else "")
-    speed = f", {v.tokens_per_s:,.0f} tok/s" if v.tokens_per_s else ""
-    console.print(f"validation  {status} ({v.method}, {steps}): peak {format_size(v.peak_bytes)}, "
-                  f"headroom {format_size(v.headroom_bytes)} ({v.headroom_pct}%){speed}")
+    if v.method == "planned":  # `autotune plan --out`: predicted, never run, so neither passed nor failed
+        console.print(f"validation  [yellow]none[/yellow] (planned): predicted peak {format_size(v.peak_bytes)}, "
+                      f"headroom {format_size(v.headroom_bytes)}; {v.message}")
+    else:
+        status = "[green]passed[/green]" if v.passed else "[red]failed[/red]"
+        steps = f"{v.steps} train steps" + (f" + {v.eval_steps} eval steps" if v.eval_steps else "")
+        speed = f", {v.tokens_per_s:,.0f} tok/s" if v.tokens_per_s else ""
+        pct = f" ({v.headroom_pct}%)" if v.headroom_pct is not None else ""
+        console.print(f"validation  {status} ({v.method}, {steps}): peak {format_size(v.peak_bytes)}, "
+                      f"headroom {format_size(v.headroom_bytes)}{pct}{speed}")
     for attempt in v.attempts:
         if not attempt.get("passed"):
             console.print(f"[yellow]note[/yellow]        validation of {describe_settings(attempt)} failed: {attempt.get('message')}")

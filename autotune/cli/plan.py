@@ -39,8 +39,8 @@ examples:
   python -m autotune probe --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 --from-plan plan.yaml
 
   # GRPO LoRA with vLLM colocated at 0.6 of an 80 GB card: the share is its own row
-  python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --train-type lora --max-length 1024 \
-      --rlhf-type grpo --num-generations 8 --max-completion-length 1024 --use-vllm --vllm-gpu-memory-utilization 0.6 \
+  python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --train-type lora --max-length 1024 \\
+      --rlhf-type grpo --num-generations 8 --max-completion-length 1024 --use-vllm --vllm-gpu-memory-utilization 0.6 \\
       --gpu-memory 80GB
 
 built-in configs: {', '.join(builtin_names())}
@@ -201,6 +201,10 @@ def show(plan, out_path, console) -> None:
             frontier.add_row(format_size(capacity), c.measure.key, str(p.train_frontier), str(p.eval_frontier), split,
                              _gib(p.on_card_bytes), chosen)
     console.print(frontier)
+    for i, capacity in enumerate(plan.options.targets):  # the chosen split, when it is not the global batch asked for
+        note = next((c.predictions[i].global_batch_note for c in plan.ok() if plan.choice[capacity] == c.measure.key), None)
+        if note:
+            console.print(f"[yellow]note[/yellow] {format_size(capacity)}: {note}")
     console.print(plan.depth)
     console.print(f"planned in {plan.wall_s:.1f}s ({plan.import_s:.1f}s of it importing libraries), peak RAM {_gib(plan.peak_rss_bytes)}; planned, not validated: "
                   "probe on the real card (probe --from-plan) before a long run")

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 
 from ..cluster import launch
+from ..cluster.journal import journal_path
 from ..emit import TARGETS as EMIT_TARGETS
 from ..emit.swift import resolve_version as resolve_swift_version
 from ..errors import UsageError
@@ -14,7 +15,7 @@ from ..recipe.schema import check_writable, load_recipe, save_recipe
 from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
 from . import lever_args, multimodal_args, rlhf_args
-from .model_args import add_model_arguments
+from .model_args import add_model_arguments, lora_kwargs
 from .emit import emit_for_probe, emit_paths, write_files
 from . import next_steps
 from .interrupt import deferred_interrupt
@@ -33,7 +34,7 @@ examples:
       --global-batch-size 64 --out qwen7b-lora.yaml
 
   # only sdpa, checkpointing always on, eval as a Trainer without compute_metrics, and a plot
-  python -m autotune probe --model-config tiny-qwen2 --device sim --gpu-memory 2GiB --max-length 256 \
+  python -m autotune probe --model-config tiny-qwen2 --device sim --gpu-memory 2GiB --max-length 256 \\
       --attn sdpa --gradient-checkpointing on --prediction-loss-only --plot probe.png
 
   # real weights, emulate a 24 GiB card on a bigger one, machine-readable output
@@ -75,7 +76,7 @@ def add_parser(sub) -> None:
                        help="with --task eval and a limit given as auto: the eval batch it is searched at (default: 1)")
     lever_args.add_arguments(space)
     space.add_argument("--no-eval", action="store_true", help="do not search the eval batch")
-    space.add_argument("--eval-steps", type=int, default=DEFAULT_EVAL_STEPS,
+    space.add_argument("--eval-steps", type=int,
                        help=f"eval steps whose logits stay on the device; becomes eval_accumulation_steps (default: {DEFAULT_EVAL_STEPS})")
     space.add_argument("--eval-outputs", choices=EVAL_OUTPUTS, metavar="|".join(EVAL_OUTPUTS),
                        help="what the eval phase keeps on the device, as your trainer does: loss (no compute_metrics: "
@@ -87,7 +88,8 @@ def add_parser(sub) -> None:
     space.add_argument("--predict-with-generate", action="store_true", help="the eval phase probes generate() (KV cache growth)")
     space.add_argument("--max-new-tokens", type=int, help="tokens generated per sample with --predict-with-generate")
     space.add_argument("--validate-steps", type=int, default=DEFAULT_VALIDATE_STEPS,
-                       help=f"training steps of the validation run of the chosen configuration (default: {DEFAULT_VALIDATE_STEPS})")
+                       help=f"steps of the validation run of the chosen configuration: training steps (eval steps with --task eval) "
+                            f"(default: {DEFAULT_VALIDATE_STEPS})")
     multimodal_args.add_arguments(p)
     rlhf_args.add_arguments(p)
     dev = p.add_argument_group("device and search")
@@ -113,30 +115,45 @@ def add_parser(sub) -> None:
                      help=f"also write launch files beside --out ({', '.join(EMIT_TARGETS)}); swift writes OUT.swift.yaml and OUT.swift.sh")
     out.add_argument("--swift-version", metavar="X.Y", help="ms-swift version for --emit swift (default: installed, else 4.6)")
     launch.add_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, kept_on_interrupt=kept_on_interrupt)
 
 
 def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
     """`cluster=False` (autotune plan): no device, ranks, journal or workers."""
+    _check_no_eval(args)
     frontier = _frontier(args, cluster)
     return ProbeSpec(
         max_length=None if args.max_length == "auto" else args.max_length,
         frontier=frontier, length_granularity=getattr(args, "length_granularity", DEFAULT_LENGTH_GRANULARITY),
         per_device_train_batch_size=getattr(args, "per_device_train_batch_size", None),
         per_device_eval_batch_size=getattr(args, "per_device_eval_batch_size", None), task=getattr(args, "task", "train"), model=args.model, model_config=args.model_config, train_type=args.train_type,
-        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_target_modules=args.lora_target_modules, dtype=args.dtype, device=args.device,
+        **lora_kwargs(args), dtype=args.dtype, device=args.device,
         margin=args.margin,
         max_batch_size=args.max_batch_size, global_batch_size=args.global_batch_size, steps=args.steps,
         seed=args.seed, attn_candidates=tuple(a.strip() for a in args.attn.split(",") if a.strip()),
         **lever_args.spec_kwargs(args), eval=not args.no_eval,
-        eval_steps=args.eval_steps, prediction_loss_only=args.prediction_loss_only,
+        eval_steps=DEFAULT_EVAL_STEPS if args.eval_steps is None else args.eval_steps, prediction_loss_only=args.prediction_loss_only,
         predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
         eval_outputs=_eval_outputs(args), use_cache_off_in_sub_configs=_launches_swift(args),
         plan_first="off" if getattr(args, "no_plan", False) else "on" if getattr(args, "plan_first", False) else "auto",
         **multimodal_args.spec_kwargs(args), rlhf=rlhf_args.rlhf_spec(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )
+
+
+# The eval phase's flags (--eval-steps has no argparse default, so that giving it is seen).
+_EVAL_FLAGS = ("eval_steps", "eval_outputs", "prediction_loss_only", "predict_with_generate", "max_new_tokens")
+
+
+def _check_no_eval(args) -> None:
+    """With --no-eval no eval phase runs and the recipe keeps no eval settings: an eval flag beside
+    it would be dropped without a word."""
+    if not getattr(args, "no_eval", False):
+        return
+    for name in _EVAL_FLAGS:
+        if getattr(args, name, None) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(flag, "sets the eval phase, which --no-eval skips", f"leave {flag} out, or drop --no-eval")
 
 
 def _frontier(args, cluster: bool) -> str | None:
@@ -167,6 +184,12 @@ def _launches_swift(args) -> bool:
     return "swift" in (getattr(args, "emit", None) or [])
 
 
+def kept_on_interrupt(args) -> str | None:
+    """What a Ctrl-C leaves behind: the journal of the trials that finished (README: Journal and resume)."""
+    path = None if args.no_journal else journal_path(args.out)
+    return f"the finished trials are kept in {path}: rerun the same command to resume" if path and path.exists() else None
+
+
 def run(args) -> int:
     if launch.wants_torchrun(args):
         return launch.relaunch(args.argv, args)
@@ -191,7 +214,7 @@ def run(args) -> int:
     if args.from_plan and (spec.frontier or spec.task == "eval"):
         raise UsageError("--from-plan", "a plan predicts the train batch frontier; a limit search or an evaluation-only probe does not use it",
                          "leave --from-plan out")
-    plan = load_recipe(args.from_plan) if args.from_plan else None
+    plan = load_recipe(args.from_plan, "--from-plan", "python -m autotune plan ... --out PLAN") if args.from_plan else None
     progress = ConsoleProgress(console)
     # Several seconds of silence otherwise; a transient spinner, so a bad-input error stays one line.
     with console.status("importing torch and transformers") if console.is_terminal else contextlib.nullcontext():

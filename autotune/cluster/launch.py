@@ -68,7 +68,28 @@ def wants_torchrun(args) -> bool:
         return False
     if args.nproc_per_node < 1:
         raise UsageError("--nproc-per-node", f"must be at least 1, got {args.nproc_per_node}")
+    _check_torchrun_values(args)
     return not under_torchrun()
+
+
+def _check_torchrun_values(args) -> None:
+    """What torchrun would refuse with a traceback (--nnodes 0: an AssertionError), or wait on
+    (a port that cannot exist), said here in one line."""
+    nodes = None
+    if args.nnodes:  # N, or MIN:MAX (elastic)
+        parts = str(args.nnodes).split(":")
+        if len(parts) > 2 or not all(p.isdigit() and int(p) >= 1 for p in parts) or int(parts[0]) > int(parts[-1]):
+            raise UsageError("--nnodes", f"expected a number of nodes >= 1 (or MIN:MAX), got {args.nnodes!r}", "for example --nnodes 2")
+        nodes = int(parts[0]) if len(parts) == 1 else None
+    if args.node_rank is not None:
+        rank = str(args.node_rank)
+        if not rank.isdigit() or (nodes is not None and int(rank) >= nodes):
+            raise UsageError("--node-rank", f"expected 0 to {nodes - 1 if nodes else 'nnodes - 1'}, got {args.node_rank!r}",
+                             "number the nodes 0, 1, ... (one --node-rank per node)")
+    if args.master_port is not None:
+        port = str(args.master_port)
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise UsageError("--master-port", f"expected a TCP port 1-65535, got {args.master_port!r}", "for example --master-port 29511")
 
 
 def torchrun_command(argv: list[str], args) -> list[str]:

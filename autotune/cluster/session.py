@@ -121,11 +121,13 @@ def _local(spec, source, progress, device, on_device=None) -> Session:
 
 def _supervised(spec, progress, on_device=None) -> Session:
     from ..describe import library_versions
+    from ..devices import available_kind
     from ..sizes import format_size
     from .control import Control
     from ..trials.rlhf_rollout import rollout_view
     from .supervisor import SupervisedRunner
 
+    available_kind(spec.device)  # here, in one line: a worker that cannot open the card ends as a crash
     # The supervisors' own collectives wait at most one trial (or load) plus slack: never the limit.
     control = Control(2 * spec.trial_timeout + 60)
     capacities = per_rank(spec.gpu_memory_per_rank, spec.gpu_memory, control.world_size)

@@ -25,10 +25,17 @@ def default_device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "none"
 
 
-def make_device(kind: str | None, gpu_memory: int | None):
+def available_kind(kind: str | None) -> str:
+    """The kind a probe runs on (None: cuda where available), refused where it cannot run: also
+    before trial workers start, whose own failure to open the card reads as a crash."""
     kind = kind or default_device_kind()
-    if kind == "none":
+    if kind == "none" or (kind == "cuda" and not torch.cuda.is_available()):
         raise UsageError("--device", "no CUDA device is available here", "use --device sim --gpu-memory 24GiB to probe a simulated GPU")
+    return kind
+
+
+def make_device(kind: str | None, gpu_memory: int | None):
+    kind = available_kind(kind)
     if kind == "cuda":
         return CudaDevice(0, gpu_memory)
     if kind == "sim":
@@ -38,4 +45,4 @@ def make_device(kind: str | None, gpu_memory: int | None):
     raise UsageError("--device", f"unknown device {kind!r}", f"choose one of {', '.join(DEVICE_KINDS)}")
 
 
-__all__ = ["CudaDevice", "SimDevice", "make_device", "is_oom", "short_message", "DEVICE_KINDS"]
+__all__ = ["CudaDevice", "SimDevice", "available_kind", "make_device", "is_oom", "short_message", "DEVICE_KINDS"]

@@ -176,8 +176,11 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
             continue
         samples.append(Sample(number, text_tokens + vision_tokens, len(images), pixels))
     if not samples:
-        raise UsageError("--dataset", f"no usable sample in {path} ({len(issues)} problem line(s); first: line {issues[0][0]}: {issues[0][1]})" if issues
-                         else f"{path} holds no sample", "fix the lines named above")
+        # Raised before any problem line is printed: the message itself names the first one.
+        if issues:
+            raise UsageError("--dataset", f"no usable sample in {path} ({len(issues)} problem line(s); first: line {issues[0][0]}: {issues[0][1]})",
+                             "fix that line and the others like it")
+        raise UsageError("--dataset", f"{path} holds no sample", "write one ms-swift sample per line: a JSON object with a 'messages' list")
     return DatasetProfile(str(path), lines, samples, issues, tokenizer_dir)
 
 

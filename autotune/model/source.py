@@ -36,16 +36,23 @@ class ModelSource:
 
 
 def _config_from_dict(data: dict, where: str, flag: str):
+    import transformers
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     model_type = data.get("model_type")
     if not model_type:
         raise UsageError(flag, f"{where} has no 'model_type'", "use a Hugging Face config.json")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        # transformers' own message lists every model type it knows: hundreds of names on one line.
+        raise UsageError(flag, f"{where}: transformers {transformers.__version__} does not know model_type {model_type!r}",
+                         "upgrade transformers or check the file")
     try:
         return AutoConfig.for_model(**data)
-    except ValueError as exc:
-        raise UsageError(flag, f"{where}: transformers does not know model_type {model_type!r} ({exc})",
-                         "upgrade transformers or check the file") from None
+    except (ValueError, TypeError, ArithmeticError, StrictDataclassError) as exc:  # its checks of the values
+        raise UsageError(flag, f"{where}: transformers refuses this config ({' '.join(str(exc).split())})",
+                         "fix that value in the file") from None
 
 
 def _read_json(path: Path, flag: str) -> dict:
@@ -87,6 +94,19 @@ def resolve(model: str | None, model_config: str | None, causal_lm: bool = True)
     if causal_lm:
         _require_causal_lm(source)
     return source
+
+
+def require_weights(source: ModelSource) -> None:
+    """A probe of --model DIR loads its weights (a plan reads the config alone): the files
+    `from_pretrained` reads are looked for before the model loads, where their absence was an
+    OSError ('unexpected error', exit 1). A config alone is a random-init probe."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    names = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+    if source.kind == "weights" and not any((Path(source.path) / name).is_file() for name in names):
+        raise UsageError("--model", f"{source.path} has a config.json but no weights ({', '.join(names)})",
+                         f"use --model-config {source.path} to probe it at random init (same memory and speed), "
+                         "or point at the directory with the weights")
 
 
 def _require_causal_lm(source: ModelSource) -> None:

@@ -231,8 +231,9 @@ def _build(tp, value, where: str):
             raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         missing = [f.name for f in dataclasses.fields(tp)
                    if f.name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+        if missing:  # a file cut short (a copy that stopped) or edited by hand
+            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}; is the file cut short? "
+                             "Restore it, or probe again to write it anew")
         return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -267,25 +268,29 @@ def recipe_from_dict(data: dict) -> Recipe:
     if not isinstance(data, dict) or "schema" not in data:
         raise ValueError("not an autotune recipe (no 'schema' key)")
     if data["schema"] != SCHEMA:
-        raise ValueError(f"recipe schema {data['schema']} is not supported (this autotune reads schema {SCHEMA})")
+        newer = isinstance(data["schema"], int) and not isinstance(data["schema"], bool) and data["schema"] > SCHEMA
+        fix = ("a newer autotune wrote it: upgrade autotune (pip install -U autotune-oom), or probe again with this one"
+               if newer else "probe again with this autotune to write it anew")
+        raise ValueError(f"recipe schema {data['schema']} is not supported (this autotune reads schema {SCHEMA}); {fix}")
     return _build(Recipe, data, "recipe")
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read a recipe written by `autotune probe`. Raises UsageError naming what is wrong."""
+def load_recipe(path: str | os.PathLike, flag: str = "RECIPE", maker: str = "python -m autotune probe ... --out FILE") -> Recipe:
+    """Read a recipe written by `autotune probe` (or a plan: `probe --from-plan`, whose `flag` and
+    `maker` the errors then name). Raises UsageError naming what is wrong."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise UsageError("RECIPE", f"no recipe at {path}", "run `python -m autotune probe ... --out FILE` first") from None
+        raise UsageError(flag, f"no recipe at {path}", f"run `{maker}` first") from None
     except OSError as exc:
-        raise UsageError("RECIPE", f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(flag, f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise UsageError("RECIPE", f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UsageError(flag, f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     try:
         return recipe_from_dict(data)
     except (ValueError, TypeError) as exc:
-        raise UsageError("RECIPE", f"{path}: {exc}") from None
+        raise UsageError(flag, f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------- writing
@@ -326,7 +331,24 @@ def check_writable(path: str | os.PathLike, force: bool, flag: str = "--out") ->
     if path.is_dir():
         raise UsageError(flag, f"{path} is a directory", "give a file name such as recipe.yaml")
     if path.exists() and not force:
-        raise UsageError(flag, f"{path} already exists", "choose another --out, or add --force to overwrite it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise UsageError(flag, f"cannot write into {parent}")
+        raise UsageError(flag, f"{path} already exists", f"choose another {flag}, or add --force to overwrite it")
+    parent = path.parent  # the nearest folder that exists: write_atomic makes the missing ones below it
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(flag, f"{parent} is a file, not a directory, so {path} cannot be made",
+                         f"give a {flag} outside {parent}")
+    if not _can_create_in(parent):
+        raise UsageError(flag, f"cannot write into {parent}", f"give a {flag} in a directory you can write to")
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether a file can be made in `directory`: tried, not asked of the permission bits
+    (root passes os.access everywhere; a read-only mount or /proc refuses anyway)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".autotune-", suffix=".tmp", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    Path(name).unlink(missing_ok=True)
+    return True
