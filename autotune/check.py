@@ -124,11 +124,9 @@ def unset_length(recipe: Recipe, swift_args: dict, where: str) -> tuple[Recipe, 
     from dataclasses import replace
 
     from .emit.swift import default_max_length
-    from .model.source import resolve
 
     m = recipe.model
-    weights = m.source == "weights"
-    full = default_max_length(resolve(m.path if weights else None, None if weights else m.path).config)
+    full = default_max_length(model_config(recipe))
     fits = recipe.search.frontier.get("max_length") or recipe.settings.max_length or m.max_length
     if full is None or full <= fits:
         return recipe, None
@@ -136,6 +134,27 @@ def unset_length(recipe: Recipe, swift_args: dict, where: str) -> tuple[Recipe, 
     note = (f"{where} sets no max_length: ms-swift then trains at the model's full length, {full} tokens; the recipe fits at "
             f"{fits} ({known}): add `max_length: {fits}` to {where} (or probe --max-length auto for the longest that fits)")
     return replace(recipe, settings=replace(recipe.settings, max_length=full)), note
+
+
+def model_config(recipe: Recipe):
+    """The transformers config of the recipe's model (its weights' directory or its config)."""
+    from .model.source import resolve
+
+    m = recipe.model
+    weights = m.source == "weights"
+    return resolve(m.path if weights else None, None if weights else m.path).config
+
+
+def pixels_per_token(recipe: Recipe) -> int | None:
+    """A Qwen-VL recipe's pixels per token (its factor squared), for qwen-vl-utils' token numbers;
+    None for other models."""
+    if not recipe.multimodal:
+        return None
+    from .model.families import family_for
+
+    config = model_config(recipe)
+    family = family_for(config)
+    return family.pixels_per_token(config) if family is not None and family.pixels_per_token is not None else None
 
 
 def compare_fingerprints(expected: dict, here: dict) -> list[Difference]:

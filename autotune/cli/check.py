@@ -68,7 +68,7 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     then trains at the model's full length, which the check then runs) or when a media limit the
     recipe needs is neither in the file nor exported (ms-swift would use its default). A variable
     the recipe holds at one value (emit/common.py HELD_ENV) set to another is refused."""
-    from ..check import unset_length
+    from ..check import pixels_per_token, unset_length
 
     environ = dict(os.environ) if environ is None else environ
     args = swift.read_args(path)
@@ -90,20 +90,6 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
                  f"export {' '.join(f'{k}={v}' for k, v in unset.items())} before the launch (checked at the recipe's value)")
         note = f"{note}; {media}" if note else media
     return recipe, note
-
-
-def pixels_per_token(recipe) -> int | None:
-    """A Qwen-VL recipe's pixels per token (its factor squared), for qwen-vl-utils' token numbers;
-    None for other models."""
-    if not recipe.multimodal:
-        return None
-    from ..model.families import family_for
-    from ..model.source import resolve
-
-    m = recipe.model
-    config = resolve(m.path if m.source == "weights" else None, None if m.source == "weights" else m.path).config
-    family = family_for(config)
-    return family.pixels_per_token(config) if family is not None and family.pixels_per_token is not None else None
 
 
 def reprobe_out(recipe_path: str) -> str:
