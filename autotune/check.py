@@ -123,7 +123,7 @@ def unset_length(recipe: Recipe, swift_args: dict, where: str) -> tuple[Recipe, 
         return recipe, None
     from dataclasses import replace
 
-    from .emit.swift import default_max_length
+    from .emit.swift_read import default_max_length
 
     m = recipe.model
     full = default_max_length(model_config(recipe))

@@ -8,7 +8,7 @@ import shlex
 import pytest
 import yaml
 
-from autotune.emit import swift
+from autotune.emit import swift, swift_read
 from autotune.errors import UsageError
 from launch_recipes import VARIANTS, variant
 from swift_parsing import assert_real_swift_accepts, matches
@@ -86,7 +86,7 @@ def test_too_old_version_is_refused():
 def test_read_back_into_settings(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(swift.render_yaml(variant("eval_zero3"), "4.6"))
-    settings, model = swift.settings_from_args(swift.read_args(path))
+    settings, model = swift_read.settings_from_args(swift_read.read_args(path))
     s = variant("eval_zero3").settings
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
                 "eval_accumulation_steps", "gradient_checkpointing", "attn_implementation", "max_pixels", "strategy"):
@@ -104,7 +104,7 @@ def test_a_familys_own_frames_variable_replaces_qwen_vls(tmp_path):
     assert "FPS_MAX_FRAMES=16 \\" in swift.render_script(variant("eval_zero3"), "4.6")  # no family env: Qwen-VL's names
     path = tmp_path / "s.yaml"
     path.write_text(swift.render_yaml(internvl, "4.6"))
-    assert swift.settings_from_args(swift.read_args(path))[0]["video_frames"] == 7
+    assert swift_read.settings_from_args(swift_read.read_args(path))[0]["video_frames"] == 7
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -116,7 +116,7 @@ def test_a_familys_own_frames_variable_replaces_qwen_vls(tmp_path):
     ({}, None),  # the model's own dtype decides; the recipe's stands
 ])
 def test_mixed_precision_read_back_follows_ms_swift(args, expected):
-    assert swift.settings_from_args(args)[0].get("mixed_precision") == expected
+    assert swift_read.settings_from_args(args)[0].get("mixed_precision") == expected
 
 
 def test_mixed_precision_is_written_as_probed():
@@ -125,9 +125,9 @@ def test_mixed_precision_is_written_as_probed():
         recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, torch_dtype=dtype, mixed_precision=None))
         args = yaml.safe_load(swift.render_yaml(recipe, "4.6"))
         assert (args["bf16"], args["fp16"]) == (precision == "bf16", False)
-        assert swift.settings_from_args(args)[0]["mixed_precision"] == precision
+        assert swift_read.settings_from_args(args)[0]["mixed_precision"] == precision
     with pytest.raises(UsageError, match="bf16 and fp16 are both on"):
-        swift.settings_from_args({"bf16": True, "fp16": True})
+        swift_read.settings_from_args({"bf16": True, "fp16": True})
 
 
 # ---------------------------------------------------------------- the real ms-swift, where installed

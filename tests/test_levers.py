@@ -16,7 +16,7 @@ import yaml
 from autotune.recipe import levers
 from autotune.cli import main
 from autotune.devices import SimDevice
-from autotune.emit import accelerate, hf, llamafactory, swift
+from autotune.emit import accelerate, hf, llamafactory, swift, swift_read
 from autotune.errors import UsageError
 from autotune.search.levers import cheapest_fitting
 from autotune.probe import ProgressSink, find_frontier
@@ -292,7 +292,7 @@ def test_every_target_spells_partial_checkpointing_and_liger():
     assert body["use_liger_kernel"] is True and body["packing"] is True and body["sequence_parallel_size"] == 2
     assert set(body) - {"ENV"} <= set(swift.field_list("4.6"))
     assert "every_n_layers=4" in text and "sequence_parallel_size=2" in text
-    settings, _ = swift.settings_from_args(body)
+    settings, _ = swift_read.settings_from_args(body)
     assert settings["checkpoint_every_n_layers"] == 4 and settings["use_liger_kernel"] is True
 
     lf = llamafactory.render(r)

@@ -79,7 +79,7 @@ def test_a_qwen2_vl_video_is_counted_as_the_launch_that_makes_it_largest(vision_
 def test_video_min_pixels_reaches_the_launch_files_and_the_check_reads_it_back():
     from autotune.cli import build_parser
     from autotune.cli.probe import spec_from_args
-    from autotune.emit import swift
+    from autotune.emit import swift_read
     from autotune.model.multimodal import recipe_settings, swift_env
     from autotune.model.training_setup import plan_inputs
 
@@ -90,7 +90,7 @@ def test_video_min_pixels_reaches_the_launch_files_and_the_check_reads_it_back()
     assert setup.vision.video_tokens == 2 * 113
     assert swift_env(setup.family, setup.vision, spec)["VIDEO_MIN_PIXELS"] == "12544"
     assert recipe_settings(setup, spec, False)["video_min_pixels"] == 12544
-    back, _ = swift.settings_from_args({"ENV": {"VIDEO_MIN_PIXELS": "25088"}}, {})
+    back, _ = swift_read.settings_from_args({"ENV": {"VIDEO_MIN_PIXELS": "25088"}}, {})
     assert back["video_min_pixels"] == 25088
     unset = spec_from_args(build_parser().parse_args(argv[:-2]))
     assert "VIDEO_MIN_PIXELS" not in swift_env(setup.family, plan_inputs(resolve(None, "tiny-qwen2-vl"), unset).vision, unset)

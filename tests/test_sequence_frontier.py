@@ -260,7 +260,7 @@ def test_qwen3_vl_video_frames_auto_equals_brute_force():
 
 
 def test_ms_swift_default_length_is_the_smallest_config_length():
-    from autotune.emit.swift import default_max_length
+    from autotune.emit.swift_read import default_max_length
 
     assert default_max_length(resolve(None, "tiny-llama").config) == 1024
     assert default_max_length(resolve(None, "tiny-qwen2-vl").config) == 4096  # from the nested text_config

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..cluster import launch
-from ..emit import swift
+from ..emit import swift_read
+from ..emit.common import HELD_ENV, TOKEN_ENV, VISION_ENV
 from ..errors import UsageError
 from ..recipe.schema import load_recipe
 from ..sizes import format_size
@@ -71,20 +72,20 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     from ..check import pixels_per_token, unset_length
 
     environ = dict(os.environ) if environ is None else environ
-    args = swift.read_args(path)
-    settings, model = swift.settings_from_args(args, environ, pixels_per_token(recipe))
+    args = swift_read.read_args(path)
+    settings, model = swift_read.settings_from_args(args, environ, pixels_per_token(recipe))
     recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
                                  model=dataclasses.replace(recipe.model, **model))
     recipe, note = unset_length(recipe, args, path)
-    given = swift.media_env(args, environ)
-    held = {k: v for k, v in (recipe.settings.env or {}).items() if k in swift.HELD_ENV}
+    given = swift_read.media_env(args, environ)
+    held = {k: v for k, v in (recipe.settings.env or {}).items() if k in HELD_ENV}
     for key, value in held.items():
         if key in given and given[key] != value:
             raise UsageError("--swift-args", f"{key}={given[key]} ({path} or this shell) changes the media worst case, which the "
                                              f"recipe holds at {key}={value} and a check cannot vary",
                              f"set {key}={value} or leave it unset")
-    given |= {swift.TOKEN_ENV[k].upper(): v for k, v in given.items() if k in swift.TOKEN_ENV}  # the same limit, in tokens
-    unset = {k: v for k, v in (recipe.settings.env or {}).items() if k in swift.VISION_ENV and k not in given}
+    given |= {TOKEN_ENV[k].upper(): v for k, v in given.items() if k in TOKEN_ENV}  # the same limit, in tokens
+    unset = {k: v for k, v in (recipe.settings.env or {}).items() if k in VISION_ENV and k not in given}
     if unset:
         media = (f"neither {path} nor this shell sets {', '.join(unset)}: ms-swift's template then uses its default limit; "
                  f"export {' '.join(f'{k}={v}' for k, v in unset.items())} before the launch (checked at the recipe's value)")

@@ -1,0 +1,140 @@
+"""ms-swift argument files read back (`check --swift-args`): the file's settings in recipe names,
+the media variables its templates will read (the file's `ENV` block over the shell's exports),
+and the length ms-swift trains at when the file sets none. The writing side is swift.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..errors import UsageError
+from .common import HELD_ENV, TOKEN_ENV, VISION_ENV
+from .swift import ATTN_IMPL
+
+
+def read_args(path: str | Path) -> dict:
+    """Read an ms-swift argument file (YAML or JSON, 3.x or 4.x) back into a flat mapping of
+    ms-swift names; the `ENV:` block comes back under "ENV"."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is YAML
+    except FileNotFoundError:
+        raise UsageError("--swift-args", f"no file at {path}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError("--swift-args", f"{path} is not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError("--swift-args", f"{path} does not hold a mapping of ms-swift arguments")
+    return data
+
+
+_BACK = {"per_device_train_batch_size": int, "gradient_accumulation_steps": int, "per_device_eval_batch_size": int,
+         "eval_accumulation_steps": int, "max_length": int, "torch_dtype": str, "optim": str,
+         # swift rlhf (issue #12): what sets the completions, the reference model and the rollout share
+         "rlhf_type": str, "num_generations": int, "max_completion_length": int, "beta": float, "vllm_mode": str,
+         "vllm_gpu_memory_utilization": float, "sleep_level": int, "steps_per_generation": int}
+_BOOLS = ("gradient_checkpointing", "prediction_loss_only", "vit_gradient_checkpointing", "freeze_vit", "freeze_aligner", "freeze_llm",
+          "packing", "padding_free", "use_liger_kernel", "use_vllm", "offload_model", "offload_optimizer")
+
+
+def _as_bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise UsageError("--swift-args", f"{key}: cannot read {value!r} as true/false")
+
+
+def _mixed_precision_back(args: dict) -> str | None:
+    """ms-swift's rule (ModelArguments._init_mixed_precision): an unset fp16 is on for float16 and
+    float32 weights, an unset bf16 on for bfloat16. None where neither the keys nor the dtype say."""
+    dtype = args.get("torch_dtype")
+    if dtype is None and args.get("bf16") is None and args.get("fp16") is None:
+        return None
+    fp16 = _as_bool("fp16", args["fp16"]) if args.get("fp16") is not None else dtype in ("float16", "float32")
+    bf16 = _as_bool("bf16", args["bf16"]) if args.get("bf16") is not None else dtype == "bfloat16"
+    if fp16 and bf16:
+        raise UsageError("--swift-args", "bf16 and fp16 are both on", "set one of them to false")
+    return "bf16" if bf16 else "fp16" if fp16 else "no"
+
+
+# ms-swift's HfConfigFactory.get_max_model_len: the smallest of these config values (nested
+# configs included) is the model's max_model_len, which it trains at when max_length is unset.
+MODEL_LEN_KEYS = ("seq_length", "max_position_embeddings", "n_positions", "model_max_length", "seq_len", "max_seq_len",
+                  "max_sequence_length", "max_seq_length")
+
+
+def default_max_length(config) -> int | None:
+    """The max_length ms-swift uses when the arguments set none: the model's full length."""
+    configs = [config] + [getattr(config, name) for name in ("text_config", "llm_config", "language_config")
+                          if getattr(config, name, None) is not None]
+    found = [v for c in configs for key in MODEL_LEN_KEYS if isinstance(v := getattr(c, key, None), int) and v > 0]
+    return min(found) if found else None
+
+
+def media_env(args: dict, environ: dict | None = None) -> dict:
+    """The media variables ms-swift's templates will read: those exported in `environ` (the
+    shell's; a 3.x file has no ENV block, its header says to export them), the file's ENV block
+    over them (4.x sets it into the environment)."""
+    keys = VISION_ENV | HELD_ENV | TOKEN_ENV.keys() | {"USE_AUDIO_IN_VIDEO"}
+    return {k: str(v) for k, v in (environ or {}).items() if k in keys} | {str(k): str(v) for k, v in (args.get("ENV") or {}).items()}
+
+
+def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token: int | None = None) -> tuple[dict, dict]:
+    """(settings changes in recipe names, model changes) read back from ms-swift arguments, and
+    from the media variables `environ` exports (media_env). `pixels_per_token`: the Qwen-VL
+    family's factor squared, to read qwen-vl-utils' token numbers (TOKEN_ENV), which win over the
+    pixel names as they do in ms-swift."""
+    # ms-swift itself, whatever the file says: use_cache off in the language model's configs too.
+    settings: dict = {"use_cache_off_in_sub_configs": True}
+    for key, kind in _BACK.items():
+        if args.get(key) is not None:
+            try:
+                settings[key] = kind(args[key])
+            except (TypeError, ValueError):
+                raise UsageError("--swift-args", f"{key}: cannot read {args[key]!r} as {kind.__name__}") from None
+    for key in _BOOLS:
+        if args.get(key) is not None:
+            settings[key] = _as_bool(key, args[key])
+    kwargs = args.get("gradient_checkpointing_kwargs")
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            raise UsageError("--swift-args", f"gradient_checkpointing_kwargs: {kwargs!r} is not JSON") from None
+    if isinstance(kwargs, dict) and kwargs.get("every_n_layers"):
+        settings["checkpoint_every_n_layers"] = int(kwargs["every_n_layers"])
+    precision = _mixed_precision_back(args)
+    if precision is not None:
+        settings["mixed_precision"] = precision
+    if args.get("sequence_parallel_size") is not None:
+        settings["sequence_parallel_size"] = int(args["sequence_parallel_size"])
+    if args.get("attn_impl") is not None:
+        back = {v: k for k, v in ATTN_IMPL.items()}
+        settings["attn_implementation"] = back.get(args["attn_impl"], args["attn_impl"])
+    deepspeed = args.get("deepspeed")
+    if deepspeed:
+        settings["strategy"] = str(deepspeed)
+    env = media_env(args, environ)
+    for name, key in (("MAX_PIXELS", "max_pixels"), ("VIDEO_MAX_PIXELS", "video_max_pixels"), ("VIDEO_MIN_PIXELS", "video_min_pixels"),
+                      ("VIDEO_SEGMENTS", "video_frames"),
+                      ("FPS_MAX_FRAMES", "video_frames")):
+        if name in env:
+            settings[key] = int(env[name])
+    for name, key in TOKEN_ENV.items():
+        if name in env and pixels_per_token:
+            settings[key] = int(env[name]) * pixels_per_token
+    if settings.get("video_frames") or "USE_AUDIO_IN_VIDEO" in env:
+        # ms-swift's Qwen2.5-Omni template loads a video's sound track only when told (default false)
+        settings["use_audio_in_video"] = _as_bool("USE_AUDIO_IN_VIDEO", env.get("USE_AUDIO_IN_VIDEO", False))
+    model: dict = {}
+    train_type = args.get("tuner_type", args.get("train_type"))
+    if train_type is not None:
+        model["train_type"] = str(train_type)
+    if args.get("lora_rank") is not None or args.get("lora_alpha") is not None:
+        model["lora"] = {"r": int(args.get("lora_rank", 8)), "alpha": int(args.get("lora_alpha", 32)),
+                         "dropout": float(args.get("lora_dropout", 0.05)), "target_modules": "all-linear"}
+    return settings, model
