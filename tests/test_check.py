@@ -101,6 +101,19 @@ def test_swift_args_replace_the_recipe_settings(recipe_file, tmp_path, capsys):
     assert data["trials"][0]["settings"]["per_device_train_batch_size"] == 64 and data["trials"][0]["outcome"] == "oom"
 
 
+def test_a_text_models_ms_swift_file_may_carry_the_vision_flags_ms_swift_ignores(recipe_file, tmp_path, capsys, monkeypatch):
+    """ms-swift defaults freeze_vit to true and scripts export MAX_PIXELS; for a text model ms-swift
+    ignores both (TunerArguments._init_multimodal_full, the text template), so the check runs the
+    file and says it ignored them. It refused the file ('this model is text-only')."""
+    text = swift.render_yaml(variant("base"), "4.6") + "freeze_vit: true\nfreeze_aligner: true\nvit_gradient_checkpointing: true\n"
+    args = tmp_path / "swift.yaml"
+    args.write_text(text)
+    monkeypatch.setenv("MAX_PIXELS", "1003520")
+    assert main(["check", str(recipe_file), "--swift-args", str(args)]) == 0
+    out = capsys.readouterr().out
+    assert "note: freeze_vit, freeze_aligner, vit_gradient_checkpointing, max_pixels: ignored" in out
+
+
 def test_check_help_documents_exit_codes(capsys):
     with pytest.raises(SystemExit):
         main(["check", "--help"])

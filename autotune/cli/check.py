@@ -74,6 +74,9 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     environ = dict(os.environ) if environ is None else environ
     args = swift_read.read_args(path)
     settings, model = swift_read.settings_from_args(args, environ, pixels_per_token(recipe))
+    ignored = []
+    if not recipe.multimodal:
+        settings, ignored = swift_read.without_vision(settings)
     recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
                                  model=dataclasses.replace(recipe.model, **model))
     recipe, note = unset_length(recipe, args, path)
@@ -90,6 +93,9 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
         media = (f"neither {path} nor this shell sets {', '.join(unset)}: ms-swift's template then uses its default limit; "
                  f"export {' '.join(f'{k}={v}' for k, v in unset.items())} before the launch (checked at the recipe's value)")
         note = f"{note}; {media}" if note else media
+    if ignored:
+        text = f"{', '.join(ignored)}: ignored, as ms-swift does for a text model (nothing here reads them)"
+        note = f"{note}; {text}" if note else text
     return recipe, note
 
 

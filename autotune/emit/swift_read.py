@@ -83,6 +83,20 @@ def media_env(args: dict, environ: dict | None = None) -> dict:
     return {k: str(v) for k, v in (environ or {}).items() if k in keys} | {str(k): str(v) for k, v in (args.get("ENV") or {}).items()}
 
 
+# What only a vision-language model reads. ms-swift ignores the freeze flags of a text model
+# (TunerArguments._init_multimodal_full returns unless the model is multimodal; the LoRA target
+# regex likewise) and a text template reads no media variables, so a file or shell that carries
+# them (freeze_vit defaults to true, scripts export MAX_PIXELS) launches a text model unchanged.
+VISION_SETTINGS = ("freeze_vit", "freeze_aligner", "freeze_llm", "vit_gradient_checkpointing", "max_pixels", "video_max_pixels",
+                   "video_min_pixels", "video_frames", "use_audio_in_video")
+
+
+def without_vision(settings: dict) -> tuple[dict, list[str]]:
+    """A text model's settings: the vision-only ones dropped, and their names (ms-swift ignores them)."""
+    dropped = [k for k in VISION_SETTINGS if k in settings]
+    return {k: v for k, v in settings.items() if k not in VISION_SETTINGS}, dropped
+
+
 def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token: int | None = None) -> tuple[dict, dict]:
     """(settings changes in recipe names, model changes) read back from ms-swift arguments, and
     from the media variables `environ` exports (media_env). `pixels_per_token`: the Qwen-VL
