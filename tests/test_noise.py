@@ -57,7 +57,8 @@ def test_json_stdout_holds_the_json_only_when_a_library_prints_to_stdout(tmp_pat
     text, emitted = done.stdout.split("\n}\n", 1)
     assert json.loads(text + "}")["max_length"] == 32 and "a library line" not in done.stdout
     assert done.stderr.count("a library line on stdout") == 1 and "a print too" in done.stderr
-    assert emitted.strip() and "a print" not in emitted
+    assert json.loads(emitted)["output_dir"] and "a print" not in emitted  # the TrainingArguments file alone: one JSON document
+    assert "also writes OUT.model.json beside its file" in done.stderr
 
 
 def test_other_warnings_still_show():

@@ -91,9 +91,12 @@ def run(args) -> int:
                          "leave --dataset out; your training script loads the data")
     out = args.out
     outputs = files(args.target, recipe, "-" if out == "-" else out, args.swift_version, args.dataset, args.script)
-    if out == "-":
-        for text in outputs.values():
-            results().write(text)
+    if out == "-":  # the file the framework reads; a second one (a sidecar) would make stdout unparseable
+        main_text, *rest = outputs.values()
+        results().write(main_text)
+        if rest:
+            print(f"note: {args.target} also writes {', '.join(p.replace('-', 'OUT', 1) for p in list(outputs)[1:])} beside its file; "
+                  "give -o a file name to get both", file=sys.stderr)
         return 0
     write_files(outputs, args.force)
     for path in outputs:
