@@ -80,6 +80,19 @@ def test_check_writable_refuses_to_overwrite(tmp_path):
     assert str(info.value) == f"--plot: {target} already exists; choose another --plot, or add --force to overwrite it"
 
 
+def test_out_dash_is_refused_not_written_as_a_file_named_dash(tmp_path, capsys, monkeypatch):
+    """`probe --out -` and `plan --out -` wrote a recipe file named '-' in the working directory."""
+    from autotune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "64MiB", "--max-length", "16", "--out", "-"],
+                 ["plan", "--model-config", "tiny-llama", "--max-length", "16", "--gpu-memory", "64MiB", "--out", "-"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("autotune: error: --out: '-' (stdout)") and "--format json" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("edit,key", [
     (("per_device_train_batch_size: ", "sixteen"), "settings.per_device_train_batch_size"),
     (("gradient_checkpointing: ", "'yes please'"), "settings.gradient_checkpointing"),

@@ -327,6 +327,9 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
 
 def check_writable(path: str | os.PathLike, force: bool, flag: str = "--out") -> None:
     """Refuse, before any work, to overwrite a file the user has unless they asked."""
+    if str(path) == "-":  # not stdout here: the file would be named "-"
+        raise UsageError(flag, "'-' (stdout) is not a file this command can write to",
+                         "give a file name" + (", and add --format json to print the result on stdout" if flag == "--out" else ""))
     path = Path(path)
     if path.is_dir():
         raise UsageError(flag, f"{path} is a directory", "give a file name such as recipe.yaml")
