@@ -250,6 +250,16 @@ def test_checkpointing_values_parse():
         levers.parse_checkpointing("every-x")
 
 
+def test_probe_and_plan_take_each_others_word_for_both_checkpointing_candidates():
+    """plan said `both`, probe `search`: a plan command line reused for the probe was refused."""
+    from autotune.cli import build_parser
+
+    assert levers.parse_checkpointing("both") == levers.parse_checkpointing("search")
+    parse = build_parser().parse_args
+    for word in ("both", "search"):
+        assert parse(["plan", "--model-config", "tiny-llama", "--max-length", "8", "--gradient-checkpointing", word]).gradient_checkpointing == word
+
+
 def test_liger_and_padding_free_are_skipped_here_with_their_reasons():
     runner = _Table(6, budget=1500, recompute=0.3)
     space = _table_space(runner, padding_free=(False, True), liger=(False, True))

@@ -57,8 +57,8 @@ def add_parser(sub) -> None:
                                 "full fine-tune or peft LoRA; qlora is refused (bitsandbytes quantizes real weights) (default: full)")
     train.add_argument("--max-length", type=int, required=True, help="tokens per sample (required)")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
-    train.add_argument("--gradient-checkpointing", nargs="?", const="on", default="both", choices=("on", "off", "both"),
-                       help="checkpointing candidates; the bare flag means on (default: both)")
+    train.add_argument("--gradient-checkpointing", nargs="?", const="on", default="both", choices=("on", "off", "both", "search"),
+                       help="checkpointing candidates; the bare flag means on (default: both; search, probe's word, is the same)")
     train.add_argument("--attn", default="sdpa", metavar="LIST",
                        help=f"attention candidates, comma-separated, from {', '.join(ATTN_IMPLEMENTATIONS)} (default: sdpa)")
     train.add_argument("--eval-outputs", choices=EVAL_OUTPUTS[:3], default="loss", metavar="loss|logits|argmax",
@@ -99,7 +99,7 @@ def options_from_args(args):
     if unknown or not attn:
         raise UsageError("--attn", f"unknown attention implementation {', '.join(unknown) or '(none)'}",
                          f"choose from {', '.join(ATTN_IMPLEMENTATIONS)}, comma-separated")
-    checkpointing = {"on": [True], "off": [False], "both": [False, True]}[args.gradient_checkpointing]
+    checkpointing = {"on": [True], "off": [False], "both": [False, True], "search": [False, True]}[args.gradient_checkpointing]
     if args.strategy and args.world_size < 2:
         raise UsageError("--strategy", f"{args.strategy} shards over ranks but --world-size is {args.world_size}", "add --world-size N with N >= 2")
     if not 0 <= args.fragmentation < 1:

@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
     space = p.add_argument_group("search space (the fastest configuration that fits wins)")
     space.add_argument("--gradient-checkpointing", nargs="?", const="on", default="search", metavar="on|off|search|every-N|partial",
-                       help="non-reentrant gradient checkpointing: on, off, or search both (default: search; the bare flag means on); "
+                       help="non-reentrant gradient checkpointing: on, off, or search both (default: search, or both as plan says it; the bare flag means on); "
                             "every-N: every N-th layer; partial: off, on and every-N with N searched")
     space.add_argument("--attn", default=",".join(ATTN_IMPLEMENTATIONS), metavar="LIST",
                        help=f"attention implementations to search, comma-separated (default: {','.join(ATTN_IMPLEMENTATIONS)}; "

@@ -32,7 +32,8 @@ from ..errors import UsageError
 from ..extras import install_hint
 
 LEVER_KEYS = ("checkpoint_every_n_layers", "activation_offloading", "packing", "padding_free", "use_liger_kernel")
-SWITCHES = {"off": (False,), "on": (True,), "search": (False, True)}
+# "both" is `autotune plan`'s word for search: either command takes the other's.
+SWITCHES = {"off": (False,), "on": (True,), "search": (False, True), "both": (False, True)}
 # --gradient-checkpointing values beyond on/off/search: every-N (fixed) and partial (N searched).
 PARTIAL = "partial"
 
