@@ -16,7 +16,7 @@ from .describe import describe_hardware
 from .recipe import levers, rlhf
 from .recipe.levers import LEVER_KEYS
 from .recipe.schema import Recipe, TrialResult
-from .spec import ProbeSpec
+from .spec import QWEN_VL_UTILS, ProbeSpec
 from .trials.trial import run_training, run_trial
 
 CHECK_STEPS = 3  # AdamW's state is lazy: the peak is read from step 2 on
@@ -183,7 +183,7 @@ def vision_fields(recipe: Recipe) -> dict:
     the model's default worst case (Qwen2-VL: 16384 image tokens), not the probed one."""
     s, media = recipe.settings, recipe.multimodal or {}
     fields = {"freeze_vit": s.freeze_vit, "freeze_aligner": s.freeze_aligner, "freeze_llm": s.freeze_llm,
-              "max_pixels": s.max_pixels, "video_max_pixels": s.video_max_pixels, "video_min_pixels": s.video_min_pixels,
+              "max_pixels": s.max_pixels, "image_resize": image_resize(recipe), "video_max_pixels": s.video_max_pixels, "video_min_pixels": s.video_min_pixels,
               "video_frames": s.video_frames}
     if media:
         fields["images_per_sample"] = media.get("images_per_sample")
@@ -193,6 +193,12 @@ def vision_fields(recipe: Recipe) -> dict:
     if s.use_audio_in_video is not None:  # the setting, which an ms-swift file's USE_AUDIO_IN_VIDEO replaces
         fields["use_audio_in_video"] = s.use_audio_in_video
     return fields
+
+
+def image_resize(recipe: Recipe) -> str | None:
+    """The rule that sized the recipe's images; an older recipe's was the largest grid (qwen-vl-utils')."""
+    s = recipe.settings
+    return s.image_resize or (QWEN_VL_UTILS if s.max_pixels is not None else None)
 
 
 def phases(recipe: Recipe) -> list[tuple[str, dict]]:

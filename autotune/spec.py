@@ -26,6 +26,12 @@ DEFAULT_LENGTH_GRANULARITY = 64
 TASKS = ("train", "eval")
 
 
+# The rule that sizes a Qwen-VL image where the launch does (model/families/qwen_resize.py):
+# transformers' processor (a script of the user's own, TRL, LLaMA-Factory: a thin strip under a
+# small --max-pixels comes out past it) or qwen-vl-utils (ms-swift's templates: the largest grid).
+PROCESSOR, QWEN_VL_UTILS = "processor", "qwen-vl-utils"
+IMAGE_RULES = (PROCESSOR, QWEN_VL_UTILS)
+
 @dataclass
 class ProbeSpec:
     max_length: int | None  # None only with `dataset`, which measures it
@@ -96,6 +102,7 @@ class ProbeSpec:
     video_max_pixels: int | None = None
     video_min_pixels: int | None = None  # per frame: ms-swift's VIDEO_MIN_PIXELS (qwen-vl-utils' frame minimum)
     use_audio_in_video: bool = False  # the video's sound track goes in too (Qwen2.5-Omni; ms-swift's USE_AUDIO_IN_VIDEO)
+    image_resize: str | None = None  # which rule sizes a Qwen-VL image (IMAGE_RULES); None: the processor's, the larger
     dataset: str | None = None  # ms-swift JSONL; its samples set max_length / max_pixels
     length_percentile: float | None = None  # probe at this percentile of the dataset instead of its max
     tokenizer: str | None = None  # a local tokenizer/processor directory for --dataset
@@ -191,6 +198,8 @@ class ProbeSpec:
             raise UsageError("--eval-outputs", "TRL's trainers evaluate their loss (and the rewards they log)", "leave --eval-outputs out")
 
     def _validate_multimodal(self) -> None:
+        if self.image_resize is not None and self.image_resize not in IMAGE_RULES:
+            raise UsageError("--image-resize", f"unknown rule {self.image_resize!r}", f"choose {' or '.join(IMAGE_RULES)}")
         if self.optim not in OPTIMIZERS:
             raise UsageError("--optim", f"unknown optimizer {self.optim!r}", f"choose one of {', '.join(OPTIMIZERS)}")
         for flag, value in (("--max-pixels", self.max_pixels), ("--video-max-pixels", self.video_max_pixels),

@@ -21,7 +21,8 @@ from autotune.model.workload import load_workload
 
 MiB = 2**20
 NEW_TOKENS = 8
-MODEL = ["--model-config", "tiny-qwen2-vl", "--max-length", "32", "--max-pixels", "6272"]
+# 8-token images at the largest grid (the processor's thin strip would be 40, past 32 tokens)
+MODEL = ["--model-config", "tiny-qwen2-vl", "--max-length", "32", "--max-pixels", "6272", "--image-resize", "qwen-vl-utils"]
 
 
 def evaluated(recipe, spec, capacity, eval_batch, tmp):
@@ -68,7 +69,8 @@ def test_eval_only_probe_with_generation_matches_the_users_evaluate(eval_recipe,
     assert s.per_device_eval_batch_size == recipe.search.frontier["eval"] >= 1
     assert all(t.phase == "eval" for t in recipe.search.trials)
     budget = recipe.search.budget_bytes
-    spec = ProbeSpec(model_config="tiny-qwen2-vl", max_length=32, max_pixels=6272, device="sim", gpu_memory=capacity, task="eval")
+    spec = ProbeSpec(model_config="tiny-qwen2-vl", max_length=32, max_pixels=6272, device="sim", gpu_memory=capacity, task="eval",
+                     image_resize="qwen-vl-utils")  # 8 tokens (the processor's thin strip: 40, past 32)
     at = evaluated(recipe, spec, capacity, s.per_device_eval_batch_size, tmp_path / "a")
     assert at <= budget
     # the frontier is exact: one more passes the budget (or the device: the OOM is the oracle's answer too)

@@ -371,7 +371,7 @@ def test_vision_language_packed_rows_hold_the_most_media_and_mask_each_sample(ma
     from autotune.trials.trial import run_trial
 
     length = 128
-    workload = make_workload("tiny-qwen2-vl", 512 * MiB, max_length=length, max_pixels=12544)
+    workload = make_workload("tiny-qwen2-vl", 512 * MiB, max_length=length, max_pixels=12544, image_resize="qwen-vl-utils")  # 16 tokens
     vplan, config = workload.setup.vision, workload.source.config
     k = packing.samples_per_row(vplan, length)
     assert k == length // (vplan.tokens + packing.TEXT_PER_SAMPLE) == 3
@@ -393,7 +393,8 @@ def test_vision_language_packed_rows_hold_the_most_media_and_mask_each_sample(ma
     unpacked = run_trial(workload, "train", {"per_device_train_batch_size": 2, "packing": False}, 3, 10**12).peak_bytes
     assert peaks[2] > unpacked  # three images a row, not one
     capacity = int((peaks[3] + peaks[4]) / 2 / 0.9)
-    spec = ProbeSpec(max_length=length, model_config="tiny-qwen2-vl", max_pixels=12544, device="sim", gpu_memory=capacity,
+    spec = ProbeSpec(max_length=length, model_config="tiny-qwen2-vl", max_pixels=12544, image_resize="qwen-vl-utils", device="sim",
+                     gpu_memory=capacity,
                      max_batch_size=8, attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,), packing=(True,),
                      eval=False, validate_steps=3)  # no global batch: every trial at accumulation 1, as brute force ran
     recipe = probe(spec, device=SimDevice(capacity))

@@ -23,7 +23,7 @@ def frontier(workload, budget, max_batch=12):
 
 @pytest.mark.parametrize("name,capacity,media", [
     ("tiny-qwen2-vl", 9 * MiB, {"max_pixels": 56 * 56}),
-    ("tiny-qwen2.5-vl", 7 * MiB + MiB // 2, {"max_pixels": 112 * 112}),
+    ("tiny-qwen2.5-vl", 7 * MiB + MiB // 2, {"max_pixels": 112 * 112, "image_resize": "qwen-vl-utils"}),  # the largest grid
     ("tiny-llava", 8 * MiB, {}),
     ("tiny-llava-next", 12 * MiB, {}),
 ])
@@ -72,7 +72,7 @@ def test_more_pixels_or_frames_lower_the_frontier(make_workload):
     while batch 1 does, so their frontier lies in [1, F)."""
     capacity = 11 * MiB
     budget = int(capacity * 0.9)
-    base = {"max_pixels": 56 * 56, "images_per_sample": 1}
+    base = {"max_pixels": 56 * 56, "images_per_sample": 1, "image_resize": "qwen-vl-utils"}  # images at the largest grid
     found, _ = frontier(make_workload("tiny-qwen2-vl", capacity, max_length=64, **base), budget, 6)
     assert found >= 2
     # the smallest video frame qwen-vl-utils and the processor allow is 29 tokens (a thin one, scaled up)
@@ -138,9 +138,26 @@ def test_vision_flags_on_a_text_model_are_refused(tmp_path, capsys):
     assert "text-only" in capsys.readouterr().err
 
 
+def test_through_the_processor_the_worst_image_is_the_strip_it_clamps(make_workload):
+    """A launch that resizes with transformers' processor (the default, and --emit hf / trl /
+    llamafactory) meets a thin strip the processor keeps one factor high: at 112 x 112 pixels' limit
+    (16 tokens) a 15 x 3000 image becomes 28 x 1568 pixels, 56 tokens; the batch carries that grid.
+    qwen-vl-utils (ms-swift) makes at most the largest grid, 16."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    workload = make_workload("tiny-qwen2-vl", 1 << 30, max_length=128, max_pixels=112 * 112, images_per_sample=1)
+    vision, config = workload.setup.vision, workload.source.config
+    assert vision.image_source == (15, 3000) and smart_resize(15, 3000, 28, 56 * 56, 112 * 112) == (28, 1568)
+    assert vision.image_tokens == 56 and vision.image_grid == (1, 2, 112)
+    batch = workload.make_batch(2)
+    assert (batch["input_ids"] == config.image_token_id).sum() == 2 * 56 and batch["image_grid_thw"].tolist() == [[1, 2, 112]] * 2
+    swift = make_workload("tiny-qwen2-vl", 1 << 30, max_length=128, max_pixels=112 * 112, images_per_sample=1, image_resize="qwen-vl-utils")
+    assert swift.setup.vision.image_tokens == 16
+
+
 def test_worst_case_batch_matches_the_model_rules(make_workload):
     workload = make_workload("tiny-qwen2-vl", 1 << 30, max_length=128, max_pixels=112 * 112, images_per_sample=2,
-                             video_frames=3, video_max_pixels=56 * 56, video_min_pixels=56 * 56)
+                             video_frames=3, video_max_pixels=56 * 56, video_min_pixels=56 * 56, image_resize="qwen-vl-utils")
     batch = workload.make_batch(3)
     config = workload.source.config
     assert batch["input_ids"].shape == (3, 128)
@@ -150,3 +167,42 @@ def test_worst_case_batch_matches_the_model_rules(make_workload):
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]] * 6 and batch["video_grid_thw"].tolist() == [[2, 2, 58]] * 3
     assert batch["pixel_values"].shape == (6 * 64, 3 * 2 * 14 * 14)
     assert torch.equal(batch["labels"] == -100, batch["mm_token_type_ids"] != 0)
+
+
+def test_the_image_rule_follows_the_launch_and_check_rebuilds_it(tmp_path):
+    """--emit swift alone: ms-swift's qwen-vl-utils (the largest grid); any other launch, or none:
+    transformers' processor. The recipe records the rule, `check` and the reprobe command rebuild
+    it, and `check --swift-args` checks what ms-swift makes."""
+    import dataclasses
+
+    from autotune.check import reprobe_command, spec_for
+    from autotune.cli import build_parser
+    from autotune.cli.check import with_swift_args
+    from autotune.cli.probe import spec_from_args
+    from autotune.emit import hf, llamafactory, swift
+    from autotune.recipe.schema import load_recipe
+
+    def rule(*flags):
+        args = build_parser().parse_args(["probe", "--model-config", "tiny-qwen2-vl", "--max-length", "96", *flags])
+        return spec_from_args(args).image_resize
+
+    assert rule() == rule("--emit", "hf") == rule("--emit", "swift", "--emit", "hf") == "processor"
+    assert rule("--emit", "swift") == "qwen-vl-utils" and rule("--emit", "swift", "--image-resize", "processor") == "processor"
+    out = tmp_path / "vl.yaml"
+    assert main(["probe", "--model-config", "tiny-qwen2-vl", *SIM, "--max-length", "96", "--max-pixels", "12544", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3", "--max-batch-size", "2",
+                 "--out", str(out), "--no-journal", "--quiet"]) == 0
+    recipe = load_recipe(out)
+    assert recipe.settings.image_resize == "processor" and recipe.multimodal["image_tokens"] == 56  # the strip
+    assert spec_for(recipe, "sim", 2**26, 0.1).image_resize == "processor" and "--image-resize processor" in reprobe_command(recipe)
+    args = tmp_path / "swift.yaml"
+    args.write_text(swift.render_yaml(recipe, "4.6"))
+    checked, _ = with_swift_args(recipe, str(args), environ={})
+    assert spec_for(checked, "sim", 2**26, 0.1).image_resize == "qwen-vl-utils"
+    older = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, image_resize=None))
+    assert spec_for(older, "sim", 2**26, 0.1).image_resize == "qwen-vl-utils"  # what a recipe before the setting counted
+    # A launch through the processor of a recipe counted as ms-swift counts says so in its file.
+    as_swift = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, image_resize="qwen-vl-utils"))
+    assert "--image-resize processor" in hf.model_settings(as_swift)["image_resize"]["how"]
+    assert "--image-resize processor" in llamafactory.render(as_swift) and hf.model_settings(recipe)["image_resize"] == "processor"
+    assert "--image-resize" not in llamafactory.render(recipe)

@@ -85,7 +85,7 @@ def test_a_tower_of_window_blocks_and_a_full_block_is_measured_by_kind(tmp_path)
     every peak equals the full-depth run's."""
     path = _config(tmp_path, "tiny-qwen2.5-vl", text={"num_hidden_layers": 9},
                    vision={"depth": 12, "fullatt_block_indexes": [3, 7, 11]})
-    spec = ProbeSpec(max_length=96, model_config=path, max_pixels=112 * 112 * 4)
+    spec = ProbeSpec(max_length=96, model_config=path, max_pixels=112 * 112 * 4, image_resize="qwen-vl-utils")  # square: 4 windows
     source = plan_source(spec)
     choice = choose_depth(source.config, build_plan_workload(source, spec, FakeDevice(), fake=False).model)
     # text, tower: the base copy (no window block); a text layer more; a window block; a full block more
@@ -139,7 +139,7 @@ def test_a_tower_whose_peak_moves_between_kinds_falls_back_to_one_of_each_kind(t
     copies (one block of each kind in every copy), reusing the one copy they share, and says so."""
     path = _config(tmp_path, "tiny-qwen2.5-vl", text={"num_hidden_layers": 3},
                    vision={"depth": 12, "fullatt_block_indexes": [0, 4, 8], "hidden_size": 64, "intermediate_size": 256})
-    spec = ProbeSpec(max_length=96, model_config=path, max_pixels=224 * 224, margin=0.0)
+    spec = ProbeSpec(max_length=96, model_config=path, max_pixels=224 * 224, margin=0.0, image_resize="qwen-vl-utils")
     plan = make_plan(spec, PlanOptions([14 * MiB], attn=["eager"], checkpointing=[True], allowance=Allowance(0, 0, 0.0)))
     candidate = plan.candidates[0]
     assert "eager/gc-on fell back: measured on shallow copies" in plan.depth

@@ -24,7 +24,7 @@ def _plan(spec, checkpointing=False):
     # LLaVA-NeXT: anyres patches and the image-token count check (.item()).
     ("tiny-llava-next", 128, {}),
     # Qwen3-VL: deepstack features added at a boolean mask of the visual positions.
-    ("tiny-qwen3-vl", 128, {"max_pixels": 65536}),
+    ("tiny-qwen3-vl", 128, {"max_pixels": 65536, "image_resize": "qwen-vl-utils"}),  # the largest grid, not the 128-token strip
     # Qwen3-VL video: a temporal patch of 256 tokens between its timestamp and vision start/end
     # (qwen-vl-utils' worst frame at the per-frame floor), the grid split per frame in get_rope_index.
     ("tiny-qwen3-vl", 280, {"images_per_sample": 0, "video_frames": 2, "video_max_pixels": 131072, "eval_steps": 2}),
@@ -172,6 +172,12 @@ def test_a_planned_vision_language_recipe_carries_its_media_limits_into_the_laun
     recipe = load_recipe(out)
     s = recipe.settings
     assert (s.max_pixels, s.freeze_vit, s.freeze_aligner, s.freeze_llm, s.env.get("MAX_PIXELS")) == (12544, True, True, False, "12544")
-    assert recipe.multimodal["image_tokens"] == 16 and recipe.multimodal["images_per_sample"] == 1
+    # A plan knows no launch: the processor's rule, whose worst image at 16 tokens' pixels is a 56-token strip.
+    assert recipe.multimodal["image_tokens"] == 56 and recipe.multimodal["images_per_sample"] == 1 and s.image_resize == "processor"
     args = yaml.safe_load(swift.render_yaml(recipe, "4.6"))
-    assert args["ENV"]["MAX_PIXELS"] == "12544" and args["freeze_vit"] is True
+    assert args["ENV"]["MAX_PIXELS"] == "12544" and args["freeze_vit"] is True and "image_resize" not in args
+    assert main(["plan", "--model-config", "tiny-qwen2-vl", "--max-length", "96", "--max-pixels", "12544", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--gpu-memory", "24MiB", "--cuda-context", "0", "--workspaces", "0",
+                 "--image-resize", "qwen-vl-utils", "--out", str(out), "--force"]) == 0
+    swift_plan = load_recipe(out)
+    assert swift_plan.multimodal["image_tokens"] == 16 and swift_plan.settings.image_resize == "qwen-vl-utils"

@@ -28,6 +28,7 @@ CASES = {
 
 
 VL_PIXELS = 28 * 28 * 8  # 8 image tokens per image (+ vision start and end)
+VL_RULE = "qwen-vl-utils"  # the largest grid: TRL's processor makes 40 tokens of a thin image, past the 32-token prompts
 VL_CASES = {
     # the field report's shape: LoRA, frozen tower (ms-swift's default), vLLM's share held on the card
     "grpo lora, qwen2.5-vl": ("tiny-qwen2.5-vl", RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True,
@@ -35,7 +36,7 @@ VL_CASES = {
     "dpo lora, qwen2-vl": ("tiny-qwen2-vl", RLHFSpec("dpo"), "lora", None, (2, 1)),
 }
 PINNED = {**{name: ("tiny-llama", *case, {"max_length": 16}) for name, case in CASES.items()},
-          **{name: (*case, {"max_length": 32, "max_pixels": VL_PIXELS}) for name, case in VL_CASES.items()}}
+          **{name: (*case, {"max_length": 32, "max_pixels": VL_PIXELS, "image_resize": VL_RULE}) for name, case in VL_CASES.items()}}
 
 
 @pytest.mark.parametrize("name", list(PINNED))
@@ -68,7 +69,8 @@ def test_the_step_model_s_image_rows_are_the_processor_s(make_workload):
     from trl.data_utils import prepare_multimodal_messages
 
     rlhf = VL_CASES["grpo lora, qwen2.5-vl"][1]
-    workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=32, train_type="lora", rlhf=rlhf, max_pixels=VL_PIXELS)
+    workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=32, train_type="lora", rlhf=rlhf, max_pixels=VL_PIXELS,
+                             image_resize=VL_RULE)
     rows = rlhf_step_inputs.vision_rows(workload, 3)
     data = TrialData(workload, random.Random(0))
     prompts = data.prompts(3, 32)
@@ -116,13 +118,14 @@ def test_the_planned_vision_language_frontier_is_confirmed_by_trl_trials(name, m
     images at --max-pixels); TRL's trainer with the model's processor fits the budget at the
     planned frontier k and passes it at k + 1."""
     model, rlhf, train_type, global_batch, _ = VL_CASES[name]
-    spec = _grpo_spec(model_config=model, max_length=32, max_pixels=VL_PIXELS, rlhf=rlhf, global_batch_size=global_batch)
+    spec = _grpo_spec(model_config=model, max_length=32, max_pixels=VL_PIXELS, image_resize=VL_RULE, rlhf=rlhf,
+                      global_batch_size=global_batch)
     plan = make_plan(spec, PlanOptions([CAPACITY], checkpointing=[False], allowance=Allowance(0, 0, 0.0)))
     (candidate,) = plan.ok()
     p = candidate.predictions[0]
     assert p.train_frontier > 1
     workload = make_workload(model, CAPACITY, max_length=32, train_type=train_type, rlhf=rlhf, global_batch_size=global_batch,
-                             max_pixels=VL_PIXELS)
+                             max_pixels=VL_PIXELS, image_resize=VL_RULE)
     accumulation = (lambda b: max(1, round(global_batch / b))) if global_batch else (lambda b: 1)  # noqa: E731
     for batch, fits in ((p.train_frontier, True), (p.train_frontier + 1, False)):
         result = run_trial(workload, "train", {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation(batch)},

@@ -31,13 +31,16 @@ MiB = 2**20
 CAPACITY = 48 * MiB
 PROMPT, COMPLETION, GENERATIONS = 32, 8, 2
 PIXELS = 28 * 28 * 8  # 8 image tokens per image (+ vision start and end)
+# At 8 tokens transformers' processor makes 40 of a thin strip: these tests size the images as
+# ms-swift's qwen-vl-utils does (the largest grid); the processor's rule is tested on its own below.
+RULE = "qwen-vl-utils"
 
 
 def vl_spec(model="tiny-qwen2.5-vl", rlhf=None, **changes) -> ProbeSpec:
     rlhf = rlhf or RLHFSpec("grpo", num_generations=GENERATIONS, max_completion_length=COMPLETION, use_vllm=True,
                             vllm_gpu_memory_utilization=0.25)
     values = dict(max_length=PROMPT, model_config=model, train_type="lora", device="sim", gpu_memory=CAPACITY, rlhf=rlhf,
-                  global_batch_size=4, max_pixels=PIXELS, attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,),
+                  global_batch_size=4, max_pixels=PIXELS, image_resize=RULE, attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,),
                   validate_steps=4, eval=False)  # tests/test_rlhf.py searches evaluations; the images take the same path
     values.update(changes)
     return ProbeSpec(**values)
@@ -171,32 +174,37 @@ def test_vl_dpo_probe_runs_and_its_frontier_holds(tmp_path):
 
 # ---------------------------------------------------------------- the data the trials hand TRL
 
-@pytest.mark.parametrize("model", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
-def test_the_processor_makes_the_planned_worst_case_without_downloads(make_workload, model):
+@pytest.mark.parametrize("model, rule, prompt", [("tiny-qwen2-vl", RULE, PROMPT), ("tiny-qwen2.5-vl", RULE, PROMPT),
+                                                 ("tiny-qwen2-vl", "processor", 4 * PROMPT), ("tiny-qwen2.5-vl", "processor", 4 * PROMPT)])
+def test_the_processor_makes_the_planned_worst_case_without_downloads(make_workload, model, rule, prompt):
     """The model's processor class, built from the config: the worst-case image becomes exactly the
     planned grid, a prompt exactly --max-length tokens with its image tokens, and the stub engine's
-    prompt ids expand the placeholders as the processor does (the model checks that count)."""
+    prompt ids expand the placeholders as the processor does (the model checks that count). Under
+    the processor's own rule the worst image is a thin strip the processor clamps past the limit
+    (40 tokens at 8 tokens' pixels): TRL's processor makes that grid of the image the data holds."""
     from transformers import ProcessorMixin
 
     from autotune.trials.rlhf_data import TrialData
 
-    workload = make_workload(model, CAPACITY, max_length=PROMPT, train_type="lora", rlhf=RLHFSpec("grpo", num_generations=2,
+    workload = make_workload(model, CAPACITY, max_length=prompt, train_type="lora", rlhf=RLHFSpec("grpo", num_generations=2,
                              max_completion_length=4, use_vllm=True, vllm_mode="server"), global_batch_size=2,
-                             max_pixels=PIXELS, images_per_sample=2)
+                             max_pixels=PIXELS, images_per_sample=2, image_resize=rule)
     vision, config = workload.setup.vision, workload.source.config
     data = TrialData(workload, random.Random(0))
     assert isinstance(data.processing_class, ProcessorMixin)  # what TRL's trainers take for a vision-language model
     from trl.data_utils import prepare_multimodal_messages
 
-    prompts = data.prompts(3, PROMPT)
+    prompts = data.prompts(3, prompt)
     messages = [prepare_multimodal_messages(p, images=i) for p, i in zip(prompts["prompt"], prompts["images"])]
     out = data.rollout(4, 0)(messages, None)
     for ids, completion in zip(out["prompt_ids"], out["completion_ids"]):
-        assert len(ids) == PROMPT and ids.count(config.image_token_id) == vision.images * vision.image_tokens
+        assert len(ids) == prompt and ids.count(config.image_token_id) == vision.images * vision.image_tokens
         assert len(completion) == 4 and not set(completion) & data.avoid
     texts = [data.processing_class.apply_chat_template(m, tokenize=False) for m in messages]
     processed = data.processing_class(images=prompts["images"], text=texts, return_tensors="pt")
     assert processed["image_grid_thw"].tolist() == [list(vision.image_grid)] * (3 * vision.images)
+    if rule == "processor":
+        assert vision.image_tokens == 40 and vision.image_tokens * 28 * 28 > PIXELS  # the strip, past the limit
 
 
 @pytest.mark.parametrize("use_vllm", [True, False])
@@ -212,7 +220,7 @@ def test_the_images_reach_the_trials_forwards(make_workload, use_vllm):
     share = {"vllm_gpu_memory_utilization": 0.25} if use_vllm else {}
     rlhf = RLHFSpec("grpo", num_generations=2, max_completion_length=4, use_vllm=use_vllm, **share)
     workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=PROMPT, train_type="lora", rlhf=rlhf, global_batch_size=2,
-                             max_pixels=PIXELS)
+                             max_pixels=PIXELS, image_resize=RULE)
     vision, config = workload.setup.vision, workload.source.config
     forwards, encoded = [], []
     forward, encode = qwen.Qwen2_5_VLModel.forward, qwen.Qwen2_5_VLModel.get_image_features

@@ -168,7 +168,10 @@ class Rejudged:
 
 
 MEDIA = {  # case -> (model, dimension, spec)
-    "max_pixels": ("tiny-qwen2-vl", "max_pixels", dict(max_length=14)),  # 8 pixel values (4..11 tokens per image)
+    # qwen-vl-utils' rule (ms-swift): 8 pixel values (4..11 tokens per image, the largest grid)
+    "max_pixels": ("tiny-qwen2-vl", "max_pixels", dict(max_length=14, image_resize="qwen-vl-utils")),
+    # transformers' processor: a value's worst image is a thin strip (29..61 tokens at 4..19 tokens' pixels)
+    "max_pixels_processor": ("tiny-qwen2-vl", "max_pixels", dict(max_length=64, image_resize="processor")),
     # 1..7 temporal patches of 29 tokens (the thin frame scaled up to 3136 pixels) and the video's start/end
     "video_frames": ("tiny-qwen2-vl", "video_frames", dict(max_length=206, images_per_sample=0, video_max_pixels=3136,
                                                            video_min_pixels=3136)),
@@ -204,7 +207,7 @@ def test_media_auto_equals_brute_force(media_curve):
 def test_media_values_follow_the_family_resize_rule():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    spec = ProbeSpec(model_config="tiny-qwen2-vl", max_length=14, frontier="max_pixels")
+    spec = ProbeSpec(model_config="tiny-qwen2-vl", max_length=14, frontier="max_pixels", image_resize="qwen-vl-utils")
     values = frontier_values(spec, resolve(None, "tiny-qwen2-vl"))
     assert values.values == [t * 784 for t in range(4, 12)]  # 28x28 pixels per token, 56x56 at least
     for tokens, pixels in zip(range(4, 12), values.values):
@@ -212,6 +215,14 @@ def test_media_values_follow_the_family_resize_rule():
         best = max((h // 28) * (w // 28) for h in range(28, 400, 28) for w in range(28, 400, 28)
                    if smart_resize(h, w, 28, 3136, pixels) == (h, w))
         assert best == tokens
+    # Through the processor each value's worst image is larger (a thin strip): the list stops at the
+    # last whose image and its start/end leave one text token of 64.
+    source = resolve(None, "tiny-qwen2-vl")
+    family = family_for(source.config)
+    strips = frontier_values(ProbeSpec(model_config="tiny-qwen2-vl", max_length=64, frontier="max_pixels"), source)
+    tokens = [family.plan(source.config, Media(max_pixels=t * 784)).image_tokens for t in range(4, 21)]
+    assert strips.values == [t * 784 for t in range(4, 20)] and tokens[19 - 4] <= 61 < tokens[20 - 4]
+    assert tokens == sorted(tokens) and tokens[0] == 29 and all(n > t for n, t in zip(tokens, range(4, 21)))
     frames = frontier_values(ProbeSpec(model_config="tiny-qwen2-vl", frontier="video_frames", **MEDIA["video_frames"][2]),
                              resolve(None, "tiny-qwen2-vl"))
     assert frames.values == [2, 4, 6, 8, 10, 12, 14] and "7 temporal patches" in frames.cap_reason

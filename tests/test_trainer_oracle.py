@@ -129,7 +129,7 @@ def probed_for_swift():
     at 5 holds the cache: 2 layers x 2 x 2 KV heads x 16 x 96 tokens x 5 x 2 bytes = 120 KiB more)."""
     spec = ProbeSpec(device="sim", gpu_memory=15_480_036, attn_candidates=("sdpa",), gradient_checkpointing_candidates=(False,),
                      validate_steps=4, model_config="tiny-qwen2-vl", max_length=96, max_pixels=56 * 56 * 4,
-                     eval_outputs="loss", use_cache_off_in_sub_configs=True)
+                     eval_outputs="loss", use_cache_off_in_sub_configs=True, image_resize="qwen-vl-utils")
     return probe(spec), spec
 
 

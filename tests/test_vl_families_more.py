@@ -260,7 +260,7 @@ def test_qwen25_omni_video_with_its_sound_track_as_the_processor_lays_it_out():
     from autotune.model.multimodal import recipe_record
 
     settings = SimpleNamespace(freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_pixels=None, video_max_pixels=6272, video_frames=4,
-                               video_min_pixels=3136, use_audio_in_video=None)  # a recipe from before the setting: the record says it
+                               video_min_pixels=3136, use_audio_in_video=None, image_resize=None)  # a recipe from before the setting: the record says it
     recipe = SimpleNamespace(settings=settings, multimodal=recipe_record(real.setup, real.spec))
     assert vision_fields(recipe)["use_audio_in_video"] is True  # `check` rebuilds the worst case with the track
     from autotune.cli import build_parser

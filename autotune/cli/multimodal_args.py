@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..spec import OPTIMIZERS
+from ..spec import IMAGE_RULES, OPTIMIZERS
 
 EXAMPLES = """\
   # Qwen2.5-VL-7B weights-free: LoRA with the ViT frozen (ms-swift's default), 1003520-pixel images
@@ -59,6 +59,11 @@ def add_arguments(parser) -> None:
     vl.add_argument("--max-pixels", type=whole_or_auto, metavar="N|auto",
                     help="largest image, in pixels, after the processor's resize (Qwen2-VL family default: 12845056, the published "
                          "processor's); auto: the largest that fits at --max-length and the batch (ms-swift's MAX_PIXELS)")
+    vl.add_argument("--image-resize", choices=IMAGE_RULES, metavar="|".join(IMAGE_RULES),
+                    help="which resize your launch runs on a Qwen-VL image: processor (transformers', as your own script, TRL "
+                         "and LLaMA-Factory call it: under a small --max-pixels a thin strip comes out past it, 113 tokens at "
+                         "50176 pixels) or qwen-vl-utils (ms-swift's: the largest grid under --max-pixels). "
+                         "Default: qwen-vl-utils when the only --emit is swift, else processor")
     vl.add_argument("--images-per-sample", type=int, metavar="N", help="images in every sample of the worst-case batch (default: 1)")
     vl.add_argument("--video-frames", type=whole_or_auto, metavar="N|auto",
                     help="frames of one video per sample (default: no video); auto: the most that fit (ms-swift's FPS_MAX_FRAMES; "
@@ -82,5 +87,5 @@ def add_arguments(parser) -> None:
 
 def spec_kwargs(args) -> dict:
     kwargs = {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
-                                            "audio_clips", "video_frames", "video_max_pixels", "video_min_pixels", "use_audio_in_video", "dataset", "length_percentile", "tokenizer")}
+                                            "audio_clips", "video_frames", "video_max_pixels", "video_min_pixels", "use_audio_in_video", "image_resize", "dataset", "length_percentile", "tokenizer")}
     return {k: None if v == "auto" else v for k, v in kwargs.items()}

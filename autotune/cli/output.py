@@ -18,6 +18,7 @@ from ..sizes import format_size
 
 _STYLE = {"fit": "green", "oom": "red", "over_budget": "yellow", "error": "red bold", "skipped": "dim",
           "timeout": "magenta", "crashed": "magenta bold"}
+_RESIZE_WORDS = {"processor": "transformers' processor", "qwen-vl-utils": "ms-swift's qwen-vl-utils"}
 
 
 def stderr_console(quiet: bool = False) -> Console:
@@ -209,6 +210,7 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
     if recipe.multimodal:
         m = recipe.multimodal
         console.print(f"vision      {m['family']}: {m['images_per_sample']} image(s) x {m['image_tokens']} tokens"
+                      + (f" (as {_RESIZE_WORDS.get(s.image_resize, s.image_resize)} resizes them)" if s.image_resize and m['images_per_sample'] else "")
                       + (f", {m['videos_per_sample']} video x {m['video_tokens']} tokens" if m['videos_per_sample'] else "")
                       + (f", {m['audio_clips_per_sample']} audio clip(s) x {m['audio_tokens']} tokens" if m.get('audio_clips_per_sample') else "")
                       + f" + {m['text_tokens_per_sample']} text tokens; freeze_vit={s.freeze_vit} freeze_aligner={s.freeze_aligner} "

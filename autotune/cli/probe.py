@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..model.source import builtin_names
 from ..recipe.schema import check_writable, load_recipe, save_recipe
 from ..recipe.training_args import EVAL_OUTPUTS
-from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, ProbeSpec
+from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, PROCESSOR, QWEN_VL_UTILS, ProbeSpec
 from . import lever_args, multimodal_args, rlhf_args
 from .model_args import add_model_arguments, lora_kwargs
 from .emit import emit_for_probe, emit_paths, write_files
@@ -136,7 +136,7 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
         predict_with_generate=args.predict_with_generate, max_new_tokens=args.max_new_tokens, validate_steps=args.validate_steps,
         eval_outputs=_eval_outputs(args), use_cache_off_in_sub_configs=_launches_swift(args),
         plan_first="off" if getattr(args, "no_plan", False) else "on" if getattr(args, "plan_first", False) else "auto",
-        **multimodal_args.spec_kwargs(args), rlhf=rlhf_args.rlhf_spec(args),
+        **{**multimodal_args.spec_kwargs(args), "image_resize": _image_resize(args)}, rlhf=rlhf_args.rlhf_spec(args),
         **(launch.spec_fields(args) if cluster else {"gpu_memory": None}),
     )
 
@@ -176,6 +176,18 @@ def _eval_outputs(args) -> str | None:
     if chosen or args.prediction_loss_only or args.predict_with_generate:
         return chosen
     return "loss" if _launches_swift(args) else None
+
+
+def _image_resize(args) -> str:
+    """The rule that sizes a Qwen-VL image as the launch does: qwen-vl-utils' where ms-swift is the
+    only launch target, else transformers' processor (it makes more of a thin strip: the larger).
+    With --dataset the images are the data's, measured: the limit is the largest of them (a
+    percentile), so the worst case is the largest grid under it, not a strip the data lacks."""
+    if getattr(args, "image_resize", None):
+        return args.image_resize
+    if getattr(args, "dataset", None):
+        return QWEN_VL_UTILS
+    return QWEN_VL_UTILS if (getattr(args, "emit", None) or []) and set(args.emit) == {"swift"} else PROCESSOR
 
 
 def _launches_swift(args) -> bool:

@@ -130,3 +130,16 @@ def require_validated(recipe: Recipe, allow_unvalidated: bool) -> None:
     if not v.passed:
         raise UsageError("RECIPE", f"this recipe's validation did not pass ({v.method}: {v.message or 'no message'})",
                          "re-probe, or add --allow-unvalidated to emit it anyway")
+
+
+def image_resize_note(recipe: Recipe) -> str | None:
+    """For a launch that resizes images with transformers' processor (hf, trl, llamafactory): a
+    recipe whose images were counted as ms-swift's qwen-vl-utils sizes them (the largest grid)
+    may under-count a thin image, which the processor keeps one factor high past the limit."""
+    from ..spec import QWEN_VL_UTILS
+
+    if recipe.settings.image_resize != QWEN_VL_UTILS:
+        return None
+    return ("images were counted as ms-swift's qwen-vl-utils sizes them (the largest grid under max_pixels); transformers' "
+            "processor, which this launch resizes with, makes more of a thin image under a small max_pixels (below about "
+            "200 tokens): re-probe with --image-resize processor for this launch")

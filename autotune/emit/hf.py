@@ -11,7 +11,7 @@ import json
 
 from ..recipe.schema import Recipe
 from ..recipe.training_args import arguments
-from .common import check_strategy, model_location, zero_stage
+from .common import check_strategy, image_resize_note, model_location, zero_stage
 
 
 def training_arguments(recipe: Recipe, output_dir: str = "output") -> dict:
@@ -42,10 +42,13 @@ def model_settings(recipe: Recipe) -> dict:
     if m.train_type == "lora" and m.lora:
         out["lora"] = {"r": m.lora["r"], "lora_alpha": m.lora["alpha"], "lora_dropout": m.lora.get("dropout"),
                        "target_modules": m.lora.get("target_modules"), "task_type": "CAUSAL_LM"}
-    for key in ("freeze_vit", "freeze_aligner", "freeze_llm", "vit_gradient_checkpointing", "max_pixels",
+    for key in ("freeze_vit", "freeze_aligner", "freeze_llm", "vit_gradient_checkpointing", "max_pixels", "image_resize",
                 "video_max_pixels", "video_min_pixels", "video_frames", "use_audio_in_video"):
         if getattr(s, key) is not None:
             out[key] = getattr(s, key)
+    resize = image_resize_note(recipe)
+    if resize:
+        out["image_resize"] = {"value": s.image_resize, "how": resize}
     if s.use_cache_off_in_sub_configs:
         out["use_cache_off_in_sub_configs"] = {
             "value": True, "how": "the recipe was probed as ms-swift runs, use_cache off in the language model's configs too "

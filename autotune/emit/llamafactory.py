@@ -9,7 +9,7 @@ import yaml
 
 from ..errors import UsageError
 from ..recipe.schema import Recipe
-from .common import DATASET_PLACEHOLDER, check_strategy, mixed_precision, model_location, zero_stage
+from .common import DATASET_PLACEHOLDER, check_strategy, image_resize_note, mixed_precision, model_location, zero_stage
 
 FLASH_ATTN = {"eager": "disabled", "sdpa": "sdpa", "flash_attention_2": "fa2", "flash_attention_3": "fa3"}
 TEMPLATE_PLACEHOLDER = "YOUR_TEMPLATE"
@@ -91,11 +91,14 @@ def render(recipe: Recipe, dataset: str | None = None) -> str:
 
 
 def lever_comments(recipe: Recipe) -> list[str]:
-    """Levers LLaMA-Factory cannot say as probed; each written the safe way, and said so."""
+    """What LLaMA-Factory cannot say as probed (levers, the image rule); each written the safe way, and said so."""
     s, notes = recipe.settings, []
     if s.gradient_checkpointing and s.checkpoint_every_n_layers and s.checkpoint_every_n_layers > 1:
         notes.append(f"# probed with checkpointing every {s.checkpoint_every_n_layers}th layer; LLaMA-Factory checkpoints every "
                      "layer (no every_n_layers argument): this run needs less memory than probed and is slower")
     if s.sequence_parallel_size and s.sequence_parallel_size > 1:
         notes.append(f"# sequence_parallel_size {s.sequence_parallel_size} is ms-swift's; not written here (not measured either)")
+    resize = image_resize_note(recipe)
+    if resize:
+        notes.append(f"# {resize}")
     return notes

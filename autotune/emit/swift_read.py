@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UsageError
+from ..spec import QWEN_VL_UTILS
 from .common import HELD_ENV, TOKEN_ENV, VISION_ENV
 from .swift import ATTN_IMPL
 
@@ -88,12 +89,12 @@ def media_env(args: dict, environ: dict | None = None) -> dict:
 # regex likewise) and a text template reads no media variables, so a file or shell that carries
 # them (freeze_vit defaults to true, scripts export MAX_PIXELS) launches a text model unchanged.
 VISION_SETTINGS = ("freeze_vit", "freeze_aligner", "freeze_llm", "vit_gradient_checkpointing", "max_pixels", "video_max_pixels",
-                   "video_min_pixels", "video_frames", "use_audio_in_video")
+                   "video_min_pixels", "video_frames", "use_audio_in_video", "image_resize")
 
 
 def without_vision(settings: dict) -> tuple[dict, list[str]]:
     """A text model's settings: the vision-only ones dropped, and their names (ms-swift ignores them)."""
-    dropped = [k for k in VISION_SETTINGS if k in settings]
+    dropped = [k for k in VISION_SETTINGS if k in settings and k != "image_resize"]  # that one is ms-swift's, not the file's
     return {k: v for k, v in settings.items() if k not in VISION_SETTINGS}, dropped
 
 
@@ -103,7 +104,8 @@ def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token
     family's factor squared, to read qwen-vl-utils' token numbers (TOKEN_ENV), which win over the
     pixel names as they do in ms-swift."""
     # ms-swift itself, whatever the file says: use_cache off in the language model's configs too.
-    settings: dict = {"use_cache_off_in_sub_configs": True}
+    # and its templates size every image with qwen-vl-utils (the largest grid under MAX_PIXELS).
+    settings: dict = {"use_cache_off_in_sub_configs": True, "image_resize": QWEN_VL_UTILS}
     for key, kind in _BACK.items():
         if args.get(key) is not None:
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import UsageError
+from ..spec import PROCESSOR
 from .families import Family, Media, VisionPlan
 from .source import position_limit
 
@@ -17,7 +18,7 @@ def media_from_spec(spec) -> Media:
     images = DEFAULT_IMAGES_PER_SAMPLE if spec.images_per_sample is None else spec.images_per_sample
     return Media(images=images, max_pixels=spec.max_pixels, video_frames=spec.video_frames or 0,
                  video_max_pixels=spec.video_max_pixels, video_min_pixels=spec.video_min_pixels, audio_clips=spec.audio_clips or 0,
-                 audio_in_video=spec.use_audio_in_video)
+                 audio_in_video=spec.use_audio_in_video, image_resize=spec.image_resize or PROCESSOR)
 
 
 def check_text_only(spec) -> None:
@@ -58,8 +59,9 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
     if vplan.images:
         parts.append(f"{vplan.images} image(s) x {vplan.image_tokens} tokens at {vplan.max_pixels} pixels")
         room = (max_length - 1 - video_part - audio_part) // vplan.images - vplan.extra_tokens  # tokens per image that would fit
-        if family.pixels_per_token is not None and room >= 4:
-            fixes.append(f"--max-pixels {room * family.pixels_per_token(config)} or less")
+        largest = largest_max_pixels(family, config, media, room) if family.pixels_per_token is not None and room >= 4 else None
+        if largest is not None:
+            fixes.append(f"--max-pixels {largest} or less")
         fixes.append("fewer --images-per-sample")
     if vplan.videos:
         patches = vplan.video_grid[0]
@@ -95,6 +97,27 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
     raise UsageError(flag, f"the {what} alone is {vplan.tokens} tokens ({' + '.join(parts)}), "
                            f"more than --max-length {max_length} leaves room for",
                      "use " + ", or ".join(fixes))
+
+
+def largest_max_pixels(family: Family, config, media: Media | None, room: int) -> int | None:
+    """The largest --max-pixels, in whole tokens, whose worst image is at most `room` tokens by the
+    family's own rule (through transformers' processor a thin strip has more tokens than the grid
+    under the limit); None when not even the processor's smallest image is. The worst image's
+    tokens grow with the limit, so a bisection finds it."""
+    per = family.pixels_per_token(config)
+    media = media or Media()
+
+    def tokens(t: int) -> int:
+        return family.plan(config, dataclasses.replace(media, max_pixels=t * per, video_frames=0, audio_clips=0)).image_tokens
+
+    low = -(-family.min_pixels // per)
+    if tokens(low) > room:
+        return None
+    high = max(room, low) + 1  # the grid alone has t tokens at t x per pixels: past room at room + 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if tokens(middle) <= room else (low, middle)
+    return low * per
 
 
 def most_frames(family: Family, config, media: Media, max_length: int) -> int:
@@ -135,7 +158,9 @@ def media_values(family: Family, config, spec, dimension: str) -> tuple[list[int
         video_part = smallest.video_part
         most = (spec.max_length - 1 - video_part) // media.images - smallest.extra_tokens
         first = -(-family.min_pixels // per_token)
-        values = [t * per_token for t in range(first, most + 1)]
+        # By the launch's rule: through transformers' processor a small limit's worst image (a thin strip) has more tokens.
+        largest = largest_max_pixels(family, config, media, most) if most >= 1 else None
+        values = [t * per_token for t in range(first, largest // per_token + 1)] if largest else []
         if not values:
             raise UsageError("--max-length", f"{spec.max_length} leaves no room for even the smallest image ({smallest.image_tokens} tokens)",
                              "use a longer --max-length")
@@ -187,6 +212,7 @@ def recipe_settings(setup, spec, gradient_checkpointing: bool) -> dict:
         # ms-swift's vit_gradient_checkpointing follows gradient_checkpointing unless set; the probe ran it so.
         "vit_gradient_checkpointing": gradient_checkpointing,
         "max_pixels": vplan.max_pixels if applies and vplan.images else None,
+        "image_resize": (spec.image_resize or PROCESSOR) if applies and vplan.images else None,
         "video_max_pixels": vplan.video_max_pixels if vplan.videos else None,
         "video_min_pixels": vplan.video_min_pixels if vplan.videos else None,
         "video_frames": spec.video_frames if vplan.videos else None,

@@ -121,6 +121,9 @@ class Settings:
     video_min_pixels: int | None = None
     video_frames: int | None = None
     use_audio_in_video: bool | None = None  # Qwen2.5-Omni: each video's sound track too (ms-swift's USE_AUDIO_IN_VIDEO)
+    # The rule that sized a Qwen-VL image (spec.IMAGE_RULES): "processor" | "qwen-vl-utils". Not an
+    # ms-swift argument: what the launch does. None: not set (an older recipe: the largest grid, qwen-vl-utils').
+    image_resize: str | None = None
     # Sharding (issue #6): "ddp" | "zero2" | "zero3" | "zero2_offload" | "zero3_offload" | "fsdp"; None: single device.
     strategy: str | None = None
     env: dict = field(default_factory=dict)  # environment the launch needs (PYTORCH_CUDA_ALLOC_CONF, MAX_PIXELS, ...)

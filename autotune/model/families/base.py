@@ -21,6 +21,7 @@ class Media:
     video_min_pixels: int | None = None  # per frame (ms-swift's VIDEO_MIN_PIXELS); None: the family's default
     audio_clips: int = 0  # audio clips per sample (families with an audio tower)
     audio_in_video: bool = False  # each video's sound track too (Qwen2.5-Omni's use_audio_in_video)
+    image_resize: str = "processor"  # the rule that sizes a Qwen-VL image (spec.IMAGE_RULES)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class VisionPlan:
     videos: int = 0
     extra_tokens: int = 0  # per item
     image_grid: tuple = ()  # family-specific: (t, h, w) in patches, or (height, width) in pixels
+    image_source: tuple = ()  # (height, width) in pixels of the image the resize makes the worst one of; (): the grid's own
     video_grid: tuple = ()
     max_pixels: int | None = None
     video_max_pixels: int | None = None

@@ -22,7 +22,7 @@ import torch
 
 from ...errors import UsageError
 from .base import Family, Media, VisionPlan, text_ids
-from .qwen_resize import processor_worst, swift_env as video_env, worst_grid, worst_video
+from .qwen_resize import processor_worst, swift_env as video_env, worst_image, worst_video
 
 MIN_PIXELS = 56 * 56  # the image processor's default shortest_edge
 # Published preprocessor_config.json of Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct: what
@@ -61,13 +61,13 @@ def image_tokens_for_size(config, width: int, height: int, max_pixels: int, limi
 
 
 def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
-    """The worst image is the largest grid under --max-pixels (a fixed point of the resize): the
-    most ms-swift's qwen-vl-utils makes of any image at 10 tokens or more (below, its rounding up
-    of a small image can make 10). Below about 200 tokens transformers' own processor makes more of
-    a thin strip (qwen_resize.processor_worst: it keeps the short side at one factor; 113 tokens
-    at 64), which a launch through the HF processor can meet: not modelled for images
-    (docs/architecture.md). The worst video is the one either launch makes the most of
-    (`worst_frames`)."""
+    """The worst image is the one the launch's resize rule (`media.image_resize`) makes the most
+    of: through transformers' processor (a script of the user's own, TRL, LLaMA-Factory) a thin
+    strip below about 200 tokens (qwen_resize.processor_worst: it keeps the short side at one
+    factor; 113 tokens at 50176 pixels, where the largest grid is 64), else the largest grid;
+    through ms-swift's qwen-vl-utils the largest grid under --max-pixels (a fixed point of its
+    resize; the most it makes of any image at 10 tokens or more). The worst video is the one
+    either launch makes the most of (`worst_frames`)."""
     vision = config.vision_config
     merge, factor = vision.spatial_merge_size, _factor(vision)
     max_pixels, min_pixels = media.max_pixels or limits.default_max_pixels, limits.min_pixels
@@ -75,7 +75,8 @@ def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
         side = math.isqrt(min_pixels)
         raise UsageError("--max-pixels", f"{max_pixels} is below the processor's minimum of {min_pixels} pixels ({side}x{side})",
                          f"use --max-pixels {min_pixels} or more")
-    h, w = worst_grid(max_pixels, factor)  # see the docstring: not the processor's clamped strips yet
+    image = worst_image(media.image_resize, factor, min_pixels, max_pixels)
+    h, w = image.grid(factor)
     image_grid = (1, h * merge, w * merge)
     video_grid, video_tokens, video_pixels = (), 0, None
     if media.video_frames:
@@ -89,7 +90,7 @@ def plan(config, media: Media, limits: Limits = QWEN2_VL) -> VisionPlan:
         video_tokens = t * vh * vw
     return VisionPlan(image_tokens=h * w, video_tokens=video_tokens, images=media.images,
                       videos=1 if media.video_frames else 0, extra_tokens=2,  # <|vision_start|> ... <|vision_end|>
-                      image_grid=image_grid, video_grid=video_grid, max_pixels=max_pixels, video_max_pixels=video_pixels,
+                      image_grid=image_grid, image_source=image.source, video_grid=video_grid, max_pixels=max_pixels, video_max_pixels=video_pixels,
                       video_step=vision.temporal_patch_size,
                       video_min_pixels=media.video_min_pixels if media.video_frames else None)
 
@@ -170,8 +171,10 @@ def processor(config, vplan: VisionPlan, processor_class: str, limits: Limits = 
         merge_size=vision.spatial_merge_size, temporal_patch_size=vision.temporal_patch_size)
     cls = images_only(getattr(transformers, processor_class))
     made = cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
-    _, h, w = vplan.image_grid  # in patches: a fixed point of smart_resize (qwen_resize.worst_grid)
-    return Processing(made, (w * vision.patch_size, h * vision.patch_size), frozenset(i for _, i in specials))
+    # The image the processor's resize turns into the planned grid (a strip it clamps, or a fixed point).
+    _, h, w = vplan.image_grid
+    height, width = vplan.image_source or (h * vision.patch_size, w * vision.patch_size)
+    return Processing(made, (width, height), frozenset(i for _, i in specials))
 
 
 def family(name: str, model_type: str, model_class: str, limits: Limits = QWEN2_VL, plan_rule=plan, inputs_rule=inputs,

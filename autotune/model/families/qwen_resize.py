@@ -134,6 +134,18 @@ def upscaled_worst(factor: int, min_pixels: int) -> tuple[int, int]:
     return best
 
 
+def worst_image(rule: str, factor: int, min_pixels: int, max_pixels: int) -> Resized:
+    """The image a launch's rule (spec.IMAGE_RULES) turns into the most tokens: transformers'
+    processor's (`processor_worst`, a thin strip past the maximum below about 200 tokens), or
+    qwen-vl-utils' (ms-swift's), whose largest is the largest grid (a fixed point of its rule)."""
+    from ...spec import QWEN_VL_UTILS
+
+    if rule == QWEN_VL_UTILS:
+        h, w = worst_grid(max_pixels, factor)
+        return Resized((h * factor, w * factor), (h * factor, w * factor))
+    return processor_worst(factor, min_pixels, max_pixels)
+
+
 def frame_budget(frames: int, max_tokens: int, min_tokens: int = VIDEO_MIN_TOKENS) -> float:
     """qwen-vl-utils' `fetch_video`: the most tokens one frame of a `frames`-frame video may
     have (its max_pixels / factor^2), at least 1.05 x the frame minimum whatever the maximum."""
