@@ -9,6 +9,7 @@ from PIL import Image
 from autotune.cli import main
 from autotune.model.dataset import from_dataset, percentile
 from autotune.errors import UsageError
+from autotune.model.families import family_for
 from autotune.model.source import resolve
 from autotune.recipe.schema import load_recipe
 from autotune.spec import ProbeSpec
@@ -114,6 +115,7 @@ def test_probe_with_a_dataset_records_limits_and_env(data, tmp_path, capsys):
     assert s["max_length"] == percentile(expected, 75) and recipe["dataset"]["truncated_samples"] == 1
     assert (s["freeze_vit"], s["freeze_aligner"], s["freeze_llm"]) == (True, True, False)  # ms-swift's defaults
     assert s["max_pixels"] == 308 * 196 and s["env"] == {"MAX_PIXELS": str(308 * 196)}
+    assert s["image_resize"] == "qwen-vl-utils"  # no image of the data is one the processor makes more of: the largest grid
     # two 77-token images do not fit in the 75th percentile's length: the probe takes one
     assert recipe["multimodal"]["images_per_sample"] == 1 and recipe["multimodal"]["image_tokens"] == 77
     err = capsys.readouterr()
@@ -159,3 +161,19 @@ def test_no_usable_sample_says_what_to_fix(tmp_path, text, needle):
     with pytest.raises(UsageError) as info:
         from_dataset(spec, resolve(None, "tiny-llama"))
     assert info.value.flag == "--dataset" and needle in str(info.value) and "named above" not in str(info.value)
+
+
+def test_the_data_decides_the_image_rule_at_the_chosen_limit():
+    """With --dataset the images are the data's: at the chosen limit the worst case is the largest
+    grid (qwen-vl-utils') unless transformers' processor makes more of one of them, a thin image
+    it clamps one factor high past the limit (2000 x 20 at 12544 pixels: 40 tokens against 16)."""
+    from autotune.model.dataset import DatasetProfile, Sample, image_rule
+
+    source = resolve(None, "tiny-qwen2-vl")
+    family = family_for(source.config)
+    assert family.image_tokens_for_size(source.config, 2000, 20, 12544) == 40 > 16
+    square = DatasetProfile("d.jsonl", 1, [Sample(1, 40, 1, [12544], [(300, 200)])], [], None)
+    thin = DatasetProfile("d.jsonl", 2, [*square.samples, Sample(2, 40, 1, [12544], [(2000, 20)])], [], None)
+    assert image_rule(square, family, source.config, 12544) == "qwen-vl-utils"
+    assert image_rule(thin, family, source.config, 12544) == "processor"
+    assert image_rule(thin, family, source.config, 2000 * 28) == "qwen-vl-utils"  # under a larger limit it is no strip

@@ -181,13 +181,12 @@ def _eval_outputs(args) -> str | None:
 def _image_resize(args) -> str:
     """The rule that sizes a Qwen-VL image as the launch does: qwen-vl-utils' where ms-swift is the
     only launch target, else transformers' processor (it makes more of a thin strip: the larger).
-    With --dataset the images are the data's, measured: the limit is the largest of them (a
-    percentile), so the worst case is the largest grid under it, not a strip the data lacks."""
+    With --dataset (None) the data's images decide (model/dataset.py `image_rule`)."""
     if getattr(args, "image_resize", None):
         return args.image_resize
-    if getattr(args, "dataset", None):
+    if (getattr(args, "emit", None) or []) and set(args.emit) == {"swift"}:
         return QWEN_VL_UTILS
-    return QWEN_VL_UTILS if (getattr(args, "emit", None) or []) and set(args.emit) == {"swift"} else PROCESSOR
+    return None if getattr(args, "dataset", None) else PROCESSOR
 
 
 def _launches_swift(args) -> bool:

@@ -29,6 +29,7 @@ class Sample:
     tokens: int  # text + vision
     images: int
     image_pixels: list[int] = field(default_factory=list)  # as the processor resizes them
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) as the files hold them
 
 
 @dataclass
@@ -144,7 +145,7 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
         if (images or videos) and family is None:
             issues.append((number, "has images or videos, but the model is text-only"))
             continue
-        pixels, vision_tokens, bad = [], 0, None
+        pixels, sizes, vision_tokens, bad = [], [], 0, None
         for name in images:
             file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
             if not file.is_file():
@@ -158,6 +159,7 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
                 bad = f"cannot read image {name} ({type(exc).__name__})"
                 break
             tokens = family.image_tokens_for_size(source.config, width, height, max_pixels)
+            sizes.append((width, height))
             vision_tokens += tokens + vision_plan.extra_tokens
             pixels.append(tokens * family.pixels_per_token(source.config) if family.pixels_per_token else width * height)
         for name in videos:
@@ -174,7 +176,7 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
         except Exception as exc:  # noqa: BLE001 - a template can reject a conversation (roles out of order...)
             issues.append((number, f"the chat template rejects it ({str(exc).splitlines()[0][:120]})"))
             continue
-        samples.append(Sample(number, text_tokens + vision_tokens, len(images), pixels))
+        samples.append(Sample(number, text_tokens + vision_tokens, len(images), pixels, sizes))
     if not samples:
         # Raised before any problem line is printed: the message itself names the first one.
         if issues:
@@ -254,21 +256,37 @@ def from_dataset(spec, source):
         images = limits.images_per_sample if spec.images_per_sample is None else spec.images_per_sample
         if limits.max_pixels is not None:
             changes["max_pixels"] = limits.max_pixels
-            images = _images_that_fit(family, source.config, spec, images, limits)
+            if spec.image_resize is None:
+                changes["image_resize"] = image_rule(profile, family, source.config, limits.max_pixels)
+            images = _images_that_fit(family, source.config, spec.replace(**changes), images, limits)
         changes["images_per_sample"] = images
     data = record(profile, limits, spec)
     data["images_per_sample"] = changes.get("images_per_sample", 0)
     return spec.replace(**changes), profile, data
 
 
+def image_rule(profile: DatasetProfile, family, config, max_pixels: int) -> str:
+    """The rule the data's own images need at the chosen limit: the largest grid under it
+    (qwen-vl-utils') unless the processor makes more of one of them (a thin image it clamps past
+    the limit), then the processor's worst case, which is at least that image's."""
+    from ..spec import PROCESSOR, QWEN_VL_UTILS
+    from .families import Media
+
+    grid = family.plan(config, Media(max_pixels=max_pixels, image_resize=QWEN_VL_UTILS)).image_tokens
+    sizes = {size for sample in profile.samples for size in sample.image_sizes}
+    thin = any(family.image_tokens_for_size(config, w, h, max_pixels) > grid for w, h in sizes)
+    return PROCESSOR if thin else QWEN_VL_UTILS
+
+
 def _images_that_fit(family, config, spec, images: int, limits: Limits) -> int:
     """The data's most images per sample, each at the chosen pixel limit, can be more vision
     than any one sample holds (and more than max_length): probe the most of them that fit."""
+    from ..spec import PROCESSOR
     from .families import Media
 
     while images > 1:
         plan = family.plan(config, Media(images=images, max_pixels=limits.max_pixels, video_frames=spec.video_frames or 0,
-                                         video_max_pixels=spec.video_max_pixels))
+                                         video_max_pixels=spec.video_max_pixels, image_resize=spec.image_resize or PROCESSOR))
         if plan.tokens + 1 <= limits.max_length:
             break
         images -= 1
