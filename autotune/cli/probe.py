@@ -178,7 +178,7 @@ def _eval_outputs(args) -> str | None:
     return "loss" if _launches_swift(args) else None
 
 
-def _image_resize(args) -> str:
+def _image_resize(args) -> str | None:
     """The rule that sizes a Qwen-VL image as the launch does: qwen-vl-utils' where ms-swift is the
     only launch target, else transformers' processor (it makes more of a thin strip: the larger).
     With --dataset (None) the data's images decide (model/dataset.py `image_rule`)."""
