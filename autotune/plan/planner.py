@@ -236,7 +236,7 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     # 0.5 s of a 7B plan, 2-3 s of a 70B): its counts are the copies', extended.
     built = spec.replace(attn_implementation=built_with)
     reason = "--full-depth" if depth_mode != "auto" else full_depth_reason(spec)
-    workload = _build(source, built, FakeDevice(capacity), fake=False, adapters=reason is None)
+    workload = _build(source, built, FakeDevice(capacity), fake=False, adapters=reason is not None)
     depth = choose_depth(source.config, workload.model) if reason is None else DepthChoice(reason=reason)
     shallow = None
     if not depth.extended:
