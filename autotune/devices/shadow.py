@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .sim import uncounted
+from .sim import output_tensors, uncounted
 
 INT_LIMIT = 1 << 22  # token ids and masks: 4M elements is 32 x 128k tokens
 FLOAT_LIMIT = 1 << 16  # grids, timestamps, scales; never activations
@@ -116,7 +116,7 @@ class KnownValues(TorchDispatchMode):
                 return self._index_by_positions(func, args, kwargs)
             raise
         if known:
-            outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            outputs = [t for t in output_tensors(out) if isinstance(t, torch.Tensor)]
             if all(_small(t) for t in outputs):
                 self._remember(out, self._run_real(func, args, kwargs))
                 return out

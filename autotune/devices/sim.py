@@ -66,6 +66,24 @@ def uncounted():
         _RESIZE_HOOKS[:] = saved
 
 
+def output_tensors(out) -> list:
+    """An operator's outputs flattened as `tree_flatten` flattens them (depth first, in order),
+    for the cases operators return: a tensor, a tuple or list of them (and of None, nested).
+    torch's `tree_flatten` makes a recursive closure on every call, a reference cycle only the
+    cyclic collector frees: once per operator, it drove most of a plan's collections."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if type(out) in (tuple, list) or isinstance(out, tuple) and hasattr(out, "n_fields"):  # structseq: torch.return_types
+        flat: list = []
+        for item in out:
+            if isinstance(item, torch.Tensor) or item is None:
+                flat.append(item)
+            else:
+                flat.extend(output_tensors(item))
+        return flat
+    return tree_flatten(out)[0]
+
+
 class LiveBytes(TorchDispatchMode):
     """Counts live storage bytes; raises OutOfMemoryError past `capacity` (None: never)."""
 
@@ -172,7 +190,7 @@ class LiveBytes(TorchDispatchMode):
             _RESIZE_HOOKS.remove(self)
 
     def count_outputs(self, out) -> None:
-        for item in tree_flatten(out)[0]:
+        for item in output_tensors(out):
             if isinstance(item, torch.Tensor):
                 # A DTensor (FSDP2's sharded parameters, gradients, optimizer state) owns its
                 # local shard; that shard is what this rank's device holds.
