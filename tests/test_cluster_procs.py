@@ -258,6 +258,25 @@ def test_grpo_lora_under_zero3_reaches_the_frontier_trl_confirms(tmp_path):
     assert json.loads(check.stdout[check.stdout.index("{"):])["status"] == "fits"
 
 
+def test_dpo_full_under_zero3_partitions_the_reference_and_trl_confirms(tmp_path):
+    """A DPO full fine-tune on two gloo ranks under `--strategy zero3`: the reference model is loaded
+    and TRL's `prepare_deepspeed` partitions it with the policy. The card (12 MiB) puts the frontier at
+    1 with batch 2 under the whole card; TRL's DPOTrainer built by the oracle confirms both sides."""
+    pytest.importorskip("trl")
+    pytest.importorskip("deepspeed")
+    recipe = torchrun_probe(tmp_path, 2, "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "12MiB",
+                            "--rlhf-type", "dpo", "--strategy", "zero3", "--max-length", "16", "--max-batch-size", "2",
+                            "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3",
+                            "--trial-timeout", "240", "--no-journal")
+    s, budget = recipe["settings"], recipe["search"]["budget_bytes"]
+    assert s["strategy"] == "zero3" and recipe["rlhf"]["reference_model"] == "loaded"
+    assert recipe["search"]["frontier"]["train"] == s["per_device_train_batch_size"] == 1
+    fits = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 1, s["gradient_accumulation_steps"], 2)
+    assert all(peak <= budget for peak in fits["peaks"])
+    over = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 2, s["gradient_accumulation_steps"], 2)
+    assert all(peak == "oom" or peak > budget for peak in over["peaks"])
+
+
 def test_the_plan_first_runs_while_the_worker_loads_the_model():
     """Issue #13 item 6: with trials in a worker, the supervisor plans under fake tensors as soon
     as the worker has opened its card, while the worker loads the model: the two spans overlap on
