@@ -100,9 +100,9 @@ def one_trial_per_worker(spec, strategy: str | None) -> bool:
     """An RLHF trial under DeepSpeed runs in a worker of its own. Its TRL trainer builds the engines
     (trials/rlhf_run.py `deepspeed_config`), and a ZeRO engine's hooks on the parameters form
     cycles through autograd that the collector cannot free, `DeepSpeedEngine.destroy()` and a
-    reloaded model included: reusing the worker, a GRPO LoRA ZeRO-3 trial on tiny-llama at batch 1
-    peaked 3.75, then 6.34, 7.59, 8.85 MiB (~0.6 MiB left on the card per trial). A fresh process
-    starts at the baseline, at the cost of a worker start per trial."""
+    reloaded model included: in a reused worker each trial left ~0.6 MiB on the card (GRPO LoRA
+    ZeRO-3, tiny-llama), so the same batch peaked higher with every trial. A fresh process starts at
+    the baseline, at the cost of a worker start per trial."""
     return spec.rlhf is not None and bool(strategy) and strategy.startswith("zero")
 
 
