@@ -247,7 +247,9 @@ def test_grpo_lora_under_zero3_reaches_the_frontier_trl_confirms(tmp_path):
     by = agreed_trials(recipe, 2)
     assert by[("zero3", 1)][0]["outcome"] == "fit" and by[("zero3", 2)][0]["outcome"] == "over_budget"
     at_one = {t["peak_bytes"] for t in recipe["search"]["trials"] if t["settings"]["per_device_train_batch_size"] == 1}
-    assert len(at_one) == 1  # a fresh worker per trial: nothing left on the card by the trials before
+    # A fresh worker per trial: nothing left on the card by the trials before (a reused worker left
+    # ~0.6 MiB per trial); a few KiB may differ with what the ranks' generation happened to allocate.
+    assert max(at_one) - min(at_one) < 64 * 2**10
     fits = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 1, 2, 2)
     assert all(peak <= budget for peak in fits["peaks"]) and fits["budget"] == budget
     over = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 2, 1, 2)
