@@ -9,7 +9,7 @@ import time
 
 from . import __version__
 from .recipe import levers
-from .cluster.worker import TRAINER_APPLIES
+from .cluster.worker import trainer_applies
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .model.dataset import from_dataset
 from .model.source import check_max_length, model_class, require_weights, resolve
@@ -161,7 +161,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     if planned:
         space.phases["plan"] = planned
     space.model_cls = model_class(source.config)
-    space.lever_facts, space.through_trainer = session.lever_facts, base.get("strategy") in TRAINER_APPLIES
+    space.lever_facts, space.through_trainer = session.lever_facts, trainer_applies(base.get("strategy"), spec)
     if spec.task == "eval":  # issue #14: evaluation alone
         from .search.eval_only import search_eval
 

@@ -190,10 +190,15 @@ class ProbeSpec:
             self.global_batch_size = self.rlhf.default_global_batch(self.world_size)
             self.rlhf = dataclasses.replace(self.rlhf, global_batch_defaulted=True)
         for flag, bad in (("--task eval", self.task == "eval"), ("--max-length auto", self.frontier is not None),
-                          ("--dataset", self.dataset is not None), ("--strategy", bool(self.strategies)),
-                          ("--predict-with-generate", self.predict_with_generate)):
+                          ("--dataset", self.dataset is not None), ("--predict-with-generate", self.predict_with_generate)):
             if bad:
                 raise UsageError("--rlhf-type", f"an RLHF probe does not take {flag} yet", f"leave {flag} out")
+        if "fsdp" in self.strategies:
+            # The TRL trainer shards itself (trials/rlhf_run.py); accelerate's FSDP plugin needs CUDA.
+            where = ("accelerate's FSDP plugin, which TRL's trainer shards through, needs CUDA" if self.device not in (None, "cuda")
+                     else "the trials do not run TRL's trainer under FSDP yet")
+            raise UsageError("--strategy", f"an RLHF probe cannot measure fsdp: {where}",
+                             "probe with --strategy zero2 / zero3 (or ddp), or size FSDP with `autotune plan --strategy fsdp`")
         if self.eval_outputs not in (None, "loss"):
             raise UsageError("--eval-outputs", "TRL's trainers evaluate their loss (and the rewards they log)", "leave --eval-outputs out")
 

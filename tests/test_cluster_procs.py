@@ -217,6 +217,68 @@ def test_grpo_on_two_ranks_counts_every_rank_s_completions(tmp_path):
     assert json.loads(check.stdout[check.stdout.index("{"):])["status"] == "fits"
 
 
+def rlhf_oracle(tmp_path, recipe_path, batch: int, accumulation: int, world: int) -> dict:
+    """TRL's trainer under DeepSpeed on `world` gloo ranks at the recipe's settings
+    (tests/rlhf_zero_oracle.py): every rank's peak, and the recipe's budget."""
+    out = tmp_path / f"oracle-{batch}x{accumulation}.json"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
+                          str(ROOT / "tests/rlhf_zero_oracle.py"), str(recipe_path), str(batch), str(accumulation), str(out)],
+                         env=env(), timeout=300, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_grpo_lora_under_zero3_reaches_the_frontier_trl_confirms(tmp_path):
+    """GRPO LoRA on two gloo ranks with `--strategy zero3`: each trial is TRL's GRPOTrainer given the
+    launch files' DeepSpeed config (it generates with the ZeRO-3 weights gathered), in a worker of its
+    own, so the same batch measures the same peak however many trials came before. The recipe records
+    zero3; TRL's trainer built by the oracle at the recipe's batch stays in the budget on both ranks and
+    at batch + 1 passes it; `check` re-runs the recipe on two ranks. The card (7.2 MiB) puts the frontier
+    at 1 with batch 2 under the whole card, so no rank runs out of memory mid-collective."""
+    pytest.importorskip("trl")
+    pytest.importorskip("deepspeed")
+    recipe = torchrun_probe(tmp_path, 2, "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "7.2MiB",
+                            "--train-type", "lora", "--rlhf-type", "grpo", "--strategy", "zero3", "--max-length", "16",
+                            "--max-completion-length", "8", "--num-generations", "2", "--global-batch-size", "4",
+                            "--max-batch-size", "2", "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval",
+                            "--validate-steps", "3", "--trial-timeout", "240", "--no-journal")
+    s, budget = recipe["settings"], recipe["search"]["budget_bytes"]
+    assert s["strategy"] == "zero3" and (s["per_device_train_batch_size"], s["gradient_accumulation_steps"]) == (1, 2)
+    by = agreed_trials(recipe, 2)
+    assert by[("zero3", 1)][0]["outcome"] == "fit" and by[("zero3", 2)][0]["outcome"] == "over_budget"
+    at_one = {t["peak_bytes"] for t in recipe["search"]["trials"] if t["settings"]["per_device_train_batch_size"] == 1}
+    # A fresh worker per trial: nothing left on the card by the trials before (a reused worker left
+    # ~0.6 MiB per trial); a few KiB may differ with what the ranks' generation happened to allocate.
+    assert max(at_one) - min(at_one) < 64 * 2**10
+    fits = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 1, 2, 2)
+    assert all(peak <= budget for peak in fits["peaks"]) and fits["budget"] == budget
+    over = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 2, 1, 2)
+    assert all(peak == "oom" or peak > budget for peak in over["peaks"])
+    check = subprocess.run([sys.executable, "-m", "autotune", "check", str(tmp_path / "r.yaml"), "--nproc-per-node", "2",
+                            "--format", "json"], env=env(), timeout=300, capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert json.loads(check.stdout[check.stdout.index("{"):])["status"] == "fits"
+
+
+def test_dpo_full_under_zero3_partitions_the_reference_and_trl_confirms(tmp_path):
+    """A DPO full fine-tune on two gloo ranks under `--strategy zero3`: the reference model is loaded
+    and TRL's `prepare_deepspeed` partitions it with the policy. The card (12 MiB) puts the frontier at
+    1 with batch 2 under the whole card; TRL's DPOTrainer built by the oracle confirms both sides."""
+    pytest.importorskip("trl")
+    pytest.importorskip("deepspeed")
+    recipe = torchrun_probe(tmp_path, 2, "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "12MiB",
+                            "--rlhf-type", "dpo", "--strategy", "zero3", "--max-length", "16", "--max-batch-size", "2",
+                            "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3",
+                            "--trial-timeout", "240", "--no-journal")
+    s, budget = recipe["settings"], recipe["search"]["budget_bytes"]
+    assert s["strategy"] == "zero3" and recipe["rlhf"]["reference_model"] == "loaded"
+    assert recipe["search"]["frontier"]["train"] == s["per_device_train_batch_size"] == 1
+    fits = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 1, s["gradient_accumulation_steps"], 2)
+    assert all(peak <= budget for peak in fits["peaks"])
+    over = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 2, s["gradient_accumulation_steps"], 2)
+    assert all(peak == "oom" or peak > budget for peak in over["peaks"])
+
+
 def test_the_plan_first_runs_while_the_worker_loads_the_model():
     """Issue #13 item 6: with trials in a worker, the supervisor plans under fake tensors as soon
     as the worker has opened its card, while the worker loads the model: the two spans overlap on

@@ -295,13 +295,36 @@ def test_targets_defaults_and_batch_rules():
     ({"rlhf": RLHFSpec("dpo", use_vllm=True)}, "--use-vllm"),
     ({"rlhf": RLHFSpec("ppo")}, "--rlhf-type"),
     ({"rlhf": RLHFSpec("dpo", reward_models=("tiny-llama",))}, "--reward-model"),
-    ({"strategies": ("zero3",)}, "--rlhf-type"),
+    ({"strategies": ("fsdp",)}, "--strategy"),  # the sim device: accelerate's FSDP plugin needs CUDA
+    ({"strategies": ("zero3", "fsdp"), "device": None}, "--strategy"),
     ({"rlhf": RLHFSpec("grpo", num_generations=8, steps_per_generation=1), "max_batch_size": 4}, "--steps-per-generation"),
 ])
 def test_bad_requests_name_the_flag(changes, flag):
     with pytest.raises(UsageError) as info:
         grpo_spec(**changes)
     assert info.value.flag == flag
+
+
+def test_deepspeed_strategies_are_taken_and_fsdp_refused_in_one_line():
+    """ZeRO goes to TRL's trainer as its `deepspeed` config (the cluster test runs it); FSDP is refused
+    before any work, naming the plan as what sizes it."""
+    for strategy in ("zero2", "zero3", "zero2_offload", "zero3_offload", "ddp"):
+        assert grpo_spec(strategies=(strategy,), world_size=2).strategies == (strategy,)
+    with pytest.raises(UsageError) as info:
+        grpo_spec(strategies=("fsdp",))
+    assert "needs CUDA" in info.value.message and "autotune plan" in info.value.hint
+
+
+def test_trial_deepspeed_config_is_the_launch_files(make_workload):
+    """The `deepspeed` argument a sharded RLHF trial hands TRL is `emit deepspeed`'s config at the
+    trial's batch: the bucket sizes the run uses."""
+    from autotune.emit.deepspeed import engine_config, hidden_size
+
+    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=RLHFSpec("grpo", num_generations=2),
+                             global_batch_size=2)
+    config = rlhf_run.deepspeed_config(workload, {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 2}, "zero3")
+    assert config == engine_config("zero3", 3, 2, 1, "bf16", hidden_size(workload.model.config))
+    assert config["zero_optimization"]["stage"] == 3 and config["train_batch_size"] == 6
 
 
 @pytest.mark.parametrize("extra, flag", [

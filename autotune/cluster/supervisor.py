@@ -96,6 +96,16 @@ class Ready:
     load_span: tuple[float, float] | None = None  # this rank's model load, on the system's monotonic clock
 
 
+def one_trial_per_worker(spec, strategy: str | None) -> bool:
+    """An RLHF trial under DeepSpeed runs in a worker of its own. Its TRL trainer builds the engines
+    (trials/rlhf_run.py `deepspeed_config`), and a ZeRO engine's hooks on the parameters form
+    cycles through autograd that the collector cannot free, `DeepSpeedEngine.destroy()` and a
+    reloaded model included: in a reused worker each trial left ~0.6 MiB on the card (GRPO LoRA
+    ZeRO-3, tiny-llama), so the same batch peaked higher with every trial. A fresh process starts at
+    the baseline, at the cost of a worker start per trial."""
+    return spec.rlhf is not None and bool(strategy) and strategy.startswith("zero")
+
+
 class SupervisedRunner:
     """`run(phase, settings) -> TrialResult`, agreed across ranks; trials run in workers."""
 
@@ -170,6 +180,8 @@ class SupervisedRunner:
             if unclean or (self.control.world_size > 1 and agreed.outcome not in ("fit", "over_budget")):
                 self.stop(kill=True)  # its process group may be left mid-collective: start afresh
                 self.restarts += 1
+            elif self.worker is not None and one_trial_per_worker(self.spec, key[0]):
+                self.stop()
             if agreed.outcome == "crashed" and attempt == 0:
                 continue  # killed from outside, or a one-off: one retry in a fresh worker
             return agreed

@@ -27,6 +27,13 @@ import time
 # (cluster/sharding.py): accelerate's FSDP plugin needs CUDA, and DeepSpeed ZeRO changes the
 # model in place, so one engine per worker serves every trial.
 TRAINER_APPLIES = (None, "ddp")
+
+
+def trainer_applies(strategy: str | None, spec) -> bool:
+    """Whether the trial's Trainer shards the model itself. An RLHF trial's TRL trainer always
+    does: DeepSpeed from its `deepspeed` argument (trials/trainer_run.py), so that TRL gathers
+    ZeRO-3 weights to generate and prepares its reference and reward models as in the run."""
+    return strategy in TRAINER_APPLIES or spec.rlhf is not None
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -85,7 +92,7 @@ def serve(config: dict, requests, out) -> None:
     load_started = time.monotonic()  # system-wide on Linux and macOS: comparable with the supervisor's clock
     workload = load_workload(resolve(spec.model, spec.model_config), spec, device)
     info, facts = describe_model(workload), facts_of(workload)
-    if strategy not in TRAINER_APPLIES:
+    if not trainer_applies(strategy, spec):
         workload = shard(workload, strategy, config["local_rank"])
     if spec.rlhf is not None:
         from ..trials.rlhf_run import prepare

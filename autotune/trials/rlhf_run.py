@@ -207,6 +207,22 @@ def eval_generations(batch: int, world: int, generations: int) -> int:
     return max(d for d in range(1, generations + 1) if total % d == 0)
 
 
+# ---------------------------------------------------------------- DeepSpeed
+
+def deepspeed_config(workload, settings: dict, strategy: str) -> dict:
+    """The DeepSpeed config the launch files carry (emit/deepspeed.py `engine_config`), at this
+    trial's batch, for the TRL trainer's `deepspeed` argument: the Trainer initialises the engine,
+    TRL gathers ZeRO-3 weights to generate and prepares its reference and reward models with it."""
+    import torch.distributed as dist
+
+    from ..emit.deepspeed import engine_config, hidden_size
+    from ..recipe.training_args import mixed_precision
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return engine_config(strategy, int(settings["per_device_train_batch_size"]), int(settings.get("gradient_accumulation_steps") or 1),
+                         world, settings.get("mixed_precision") or mixed_precision(workload.spec.dtype), hidden_size(workload.model.config))
+
+
 # ---------------------------------------------------------------- the trainers
 
 def build_rlhf_trainer(workload, settings: dict, values: dict, train_steps: int, eval_every: int | None, eval_steps: int, meter):

@@ -128,6 +128,9 @@ def _rlhf_trainer(workload, settings: dict, train_steps: int, eval_every: int | 
     from . import rlhf_run
 
     values = trainer_arguments(workload, settings, train_steps, eval_every, "loss")
+    strategy = settings.get("strategy")
+    if strategy and strategy.startswith("zero"):
+        values["deepspeed"] = rlhf_run.deepspeed_config(workload, settings, strategy)
     saved = _model_state(workload, settings, False)
     saved["rlhf"] = True
     try:
