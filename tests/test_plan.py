@@ -13,7 +13,8 @@ from autotune.devices import SimDevice
 from autotune.devices.fake import FakeDevice
 from autotune.devices.sim import _rounded
 from autotune.model.source import resolve
-from autotune.plan.planner import PlanOptions, make_plan, plan_recipe
+from autotune.plan.planned_recipe import plan_recipe
+from autotune.plan.planner import PlanOptions, make_plan
 from autotune.plan.breakdown import Allowance, rows_for
 from autotune.plan.measure import build_plan_workload, measure_candidate, plan_source
 from autotune.probe import probe

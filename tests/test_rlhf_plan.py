@@ -7,7 +7,8 @@ pytest.importorskip("trl")
 
 from autotune.cli import main  # noqa: E402
 from autotune.plan.breakdown import Allowance  # noqa: E402
-from autotune.plan.planner import PlanOptions, make_plan, plan_recipe  # noqa: E402
+from autotune.plan.planned_recipe import plan_recipe  # noqa: E402
+from autotune.plan.planner import PlanOptions, make_plan  # noqa: E402
 from autotune.recipe.rlhf import RLHFSpec  # noqa: E402
 from autotune.spec import ProbeSpec  # noqa: E402
 from autotune.trials import rlhf_rollout, rlhf_run, rlhf_step_inputs, rlhf_step_model  # noqa: E402

@@ -135,7 +135,8 @@ def run(args) -> int:
         check_writable(args.out, args.force)
     console = stderr_console(quiet=args.quiet)
     with deferred_interrupt():
-        from ..plan.planner import make_plan, plan_recipe  # torch: only when a plan runs
+        from ..plan.planned_recipe import plan_recipe  # torch: only when a plan runs
+        from ..plan.planner import make_plan
 
     plan = make_plan(spec, options, progress=ConsoleProgress(console))
     recipe = plan_recipe(plan) if args.out else None

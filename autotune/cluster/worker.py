@@ -34,6 +34,8 @@ def trainer_applies(strategy: str | None, spec) -> bool:
     does: DeepSpeed from its `deepspeed` argument (trials/trainer_run.py), so that TRL gathers
     ZeRO-3 weights to generate and prepares its reference and reward models as in the run."""
     return strategy in TRAINER_APPLIES or spec.rlhf is not None
+
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
