@@ -7,6 +7,7 @@ import os
 
 from ..errors import UsageError
 from ..recipe.schema import STRATEGIES, Recipe
+from ..spec import QWEN_VL_UTILS
 
 # Written where a value must come from the user (the recipe cannot know it).
 DATASET_PLACEHOLDER = "YOUR_DATASET"
@@ -136,8 +137,6 @@ def image_resize_note(recipe: Recipe) -> str | None:
     """For a launch that resizes images with transformers' processor (hf, trl, llamafactory): a
     recipe whose images were counted as ms-swift's qwen-vl-utils sizes them (the largest grid)
     may under-count a thin image, which the processor keeps one factor high past the limit."""
-    from ..spec import QWEN_VL_UTILS
-
     if recipe.settings.image_resize != QWEN_VL_UTILS:
         return None
     return ("images were counted as ms-swift's qwen-vl-utils sizes them (the largest grid under max_pixels); transformers' "

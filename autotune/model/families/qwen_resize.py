@@ -29,6 +29,8 @@ import functools
 import math
 from dataclasses import dataclass
 
+from ...spec import QWEN_VL_UTILS
+
 MAX_ASPECT = 200  # smart_resize refuses more extreme aspect ratios
 
 # qwen-vl-utils 0.0.14 (vision_process.py), as ms-swift leaves it unless the variables are exported.
@@ -138,8 +140,6 @@ def worst_image(rule: str, factor: int, min_pixels: int, max_pixels: int) -> Res
     """The image a launch's rule (spec.IMAGE_RULES) turns into the most tokens: transformers'
     processor's (`processor_worst`, a thin strip past the maximum below about 200 tokens), or
     qwen-vl-utils' (ms-swift's), whose largest is the largest grid (a fixed point of its rule)."""
-    from ...spec import QWEN_VL_UTILS
-
     if rule == QWEN_VL_UTILS:
         h, w = worst_grid(max_pixels, factor)
         return Resized((h * factor, w * factor), (h * factor, w * factor))
