@@ -196,9 +196,9 @@ def vision_fields(recipe: Recipe) -> dict:
 
 
 def image_resize(recipe: Recipe) -> str | None:
-    """The rule that sized the recipe's images; an older recipe's was the largest grid (qwen-vl-utils')."""
+    """The rule that sized the recipe's images (and a Qwen3-VL video); an older recipe's was qwen-vl-utils'."""
     s = recipe.settings
-    return s.image_resize or (QWEN_VL_UTILS if s.max_pixels is not None else None)
+    return s.image_resize or (QWEN_VL_UTILS if s.max_pixels is not None or s.video_max_pixels is not None else None)
 
 
 def phases(recipe: Recipe) -> list[tuple[str, dict]]:

@@ -57,3 +57,15 @@ def test_whole_summary_has_no_truncated_cell(width):
     summary(variant("base"), Console(file=buffer, width=width, color_system=None, highlight=False))
     text = buffer.getvalue()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+
+
+def test_the_vision_line_names_only_the_media_a_sample_has():
+    """A video-only recipe: no "0 image(s)"; a Qwen3-VL video says which rule sized it."""
+    r = variant("base")
+    settings = dataclasses.replace(r.settings, video_frames=4, video_max_pixels=131072, image_resize="processor")
+    multimodal = {"family": "qwen3-vl", "images_per_sample": 0, "image_tokens": 16384, "videos_per_sample": 1,
+                  "video_tokens": 512, "text_tokens_per_sample": 48}
+    buffer = io.StringIO()
+    summary(dataclasses.replace(r, settings=settings, multimodal=multimodal), Console(file=buffer, width=300, color_system=None))
+    line = next(line for line in buffer.getvalue().splitlines() if line.startswith("vision"))
+    assert "image(s)" not in line and "1 video x 512 tokens (the larger of what transformers' processor" in line

@@ -12,6 +12,7 @@ normalisation (ms-swift turns them off or they do not change shapes). qwen-vl-ut
 not a dependency: these tests skip without it (`pip install --no-deps qwen-vl-utils`)."""
 
 import dataclasses
+import math
 import importlib.util
 import re
 import types
@@ -23,8 +24,10 @@ from autotune.errors import UsageError
 from autotune.model.families import Media, family_for
 from autotune.model.families import qwen3_vl, qwen_resize
 from autotune.model.source import resolve
+from autotune.spec import QWEN_VL_UTILS
 from qwen_vl_utils_stand_ins import VIDEOS
 
+SWIFT = QWEN_VL_UTILS  # ms-swift's path: qwen-vl-utils sizes the frames
 SPECIALS = ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")
 def _as_ms_swift_sets(vp, monkeypatch, env: dict) -> str:
     """qwen-vl-utils' globals as ms-swift's Qwen3-VL loader sets them from `env`: its own
@@ -97,7 +100,7 @@ def test_video_worst_case_is_what_qwen_vl_utils_and_the_processor_make(case, vis
     if seq_len:
         monkeypatch.setattr(qwen_resize, "MODEL_SEQ_LEN", seq_len)
         monkeypatch.setattr(vision_process, "MODEL_SEQ_LEN", seq_len)
-    vplan = family_for(config).plan(config, Media(images=0, video_frames=frames, video_max_pixels=per_frame))
+    vplan = family_for(config).plan(config, Media(images=0, video_frames=frames, video_max_pixels=per_frame, image_resize=SWIFT))
     assert vplan.video_grid[0] == frames // 2  # at these settings the worst video has all N frames
     env = {"VIDEO_MAX_PIXELS": str(vplan.video_max_pixels), "FPS_MAX_FRAMES": str(frames)}
     _as_ms_swift_sets(vision_process, monkeypatch, env)
@@ -168,11 +171,11 @@ def test_more_frames_are_not_always_more_tokens():
     per frame: the worst video of at most N frames can have fewer than N."""
     config = resolve(None, "tiny-qwen3-vl").config
     family = family_for(config)
-    at = {n: family.plan(config, Media(images=0, video_frames=n)) for n in (300, 302, 768)}
+    at = {n: family.plan(config, Media(images=0, video_frames=n, image_resize=SWIFT)) for n in (300, 302, 768)}
     assert at[300].video_grid == at[302].video_grid == (150, 48, 64)  # 151 x 762 tokens would be fewer than 150 x 768
     assert at[768].video_grid == (384, 30, 40) and at[768].video_tokens == 384 * 300
-    assert [family.plan(config, Media(images=0, video_frames=n)).tokens for n in range(2, 40, 2)] == sorted(
-        family.plan(config, Media(images=0, video_frames=n)).tokens for n in range(2, 40, 2))
+    tokens = [family.plan(config, Media(images=0, video_frames=n, image_resize=SWIFT)).tokens for n in range(2, 40, 2)]
+    assert tokens == sorted(tokens)
 
 
 def test_refusals_name_the_flag():
@@ -187,7 +190,7 @@ def test_refusals_name_the_flag():
                                          r"tokens = 512 tokens at 131072 pixels per frame \+ 40 of timestamps and vision start/end\)"
                                          r".*use --video-frames 2 or fewer.*--max-length 553 or more$"):
         plan_inputs(resolve(None, "tiny-qwen3-vl"), ProbeSpec(model_config="tiny-qwen3-vl", max_length=400, images_per_sample=0,
-                                                              video_frames=4, video_max_pixels=131072))
+                                                              video_frames=4, video_max_pixels=131072, image_resize=SWIFT))
 
 
 def test_the_recipe_env_pins_the_limits_and_check_reads_them_back(tmp_path):
@@ -204,7 +207,8 @@ def test_the_recipe_env_pins_the_limits_and_check_reads_them_back(tmp_path):
     from launch_recipes import variant
 
     name = "tiny-qwen3-vl"
-    spec = ProbeSpec(model_config=name, max_length=1200, images_per_sample=0, video_frames=4, video_max_pixels=262144)
+    spec = ProbeSpec(model_config=name, max_length=1200, images_per_sample=0, video_frames=4, video_max_pixels=262144,
+                     image_resize=SWIFT)
     setup = plan_inputs(resolve(None, name), spec)
     env = swift_env(setup.family, setup.vision, spec)
     assert env == {"MAX_PIXELS": "16777216", "VIDEO_MAX_PIXELS": "262144", "FPS_MAX_FRAMES": "4", "MODEL_SEQ_LEN": "128000"}
@@ -233,3 +237,88 @@ def test_the_recipe_env_pins_the_limits_and_check_reads_them_back(tmp_path):
     checked, note = with_swift_args(recipe, str(path), environ={"VIDEO_MAX_TOKEN_NUM": "512", "VIDEO_MAX_PIXELS": "262144",
                                                                 "FPS_MAX_FRAMES": "4", "IMAGE_MAX_TOKEN_NUM": "1024"})
     assert checked.settings.video_max_pixels == 512 * 1024 and checked.settings.max_pixels == 1024 * 1024 and note is None
+
+
+def _brute_processor_frame(frames: int, factor: int, frame_pixels: int, max_pixels: int) -> int:
+    """The most tokens transformers' Qwen3-VL video smart_resize makes of any frame of at most
+    `frame_pixels` pixels (height <= width; the rule is symmetric) in a `frames`-frame video."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+    best = 0
+    for h in range(1, math.isqrt(frame_pixels) + 1):
+        for w in range(h, min(200 * h, frame_pixels // h) + 1):
+            try:
+                hb, wb = smart_resize(frames, h, w, 2, factor, qwen_resize.PROCESSOR_VIDEO_MIN_PIXELS, max_pixels)
+            except ValueError:  # past the aspect limit: the processor refuses it
+                continue
+            best = max(best, (hb // factor) * (wb // factor))
+    return best
+
+
+@pytest.mark.parametrize("factor, frame_tokens, video_tokens, frames", [
+    (16, 400, 1000, (2, 3, 5, 7)),  # few frames keep their (rounded) size, more are scaled down
+    (16, 300, 2400, (3, 7, 8)),
+    (32, 250, 600, (2, 3, 4)),  # 3 frames: checked against the budget as 4, scaled as 3
+    (32, 24, 40, (2, 5)),  # thin strips, scaled up to one factor high, win
+])
+def test_the_processor_frame_is_the_most_its_smart_resize_makes(factor, frame_tokens, video_tokens, frames):
+    """transformers' Qwen3VLVideoProcessor (what TRL, LLaMA-Factory and a script of the user's own
+    resize with) spends one budget over all frames and caps no frame: brute force over every frame
+    it accepts under the per-frame bound, against the frame the family counts."""
+    square = factor * factor
+    for n in frames:
+        h, w = qwen_resize.processor_video_frame(n, factor, frame_tokens * square, video_tokens * square)
+        assert h * w == _brute_processor_frame(n, factor, frame_tokens * square, video_tokens * square), n
+
+
+def test_under_the_processor_rule_the_video_is_the_larger_of_the_two():
+    """At the published limits (786432 pixels a frame, 25165824 over the video), a few frames keep
+    their size, rounded up past it (a 81 x 9709 frame becomes 96 x 9696: 909 tokens, more than
+    ms-swift's 768), so the processor's rule is the worst case; at 64 frames its budget gives each
+    384 tokens and ms-swift's 768 is. Under ms-swift's rule alone, ms-swift's."""
+    config = resolve(None, "tiny-qwen3-vl").config
+    family = family_for(config)
+    few = family.plan(config, Media(images=0, video_frames=4))
+    assert few.video_grid == (2, 3 * 2, 303 * 2) and few.video_tokens == 2 * 909  # in patches: 2 x 2 merged
+    assert family.plan(config, Media(images=0, video_frames=4, image_resize=SWIFT)).video_tokens == 2 * 768
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+    assert smart_resize(4, 81, 9709, 2, 32, 4096, qwen_resize.PROCESSOR_VIDEO_MAX_PIXELS) == (96, 9696) and 81 * 9709 <= 786432
+    many = family.plan(config, Media(images=0, video_frames=64))
+    assert many.video_tokens == family.plan(config, Media(images=0, video_frames=64, image_resize=SWIFT)).video_tokens == 32 * 768
+    assert qwen_resize.processor_video_frame(64, 32, 786432) == (4, 96)  # 384 tokens each under the processor's budget
+    # an odd count: the processor pads the frames to whole temporal patches
+    assert family.plan(config, Media(images=0, video_frames=3)).video_grid[0] == 2
+
+
+def test_the_rule_is_recorded_and_each_launch_file_says_what_it_assumed():
+    """A video-only Qwen3-VL recipe records the rule its video was counted by; `check` rebuilds it
+    (an older recipe: ms-swift's, what it counted); the HF Trainer's and TRL's files say the frames
+    they hand the processor must be at most video_max_pixels (it caps no frame itself), and a
+    recipe counted as ms-swift counts says a processor launch should re-probe."""
+    from autotune.check import spec_for
+    from autotune.emit import hf, llamafactory, trl
+    from autotune.model.multimodal import recipe_settings
+    from autotune.model.training_setup import plan_inputs
+    from autotune.spec import ProbeSpec
+    from launch_recipes import variant
+
+    name = "tiny-qwen3-vl"
+    spec = ProbeSpec(model_config=name, max_length=2400, images_per_sample=0, video_frames=4, video_max_pixels=262144)
+    setup = plan_inputs(resolve(None, name), spec)
+    recorded = recipe_settings(setup, spec, False)
+    assert recorded["image_resize"] == "processor" and recorded["video_max_pixels"] == 262144
+    r = variant("base")
+    settings = dataclasses.replace(r.settings, freeze_vit=True, freeze_aligner=True, freeze_llm=False, max_length=2400,
+                                   video_max_pixels=262144, video_frames=4, max_pixels=None, image_resize="processor")
+    recipe = dataclasses.replace(r, settings=settings, model=dataclasses.replace(r.model, path=name, max_length=2400),
+                                 multimodal={"family": "qwen3-vl", "images_per_sample": 0})
+    assert spec_for(recipe, "sim", 2**30, 0.1).image_resize == "processor"
+    assert "at most 262144 pixels" in hf.model_settings(recipe)["video_max_pixels"]["how"]
+    assert any("at most 262144 pixels" in n for n in trl.notes(recipe)) and "Qwen3VLVideoProcessor" not in llamafactory.render(recipe)
+    as_swift = dataclasses.replace(recipe, settings=dataclasses.replace(settings, image_resize=SWIFT))
+    assert "Qwen3VLVideoProcessor" in hf.model_settings(as_swift)["image_resize"]["how"]
+    assert "images were counted" not in hf.model_settings(as_swift)["image_resize"]["how"]  # no images here
+    assert hf.model_settings(as_swift)["video_max_pixels"] == 262144
+    older = dataclasses.replace(recipe, settings=dataclasses.replace(settings, image_resize=None))
+    assert spec_for(older, "sim", 2**30, 0.1).image_resize == SWIFT

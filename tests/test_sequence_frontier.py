@@ -257,7 +257,7 @@ def test_qwen3_vl_video_frames_auto_equals_brute_force():
     the brute force's at budgets between each pair of neighbours (tests/test_qwen3_vl_video.py:
     the worst case against qwen-vl-utils and the processor)."""
     spec, values, workload, memo, _ = _setup("tiny-qwen3-vl", 256 * MiB, "sdpa", frontier="video_frames", max_length=828,
-                                             images_per_sample=0, video_max_pixels=131072)
+                                             images_per_sample=0, video_max_pixels=131072, image_resize="qwen-vl-utils")
     assert values.values == [2, 4, 6] and workload.make_batch(1)["video_grid_thw"].tolist() == [[3, 4, 256]]
     settings = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "per_device_train_batch_size": 1,
                 "gradient_accumulation_steps": 1}

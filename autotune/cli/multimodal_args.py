@@ -63,13 +63,16 @@ def add_arguments(parser) -> None:
                     help="which resize your launch runs on a Qwen-VL image: processor (transformers', as your own script, TRL "
                          "and LLaMA-Factory call it: under a small --max-pixels a thin strip comes out past it, 113 tokens at "
                          "50176 pixels) or qwen-vl-utils (ms-swift's: the largest grid under --max-pixels). "
+                         "Qwen3-VL's video too: processor counts the larger of transformers' video processor (one budget over "
+                         "all frames: a few frames keep their size) and qwen-vl-utils. "
                          "Default: qwen-vl-utils when the only --emit is swift, else processor")
     vl.add_argument("--images-per-sample", type=int, metavar="N", help="images in every sample of the worst-case batch (default: 1)")
     vl.add_argument("--video-frames", type=whole_or_auto, metavar="N|auto",
                     help="frames of one video per sample (default: no video); auto: the most that fit (ms-swift's FPS_MAX_FRAMES; "
                          "InternVL's VIDEO_SEGMENTS)")
     vl.add_argument("--video-max-pixels", type=int, metavar="N", help="pixels per video frame, Qwen families (default: qwen-vl-utils' 768 tokens, 602112 for Qwen2/2.5-VL, "
-                         "786432 for Qwen3-VL); InternVL resizes frames to one tile")
+                         "786432 for Qwen3-VL; under --image-resize processor, Qwen3-VL's processor caps no frame: the most your frames have); "
+                         "InternVL resizes frames to one tile")
     vl.add_argument("--video-min-pixels", type=int, metavar="N",
                     help="the least pixels per video frame, Qwen families (ms-swift's VIDEO_MIN_PIXELS; default: qwen-vl-utils' "
                          "128 tokens, 100352 for Qwen2/2.5-VL): every frame gets at least 1.05x this, whatever --video-max-pixels")

@@ -19,6 +19,9 @@ from ..sizes import format_size
 _STYLE = {"fit": "green", "oom": "red", "over_budget": "yellow", "error": "red bold", "skipped": "dim",
           "timeout": "magenta", "crashed": "magenta bold"}
 _RESIZE_WORDS = {"processor": "transformers' processor", "qwen-vl-utils": "ms-swift's qwen-vl-utils"}
+# Qwen3-VL's video under the processor's rule is the larger of the two (model/families/qwen3_vl.py)
+_VIDEO_RESIZE_WORDS = {"processor": " (the larger of what transformers' processor and ms-swift's qwen-vl-utils make)",
+                       "qwen-vl-utils": " (as ms-swift's qwen-vl-utils resizes it)"}
 
 
 def stderr_console(quiet: bool = False) -> Console:
@@ -209,10 +212,14 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
     console.print(line + f" max_length={s.max_length}")
     if recipe.multimodal:
         m = recipe.multimodal
-        console.print(f"vision      {m['family']}: {m['images_per_sample']} image(s) x {m['image_tokens']} tokens"
-                      + (f" (as {_RESIZE_WORDS.get(s.image_resize, s.image_resize)} resizes them)" if s.image_resize and m['images_per_sample'] else "")
-                      + (f", {m['videos_per_sample']} video x {m['video_tokens']} tokens" if m['videos_per_sample'] else "")
-                      + (f", {m['audio_clips_per_sample']} audio clip(s) x {m['audio_tokens']} tokens" if m.get('audio_clips_per_sample') else "")
+        resized = f" (as {_RESIZE_WORDS.get(s.image_resize, s.image_resize)} resizes them)" if s.image_resize else ""
+        media = [f"{m['images_per_sample']} image(s) x {m['image_tokens']} tokens" + resized] if m['images_per_sample'] else []
+        if m['videos_per_sample']:
+            media.append(f"{m['videos_per_sample']} video x {m['video_tokens']} tokens"
+                         + (_VIDEO_RESIZE_WORDS.get(s.image_resize, "") if m['family'] == "qwen3-vl" else ""))
+        if m.get('audio_clips_per_sample'):
+            media.append(f"{m['audio_clips_per_sample']} audio clip(s) x {m['audio_tokens']} tokens")
+        console.print(f"vision      {m['family']}: {', '.join(media) or 'no media'}"
                       + f" + {m['text_tokens_per_sample']} text tokens; freeze_vit={s.freeze_vit} freeze_aligner={s.freeze_aligner} "
                       f"freeze_llm={s.freeze_llm}" + (f" env {s.env}" if s.env else ""))
     for line in levers_lines(search.levers):

@@ -133,12 +133,37 @@ def require_validated(recipe: Recipe, allow_unvalidated: bool) -> None:
                          "re-probe, or add --allow-unvalidated to emit it anyway")
 
 
+def _qwen3_vl_video(recipe: Recipe) -> bool:
+    return bool(recipe.settings.video_frames) and (recipe.multimodal or {}).get("family") == "qwen3-vl"
+
+
 def image_resize_note(recipe: Recipe) -> str | None:
-    """For a launch that resizes images with transformers' processor (hf, trl, llamafactory): a
-    recipe whose images were counted as ms-swift's qwen-vl-utils sizes them (the largest grid)
-    may under-count a thin image, which the processor keeps one factor high past the limit."""
+    """For a launch that resizes with transformers' processor (hf, trl, llamafactory): a recipe
+    whose images were counted as ms-swift's qwen-vl-utils sizes them (the largest grid) may
+    under-count a thin image, which the processor keeps one factor high past the limit; its
+    Qwen3-VL video, which the processor gives one budget over all frames, a video of few frames."""
     if recipe.settings.image_resize != QWEN_VL_UTILS:
         return None
-    return ("images were counted as ms-swift's qwen-vl-utils sizes them (the largest grid under max_pixels); transformers' "
-            "processor, which this launch resizes with, makes more of a thin image under a small max_pixels (below about "
-            "200 tokens): re-probe with --image-resize processor for this launch")
+    what = []
+    if recipe.settings.max_pixels is not None:
+        what.append("images were counted as ms-swift's qwen-vl-utils sizes them (the largest grid under max_pixels); "
+                    "transformers' processor, which this launch resizes with, makes more of a thin image under a small "
+                    "max_pixels (below about 200 tokens)")
+    if _qwen3_vl_video(recipe):
+        what.append("the video was counted as qwen-vl-utils sizes its frames (at most video_max_pixels each, less past 300 "
+                    "frames); transformers' Qwen3VLVideoProcessor, which this launch resizes with, spends one budget over "
+                    "all frames and can make more of a video of few frames")
+    return "; ".join(what) + ": re-probe with --image-resize processor for this launch" if what else None
+
+
+def video_frames_note(recipe: Recipe) -> str | None:
+    """A Qwen3-VL video counted under transformers' processor's rule (hf, trl): the processor caps
+    no frame below its budget over the whole video, so the count holds for frames of at most
+    video_max_pixels only, which the launch's own code must make them (LLaMA-Factory's
+    video_max_pixels does: it resizes every frame to it first)."""
+    s = recipe.settings
+    if s.image_resize == QWEN_VL_UTILS or not _qwen3_vl_video(recipe):
+        return None
+    return (f"the video's frames were counted at most {s.video_max_pixels} pixels each, as transformers' Qwen3VLVideoProcessor "
+            "then resizes them (one budget of 25165824 pixels over the whole video, no per-frame cap): hand it frames of at "
+            f"most {s.video_max_pixels} pixels (resize them first), or re-probe with --video-max-pixels at your frames' size")

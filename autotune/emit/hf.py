@@ -11,7 +11,7 @@ import json
 
 from ..recipe.schema import Recipe
 from ..recipe.training_args import arguments
-from .common import check_strategy, image_resize_note, model_location, zero_stage
+from .common import check_strategy, image_resize_note, model_location, video_frames_note, zero_stage
 
 
 def training_arguments(recipe: Recipe, output_dir: str = "output") -> dict:
@@ -49,6 +49,9 @@ def model_settings(recipe: Recipe) -> dict:
     resize = image_resize_note(recipe)
     if resize:
         out["image_resize"] = {"value": s.image_resize, "how": resize}
+    frames = video_frames_note(recipe)
+    if frames:
+        out["video_max_pixels"] = {"value": s.video_max_pixels, "how": frames}
     if s.use_cache_off_in_sub_configs:
         out["use_cache_off_in_sub_configs"] = {
             "value": True, "how": "the recipe was probed as ms-swift runs, use_cache off in the language model's configs too "

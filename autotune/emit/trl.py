@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..recipe.schema import Recipe
 from ..recipe.training_args import checkpointing_names
 from . import hf, rlhf
-from .common import check_strategy, image_resize_note
+from .common import check_strategy, image_resize_note, video_frames_note
 
 CONFIGS = {"grpo": "GRPOConfig", "dpo": "DPOConfig"}
 
@@ -86,9 +86,9 @@ def notes(recipe: Recipe) -> list[str]:
     """What the config cannot say (JSON has no comments): the sidecar carries it."""
     s = recipe.settings
     out = rlhf.notes(recipe, "trl")
-    resize = image_resize_note(recipe)
-    if resize:
-        out.append(resize)
+    for note in (image_resize_note(recipe), video_frames_note(recipe)):
+        if note:
+            out.append(note)
     if s.max_pixels:
         out.append(f"images were probed at max_pixels {s.max_pixels}, prompt tokens included: pass processing_class="
                    f"AutoProcessor.from_pretrained(model, max_pixels={s.max_pixels}) to the trainer (without one TRL loads the "

@@ -256,7 +256,7 @@ def from_dataset(spec, source):
         images = limits.images_per_sample if spec.images_per_sample is None else spec.images_per_sample
         if limits.max_pixels is not None:
             changes["max_pixels"] = limits.max_pixels
-            if spec.image_resize is None:
+            if spec.image_resize is None and not spec.video_frames:  # the rule sizes a Qwen3-VL video too, whose frames are not measured
                 changes["image_resize"] = image_rule(profile, family, source.config, limits.max_pixels)
             images = _images_that_fit(family, source.config, spec.replace(**changes), images, limits)
         changes["images_per_sample"] = images

@@ -212,7 +212,8 @@ def recipe_settings(setup, spec, gradient_checkpointing: bool) -> dict:
         # ms-swift's vit_gradient_checkpointing follows gradient_checkpointing unless set; the probe ran it so.
         "vit_gradient_checkpointing": gradient_checkpointing,
         "max_pixels": vplan.max_pixels if applies and vplan.images else None,
-        "image_resize": (spec.image_resize or PROCESSOR) if applies and vplan.images else None,
+        # the rule sizes Qwen-VL images, and Qwen3-VL's video (its processor's rule differs from ms-swift's)
+        "image_resize": (spec.image_resize or PROCESSOR) if applies and (vplan.images or vplan.videos) else None,
         "video_max_pixels": vplan.video_max_pixels if vplan.videos else None,
         "video_min_pixels": vplan.video_min_pixels if vplan.videos else None,
         "video_frames": spec.video_frames if vplan.videos else None,

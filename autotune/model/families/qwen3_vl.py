@@ -34,11 +34,16 @@ qwen-vl-utils alone decides the frames and their size:
 - mm_token_type_ids: 2 on the video's placeholders only; `get_rope_index` splits the grid into
   frames, each between text tokens, so positions follow that layout.
 
-An HF-processor user (no qwen-vl-utils: `Qwen3VLVideoProcessor` samples and resizes) gets a
-different rule: one budget (`size["longest_edge"]`, 25165824 pixels in the published
-video_preprocessor_config.json) over all frames of a video, per frame too unless
-`cap_pixels_per_frame`. It allows more tokens per frame than ms-swift's for a few frames and far
-fewer for many; the worst case here is ms-swift's.
+A launch that resizes with transformers' processor (`--image-resize processor`: a script of the
+user's own, TRL, LLaMA-Factory, which hand the frames to `Qwen3VLVideoProcessor` with its resize
+on) gets a different rule: one budget (`size["longest_edge"]`, 25165824 pixels in the published
+video_preprocessor_config.json) over all frames of a video and no per-frame cap
+(`cap_pixels_per_frame` unset), so a few frames keep their own size, rounded (up past a half
+factor: 909 tokens from a frame of 786432 pixels, 81 x 9709), and many are scaled down to their
+share (a thin strip clamped to one factor high past it). `--video-max-pixels` then bounds the
+frames the processor is given (LLaMA-Factory's `video_max_pixels` resize, or the videos' own
+size). Under that rule the worst case is the larger of the two, since the same recipe may also
+be launched with ms-swift (`qwen_resize.processor_worst_video`).
 """
 
 from __future__ import annotations
@@ -49,10 +54,11 @@ import functools
 import torch
 
 from ...errors import UsageError
+from ...spec import PROCESSOR
 from .base import Media, VisionPlan
 from .qwen2_vl import Limits, _factor, _patches, family, plan
 from .qwen2_vl import inputs as qwen2_vl_inputs
-from .qwen_resize import VIDEO_MIN_TOKENS, worst_video
+from .qwen_resize import VIDEO_MIN_TOKENS, processor_worst_video, worst_video
 
 LIMITS = Limits(min_pixels=65536, default_max_pixels=16777216, default_video_max_pixels=768 * 32 * 32)
 
@@ -71,9 +77,14 @@ def plan_media(config, media: Media, limits: Limits = LIMITS) -> VisionPlan:
         raise UsageError("--video-max-pixels", f"{per_frame_cap} is below qwen-vl-utils' per-frame minimum of {smallest} pixels "
                                                f"({smallest // (factor * factor)} tokens of {factor}x{factor}): every frame gets at least that",
                          f"use --video-max-pixels {smallest} or more")
-    frames, (h, w) = worst_video(media.video_frames, per_frame_cap // (factor * factor), factor, per_patch=2 + timestamp_tokens(),
+    per_patch = 2 + timestamp_tokens()
+    frames, (h, w) = worst_video(media.video_frames, per_frame_cap // (factor * factor), factor, per_patch=per_patch,
                                  min_tokens=-(-smallest // (factor * factor)))
     patches = frames // vision.temporal_patch_size
+    if media.image_resize == PROCESSOR:  # the processor's rule can make more: the larger is the worst case
+        hf_patches, (hh, hw) = processor_worst_video(media.video_frames, factor, per_frame_cap, per_patch=per_patch)
+        if hf_patches * (hh * hw + per_patch) > patches * (h * w + per_patch):
+            patches, h, w = hf_patches, hh, hw
     return dataclasses.replace(
         vplan, videos=1, video_tokens=patches * h * w, video_grid=(patches, h * merge, w * merge),
         video_extra_tokens=2 + patches * (2 + timestamp_tokens()),  # the video's start/end; per patch its time and start/end

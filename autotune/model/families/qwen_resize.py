@@ -177,6 +177,96 @@ def worst_video(frames: int, max_tokens: int, factor: int, per_patch: int = 0,
     return best, frame_grid(best, max_tokens, factor, min_tokens)
 
 
+# transformers' Qwen3VLVideoProcessor as the published video_preprocessor_config.json of Qwen3-VL
+# sets it: size {"shortest_edge": 4096, "longest_edge": 25165824}, pixels over *all* of a video's
+# frames (its smart_resize compares frames x height x width with them), cap_pixels_per_frame unset
+# (False, with a warning, in transformers 5.24): no per-frame cap of its own.
+PROCESSOR_VIDEO_MAX_PIXELS = 25165824
+PROCESSOR_VIDEO_MIN_PIXELS = 4096
+
+
+def _video_resize(frames: int, height: int, width: int, factor: int, max_pixels: int) -> tuple[int, int] | None:
+    # The processor's own rule; None where it refuses the frame (past the aspect limit).
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+    try:
+        return smart_resize(frames, height, width, temporal_factor=FRAME_FACTOR, factor=factor,
+                            min_pixels=PROCESSOR_VIDEO_MIN_PIXELS, max_pixels=max_pixels)
+    except ValueError:
+        return None
+
+
+def _rounding_to(units: int, factor: int, largest: bool) -> int:
+    """The smallest (or largest) side in pixels that `round(side / factor)` turns into `units`
+    (Python's round: halves go to the even side)."""
+    side = (2 * units + (1 if largest else -1)) * factor // 2
+    while round(side / factor) != units:
+        side += -1 if largest else 1
+    return side
+
+
+def _video_frame_sources(frames: int, factor: int, frame_pixels: int, max_pixels: int) -> set[tuple[int, int]]:
+    """Frames (height <= width) of at most `frame_pixels` pixels among which the processor's rule
+    makes the most tokens of a `frames`-frame video:
+    - unscaled (the video within the budget): for every row count, the widest frame, and the
+      widest whose rounded columns keep the video within the budget; sides are rounded, up where
+      a side lies past a half factor, so a frame can come out larger than it went in;
+    - scaled down (the video past the budget, each side divided by the root of the excess and
+      floor-rounded): the result depends on the frame's aspect only, so for every row count the
+      widest aspect that keeps it, at the largest frame of that aspect (the finest ratio);
+    - strips thinner than one factor, which the rule first scales up to one."""
+    square = factor * factor
+    rounded = round(frames / FRAME_FACTOR) * FRAME_FACTOR  # the frame count the rule checks the budget with
+    sources = {(h, w) for h in range(1, factor) for w in (MAX_ASPECT * h, MAX_ASPECT * h - 1) if h * w <= frame_pixels}
+    rows = 1
+    while (h := _rounding_to(rows, factor, largest=False)) * h <= frame_pixels:
+        widest = min(frame_pixels // h, MAX_ASPECT * h)
+        sources.add((h, widest))
+        fitting = max_pixels // (rounded * rows * square)  # columns the video keeps unscaled at these rows
+        if fitting >= rows:
+            sources.add((h, min(widest, _rounding_to(fitting, factor, largest=True))))
+        rows += 1
+    for rows in range(1, math.isqrt(max_pixels // frames) // factor + 2):
+        aspect = max_pixels / (frames * rows * rows * square)  # width / height that scales to `rows` rows exactly
+        if aspect < 1:
+            break
+        tallest = math.isqrt(int(frame_pixels / min(aspect, MAX_ASPECT)))
+        for h in (tallest, tallest - 1, tallest - 2):
+            w = min(max_pixels * h // (frames * rows * rows * square), MAX_ASPECT * h, frame_pixels // max(h, 1))
+            if h >= 1 and w >= h:
+                sources.add((h, w))
+    return sources
+
+
+@functools.lru_cache(maxsize=4096)
+def processor_video_frame(frames: int, factor: int, frame_pixels: int, max_pixels: int = PROCESSOR_VIDEO_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) in factor units of the frame with the most tokens transformers'
+    Qwen3VLVideoProcessor makes in a `frames`-frame video whose frames have at most
+    `frame_pixels` pixels: the budget is `max_pixels` over all frames, so a few frames keep their
+    size (rounded, up past a half factor) and many are scaled down to their share."""
+    best = (0, 0)
+    for h, w in _video_frame_sources(frames, factor, frame_pixels, max_pixels):
+        made = _video_resize(frames, h, w, factor, max_pixels)
+        if made and (made[0] // factor) * (made[1] // factor) > best[0] * best[1]:
+            best = (made[0] // factor, made[1] // factor)
+    return best
+
+
+def processor_worst_video(frames: int, factor: int, frame_pixels: int, per_patch: int = 0) -> tuple[int, tuple[int, int]]:
+    """(temporal patches, frame grid) of the video of 2 to `frames` frames with the most tokens
+    under transformers' video processor (per temporal patch its placeholders and `per_patch`
+    more); the frames are padded to whole patches. (0, (0, 0)) for a single frame, which the
+    processor refuses."""
+    def tokens(n: int) -> int:
+        h, w = processor_video_frame(n, factor, frame_pixels)
+        return math.ceil(n / FRAME_FACTOR) * (h * w + per_patch)
+
+    if frames < FRAME_FACTOR:
+        return 0, (0, 0)
+    best = max(range(FRAME_FACTOR, frames + 1), key=lambda n: (tokens(n), n))
+    return math.ceil(best / FRAME_FACTOR), processor_video_frame(best, factor, frame_pixels)
+
+
 def swift_env(vplan) -> dict:
     """qwen-vl-utils reads MODEL_SEQ_LEN for its budget over a video's frames: held at the value
     the worst case assumed (emit/common.py HELD_ENV)."""
