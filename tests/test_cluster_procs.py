@@ -101,6 +101,7 @@ def torchrun_probe(tmp_path, world: int, *args) -> dict:
     assert f"all {world} ranks reached the same recipe" in run.stderr
     recipe = yaml.safe_load(out.read_text())
     assert recipe["hardware"]["world_size"] == world
+    assert recipe["hardware"]["device_count"] == world  # one node: its ranks, so the launch files say NPROC_PER_NODE=world
     return recipe
 
 

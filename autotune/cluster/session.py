@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 
 from .. import __version__
@@ -145,8 +146,11 @@ def _supervised(spec, progress, on_device=None) -> Session:
     devices = ready.devices
     names = sorted({d["name"] for d in devices})
     capacity, budget = min(d["capacity"] for d in devices), min(ready.budgets)
+    # The launch files' layout is the probe's: ranks per node as torchrun started them (a node's
+    # simulated devices count 1 whatever the ranks), else the devices this node has.
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or devices[0]["count"])
     hardware = Hardware(device=devices[0]["kind"], name=" + ".join(names), capacity_bytes=capacity,
-                        device_count=devices[0]["count"], world_size=control.world_size, **library_versions())
+                        device_count=per_node, world_size=control.world_size, **library_versions())
     if len({d["capacity"] for d in devices}) > 1:
         progress.stage("ranks differ: " + ", ".join(f"rank {i} {format_size(d['capacity'])}" for i, d in enumerate(devices)))
     progress.stage(f"usable budget {format_size(budget)} of {format_size(capacity)} (margin {spec.margin:.0%}) per rank")
