@@ -150,19 +150,31 @@ def reward_rlhf(tmp_path):
     return RLHFSpec("grpo", num_generations=2, max_completion_length=8, use_vllm=True, vllm_mode="server", reward_models=(str(path),))
 
 
-def test_a_reward_model_s_scoring_is_trl_s_within_2_percent(make_workload, reward_rlhf, monkeypatch):
+REWARD_POLICIES = {"tiny-llama": {"max_length": 16},
+                   "tiny-qwen2.5-vl": {"max_length": 32, "max_pixels": VL_PIXELS, "image_resize": VL_RULE}}
+
+
+@pytest.mark.parametrize("policy", list(REWARD_POLICIES))
+def test_a_reward_model_s_scoring_is_trl_s_within_2_percent(make_workload, reward_rlhf, monkeypatch, policy):
     """GRPO with a reward model passed as a model: TRL scores every completion of the generation
     in one forward under inference mode; the step model's peak is the trial's within 2%, and
-    without that forward (its weights alone) it would not be."""
+    without that forward (its weights alone) it would not be. A vision-language policy's reward
+    model reads the prompt's words and the completion, not the image tokens: scored at the text
+    policy's length (prompt + completion), the step model would be more than 2% over."""
     import torch
 
-    workload = make_workload("tiny-llama", CAPACITY, max_length=16, train_type="lora", rlhf=reward_rlhf, global_batch_size=4)
+    workload = make_workload(policy, CAPACITY, train_type="lora", rlhf=reward_rlhf, global_batch_size=4, **REWARD_POLICIES[policy])
     rlhf_run.prepare(workload)
     workload.configure(gradient_checkpointing=False)
     modelled = rlhf_step_model.train_steps(workload, 1, 3, 4)
     trial = run_trial(workload, "train", {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 4}, 3, CAPACITY)
     assert trial.fits, trial.message
     assert abs(modelled - trial.peak_bytes) <= 0.02 * trial.peak_bytes, (modelled, trial.peak_bytes)
+    if workload.setup.family is not None:
+        text_length = workload.spec.max_length + reward_rlhf.completion_length
+        monkeypatch.setattr(rlhf_step_model, "reward_tokens", lambda w: text_length)
+        with_images = rlhf_step_model.train_steps(workload, 1, 3, 4)
+        assert with_images - trial.peak_bytes > 0.02 * trial.peak_bytes, (with_images, trial.peak_bytes)
     monkeypatch.setattr(rlhf_step_model, "score", lambda w, rows, length: torch.rand(rows, device=w.device.torch_device))
     weights_only = rlhf_step_model.train_steps(workload, 1, 3, 4)
     assert trial.peak_bytes - weights_only > 0.02 * trial.peak_bytes, (weights_only, trial.peak_bytes)
@@ -190,6 +202,18 @@ def test_the_planned_frontier_with_a_reward_model_is_confirmed_by_trl_trials(mak
                            3, p.budget_bytes)
         assert (result.outcome == "fit") == fits, (batch, result.outcome, result.peak_bytes, p.budget_bytes)
     assert plan_recipe(plan).rlhf["reward_models"].startswith("resident beside the policy")
+
+
+def test_a_vision_language_plan_has_the_reward_model_s_row(capsys):
+    """`plan` of a VL GRPO policy with a reward model: the breakdown's row for its weights, planned
+    at full depth."""
+    argv = ["plan", "--model-config", "tiny-qwen2.5-vl", "--max-length", "32", "--max-pixels", str(VL_PIXELS), "--image-resize", VL_RULE,
+            "--rlhf-type", "grpo", "--num-generations", "2", "--max-completion-length", "8", "--global-batch-size", "4",
+            "--use-vllm", "--vllm-mode", "server", "--reward-model", "tiny-qwen2", "--train-type", "lora",
+            "--gradient-checkpointing", "off", "--gpu-memory", "64MiB", "--cuda-context", "0", "--workspaces", "0", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "reward model weights" in out and "full depth: reward models" in out
 
 
 def test_auto_share_in_the_plan():

@@ -172,6 +172,73 @@ def test_vl_dpo_probe_runs_and_its_frontier_holds(tmp_path):
     assert over is None or over > budget
 
 
+# ---------------------------------------------------------------- reward models passed as models
+
+@pytest.fixture
+def wide_reward(tmp_path):
+    """A reward model (config.json: random init) whose weights and scoring forward are large next
+    to the tiny policy's step: one layer, a wide MLP."""
+    import json
+
+    from test_rlhf_plan import WIDE_MLP_REWARD
+
+    path = tmp_path / "reward.json"
+    path.write_text(json.dumps({**WIDE_MLP_REWARD, "intermediate_size": 24576}))
+    return str(path)
+
+
+def _grpo_with(rewards) -> RLHFSpec:
+    return RLHFSpec("grpo", num_generations=GENERATIONS, max_completion_length=COMPLETION, use_vllm=True,
+                    vllm_gpu_memory_utilization=0.25, reward_models=rewards)
+
+
+def test_a_reward_model_reads_the_text_alone_and_its_weights_count(make_workload):
+    """TRL's _calculate_rewards renders a conversational prompt + completion with the reward
+    model's tokenizer's chat template and calls it with text alone: the reward model's forward gets
+    the prompt's words and the completion (no image tokens, no pixel_values), and it is resident
+    beside the policy (the trial's peak gains at least its weights)."""
+    from autotune.trials.trial import run_trial
+
+    peaks, seen = {}, []
+    for rewards in ((), ("tiny-qwen2",)):
+        workload = make_workload("tiny-qwen2.5-vl", CAPACITY, max_length=PROMPT, train_type="lora", rlhf=_grpo_with(rewards),
+                                 global_batch_size=2, max_pixels=PIXELS, image_resize=RULE)
+        if rewards:
+            rlhf_run.prepare(workload)
+            (reward,) = workload.reward_models
+            reward.register_forward_pre_hook(lambda m, args, kwargs: seen.append((set(kwargs), tuple(kwargs["input_ids"].shape))),
+                                             with_kwargs=True)
+        result = run_trial(workload, "train", {"per_device_train_batch_size": 2}, 3, CAPACITY)
+        assert result.fits, result.message
+        peaks[rewards] = result.peak_bytes
+    vision = workload.setup.vision
+    assert type(reward).__name__ == "Qwen2ForSequenceClassification"
+    assert seen and {shape for _, shape in seen} == {(2, PROMPT - vision.tokens + COMPLETION)}
+    assert all("pixel_values" not in keys and "image_grid_thw" not in keys for keys, _ in seen)
+    weights = sum(p.numel() * p.element_size() for p in reward.parameters())
+    assert peaks[("tiny-qwen2",)] - peaks[()] >= weights
+
+
+def test_vl_grpo_lora_probe_with_a_reward_model_reaches_its_frontier(wide_reward):
+    """A VL GRPO LoRA probe with a reward model passed as a model: an exact frontier, the reward
+    model resident (without it TRL's trainer fits the budget at the frontier + 1), its launch files
+    pass it on."""
+    from autotune.emit import swift, trl
+    from autotune.trials.trial import run_trial
+
+    small = dict(global_batch_size=2, max_batch_size=8, steps=3, validate_steps=3)  # few, short trials
+    spec = vl_spec(rlhf=_grpo_with((wide_reward,)), **small)
+    recipe = probe(spec)
+    frontier, budget = _exact(recipe), recipe.search.budget_bytes
+    assert recipe.validation.passed and recipe.settings.reward_model == [wide_reward]
+    assert recipe.rlhf["reward_models"] == f"resident beside the policy, scoring every completion: {wide_reward}"
+    device, workload, _, _ = _oracle_workload(vl_spec(rlhf=_grpo_with(()), **small))
+    without = run_trial(workload, "train", {"per_device_train_batch_size": frontier + 1}, 3, budget)
+    assert without.fits, without.message
+    assert f"--reward_model {wide_reward}" in swift.render_script(recipe, "4.6", None)
+    assert any("reward models read text alone" in note for note in trl.notes(recipe))
+
+
 # ---------------------------------------------------------------- the data the trials hand TRL
 
 @pytest.mark.parametrize("model, rule, prompt", [("tiny-qwen2-vl", RULE, PROMPT), ("tiny-qwen2.5-vl", RULE, PROMPT),
@@ -254,7 +321,6 @@ def test_the_images_reach_the_trials_forwards(make_workload, use_vllm):
 @pytest.mark.parametrize("changes, flag", [
     ({"model": "tiny-internvl", "max_pixels": None, "max_length": 64}, "--rlhf-type"),
     ({"video_frames": 4}, "--video-frames"),
-    ({"rlhf": RLHFSpec("grpo", num_generations=4, use_vllm=True, vllm_mode="server", reward_models=("tiny-qwen2",))}, "--reward-model"),
     ({"rlhf": RLHFSpec("dpo", precompute_ref_log_probs=True), "global_batch_size": None}, "--precompute-ref-log-probs"),
     ({"rlhf": RLHFSpec("dpo"), "global_batch_size": None, "max_length": 11}, "--max-length"),
 ])

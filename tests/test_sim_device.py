@@ -35,6 +35,22 @@ def test_is_oom_recognises_messages_without_out_of_memory():
     assert not is_oom(ValueError("CUDA out of memory"))  # only RuntimeErrors carry the allocator's text
 
 
+def test_is_oom_recognises_an_oom_transformers_re_raised():
+    """A processor's BatchFeature makes its tensors under a try that re-raises any failure as a
+    ValueError `from` it: an OOM there (the sim counts the host-side processor call of TRL's GRPO)
+    is still an OOM, and a ValueError of its own is not."""
+    import numpy as np
+    from transformers import BatchFeature
+
+    with LiveBytes(capacity=4096), pytest.raises(ValueError) as info:
+        BatchFeature({"pixel_values": np.zeros((64, 64), dtype=np.float32)}, tensor_type="pt")
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError) and is_oom(info.value)
+    try:
+        raise ValueError("bad shape") from KeyError("pixel_values")
+    except ValueError as plain:
+        assert not is_oom(plain)
+
+
 def test_memory_returns_to_baseline_after_100_ooms(make_workload):
     """100 OOMs in a row in one process: live bytes return to the pre-trial baseline each time."""
     workload = make_workload("tiny-llama", 6 * 2**20, max_length=64)

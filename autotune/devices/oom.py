@@ -23,10 +23,17 @@ _OOM_MARKERS = (
 
 
 def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    if isinstance(exc, RuntimeError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        return any(marker in exc.args[0] for marker in _OOM_MARKERS)
+    """An out-of-memory error, or one raised from one (`raise ... from`): transformers' BatchFeature
+    re-raises whatever fails while it makes a tensor as a ValueError, an allocation's OOM included."""
+    for _ in range(8):  # a bounded walk: a cause chain is short
+        if exc is None:
+            return False
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+        if isinstance(exc, RuntimeError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+            if any(marker in exc.args[0] for marker in _OOM_MARKERS):
+                return True
+        exc = exc.__cause__
     return False
 
 

@@ -106,6 +106,10 @@ def notes(recipe: Recipe) -> list[str]:
             out.append(f"{' and '.join(left)} (ms-swift's) left out: TRL has none; without sleep they change no peak")
         out.append("GRPOTrainer needs your reward_funcs; a reward model on the card is memory the probe counted only if "
                    "the rlhf record names it")
+        if s.reward_model and recipe.multimodal:
+            out.append("the reward models read text alone: TRL renders each conversational prompt + completion with the reward "
+                       "model's tokenizer's chat template (it needs one that takes content blocks) and passes no images; the "
+                       "probe counted the prompt's words and the completion")
     return out
 
 

@@ -8,7 +8,8 @@ Id 0 is padding, id 1 end of sequence; words never share a prefix with them (a s
 would otherwise be split out of a word that starts with it). A vision-language model's
 placeholder tokens (`specials`: name -> the config's id, e.g. `<|image_pad|>` -> image_token_id)
 take the place of the words at those ids, as special tokens: the processor expands them in the
-text and the model counts them in the ids."""
+text and the model counts them in the ids. `chat_template`: for a caller that renders conversations
+with the tokenizer alone (a reward model's, trials/rlhf_data.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def random_ids(rng, vocab_size: int, n: int, avoid=frozenset()) -> list[int]:
 
 
 @functools.lru_cache(maxsize=4)
-def synthetic_tokenizer(vocab_size: int, specials: tuple[tuple[str, int], ...] = ()):
+def synthetic_tokenizer(vocab_size: int, specials: tuple[tuple[str, int], ...] = (), chat_template: str | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -53,4 +54,6 @@ def synthetic_tokenizer(vocab_size: int, specials: tuple[tuple[str, int], ...] =
         # Special: matched inside a word (the processor writes them with no spaces between).
         tokenizer.add_special_tokens({"additional_special_tokens": list(named)})
     tokenizer.padding_side = "left"  # TRL left-pads prompts for generation
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     return tokenizer

@@ -30,7 +30,7 @@ def build_frozen_models(workload, setup) -> None:
     if setup is not None and setup.family is not None:
         from ..trials.rlhf_run import check_vision
 
-        check_vision(setup, spec, trials=False)  # the families and inputs the probe's TRL trials run (no reward models)
+        check_vision(setup, spec, trials=False)  # the families and inputs the probe's TRL trials run
     if rlhf.reward_models:
         from ..trials.rlhf_run import reward_model
 

@@ -22,13 +22,31 @@ model checks the count against the image features), which it gets from the proce
 an engine tokenizes; its completions avoid the placeholder ids. DPO's vision collator
 (`DataCollatorForVisionPreference`) calls the processor per batch inside the DataLoader; the
 trial runs it inside the device's `host()`, as trials/trainer_run.py's collator runs, so only the
-Trainer's copy to the card counts."""
+Trainer's copy to the card counts.
+
+What a reward model passed as a model reads (TRL 1.16 `_calculate_rewards`): text alone, tokenized
+by its `reward_processing_class` with `text=` only, so it never sees the images. Text prompts:
+prompt + completion joined as strings. Conversational prompts (a vision-language policy's, the
+images put into them as content blocks): prompt + completion rendered by that tokenizer's chat
+template, which writes for an image block whatever it writes (no pixels; ms-swift's text reward
+templates write the text `<image>`); the trials' template writes the text and no image.
+`reward_tokens` is what it reads."""
 
 from __future__ import annotations
 
 import contextlib
 
+from ..model.processor import chat_template
 from ..model.tokenizer import random_ids, synthetic_tokenizer, text_of
+
+
+def reward_tokens(workload) -> int:
+    """The tokens a reward model passed as a model reads per completion in a GRPO trial: the
+    prompt's (of a vision-language prompt, its text: the images are not its to read) and the
+    completion's."""
+    spec, setup = workload.spec, workload.setup
+    images = setup.vision.tokens if setup is not None and setup.family is not None else 0
+    return spec.max_length - images + spec.rlhf.completion_length
 
 
 def vision_processing(workload):
@@ -52,6 +70,11 @@ class TrialData:
             vision = workload.setup.vision
             self.processing_class, self.avoid = self.media.processor, self.media.placeholder_ids
             self.images, self.vision_tokens = vision.images, vision.tokens
+
+    def reward_processing_class(self, vocab_size: int):
+        """A reward model's tokenizer (TRL's `reward_processing_classes`), at its vocabulary; with a
+        chat template of the messages' text where the prompts are conversational."""
+        return synthetic_tokenizer(vocab_size, chat_template=None if self.media is None else chat_template(""))
 
     def ids(self, n: int) -> list[int]:
         return random_ids(self.rng, self.vocab, n, self.avoid)

@@ -33,7 +33,6 @@ import contextlib
 import math
 import random
 
-from ..model.tokenizer import synthetic_tokenizer
 from .rlhf_data import TrialData
 from .rlhf_rollout import resolved_share, rollout_how, rollout_record, share_bytes, size_rollout, training_share_bytes
 
@@ -74,10 +73,10 @@ def recipe_record(spec, workload, batch: int, accumulation: int, world_size: int
 
 def check_vision(setup, spec, trials: bool = True) -> None:
     """What a vision-language RLHF probe cannot run, refused before the model loads: families whose
-    processor autotune does not build yet, video (TRL's RLHF data carries images), reward models
-    passed as models (their text has the policy's images in it), and DPO's precomputed reference
-    log-probs, which TRL refuses for vision datasets. `trials=False` (a plan): Pillow is not needed,
-    since no processor runs."""
+    processor autotune does not build yet, video (TRL's RLHF data carries images), and DPO's
+    precomputed reference log-probs, which TRL refuses for vision datasets. (Reward models passed
+    as models run: TRL hands them text alone, trials/rlhf_data.py.) `trials=False` (a plan):
+    Pillow is not needed, since no processor runs."""
     from ..errors import UsageError
 
     family, rlhf = setup.family, spec.rlhf
@@ -94,9 +93,6 @@ def check_vision(setup, spec, trials: bool = True) -> None:
         raise UsageError("--rlhf-type", "TRL's image path takes PIL images, and Pillow is not installed", install_hint("vision"))
     if spec.video_frames:
         raise UsageError("--video-frames", "TRL's GRPO and DPO data carry images, not video", "leave --video-frames out")
-    if rlhf.reward_models:
-        raise UsageError("--reward-model", "reward models passed as models are not supported with a vision-language policy yet",
-                         "leave --reward-model out (the trials score with a reward function)")
     if rlhf.rlhf_type == "dpo" and rlhf.precompute_ref_log_probs:
         raise UsageError("--precompute-ref-log-probs", "TRL does not precompute the reference log-probs of vision datasets",
                          "leave --precompute-ref-log-probs out")
@@ -284,7 +280,7 @@ def _grpo(workload, settings, values, train_steps, eval_every, eval_steps, meter
     with _reference_for_grpo(workload):
         rewards = getattr(workload, "reward_models", None)
         if rewards:
-            kwargs["reward_processing_classes"] = [synthetic_tokenizer(m.config.vocab_size) for m in rewards]
+            kwargs["reward_processing_classes"] = [data.reward_processing_class(m.config.vocab_size) for m in rewards]
         trainer = GRPOTrainer(model=workload.model, reward_funcs=list(rewards) if rewards else _random_reward(data.rng), args=args,
                               train_dataset=train, eval_dataset=evaluation, processing_class=data.processing_class, callbacks=[meter],
                               **kwargs)

@@ -40,6 +40,7 @@ rejected. TRL's DPO switches dropout off (`dropout_as_trl_sets_it`).
 
 GRPO's reward models passed as models (`--reward-model`) score every completion of the generation
 after the no_grad forwards, in one forward each (`score`); their weights are resident all along.
+They read text alone (trials/rlhf_data.py `reward_tokens`): of a vision-language prompt, its words.
 
 Left out (small next to the step): TRL's metrics, the rewards' host-side work. Checkpointing is
 not switched off around the no_grad forwards as TRL does (`disable_gradient_checkpointing`):
@@ -57,6 +58,7 @@ import torch
 
 from ..recipe.training_args import mixed_precision
 from .step_model import MAX_GRAD_NORM, launched_forward, optimizer_step
+from .rlhf_data import reward_tokens
 from .rlhf_run import trial_generation_batch
 from .rlhf_step_inputs import device_ids, dropout_as_trl_sets_it, vision_of, vision_rows
 
@@ -159,7 +161,7 @@ def generate_and_score(workload, rows: int, batch: int, share: tuple = (0, 0), v
             model, context = _reference(workload)
             with context:
                 output["ref_per_token_logps"] = _logps(workload, model, ids, mask, completion, batch, False, vision)[0]
-    rewards = score(workload, rows, prompt + completion)
+    rewards = score(workload, rows, reward_tokens(workload))
     grouped = rewards.view(-1, rlhf.generations if workload.model.training else _eval_group(rows, rlhf.generations))
     output["advantages"] = (rewards - grouped.mean(dim=1).repeat_interleave(grouped.size(1))) / (
         grouped.std(dim=1, correction=int(grouped.size(1) > 1)).repeat_interleave(grouped.size(1)) + 1e-4)
@@ -170,7 +172,7 @@ def generate_and_score(workload, rows: int, batch: int, share: tuple = (0, 0), v
 
 def score(workload, rows: int, length: int):
     """The rewards of `rows` completions, as TRL's `_calculate_rewards` computes them. Reward models
-    passed as models (`workload.reward_models`) each read every completion after its prompt
+    passed as models (`workload.reward_models`) each read every completion after its prompt's text
     (`length` tokens of their own vocabulary, tokenized on the host and copied to the card as
     `_prepare_inputs` copies them) in one forward of all the rows, under inference mode and the
     Trainer's autocast (accelerate prepares them in evaluation mode), into a (rows, models) fp32
