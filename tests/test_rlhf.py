@@ -92,7 +92,9 @@ def launched_dpo(recipe, spec, batch, eval_batch, tmp):
     half = s.max_length // 2
 
     def pairs(n):
-        return Dataset.from_dict({k: [_words(rng, vocab, half) for _ in range(n)] for k in ("prompt", "chosen", "rejected")})
+        # the prompt ends on a space, as the probe's does: the strings are joined, and words must not fuse
+        return Dataset.from_dict({k: [_words(rng, vocab, half) + (" " if k == "prompt" else "") for _ in range(n)]
+                                  for k in ("prompt", "chosen", "rejected")})
 
     args = DPOConfig(output_dir=str(tmp), per_device_train_batch_size=batch, gradient_accumulation_steps=s.gradient_accumulation_steps,
                      per_device_eval_batch_size=eval_batch, beta=s.beta, max_length=s.max_length, bf16=True, max_steps=4, gradient_checkpointing=s.gradient_checkpointing,
@@ -351,3 +353,20 @@ def test_rlhf_spec_survives_a_trip_as_plain_data():
     spec = grpo_spec()
     again = ProbeSpec(**{**dataclasses.asdict(spec)})
     assert again.rlhf == spec.rlhf
+
+
+def test_dpo_pairs_are_whole_length_and_the_prompt_a_prefix_as_trl_tokenizes_them(make_workload):
+    """TRL's DPO tokenizes prompt and prompt + chosen (joined as strings) and trains from where the
+    two diverge: the trials' prompt ends on a space, so no word fuses across the boundary (a fused
+    word is one unknown token, the pair one token short, and TRL warns for every batch)."""
+    from trl.trainer.dpo_trainer import _tokenize, common_prefix_length
+
+    from autotune.trials.rlhf_data import TrialData
+
+    workload = make_workload("tiny-llama", CAPACITY, max_length=32, rlhf=RLHFSpec("dpo"))
+    data = TrialData(workload, random.Random(0))
+    pairs = data.pairs(4, 32)
+    for prompt, chosen in zip(pairs["prompt"], pairs["chosen"]):
+        alone = _tokenize(data.processing_class, prompt)["input_ids"]
+        joined = _tokenize(data.processing_class, prompt + chosen)["input_ids"]
+        assert common_prefix_length(alone, joined) == len(alone) == 16 and len(joined) == 32

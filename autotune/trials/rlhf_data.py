@@ -123,8 +123,8 @@ class TrialData:
         tokens each: the prompt half of it (or its images and one word, where they take more)."""
         prompt = max(max_length // 2, self.vision_tokens + 1) if self.media is not None else max_length // 2
         response = max_length - prompt
-        if self.media is None:
-            return {"prompt": [self._words(prompt) for _ in range(n)], "chosen": [self._words(response) for _ in range(n)],
+        if self.media is None:  # the prompt ends on a space: TRL joins prompt + chosen as strings, and words must not fuse
+            return {"prompt": [self._words(prompt) + " " for _ in range(n)], "chosen": [self._words(response) for _ in range(n)],
                     "rejected": [self._words(response) for _ in range(n)]}
 
         def said(role: str, words: int) -> list:
