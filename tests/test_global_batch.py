@@ -1,6 +1,6 @@
 import pytest
 
-from autotune.search.global_batch import split_global_batch
+from autotune.search.global_batch import split_advice, split_global_batch
 
 
 def test_without_target_uses_the_frontier():
@@ -18,7 +18,8 @@ def test_split_against_brute_force(target, frontier, world):
     if exact:
         assert s.exact and s.effective == target
         assert s.per_device == max(b for b, _ in exact)
-        assert (s.note is None) == (frontier < 2 or 2 * s.per_device >= frontier), s.note
+        whole = s.accumulation == 1  # a rank's share fits whole: nothing to advise
+        assert (s.note is None) == (frontier < 2 or 2 * s.per_device >= frontier or whole), s.note
     else:
         assert not s.exact and str(target) in s.note
         closest = min(abs(b * g * world - target) for b in range(1, frontier + 1) for g in range(1, 2 * target + 2))
@@ -39,6 +40,14 @@ def test_a_prime_global_batch_says_no_split_is_close_and_suggests_neighbours():
     assert split_global_batch(96, 14).note is None  # 12 of 14: close enough
     s = split_global_batch(2 * 97, 14, world_size=2)
     assert "192 (12 x 8 x 2) or 196 (14 x 7 x 2)" in s.note
+
+
+def test_a_global_batch_a_rank_takes_whole_gets_no_advice():
+    """8 with 26 fitting is 8 x 1: no accumulation, nothing a split could improve (it used to
+    suggest 20); 16 on 4 ranks with 13 fitting is 4 x 1 x 4 (it used to suggest 108)."""
+    assert split_global_batch(8, 26).note is None and split_advice(8, 26) is None
+    assert split_advice(16, 13, world_size=4) is None
+    assert split_advice(97, 14) is not None
 
 
 def test_probe_says_so_in_the_recipe_and_the_output(tmp_path, capsys):

@@ -68,11 +68,12 @@ def nearest_good_targets(target: int, frontier: int, world_size: int = 1) -> lis
 
 def split_advice(target: int | None, frontier: int, world_size: int = 1) -> str | None:
     """A note when `target` splits exactly only with a per-device batch below half the frontier
-    (97 with 14 fitting: 1 x 97), naming the nearest global batches that split well."""
+    (97 with 14 fitting: 1 x 97), naming the nearest global batches that split well. None when a
+    rank's share fits whole (no accumulation: nothing a split could improve)."""
     if target is None or frontier < 2:
         return None
     best = _best_exact(target, frontier, world_size)
-    if best == 0 or 2 * best >= frontier:
+    if best == 0 or 2 * best >= frontier or best * world_size == target:
         return None
     options = []
     for g in nearest_good_targets(target, frontier, world_size):
