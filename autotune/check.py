@@ -54,12 +54,13 @@ class CheckResult:
 
 
 def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | None = None,
-                    out: str = "autotune-recipe.reprobe.yaml", gpu_memory: str | None = None) -> str:
+                    out: str = "autotune-recipe.reprobe.yaml", gpu_memory: str | None = None,
+                    world_size: int | None = None) -> str:
     """The `autotune probe` command that rebuilds this recipe on the current machine: the same
-    model and training flags, the device and capacity here (`gpu_memory` as the user gave it,
-    else `capacity`, else the recipe's), the whole search space again (the recipe's attention
-    and checkpointing were the winners elsewhere), and a new file (never --force: the user's
-    recipe stays)."""
+    model and training flags, the device, capacity and world size here (`gpu_memory` as the user
+    gave it, else `capacity`, else the recipe's; `world_size` else the recipe's), the whole search
+    space again (the recipe's attention and checkpointing were the winners elsewhere), and a new
+    file (never --force: the user's recipe stays)."""
     m, s = recipe.model, recipe.settings
     source = "--model" if m.source == "weights" else "--model-config"
     parts = ["python -m autotune probe", source, shlex.quote(m.path), "--max-length", str(m.max_length),
@@ -74,7 +75,10 @@ def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | N
             flag = "--" + name.replace("_", "-")
             parts += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     if s.strategy:
-        parts += ["--strategy", s.strategy, "--nproc-per-node", str(recipe.hardware.world_size)]
+        parts += ["--strategy", s.strategy]
+    world = world_size or recipe.hardware.world_size
+    if world > 1:
+        parts += ["--nproc-per-node", str(world)]
     parts += levers.cli_flags(recipe.search.levers) + rlhf.cli_flags(rlhf.from_recipe(s, recipe.rlhf))
     parts += _eval_flags(s)
     if s.use_cache_off_in_sub_configs:
@@ -318,7 +322,7 @@ def _fingerprint_changed(result: CheckResult, recipe: Recipe, here) -> bool:
     result.differences = compare_fingerprints(recipe.hardware.fingerprint(), here.fingerprint())
     if result.differences:
         result.status = "fingerprint_mismatch"
-        result.reprobe_command = reprobe_command(recipe, device=here.device, capacity=here.capacity_bytes)
+        result.reprobe_command = reprobe_command(recipe, device=here.device, capacity=here.capacity_bytes, world_size=here.world_size)
     return bool(result.differences)
 
 

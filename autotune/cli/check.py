@@ -134,7 +134,8 @@ def run(args) -> int:
     if result.reprobe_command:  # the hint writes beside the recipe, under a name not taken
         result.reprobe_command = reprobe_command(recipe, device=args.device or recipe.hardware.device,
                                                  capacity=result.capacity_bytes, out=reprobe_out(args.recipe),
-                                                 gpu_memory=args.gpu_memory)
+                                                 gpu_memory=args.gpu_memory,
+                                                 world_size=args.world_size or int(os.environ.get("WORLD_SIZE", 0)) or None)
     if launch.rank_from_env()[0] != 0:  # under torchrun every rank agrees; rank 0 speaks
         return launch.report_exit_code(result.exit_code)
     if args.format == "json":
