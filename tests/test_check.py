@@ -7,6 +7,7 @@ import json
 import pytest
 
 from autotune.check import check, compare_fingerprints, phases
+from autotune.errors import UsageError
 from autotune.cli import main
 from autotune.emit import hf, swift
 from autotune.recipe.schema import save_recipe
@@ -101,6 +102,26 @@ def test_swift_args_replace_the_recipe_settings(recipe_file, tmp_path, capsys):
     assert main(["check", str(recipe_file), "--swift-args", str(args), "--format", "json"]) == 3
     data = json.loads(capsys.readouterr().out)
     assert data["trials"][0]["settings"]["per_device_train_batch_size"] == 64 and data["trials"][0]["outcome"] == "oom"
+
+
+def test_the_shell_script_emit_swift_writes_reads_back_as_its_yaml_does(tmp_path):
+    """`emit swift` writes a .sh beside the .yaml (and ms-swift's examples are scripts): check
+    --swift-args reads `swift sft --name value` and the variables set before it the same."""
+    from autotune.cli.check import with_swift_args
+
+    recipe = variant("base")
+    script, config = tmp_path / "s.sh", tmp_path / "s.yaml"
+    script.write_text("export MAX_PIXELS=1234\n" + swift.render_script(recipe, "4.6").replace("--per_device_train_batch_size "
+                      f"{recipe.settings.per_device_train_batch_size}", "--per_device_train_batch_size 3"))
+    config.write_text(swift.render_yaml(recipe, "4.6").replace(f"per_device_train_batch_size: {recipe.settings.per_device_train_batch_size}",
+                                                               "per_device_train_batch_size: 3"))
+    from_script, _ = with_swift_args(recipe, str(script), environ={})
+    from_yaml, _ = with_swift_args(recipe, str(config), environ={})
+    assert from_script.settings.per_device_train_batch_size == 3
+    assert dataclasses.replace(from_script.settings, env={}) == dataclasses.replace(from_yaml.settings, env={})
+    (tmp_path / "notes.txt").write_text("just some words\n")
+    with pytest.raises(UsageError, match="a shell script that runs `swift sft`"):
+        with_swift_args(recipe, str(tmp_path / "notes.txt"), environ={})
 
 
 def test_a_text_models_ms_swift_file_may_carry_the_vision_flags_ms_swift_ignores(recipe_file, tmp_path, capsys, monkeypatch):

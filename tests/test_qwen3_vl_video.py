@@ -221,7 +221,8 @@ def test_the_recipe_env_pins_the_limits_and_check_reads_them_back(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(swift.render_yaml(recipe, "4.6").replace("FPS_MAX_FRAMES: '4'", "FPS_MAX_FRAMES: '2'"))
     checked, note = with_swift_args(recipe, str(path), environ={"MODEL_SEQ_LEN": "256000"})  # the file's ENV block wins
-    assert note is None and checked.settings.video_frames == 2 and checked.settings.video_max_pixels == 262144
+    assert note == f"FPS_MAX_FRAMES=2 ({path} or this shell) replaces the recipe's 4"  # what is checked is the launch's
+    assert checked.settings.video_frames == 2 and checked.settings.video_max_pixels == 262144
     assert plan_inputs(resolve(None, name), spec_for(checked, "sim", 2**30, 0.1)).vision.video_grid == (1, 32, 32)
     path.write_text(path.read_text().replace("MODEL_SEQ_LEN: '128000'", "MODEL_SEQ_LEN: '256000'"))
     with pytest.raises(UsageError, match=r"^--swift-args: MODEL_SEQ_LEN=256000 .*set MODEL_SEQ_LEN=128000 or leave it unset"):

@@ -50,7 +50,9 @@ def add_parser(sub) -> None:
                                    "settings. No search.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", metavar="RECIPE", help="recipe YAML written by `autotune probe`")
-    p.add_argument("--swift-args", metavar="FILE", help="ms-swift argument file (YAML/JSON, 3.x or 4.x) whose settings replace the recipe's")
+    p.add_argument("--swift-args", metavar="FILE", help="the ms-swift arguments you will launch, whose settings replace the recipe's: "
+                                                        "a YAML/JSON file (3.x or 4.x) or a shell script running `swift sft` / `swift rlhf` "
+                                                        "(e.g. the .swift.sh emit writes)")
     p.add_argument("--device", choices=("cuda", "sim"), help="device to check on (default: the recipe's)")
     p.add_argument("--gpu-memory", metavar="SIZE[,SIZE...]",
                    help="device capacity (default: the recipe's), or one per rank under --nproc-per-node; "
@@ -72,6 +74,7 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     from ..check import pixels_per_token, unset_length
 
     environ = dict(os.environ) if environ is None else environ
+    probed_env = dict(recipe.settings.env or {})
     args = swift_read.read_args(path)
     settings, model = swift_read.settings_from_args(args, environ, pixels_per_token(recipe))
     ignored = []
@@ -93,6 +96,10 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
         media = (f"neither {path} nor this shell sets {', '.join(unset)}: ms-swift's template then uses its default limit; "
                  f"export {' '.join(f'{k}={v}' for k, v in unset.items())} before the launch (checked at the recipe's value)")
         note = f"{note}; {media}" if note else media
+    changed = {k: v for k, v in swift_read.media_env(args, environ).items() if k in probed_env and probed_env[k] != v}
+    if changed and recipe.multimodal:  # the launch's limits are what is checked; say they are not the probe's
+        text = ", ".join(f"{k}={v} ({path} or this shell) replaces the recipe's {probed_env[k]}" for k, v in changed.items())
+        note = f"{note}; {text}" if note else text
     if ignored:
         text = f"{', '.join(ignored)}: ignored, as ms-swift does for a text model (nothing here reads them)"
         note = f"{note}; {text}" if note else text

@@ -16,18 +16,59 @@ from .swift import ATTN_IMPL
 
 
 def read_args(path: str | Path) -> dict:
-    """Read an ms-swift argument file (YAML or JSON, 3.x or 4.x) back into a flat mapping of
-    ms-swift names; the `ENV:` block comes back under "ENV"."""
+    """Read an ms-swift argument file (YAML or JSON, 3.x or 4.x) or a shell script that runs
+    `swift sft` / `swift rlhf` back into a flat mapping of ms-swift names; the `ENV:` block (a
+    script's variable assignments) comes back under "ENV"."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
-    except FileNotFoundError:
+        text = path.read_text()
+    except (FileNotFoundError, IsADirectoryError):
         raise UsageError("--swift-args", f"no file at {path}") from None
+    script = _read_script(text)
+    if script is not None:
+        return script
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML
     except yaml.YAMLError as exc:
         raise UsageError("--swift-args", f"{path} is not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UsageError("--swift-args", f"{path} does not hold a mapping of ms-swift arguments")
+        raise UsageError("--swift-args", f"{path} does not hold a mapping of ms-swift arguments",
+                         "give the YAML or JSON file `swift sft --config` reads, or a shell script that runs `swift sft`")
     return data
+
+
+def _read_script(text: str) -> dict | None:
+    """The arguments of the `swift sft` / `swift rlhf` command in a shell script (as ms-swift's
+    examples and `emit swift`'s .sh are written: `KEY=VALUE` before the command or exported,
+    `--name value ...` after it, lines continued with a backslash); None where no line runs swift.
+    A flag's several values come back as a list, a flag with none as true (ms-swift's bools)."""
+    import shlex
+
+    env, args = {}, None
+    for line in text.replace("\\\n", " ").splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:  # an unclosed quote: not a line of ours
+            continue
+        if words[:1] == ["export"]:
+            words = words[1:]
+        while words and "=" in words[0] and not words[0].startswith("-"):
+            key, _, value = words.pop(0).partition("=")
+            env[key] = value
+        if len(words) >= 2 and words[0] == "swift" and words[1] in ("sft", "rlhf", "pt"):
+            args, name = {}, None
+            for word in words[2:]:
+                if word.startswith("--"):
+                    name = word[2:].replace("-", "_")
+                    args[name] = []
+                elif name is not None and word != "$@":
+                    args[name].append(word)
+            args = {k: (True if not v else v[0] if len(v) == 1 else v) for k, v in args.items()}
+    if args is None:
+        return None
+    if env:
+        args["ENV"] = env
+    return args
 
 
 _BACK = {"per_device_train_batch_size": int, "gradient_accumulation_steps": int, "per_device_eval_batch_size": int,
