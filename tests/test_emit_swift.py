@@ -83,6 +83,14 @@ def test_too_old_version_is_refused():
         swift.resolve_version("3.9")
 
 
+def test_a_version_past_the_checked_argument_lists_is_refused():
+    """A file for ms-swift 5.0 would be checked against 4.6's arguments and headed "5.0"."""
+    from autotune.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^--swift-version: ms-swift 5\.0 is newer .*pass --swift-version 4\.6"):
+        swift.resolve_version("5.0")
+
+
 def test_read_back_into_settings(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(swift.render_yaml(variant("eval_zero3"), "4.6"))

@@ -48,6 +48,9 @@ def resolve_version(requested: str | None) -> str:
     if major < 3 or (major == 3 and minor < 10):
         raise UsageError("--swift-version", f"ms-swift {text} has no --config YAML support",
                          "upgrade to ms-swift >= 3.10, or pass --swift-version 3.12 / 4.6")
+    if major > 4:  # its arguments are not in swift_fields/: a file written for it would be unchecked
+        raise UsageError("--swift-version", f"ms-swift {text} is newer than the argument lists autotune checks files against (3.12, 4.6)",
+                         "pass --swift-version 4.6 to write 4.6's arguments (and check them with your ms-swift)")
     return f"{major}.{minor}"
 
 
