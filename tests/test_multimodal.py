@@ -132,10 +132,12 @@ def test_a_freeze_flag_takes_true_or_false(capsys):
     assert exit_info.value.code == 2 and "--freeze-vit: expected true or false" in capsys.readouterr().err
 
 
-def test_vision_flags_on_a_text_model_are_refused(tmp_path, capsys):
-    argv = ["probe", "--model-config", "tiny-llama", *SIM, "--max-length", "64", "--max-pixels", "3136", "--out", str(tmp_path / "r.yaml")]
+@pytest.mark.parametrize("flag", [["--max-pixels", "3136"], ["--freeze-vit", "false"], ["--freeze-llm", "true"]])
+def test_vision_flags_on_a_text_model_are_refused(tmp_path, capsys, flag):
+    """`--freeze-vit false` is as much a vision flag as `true` (it was accepted silently)."""
+    argv = ["probe", "--model-config", "tiny-llama", *SIM, "--max-length", "64", *flag, "--out", str(tmp_path / "r.yaml")]
     assert main(argv) == 2
-    assert "text-only" in capsys.readouterr().err
+    assert f"{flag[0]}: this model is text-only" in capsys.readouterr().err and not (tmp_path / "r.yaml").exists()
 
 
 def test_through_the_processor_the_worst_image_is_the_strip_it_clamps(make_workload):

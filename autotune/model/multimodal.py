@@ -29,7 +29,7 @@ def check_text_only(spec) -> None:
                         ("--audio-clips", spec.audio_clips), ("--use-audio-in-video", spec.use_audio_in_video),
                         ("--freeze-vit", spec.freeze_vit), ("--freeze-aligner", spec.freeze_aligner),
                         ("--freeze-llm", spec.freeze_llm)):
-        if value:
+        if value or (flag.startswith("--freeze") and value is not None):  # `--freeze-vit false` is given too
             raise UsageError(flag, "this model is text-only: it has no vision tower", f"leave {flag} out, or probe a vision-language model")
 
 

@@ -1,6 +1,7 @@
 """The validation run: the chosen configuration as the user launches it -- the real Trainer for
---validate-steps optimizer steps at the recipe's accumulation, with two evaluations in the
-middle of training (optimizer state resident) -- in the same process after a full release of
+--validate-steps optimizer steps at the recipe's accumulation, evaluating every
+steps // VALIDATE_EVALUATIONS steps (the Trainer's eval_steps: twice at 20 steps, three times at
+3; optimizer state resident) -- in the same process after a full release of
 memory. It passes only if nothing OOMs and the peak stays inside the usable budget (recomputed
 now, from the device's capacity now). If it fails, the next configuration in throughput order
 is validated. With trials in worker processes, the same run is a train trial and an eval trial
