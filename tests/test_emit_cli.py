@@ -162,3 +162,22 @@ def test_written_files_get_the_usual_mode_not_owner_only(recipe_file, tmp_path, 
     os.umask(0o002)
     assert main(["emit", "hf", str(recipe_file), "-o", str(tmp_path / "a.json")]) == 0
     assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("a*.json")} == {0o664}
+
+
+@pytest.mark.parametrize("target,out", [("llamafactory", "lf.yaml"), ("accelerate", "acc.yaml")])
+def test_a_zero_recipe_s_deepspeed_config_is_written_beside_the_file_that_names_it(tmp_path, capsys, target, out):
+    """LLaMA-Factory's YAML named `deepspeed: ds_config.json` and wrote no such file, so
+    llamafactory-cli failed on a missing file; like accelerate's, it now writes its own beside."""
+    import json
+
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    save_recipe(variant("eval_zero3"), recipe)
+    path = tmp_path / out
+    assert main(["emit", target, str(recipe), "-o", str(path)]) == 0
+    data = yaml.safe_load(path.read_text())
+    named = data["deepspeed"] if target == "llamafactory" else data["deepspeed_config"]["deepspeed_config_file"]
+    assert named == str(tmp_path / (path.stem + ".deepspeed.json"))
+    assert json.loads(open(named).read())["zero_optimization"]["stage"] == 3
+    assert f"wrote {named}" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def emit_paths(recipe_out: str, targets: list[str]) -> list[str]:
     """Launch files `probe --emit` writes beside the recipe: r.yaml -> r.swift.yaml, r.swift.sh, r.hf.json, ..."""
     stem = recipe_out[: -len(".yaml")] if recipe_out.endswith(".yaml") else recipe_out
     names = {"swift": [".swift.yaml", ".swift.sh"], "hf": [".hf.json", ".hf.model.json"], "deepspeed": [".deepspeed.json"],
-             "accelerate": [".accelerate.yaml", ".accelerate.deepspeed.json"], "llamafactory": [".llamafactory.yaml"],
+             "accelerate": [".accelerate.yaml", ".accelerate.deepspeed.json"], "llamafactory": [".llamafactory.yaml", ".llamafactory.deepspeed.json"],
              "trl": [".trl.json", ".trl.model.json"]}
     return [stem + suffix for target in targets for suffix in names[target]]
 

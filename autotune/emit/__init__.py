@@ -38,8 +38,11 @@ def files(target: str, recipe: Recipe, out: str, swift_version: str | None = Non
             return {out: accelerate.render(recipe)}
         ds_out = accelerate.deepspeed_path(out)
         return {out: accelerate.render(recipe, ds_out), ds_out: deepspeed.render(recipe)}
-    if target == "llamafactory":
-        return {out: llamafactory.render(recipe, dataset)}
+    if target == "llamafactory":  # a ZeRO recipe's DeepSpeed config beside it, as for accelerate
+        if zero_stage(recipe.settings.strategy) is None or out == "-":
+            return {out: llamafactory.render(recipe, dataset)}
+        ds_out = accelerate.deepspeed_path(out)
+        return {out: llamafactory.render(recipe, dataset, ds_out), ds_out: deepspeed.render(recipe)}
     raise ValueError(f"unknown emit target {target!r}")
 
 

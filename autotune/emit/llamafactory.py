@@ -77,14 +77,16 @@ def flat(recipe: Recipe, dataset: str | None = None) -> dict:
     return merged
 
 
-def render(recipe: Recipe, dataset: str | None = None) -> str:
+def render(recipe: Recipe, dataset: str | None = None, deepspeed_file: str = "ds_config.json") -> str:
+    """The training YAML; a ZeRO recipe's points at `deepspeed_file` (`emit` writes it beside)."""
     parts = ["# LLaMA-Factory training YAML from an autotune recipe; run: llamafactory-cli train THIS_FILE.yaml"]
     if not dataset:
         parts.append(f"# {DATASET_PLACEHOLDER} and {TEMPLATE_PLACEHOLDER} are placeholders: set your dataset and chat template")
     if zero_stage(recipe.settings.strategy) is not None:
-        parts.append("# ds_config.json: write it with `python -m autotune emit deepspeed RECIPE -o ds_config.json`")
+        parts.append(f"# {deepspeed_file}: the DeepSpeed config (`autotune emit deepspeed RECIPE -o {deepspeed_file}` writes it), "
+                     "found from where llamafactory-cli runs")
     parts += lever_comments(recipe)
-    for title, values in sections(recipe, dataset):
+    for title, values in sections(recipe, dataset, deepspeed_file):
         parts.append(f"\n### {title}")
         parts.append(yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip())
     return "\n".join(parts) + "\n"
