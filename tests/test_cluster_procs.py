@@ -105,6 +105,19 @@ def torchrun_probe(tmp_path, world: int, *args) -> dict:
     return recipe
 
 
+def test_a_probe_under_its_own_torchrun_ends_with_its_exit_code_not_torchrun_s(tmp_path):
+    """Nothing fits on any rank: the probe exits 3 with its one line, as on one device; torchrun
+    used to turn the ranks' 3 into its own exit 1 and a ChildFailedError traceback."""
+    out = tmp_path / "r.yaml"
+    run = subprocess.run(command("--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "1MiB", "--max-length", "16",
+                                 "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--no-journal",
+                                 "--nproc-per-node", "2", "--out", str(out)),
+                         env=env(), timeout=300, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 3, run.stderr[-3000:]
+    assert "autotune: error: even batch size 1 does not fit" in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists()
+
+
 def agreed_trials(recipe: dict, world: int) -> dict:
     """Check that every trial's recorded outcome is the agreement of its `world` rank reports;
     return the first train trial of each (strategy, batch) with its ranks."""

@@ -7,6 +7,7 @@ import os
 import sys
 
 from .. import __version__
+from ..cluster.launch import report_exit_code  # under a relaunch by autotune, the exit code reaches the caller
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, AutotuneError
 from .noise import silence_known_noise
 from .output import machine_readable_stdout
@@ -59,18 +60,18 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"autotune: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report_exit_code(exc.exit_code)
     except KeyboardInterrupt:
         print(_interrupted_line(args), file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_exit_code(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001
         if _interrupted(exc) or _SIGINTS:  # a lazy import (transformers) turned the Ctrl-C into an ImportError
             print(_interrupted_line(args), file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return report_exit_code(EXIT_INTERRUPTED)
         if debug:
             raise
         print(f"autotune: unexpected error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for the traceback)", file=sys.stderr)
-        return EXIT_FAILURE
+        return report_exit_code(EXIT_FAILURE)
 
 
 def _interrupted_line(args) -> str:

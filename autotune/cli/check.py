@@ -123,7 +123,7 @@ def run(args) -> int:
     if args.world_size is not None and args.world_size < 1:
         raise UsageError("--world-size", f"must be a positive whole number, got {args.world_size}")
     if launch.wants_torchrun(args):
-        return launch.relaunch_keeping_exit_code(args.argv, args)
+        return launch.relaunch(args.argv, args)
     with deferred_interrupt():
         from ..check import check, reprobe_command  # torch: imported only when a check runs, so --help is fast
 

@@ -112,18 +112,16 @@ def torchrun_command(argv: list[str], args) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *flags, "-m", "autotune", *rest]
 
 
-def relaunch(argv: list[str], args) -> int:
-    """Run this probe under torchrun; its exit code is the probe's."""
-    return subprocess.call(torchrun_command(argv, args))
-
-
 # Under a relaunch that reads it, rank 0 writes its exit code here and every rank exits 0:
 # torchrun turns any non-zero rank exit into its own failure (exit 1 and a traceback), which
-# would lose `check`'s 3 (does not fit) and 4 (other hardware).
+# would lose the probe's 2 (bad input) and 3 (nothing fits), `check`'s 3 (does not fit) and 4
+# (other hardware). A command that ends without writing it (a probe that succeeded) ends with
+# torchrun's own code.
 EXIT_FILE = "AUTOTUNE_EXIT_FILE"
 
 
-def relaunch_keeping_exit_code(argv: list[str], args) -> int:
+def relaunch(argv: list[str], args) -> int:
+    """Run this command under torchrun; its exit code is rank 0's."""
     import os
     import tempfile
 
@@ -133,7 +131,7 @@ def relaunch_keeping_exit_code(argv: list[str], args) -> int:
         if os.path.exists(path):
             with open(path) as f:
                 return int(f.read().strip())
-        return code or 1
+        return code
 
 
 def report_exit_code(code: int) -> int:
