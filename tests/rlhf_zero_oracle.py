@@ -64,7 +64,9 @@ def main(path, batch, accumulation, out):
             device.adopt(list(reference.parameters()))
         half = s.max_length // 2
         rows = batch * accumulation * world * 4
-        pairs = Dataset.from_dict({k: [words(half) for _ in range(rows)] for k in ("prompt", "chosen", "rejected")})
+        # the prompt ends on a space, as the probe's does: TRL joins the strings, and words must not fuse
+        pairs = Dataset.from_dict({k: [words(half) + (" " if k == "prompt" else "") for _ in range(rows)]
+                                   for k in ("prompt", "chosen", "rejected")})
         args = DPOConfig(**common, max_length=s.max_length)
         trainer = DPOTrainer(model=workload.model, ref_model=reference, args=args, train_dataset=pairs, processing_class=tokenizer)
     peak = "oom"

@@ -293,6 +293,26 @@ def test_dpo_full_under_zero3_partitions_the_reference_and_trl_confirms(tmp_path
     assert all(peak == "oom" or peak > budget for peak in over["peaks"])
 
 
+def test_dpo_full_under_zero2_counts_deepspeed_s_buckets_as_trl_allocates_them(tmp_path):
+    """ZeRO-2 with the launch files' config (ms-swift's zero2: 2e8-element reduce and all-gather
+    buckets) allocates its bf16 reduce bucket up front, about 381 MiB per rank whatever the model:
+    the probe counts it, and TRL's DPOTrainer built by the oracle at the recipe's batch, with the
+    reference model DeepSpeed leaves unsharded under ZeRO-2, peaks where the probe said on both
+    ranks, within the budget."""
+    pytest.importorskip("trl")
+    pytest.importorskip("deepspeed")
+    recipe = torchrun_probe(tmp_path, 2, "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "1GiB",
+                            "--rlhf-type", "dpo", "--strategy", "zero2", "--max-length", "16", "--max-batch-size", "2",
+                            "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3",
+                            "--trial-timeout", "240", "--no-journal")
+    s, budget = recipe["settings"], recipe["search"]["budget_bytes"]
+    assert s["strategy"] == "zero2" and recipe["rlhf"]["reference_model"] == "loaded" and s["per_device_train_batch_size"] == 2
+    probed = recipe["validation"]["peak_bytes"]
+    assert probed > 380 * 2**20  # the reduce bucket, counted
+    fits = rlhf_oracle(tmp_path, tmp_path / "r.yaml", 2, s["gradient_accumulation_steps"], 2)
+    assert all(peak <= budget and abs(peak - probed) < 2**20 for peak in fits["peaks"]), (fits, probed)
+
+
 def test_the_plan_first_runs_while_the_worker_loads_the_model():
     """Issue #13 item 6: with trials in a worker, the supervisor plans under fake tensors as soon
     as the worker has opened its card, while the worker loads the model: the two spans overlap on
