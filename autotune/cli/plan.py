@@ -192,7 +192,7 @@ def show(plan, out_path, console) -> None:
             console.print(f"[yellow]note[/yellow] {m.note}")
     frontier = Table(title=f"predicted frontiers (margin {plan.margin:.0%}; world size {plan.spec.world_size}"
                            f"{', ' + plan.options.strategy if plan.options.strategy else ''})", title_justify="left")
-    for column in ("card", "candidate", "train", "eval", "batch x accum", "peak on card", "choice"):
+    for column in ("card", "candidate", "train", "eval", "batch x accum", "run peak on card", "choice"):
         frontier.add_column(column, justify="left" if column in ("card", "candidate", "choice") else "right")
     for i, capacity in enumerate(plan.options.targets):
         for c in plan.ok():
@@ -200,12 +200,19 @@ def show(plan, out_path, console) -> None:
             split = f"{p.per_device_train_batch_size} x {p.gradient_accumulation_steps}" if p.train_frontier else "does not fit"
             chosen = "<-" if plan.choice[capacity] == c.measure.key else ""
             frontier.add_row(format_size(capacity), c.measure.key, str(p.train_frontier), str(p.eval_frontier), split,
-                             _gib(p.on_card_bytes), chosen)
+                             _gib(p.run_on_card_bytes), chosen)
     console.print(frontier)
-    for i, capacity in enumerate(plan.options.targets):  # the chosen split, when it is not the global batch asked for
-        note = next((c.predictions[i].global_batch_note for c in plan.ok() if plan.choice[capacity] == c.measure.key), None)
-        if note:
-            console.print(f"[yellow]note[/yellow] {format_size(capacity)}: {note}")
+    for i, capacity in enumerate(plan.options.targets):
+        chosen = next((c for c in plan.ok() if plan.choice[capacity] == c.measure.key), None)
+        if chosen is None:
+            continue
+        p = chosen.predictions[i]
+        console.print(f"{format_size(capacity)}: {chosen.measure.key} at {p.per_device_train_batch_size} x {p.gradient_accumulation_steps} "
+                      f"peaks at {_gib(a.on_card(p.train_peak_bytes))} training"
+                      + (f" and {_gib(a.on_card(p.eval_peak_bytes))} evaluating at eval batch {p.eval_frontier}" if p.eval_frontier else "")
+                      + f", on the card with the allowance (at its train frontier {p.train_frontier}: {_gib(p.on_card_bytes)})")
+        if p.global_batch_note:  # the chosen split, when it is not the global batch asked for
+            console.print(f"[yellow]note[/yellow] {format_size(capacity)}: {p.global_batch_note}")
     console.print(plan.depth)
     console.print(f"planned in {plan.wall_s:.1f}s ({plan.import_s:.1f}s of it importing libraries), peak RAM {_gib(plan.peak_rss_bytes)}; planned, not validated: "
                   "probe on the real card (probe --from-plan) before a long run")

@@ -66,6 +66,12 @@ class Prediction:
     eval_trials: int = 0
     eval_after: str | None = None  # the eval frontier is after a train step at this "batch x accumulation"
     rollout: dict | None = None  # RLHF, a colocated engine: its share on this card (plan/breakdown.py rollout_on_card)
+    # The run at the chosen settings, each a fake-tensor step (None when nothing fits): the train
+    # step at per_device_train_batch_size x gradient_accumulation_steps, and the larger of it and
+    # the evaluation at the eval frontier after it (eval_peak_bytes), without and with the allowance.
+    train_peak_bytes: int | None = None
+    run_peak_bytes: int | None = None
+    run_on_card_bytes: int | None = None
 
 
 @dataclass
@@ -166,6 +172,7 @@ def _predict(candidate: CandidatePlan, steps, workload, spec: ProbeSpec, options
             split = split_global_batch(spec.global_batch_size, train, spec.world_size)
             prediction.per_device_train_batch_size, prediction.gradient_accumulation_steps = split.per_device, split.accumulation
             prediction.global_batch_note = split.note
+            prediction.train_peak_bytes = round(live(split.per_device))  # its steps keep the global batch: the split's accumulation
         candidate.predictions.append(prediction)
     candidate.train_points = {b: round(searches[0][4](b)) for b in sorted(steps.train_points)}
     for prediction, (capacity, budget, _, share, _) in zip(candidate.predictions, searches):
@@ -181,6 +188,9 @@ def _predict(candidate: CandidatePlan, steps, workload, spec: ProbeSpec, options
         prediction.eval_frontier, prediction.eval_trials = allowed_eval(spec, search.frontier), len(search.points)
         prediction.eval_peak_bytes = round(evaluate(max(prediction.eval_frontier, 1)))  # at the batch the rules allow
         prediction.eval_after = f"{after[0]}x{after[1]}"
+        if prediction.train_peak_bytes is not None:
+            run = max(prediction.train_peak_bytes, prediction.eval_peak_bytes if prediction.eval_frontier else 0)
+            prediction.run_peak_bytes, prediction.run_on_card_bytes = run, round(options.allowance.on_card(run))
         if not candidate.eval_points:
             candidate.eval_points = {key[2]: round(evaluate(key[2])) for key in sorted(steps.eval_points) if key[:2] == after}
 
