@@ -36,7 +36,8 @@ examples:
   # per-rank memory on 8 x A30 (24 GB) with ZeRO-3, and a planned recipe to start a probe from
   python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 \\
       --world-size 8 --strategy zero3 --gpu-memory 24GB --global-batch-size 64 --out plan.yaml
-  python -m autotune probe --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 --from-plan plan.yaml
+  python -m autotune probe --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 \\
+      --global-batch-size 64 --nproc-per-node 8 --strategy zero3 --from-plan plan.yaml
 
   # GRPO LoRA with vLLM colocated at 0.6 of an 80 GB card: the share is its own row
   python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --train-type lora --max-length 1024 \\
@@ -61,9 +62,10 @@ def add_parser(sub) -> None:
                        help="checkpointing candidates; the bare flag means on (default: both; search, probe's word, is the same)")
     train.add_argument("--attn", default="sdpa", metavar="LIST",
                        help=f"attention candidates, comma-separated, from {', '.join(ATTN_IMPLEMENTATIONS)} (default: sdpa)")
-    train.add_argument("--eval-outputs", choices=EVAL_OUTPUTS[:3], default="loss", metavar="loss|logits|argmax",
-                       help="what the planned evaluation keeps on the device, as in probe (default: loss; "
-                            f"logits and argmax keep {DEFAULT_EVAL_STEPS} steps, probe's --eval-steps default)")
+    train.add_argument("--eval-outputs", choices=EVAL_OUTPUTS[:3], metavar="loss|logits|argmax",
+                       help="what the planned evaluation keeps on the device, as in probe (default: probe's without --emit: "
+                            f"logits, {DEFAULT_EVAL_STEPS} steps, probe's --eval-steps default; the loss for --rlhf-type); "
+                            "probe --from-plan uses the plan's eval frontier only where the two keep the same")
     multimodal_args.add_arguments(p)
     rlhf_args.add_arguments(p)
     cards = p.add_argument_group("cards and sharding")
@@ -121,7 +123,7 @@ def run(args) -> int:
     options = options_from_args(args)
     # The probe's spec carries the model/training flags; a plan has no device and one attention per candidate.
     args.device, args.steps, args.seed = None, 3, 0
-    # Eval keeps what --eval-outputs says (loss by default); validation does not apply to a plan.
+    # Eval keeps what --eval-outputs says (the probe's default without --emit); validation does not apply to a plan.
     probe_args = argparse.Namespace(**{**vars(args), "gpu_memory": None, "attn": options.attn[0],
                                        "gradient_checkpointing": "on" if options.checkpointing[0] else "off",
                                        "no_eval": False, "eval_steps": DEFAULT_EVAL_STEPS, "prediction_loss_only": False,

@@ -22,6 +22,7 @@ from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
 from .breakdown import (Allowance, Rows, allowed_eval, frozen_bytes, frozen_saving, gathered_layers, generation_shift, layer_bytes,
                         peak_model, rollout_on_card, rows_for, syncs_whole_policy, with_share)
+from .match import config_sizes
 from .measure import CandidateMeasure, StepFailed, build_plan_workload, plan_source, to_fake
 from .rlhf import full_depth_reason
 from .copies import ShallowCopies, candidate_steps
@@ -115,6 +116,7 @@ class Plan:
     peak_rss_bytes: int = 0
     depth: str = ""  # how the plan covered the model's depth (plan/depth.py)
     workload: object = None  # the full-depth workload, on meta where shallow copies ran (the RLHF record reads its rollout sizing)
+    model_sizes: dict = field(default_factory=dict)  # the config's sizes, which probe --from-plan checks (plan/match.py)
 
     def ok(self) -> list[CandidatePlan]:
         return [c for c in self.candidates if c.measure.error is None]
@@ -124,7 +126,7 @@ class Plan:
         return {
             "method": ("fake tensors: the probe's train/eval steps, live bytes counted; each frontier searched as the "
                        "probe searches it (a fit at k and a non-fit at k+1 measured), starting from batches 2 and 3"),
-            "model": asdict(self.model), "max_length": self.spec.max_length, "world_size": self.spec.world_size,
+            "model": asdict(self.model), "model_sizes": self.model_sizes, "max_length": self.spec.max_length, "world_size": self.spec.world_size,
             "strategy": self.options.strategy, "margin": self.margin, "targets": self.options.targets,
             "allowance": {"cuda_context_bytes": a.cuda_context, "workspaces_bytes": a.workspaces,
                           "fragmentation": a.fragmentation,
@@ -343,5 +345,6 @@ def _plan_after_imports(spec, options, progress, source, started, cpu_started, i
                 wall_s=round(time.perf_counter() - started, 3), import_s=round(import_s, 3),
                 cpu_s=round(time.process_time() - cpu_started, 3), import_cpu_s=round(import_cpu_s, 3),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, workload=workload,
+                model_sizes=config_sizes(source.config),
                 depth="; ".join([depth.note(), *(f"{c.measure.key} fell back: {c.depth_fallback}" for c in candidates
                                                  if c.depth_fallback)]))
