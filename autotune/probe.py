@@ -49,6 +49,10 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
     if spec.rlhf is not None:
         _check_rlhf_model(spec, source)
     check_max_length(source.config, spec.max_length, spec.max_new_tokens or 0)
+    if plan is not None:
+        from .plan.match import check_plan
+
+        check_plan(plan, spec, source)  # a plan for another model, training or sharding: refused before the model loads
     runnable = _runnable_attention(spec, device, model_class(source.config))
     from .cluster.session import open_session
     from .plan.hints import FirstPlan
@@ -134,7 +138,7 @@ def _probe(spec: ProbeSpec, source, session, progress: ProgressSink, started: fl
     if plan is not None:
         from .plan.hints import hint_from_plan, hints_from_plan
 
-        hint, hints = hint_from_plan(plan, spec, budget), hints_from_plan(plan, spec, budget)
+        hint, hints = hint_from_plan(plan, spec, budget), hints_from_plan(plan, spec, budget, progress)
         progress.stage(f"starting from the plan's predicted frontier: batch {hint}" if hint else "the plan has no line for this candidate")
     elif first_plan is not None and first_plan.hints is not None:  # planned when the session knew its card
         hints = first_plan.hints

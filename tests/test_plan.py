@@ -19,6 +19,7 @@ from autotune.plan.breakdown import Allowance, rows_for
 from autotune.plan.measure import build_plan_workload, measure_candidate, plan_source
 from autotune.probe import probe
 from autotune.recipe.schema import load_recipe
+from autotune.sizes import format_size
 from autotune.spec import ProbeSpec
 from autotune.trials.trial import run_eval_trial, run_train_trial
 from autotune.model.workload import load_workload
@@ -213,3 +214,34 @@ def test_plan_frontier_is_the_sim_probe_frontier_where_the_peak_is_the_largest_o
 def test_plan_frontiers_are_the_sim_probe_frontiers(name, length, checkpointing, card_mib):
     check_plan_against_sim(ProbeSpec(max_length=length, model_config=name), checkpointing=checkpointing,
                            capacity=card_mib and card_mib * MiB, keep_logits=name != "tiny-llava")
+
+
+def test_planned_peaks_are_the_sim_probes_at_the_recipes_own_settings(tmp_path, capsys):
+    """A global batch of 8 on a card whose train frontier is 29: the recipe trains at 8 x 1 and
+    evaluates at its eval frontier after it, so its predicted peak is that run's (the larger of
+    the two), not the train frontier's. Each within 2% of the sim device's Trainer trial at the
+    same settings (plan_oracle's tolerance)."""
+    capacity, out = 64 * MiB, tmp_path / "plan.yaml"
+    assert main(["plan", "--model-config", "tiny-llama", "--max-length", "64", "--gpu-memory", "64MiB", "--global-batch-size", "8",
+                 "--cuda-context", "0", "--workspaces", "0", "--fragmentation", "0", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--eval-outputs", "logits", "--out", str(out), "--format", "json", "--quiet"]) == 0
+    (p,) = json.loads(capsys.readouterr().out)["candidates"][0]["predictions"]
+    recipe = load_recipe(out)
+    s = recipe.settings
+    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps) == (8, 1) and p["train_frontier"] > 2 * 8
+    spec = ProbeSpec(max_length=64, model_config="tiny-llama", device="sim", gpu_memory=capacity)
+    real = load_workload(resolve(None, "tiny-llama"), spec, SimDevice(capacity))
+    settings = {"attn_implementation": "sdpa", "gradient_checkpointing": False, "gradient_accumulation_steps": 1}
+    train = run_train_trial(real, 8, 2, capacity, settings).peak_bytes
+    after = {**settings, **spec.eval_keep_settings(), "per_device_train_batch_size": 8}
+    evaluate = run_eval_trial(real, s.per_device_eval_batch_size, max(spec.eval_steps, 2), capacity, after).peak_bytes
+    assert abs(p["train_peak_bytes"] - train) <= 0.02 * train, (p["train_peak_bytes"], train)
+    assert p["train_peak_bytes"] < p["live_peak_bytes"] / 2  # the frontier's peak, kept beside it
+    assert abs(recipe.validation.eval_peak_bytes - evaluate) <= 0.02 * evaluate, (recipe.validation.eval_peak_bytes, evaluate)
+    assert recipe.validation.peak_bytes == p["run_peak_bytes"] == max(p["train_peak_bytes"], p["eval_peak_bytes"])
+    assert recipe.validation.headroom_bytes == p["budget_bytes"] - p["run_peak_bytes"]
+    assert main(["report", str(out)]) == 0
+    assert f"predicted peak {format_size(recipe.validation.peak_bytes)}" in " ".join(capsys.readouterr().out.split())
+    from autotune.emit.common import memory_comment
+
+    assert f"{format_size(recipe.validation.peak_bytes)} peak per device predicted" in memory_comment(recipe)

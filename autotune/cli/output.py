@@ -229,7 +229,8 @@ def summary(recipe: Recipe, console: Console, written: list[str] = (), next_step
     if search.global_batch_note:
         console.print(f"[yellow]note[/yellow]        {search.global_batch_note}")
     if v.method == "planned":  # `autotune plan --out`: predicted, never run, so neither passed nor failed
-        console.print(f"validation  [yellow]none[/yellow] (planned): predicted peak {format_size(v.peak_bytes)}, "
+        evaluation = f" (evaluation {format_size(v.eval_peak_bytes)})" if v.eval_peak_bytes else ""
+        console.print(f"validation  [yellow]none[/yellow] (planned): predicted peak {format_size(v.peak_bytes)}{evaluation}, "
                       f"headroom {format_size(v.headroom_bytes)}; {v.message}")
     else:
         status = "[green]passed[/green]" if v.passed else "[red]failed[/red]"

@@ -36,7 +36,8 @@ examples:
   # per-rank memory on 8 x A30 (24 GB) with ZeRO-3, and a planned recipe to start a probe from
   python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 \\
       --world-size 8 --strategy zero3 --gpu-memory 24GB --global-batch-size 64 --out plan.yaml
-  python -m autotune probe --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 --from-plan plan.yaml
+  python -m autotune probe --model-config recipes/configs/qwen2.5-7b/config.json --max-length 2048 \\
+      --global-batch-size 64 --nproc-per-node 8 --strategy zero3 --from-plan plan.yaml
 
   # GRPO LoRA with vLLM colocated at 0.6 of an 80 GB card: the share is its own row
   python -m autotune plan --model-config recipes/configs/qwen2.5-7b/config.json --train-type lora --max-length 1024 \\
@@ -61,9 +62,10 @@ def add_parser(sub) -> None:
                        help="checkpointing candidates; the bare flag means on (default: both; search, probe's word, is the same)")
     train.add_argument("--attn", default="sdpa", metavar="LIST",
                        help=f"attention candidates, comma-separated, from {', '.join(ATTN_IMPLEMENTATIONS)} (default: sdpa)")
-    train.add_argument("--eval-outputs", choices=EVAL_OUTPUTS[:3], default="loss", metavar="loss|logits|argmax",
-                       help="what the planned evaluation keeps on the device, as in probe (default: loss; "
-                            f"logits and argmax keep {DEFAULT_EVAL_STEPS} steps, probe's --eval-steps default)")
+    train.add_argument("--eval-outputs", choices=EVAL_OUTPUTS[:3], metavar="loss|logits|argmax",
+                       help="what the planned evaluation keeps on the device, as in probe (default: probe's without --emit: "
+                            f"logits, {DEFAULT_EVAL_STEPS} steps, probe's --eval-steps default; the loss for --rlhf-type); "
+                            "probe --from-plan uses the plan's eval frontier only where the two keep the same")
     multimodal_args.add_arguments(p)
     rlhf_args.add_arguments(p)
     cards = p.add_argument_group("cards and sharding")
@@ -121,7 +123,7 @@ def run(args) -> int:
     options = options_from_args(args)
     # The probe's spec carries the model/training flags; a plan has no device and one attention per candidate.
     args.device, args.steps, args.seed = None, 3, 0
-    # Eval keeps what --eval-outputs says (loss by default); validation does not apply to a plan.
+    # Eval keeps what --eval-outputs says (the probe's default without --emit); validation does not apply to a plan.
     probe_args = argparse.Namespace(**{**vars(args), "gpu_memory": None, "attn": options.attn[0],
                                        "gradient_checkpointing": "on" if options.checkpointing[0] else "off",
                                        "no_eval": False, "eval_steps": DEFAULT_EVAL_STEPS, "prediction_loss_only": False,
@@ -192,7 +194,7 @@ def show(plan, out_path, console) -> None:
             console.print(f"[yellow]note[/yellow] {m.note}")
     frontier = Table(title=f"predicted frontiers (margin {plan.margin:.0%}; world size {plan.spec.world_size}"
                            f"{', ' + plan.options.strategy if plan.options.strategy else ''})", title_justify="left")
-    for column in ("card", "candidate", "train", "eval", "batch x accum", "peak on card", "choice"):
+    for column in ("card", "candidate", "train", "eval", "batch x accum", "run peak on card", "choice"):
         frontier.add_column(column, justify="left" if column in ("card", "candidate", "choice") else "right")
     for i, capacity in enumerate(plan.options.targets):
         for c in plan.ok():
@@ -200,12 +202,19 @@ def show(plan, out_path, console) -> None:
             split = f"{p.per_device_train_batch_size} x {p.gradient_accumulation_steps}" if p.train_frontier else "does not fit"
             chosen = "<-" if plan.choice[capacity] == c.measure.key else ""
             frontier.add_row(format_size(capacity), c.measure.key, str(p.train_frontier), str(p.eval_frontier), split,
-                             _gib(p.on_card_bytes), chosen)
+                             _gib(p.run_on_card_bytes), chosen)
     console.print(frontier)
-    for i, capacity in enumerate(plan.options.targets):  # the chosen split, when it is not the global batch asked for
-        note = next((c.predictions[i].global_batch_note for c in plan.ok() if plan.choice[capacity] == c.measure.key), None)
-        if note:
-            console.print(f"[yellow]note[/yellow] {format_size(capacity)}: {note}")
+    for i, capacity in enumerate(plan.options.targets):
+        chosen = next((c for c in plan.ok() if plan.choice[capacity] == c.measure.key), None)
+        if chosen is None:
+            continue
+        p = chosen.predictions[i]
+        console.print(f"{format_size(capacity)}: {chosen.measure.key} at {p.per_device_train_batch_size} x {p.gradient_accumulation_steps} "
+                      f"peaks at {_gib(a.on_card(p.train_peak_bytes))} training"
+                      + (f" and {_gib(a.on_card(p.eval_peak_bytes))} evaluating at eval batch {p.eval_frontier}" if p.eval_frontier else "")
+                      + f", on the card with the allowance (at its train frontier {p.train_frontier}: {_gib(p.on_card_bytes)})")
+        if p.global_batch_note:  # the chosen split, when it is not the global batch asked for
+            console.print(f"[yellow]note[/yellow] {format_size(capacity)}: {p.global_batch_note}")
     console.print(plan.depth)
     console.print(f"planned in {plan.wall_s:.1f}s ({plan.import_s:.1f}s of it importing libraries), peak RAM {_gib(plan.peak_rss_bytes)}; planned, not validated: "
                   "probe on the real card (probe --from-plan) before a long run")

@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import time
 
-from ..errors import AutotuneError, UsageError
+from ..errors import AutotuneError
 from ..progress import ProgressSink
 from ..recipe.schema import Recipe
 from ..spec import ProbeSpec
 from .breakdown import Allowance, largest_batch
 from .planner import PlanOptions, make_plan
-
-
-def _check_plan_matches(recipe: Recipe, spec: ProbeSpec) -> None:
-    if not recipe.plan:
-        raise UsageError("--from-plan", "this recipe holds no plan", "write one with `python -m autotune plan ... --out PLAN`")
-    model = recipe.model
-    for name, planned, probed in (("--max-length", model.max_length, spec.max_length), ("--train-type", model.train_type, spec.train_type),
-                                  ("--dtype", model.dtype, spec.dtype)):
-        if planned != probed:
-            raise UsageError("--from-plan", f"the plan was made for {name} {planned}, this probe uses {probed}",
-                             f"probe with {name} {planned}, or plan again")
 
 
 def _planned_batch(points: dict, budget: int, max_batch: int) -> int | None:
@@ -31,12 +20,34 @@ def _planned_batch(points: dict, budget: int, max_batch: int) -> int | None:
     return largest_batch(_through(points), budget, Allowance(0, 0, 0.0), 2**62, max_batch) or 1
 
 
-def hints_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> dict:
+def hints_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int, progress: ProgressSink | None = None) -> dict:
     """(attention, checkpointing) -> {"train": batch, "eval": batch}: where each planned
     candidate's measured peaks cross this device's budget. Where the plan measured a fit at k
-    and a non-fit at k + 1 for this budget, the hint is k and the probe needs 2 trials."""
-    _check_plan_matches(recipe, spec)
-    return _hints(recipe.plan.get("candidates", []), budget, spec.max_batch_size)
+    and a non-fit at k + 1 for this budget, the hint is k and the probe needs 2 trials. The probe
+    has checked the plan (plan/match.py `check_plan`); `progress` hears which searches start
+    without it, and why."""
+    progress = progress or ProgressSink()
+    hints = _hints(recipe.plan.get("candidates", []), budget, spec.max_batch_size)
+    kept = _eval_kept(recipe.settings.eval_outputs, recipe.settings.eval_accumulation_steps)
+    probed = _eval_kept(spec.eval_keeps, spec.eval_keep_settings().get("eval_accumulation_steps"))
+    if spec.eval and kept != probed and any("eval" in h for h in hints.values()):
+        hints = {key: {"train": found["train"]} for key, found in hints.items() if "train" in found}
+        progress.stage(f"the plan's evaluation keeps {kept}, this probe's {probed}: its eval frontiers are another "
+                       "evaluation's, so the eval search starts without them (plan with this probe's --eval-outputs to use them)")
+    wanted = [(a, gc) for a in spec.attn_candidates for gc in spec.gradient_checkpointing_candidates]
+    missing = [_key(*k) for k in wanted if "train" not in hints.get(k, {})]
+    if missing:
+        progress.stage(f"the plan has no train frontier for {', '.join(missing)} (not planned, or nothing fits this budget): "
+                       "their searches start without it")
+    return hints
+
+
+def _eval_kept(outputs: str | None, steps: int | None) -> str:
+    return f"{outputs} over {steps} steps" if outputs != "loss" and steps else str(outputs)
+
+
+def _key(attn: str, checkpointing: bool) -> str:
+    return f"{attn}/gc-{'on' if checkpointing else 'off'}"
 
 
 def _hints(candidates: list[dict], budget: int, max_batch: int) -> dict:
@@ -95,7 +106,6 @@ class FirstPlan:
 def hint_from_plan(recipe: Recipe, spec: ProbeSpec, budget: int) -> int | None:
     """The batch size a probe should try first: where the plan's measured peaks for this
     probe's (attention, checkpointing) cross this device's budget. None: the plan has no such candidate."""
-    _check_plan_matches(recipe, spec)
     for candidate in recipe.plan.get("candidates", []):
         if (candidate.get("attn_implementation") == spec.attn_implementation
                 and candidate.get("gradient_checkpointing") == spec.gradient_checkpointing and candidate.get("train_line")):

@@ -53,8 +53,10 @@ def plan_recipe(plan: Plan) -> Recipe:
                           global_batch_exact=split.exact, global_batch_note=split.note, trials=trials, wall_s=plan.wall_s)
     hardware = Hardware(device="plan", name=f"planned {format_size(capacity)} card", capacity_bytes=capacity,
                         device_count=spec.world_size, world_size=spec.world_size, **library_versions())
-    validation = Validation(passed=False, method="planned", peak_bytes=p.live_peak_bytes,
-                            headroom_bytes=p.budget_bytes - p.live_peak_bytes if p.live_peak_bytes else None,
+    # The run at the recipe's own settings (the train step at its batch, the evaluation at its eval
+    # batch), not at the frontiers: a smaller global batch runs far below the train frontier's peak.
+    validation = Validation(passed=False, method="planned", peak_bytes=p.run_peak_bytes,
+                            headroom_bytes=p.budget_bytes - p.run_peak_bytes, eval_peak_bytes=p.eval_peak_bytes if p.eval_frontier else None,
                             message="planned under fake tensors, never run on a GPU: probe it (probe --from-plan) before use")
     return Recipe(schema=SCHEMA, model=plan.model, hardware=hardware, settings=settings, search=search,
                   validation=validation, plan=plan.to_dict(), multimodal=recipe_record(setup, spec), rlhf=_rlhf_record(plan, p) if spec.rlhf else None,

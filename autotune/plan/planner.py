@@ -22,6 +22,7 @@ from ..search.global_batch import split_global_batch
 from ..model.source import ModelSource, model_class
 from .breakdown import (Allowance, Rows, allowed_eval, frozen_bytes, frozen_saving, gathered_layers, generation_shift, layer_bytes,
                         peak_model, rollout_on_card, rows_for, syncs_whole_policy, with_share)
+from .match import config_sizes
 from .measure import CandidateMeasure, StepFailed, build_plan_workload, plan_source, to_fake
 from .rlhf import full_depth_reason
 from .copies import ShallowCopies, candidate_steps
@@ -66,6 +67,12 @@ class Prediction:
     eval_trials: int = 0
     eval_after: str | None = None  # the eval frontier is after a train step at this "batch x accumulation"
     rollout: dict | None = None  # RLHF, a colocated engine: its share on this card (plan/breakdown.py rollout_on_card)
+    # The run at the chosen settings, each a fake-tensor step (None when nothing fits): the train
+    # step at per_device_train_batch_size x gradient_accumulation_steps, and the larger of it and
+    # the evaluation at the eval frontier after it (eval_peak_bytes), without and with the allowance.
+    train_peak_bytes: int | None = None
+    run_peak_bytes: int | None = None
+    run_on_card_bytes: int | None = None
 
 
 @dataclass
@@ -109,6 +116,7 @@ class Plan:
     peak_rss_bytes: int = 0
     depth: str = ""  # how the plan covered the model's depth (plan/depth.py)
     workload: object = None  # the full-depth workload, on meta where shallow copies ran (the RLHF record reads its rollout sizing)
+    model_sizes: dict = field(default_factory=dict)  # the config's sizes, which probe --from-plan checks (plan/match.py)
 
     def ok(self) -> list[CandidatePlan]:
         return [c for c in self.candidates if c.measure.error is None]
@@ -118,7 +126,7 @@ class Plan:
         return {
             "method": ("fake tensors: the probe's train/eval steps, live bytes counted; each frontier searched as the "
                        "probe searches it (a fit at k and a non-fit at k+1 measured), starting from batches 2 and 3"),
-            "model": asdict(self.model), "max_length": self.spec.max_length, "world_size": self.spec.world_size,
+            "model": asdict(self.model), "model_sizes": self.model_sizes, "max_length": self.spec.max_length, "world_size": self.spec.world_size,
             "strategy": self.options.strategy, "margin": self.margin, "targets": self.options.targets,
             "allowance": {"cuda_context_bytes": a.cuda_context, "workspaces_bytes": a.workspaces,
                           "fragmentation": a.fragmentation,
@@ -166,6 +174,7 @@ def _predict(candidate: CandidatePlan, steps, workload, spec: ProbeSpec, options
             split = split_global_batch(spec.global_batch_size, train, spec.world_size)
             prediction.per_device_train_batch_size, prediction.gradient_accumulation_steps = split.per_device, split.accumulation
             prediction.global_batch_note = split.note
+            prediction.train_peak_bytes = round(live(split.per_device))  # its steps keep the global batch: the split's accumulation
         candidate.predictions.append(prediction)
     candidate.train_points = {b: round(searches[0][4](b)) for b in sorted(steps.train_points)}
     for prediction, (capacity, budget, _, share, _) in zip(candidate.predictions, searches):
@@ -181,6 +190,9 @@ def _predict(candidate: CandidatePlan, steps, workload, spec: ProbeSpec, options
         prediction.eval_frontier, prediction.eval_trials = allowed_eval(spec, search.frontier), len(search.points)
         prediction.eval_peak_bytes = round(evaluate(max(prediction.eval_frontier, 1)))  # at the batch the rules allow
         prediction.eval_after = f"{after[0]}x{after[1]}"
+        if prediction.train_peak_bytes is not None:
+            run = max(prediction.train_peak_bytes, prediction.eval_peak_bytes if prediction.eval_frontier else 0)
+            prediction.run_peak_bytes, prediction.run_on_card_bytes = run, round(options.allowance.on_card(run))
         if not candidate.eval_points:
             candidate.eval_points = {key[2]: round(evaluate(key[2])) for key in sorted(steps.eval_points) if key[:2] == after}
 
@@ -333,5 +345,6 @@ def _plan_after_imports(spec, options, progress, source, started, cpu_started, i
                 wall_s=round(time.perf_counter() - started, 3), import_s=round(import_s, 3),
                 cpu_s=round(time.process_time() - cpu_started, 3), import_cpu_s=round(import_cpu_s, 3),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, workload=workload,
+                model_sizes=config_sizes(source.config),
                 depth="; ".join([depth.note(), *(f"{c.measure.key} fell back: {c.depth_fallback}" for c in candidates
                                                  if c.depth_fallback)]))
