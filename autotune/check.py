@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .devices import make_device
 from .errors import EXIT_DOES_NOT_FIT, EXIT_FINGERPRINT, EXIT_OK, UsageError
 from .describe import describe_hardware
-from .recipe import levers, rlhf
+from .recipe import levers, lora, rlhf
 from .recipe.levers import LEVER_KEYS
 from .recipe.schema import Recipe, TrialResult
 from .spec import QWEN_VL_UTILS, ProbeSpec
@@ -67,6 +67,9 @@ def reprobe_command(recipe: Recipe, device: str | None = None, capacity: int | N
              "--train-type", m.train_type, "--dtype", m.dtype]
     if m.lora:
         parts += ["--lora-r", str(m.lora["r"]), "--lora-alpha", str(m.lora["alpha"])]
+        if m.lora.get("dropout") is not None:
+            parts += ["--lora-dropout", str(m.lora["dropout"])]
+        parts += [shlex.quote(word) for word in lora.cli_flags(m.lora)]
     if recipe.search.global_batch_size:
         parts += ["--global-batch-size", str(recipe.search.global_batch_size)]
     parts += ["--optim", s.optim]
@@ -167,13 +170,14 @@ def compare_fingerprints(expected: dict, here: dict) -> list[Difference]:
 
 def spec_for(recipe: Recipe, device_kind: str, capacity: int, margin: float) -> ProbeSpec:
     m, s = recipe.model, recipe.settings
-    lora = m.lora or {}
+    adapters = m.lora or {}
+    names, regex = lora.from_record(adapters)
     return ProbeSpec(
         max_length=s.max_length or m.max_length,
         model=m.path if m.source == "weights" else None,
         model_config=m.path if m.source != "weights" else None,
-        train_type=m.train_type, lora_r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 32)),
-        lora_dropout=float(lora.get("dropout", 0.05)), lora_target_modules=lora.get("target_modules", "all-linear"),
+        train_type=m.train_type, lora_r=int(adapters.get("r", 8)), lora_alpha=int(adapters.get("alpha", 32)),
+        lora_dropout=float(adapters.get("dropout", 0.05)), lora_target_modules=names, lora_target_regex=regex,
         dtype=s.torch_dtype, device=device_kind, gpu_memory=capacity, margin=margin,
         gradient_checkpointing=bool(s.gradient_checkpointing), attn_implementation=s.attn_implementation,
         optim=s.optim, task=s.task or "train", **vision_fields(recipe),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .emit.deepspeed import hidden_size
 from .model.quantize import quantization_record
+from .recipe.lora import record as lora_record
 from .recipe.schema import Hardware, ModelInfo
 
 
@@ -28,7 +29,8 @@ def describe_model(workload) -> ModelInfo:
     spec, source = workload.spec, workload.source
     lora = None
     if spec.train_type in ("lora", "qlora"):
-        lora = {"r": spec.lora_r, "alpha": spec.lora_alpha, "dropout": spec.lora_dropout, "target_modules": spec.lora_target_modules}
+        lora = {"r": spec.lora_r, "alpha": spec.lora_alpha, "dropout": spec.lora_dropout,
+                **lora_record(spec.lora_target_modules, spec.lora_target_regex)}
     return ModelInfo(source=source.kind, path=source.path, model_type=source.model_type, architecture=source.architecture,
                      dtype=spec.dtype, train_type=spec.train_type, num_parameters=workload.total_params,
                      trainable_parameters=workload.trainable_params, max_length=spec.max_length, lora=lora,

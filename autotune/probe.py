@@ -12,6 +12,7 @@ from .recipe import levers
 from .cluster.worker import trainer_applies
 from .errors import AutotuneError, DoesNotFitError, UsageError
 from .model.dataset import from_dataset
+from .model.lora_match import check_before_load
 from .model.source import check_max_length, model_class, require_weights, resolve
 from .model.multimodal import recipe_record, recipe_settings
 from .progress import ProgressSink  # noqa: F401  (re-exported: autotune.probe.ProgressSink)
@@ -36,6 +37,8 @@ def probe(spec: ProbeSpec, progress: ProgressSink | None = None, device=None, pl
     started = time.perf_counter()
     source = resolve(spec.model, spec.model_config)
     require_weights(source)
+    if spec.train_type != "full":
+        check_before_load(source.config, spec.lora_target_modules, spec.lora_target_regex)
     data = None
     if spec.dataset:
         spec, profile, data = from_dataset(spec, source)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .recipe.levers import check_spec as check_levers
+from .recipe.lora import ALL_LINEAR, NAMES_FLAG, REGEX_FLAG, check_regex, parse_names
 from .recipe.rlhf import RLHFSpec
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -41,7 +42,8 @@ class ProbeSpec:
     lora_r: int = 8
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"
+    lora_target_modules: tuple = (ALL_LINEAR,)  # module names, or all-linear (recipe/lora.py)
+    lora_target_regex: str | None = None  # instead of the names: a regex full-matched against module names
     dtype: str = "bfloat16"
     device: str | None = None  # cuda | sim; None = cuda when available
     gpu_memory: int | None = None  # bytes
@@ -135,6 +137,7 @@ class ProbeSpec:
         _positive("--lora-alpha", self.lora_alpha)
         if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout <= 1.0):  # torch's Dropout
             raise UsageError("--lora-dropout", f"must be a probability in [0, 1], got {self.lora_dropout}", "for example --lora-dropout 0.05")
+        self._validate_lora_targets()
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):  # numpy's, which transformers' set_seed seeds
             raise UsageError("--seed", f"must be a whole number in [0, 2**32), got {self.seed}", "for example --seed 0")
         _positive("--world-size", self.world_size)
@@ -158,6 +161,14 @@ class ProbeSpec:
         _check_cluster(self)
         self._validate_space()
         self._validate_rlhf()
+
+    def _validate_lora_targets(self) -> None:
+        self.lora_target_modules = parse_names(self.lora_target_modules)  # a worker's spec arrives as a list
+        if self.lora_target_regex is None:
+            return
+        check_regex(self.lora_target_regex)
+        if self.lora_target_modules != (ALL_LINEAR,):
+            raise UsageError(REGEX_FLAG, f"and {NAMES_FLAG} both choose the LoRA targets", "give one of them")
 
     def _validate_fp16_full(self) -> None:
         """float16 weights trained in full under fp16 mixed precision (what ms-swift and the launch

@@ -12,6 +12,7 @@ from ..cluster import launch
 from ..emit import swift_read
 from ..emit.common import HELD_ENV, TOKEN_ENV, VISION_ENV
 from ..errors import UsageError
+from ..recipe import lora
 from ..recipe.schema import load_recipe
 from ..sizes import format_size
 from .interrupt import deferred_interrupt
@@ -71,7 +72,8 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     then trains at the model's full length, which the check then runs) or when a media limit the
     recipe needs is neither in the file nor exported (ms-swift would use its default). A variable
     the recipe holds at one value (emit/common.py HELD_ENV) set to another is refused."""
-    from ..check import pixels_per_token, unset_length
+    from ..check import model_config, pixels_per_token, unset_length
+    from ..model.lora_match import check_before_load
 
     environ = dict(os.environ) if environ is None else environ
     probed_env = dict(recipe.settings.env or {})
@@ -80,6 +82,8 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     ignored = []
     if not recipe.multimodal:
         settings, ignored = swift_read.without_vision(settings)
+    if model.get("lora"):  # refused here, naming the file, not at the model load
+        check_before_load(model_config(recipe), *lora.from_record(model["lora"]), flag="--swift-args")
     recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
                                  model=dataclasses.replace(recipe.model, **model))
     recipe, note = unset_length(recipe, args, path)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import UsageError
+from ..recipe.lora import NAMES_FLAG, REGEX_FLAG
 from ..spec import DTYPES, TRAIN_TYPES, ProbeSpec
 
-LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_regex")
 
 
 def add_model_arguments(parser, model_help: str, train_type_help: str):
@@ -24,7 +25,13 @@ def add_model_arguments(parser, model_help: str, train_type_help: str):
     train.add_argument("--lora-r", type=int, help="LoRA rank (default: 8)")
     train.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 32)")
     train.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05)")
-    train.add_argument("--lora-target-modules", help="peft target_modules (default: all-linear, the LM's linear layers)")
+    train.add_argument("--lora-target-modules", metavar="NAMES",
+                       help="modules LoRA adapts, as ms-swift's --target_modules: names, comma- or space-separated "
+                            "(q_proj,v_proj matches every module whose name ends in q_proj or v_proj), or all-linear "
+                            "(default: all-linear, the language model's linear layers but the output head)")
+    train.add_argument("--lora-target-regex", metavar="REGEX",
+                       help="instead of names, as ms-swift's --target_regex: a regex full-matched against each module's "
+                            "full name, e.g. '.*layers\\.[0-3]\\..*\\.(q_proj|v_proj)'")
     return train
 
 
@@ -35,5 +42,7 @@ def lora_kwargs(args) -> dict:
     if given and args.train_type == "full":
         flag = "--" + given[0].replace("_", "-")
         raise UsageError(flag, "sets the LoRA adapters, and --train-type full trains none", f"add --train-type lora (or qlora), or leave {flag} out")
+    if args.lora_target_modules is not None and args.lora_target_regex is not None:
+        raise UsageError(REGEX_FLAG, f"and {NAMES_FLAG} both choose the LoRA targets", "give one of them")
     defaults = {f.name: f.default for f in dataclasses.fields(ProbeSpec)}
     return {name: defaults[name] if getattr(args, name, None) is None else getattr(args, name) for name in LORA_FLAGS}

@@ -33,6 +33,11 @@ examples:
   python -m autotune probe --model-config ./Qwen2.5-7B/config.json --train-type lora --max-length 4096 \\
       --global-batch-size 64 --out qwen7b-lora.yaml
 
+  # LoRA on the attention's query and value projections only (ms-swift's --target_modules q_proj v_proj);
+  # a regex instead: --lora-target-regex '.*layers\\.[0-3]\\..*(q_proj|v_proj)' (ms-swift's --target_regex)
+  python -m autotune probe --model-config tiny-qwen2 --device sim --gpu-memory 32MiB --max-length 64 \\
+      --train-type lora --lora-target-modules q_proj,v_proj --emit swift --out lo.yaml
+
   # only sdpa, checkpointing always on, eval as a Trainer without compute_metrics, and a plot
   python -m autotune probe --model-config tiny-qwen2 --device sim --gpu-memory 2GiB --max-length 256 \\
       --attn sdpa --gradient-checkpointing on --prediction-loss-only --plot probe.png

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from ..recipe import lora
 from ..recipe.schema import Recipe
 from ..recipe.training_args import arguments
 from .common import check_strategy, image_resize_note, model_location, video_frames_note, zero_stage
@@ -40,8 +41,9 @@ def model_settings(recipe: Recipe) -> dict:
         "max_length": s.max_length,
     }
     if m.train_type == "lora" and m.lora:
+        # LoraConfig's keywords: target_modules is a list of names, all-linear, or a regex string
         out["lora"] = {"r": m.lora["r"], "lora_alpha": m.lora["alpha"], "lora_dropout": m.lora.get("dropout"),
-                       "target_modules": m.lora.get("target_modules"), "task_type": "CAUSAL_LM"}
+                       "target_modules": lora.peft_target(*lora.from_record(m.lora)), "task_type": "CAUSAL_LM"}
     for key in ("freeze_vit", "freeze_aligner", "freeze_llm", "vit_gradient_checkpointing", "max_pixels", "image_resize",
                 "video_max_pixels", "video_min_pixels", "video_frames", "use_audio_in_video"):
         if getattr(s, key) is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import yaml
 
 from ..errors import UsageError
+from ..recipe import lora
 from ..recipe.schema import Recipe
 from .common import DATASET_PLACEHOLDER, check_strategy, image_resize_note, mixed_precision, model_location, zero_stage
 
@@ -35,7 +36,7 @@ def sections(recipe: Recipe, dataset: str | None = None, deepspeed_file: str = "
     method = {"stage": "sft", "do_train": True, "finetuning_type": m.train_type}
     if m.train_type == "lora" and m.lora:
         method.update(lora_rank=int(m.lora["r"]), lora_alpha=int(m.lora["alpha"]), lora_dropout=float(m.lora.get("dropout") or 0.0),
-                      lora_target="all")
+                      lora_target=lora_target(m.lora))
     for ours in ("freeze_vit", "freeze_aligner", "freeze_llm"):
         if getattr(s, ours) is not None:
             method[VL_NAMES[ours]] = getattr(s, ours)
@@ -68,6 +69,15 @@ def sections(recipe: Recipe, dataset: str | None = None, deepspeed_file: str = "
     if evaluation:
         out.append(("eval", evaluation))
     return out
+
+
+def lora_target(record: dict) -> str:
+    """LLaMA-Factory's `lora_target`: comma-separated module names, or `all` (its all-linear)."""
+    names, regex = lora.from_record(record)
+    if regex is not None:
+        raise UsageError("RECIPE", f"this recipe's LoRA targets are a regex ({regex}); LLaMA-Factory's lora_target takes "
+                         "module names or all", "re-probe with --lora-target-modules NAMES, or use `autotune emit swift` / `emit hf`")
+    return "all" if lora.is_all_linear(names, None) else ",".join(names)
 
 
 def flat(recipe: Recipe, dataset: str | None = None) -> dict:
@@ -103,4 +113,8 @@ def lever_comments(recipe: Recipe) -> list[str]:
     resize = image_resize_note(recipe)
     if resize:
         notes.append(f"# {resize}")
+    if recipe.multimodal and recipe.model.lora and not lora.is_all_linear(*lora.from_record(recipe.model.lora)):
+        notes.append("# lora_target on a vision-language model: LLaMA-Factory adapts the modules whose names contain a name "
+                     "and leaves out its frozen parts (patch_target_modules); the probe adapted those whose names end in one, "
+                     "frozen or not (peft's rule, as ms-swift)")
     return notes

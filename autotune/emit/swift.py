@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UsageError
+from ..recipe import lora
 from ..recipe.schema import Recipe
 from ..recipe.training_args import CHECKPOINTING_KWARGS, checkpointing_lever_kwargs, eval_outputs_of
 from . import rlhf
@@ -106,9 +107,11 @@ def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict
         args["lora_alpha"] = int(m.lora["alpha"])
         if m.lora.get("dropout") is not None:
             args["lora_dropout"] = float(m.lora["dropout"])
-        targets = m.lora.get("target_modules")
-        if targets:
-            args["target_modules"] = [targets] if isinstance(targets, str) else list(targets)
+        names, regex = lora.from_record(m.lora)
+        if regex is not None:
+            args["target_regex"] = regex  # as a target_modules item it would be matched as a module name
+        else:
+            args["target_modules"] = list(names)
     args["dataset"] = [dataset or DATASET_PLACEHOLDER]
     args["torch_dtype"] = s.torch_dtype
     # Mixed precision as probed, written out: left unset, ms-swift turns fp16 on for float32 weights.

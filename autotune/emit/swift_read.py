@@ -5,11 +5,13 @@ and the length ms-swift trains at when the file sets none. The writing side is s
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
 
 from ..errors import UsageError
+from ..recipe import lora
 from ..spec import QWEN_VL_UTILS
 from .common import HELD_ENV, TOKEN_ENV, VISION_ENV
 from .swift import ATTN_IMPL
@@ -191,7 +193,21 @@ def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token
     train_type = args.get("tuner_type", args.get("train_type"))
     if train_type is not None:
         model["train_type"] = str(train_type)
-    if args.get("lora_rank") is not None or args.get("lora_alpha") is not None:
-        model["lora"] = {"r": int(args.get("lora_rank", 8)), "alpha": int(args.get("lora_alpha", 32)),
-                         "dropout": float(args.get("lora_dropout", 0.05)), "target_modules": "all-linear"}
+    if any(args.get(k) is not None for k in ("lora_rank", "lora_alpha", "lora_dropout", "target_modules", "target_regex")):
+        model["lora"] = {"r": int(args.get("lora_rank", 8)), "alpha": int(float(args.get("lora_alpha", 32))),
+                         "dropout": float(args.get("lora_dropout", 0.05)), **lora_targets_back(args)}
     return settings, model
+
+
+def lora_targets_back(args: dict) -> dict:
+    """The file's LoRA targets in the recipe's keys: target_regex wins over target_modules (as in
+    ms-swift's TunerArguments); unset, ms-swift's default all-linear."""
+    if args.get("target_regex"):
+        return lora.record((lora.ALL_LINEAR,), lora.check_regex(str(args["target_regex"]), "--swift-args"))
+    items = args.get("target_modules", [lora.ALL_LINEAR])
+    items = items if isinstance(items, list) else [items]
+    for item in items:  # each item is one name to ms-swift: "q_proj,v_proj" would match no module
+        if re.search(r"[,\s]", str(item)):
+            raise UsageError("--swift-args", f"target_modules item {item!r} is one module name to ms-swift",
+                             "write the names as a list: target_modules: [q_proj, v_proj]")
+    return lora.record(lora.parse_names([str(i) for i in items], "--swift-args target_modules"), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..recipe.lora import is_all_linear
 from .freezing import Freezing, apply_freezing, check, lora_targets, part_of
 from .multimodal import check_text_only, plan_for
 
@@ -42,19 +43,25 @@ def plan_inputs(source, spec) -> Setup:
 
 
 def prepare(model, setup: Setup, spec, device, apply_lora):
-    """Quantize (qlora), freeze, and wrap with LoRA; returns the model to train."""
+    """Quantize (qlora), freeze, and wrap with LoRA; returns the model to train. LoRA on a
+    vision-language model's linear layers (all-linear) covers its unfrozen parts only, as ms-swift's;
+    names or a regex go to peft as they are, whatever the freezing (ms-swift's too)."""
     import torch
 
+    from .lora_match import check_model
     from .quantize import check_4bit, quantize_language_model
 
     family, freezing = setup.family, setup.freezing
+    if spec.train_type in ("lora", "qlora"):
+        check_model(model, spec.lora_target_modules, spec.lora_target_regex)
     if spec.train_type == "qlora":
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[spec.dtype]
         check_4bit(device, dtype)
         in_lm = (lambda name: part_of(name, family) == "llm") if family else (lambda name: True)
         setup.quantized_layers = quantize_language_model(model, in_lm, dtype, device)
     if spec.train_type in ("lora", "qlora"):
-        targets = lora_targets(model, family, freezing) if family else None
+        all_linear = is_all_linear(spec.lora_target_modules, spec.lora_target_regex)
+        targets = lora_targets(model, family, freezing) if family and all_linear else None
         return apply_lora(model, spec, targets)
     if family:
         apply_freezing(model, family, freezing)

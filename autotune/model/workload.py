@@ -14,6 +14,7 @@ import torch
 from ..errors import UsageError
 from . import packing
 from .source import ModelSource, check_max_length
+from ..recipe.lora import peft_target
 from ..spec import ProbeSpec
 from .training_setup import Setup, check_optimizer, plan_inputs, prepare
 
@@ -57,16 +58,17 @@ def build_model(source: ModelSource, spec: ProbeSpec, device, family=None):
 
 def apply_lora(model, spec: ProbeSpec, target_modules: list[str] | None = None, on_meta: bool = False):
     """`target_modules`: explicit layer names (a vision-language model's unfrozen parts);
-    None: --lora-target-modules. `on_meta`: the base model is on the meta device (a plan), so peft
-    makes the adapters there too (`low_cpu_mem_usage`) instead of initialising each on the CPU
-    first: the same modules, shapes and dtypes, and 70B's 560 adapters in a fraction of the time."""
+    None: --lora-target-modules / --lora-target-regex. `on_meta`: the base model is on the meta
+    device (a plan), so peft makes the adapters there too (`low_cpu_mem_usage`) instead of
+    initialising each on the CPU first: the same modules, shapes and dtypes, and 70B's 560
+    adapters in a fraction of the time."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=spec.lora_dropout,
-        target_modules=target_modules if target_modules is not None else spec.lora_target_modules,
+        target_modules=peft_target(spec.lora_target_modules, spec.lora_target_regex) if target_modules is None else target_modules,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config, low_cpu_mem_usage=on_meta)

@@ -26,6 +26,7 @@ from ..trials import rlhf_step_model, step_model
 from ..errors import UsageError
 from ..model.training_setup import plan_inputs, prepare
 from ..model.workload import Workload, apply_lora, build_model, count_parameters
+from ..recipe.lora import alike_in_every_layer
 from .rope import positions_once_per_layout
 from .rlhf import build_frozen_models, frozen_models
 
@@ -181,8 +182,8 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
     """Build on `meta` (no memory, no init), freeze and add LoRA there exactly as the probe does
     (same family setup), then materialise fake tensors (`fake`; else it stays on `meta` until
     `to_fake`: a full-depth model whose shallow copies run the steps only counts parameters).
-    `adapters=False`: where LoRA makes the same adapters in every layer (all-linear, or a
-    family's unfrozen parts; not a pattern the layers' names could match apart, not RLHF), the
+    `adapters=False`: where LoRA makes the same adapters in every layer (all-linear, a family's
+    unfrozen parts, a layer's own module names; not a regex or a dotted path, not RLHF), the
     model is left without them and `adapters_left_out` is set: a full-depth model that only
     chooses the depth (plan/planner.py plan_workloads adds them if it runs at full depth)."""
     if spec.train_type == "qlora":
@@ -191,7 +192,7 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
     setup = plan_inputs(source, spec)
     model = build_model(source, spec, _Meta(), setup.family)
     left_out = (not adapters and spec.train_type == "lora" and spec.rlhf is None
-                and (setup.family is not None or spec.lora_target_modules == "all-linear"))
+                and alike_in_every_layer(spec.lora_target_modules, spec.lora_target_regex))
     if not left_out:
         model = prepare(model, setup, spec, _Meta(), functools.partial(apply_lora, on_meta=True))
     model.train()

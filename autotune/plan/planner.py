@@ -30,6 +30,7 @@ from .depth import DepthChoice, Unsound, choose_depth, shallow_config
 from .frontier import SEED_BATCHES, eval_curve, exact_frontier, train_curve
 from ..describe import describe_model
 from ..progress import ProgressSink
+from ..recipe.lora import alike_in_every_layer
 from ..recipe.schema import ModelInfo
 from ..search.attention import attn_unsupported_by_model
 from ..spec import ProbeSpec
@@ -244,7 +245,7 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
     # and LoRA adapters alike in every layer are left out of it (peft on the whole model was
     # 0.5 s of a 7B plan, 2-3 s of a 70B): its counts are the copies', extended.
     built = spec.replace(attn_implementation=built_with)
-    reason = "--full-depth" if depth_mode != "auto" else full_depth_reason(spec)
+    reason = "--full-depth" if depth_mode != "auto" else full_depth_reason(spec) or _lora_depth_reason(spec)
     workload = _build(source, built, FakeDevice(capacity), fake=False, adapters=reason is not None)
     depth = choose_depth(source.config, workload.model) if reason is None else DepthChoice(reason=reason)
     shallow = None
@@ -265,6 +266,14 @@ def plan_workloads(spec: ProbeSpec, capacity: int, depth_mode: str = "auto"):
                 round(depth.extend(*(getattr(w, name) for w in shallow))) for name in ("total_params", "trainable_params"))
     workload.spec = spec
     return workload, depth, shallow
+
+
+def _lora_depth_reason(spec: ProbeSpec) -> str | None:
+    """A regex or a dotted path can adapt some layers and not others: a line through shallow
+    copies would not reach the full depth's count."""
+    if spec.train_type == "full" or alike_in_every_layer(spec.lora_target_modules, spec.lora_target_regex):
+        return None
+    return "the LoRA targets are a regex or a dotted module path, which could pick some layers only"
 
 
 def _build(source, spec: ProbeSpec, device: FakeDevice, fake: bool = True, adapters: bool = True):
