@@ -123,3 +123,19 @@ def test_readmes_plan_then_probe_starts_both_searches_from_the_plan(tmp_path):
     frontier = [t for t in recipe.search.trials if t.purpose == "frontier"]
     assert [t.phase for t in frontier] == ["train", "train", "eval", "eval"]
     assert recipe.search.frontier["eval"] == load_recipe(plan).search.frontier["eval"]
+
+
+def test_a_lora_plan_for_other_targets_is_refused():
+    """The plan's adapters decide its frontier: other target modules (or a regex) are another run."""
+    spec = ProbeSpec(max_length=64, model_config="tiny-llama", train_type="lora", lora_target_modules=("q_proj", "v_proj"))
+    recipe = plan_recipe(make_plan(spec, PlanOptions([64 * MiB], checkpointing=[False], allowance=Allowance(0, 0, 0.0))))
+    source = resolve(None, "tiny-llama")
+    check_plan(recipe, spec, source)  # the same targets: taken
+    with pytest.raises(UsageError, match=r"^--from-plan: the plan was made for --lora-target-modules q_proj,v_proj, this probe uses all-linear"):
+        check_plan(recipe, dataclasses.replace(spec, lora_target_modules=("all-linear",)), source)
+    with pytest.raises(UsageError, match=r"--lora-target-modules q_proj,v_proj, this probe uses all-linear"):
+        check_plan(recipe, dataclasses.replace(spec, lora_target_modules=("all-linear",), lora_target_regex=r".*\.q_proj"), source)
+    regex = ProbeSpec(max_length=64, model_config="tiny-llama", train_type="lora", lora_target_regex=r".*\.q_proj")
+    planned = plan_recipe(make_plan(regex, PlanOptions([64 * MiB], checkpointing=[False], allowance=Allowance(0, 0, 0.0))))
+    with pytest.raises(UsageError, match=r"--lora-target-regex .*q_proj, this probe uses \(none\)"):
+        check_plan(planned, dataclasses.replace(regex, lora_target_regex=None), source)

@@ -6,6 +6,7 @@ sharding. A plan's frontiers for anything else start the probe's searches in the
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..recipe import lora as lora_targets
 from ..recipe.schema import Recipe
 from ..spec import ProbeSpec
 
@@ -80,8 +81,10 @@ def _check_training(recipe: Recipe, spec: ProbeSpec) -> None:
     checks = [("--max-length", model.max_length, spec.max_length), ("--train-type", model.train_type, spec.train_type),
               ("--dtype", model.dtype, spec.dtype)]
     if model.lora and spec.train_type in ("lora", "qlora"):
+        names, regex = lora_targets.from_record(model.lora)
         checks += [("--lora-r", model.lora.get("r"), spec.lora_r),
-                   ("--lora-target-modules", model.lora.get("target_modules"), spec.lora_target_modules)]
+                   ("--lora-target-modules", ",".join(names), ",".join(spec.lora_target_modules)),
+                   ("--lora-target-regex", regex or "(none)", spec.lora_target_regex or "(none)")]
     for name, planned, probed in checks:
         if planned != probed:
             raise UsageError("--from-plan", f"the plan was made for {name} {planned}, this probe uses {probed}",
