@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .emit.deepspeed import hidden_size
 from .model.quantize import quantization_record
-from .recipe.lora import record as lora_record
+from .recipe.lora import PEFT_REGEX, record as lora_record
 from .recipe.schema import Hardware, ModelInfo
 
 
@@ -31,6 +31,9 @@ def describe_model(workload) -> ModelInfo:
     if spec.train_type in ("lora", "qlora"):
         lora = {"r": spec.lora_r, "alpha": spec.lora_alpha, "dropout": spec.lora_dropout,
                 **lora_record(spec.lora_target_modules, spec.lora_target_regex)}
+        regex = workload.setup.peft_target_regex if workload.setup is not None else None
+        if regex:
+            lora[PEFT_REGEX] = regex
     return ModelInfo(source=source.kind, path=source.path, model_type=source.model_type, architecture=source.architecture,
                      dtype=spec.dtype, train_type=spec.train_type, num_parameters=workload.total_params,
                      trainable_parameters=workload.trainable_params, max_length=spec.max_length, lora=lora,

@@ -26,11 +26,13 @@ def main(recipe_path: str, model_dir: str, data_file: str) -> None:
     if recipe.model.train_type == "lora":
         from peft import LoraConfig, get_peft_model
 
-        from autotune.recipe.lora import from_record, peft_target
+        from autotune.recipe.lora import peft_target_of
 
-        lora = recipe.model.lora  # its targets: target_modules (names or all-linear) or target_regex
+        # its targets: target_modules (names or all-linear) or target_regex; a vision-language
+        # model's all-linear as peft_target_regex (the unfrozen parts' linear layers only)
+        lora = recipe.model.lora
         model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                                 target_modules=peft_target(*from_record(lora)), task_type="CAUSAL_LM"))
+                                                 target_modules=peft_target_of(lora), task_type="CAUSAL_LM"))
     with open(data_file) as handle:  # one {"text": ...} per line
         texts = [json.loads(line)["text"] for line in handle if line.strip()]
     data = [tokenizer(text, truncation=True, max_length=s.max_length) for text in texts]

@@ -200,3 +200,110 @@ def test_the_reprobe_command_carries_the_targets_and_dropout(probed, tmp_path, t
     assert (spec.lora_target_modules, spec.lora_target_regex) == from_record(recipe.model.lora)
     save_recipe(recipe, tmp_path / "r.yaml")
     assert load_recipe(tmp_path / "r.yaml").model.lora == recipe.model.lora  # the form survives the file
+
+
+VL_PLAN = ["plan", "--model-config", "tiny-qwen2-vl", "--max-length", "96", "--max-pixels", "12544", "--attn", "sdpa",
+           "--gradient-checkpointing", "off", "--gpu-memory", "24MiB", "--cuda-context", "0", "--workspaces", "0",
+           "--train-type", "lora", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def vl_plan(tmp_path_factory):
+    """A LoRA (all-linear) plan's recipe for tiny-qwen2-vl, the vision tower and aligner frozen (ms-swift's defaults)."""
+    out = tmp_path_factory.mktemp("vl") / "plan.yaml"
+    assert main(VL_PLAN + ["--out", str(out)]) == 0
+    return load_recipe(out)
+
+
+def tiny_vl(name: str):
+    from autotune.model.source import model_class, resolve
+
+    config = resolve(None, name).config
+    return model_class(config)._from_config(config)
+
+
+def trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def peft_adapts(recipe, name: str):
+    """emit hf's and emit trl's sidecars' LoraConfig on the model built afresh: (adapted modules, trainable count)."""
+    from peft import LoraConfig, get_peft_model
+
+    from autotune.emit import hf, trl
+    from rlhf_recipes import base
+
+    side = hf.model_settings(recipe)
+    rl = dataclasses.replace(base(), model=recipe.model, multimodal=recipe.multimodal, settings=recipe.settings)
+    rl = dataclasses.replace(rl, settings=dataclasses.replace(rl.settings, rlhf_type="grpo", num_generations=2, max_completion_length=48))
+    trl_side = trl.model_settings(rl)
+    assert trl_side["lora"]["target_modules"] == side["lora"]["target_modules"] and trl_side["lora_targets"] == side["lora_targets"]
+    model = get_peft_model(tiny_vl(name), LoraConfig(**side["lora"]))
+    return side, adapted(model), trainable(model)
+
+
+def test_a_vision_language_plan_gives_peft_the_modules_the_probe_adapts(vl_plan, make_workload):
+    """all-linear on a vision-language model: the probe adapts the language model's linears
+    (vision tower and aligner frozen); peft's own all-linear would take the tower's too, so the
+    planned recipe keeps them as one regex and emit hf / trl write it as target_modules."""
+    recipe = vl_plan
+    regex = recipe.model.lora["peft_target_regex"]
+    assert recipe.model.lora["target_modules"] == "all-linear" and r"\d+" in regex and len(regex) < 200
+    workload = make_workload("tiny-qwen2-vl", 1 << 30, max_length=96, max_pixels=12544, train_type="lora")
+    probed = adapted(workload.model)
+    assert probed and all(".language_model." in n for n in probed)
+    side, adapts, count = peft_adapts(recipe, "tiny-qwen2-vl")
+    assert side["lora"]["target_modules"] == regex and "unfrozen parts' linear layers" in side["lora_targets"]
+    assert adapts == probed and count == workload.trainable_params == recipe.model.trainable_parameters
+    from peft import LoraConfig, get_peft_model
+
+    from autotune.emit.swift import swift_args
+
+    everything = adapted(get_peft_model(tiny_vl("tiny-qwen2-vl"), LoraConfig(target_modules="all-linear")))
+    assert any(".visual." in n for n in everything - probed)  # what peft's all-linear would have added
+    args = swift_args(recipe, "4.6")
+    assert args["target_modules"] == ["all-linear"] and "target_regex" not in args  # ms-swift picks them itself
+
+
+@pytest.mark.parametrize("name,unfrozen,inside", [("tiny-qwen2.5-vl", {"freeze_vit": False}, ".visual.blocks."),
+                                                   ("tiny-qwen2-vl", {"freeze_aligner": False}, ".visual.merger.")])
+def test_unfrozen_vision_parts_are_in_the_regex(make_workload, name, unfrozen, inside):
+    """A probe's recipe record (describe_model) with the tower or the aligner unfrozen: the regex
+    takes their linears as well (the merger's two, not the GELU between them), and peft adapts
+    exactly what the probe did."""
+    from peft import LoraConfig, get_peft_model
+
+    from autotune.describe import describe_model
+    from autotune.recipe.lora import peft_target_of
+
+    workload = make_workload(name, 1 << 30, max_length=32, max_pixels=3136, train_type="lora", **unfrozen)
+    probed, info = adapted(workload.model), describe_model(workload)
+    assert any(inside in n for n in probed) and any(".language_model." in n for n in probed)
+    model = get_peft_model(tiny_vl(name), LoraConfig(target_modules=peft_target_of(info.lora)))
+    assert adapted(model) == probed and trainable(model) == workload.trainable_params
+
+
+def test_a_plan_without_the_adapters_records_the_same_regex(vl_plan):
+    """Where a plan leaves the adapters out of its full-depth model (shallow copies count them),
+    the regex comes from that model all the same."""
+    from autotune.model.source import resolve
+    from autotune.devices.fake import FakeDevice
+    from autotune.plan.measure import build_plan_workload
+    from autotune.spec import ProbeSpec
+
+    spec = ProbeSpec(model_config="tiny-qwen2-vl", max_length=96, max_pixels=12544, train_type="lora", device="sim", gpu_memory=1 << 30)
+    workload = build_plan_workload(resolve(None, "tiny-qwen2-vl"), spec, FakeDevice(1 << 30), fake=False, adapters=False)
+    assert workload.adapters_left_out and workload.setup.peft_target_regex == vl_plan.model.lora["peft_target_regex"]
+
+
+def test_an_older_vision_language_recipe_says_peft_adapts_the_frozen_tower(vl_plan):
+    from autotune.emit import hf
+
+    old = dataclasses.replace(vl_plan, model=dataclasses.replace(
+        vl_plan.model, lora={k: v for k, v in vl_plan.model.lora.items() if k != "peft_target_regex"}))  # from before the key
+    side = hf.model_settings(old)
+    assert side["lora"]["target_modules"] == "all-linear" and "frozen vision tower and aligner" in side["lora_targets"]
+    assert "re-probe" in side["lora_targets"]
+    unfrozen = dataclasses.replace(old, settings=dataclasses.replace(old.settings, freeze_vit=False, freeze_aligner=False))
+    assert "lora_targets" not in hf.model_settings(unfrozen)  # nothing frozen: peft's all-linear is the probe's
+    assert "lora_targets" not in hf.model_settings(with_targets(old, target_modules=["q_proj"]))  # names: peft's as ms-swift's

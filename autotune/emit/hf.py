@@ -43,7 +43,10 @@ def model_settings(recipe: Recipe) -> dict:
     if m.train_type == "lora" and m.lora:
         # LoraConfig's keywords: target_modules is a list of names, all-linear, or a regex string
         out["lora"] = {"r": m.lora["r"], "lora_alpha": m.lora["alpha"], "lora_dropout": m.lora.get("dropout"),
-                       "target_modules": lora.peft_target(*lora.from_record(m.lora)), "task_type": "CAUSAL_LM"}
+                       "target_modules": lora.peft_target_of(m.lora), "task_type": "CAUSAL_LM"}
+        note = lora_note(recipe)
+        if note:
+            out["lora_targets"] = note
     for key in ("freeze_vit", "freeze_aligner", "freeze_llm", "vit_gradient_checkpointing", "max_pixels", "image_resize",
                 "video_max_pixels", "video_min_pixels", "video_frames", "use_audio_in_video"):
         if getattr(s, key) is not None:
@@ -65,6 +68,24 @@ def model_settings(recipe: Recipe) -> dict:
     if s.env:
         out["env"] = dict(s.env)
     return out
+
+
+def lora_note(recipe: Recipe) -> str | None:
+    """Why a vision-language recipe's target_modules is a regex, or why all-linear is wrong there."""
+    m, s = recipe.model, recipe.settings
+    if not recipe.multimodal or not lora.is_all_linear(*lora.from_record(m.lora)):
+        return None
+    if m.lora.get(lora.PEFT_REGEX):
+        return ("target_modules is the unfrozen parts' linear layers, as ms-swift's all-linear picks them and the probe "
+                "adapted them: peft's all-linear would adapt the frozen parts' too")
+    # ms-swift's defaults where the recipe left them unset: vision tower and aligner frozen
+    frozen = [part for part, flag, default in (("vision tower", s.freeze_vit, True), ("aligner", s.freeze_aligner, True),
+                                               ("language model", s.freeze_llm, False)) if (default if flag is None else flag)]
+    if not frozen:
+        return None
+    return (f"this recipe predates peft_target_regex: peft's all-linear also adapts the frozen {' and '.join(frozen)}, "
+            "more trainable parameters and optimizer state than the probe's (it adapted the unfrozen parts only); "
+            "re-probe (or plan again) for the regex of the modules it adapted")
 
 
 def data_levers(recipe: Recipe) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..recipe.lora import is_all_linear
+from ..recipe.lora import covering_regex, is_all_linear
 from .freezing import Freezing, apply_freezing, check, lora_targets, part_of
 from .multimodal import check_text_only, plan_for
 
@@ -19,6 +19,7 @@ class Setup:
     vision: object = None  # families.VisionPlan
     freezing: Freezing | None = None
     quantized_layers: int = 0
+    peft_target_regex: str | None = None  # all-linear on a family: the modules it took, for peft (recipe/lora.py)
 
 
 def check_optimizer(optim: str, device) -> None:
@@ -42,6 +43,16 @@ def plan_inputs(source, spec) -> Setup:
     return Setup(family=family, vision=plan_for(family, source.config, spec), freezing=freezing)
 
 
+def family_targets(model, setup: Setup, spec) -> list[str] | None:
+    """The modules all-linear takes on a vision-language model (its unfrozen parts' linear
+    layers), noted in `setup` as the regex peft is given for them; None: peft's own matching."""
+    if not (setup.family and spec.train_type in ("lora", "qlora") and is_all_linear(spec.lora_target_modules, spec.lora_target_regex)):
+        return None
+    targets = lora_targets(model, setup.family, setup.freezing)
+    setup.peft_target_regex = covering_regex(targets, (name for name, _ in model.named_modules()))
+    return targets
+
+
 def prepare(model, setup: Setup, spec, device, apply_lora):
     """Quantize (qlora), freeze, and wrap with LoRA; returns the model to train. LoRA on a
     vision-language model's linear layers (all-linear) covers its unfrozen parts only, as ms-swift's;
@@ -60,9 +71,7 @@ def prepare(model, setup: Setup, spec, device, apply_lora):
         in_lm = (lambda name: part_of(name, family) == "llm") if family else (lambda name: True)
         setup.quantized_layers = quantize_language_model(model, in_lm, dtype, device)
     if spec.train_type in ("lora", "qlora"):
-        all_linear = is_all_linear(spec.lora_target_modules, spec.lora_target_regex)
-        targets = lora_targets(model, family, freezing) if family and all_linear else None
-        return apply_lora(model, spec, targets)
+        return apply_lora(model, spec, family_targets(model, setup, spec))
     if family:
         apply_freezing(model, family, freezing)
     return model

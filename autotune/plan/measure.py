@@ -24,7 +24,7 @@ from ..model.source import ModelSource, check_max_length, resolve
 from ..spec import ProbeSpec
 from ..trials import rlhf_step_model, step_model
 from ..errors import UsageError
-from ..model.training_setup import plan_inputs, prepare
+from ..model.training_setup import family_targets, plan_inputs, prepare
 from ..model.workload import Workload, apply_lora, build_model, count_parameters
 from ..recipe.lora import alike_in_every_layer
 from .rope import positions_once_per_layout
@@ -195,6 +195,8 @@ def build_plan_workload(source: ModelSource, spec: ProbeSpec, device: FakeDevice
                 and alike_in_every_layer(spec.lora_target_modules, spec.lora_target_regex))
     if not left_out:
         model = prepare(model, setup, spec, _Meta(), functools.partial(apply_lora, on_meta=True))
+    else:
+        family_targets(model, setup, spec)  # the recipe's peft regex, from the model the adapters would go on
     model.train()
     positions_once_per_layout(model)  # the worst case's rows are alike (plan/rope.py)
     total, trainable = count_parameters(model)

@@ -7,7 +7,12 @@
   against each module's full name.
 
 A recipe's `lora` record keeps `target_modules` (`all-linear` or a list of names) or
-`target_regex`, never both. No torch here: model/lora_match.py checks the targets against a model."""
+`target_regex`, never both. A vision-language recipe with all-linear also keeps
+`peft_target_regex`: the modules all-linear took there (the unfrozen parts' linear layers, as
+ms-swift picks them), as one regex peft full-matches. peft's own all-linear would adapt the
+frozen vision tower and aligner too, so `emit hf` / `emit trl` give peft this regex; ms-swift
+(`emit swift`) and the probe's flags keep all-linear. No torch here: model/lora_match.py checks
+the targets against a model."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import re
 from ..errors import UsageError
 
 ALL_LINEAR = "all-linear"
+PEFT_REGEX = "peft_target_regex"
 NAMES_FLAG, REGEX_FLAG = "--lora-target-modules", "--lora-target-regex"
 _NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 # ms-swift's other shorthands (TunerArguments): autotune adapts no embedding or norm by shorthand.
@@ -62,6 +68,40 @@ def peft_target(names: tuple[str, ...], regex: str | None):
     if regex is not None:
         return regex
     return ALL_LINEAR if is_all_linear(names, None) else list(names)
+
+
+def covering_regex(targets, names) -> str:
+    """A compact regex that full-matches exactly `targets` among the module `names`: each
+    numeric path segment becomes \\d+ (one pattern for every layer), the layers under one parent
+    are alternatives. A pattern that would also take a module outside the targets (Qwen2-VL's
+    merger.mlp.\\d+ reaching its GELU between the two linears) keeps its names literally."""
+    targets, names = list(dict.fromkeys(targets)), list(names)
+    chosen = set(targets)
+    groups: dict[str, list[str]] = {}
+    for target in targets:
+        groups.setdefault(r"\.".join(r"\d+" if seg.isdigit() else re.escape(seg) for seg in target.split(".")), []).append(target)
+    patterns = []
+    for pattern, members in groups.items():
+        exact = all(re.fullmatch(pattern, n) is None or n in chosen for n in names)
+        patterns += [pattern] if exact else [re.escape(m) for m in members]
+    parents: dict[str, list[str]] = {}
+    for pattern in patterns:
+        parent, _, leaf = pattern.rpartition(r"\.")
+        parents.setdefault(parent, []).append(leaf)
+    regex = "^(?:" + "|".join(_alternative(parent, leaves) for parent, leaves in parents.items()) + ")$"
+    if {n for n in names if re.fullmatch(regex, n)} != chosen:  # never expected: then every name, literally
+        regex = "^(?:" + "|".join(re.escape(t) for t in targets) + ")$"
+    return regex
+
+
+def _alternative(parent: str, leaves: list[str]) -> str:
+    leaf = leaves[0] if len(leaves) == 1 else f"(?:{'|'.join(leaves)})"
+    return f"{parent}\\.{leaf}" if parent else leaf
+
+
+def peft_target_of(lora: dict):
+    """peft's `target_modules` for a recipe's `lora` record: its peft_target_regex where it has one."""
+    return lora.get(PEFT_REGEX) or peft_target(*from_record(lora))
 
 
 def record(names: tuple[str, ...], regex: str | None) -> dict:
