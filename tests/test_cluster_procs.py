@@ -274,16 +274,21 @@ def test_grpo_lora_under_zero3_reaches_the_frontier_trl_confirms(tmp_path):
     assert json.loads(check.stdout[check.stdout.index("{"):])["status"] == "fits"
 
 
+def dpo_full_probe(tmp_path, card: str, strategy: str) -> dict:
+    """A tiny-llama DPO full fine-tune probed on two ranks under `strategy`, batches up to 2."""
+    return torchrun_probe(tmp_path, 2, "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", card,
+                          "--rlhf-type", "dpo", "--strategy", strategy, "--max-length", "16", "--max-batch-size", "2",
+                          "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3",
+                          "--trial-timeout", "240", "--no-journal")
+
+
 def test_dpo_full_under_zero3_partitions_the_reference_and_trl_confirms(tmp_path):
     """A DPO full fine-tune on two gloo ranks under `--strategy zero3`: the reference model is loaded
     and TRL's `prepare_deepspeed` partitions it with the policy. The card (12 MiB) puts the frontier at
     1 with batch 2 under the whole card; TRL's DPOTrainer built by the oracle confirms both sides."""
     pytest.importorskip("trl")
     pytest.importorskip("deepspeed")
-    recipe = torchrun_probe(tmp_path, 2, "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "12MiB",
-                            "--rlhf-type", "dpo", "--strategy", "zero3", "--max-length", "16", "--max-batch-size", "2",
-                            "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3",
-                            "--trial-timeout", "240", "--no-journal")
+    recipe = dpo_full_probe(tmp_path, "12MiB", "zero3")
     s, budget = recipe["settings"], recipe["search"]["budget_bytes"]
     assert s["strategy"] == "zero3" and recipe["rlhf"]["reference_model"] == "loaded"
     assert recipe["search"]["frontier"]["train"] == s["per_device_train_batch_size"] == 1
@@ -301,10 +306,7 @@ def test_dpo_full_under_zero2_counts_deepspeed_s_buckets_as_trl_allocates_them(t
     ranks, within the budget."""
     pytest.importorskip("trl")
     pytest.importorskip("deepspeed")
-    recipe = torchrun_probe(tmp_path, 2, "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "1GiB",
-                            "--rlhf-type", "dpo", "--strategy", "zero2", "--max-length", "16", "--max-batch-size", "2",
-                            "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--validate-steps", "3",
-                            "--trial-timeout", "240", "--no-journal")
+    recipe = dpo_full_probe(tmp_path, "1GiB", "zero2")
     s, budget = recipe["settings"], recipe["search"]["budget_bytes"]
     assert s["strategy"] == "zero2" and recipe["rlhf"]["reference_model"] == "loaded" and s["per_device_train_batch_size"] == 2
     probed = recipe["validation"]["peak_bytes"]
