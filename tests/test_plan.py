@@ -245,3 +245,50 @@ def test_planned_peaks_are_the_sim_probes_at_the_recipes_own_settings(tmp_path, 
     from autotune.emit.common import memory_comment
 
     assert f"{format_size(recipe.validation.peak_bytes)} peak per device predicted" in memory_comment(recipe)
+
+
+def _big_vocab(tmp_path) -> str:
+    """tiny-llama with a 32,000-token vocabulary: at 64 tokens on a 64 MiB card batch 1 trains,
+    and four steps of kept fp32 logits do not fit beside the optimizer state."""
+    config = {**json.loads((Path(autotune.__file__).parent / "configs" / "tiny-llama.json").read_text()), "vocab_size": 32000}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return str(tmp_path / "config.json")
+
+
+def test_plan_chooses_nothing_where_training_fits_and_evaluation_does_not(tmp_path, capsys):
+    """The probe's validation fails such a card (its mid-training evaluation does not fit), so the
+    plan must not choose a candidate and write a recipe with no eval batch (the Trainer's default
+    of 8 then runs). One line, exit 2, no file; with the loss alone kept it chooses."""
+    config, out = _big_vocab(tmp_path), tmp_path / "plan.yaml"
+    flags = ["plan", "--model-config", config, "--max-length", "64", "--gpu-memory", "64MiB", "--cuda-context", "0",
+             "--workspaces", "0", "--fragmentation", "0", "--attn", "sdpa", "--quiet"]
+    assert main([*flags, "--eval-outputs", "logits", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "evaluation fits at eval batch 1" in err and "--eval-outputs loss" in err
+    assert not out.exists()
+    assert main([*flags, "--eval-outputs", "logits"]) == 0
+    shown = capsys.readouterr().out
+    assert "nothing fits" in shown and "<-" not in shown
+    # The oracle: the sim probe of the same card refuses it too, in its validation.
+    spec = ProbeSpec(max_length=64, model_config=config, device="sim", gpu_memory=64 * MiB, attn_candidates=("sdpa",),
+                     eval_outputs="logits")
+    with pytest.raises(autotune.errors.DoesNotFitError):
+        probe(spec, device=SimDevice(64 * MiB))
+    assert main([*flags, "--eval-outputs", "loss", "--out", str(out)]) == 0
+    recipe = load_recipe(out)
+    assert recipe.settings.per_device_eval_batch_size >= 1
+
+
+def test_plan_choice_passes_over_a_candidate_whose_evaluation_does_not_fit():
+    """The rule itself: no checkpointing is preferred, but not when its evaluation does not fit."""
+    from autotune.plan.planner import CandidatePlan, Prediction, choose
+    from autotune.plan.measure import CandidateMeasure
+
+    def candidate(checkpointing, train, evaluate):
+        measure = CandidateMeasure("sdpa", checkpointing, "sdpa")
+        return CandidatePlan(measure, None, None, None, [Prediction(MiB, MiB, train, evaluate, None, None)])
+
+    off, on = candidate(False, 4, 0), candidate(True, 6, 2)
+    assert choose([off, on], 0) == on.measure.key
+    assert choose([off, on], 0, evaluating=False) == off.measure.key
+    assert choose([candidate(False, 4, 0)], 0) is None

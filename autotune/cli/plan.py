@@ -162,6 +162,8 @@ def _share_cell(share: dict) -> str:
 
 
 def show(plan, out_path, console) -> None:
+    from ..plan.planner import no_choice_hint, no_choice_reason  # loaded already: the plan ran
+
     a = plan.options.allowance
     for c in plan.candidates:
         m = c.measure
@@ -207,6 +209,7 @@ def show(plan, out_path, console) -> None:
     for i, capacity in enumerate(plan.options.targets):
         chosen = next((c for c in plan.ok() if plan.choice[capacity] == c.measure.key), None)
         if chosen is None:
+            console.print(f"[yellow]nothing fits[/yellow] {format_size(capacity)}: {no_choice_reason(plan, i)}; {no_choice_hint(plan, i)}")
             continue
         p = chosen.predictions[i]
         console.print(f"{format_size(capacity)}: {chosen.measure.key} at {p.per_device_train_batch_size} x {p.gradient_accumulation_steps} "

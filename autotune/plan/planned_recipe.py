@@ -14,7 +14,7 @@ from ..recipe.schema import SCHEMA, Hardware, Recipe, SearchRecord, Settings, Tr
 from ..recipe.training_args import mixed_precision
 from ..search.global_batch import split_global_batch
 from ..sizes import format_size
-from .planner import Plan, Prediction
+from .planner import Plan, Prediction, no_choice_hint, no_choice_reason
 
 
 def plan_recipe(plan: Plan) -> Recipe:
@@ -25,8 +25,8 @@ def plan_recipe(plan: Plan) -> Recipe:
     capacity = plan.options.targets[0]
     key = plan.choice[capacity]
     if key is None:
-        raise UsageError("--out", f"nothing fits a {format_size(capacity)} card in this plan, so there is no recipe to write",
-                         "try --train-type lora, --gradient-checkpointing, a shorter --max-length, or more memory")
+        raise UsageError("--out", f"nothing fits a {format_size(capacity)} card in this plan ({no_choice_reason(plan, 0)}), "
+                         "so there is no recipe to write", no_choice_hint(plan, 0))
     chosen = next(c for c in plan.candidates if c.measure.key == key)
     p, m, spec = chosen.predictions[0], chosen.measure, plan.spec
     setup = getattr(plan.workload, "setup", None)  # a vision-language model's media limits and freezing, as the probe writes them

@@ -36,7 +36,8 @@ from ..search.attention import attn_unsupported_by_model
 from ..spec import ProbeSpec
 from ..model.workload import TORCH_DTYPES
 
-CHOICE_RULE = ("no gradient checkpointing where it fits (checkpointing recomputes the forward, ~20-35% more compute), "
+CHOICE_RULE = ("a candidate whose mid-training evaluation fits at eval batch 1 or more; "
+               "no gradient checkpointing where it fits (checkpointing recomputes the forward, ~20-35% more compute), "
                "then the largest train frontier; a probe on the real card measures throughput")
 
 
@@ -198,13 +199,37 @@ def _predict(candidate: CandidatePlan, steps, workload, spec: ProbeSpec, options
             candidate.eval_points = {key[2]: round(evaluate(key[2])) for key in sorted(steps.eval_points) if key[:2] == after}
 
 
-def choose(candidates: list[CandidatePlan], index: int) -> str | None:
-    """The planned choice for target `index` (see CHOICE_RULE)."""
-    fitting = [c for c in candidates if c.measure.error is None and c.predictions[index].train_frontier > 0]
+def choose(candidates: list[CandidatePlan], index: int, evaluating: bool = True) -> str | None:
+    """The planned choice for target `index` (see CHOICE_RULE). Where the run evaluates, only a
+    candidate whose evaluation fits after its train step (eval frontier > 0), as the probe's
+    validation requires; None when no candidate qualifies (no_choice_reason says why)."""
+    fitting = [c for c in candidates if c.measure.error is None and c.predictions[index].train_frontier > 0
+               and (c.predictions[index].eval_frontier > 0 or not evaluating)]
     if not fitting:
         return None
     best = min(fitting, key=lambda c: (c.measure.gradient_checkpointing, -c.predictions[index].train_frontier))
     return best.measure.key
+
+
+def no_choice_reason(plan: Plan, index: int) -> str:
+    """Why the plan chose nothing for target `index`: nothing trains, or training fits and no
+    candidate's evaluation does (the probe's validation would fail the same way)."""
+    trains = [c for c in plan.ok() if c.predictions[index].train_frontier > 0]
+    if not trains:
+        return "even batch size 1 does not train"
+    best = max(trains, key=lambda c: c.predictions[index].train_frontier)
+    p = best.predictions[index]
+    rlhf = plan.spec.rlhf
+    groups = (f" (or holds no whole group of --num-generations {rlhf.generations})" if rlhf is not None else "")
+    return (f"training fits ({best.measure.key} up to batch {p.train_frontier}), but no candidate's mid-training "
+            f"evaluation fits at eval batch 1 after its train step{groups}, with eval outputs {plan.spec.eval_keeps}")
+
+
+def no_choice_hint(plan: Plan, index: int) -> str:
+    if any(c.predictions[index].train_frontier > 0 for c in plan.ok()):
+        keeps = "--eval-outputs loss (the Trainer without compute_metrics), " if plan.spec.eval_keeps != "loss" else ""
+        return f"try {keeps}a shorter --max-length, or more memory"
+    return "try --train-type lora, --gradient-checkpointing, a shorter --max-length, or more memory"
 
 
 def plan_candidate(workload, attn: str, checkpointing: bool, spec: ProbeSpec, options: PlanOptions,
@@ -349,7 +374,7 @@ def _plan_after_imports(spec, options, progress, source, started, cpu_started, i
     if not any(c.measure.error is None for c in candidates):
         raise AutotuneError(f"no candidate could run under fake tensors: {candidates[0].measure.error}",
                             "rerun with AUTOTUNE_DEBUG=1, or probe on a real card")
-    choice = {capacity: choose(candidates, i) for i, capacity in enumerate(options.targets)}
+    choice = {capacity: choose(candidates, i, spec.eval) for i, capacity in enumerate(options.targets)}
     return Plan(spec, describe_model(workload), options, spec.margin, candidates, choice,
                 wall_s=round(time.perf_counter() - started, 3), import_s=round(import_s, 3),
                 cpu_s=round(time.process_time() - cpu_started, 3), import_cpu_s=round(import_cpu_s, 3),
