@@ -139,3 +139,17 @@ def test_a_lora_plan_for_other_targets_is_refused():
     planned = plan_recipe(make_plan(regex, PlanOptions([64 * MiB], checkpointing=[False], allowance=Allowance(0, 0, 0.0))))
     with pytest.raises(UsageError, match=r"--lora-target-regex .*q_proj, this probe uses \(none\)"):
         check_plan(planned, dataclasses.replace(regex, lora_target_regex=None), source)
+
+
+def test_a_vision_language_plan_holds_for_its_media_and_freezing_only():
+    """The plan's peaks are for its image tokens per sample and its frozen tower: a probe with a
+    larger --max-pixels, more images, or the vision tower trained is another run."""
+    spec = ProbeSpec(max_length=512, model_config="tiny-qwen2-vl", max_pixels=50000, prediction_loss_only=True)
+    recipe = plan_recipe(make_plan(spec, PlanOptions([1024 * MiB], checkpointing=[True], allowance=Allowance(0, 0, 0.0))))
+    source = resolve(None, "tiny-qwen2-vl")
+    check_plan(recipe, spec, source)  # the same run
+    for other, named in ((spec.replace(max_pixels=100000), "image tokens"), (spec.replace(images_per_sample=2), "images per sample"),
+                         (spec.replace(freeze_vit=False), "--freeze-vit true")):
+        with pytest.raises(UsageError, match=named) as refused:
+            check_plan(recipe, other, source)
+        assert refused.value.flag == "--from-plan"

@@ -88,15 +88,16 @@ def check_sequence(vplan: VisionPlan, max_length: int, limit: int | None, family
     if vplan.audios:
         parts.append(f"{vplan.audios} audio clip(s) x {vplan.audio_tokens} tokens (30 s each)")
         fixes.append("fewer --audio-clips")
+    beyond = ""
     if limit is None or need <= limit:
         fixes.append(f"--max-length {need} or more")
     else:
-        fixes.append(f"not a longer --max-length: the model's position limit is {limit}")
+        beyond = f" (a longer --max-length cannot hold it: the model's position limit is {limit})"
     flag = max((image_part, "--max-pixels"), (video_part, "--video-frames"), (audio_part, "--audio-clips"))[1]
     what = "media" if vplan.audios else "vision input"
     raise UsageError(flag, f"the {what} alone is {vplan.tokens} tokens ({' + '.join(parts)}), "
                            f"more than --max-length {max_length} leaves room for",
-                     "use " + ", or ".join(fixes))
+                     "use " + ", or ".join(fixes) + beyond)
 
 
 def largest_max_pixels(family: Family, config, media: Media | None, room: int) -> int | None:

@@ -51,6 +51,7 @@ def check_plan(recipe: Recipe, spec: ProbeSpec, source) -> None:
         raise UsageError("--from-plan", "this recipe holds no plan", "write one with `python -m autotune plan ... --out PLAN`")
     _check_model(recipe, source)
     _check_training(recipe, spec)
+    _check_media(recipe, spec, source)
     _check_ranks(plan, spec)
 
 
@@ -89,6 +90,36 @@ def _check_training(recipe: Recipe, spec: ProbeSpec) -> None:
         if planned != probed:
             raise UsageError("--from-plan", f"the plan was made for {name} {planned}, this probe uses {probed}",
                              f"probe with {name} {planned}, or plan again")
+
+
+# The worst-case sample's media as the plan and the probe size them (multimodal.recipe_record),
+# and the freezing that decides which tower trains.
+MEDIA_KEYS = ("images_per_sample", "image_tokens", "videos_per_sample", "video_tokens", "audio_clips_per_sample",
+              "audio_tokens", "video_audio_tokens")
+FREEZING_KEYS = ("freeze_vit", "freeze_aligner", "freeze_llm")
+
+
+def _check_media(recipe: Recipe, spec: ProbeSpec, source) -> None:
+    """A vision-language plan holds for its media per sample (images, frames, pixels, as tokens)
+    and its freezing: more image tokens, or a trained tower, is another run's peak."""
+    from ..model.multimodal import recipe_record
+    from ..model.training_setup import plan_inputs
+
+    setup = plan_inputs(source, spec)
+    probed, planned = recipe_record(setup, spec) or {}, recipe.multimodal or {}
+    differs = [f"{key.replace('_', ' ')} {planned.get(key, 0)} vs {probed.get(key, 0)}" for key in MEDIA_KEYS
+               if (planned.get(key) or 0) != (probed.get(key) or 0)]
+    if differs:
+        raise UsageError("--from-plan", f"the plan was made for other media per sample than this probe's: {', '.join(differs[:3])}",
+                         "probe with the plan's --max-pixels, --images-per-sample and video flags, or plan again with these")
+    if setup.family is None:
+        return
+    for key in FREEZING_KEYS:
+        planned_value, probed_value = getattr(recipe.settings, key, None), getattr(setup.freezing, key)
+        if planned_value is not None and planned_value != probed_value:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError("--from-plan", f"the plan was made for {flag} {str(planned_value).lower()}, this probe uses "
+                                            f"{str(probed_value).lower()}", f"probe with {flag} {str(planned_value).lower()}, or plan again")
 
 
 def _sharding(world_size: int, strategy: str | None) -> str:
