@@ -107,15 +107,18 @@ def torchrun_probe(tmp_path, world: int, *args) -> dict:
 
 def test_a_probe_under_its_own_torchrun_ends_with_its_exit_code_not_torchrun_s(tmp_path):
     """Nothing fits on any rank: the probe exits 3 with its one line, as on one device; torchrun
-    used to turn the ranks' 3 into its own exit 1 and a ChildFailedError traceback."""
-    out = tmp_path / "r.yaml"
+    used to turn the ranks' 3 into its own exit 1 and a ChildFailedError traceback. The workers,
+    killed after the OOM on both ranks, leave no Trainer output_dir behind in the temp folder."""
+    out, scratch = tmp_path / "r.yaml", tmp_path / "tmp"
+    scratch.mkdir()
     run = subprocess.run(command("--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "1MiB", "--max-length", "16",
                                  "--attn", "sdpa", "--gradient-checkpointing", "off", "--no-eval", "--no-journal",
                                  "--nproc-per-node", "2", "--out", str(out)),
-                         env=env(), timeout=300, capture_output=True, text=True, cwd=tmp_path)
+                         env=env(TMPDIR=str(scratch)), timeout=300, capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 3, run.stderr[-3000:]
     assert "autotune: error: even batch size 1 does not fit" in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("autotune-trainer-")]
 
 
 def agreed_trials(recipe: dict, world: int) -> dict:

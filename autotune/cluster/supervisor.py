@@ -21,10 +21,12 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import time
 
 from ..errors import AutotuneError
 from ..recipe.schema import TrialResult
+from ..trials.scratch import SCRATCH_ENV
 from .agree import agree
 
 CLEAN = ("fit", "over_budget", "oom", "error")
@@ -37,9 +39,11 @@ class Worker:
 
     def __init__(self, config: dict, env: dict):
         read_fd, write_fd = os.pipe()
+        # The Trainer's output_dir, made here: a killed worker cannot remove a directory of its own.
+        self.scratch = tempfile.TemporaryDirectory(prefix="autotune-trainer-")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "autotune.cluster.worker", str(write_fd)], stdin=subprocess.PIPE,
-            stdout=sys.stderr, pass_fds=(write_fd,), env=env, text=True)
+            stdout=sys.stderr, pass_fds=(write_fd,), env={**env, SCRATCH_ENV: self.scratch.name}, text=True)
         os.close(write_fd)
         self.fd = read_fd
         self.buffer = b""
@@ -82,6 +86,7 @@ class Worker:
                     self.proc.kill()
         self.proc.wait()
         os.close(self.fd)
+        self.scratch.cleanup()
 
 
 @dataclasses.dataclass

@@ -14,11 +14,11 @@ with `predict_with_generate`.
 
 from __future__ import annotations
 
-import tempfile
 
 import torch
 
 from ..recipe.training_args import arguments, eval_outputs_of
+from .scratch import scratch_dir
 from ..model import kv_cache
 from ..model.workload import input_grad_hooked
 
@@ -48,23 +48,13 @@ def _argmax(logits, labels):
     return logits.argmax(dim=-1)
 
 
-_SCRATCH: list = []
-
-
-def _scratch_dir() -> str:
-    """The Trainer's output_dir: nothing is saved there (save_strategy="no")."""
-    if not _SCRATCH:
-        _SCRATCH.append(tempfile.TemporaryDirectory(prefix="autotune-trainer-"))
-    return _SCRATCH[0].name
-
-
 def trainer_arguments(workload, settings: dict, train_steps: int, eval_every: int | None, outputs: str) -> dict:
     """The launch files' TrainingArguments values for `settings`, and the probe's run control."""
     spec, device = workload.spec, workload.device
     values = {"torch_dtype": spec.dtype, "optim": spec.optim, **settings}
     args = arguments(values)
     args.update(
-        output_dir=_scratch_dir(), max_steps=train_steps, save_strategy="no", logging_strategy="no", report_to="none",
+        output_dir=scratch_dir(), max_steps=train_steps, save_strategy="no", logging_strategy="no", report_to="none",
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0, seed=spec.seed,
         use_cpu=device.kind != "cuda", dataloader_pin_memory=device.kind == "cuda",
         eval_strategy="steps" if eval_every else "no",
