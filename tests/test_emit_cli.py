@@ -181,3 +181,22 @@ def test_a_zero_recipe_s_deepspeed_config_is_written_beside_the_file_that_names_
     assert named == str(tmp_path / (path.stem + ".deepspeed.json"))
     assert json.loads(open(named).read())["zero_optimization"]["stage"] == 3
     assert f"wrote {named}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target,out,version", [("swift", "args", "4.6"), ("swift", "args.json", "4.6"), ("swift", "args.txt", "3.12"),
+                                                ("accelerate", "acc.json", None), ("llamafactory", "lf", None),
+                                                ("llamafactory", "lf.json", None)])
+def test_a_file_name_the_framework_would_not_read_as_yaml_is_refused(recipe_file, tmp_path, capsys, target, out, version):
+    """ms-swift 4.x's `swift sft FILE` reads FILE as arguments only when it ends in .yaml/.yml
+    (.json: as JSON), LLaMA-Factory's `llamafactory-cli train FILE` likewise, and accelerate
+    reads a .json config as JSON: a YAML under any other name was written, and its `next:` line
+    failed. (ms-swift 3.x's `--config` reads any name with OmegaConf, so 3.12 takes `args.txt`.)"""
+    path = tmp_path / out
+    argv = ["emit", target, str(recipe_file), "-o", str(path)] + (["--swift-version", version] if version else [])
+    code = main(argv)
+    err = capsys.readouterr().err
+    if version == "3.12":
+        assert code == 0 and path.exists() and "--config" in err
+        return
+    assert code == 2 and not path.exists() and list(tmp_path.iterdir()) == [recipe_file]
+    assert err.count("\n") == 1 and "-o" in err and ".yaml" in err

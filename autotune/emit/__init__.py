@@ -11,6 +11,29 @@ from . import accelerate, deepspeed, hf, llamafactory, rlhf, swift, trl
 from .common import require_validated, zero_stage
 
 TARGETS = ("swift", "hf", "deepspeed", "accelerate", "llamafactory", "trl")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def check_yaml_name(target: str, out: str, swift_version: str | None = None) -> None:
+    """Refuse an -o name under which the framework would not read the YAML written there: ms-swift
+    4.x's `swift sft FILE` and `llamafactory-cli train FILE` take FILE as arguments only when it
+    ends in .yaml/.yml (a .json one they parse as JSON), and accelerate parses a .json config as
+    JSON. ms-swift 3.x's `--config` reads any name as YAML."""
+    if out == "-":
+        return
+    if target == "accelerate":
+        bad = out.endswith(".json")
+        reads = "accelerate parses a config named .json as JSON"
+    elif target == "llamafactory" or (target == "swift" and not swift.resolve_version(swift_version).startswith("3.")):
+        bad = not out.endswith(YAML_SUFFIXES)
+        reads = ("llamafactory-cli" if target == "llamafactory" else "ms-swift 4") + \
+            " reads an argument file as YAML only when its name ends in .yaml or .yml"
+    else:
+        return
+    if bad:
+        stem = out[: -len(".json")] if out.endswith(".json") else out
+        hint = f"name it {stem}.yaml" + (" (or .sh for the shell script)" if target == "swift" else "")
+        raise UsageError("-o", f"{out!r} would hold YAML, and {reads}", hint)
 
 
 def files(target: str, recipe: Recipe, out: str, swift_version: str | None = None, dataset: str | None = None,
@@ -27,12 +50,16 @@ def files(target: str, recipe: Recipe, out: str, swift_version: str | None = Non
         return {out: trl.render(recipe), hf.sidecar_path(out): trl.render_model(recipe)}
     if target == "swift":
         as_script = out.endswith(".sh") if script is None else script
+        if not as_script:
+            check_yaml_name(target, out, swift_version)
         render = swift.render_script if as_script else swift.render_yaml
         return {out: render(recipe, swift_version, dataset)}
     if target == "hf":
         return {out: hf.render(recipe), hf.sidecar_path(out): hf.render_model(recipe)}
     if target == "deepspeed":
         return {out: deepspeed.render(recipe)}
+    if target in ("accelerate", "llamafactory"):
+        check_yaml_name(target, out)
     if target == "accelerate":
         if zero_stage(recipe.settings.strategy) is None or out == "-":
             return {out: accelerate.render(recipe)}
