@@ -35,6 +35,17 @@ def test_round_trip(tmp_path):
     assert top[:6] == ["schema", "model", "hardware", "settings", "search", "validation"]
 
 
+def test_a_recipe_named_json_is_written_as_json(tmp_path):
+    """--out recipe.json held YAML, which json.load (the reason to name it .json) could not read."""
+    import json
+
+    recipe = sample_recipe()
+    path = tmp_path / "r.json"
+    save_recipe(recipe, path)
+    assert list(json.loads(path.read_text()))[:4] == ["schema", "model", "hardware", "settings"]
+    assert load_recipe(path) == recipe
+
+
 @pytest.mark.parametrize("text,needle", [
     ("schema: [", "not valid YAML"),
     ("just a string", "not an autotune recipe"),

@@ -111,7 +111,7 @@ def add_parser(sub) -> None:
                             "planned frontiers (the default on cuda)")
     first.add_argument("--no-plan", action="store_true", help="search without a plan first (the default on sim)")
     out = p.add_argument_group("output")
-    out.add_argument("--out", default="autotune-recipe.yaml", help="recipe file to write (default: autotune-recipe.yaml)")
+    out.add_argument("--out", default="autotune-recipe.yaml", help="recipe file to write: YAML, or JSON where the name ends in .json (default: autotune-recipe.yaml)")
     out.add_argument("--force", action="store_true", help="overwrite --out (and --plot) if it exists")
     out.add_argument("--plot", metavar="FILE.png", help="also draw peak memory and throughput against batch size (needs matplotlib)")
     out.add_argument("--format", choices=("text", "json"), default="text", help="json: print the recipe as JSON on stdout and nothing else there")

@@ -4,6 +4,7 @@ the same dataclasses. `settings` uses Hugging Face TrainingArguments names."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import tempfile
@@ -325,7 +326,9 @@ def write_atomic(path: str | os.PathLike, text: str | bytes, executable: bool = 
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
-    write_atomic(path, recipe.to_yaml())
+    """YAML, or JSON where the name asks for it (load_recipe reads both: JSON is YAML)."""
+    text = json.dumps(recipe.to_dict(), indent=2) + "\n" if str(path).endswith(".json") else recipe.to_yaml()
+    write_atomic(path, text)
 
 
 def check_writable(path: str | os.PathLike, force: bool, flag: str = "--out") -> None:
