@@ -69,3 +69,25 @@ def test_the_vision_line_names_only_the_media_a_sample_has():
     summary(dataclasses.replace(r, settings=settings, multimodal=multimodal), Console(file=buffer, width=300, color_system=None))
     line = next(line for line in buffer.getvalue().splitlines() if line.startswith("vision"))
     assert "image(s)" not in line and "1 video x 512 tokens (the larger of what transformers' processor" in line
+
+
+@pytest.mark.parametrize("dimension,column", [("max_length", "length"), ("max_pixels", "pixels"), ("video_frames", "frames")])
+def test_a_limit_search_s_trials_show_the_value_each_ran_at(dimension, column):
+    """In a --max-length / --max-pixels / --video-frames auto search every trial runs at the same
+    batch: without the limit's column the trials table showed identical rows."""
+    r = variant("base")
+    values = [64, 2048, 1024, 1088]
+    trials = [TrialResult("train", {"per_device_train_batch_size": 1, "attn_implementation": "sdpa", "gradient_checkpointing": False,
+                                    dimension: v}, "fit" if v < 1088 else "oom", peak_bytes=2**20 * v // 64 if v < 1088 else None,
+                          purpose="frontier") for v in values]
+    search = dataclasses.replace(r.search, trials=trials, sequence={"dimension": dimension, "value": 1024, "phase": "train",
+                                                                     "batch": 1, "step": "64 tokens", "fit": 1024, "non_fit": 1088,
+                                                                     "cap": "x", "candidates": {}, "trials": 4})
+    buffer = io.StringIO()
+    summary(dataclasses.replace(r, search=search), Console(file=buffer, width=80, color_system=None, highlight=False))
+    text = buffer.getvalue()
+    table = text[: text.index("candidates")]
+    header = next(line for line in table.splitlines() if "outcome" in line)
+    assert column in header.split()
+    rows = [line.split() for line in table.splitlines() if line.strip()[:2].strip().isdigit()]
+    assert [row[header.split().index(column)] for row in rows] == [str(v) for v in values]

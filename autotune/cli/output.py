@@ -93,10 +93,23 @@ ATTN_SHORT = {"flash_attention_2": "fa2", "flash_attention_3": "fa3"}
 _DROPPABLE = ("purpose", "time", "% budget", "gc")
 
 
+# A limit search (--max-length / --max-pixels / --video-frames auto) runs every trial at one
+# batch: its trials differ in the limit, which gets a column of its own.
+_LIMIT_COLUMNS = {"max_length": "length", "max_pixels": "pixels", "video_frames": "frames"}
+
+
+def _limit_dimension(recipe: Recipe) -> str | None:
+    return (recipe.search.sequence or {}).get("dimension")
+
+
 def _trial_cells(recipe: Recipe, t: TrialResult, short_attn: bool) -> dict:
     s, budget = t.settings, recipe.search.budget_bytes
     attn = str(s.get("attn_implementation") or "-")
+    limit = _limit_dimension(recipe)
+    value = s.get(limit) if limit else None
     return {"#": None, "phase": t.phase, "purpose": t.purpose or "", "batch": str(t.batch_size),
+            **({_LIMIT_COLUMNS.get(limit, limit): str(value if value is not None else getattr(recipe.settings, limit, "-"))}
+               if limit else {}),
             "attn": ATTN_SHORT.get(attn, attn) if short_attn else attn,
             "gc": "-" if t.phase == "eval" else describe_levers(s),
             "outcome": f"[{_STYLE.get(t.outcome, '')}]{t.outcome}", "peak": format_size(t.peak_bytes),
@@ -107,7 +120,8 @@ def _trial_cells(recipe: Recipe, t: TrialResult, short_attn: bool) -> dict:
 def _build_trials_table(recipe: Recipe, columns: list[str], short_attn: bool) -> Table:
     table = Table(title="trials", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in columns:
-        table.add_column(column, justify="right" if column in ("#", "batch", "peak", "% budget", "tok/s", "time") else "left",
+        table.add_column(column, justify="right" if column in ("#", "batch", "peak", "% budget", "tok/s", "time", *_LIMIT_COLUMNS.values())
+                         else "left",
                          no_wrap=True)
     for i, t in enumerate(recipe.search.trials, 1):
         cells = _trial_cells(recipe, t, short_attn)
@@ -125,6 +139,8 @@ def trials_table(recipe: Recipe, width: int = 120) -> Table:
     """Every trial, one line each, fitted to `width` columns by abbreviating attention names
     (fa2) and then dropping purpose, time, % of budget and checkpointing, in that order."""
     columns = ["#", "phase", "purpose", "batch", "attn", "gc", "outcome", "peak", "% budget", "tok/s", "time"]
+    if limit := _limit_dimension(recipe):
+        columns.insert(columns.index("batch") + 1, _LIMIT_COLUMNS.get(limit, limit))
     table = _build_trials_table(recipe, columns, short_attn=False)
     if _width(table) <= width:
         return table
