@@ -9,6 +9,7 @@ EXIT_USAGE = 2  # bad input: a flag, a file, a recipe
 EXIT_DOES_NOT_FIT = 3  # nothing fits, or a recipe no longer fits
 EXIT_FINGERPRINT = 4  # `check`: the recipe was made on different hardware or libraries
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a program its pipe's reader left
 
 
 class AutotuneError(Exception):

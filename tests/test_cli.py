@@ -231,3 +231,51 @@ def test_probe_real_weights_from_a_local_directory(tmp_path, capsys):
     assert recipe.model.source == "weights" and recipe.model.architecture == "GPT2LMHeadModel"
     assert recipe.model.num_parameters == sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     assert recipe.search.frontier["train"] >= 1
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["plan", "--model-config", "tiny-llama", "--gpu-memory", "1GiB", "--max-length", "12x"], "--max-length"),
+    (["plan", "--model-config", "tiny-llama", "--gpu-memory", "1GiB"], "--max-length"),
+    (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--train-type", "prefix"], "--train-type"),
+    (["emit", "nowhere", "r.yaml"], "target"),
+])
+def test_a_flag_argparse_rejects_is_one_line_with_the_way_to_help(capsys, argv, flag):
+    """argparse printed its whole usage (40 lines for probe) above the error, which then sat
+    at the bottom of a screen of flags."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("autotune: error: ") and flag in err and f"python -m autotune {argv[0]} --help" in err
+
+
+def test_plan_refuses_an_auto_length_in_one_line_naming_probe(capsys):
+    assert main(["plan", "--model-config", "tiny-llama", "--gpu-memory", "1GiB", "--max-length", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-length" in err and "autotune probe" in err
+
+
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path):
+    """`plan --format json | head -3` printed "unexpected error: BrokenPipeError" once head had
+    read its lines; a reader that stops reading is not an error of autotune's."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        proc = subprocess.run([sys.executable, "-m", "autotune", "plan", "--model-config", "tiny-llama", "--max-length", "16",
+                               "--gpu-memory", "64MiB", "--attn", "sdpa", "--gradient-checkpointing", "off", "--quiet", "--format", "json"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and "Error" not in proc.stderr, proc.stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(capsys, monkeypatch):
+    """Only stdout's reader leaving is quiet: a worker's pipe breaking is reported."""
+    from autotune.cli import plan as plan_cmd
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(plan_cmd, "run", broken)
+    assert main(["plan", "--model-config", "tiny-llama", "--max-length", "16", "--gpu-memory", "64MiB"]) == 1
+    assert "unexpected error: BrokenPipeError" in capsys.readouterr().err

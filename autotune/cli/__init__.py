@@ -8,7 +8,7 @@ import sys
 
 from .. import __version__
 from ..cluster.launch import report_exit_code  # under a relaunch by autotune, the exit code reaches the caller
-from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, AutotuneError
+from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, AutotuneError
 from .noise import silence_known_noise
 from .output import machine_readable_stdout
 from . import check as check_cmd
@@ -20,14 +20,23 @@ from . import report as report_cmd
 COMMANDS = [probe_cmd, plan_cmd, check_cmd, emit_cmd, report_cmd]
 
 EPILOG = """\
-exit codes: 0 ok, 2 bad input, 3 does not fit, 4 recipe made on other hardware (check), 130 interrupted.
+exit codes: 0 ok, 2 bad input, 3 does not fit, 4 recipe made on other hardware (check), 130 interrupted,
+141 stdout closed by its reader.
 Set AUTOTUNE_DEBUG=1 to see full tracebacks.
 
 Start with:  python -m autotune probe --help"""
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A flag argparse rejects is one line, as every other bad input is: argparse's default
+    printed the whole usage (some 40 lines for probe) above it. Subparsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"autotune: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m autotune",
         description="Find the batch sizes and memory settings that fit your GPUs by running real training steps.",
         epilog=EPILOG,
@@ -65,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_interrupted_line(args), file=sys.stderr)
         return report_exit_code(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():  # `| head` stopped reading; files were written before
+            _detach_stdout()
+            return report_exit_code(EXIT_BROKEN_PIPE)
         if _interrupted(exc) or _SIGINTS:  # a lazy import (transformers) turned the Ctrl-C into an ImportError
             print(_interrupted_line(args), file=sys.stderr)
             return report_exit_code(EXIT_INTERRUPTED)
@@ -72,6 +84,30 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"autotune: unexpected error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for the traceback)", file=sys.stderr)
         return report_exit_code(EXIT_FAILURE)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says POLLERR), not some other
+    pipe (a trial worker's) that broke: that one is an error to report."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit does not fail on the pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _interrupted_line(args) -> str:

@@ -56,7 +56,8 @@ def add_parser(sub) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     train = add_model_arguments(p, "local Hugging Face model directory (only its config.json is read)",
                                 "full fine-tune or peft LoRA; qlora is refused (bitsandbytes quantizes real weights) (default: full)")
-    train.add_argument("--max-length", type=int, required=True, help="tokens per sample (required)")
+    # auto is probe's (a searched limit): taken here only to refuse it in one line that says so
+    train.add_argument("--max-length", type=multimodal_args.whole_or_auto, required=True, help="tokens per sample (required)")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
     train.add_argument("--gradient-checkpointing", nargs="?", const="on", default="both", choices=("on", "off", "both", "search"),
                        help="checkpointing candidates; the bare flag means on (default: both; search, probe's word, is the same)")
