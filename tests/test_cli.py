@@ -235,7 +235,7 @@ def test_probe_real_weights_from_a_local_directory(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,flag", [
     (["plan", "--model-config", "tiny-llama", "--gpu-memory", "1GiB", "--max-length", "12x"], "--max-length"),
-    (["plan", "--model-config", "tiny-llama", "--gpu-memory", "1GiB"], "--max-length"),
+    (["plan", "--model-config", "tiny-llama", "--dtype", "float8"], "--dtype"),
     (["probe", "--model-config", "tiny-llama", "--max-length", "64", "--train-type", "prefix"], "--train-type"),
     (["emit", "nowhere", "r.yaml"], "target"),
 ])
@@ -253,6 +253,9 @@ def test_plan_refuses_an_auto_length_in_one_line_naming_probe(capsys):
     assert main(["plan", "--model-config", "tiny-llama", "--gpu-memory", "1GiB", "--max-length", "auto"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--max-length" in err and "autotune probe" in err
+    assert main(["plan", "--model-config", "tiny-llama", "--gpu-memory", "1GiB"]) == 2  # none: from --swift-args, or given
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-length" in err and "--swift-args" in err
 
 
 def test_a_closed_stdout_pipe_ends_quietly(tmp_path):

@@ -26,6 +26,9 @@ examples:
   python -m autotune emit accelerate recipe.yaml -o accelerate.yaml
   python -m autotune emit llamafactory recipe.yaml -o llamafactory.yaml
 
+  # your own ms-swift file with the recipe's settings put in (dataset, learning rate, ... kept)
+  python -m autotune emit swift recipe.yaml -o tuned.yaml --swift-args my-sft.yaml
+
   # an RLHF recipe (probe --rlhf-type grpo|dpo): swift writes `swift rlhf` files; trl a GRPOConfig /
   # DPOConfig JSON + grpo.model.json (model, LoRA, the prompt length, the rollout share)
   python -m autotune emit swift grpo-recipe.yaml -o grpo.sh
@@ -47,6 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument("--swift-version", metavar="X.Y", help="ms-swift version to write for (default: the installed one, else 4.6)")
     p.add_argument("--script", action="store_true", default=None, help="swift: write a shell script (default when -o ends in .sh)")
     p.add_argument("--dataset", help="dataset to write instead of the YOUR_DATASET placeholder (swift, llamafactory)")
+    p.add_argument("--swift-args", metavar="FILE", help="swift: your ms-swift arguments (YAML/JSON or a script running `swift sft`), "
+                                                        "written back with the recipe's settings in place of theirs and the rest kept")
     p.add_argument("--allow-unvalidated", action="store_true", help="emit a recipe whose validation did not pass, or a plan")
     p.set_defaults(run=run)
 
@@ -68,11 +73,13 @@ def emit_paths(recipe_out: str, targets: list[str]) -> list[str]:
     return [stem + suffix for target in targets for suffix in names[target]]
 
 
-def emit_for_probe(target: str, recipe, recipe_out: str, swift_version: str | None) -> dict[str, str]:
+def emit_for_probe(target: str, recipe, recipe_out: str, swift_version: str | None, swift_args: str | None = None) -> dict[str, str]:
+    """`swift_args`: probe --swift-args's file, which the swift files are then written on."""
     first = emit_paths(recipe_out, [target])[0]
-    outputs = files(target, recipe, first, swift_version)
+    base = swift_args if target == "swift" else None
+    outputs = files(target, recipe, first, swift_version, swift_args=base)
     if target == "swift":
-        outputs.update(files("swift", recipe, emit_paths(recipe_out, ["swift"])[1], swift_version))
+        outputs.update(files("swift", recipe, emit_paths(recipe_out, ["swift"])[1], swift_version, swift_args=base))
     return outputs
 
 
@@ -90,7 +97,7 @@ def run(args) -> int:
         raise UsageError("--dataset", f"only applies to `emit swift` and `emit llamafactory`, not {args.target}",
                          "leave --dataset out; your training script loads the data")
     out = args.out
-    outputs = files(args.target, recipe, "-" if out == "-" else out, args.swift_version, args.dataset, args.script)
+    outputs = files(args.target, recipe, "-" if out == "-" else out, args.swift_version, args.dataset, args.script, args.swift_args)
     if out == "-":  # the file the framework reads; a second one (a sidecar) would make stdout unparseable
         main_text, *rest = outputs.values()
         results().write(main_text)

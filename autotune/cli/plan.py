@@ -12,7 +12,7 @@ from ..recipe.schema import check_writable, save_recipe
 from ..sizes import format_size, parse_size
 from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS
-from . import multimodal_args, rlhf_args
+from . import multimodal_args, rlhf_args, swift_probe_args
 from .interrupt import deferred_interrupt
 from .model_args import add_model_arguments
 from .output import ConsoleProgress, print_json, stderr_console, stdout_console
@@ -57,7 +57,10 @@ def add_parser(sub) -> None:
     train = add_model_arguments(p, "local Hugging Face model directory (only its config.json is read)",
                                 "full fine-tune or peft LoRA; qlora is refused (bitsandbytes quantizes real weights) (default: full)")
     # auto is probe's (a searched limit): taken here only to refuse it in one line that says so
-    train.add_argument("--max-length", type=multimodal_args.whole_or_auto, required=True, help="tokens per sample (required)")
+    train.add_argument("--max-length", type=multimodal_args.whole_or_auto, help="tokens per sample (required, unless --swift-args gives it)")
+    train.add_argument("--swift-args", metavar="FILE",
+                       help="the ms-swift arguments you will launch: the model, tuner, max_length, dtype, global batch, freezing "
+                            "and media limits come from it, as in probe --swift-args (flags given here win)")
     train.add_argument("--global-batch-size", type=int, metavar="G", help="keep this global batch: per-device batch x accumulation x world size = G")
     train.add_argument("--gradient-checkpointing", nargs="?", const="on", default="both", choices=("on", "off", "both", "search"),
                        help="checkpointing candidates; the bare flag means on (default: both; search, probe's word, is the same)")
@@ -87,7 +90,21 @@ def add_parser(sub) -> None:
     out.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     out.add_argument("--format", choices=("text", "json"), default="text", help="json: the whole plan as JSON on stdout")
     out.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, option_dests=swift_probe_args.option_dests(p))
+
+
+def _read_swift_args(args) -> list[str]:
+    """Fill the flags not given from --swift-args's file; its notes, for the console."""
+    if not getattr(args, "swift_args", None):
+        return []
+    given = swift_probe_args.given_dests(getattr(args, "argv", []), getattr(args, "option_dests", {}))
+    flags, notes = swift_probe_args.flags_from_file(args.swift_args, args, given)
+    if flags.pop("predict_with_generate", None) or flags.pop("prediction_loss_only", None):
+        flags.setdefault("eval_outputs", "loss")  # a plan keeps the loss, logits or argmax ids; generation is probe's
+    flags.pop("max_new_tokens", None)
+    for dest, value in flags.items():
+        setattr(args, dest, value)
+    return notes
 
 
 def options_from_args(args):
@@ -118,6 +135,9 @@ def _size_or_zero(text: str, flag: str) -> int:
 
 
 def run(args) -> int:
+    notes = _read_swift_args(args)
+    if args.max_length is None:
+        raise UsageError("--max-length", "missing (the tokens per sample)", "give --max-length N, or --swift-args FILE (your ms-swift arguments)")
     if args.dataset:
         raise UsageError("--dataset", "plan takes the worst case from --max-length and the pixel flags, not from data",
                          "run `autotune probe --dataset ...` to measure your data, or give --max-length")
@@ -137,6 +157,8 @@ def run(args) -> int:
             raise UsageError("--out", "a plan recipe is for one card", "give a single --gpu-memory with --out")
         check_writable(args.out, args.force)
     console = stderr_console(quiet=args.quiet)
+    for note in notes:
+        console.print(f"note: {note}", soft_wrap=True)
     with deferred_interrupt():
         from ..plan.planned_recipe import plan_recipe  # torch: only when a plan runs
         from ..plan.planner import make_plan

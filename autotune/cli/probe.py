@@ -14,7 +14,7 @@ from ..model.source import builtin_names
 from ..recipe.schema import check_writable, load_recipe, save_recipe
 from ..recipe.training_args import EVAL_OUTPUTS
 from ..spec import ATTN_IMPLEMENTATIONS, DEFAULT_EVAL_STEPS, DEFAULT_LENGTH_GRANULARITY, FRONTIER_DIMENSIONS, TASKS, DEFAULT_MARGIN, DEFAULT_MAX_BATCH_SIZE, DEFAULT_VALIDATE_STEPS, PROCESSOR, QWEN_VL_UTILS, ProbeSpec
-from . import lever_args, multimodal_args, rlhf_args
+from . import lever_args, multimodal_args, rlhf_args, swift_probe_args
 from .model_args import add_model_arguments, lora_kwargs
 from .emit import emit_for_probe, emit_paths, write_files
 from . import next_steps
@@ -59,6 +59,10 @@ def add_parser(sub) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     train = add_model_arguments(p, "local Hugging Face model directory (real weights)",
                                 "full fine-tune, peft LoRA, or QLoRA (4-bit nf4 language model + LoRA) (default: full)")
+    train.add_argument("--swift-args", metavar="FILE",
+                       help="the ms-swift arguments you will launch (YAML/JSON, or a script running `swift sft` / `swift rlhf`): "
+                            "the model, tuner, max_length, dtype, global batch, freezing, media limits, levers and rlhf settings "
+                            "come from it (flags given here win); --emit swift then writes it back with the tuned settings")
     train.add_argument("--max-length", type=multimodal_args.whole_or_auto, metavar="N|auto",
                        help="tokens per sample; every sample is probed at exactly this length (required unless --dataset measures it; "
                             "with it, a cap). auto: the longest that fits at --per-device-train-batch-size, up to the model's limit")
@@ -120,7 +124,7 @@ def add_parser(sub) -> None:
                      help=f"also write launch files beside --out ({', '.join(EMIT_TARGETS)}); swift writes OUT.swift.yaml and OUT.swift.sh")
     out.add_argument("--swift-version", metavar="X.Y", help="ms-swift version for --emit swift (default: installed, else 4.6)")
     launch.add_arguments(p)
-    p.set_defaults(run=run, kept_on_interrupt=kept_on_interrupt)
+    p.set_defaults(run=run, kept_on_interrupt=kept_on_interrupt, option_dests=swift_probe_args.option_dests(p))
 
 
 def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
@@ -195,9 +199,21 @@ def _image_resize(args) -> str | None:
 
 
 def _launches_swift(args) -> bool:
-    """The launch target is ms-swift (`--emit swift`): the trials then run what ms-swift does
-    where it differs from the HF Trainer (its eval keeping, its KV cache switches)."""
-    return "swift" in (getattr(args, "emit", None) or [])
+    """The launch target is ms-swift (`--emit swift`, or `--swift-args`): the trials then run what
+    ms-swift does where it differs from the HF Trainer (its eval keeping, its KV cache switches)."""
+    return "swift" in (getattr(args, "emit", None) or []) or bool(getattr(args, "swift_args", None))
+
+
+def _read_swift_args(args, console) -> None:
+    """Fill the flags the command line does not give from --swift-args's file (README: Your ms-swift file)."""
+    if not getattr(args, "swift_args", None):
+        return
+    given = swift_probe_args.given_dests(getattr(args, "argv", []), getattr(args, "option_dests", {}))
+    flags, notes = swift_probe_args.flags_from_file(args.swift_args, args, given)
+    for dest, value in flags.items():
+        setattr(args, dest, value)
+    for note in notes:
+        console.print(f"note: {note}", soft_wrap=True)
 
 
 def kept_on_interrupt(args) -> str | None:
@@ -209,6 +225,7 @@ def kept_on_interrupt(args) -> str | None:
 def run(args) -> int:
     if launch.wants_torchrun(args):
         return launch.relaunch(args.argv, args)
+    _read_swift_args(args, stderr_console(quiet=args.quiet or launch.rank_from_env()[0] != 0))
     spec = spec_from_args(args)
     if spec.task == "eval" and args.emit:
         raise UsageError("--emit", "the launch files are training runs; an evaluation-only recipe has no training to launch",
@@ -224,6 +241,9 @@ def run(args) -> int:
             check_writable(path, args.force or args.resume)
     if args.swift_version:
         resolve_swift_version(args.swift_version)
+    if getattr(args, "swift_args", None) and args.emit and "swift" not in args.emit:
+        raise UsageError("--swift-args", "is your ms-swift file, which only --emit swift writes back",
+                         "add --emit swift (the other targets' files are written from the recipe alone)")
     if args.plot and main_rank:
         check_plot(args.plot, args.force)
     console = stderr_console(quiet=args.quiet or not main_rank)
@@ -243,7 +263,7 @@ def run(args) -> int:
     save_recipe(recipe, args.out)
     written, emitted = [args.out], {}
     for target in args.emit or []:
-        outputs = emit_for_probe(target, recipe, args.out, args.swift_version)
+        outputs = emit_for_probe(target, recipe, args.out, args.swift_version, getattr(args, "swift_args", None))
         write_files(outputs, force=True)
         emitted[target] = list(outputs)
         written += list(outputs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..recipe.schema import Recipe
-from . import accelerate, deepspeed, hf, llamafactory, rlhf, swift, trl
+from . import accelerate, deepspeed, hf, llamafactory, rlhf, swift, swift_base, trl
 from .common import require_validated, zero_stage
 
 TARGETS = ("swift", "hf", "deepspeed", "accelerate", "llamafactory", "trl")
@@ -37,7 +37,7 @@ def check_yaml_name(target: str, out: str, swift_version: str | None = None) -> 
 
 
 def files(target: str, recipe: Recipe, out: str, swift_version: str | None = None, dataset: str | None = None,
-          script: bool | None = None) -> dict[str, str]:
+          script: bool | None = None, swift_args: str | None = None) -> dict[str, str]:
     """The files `target` needs, keyed by path. For swift, a `.sh` path (or script=True) gives
     the shell script, anything else the YAML argument file (`swift rlhf`'s for an RLHF recipe).
     trl: a GRPOConfig / DPOConfig JSON and its sidecar; an RLHF recipe given to hf or
@@ -48,12 +48,20 @@ def files(target: str, recipe: Recipe, out: str, swift_version: str | None = Non
                          "supervised training", "use `autotune emit trl` (TRL's config) or `autotune emit swift` (swift rlhf)")
     if target == "trl":
         return {out: trl.render(recipe), hf.sidecar_path(out): trl.render_model(recipe)}
+    if swift_args is not None and target != "swift":
+        raise UsageError("--swift-args", f"only applies to `emit swift`, not {target}", "leave --swift-args out")
     if target == "swift":
+        base = None
+        if swift_args is not None:  # the user's own file, kept but for the recipe's keys
+            from .swift_read import read_args
+
+            base = read_args(swift_args)
+            swift_version = swift_version or swift.installed_version() or swift_base.infer_version(base)
         as_script = out.endswith(".sh") if script is None else script
         if not as_script:
             check_yaml_name(target, out, swift_version)
         render = swift.render_script if as_script else swift.render_yaml
-        return {out: render(recipe, swift_version, dataset)}
+        return {out: render(recipe, swift_version, dataset, base, swift_args)}
     if target == "hf":
         return {out: hf.render(recipe), hf.sidecar_path(out): hf.render_model(recipe)}
     if target == "deepspeed":

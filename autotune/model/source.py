@@ -96,14 +96,23 @@ def resolve(model: str | None, model_config: str | None, causal_lm: bool = True)
     return source
 
 
+def _weight_names() -> tuple[str, ...]:
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    return SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME
+
+
+def has_weights(directory: str | Path) -> bool:
+    """Whether `directory` holds the weight files `from_pretrained` reads."""
+    return any((Path(directory) / name).is_file() for name in _weight_names())
+
+
 def require_weights(source: ModelSource) -> None:
     """A probe of --model DIR loads its weights (a plan reads the config alone): the files
     `from_pretrained` reads are looked for before the model loads, where their absence was an
     OSError ('unexpected error', exit 1). A config alone is a random-init probe."""
-    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
-
-    names = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
-    if source.kind == "weights" and not any((Path(source.path) / name).is_file() for name in names):
+    names = _weight_names()
+    if source.kind == "weights" and not has_weights(source.path):
         raise UsageError("--model", f"{source.path} has a config.json but no weights ({', '.join(names)})",
                          f"use --model-config {source.path} to probe it at random init (same memory and speed), "
                          "or point at the directory with the weights")

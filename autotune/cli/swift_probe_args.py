@@ -1,0 +1,204 @@
+"""`probe --swift-args FILE`: the ms-swift arguments the user will launch become the probe's flags.
+
+What defines the run is taken from the file: the model, the tuner (LoRA rank, alpha, dropout,
+targets; QLoRA from quant_bits 4), max_length (unset: the model's full length, as ms-swift
+trains then), torch_dtype, the global batch (per_device_train_batch_size x
+gradient_accumulation_steps x the processes the file launches, with ms-swift's own default for
+an unset accumulation), freezing, the media limits of its ENV block (and the shell's exports),
+what its evaluation keeps (eval_metric / metric acc, predict_with_generate), the levers it turns
+on (packing, padding_free, use_liger_kernel, sequence_parallel_size), the DeepSpeed preset, the
+optimizer and the `swift rlhf` settings. What autotune searches is not taken: the per-device
+batches and accumulation (at the kept global batch), gradient checkpointing and attention; the
+file's values for those are what the emitted file then replaces.
+
+A flag given on the command line wins over the file. The reading of the file is emit/swift_read.py's
+(as `check --swift-args` reads it); this module maps it onto argparse's names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+from ..recipe.schema import STRATEGIES
+
+FLAG = "--swift-args"
+TUNERS = ("full", "lora")
+
+
+def option_dests(parser) -> dict[str, str]:
+    """Every option string of `parser` -> its argparse dest."""
+    return {option: action.dest for action in parser._actions for option in action.option_strings}
+
+
+def given_dests(argv: list[str], options: dict[str, str]) -> set[str]:
+    """The dests the command line sets (argparse's unique prefixes included), so the file fills only the others."""
+    given = set()
+    for word in argv:
+        if not word.startswith("--"):
+            continue
+        name = word.split("=", 1)[0]
+        if name in options:
+            given.add(options[name])
+            continue
+        dests = {dest for option, dest in options.items() if option.startswith(name)}
+        if len(dests) == 1:
+            given |= dests
+    return given
+
+
+def _world_of(args) -> int | None:
+    """The world size the probe runs at, where its flags say it plainly (--nnodes 2, not 1:2);
+    a plan's --world-size."""
+    if getattr(args, "world_size", None):
+        return int(args.world_size)
+    try:
+        return int(getattr(args, "nproc_per_node", None) or 1) * int(getattr(args, "nnodes", None) or 1)
+    except (TypeError, ValueError):
+        return None
+
+
+def _launch_world(env: dict) -> int:
+    """How many processes the file's launch starts: NPROC_PER_NODE x NNODES (ms-swift runs torchrun
+    only when NPROC_PER_NODE is set; without it, one process)."""
+    try:
+        return int(env.get("NPROC_PER_NODE", 1)) * int(env.get("NNODES", 1))
+    except ValueError:
+        raise UsageError(FLAG, f"NPROC_PER_NODE={env.get('NPROC_PER_NODE')!r} / NNODES={env.get('NNODES')!r} are not whole numbers") from None
+
+
+def _model_flags(file: dict, given: set[str], path: str) -> dict:
+    if "model" in given or "model_config" in given:
+        return {}
+    model = file.get("model")
+    if not model:
+        raise UsageError(FLAG, f"{path} names no model", "add `model: DIR` to it, or give --model DIR / --model-config CONFIG")
+    directory = Path(str(model)).expanduser()
+    if (directory / "config.json").is_file():
+        from ..model.source import has_weights
+
+        # a directory with the config alone: random init, the same memory and speed
+        return {"model": str(directory)} if has_weights(directory) else {"model_config": str(directory)}
+    raise UsageError(FLAG, f"{path}'s model {model!r} is not a local directory with a config.json (autotune downloads nothing)",
+                     "give --model DIR (a local copy) or --model-config CONFIG (its config.json: random init, the same memory)")
+
+
+def _tuner_flags(file: dict, model: dict) -> dict:
+    flags: dict = {}
+    tuner = model.get("train_type")
+    if tuner is not None and tuner not in TUNERS:
+        raise UsageError(FLAG, f"tuner_type {tuner!r} is not one autotune probes", "probe full or lora (tuner_type: full | lora)")
+    quant = file.get("quant_bits")
+    if quant not in (None, "", "None") and int(quant) != 4:
+        raise UsageError(FLAG, f"quant_bits {quant}: autotune probes 4-bit QLoRA only", "set quant_bits: 4, or leave it out")
+    if tuner is not None:
+        flags["train_type"] = "qlora" if tuner == "lora" and quant not in (None, "", "None") else tuner
+    lora = model.get("lora")
+    if lora:
+        flags.update(lora_r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]))
+        if lora.get("target_regex"):
+            flags["lora_target_regex"] = lora["target_regex"]
+        else:
+            flags["lora_target_modules"] = ",".join(lora["target_modules"]) if isinstance(lora["target_modules"], list) else lora["target_modules"]
+    return flags
+
+
+def _eval_flags(file: dict, settings: dict) -> dict:
+    """What ms-swift's evaluation keeps: argmax ids for `eval_metric` / `metric` acc, generated ids
+    with predict_with_generate, else the loss (no compute_metrics); autotune's default for ms-swift."""
+    if settings.get("prediction_loss_only"):
+        return {"prediction_loss_only": True}
+    if str(file.get("predict_with_generate", "")).lower() in ("true", "1"):
+        flags = {"predict_with_generate": True}
+        if file.get("max_new_tokens") is not None:
+            flags["max_new_tokens"] = int(file["max_new_tokens"])
+        return flags
+    metric = file.get("eval_metric", file.get("metric"))
+    return {"eval_outputs": "argmax" if metric == "acc" else "loss"}
+
+
+def _strategy_flags(file: dict, settings: dict) -> dict:
+    if file.get("fsdp"):
+        return {"strategy": "fsdp"}
+    strategy = settings.get("strategy")
+    if strategy is None:
+        return {}
+    if strategy not in STRATEGIES:
+        raise UsageError(FLAG, f"deepspeed {strategy!r} is not one of ms-swift's presets autotune probes ({', '.join(s for s in STRATEGIES if s.startswith('zero'))})",
+                         "give --strategy zero2 / zero3 (the preset your config file matches)")
+    return {"strategy": strategy}
+
+
+# recipe settings (swift_read's names) that are probe dests of the same name and meaning
+_SAME = ("max_length", "optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "video_max_pixels", "video_min_pixels",
+         "video_frames", "sequence_parallel_size", "rlhf_type", "num_generations", "max_completion_length", "beta", "vllm_mode",
+         "vllm_gpu_memory_utilization", "sleep_level", "steps_per_generation")
+_SWITCHES = {"use_vllm": "use_vllm", "offload_model": "offload_model", "offload_optimizer": "offload_optimizer"}
+_LEVERS = {"packing": "packing", "padding_free": "padding_free", "use_liger_kernel": "liger"}
+
+
+def flags_from_file(path: str, args, given: set[str], environ: dict | None = None) -> tuple[dict, list[str]]:
+    """(argparse dest -> value for every flag the file sets and the command line does not, notes
+    for the user). Raises UsageError naming what in the file cannot be probed."""
+    from ..emit.swift_read import default_max_length, media_env, read_args, settings_from_args
+
+    environ = dict(os.environ) if environ is None else environ
+    file = read_args(path)
+    settings, model = settings_from_args(file, environ)  # Qwen-VL token variables need the model: MAX_PIXELS is read
+    flags: dict = {"image_resize": settings["image_resize"]}
+    if settings.get("rlhf_type"):
+        flags["rlhf_target"] = "swift"  # its defaults (beta 0.04, ...) are the run's
+    flags.update(_model_flags(file, given, path))
+    flags.update(_tuner_flags(file, model))
+    if settings.get("torch_dtype"):
+        flags["dtype"] = settings["torch_dtype"]
+    for key in _SAME:
+        if settings.get(key) is not None:
+            flags[key] = settings[key]
+    if "use_audio_in_video" in settings:
+        flags["use_audio_in_video"] = settings["use_audio_in_video"]
+    for key, dest in _SWITCHES.items():
+        if settings.get(key):
+            flags[dest] = True
+    for key, dest in _LEVERS.items():
+        if settings.get(key):
+            flags[dest] = "on"  # the file needs it (padding_free's collator, packing's rows): not searched away
+    flags.update(_eval_flags(file, settings))
+    flags.update(_strategy_flags(file, settings))
+    notes = []
+    if flags.get("max_length") is None and "max_length" not in given:
+        from ..model.source import resolve
+
+        source = resolve(flags.get("model") or getattr(args, "model", None), flags.get("model_config") or getattr(args, "model_config", None))
+        full = default_max_length(source.config)
+        if full is None:
+            raise UsageError(FLAG, f"{path} sets no max_length and the model's config states no length", "add max_length to it, or give --max-length N")
+        flags["max_length"] = full
+        notes.append(f"{path} sets no max_length: ms-swift then trains at the model's full length, {full} tokens, and so does this "
+                     f"probe (give --max-length auto for the longest that fits, or --max-length N)")
+    if "global_batch_size" not in given:
+        flags["global_batch_size"], note = _global_batch(file, settings, media_env(file, environ), args, path)
+        if note:
+            notes.append(note)
+    return {k: v for k, v in flags.items() if k not in given}, notes
+
+
+def _global_batch(file: dict, settings: dict, env: dict, args, path: str) -> tuple[int, str | None]:
+    """per_device_train_batch_size x gradient_accumulation_steps x the launch's processes, with
+    ms-swift's defaults (batch 1; accumulation ceil(16 / batch / world), GRPO's 1)."""
+    world = _launch_world(env)
+    here = _world_of(args)
+    if here is not None and here != world:
+        raise UsageError(FLAG, f"{path} launches {world} process(es) (NPROC_PER_NODE x NNODES) and this probe runs at world size {here}, "
+                               "so its global batch has no per-device split here",
+                         f"probe at --nproc-per-node {world} (plan: --world-size {world}), or give --global-batch-size G to keep at world size {here}")
+    batch = settings.get("per_device_train_batch_size") or 1
+    accumulation = settings.get("gradient_accumulation_steps")
+    note = None
+    if accumulation is None:
+        accumulation = 1 if settings.get("rlhf_type") == "grpo" else max(1, math.ceil(16 / batch / world))
+        note = (f"{path} sets no gradient_accumulation_steps: ms-swift then takes {accumulation} "
+                f"(a global batch of at least 16), so the probe keeps the global batch {batch * accumulation * world}")
+    return batch * accumulation * world, note

@@ -1,0 +1,191 @@
+"""`probe --swift-args FILE`: the user's ms-swift arguments become the probe's flags, and
+`--emit swift` writes the same file back with the tuned settings, the rest of it kept."""
+
+import json
+import shutil
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autotune.cli import main
+from autotune.cli.swift_probe_args import flags_from_file, given_dests
+from autotune.emit import files, swift
+from autotune.errors import UsageError
+from autotune.model.source import BUILTIN_DIR
+from autotune.recipe.schema import load_recipe
+from launch_recipes import variant
+
+NO_CLUSTER = Namespace(nproc_per_node=None, nnodes=None, model=None, model_config=None)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A model directory with its config alone (as a user's copy without the weights)."""
+    directory = tmp_path / "tiny"
+    directory.mkdir()
+    shutil.copy(BUILTIN_DIR / "tiny-llama.json", directory / "config.json")
+    return directory
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False) if name.endswith((".yaml", ".yml")) else data)
+    return str(path)
+
+
+def test_a_probe_of_the_users_file_runs_its_workload_and_writes_it_back_tuned(tmp_path, model_dir, capsys):
+    mine = write(tmp_path, "mine.yaml", {
+        "model": str(model_dir), "tuner_type": "lora", "lora_rank": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+        "dataset": ["my-data.jsonl"], "max_length": 32, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 3,
+        "learning_rate": 2e-5, "num_train_epochs": 2, "gradient_checkpointing": True,
+        "gradient_checkpointing_kwargs": json.dumps({"use_reentrant": True}), "output_dir": "runs/mine", "system": "Be brief."})
+    out = tmp_path / "r.yaml"
+    assert main(["probe", "--swift-args", mine, "--device", "sim", "--gpu-memory", "48MiB", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--max-batch-size", "8", "--validate-steps", "3", "--quiet",
+                 "--out", str(out), "--emit", "swift", "--swift-version", "4.6"]) == 0
+    recipe = load_recipe(out)
+    assert recipe.model.source == "config" and recipe.model.train_type == "lora"
+    assert recipe.model.lora["r"] == 4 and recipe.model.lora["alpha"] == 8 and recipe.model.lora["target_modules"] == ["q_proj"]
+    s = recipe.settings
+    assert s.max_length == 32 and s.per_device_train_batch_size * s.gradient_accumulation_steps == 6
+    assert s.eval_outputs == "loss"  # ms-swift's evaluation without a metric keeps no logits
+    tuned = yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
+    for key in ("model", "dataset", "learning_rate", "num_train_epochs", "output_dir", "system"):
+        assert tuned[key] == yaml.safe_load(Path(mine).read_text())[key], key
+    assert tuned["per_device_train_batch_size"] == s.per_device_train_batch_size and tuned["gradient_checkpointing"] is False
+    assert "gradient_checkpointing_kwargs" not in tuned  # a checkpointing setting of a run without checkpointing
+    head = (tmp_path / "r.swift.yaml").read_text()
+    assert "removed from" in head and "gradient_checkpointing_kwargs" in head.split("model:")[0]
+    assert set(tuned) - {"learning_rate", "num_train_epochs", "system"} <= set(swift.field_list("4.6"))
+    script = (tmp_path / "r.swift.sh").read_text()
+    assert "--learning_rate 2e-05" in script and "--system 'Be brief.'" in script
+    capsys.readouterr()
+    assert main(["check", str(out), "--swift-args", str(tmp_path / "r.swift.yaml")]) == 0, capsys.readouterr().err  # the file as launched fits
+
+
+def test_a_flag_on_the_command_line_wins_over_the_file(tmp_path, model_dir):
+    mine = write(tmp_path, "mine.yaml", {"model": str(model_dir), "max_length": 32, "lora_rank": 4, "tuner_type": "lora"})
+    argv = ["probe", "--swift-args", mine, "--max-len", "16", "--lora-r=2"]  # argparse's prefixes count as given
+    from autotune.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    flags, _ = flags_from_file(mine, args, given_dests(argv, args.option_dests))
+    assert "max_length" not in flags and "lora_r" not in flags and flags["train_type"] == "lora"
+    assert flags["model_config"] == str(model_dir)  # no weights there: random init
+
+
+def test_an_unset_max_length_is_the_models_full_length_and_said(tmp_path, model_dir):
+    """The Ovis2 report: max_length left out means ms-swift trains at the model's full length."""
+    mine = write(tmp_path, "mine.yaml", {"model": str(model_dir)})
+    flags, notes = flags_from_file(mine, NO_CLUSTER, set())
+    full = json.loads((BUILTIN_DIR / "tiny-llama.json").read_text())["max_position_embeddings"]
+    assert flags["max_length"] == full and any(f"full length, {full} tokens" in n for n in notes)
+
+
+@pytest.mark.parametrize("data,global_batch", [
+    ({"per_device_train_batch_size": 2}, 16),           # ms-swift: accumulation ceil(16 / 2 / 1) = 8
+    ({"per_device_train_batch_size": 3}, 18),           # ceil(16 / 3) = 6
+    ({}, 16),                                           # batch 1, accumulation 16
+    ({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}, 8),
+    ({"rlhf_type": "grpo", "per_device_train_batch_size": 4}, 4),  # GRPO's accumulation defaults to 1
+])
+def test_the_global_batch_follows_ms_swifts_defaults(tmp_path, model_dir, data, global_batch):
+    mine = write(tmp_path, "mine.yaml", {"model": str(model_dir), "max_length": 32, **data})
+    flags, notes = flags_from_file(mine, NO_CLUSTER, set())
+    assert flags["global_batch_size"] == global_batch
+    assert any("gradient_accumulation_steps" in n for n in notes) == ("gradient_accumulation_steps" not in data)
+
+
+def test_what_cannot_be_probed_is_one_line_naming_the_file(tmp_path, model_dir, capsys):
+    cases = [
+        ({"model": "Qwen/Qwen2.5-7B-Instruct", "max_length": 32}, "autotune downloads nothing"),
+        ({"model": str(model_dir), "max_length": 32, "ENV": {"NPROC_PER_NODE": 8}}, "--nproc-per-node 8"),
+        ({"model": str(model_dir), "max_length": 32, "tuner_type": "adalora"}, "adalora"),
+        ({"model": str(model_dir), "max_length": 32, "deepspeed": "ds/my_zero3.json"}, "--strategy"),
+    ]
+    for data, needle in cases:
+        mine = write(tmp_path, "mine.yaml", data)
+        out = tmp_path / "r.yaml"
+        assert main(["probe", "--swift-args", mine, "--device", "sim", "--gpu-memory", "48MiB", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--swift-args" in err and needle in err, err
+        assert not out.exists()
+
+
+def test_a_script_is_read_with_its_environment(tmp_path, model_dir):
+    script = write(tmp_path, "train.sh", f"NPROC_PER_NODE=2 MAX_PIXELS=200704 swift sft \\\n    --model {model_dir} \\\n"
+                                         "    --max_length 64 --per_device_train_batch_size 2 --gradient_accumulation_steps 4 \\\n"
+                                         "    --padding_free true --eval_metric acc\n")
+    flags, _ = flags_from_file(script, Namespace(nproc_per_node=2, nnodes=None, model=None, model_config=None), set())
+    assert flags["global_batch_size"] == 16 and flags["max_pixels"] == 200704 and flags["padding_free"] == "on"
+    assert flags["eval_outputs"] == "argmax" and flags["max_length"] == 64
+
+
+def test_emit_writes_a_3x_file_back_in_its_own_spelling(tmp_path, monkeypatch):
+    """A file with train_type is a 3.x file: written back for 3.12 (no --swift-version, none installed)."""
+    monkeypatch.setattr(swift, "installed_version", lambda: None)
+    mine = write(tmp_path, "mine.yaml", {"model": "/data/qwen", "train_type": "full", "dataset": ["d.jsonl"], "metric": "acc",
+                                         "deepspeed": "zero3", "warmup_ratio": 0.05})
+    r = variant("base")
+    text = files("swift", r, str(tmp_path / "out.yaml"), swift_args=mine)[str(tmp_path / "out.yaml")]
+    tuned = yaml.safe_load(text)
+    assert "ms-swift 3.12" in text and tuned["train_type"] == r.model.train_type and "tuner_type" not in tuned
+    assert tuned["model"] == "/data/qwen" and tuned["warmup_ratio"] == 0.05
+    assert "deepspeed" not in tuned and "deepspeed" in text.split("\n" + "model:")[0]  # the recipe ran without it: removed, said
+    assert set(tuned) - {"warmup_ratio"} <= set(swift.field_list("3.12"))
+
+
+def test_emit_refuses_swift_args_for_another_target(tmp_path, capsys):
+    from autotune.recipe.schema import save_recipe
+
+    recipe = tmp_path / "r.yaml"
+    save_recipe(variant("base"), recipe)
+    mine = write(tmp_path, "mine.yaml", {"model": "x"})
+    assert main(["emit", "hf", str(recipe), "-o", str(tmp_path / "a.json"), "--swift-args", mine]) == 2
+    assert "--swift-args" in capsys.readouterr().err and not (tmp_path / "a.json").exists()
+
+
+def test_a_bad_file_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="no file at"):
+        flags_from_file(str(tmp_path / "none.yaml"), NO_CLUSTER, set())
+
+
+def test_plan_reads_the_users_file_too(tmp_path, model_dir, capsys):
+    """`plan --swift-args`: the laptop answer for the same file (the length, LoRA and batch from it)."""
+    mine = write(tmp_path, "mine.yaml", {"model": str(model_dir), "tuner_type": "lora", "lora_rank": 4, "max_length": 32,
+                                         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2})
+    assert main(["plan", "--swift-args", mine, "--gpu-memory", "64MiB", "--cuda-context", "0", "--workspaces", "0",
+                 "--attn", "sdpa", "--gradient-checkpointing", "off", "--quiet", "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["max_length"] == 32 and plan["model"]["train_type"] == "lora" and plan["model"]["lora"]["r"] == 4
+    chosen = plan["candidates"][0]["predictions"][0]
+    assert chosen["per_device_train_batch_size"] * chosen["gradient_accumulation_steps"] == 4  # the file's 2 x 2, kept
+
+
+@pytest.mark.parametrize("tuner", ["tuner_type", "train_type"])
+def test_real_ms_swift_parses_the_file_written_back(tmp_path, tuner):
+    """The user's file with the recipe's settings in: ms-swift's own loader and parser take it
+    (run in a venv with ms-swift, README: ms-swift's real parsers)."""
+    pytest.importorskip("swift")
+    from swift_parsing import assert_real_swift_accepts
+
+    major = swift.resolve_version(None).split(".")[0]
+    if (tuner == "tuner_type") != (major == "4"):
+        pytest.skip(f"a {tuner} file is written for the other ms-swift major than the installed {major}.x")
+    mine = write(tmp_path, "mine.yaml", {"model": "/data/qwen", tuner: "lora", "lora_rank": 16, "dataset": ["d.jsonl"],
+                                         "learning_rate": 1e-4, "num_train_epochs": 2, "warmup_ratio": 0.05,
+                                         "deepspeed": "zero3", "output_dir": "runs/x", "system": "Be brief."})
+    out = tmp_path / "tuned.yaml"
+    out.write_text(files("swift", variant("base"), str(out), swift_args=mine)[str(out)])
+    assert_real_swift_accepts(out, "sft", major)
+
+
+def test_a_file_launching_another_world_size_keeps_it_and_says_the_global_batch(tmp_path):
+    mine = write(tmp_path, "mine.yaml", {"model": "/data/qwen", "tuner_type": "full", "ENV": {"NPROC_PER_NODE": 8}})
+    r = variant("base")
+    text = files("swift", r, str(tmp_path / "out.yaml"), swift_version="4.6", swift_args=mine)[str(tmp_path / "out.yaml")]
+    tuned = yaml.safe_load(text)
+    per_step = r.settings.per_device_train_batch_size * r.settings.gradient_accumulation_steps
+    assert str(tuned["ENV"]["NPROC_PER_NODE"]) == "8" and f"= {per_step * 8} (the recipe's: {per_step})" in text
