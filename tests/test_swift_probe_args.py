@@ -1,6 +1,7 @@
 """`probe --swift-args FILE`: the user's ms-swift arguments become the probe's flags, and
 `--emit swift` writes the same file back with the tuned settings, the rest of it kept."""
 
+import dataclasses
 import json
 import shutil
 from argparse import Namespace
@@ -127,9 +128,11 @@ def test_emit_writes_a_3x_file_back_in_its_own_spelling(tmp_path, monkeypatch):
     """A file with train_type is a 3.x file: written back for 3.12 (no --swift-version, none installed)."""
     monkeypatch.setattr(swift, "installed_version", lambda: None)
     mine = write(tmp_path, "mine.yaml", {"model": "/data/qwen", "train_type": "full", "dataset": ["d.jsonl"], "metric": "acc",
-                                         "deepspeed": "zero3", "warmup_ratio": 0.05})
+                                         "deepspeed": "zero3", "warmup_ratio": 0.05, "model_type": "qwen2", "template": "qwen2_5"})
     r = variant("base")
+    r = dataclasses.replace(r, model=dataclasses.replace(r.model, source="config"))  # a local model: ms-swift needs its type named
     text = files("swift", r, str(tmp_path / "out.yaml"), swift_args=mine)[str(tmp_path / "out.yaml")]
+    assert "add model_type and template" not in text  # the file names both already
     tuned = yaml.safe_load(text)
     assert "ms-swift 3.12" in text and tuned["train_type"] == r.model.train_type and "tuner_type" not in tuned
     assert tuned["model"] == "/data/qwen" and tuned["warmup_ratio"] == 0.05
