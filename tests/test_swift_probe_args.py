@@ -192,3 +192,15 @@ def test_a_file_launching_another_world_size_keeps_it_and_says_the_global_batch(
     tuned = yaml.safe_load(text)
     per_step = r.settings.per_device_train_batch_size * r.settings.gradient_accumulation_steps
     assert str(tuned["ENV"]["NPROC_PER_NODE"]) == "8" and f"= {per_step * 8} (the recipe's: {per_step})" in text
+
+
+def test_what_the_file_leaves_unset_is_ms_swifts_default(tmp_path, model_dir):
+    """ms-swift trains LoRA unless told (tuner_type defaults to lora; quant_bits 4 makes it
+    QLoRA) and loads the model in its config's dtype: autotune's defaults (full, bfloat16) differ."""
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "torch_dtype": "float16"}))
+    flags, _ = flags_from_file(write(tmp_path, "a.yaml", {"model": str(model_dir), "max_length": 32}), NO_CLUSTER, set())
+    assert flags["train_type"] == "lora" and flags["dtype"] == "float16"
+    flags, _ = flags_from_file(write(tmp_path, "b.yaml", {"model": str(model_dir), "max_length": 32, "quant_bits": 4,
+                                                          "torch_dtype": "bfloat16"}), NO_CLUSTER, set())
+    assert flags["train_type"] == "qlora" and flags["dtype"] == "bfloat16"

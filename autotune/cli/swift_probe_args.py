@@ -1,8 +1,9 @@
 """`probe --swift-args FILE`: the ms-swift arguments the user will launch become the probe's flags.
 
 What defines the run is taken from the file: the model, the tuner (LoRA rank, alpha, dropout,
-targets; QLoRA from quant_bits 4), max_length (unset: the model's full length, as ms-swift
-trains then), torch_dtype, the global batch (per_device_train_batch_size x
+targets; QLoRA from quant_bits 4; unset: ms-swift's default, LoRA), max_length (unset: the
+model's full length, as ms-swift trains then), torch_dtype (unset: the config's, as ms-swift
+loads it), the global batch (per_device_train_batch_size x
 gradient_accumulation_steps x the processes the file launches, with ms-swift's own default for
 an unset accumulation), freezing, the media limits of its ENV block (and the shell's exports),
 what its evaluation keeps (eval_metric / metric acc, predict_with_generate), the levers it turns
@@ -93,8 +94,8 @@ def _tuner_flags(file: dict, model: dict) -> dict:
     quant = file.get("quant_bits")
     if quant not in (None, "", "None") and int(quant) != 4:
         raise UsageError(FLAG, f"quant_bits {quant}: autotune probes 4-bit QLoRA only", "set quant_bits: 4, or leave it out")
-    if tuner is not None:
-        flags["train_type"] = "qlora" if tuner == "lora" and quant not in (None, "", "None") else tuner
+    tuner = tuner or "lora"  # ms-swift's default tuner (rank 8, alpha 32, dropout 0.05, all-linear: autotune's too)
+    flags["train_type"] = "qlora" if tuner == "lora" and quant not in (None, "", "None") else tuner
     lora = model.get("lora")
     if lora:
         flags.update(lora_r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]))
@@ -152,8 +153,10 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
         flags["rlhf_target"] = "swift"  # its defaults (beta 0.04, ...) are the run's
     flags.update(_model_flags(file, given, path))
     flags.update(_tuner_flags(file, model))
-    if settings.get("torch_dtype"):
-        flags["dtype"] = settings["torch_dtype"]
+    config = _Config(flags, args)
+    dtype = settings.get("torch_dtype") or config.dtype()  # unset: ms-swift loads the model in its config's dtype
+    if dtype:
+        flags["dtype"] = dtype
     for key in _SAME:
         if settings.get(key) is not None:
             flags[key] = settings[key]
@@ -169,10 +172,7 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     flags.update(_strategy_flags(file, settings))
     notes = []
     if flags.get("max_length") is None and "max_length" not in given:
-        from ..model.source import resolve
-
-        source = resolve(flags.get("model") or getattr(args, "model", None), flags.get("model_config") or getattr(args, "model_config", None))
-        full = default_max_length(source.config)
+        full = default_max_length(config.get())
         if full is None:
             raise UsageError(FLAG, f"{path} sets no max_length and the model's config states no length", "add max_length to it, or give --max-length N")
         flags["max_length"] = full
@@ -183,6 +183,27 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
         if note:
             notes.append(note)
     return {k: v for k, v in flags.items() if k not in given}, notes
+
+
+class _Config:
+    """The model's transformers config, read once where the file leaves a value to it."""
+
+    def __init__(self, flags: dict, args):
+        self.model = flags.get("model") or getattr(args, "model", None)
+        self.model_config = flags.get("model_config") or getattr(args, "model_config", None)
+        self._config = None
+
+    def get(self):
+        if self._config is None:
+            from ..model.source import resolve
+
+            self._config = resolve(self.model, self.model_config).config
+        return self._config
+
+    def dtype(self) -> str | None:
+        value = getattr(self.get(), "torch_dtype", None) or getattr(self.get(), "dtype", None)
+        name = str(value).replace("torch.", "") if value is not None else None
+        return name if name in ("bfloat16", "float16", "float32") else None
 
 
 def _global_batch(file: dict, settings: dict, env: dict, args, path: str) -> tuple[int, str | None]:
