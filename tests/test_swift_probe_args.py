@@ -119,7 +119,8 @@ def test_a_script_is_read_with_its_environment(tmp_path, model_dir):
     script = write(tmp_path, "train.sh", f"NPROC_PER_NODE=2 MAX_PIXELS=200704 swift sft \\\n    --model {model_dir} \\\n"
                                          "    --max_length 64 --per_device_train_batch_size 2 --gradient_accumulation_steps 4 \\\n"
                                          "    --padding_free true --eval_metric acc\n")
-    flags, _ = flags_from_file(script, Namespace(nproc_per_node=2, nnodes=None, model=None, model_config=None), set())
+    vision = Namespace(nproc_per_node=2, nnodes=None, model=None, model_config="tiny-qwen2.5-vl")  # a model that reads MAX_PIXELS
+    flags, _ = flags_from_file(script, vision, {"model_config"})
     assert flags["global_batch_size"] == 16 and flags["max_pixels"] == 200704 and flags["padding_free"] == "on"
     assert flags["eval_outputs"] == "argmax" and flags["max_length"] == 64
 
@@ -204,3 +205,19 @@ def test_what_the_file_leaves_unset_is_ms_swifts_default(tmp_path, model_dir):
     flags, _ = flags_from_file(write(tmp_path, "b.yaml", {"model": str(model_dir), "max_length": 32, "quant_bits": 4,
                                                           "torch_dtype": "bfloat16"}), NO_CLUSTER, set())
     assert flags["train_type"] == "qlora" and flags["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("model,kept,dropped", [
+    ("tiny-llama", [], ["max_pixels", "video_frames"]),          # a text model reads no media limit
+    ("tiny-llava", [], ["max_pixels", "video_frames"]),          # LLaVA: its own image size, no video
+    ("tiny-qwen2.5-vl", ["max_pixels", "video_frames"], []),
+])
+def test_media_limits_count_only_for_a_model_that_reads_them(tmp_path, model, kept, dropped):
+    """MAX_PIXELS / FPS_MAX_FRAMES exported for another model stopped the probe of this one
+    ('this model is text-only', 'llava takes no video'); ms-swift's templates ignore them."""
+    mine = write(tmp_path, "mine.yaml", {"max_length": 4096, "freeze_vit": True})
+    args = Namespace(nproc_per_node=None, nnodes=None, model=None, model_config=model)
+    flags, notes = flags_from_file(mine, args, {"model_config"}, environ={"MAX_PIXELS": "200704", "FPS_MAX_FRAMES": "8"})
+    assert all(k in flags for k in kept) and not any(k in flags for k in dropped)
+    assert any("not read for" in n for n in notes) == bool(dropped)
+    assert any("--video-frames 0" in n for n in notes) == ("video_frames" in kept)

@@ -168,9 +168,9 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     for key, dest in _LEVERS.items():
         if settings.get(key):
             flags[dest] = "on"  # the file needs it (padding_free's collator, packing's rows): not searched away
+    notes = _media_the_model_takes(flags, config.get(), path)
     flags.update(_eval_flags(file, settings))
     flags.update(_strategy_flags(file, settings))
-    notes = []
     if flags.get("max_length") is None and "max_length" not in given:
         full = default_max_length(config.get())
         if full is None:
@@ -183,6 +183,30 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
         if note:
             notes.append(note)
     return {k: v for k, v in flags.items() if k not in given}, notes
+
+
+_IMAGE_KEYS = ("max_pixels",)
+_VIDEO_KEYS = ("video_frames", "video_max_pixels", "video_min_pixels", "use_audio_in_video")
+_VISION_ONLY = ("freeze_vit", "freeze_aligner", "freeze_llm", "image_resize")
+
+
+def _media_the_model_takes(flags: dict, config, path: str) -> list[str]:
+    """Drop from `flags` the media limits this model does not read, as ms-swift's template does not
+    (a text model reads none; a family with its own image size no MAX_PIXELS; one without video
+    no video limits): exported in a shell for another model, they would stop the probe. Notes name
+    the limits dropped, and say how to leave out a video the data does not have."""
+    from ..model.families import family_for
+
+    family = family_for(config)
+    drop = list(_IMAGE_KEYS + _VIDEO_KEYS + _VISION_ONLY) if family is None else \
+        [k for k in _IMAGE_KEYS if family.pixels_per_token is None] + [k for k in _VIDEO_KEYS if not family.supports_video]
+    dropped = [k for k in drop if flags.pop(k, None) not in (None, False) and k not in _VISION_ONLY]
+    what = "a text model" if family is None else family.name
+    notes = [f"{', '.join(dropped)} from {path} or this shell: not read for {what} (ms-swift ignores them too); not probed"] if dropped else []
+    if flags.get("video_frames"):
+        notes.append(f"probing one video of {flags['video_frames']} frames per sample (the frame limit {path} or this shell sets); "
+                     "give --video-frames 0 if your data has no video")
+    return notes
 
 
 class _Config:
@@ -201,7 +225,8 @@ class _Config:
         return self._config
 
     def dtype(self) -> str | None:
-        value = getattr(self.get(), "torch_dtype", None) or getattr(self.get(), "dtype", None)
+        config = self.get()  # transformers 5 names it dtype (torch_dtype warns when read)
+        value = getattr(config, "dtype", None) if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)
         name = str(value).replace("torch.", "") if value is not None else None
         return name if name in ("bfloat16", "float16", "float32") else None
 
