@@ -281,3 +281,35 @@ def test_an_ms_swift_file_is_checked_with_ms_swifts_kv_cache_switches_and_reprob
     # The HF Trainer's sidecar tells a user of this recipe what ms-swift did that the Trainer does not.
     assert "get_text_config().use_cache = False" in hf.model_settings(recipe)["use_cache_off_in_sub_configs"]["how"]
     assert "use_cache_off_in_sub_configs" not in hf.model_settings(variant("base"))
+
+
+def test_an_ms_swift_file_for_another_model_is_refused(recipe_file, tmp_path, capsys):
+    """The recipe's model was checked whatever model the file trains: a file naming a local
+    model of another shape is refused, naming both."""
+    import shutil
+
+    from autotune.model.source import BUILTIN_DIR
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(BUILTIN_DIR / "tiny-mistral.json", other / "config.json")
+    same = tmp_path / "same"
+    same.mkdir()
+    shutil.copy(BUILTIN_DIR / f"{variant('base').model.path}.json", same / "config.json")
+    for model, code in ((other, 2), (same, 0)):
+        args = tmp_path / "swift.yaml"
+        args.write_text(swift.render_yaml(variant("base"), "4.6").replace("model: ", f"model: {model}\n# was: ", 1))
+        assert main(["check", str(recipe_file), "--swift-args", str(args)]) == code
+        err = capsys.readouterr().err
+        if code == 2:
+            assert err.count("\n") == 1 and "--swift-args" in err and str(other) in err and "another model" in err
+
+
+def test_an_attention_the_file_sets_that_cannot_run_here_names_the_file(recipe_file, tmp_path, capsys):
+    args = tmp_path / "swift.yaml"
+    text = swift.render_yaml(variant("base"), "4.6")
+    args.write_text(text.replace(f"attn_impl: {swift.ATTN_IMPL.get(variant('base').settings.attn_implementation, 'sdpa')}", "attn_impl: flash_attn"))
+    assert "attn_impl: flash_attn" in args.read_text()
+    assert main(["check", str(recipe_file), "--swift-args", str(args)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("autotune: error: --swift-args: attn_impl flash_attn") and "--attn" not in err

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..cluster import launch
 from ..emit import swift_read
@@ -78,6 +79,7 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     environ = dict(os.environ) if environ is None else environ
     probed_env = dict(recipe.settings.env or {})
     args = swift_read.read_args(path)
+    _same_model(recipe, args, path, model_config)
     settings, model = swift_read.settings_from_args(args, environ, pixels_per_token(recipe))
     ignored = []
     if not recipe.multimodal:
@@ -110,6 +112,52 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     return recipe, note
 
 
+_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+               "vocab_size", "num_local_experts", "num_experts")
+
+
+def _shape(config) -> dict:
+    """What decides a model's memory, from its config (a vision-language model's language part included)."""
+    text = getattr(config, "text_config", None) or getattr(config, "llm_config", None)
+    return {f"{part}{k}": getattr(c, k, None) for part, c in (("", config), ("text_config.", text)) if c is not None for k in _SHAPE_KEYS}
+
+
+def _same_model(recipe, args: dict, path: str, model_config) -> None:
+    """Refuse a file that trains another model than the recipe's (where the file's model is a local
+    directory: a hub id cannot be read here). The check would run the recipe's model, not the file's."""
+    from ..model.source import resolve
+
+    name = args.get("model")
+    if not name or not (Path(str(name)).expanduser() / "config.json").is_file():
+        return
+    theirs, ours = _shape(resolve(None, str(Path(str(name)).expanduser())).config), _shape(model_config(recipe))
+    differ = [k for k in ours if theirs.get(k) != ours[k]]
+    if differ:
+        k = differ[0]
+        raise UsageError("--swift-args", f"{path} trains another model ({name}: {k} {theirs.get(k)}) than the recipe was probed on "
+                                         f"({recipe.model.path}: {k} {ours[k]})", f"probe that model: autotune probe --swift-args {path}")
+
+
+def _attention_runs_here(recipe, args) -> None:
+    """An attn_impl the file sets that cannot run on this device: one line naming the file's key
+    (the model build would name probe's --attn, a flag check has not)."""
+    from ..devices import available_kind
+    from ..emit.swift import ATTN_IMPL
+    from ..search.attention import attn_unavailable_reason
+
+    attn = recipe.settings.attn_implementation
+    if attn != "flash_attention_2":  # sdpa and eager run everywhere transformers does
+        return
+    import torch
+
+    kind = available_kind(args.device or recipe.hardware.device)
+    device = SimpleNamespace(kind=kind, torch_device=torch.device("cuda", 0) if kind == "cuda" else None)  # what the reason reads
+    reason = attn_unavailable_reason(attn, device, recipe.settings.torch_dtype or recipe.model.dtype)
+    if reason:
+        raise UsageError("--swift-args", f"attn_impl {ATTN_IMPL.get(attn, attn)} in {args.swift_args} cannot run here: {reason}",
+                         "check where it runs (a CUDA card with flash-attn), or set attn_impl: sdpa to check sdpa's memory here")
+
+
 def reprobe_out(recipe_path: str) -> str:
     """r.yaml -> r.reprobe.yaml (r.reprobe-2.yaml, ... when taken): never the user's file."""
     path = Path(recipe_path)
@@ -134,6 +182,7 @@ def run(args) -> int:
     recipe, note = load_recipe(args.recipe), None
     if args.swift_args:
         recipe, note = with_swift_args(recipe, args.swift_args)
+        _attention_runs_here(recipe, args)
     gpu_memory, per_rank = launch.gpu_memory_sizes(args.gpu_memory)
     if per_rank and launch.rank_from_env()[1] != len(per_rank):
         raise UsageError("--gpu-memory", f"{len(per_rank)} sizes need as many ranks",
