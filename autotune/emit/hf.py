@@ -40,7 +40,12 @@ def model_settings(recipe: Recipe) -> dict:
         "from_pretrained": {"attn_implementation": s.attn_implementation, "dtype": s.torch_dtype},
         "max_length": s.max_length,
     }
-    if m.train_type == "lora" and m.lora:
+    if m.train_type == "qlora":  # BitsAndBytesConfig's keywords, as probed
+        q = m.quantization or {}
+        out["from_pretrained"]["quantization_config"] = {
+            "load_in_4bit": True, "bnb_4bit_quant_type": q.get("quant_type", "nf4"),
+            "bnb_4bit_use_double_quant": bool(q.get("double_quant", True)), "bnb_4bit_compute_dtype": q.get("compute_dtype", s.torch_dtype)}
+    if m.train_type in ("lora", "qlora") and m.lora:
         # LoraConfig's keywords: target_modules is a list of names, all-linear, or a regex string
         out["lora"] = {"r": m.lora["r"], "lora_alpha": m.lora["alpha"], "lora_dropout": m.lora.get("dropout"),
                        "target_modules": lora.peft_target_of(m.lora), "task_type": "CAUSAL_LM"}

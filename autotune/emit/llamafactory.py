@@ -33,8 +33,12 @@ def sections(recipe: Recipe, dataset: str | None = None, deepspeed_file: str = "
         if getattr(s, ours) is not None and ours in ("max_pixels", "video_max_pixels", "video_min_pixels", "video_frames",
                                                                "use_audio_in_video"):
             model[theirs] = getattr(s, ours)
-    method = {"stage": "sft", "do_train": True, "finetuning_type": m.train_type}
-    if m.train_type == "lora" and m.lora:
+    method = {"stage": "sft", "do_train": True, "finetuning_type": "lora" if m.train_type == "qlora" else m.train_type}
+    if m.train_type == "qlora":  # LoRA over a bitsandbytes 4-bit model, as probed
+        q = m.quantization or {}
+        model.update(quantization_bit=4, quantization_method="bnb", quantization_type=q.get("quant_type", "nf4"),
+                     double_quantization=bool(q.get("double_quant", True)))
+    if m.train_type in ("lora", "qlora") and m.lora:
         method.update(lora_rank=int(m.lora["r"]), lora_alpha=int(m.lora["alpha"]), lora_dropout=float(m.lora.get("dropout") or 0.0),
                       lora_target=lora_target(m.lora))
     for ours in ("freeze_vit", "freeze_aligner", "freeze_llm"):

@@ -101,8 +101,9 @@ def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict
     rlhf_keys = rlhf_args(recipe, version)[0] if rlhf.rlhf_type(recipe) else {}
     args: dict = {"rlhf_type": rlhf_keys.pop("rlhf_type")} if rlhf_keys else {}  # first, as ms-swift's examples write it
     args["model"] = model_location(recipe)
-    args["tuner_type" if v4 else "train_type"] = m.train_type
-    if m.train_type == "lora" and m.lora:
+    # QLoRA is LoRA over a 4-bit model to ms-swift (its tuners know no "qlora")
+    args["tuner_type" if v4 else "train_type"] = "lora" if m.train_type == "qlora" else m.train_type
+    if m.train_type in ("lora", "qlora") and m.lora:
         args["lora_rank"] = int(m.lora["r"])
         args["lora_alpha"] = int(m.lora["alpha"])
         if m.lora.get("dropout") is not None:
@@ -112,6 +113,10 @@ def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict
             args["target_regex"] = regex  # as a target_modules item it would be matched as a module name
         else:
             args["target_modules"] = list(names)
+    if m.train_type == "qlora":
+        q = m.quantization or {}
+        args.update(quant_method="bnb", quant_bits=4, bnb_4bit_quant_type=q.get("quant_type", "nf4"),
+                    bnb_4bit_use_double_quant=bool(q.get("double_quant", True)), bnb_4bit_compute_dtype=q.get("compute_dtype", s.torch_dtype))
     args["dataset"] = [dataset or DATASET_PLACEHOLDER]
     args["torch_dtype"] = s.torch_dtype
     # Mixed precision as probed, written out: left unset, ms-swift turns fp16 on for float32 weights.
