@@ -43,3 +43,12 @@ def test_hf_sidecar_gives_the_bitsandbytes_config(tmp_path):
     assert "lora" in model
     config = BitsAndBytesConfig(**model["from_pretrained"]["quantization_config"])
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+
+
+def test_a_qlora_file_reads_back_as_qlora(tmp_path):
+    """check --swift-args of a QLoRA file checked plain LoRA (the quantization was not read)."""
+    from autotune.emit.swift_read import read_args, settings_from_args
+
+    out = tmp_path / "s.yaml"
+    out.write_text(files("swift", qlora(), str(out), swift_version="4.6")[str(out)])
+    assert settings_from_args(read_args(out))[1]["train_type"] == "qlora"

@@ -196,15 +196,28 @@ def test_a_file_launching_another_world_size_keeps_it_and_says_the_global_batch(
 
 
 def test_what_the_file_leaves_unset_is_ms_swifts_default(tmp_path, model_dir):
-    """ms-swift trains LoRA unless told (tuner_type defaults to lora; quant_bits 4 makes it
-    QLoRA) and loads the model in its config's dtype: autotune's defaults (full, bfloat16) differ."""
+    """ms-swift trains LoRA unless told (tuner_type defaults to lora; quant_method bnb with
+    quant_bits 4 makes it QLoRA) and loads the model in its config's dtype: autotune's defaults (full, bfloat16) differ."""
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps({**config, "torch_dtype": "float16"}))
     flags, _ = flags_from_file(write(tmp_path, "a.yaml", {"model": str(model_dir), "max_length": 32}), NO_CLUSTER, set())
     assert flags["train_type"] == "lora" and flags["dtype"] == "float16"
-    flags, _ = flags_from_file(write(tmp_path, "b.yaml", {"model": str(model_dir), "max_length": 32, "quant_bits": 4,
-                                                          "torch_dtype": "bfloat16"}), NO_CLUSTER, set())
+    flags, _ = flags_from_file(write(tmp_path, "b.yaml", {"model": str(model_dir), "max_length": 32, "quant_method": "bnb",
+                                                          "quant_bits": 4, "torch_dtype": "bfloat16"}), NO_CLUSTER, set())
     assert flags["train_type"] == "qlora" and flags["dtype"] == "bfloat16"
+    flags, _ = flags_from_file(write(tmp_path, "c.yaml", {"model": str(model_dir), "max_length": 32, "quant_bits": 4}), NO_CLUSTER, set())
+    assert flags["train_type"] == "lora"  # ms-swift quantizes only with a quant_method
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"quant_method": "hqq", "quant_bits": 4}, "bitsandbytes 4-bit"),
+    ({"quant_method": "bnb", "quant_bits": 8}, "bitsandbytes 4-bit"),
+    ({"quant_method": "bnb", "quant_bits": 4, "tuner_type": "full"}, "tuner_type: lora"),
+    ({"quant_method": "bnb", "quant_bits": 4, "bnb_4bit_quant_type": "fp4"}, "nf4"),
+])
+def test_a_quantization_autotune_does_not_probe_is_refused_naming_it(tmp_path, model_dir, data, needle):
+    with pytest.raises(UsageError, match=needle):
+        flags_from_file(write(tmp_path, "q.yaml", {"model": str(model_dir), "max_length": 32, **data}), NO_CLUSTER, set())
 
 
 @pytest.mark.parametrize("model,kept,dropped", [

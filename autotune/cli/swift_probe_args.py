@@ -1,7 +1,7 @@
 """`probe --swift-args FILE`: the ms-swift arguments the user will launch become the probe's flags.
 
 What defines the run is taken from the file: the model, the tuner (LoRA rank, alpha, dropout,
-targets; QLoRA from quant_bits 4; unset: ms-swift's default, LoRA), max_length (unset: the
+targets; QLoRA from quant_method bnb with quant_bits 4; unset: ms-swift's default, LoRA), max_length (unset: the
 model's full length, as ms-swift trains then), torch_dtype (unset: the config's, as ms-swift
 loads it), the global batch (per_device_train_batch_size x
 gradient_accumulation_steps x the processes the file launches, with ms-swift's own default for
@@ -26,7 +26,7 @@ from ..errors import UsageError
 from ..recipe.schema import STRATEGIES
 
 FLAG = "--swift-args"
-TUNERS = ("full", "lora")
+TUNERS = ("full", "lora", "qlora")  # qlora: swift_read's name for lora over quant_method bnb, quant_bits 4
 
 
 def option_dests(parser) -> dict[str, str]:
@@ -86,16 +86,12 @@ def _model_flags(file: dict, given: set[str], path: str) -> dict:
                      "give --model DIR (a local copy) or --model-config CONFIG (its config.json: random init, the same memory)")
 
 
-def _tuner_flags(file: dict, model: dict) -> dict:
+def _tuner_flags(model: dict) -> dict:
     flags: dict = {}
-    tuner = model.get("train_type")
-    if tuner is not None and tuner not in TUNERS:
+    tuner = model.get("train_type") or "lora"  # ms-swift's default tuner (rank 8, alpha 32, dropout 0.05, all-linear: autotune's too)
+    if tuner not in TUNERS:
         raise UsageError(FLAG, f"tuner_type {tuner!r} is not one autotune probes", "probe full or lora (tuner_type: full | lora)")
-    quant = file.get("quant_bits")
-    if quant not in (None, "", "None") and int(quant) != 4:
-        raise UsageError(FLAG, f"quant_bits {quant}: autotune probes 4-bit QLoRA only", "set quant_bits: 4, or leave it out")
-    tuner = tuner or "lora"  # ms-swift's default tuner (rank 8, alpha 32, dropout 0.05, all-linear: autotune's too)
-    flags["train_type"] = "qlora" if tuner == "lora" and quant not in (None, "", "None") else tuner
+    flags["train_type"] = tuner
     lora = model.get("lora")
     if lora:
         flags.update(lora_r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]))
@@ -152,7 +148,7 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     if settings.get("rlhf_type"):
         flags["rlhf_target"] = "swift"  # its defaults (beta 0.04, ...) are the run's
     flags.update(_model_flags(file, given, path))
-    flags.update(_tuner_flags(file, model))
+    flags.update(_tuner_flags(model))
     config = _Config(flags, args)
     dtype = settings.get("torch_dtype") or config.dtype()  # unset: ms-swift loads the model in its config's dtype
     if dtype:

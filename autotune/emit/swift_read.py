@@ -191,12 +191,35 @@ def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token
         settings["use_audio_in_video"] = _as_bool("USE_AUDIO_IN_VIDEO", env.get("USE_AUDIO_IN_VIDEO", False))
     model: dict = {}
     train_type = args.get("tuner_type", args.get("train_type"))
-    if train_type is not None:
+    quantized = _quantized(args, train_type)
+    if quantized:
+        model["train_type"] = "qlora"  # LoRA over the bitsandbytes 4-bit model, as autotune probes and writes it
+    elif train_type is not None:
         model["train_type"] = str(train_type)
     if any(args.get(k) is not None for k in ("lora_rank", "lora_alpha", "lora_dropout", "target_modules", "target_regex")):
         model["lora"] = {"r": int(args.get("lora_rank", 8)), "alpha": int(float(args.get("lora_alpha", 32))),
                          "dropout": float(args.get("lora_dropout", 0.05)), **lora_targets_back(args)}
     return settings, model
+
+
+def _quantized(args: dict, train_type) -> bool:
+    """Whether the file trains QLoRA as autotune probes it (bitsandbytes 4-bit nf4 with double
+    quantisation, LoRA). ms-swift quantizes only with a quant_method (quant_bits alone does nothing);
+    any other quantization is refused, naming the key, rather than probed as something else."""
+    method = args.get("quant_method")
+    if method in (None, "", "None"):
+        return False
+    bits = str(args.get("quant_bits", ""))
+    if str(method) != "bnb" or bits != "4":
+        raise UsageError("--swift-args", f"quant_method {method} quant_bits {bits or 'unset'}: autotune probes bitsandbytes 4-bit (QLoRA) only",
+                         "set quant_method: bnb and quant_bits: 4, or leave quantization out")
+    if (train_type or "lora") != "lora":
+        raise UsageError("--swift-args", f"a {train_type} fine-tune of a 4-bit model is not one autotune probes", "use tuner_type: lora")
+    for key, probed in (("bnb_4bit_quant_type", "nf4"), ("bnb_4bit_use_double_quant", True)):
+        value = args.get(key)
+        if value is not None and (str(value).lower() != str(probed).lower()):
+            raise UsageError("--swift-args", f"{key} {value}: autotune probes {key} {probed} (ms-swift's default)", f"leave {key} out")
+    return True
 
 
 def lora_targets_back(args: dict) -> dict:
