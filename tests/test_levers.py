@@ -286,7 +286,8 @@ def _with_levers(**changes):
 def test_every_target_spells_partial_checkpointing_and_liger():
     from transformers import HfArgumentParser, TrainingArguments
 
-    r = _with_levers(checkpoint_every_n_layers=4, use_liger_kernel=True, packing=True, sequence_parallel_size=2)
+    r = _with_levers(checkpoint_every_n_layers=4, use_liger_kernel=True, packing=True, sequence_parallel_size=2,
+                     attn_implementation="flash_attention_2")  # ms-swift packs with flash attention only
     args = json.loads(hf.render(r))
     assert args["activation_checkpointing_kwargs"] == {"use_reentrant": False, "every_n_layers": 4}
     assert args["use_liger_kernel"] is True
@@ -310,6 +311,21 @@ def test_every_target_spells_partial_checkpointing_and_liger():
     assert flat["enable_liger_kernel"] is True and flat["neat_packing"] is True
     assert flat["disable_gradient_checkpointing"] is False and "every 4th layer" in lf
     assert "memory levers" in accelerate.render(r)
+
+
+@pytest.mark.parametrize("lever", ["packing", "padding_free"])
+def test_ms_swift_refuses_packing_without_flash_attention_and_so_does_emit(lever, tmp_path, capsys):
+    """ms-swift's SftArguments raise for packing / padding_free unless attn_impl is flash: a file
+    written with sdpa failed at launch. Refused at emit, and before a probe that could only end so."""
+    from autotune.cli import main
+
+    with pytest.raises(UsageError, match="flash attention only"):
+        swift.render_yaml(_with_levers(**{lever: True, "attn_implementation": "sdpa"}), "4.6")
+    flag = "--" + lever.replace("_", "-")
+    assert main(["probe", "--model-config", "tiny-llama", "--device", "sim", "--gpu-memory", "64MiB", "--max-length", "32",
+                 flag, "on", "--attn", "sdpa", "--emit", "swift", "--out", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "flash" in err and not (tmp_path / "r.yaml").exists()
 
 
 def test_targets_without_activation_offloading_refuse_it():

@@ -54,6 +54,13 @@ def check_targets(args) -> None:
     """A lever asked for together with an --emit target that cannot launch it: one line, exit 2."""
     from ..errors import UsageError
 
+    swift = "swift" in (getattr(args, "emit", None) or []) or bool(getattr(args, "swift_args", None))
+    flash = {a.strip() for a in getattr(args, "attn", "").split(",")} <= {"flash_attention_2", "flash_attention_3"}
+    for name, flag in (("packing", "--packing"), ("padding_free", "--padding-free")):
+        if swift and getattr(args, name, "off") != "off" and not flash:
+            raise UsageError(flag, "ms-swift runs it with flash attention only (its packing is padding-free), so a recipe using it "
+                                   "with sdpa or eager could not be launched there",
+                             f"add --attn flash_attention_2 (a CUDA card with flash-attn), or leave {flag} off")
     for name, (flag, targets) in _REFUSED.items():
         bad = [t for t in (getattr(args, "emit", None) or []) if t in targets]
         if getattr(args, name, "off") != "off" and bad:

@@ -164,6 +164,8 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     for key, dest in _LEVERS.items():
         if settings.get(key):
             flags[dest] = "on"  # the file needs it (padding_free's collator, packing's rows): not searched away
+    if settings.get("packing") or settings.get("padding_free"):
+        flags["attn"] = "flash_attention_2"  # the only attention ms-swift runs them with (SftArguments._check_padding_free)
     notes = _media_the_model_takes(flags, config.get(), path)
     flags.update(_eval_flags(file, settings))
     flags.update(_strategy_flags(file, settings))

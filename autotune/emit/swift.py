@@ -67,6 +67,10 @@ def command(recipe: Recipe) -> str:
     return "rlhf" if rlhf.rlhf_type(recipe) else "sft"
 
 
+# The attentions ms-swift accepts for packing / padding_free (SftArguments._check_padding_free).
+FLASH_IMPLS = ("flash_attention_2", "flash_attention_3")
+
+
 def check_levers(recipe: Recipe) -> None:
     """Refuse a lever ms-swift has no argument for: transformers' activation offloading lives in
     the HF Trainer's checkpointing kwargs, which ms-swift does not promise to hand on; without it
@@ -74,6 +78,12 @@ def check_levers(recipe: Recipe) -> None:
     if recipe.settings.activation_offloading:
         raise UsageError("RECIPE", "this recipe offloads activations (transformers' activation_checkpointing_kwargs offload); "
                          "ms-swift has no argument for it", "use `autotune emit hf`, or re-probe with --activation-offloading off")
+    s = recipe.settings
+    if (s.packing or s.padding_free) and s.attn_implementation not in FLASH_IMPLS:
+        lever = "packing" if s.packing else "padding_free"
+        raise UsageError("RECIPE", f"this recipe uses {lever} with {s.attn_implementation}, and ms-swift runs {lever} with flash "
+                         "attention only (its packing is padding-free: flattened rows)",
+                         f"use `autotune emit hf`, or re-probe with --attn flash_attention_2 on a CUDA card (or --{lever.replace('_', '-')} off)")
 
 
 def lever_comments(recipe: Recipe) -> list[str]:
