@@ -220,7 +220,9 @@ def test_the_recipe_env_pins_the_limits_and_check_reads_them_back(tmp_path):
     assert "MODEL_SEQ_LEN=128000 \\" in swift.render_script(recipe, "4.6")
     path = tmp_path / "s.yaml"
     path.write_text(swift.render_yaml(recipe, "4.6").replace("FPS_MAX_FRAMES: '4'", "FPS_MAX_FRAMES: '2'"))
-    checked, note = with_swift_args(recipe, str(path), environ={"MODEL_SEQ_LEN": "256000"})  # the file's ENV block wins
+    checked, note = with_swift_args(recipe, str(path), environ={"MODEL_SEQ_LEN": "128000"})
+    with pytest.raises(UsageError, match=r"^--swift-args: MODEL_SEQ_LEN=256000"):  # the shell's export wins over the ENV block
+        with_swift_args(recipe, str(path), environ={"MODEL_SEQ_LEN": "256000"})  # (ms-swift sets only what the shell has not)
     assert note == f"FPS_MAX_FRAMES=2 ({path} or this shell) replaces the recipe's 4"  # what is checked is the launch's
     assert checked.settings.video_frames == 2 and checked.settings.video_max_pixels == 262144
     assert plan_inputs(resolve(None, name), spec_for(checked, "sim", 2**30, 0.1)).vision.video_grid == (1, 32, 32)

@@ -234,3 +234,22 @@ def test_media_limits_count_only_for_a_model_that_reads_them(tmp_path, model, ke
     assert all(k in flags for k in kept) and not any(k in flags for k in dropped)
     assert any("not read for" in n for n in notes) == bool(dropped)
     assert any("--video-frames 0" in n for n in notes) == ("video_frames" in kept)
+
+
+def test_the_launch_environment_is_ms_swifts(tmp_path, model_dir):
+    """A YAML's ENV block gives way to the shell's exports (ms-swift sets only what the shell has
+    not); a script's assignments win over them; `--key=value` flags of a script are read."""
+    vision = Namespace(nproc_per_node=None, nnodes=None, model=None, model_config="tiny-qwen2.5-vl")
+    mine = write(tmp_path, "mine.yaml", {"max_length": 4096, "ENV": {"MAX_PIXELS": "100352"}})
+    assert flags_from_file(mine, vision, {"model_config"}, environ={"MAX_PIXELS": "200704"})[0]["max_pixels"] == 200704
+    assert flags_from_file(mine, vision, {"model_config"}, environ={})[0]["max_pixels"] == 100352
+    script = write(tmp_path, "train.sh", "MAX_PIXELS=100352 swift sft --max_length=4096 --per_device_train_batch_size=2 "
+                                         "--gradient_accumulation_steps 4\n")
+    flags, _ = flags_from_file(script, vision, {"model_config"}, environ={"MAX_PIXELS": "200704"})
+    assert flags["max_pixels"] == 100352 and flags["max_length"] == 4096 and flags["global_batch_size"] == 8
+    # a 3.x YAML has no ENV block: the processes its launch starts are the shell's NPROC_PER_NODE
+    three = write(tmp_path, "three.yaml", {"model": str(model_dir), "max_length": 32, "per_device_train_batch_size": 2})
+    with pytest.raises(UsageError, match="launches 4 process"):
+        flags_from_file(three, NO_CLUSTER, set(), environ={"NPROC_PER_NODE": "4"})
+    assert flags_from_file(three, Namespace(**{**vars(NO_CLUSTER), "nproc_per_node": 4}), set(),
+                           environ={"NPROC_PER_NODE": "4"})[0]["global_batch_size"] == 16  # 2 x ceil(16 / 2 / 4) x 4

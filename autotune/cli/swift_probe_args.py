@@ -139,7 +139,7 @@ _LEVERS = {"packing": "packing", "padding_free": "padding_free", "use_liger_kern
 def flags_from_file(path: str, args, given: set[str], environ: dict | None = None) -> tuple[dict, list[str]]:
     """(argparse dest -> value for every flag the file sets and the command line does not, notes
     for the user). Raises UsageError naming what in the file cannot be probed."""
-    from ..emit.swift_read import default_max_length, media_env, read_args, settings_from_args
+    from ..emit.swift_read import default_max_length, launch_environment, read_args, settings_from_args
 
     environ = dict(os.environ) if environ is None else environ
     file = read_args(path)
@@ -177,7 +177,8 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
         notes.append(f"{path} sets no max_length: ms-swift then trains at the model's full length, {full} tokens, and so does this "
                      f"probe (give --max-length auto for the longest that fits, or --max-length N)")
     if "global_batch_size" not in given:
-        flags["global_batch_size"], note = _global_batch(file, settings, media_env(file, environ), args, path)
+        layout = launch_environment(file, environ, ("NPROC_PER_NODE", "NNODES"))  # a 3.x YAML's launch: the shell's exports
+        flags["global_batch_size"], note = _global_batch(file, settings, layout, args, path)
         if note:
             notes.append(note)
     return {k: v for k, v in flags.items() if k not in given}, notes

@@ -17,6 +17,16 @@ from .common import HELD_ENV, TOKEN_ENV, VISION_ENV
 from .swift import ATTN_IMPL
 
 
+class SwiftArgs(dict):
+    """An ms-swift file's arguments; `script`: read from a shell script (its variable assignments
+    are set right before `swift`, so they win over the shell's exports; a YAML's ENV block does not:
+    ms-swift sets only the variables the shell has not, swift/cli/main.py parse_yaml_args)."""
+
+    def __init__(self, data: dict, script: bool):
+        super().__init__(data)
+        self.script = script
+
+
 def read_args(path: str | Path) -> dict:
     """Read an ms-swift argument file (YAML or JSON, 3.x or 4.x) or a shell script that runs
     `swift sft` / `swift rlhf` back into a flat mapping of ms-swift names; the `ENV:` block (a
@@ -28,7 +38,7 @@ def read_args(path: str | Path) -> dict:
         raise UsageError("--swift-args", f"no file at {path}") from None
     script = _read_script(text)
     if script is not None:
-        return script
+        return SwiftArgs(script, script=True)
     try:
         data = yaml.safe_load(text)  # JSON is YAML
     except yaml.YAMLError as exc:
@@ -36,7 +46,7 @@ def read_args(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise UsageError("--swift-args", f"{path} does not hold a mapping of ms-swift arguments",
                          "give the YAML or JSON file `swift sft --config` reads, or a shell script that runs `swift sft`")
-    return data
+    return SwiftArgs(data, script=False)
 
 
 def _read_script(text: str) -> dict | None:
@@ -61,8 +71,9 @@ def _read_script(text: str) -> dict | None:
             args, name = {}, None
             for word in words[2:]:
                 if word.startswith("--"):
+                    word, eq, value = word.partition("=")  # --max_length=4096 as argparse takes it
                     name = word[2:].replace("-", "_")
-                    args[name] = []
+                    args[name] = [value] if eq else []
                 elif name is not None and word != "$@":
                     args[name].append(word)
             args = {k: (True if not v else v[0] if len(v) == 1 else v) for k, v in args.items()}
@@ -119,12 +130,18 @@ def default_max_length(config) -> int | None:
     return min(found) if found else None
 
 
+def launch_environment(args: dict, environ: dict | None = None, keys=None) -> dict:
+    """The variables the launch runs with (those in `keys`, or all): a script's assignments over the
+    shell's exports; a YAML's ENV block under them (4.x sets only what the shell has not; a 3.x
+    file has no ENV block, its header says to export them)."""
+    shell = {k: str(v) for k, v in (environ or {}).items() if keys is None or k in keys}
+    own = {str(k): str(v) for k, v in (args.get("ENV") or {}).items() if keys is None or k in keys}
+    return shell | own if getattr(args, "script", True) else own | shell
+
+
 def media_env(args: dict, environ: dict | None = None) -> dict:
-    """The media variables ms-swift's templates will read: those exported in `environ` (the
-    shell's; a 3.x file has no ENV block, its header says to export them), the file's ENV block
-    over them (4.x sets it into the environment)."""
-    keys = VISION_ENV | HELD_ENV | TOKEN_ENV.keys() | {"USE_AUDIO_IN_VIDEO"}
-    return {k: str(v) for k, v in (environ or {}).items() if k in keys} | {str(k): str(v) for k, v in (args.get("ENV") or {}).items()}
+    """The media variables ms-swift's templates will read (launch_environment's precedence)."""
+    return launch_environment(args, environ, VISION_ENV | HELD_ENV | TOKEN_ENV.keys() | {"USE_AUDIO_IN_VIDEO"})
 
 
 # What only a vision-language model reads. ms-swift ignores the freeze flags of a text model
