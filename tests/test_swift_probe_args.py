@@ -253,3 +253,33 @@ def test_the_launch_environment_is_ms_swifts(tmp_path, model_dir):
         flags_from_file(three, NO_CLUSTER, set(), environ={"NPROC_PER_NODE": "4"})
     assert flags_from_file(three, Namespace(**{**vars(NO_CLUSTER), "nproc_per_node": 4}), set(),
                            environ={"NPROC_PER_NODE": "4"})[0]["global_batch_size"] == 16  # 2 x ceil(16 / 2 / 4) x 4
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"freeze_parameters_ratio": 0.5}, "freeze_parameters_ratio"),
+    ({"modules_to_save": ["embed_tokens"]}, "modules_to_save"),
+    ({"use_dora": True}, "use_dora"),
+    ({"packing": True, "packing_length": 8192}, "packing_length"),
+])
+def test_a_memory_setting_autotune_does_not_probe_is_refused_by_probe_and_check(tmp_path, model_dir, data, needle, capsys):
+    from autotune.recipe.schema import save_recipe
+
+    mine = write(tmp_path, "mine.yaml", {"model": str(model_dir), "max_length": 32, **data})
+    with pytest.raises(UsageError, match=needle):
+        flags_from_file(mine, NO_CLUSTER, set())
+    recipe = tmp_path / "r.yaml"
+    save_recipe(variant("base"), recipe)
+    assert main(["check", str(recipe), "--swift-args", mine]) == 2 and needle in capsys.readouterr().err
+
+
+def test_a_grpo_files_completion_length_is_ms_swifts(tmp_path, model_dir):
+    """swift rlhf takes response_length, then max_new_tokens, before max_completion_length; kept in
+    the file written back, max_new_tokens would override the tuned length, so it is removed."""
+    mine = write(tmp_path, "grpo.yaml", {"model": str(model_dir), "rlhf_type": "grpo", "max_length": 32, "max_new_tokens": 24,
+                                         "max_completion_length": 8, "num_generations": 2})
+    flags, _ = flags_from_file(mine, NO_CLUSTER, set())
+    assert flags["max_completion_length"] == 24
+    from autotune.emit.swift_base import merge
+
+    merged, removed = merge({"rlhf_type": "grpo", "max_completion_length": 16}, yaml.safe_load(Path(mine).read_text()), False)
+    assert merged["max_completion_length"] == 16 and "max_new_tokens" not in merged and "max_new_tokens" in removed

@@ -79,6 +79,7 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     environ = dict(os.environ) if environ is None else environ
     probed_env = dict(recipe.settings.env or {})
     args = swift_read.read_args(path)
+    swift_read.refuse_unprobed(args, path)
     _same_model(recipe, args, path, model_config)
     settings, model = swift_read.settings_from_args(args, environ, pixels_per_token(recipe))
     ignored = []

@@ -139,10 +139,11 @@ _LEVERS = {"packing": "packing", "padding_free": "padding_free", "use_liger_kern
 def flags_from_file(path: str, args, given: set[str], environ: dict | None = None) -> tuple[dict, list[str]]:
     """(argparse dest -> value for every flag the file sets and the command line does not, notes
     for the user). Raises UsageError naming what in the file cannot be probed."""
-    from ..emit.swift_read import default_max_length, launch_environment, read_args, settings_from_args
+    from ..emit.swift_read import default_max_length, launch_environment, read_args, refuse_unprobed, settings_from_args
 
     environ = dict(os.environ) if environ is None else environ
     file = read_args(path)
+    refuse_unprobed(file, path)
     settings, model = settings_from_args(file, environ)  # Qwen-VL token variables need the model: MAX_PIXELS is read
     flags: dict = {"image_resize": settings["image_resize"]}
     if settings.get("rlhf_type"):

@@ -172,6 +172,10 @@ def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token
                 settings[key] = kind(args[key])
             except (TypeError, ValueError):
                 raise UsageError("--swift-args", f"{key}: cannot read {args[key]!r} as {kind.__name__}") from None
+    if args.get("rlhf_type"):  # swift rlhf: response_length, then max_new_tokens, then max_completion_length (RLHFArguments)
+        completion = next((args[k] for k in ("response_length", "max_new_tokens", "max_completion_length") if args.get(k)), None)
+        if completion is not None:
+            settings["max_completion_length"] = int(completion)
     for key in _BOOLS:
         if args.get(key) is not None:
             settings[key] = _as_bool(key, args[key])
@@ -237,6 +241,29 @@ def _quantized(args: dict, train_type) -> bool:
         if value is not None and (str(value).lower() != str(probed).lower()):
             raise UsageError("--swift-args", f"{key} {value}: autotune probes {key} {probed} (ms-swift's default)", f"leave {key} out")
     return True
+
+
+# Keys of an ms-swift file that change what the card holds in ways autotune does not probe: a file
+# that sets one is refused, naming it, rather than probed or checked as a different run.
+UNPROBED = {
+    "freeze_parameters": "freezes parameters by prefix", "freeze_parameters_regex": "freezes parameters by regex",
+    "freeze_parameters_ratio": "freezes a share of the layers", "trainable_parameters": "trains extra parameters",
+    "trainable_parameters_regex": "trains extra parameters", "modules_to_save": "trains full copies of modules beside LoRA",
+    "use_dora": "trains DoRA's magnitude vectors", "target_parameters": "puts LoRA on parameters (MoE experts)",
+}
+
+
+def refuse_unprobed(args: dict, path) -> None:
+    """One line for the first key autotune does not probe, set to a value other than its default."""
+    for key, what in UNPROBED.items():
+        value = args.get(key)
+        if value not in (None, "", [], 0, 0.0, False, "false", "False", "0", "[]", "None"):
+            raise UsageError("--swift-args", f"{key} in {path} {what}, which autotune does not probe",
+                             f"remove {key} to probe (or check) the run without it")
+    length, packing_length = args.get("max_length"), args.get("packing_length")
+    if packing_length not in (None, "", "None") and str(packing_length) != str(length):
+        raise UsageError("--swift-args", f"packing_length {packing_length} in {path}: packed rows of another length than "
+                                         f"max_length ({length}) are not probed", "remove packing_length (rows are then max_length long)")
 
 
 def lora_targets_back(args: dict) -> dict:
