@@ -283,3 +283,19 @@ def test_a_grpo_files_completion_length_is_ms_swifts(tmp_path, model_dir):
 
     merged, removed = merge({"rlhf_type": "grpo", "max_completion_length": 16}, yaml.safe_load(Path(mine).read_text()), False)
     assert merged["max_completion_length"] == 16 and "max_new_tokens" not in merged and "max_new_tokens" in removed
+
+
+@pytest.mark.parametrize("data,fits", [
+    ({"torch_dtype": "bfloat16"}, True),
+    ({"torch_dtype": "bfloat16", "bf16": True}, True),
+    ({"torch_dtype": "float32"}, False),                    # ms-swift: fp16 AMP for float32 weights with fp16 unset
+    ({"torch_dtype": "float32", "fp16": False}, True),
+    ({"torch_dtype": "bfloat16", "bf16": False}, False),    # bf16 weights trained without AMP
+])
+def test_a_mixed_precision_other_than_the_probes_is_refused(tmp_path, model_dir, data, fits):
+    mine = write(tmp_path, "mine.yaml", {"model": str(model_dir), "max_length": 32, **data})
+    if fits:
+        assert flags_from_file(mine, NO_CLUSTER, set())[0]["dtype"] == data["torch_dtype"]
+    else:
+        with pytest.raises(UsageError, match="mixed precision"):
+            flags_from_file(mine, NO_CLUSTER, set())

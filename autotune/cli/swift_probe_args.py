@@ -154,6 +154,7 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     dtype = settings.get("torch_dtype") or config.dtype()  # unset: ms-swift loads the model in its config's dtype
     if dtype:
         flags["dtype"] = dtype
+    _same_precision(file, flags.get("dtype") or getattr(args, "dtype", None), path)
     for key in _SAME:
         if settings.get(key) is not None:
             flags[key] = settings[key]
@@ -207,6 +208,25 @@ def _media_the_model_takes(flags: dict, config, path: str) -> list[str]:
         notes.append(f"probing one video of {flags['video_frames']} frames per sample (the frame limit {path} or this shell sets); "
                      "give --video-frames 0 if your data has no video")
     return notes
+
+
+def _same_precision(file: dict, dtype: str | None, path: str) -> None:
+    """The probe's mixed precision follows the dtype (bf16 for bfloat16, fp16 for float16, none for
+    float32); ms-swift's follows the file's bf16 / fp16 keys, and turns fp16 on for float32 weights
+    where fp16 is unset. A file whose precision is another is refused rather than probed as a
+    different run."""
+    from ..emit.swift_read import mixed_precision_of
+    from ..recipe.training_args import MIXED_PRECISION
+
+    if dtype is None:
+        return
+    theirs = mixed_precision_of({**file, "torch_dtype": dtype})
+    ours = MIXED_PRECISION.get(dtype, "no")
+    if theirs != ours:
+        raise UsageError(FLAG, f"{path} trains {dtype} weights with {theirs} mixed precision (its bf16 / fp16, as ms-swift sets "
+                               f"them), and autotune probes {dtype} with {ours}",
+                         "set bf16 / fp16 to match torch_dtype (bf16: true for bfloat16, fp16: true for float16), "
+                         "or torch_dtype to the precision you train in")
 
 
 class _Config:

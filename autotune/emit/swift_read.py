@@ -103,7 +103,7 @@ def _as_bool(key: str, value) -> bool:
     raise UsageError("--swift-args", f"{key}: cannot read {value!r} as true/false")
 
 
-def _mixed_precision_back(args: dict) -> str | None:
+def mixed_precision_of(args: dict) -> str | None:
     """ms-swift's rule (ModelArguments._init_mixed_precision): an unset fp16 is on for float16 and
     float32 weights, an unset bf16 on for bfloat16. None where neither the keys nor the dtype say."""
     dtype = args.get("torch_dtype")
@@ -187,7 +187,7 @@ def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token
             raise UsageError("--swift-args", f"gradient_checkpointing_kwargs: {kwargs!r} is not JSON") from None
     if isinstance(kwargs, dict) and kwargs.get("every_n_layers"):
         settings["checkpoint_every_n_layers"] = int(kwargs["every_n_layers"])
-    precision = _mixed_precision_back(args)
+    precision = mixed_precision_of(args)
     if precision is not None:
         settings["mixed_precision"] = precision
     if args.get("sequence_parallel_size") is not None:
