@@ -23,6 +23,8 @@ def emitted(name: str, version: str) -> dict:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_key_is_in_the_checked_in_field_list(name, version):
+    if (name, version) == ("fsdp", "3.12"):
+        pytest.skip("refused: ms-swift 3.12 ships no fsdp2 preset (tests/test_emit_quant_fsdp.py)")
     fields = swift.field_list(version)
     data = emitted(name, version)
     env = data.pop("ENV", None)

@@ -96,6 +96,10 @@ def lever_comments(recipe: Recipe) -> list[str]:
     if s.sequence_parallel_size and s.sequence_parallel_size > 1:
         notes.append(f"# sequence_parallel_size={s.sequence_parallel_size}: not measured by autotune; ms-swift splits each "
                      "sequence over that many ranks, so fewer ranks hold distinct samples: check the global batch")
+    if s.strategy == "fsdp":
+        notes.append("# fsdp2: ms-swift's preset checkpoints activations itself (fsdp_config activation_checkpointing: true, "
+                     "gradient_checkpointing then off): the run holds less than probed"
+                     + (" without checkpointing" if not s.gradient_checkpointing else "") + ", and every layer is checkpointed")
     if s.use_liger_kernel and ((recipe.search.levers or {}).get("asked", {}).get("liger") or {}).get("status") == "not measured":
         notes.append("# use_liger_kernel: asked for and not measured (Liger needs CUDA); it lowers training memory")
     return notes
@@ -163,7 +167,10 @@ def swift_args(recipe: Recipe, version: str, dataset: str | None = None) -> dict
     if strategy and strategy.startswith("zero"):
         args["deepspeed"] = strategy  # ms-swift ships zero2/zero3/zero2_offload/zero3_offload configs
     elif strategy == "fsdp":
-        args["fsdp"] = "fsdp2"  # ms-swift's FSDP2 preset (swift/../fsdp_config/fsdp2.json)
+        if not v4:  # 3.12.6's wheel has no fsdp_config/fsdp2.json, which its _init_fsdp looks for
+            raise UsageError("RECIPE", f"ms-swift {version} ships no fsdp2 preset for `fsdp: fsdp2`",
+                             "pass --swift-version 4.6 (ms-swift 4.x ships it), or write your own FSDP config file into the file's fsdp")
+        args["fsdp"] = "fsdp2"  # ms-swift's FSDP2 preset (swift/config/fsdp2.json)
     args.update(rlhf_keys)
     args["output_dir"] = "output"
     return args

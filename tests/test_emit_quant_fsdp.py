@@ -1,6 +1,6 @@
-"""A QLoRA recipe in each launch file: LoRA plus the 4-bit quantization it was probed with.
-Every target wrote `qlora` as its tuner (ms-swift: 'Unknown tuner_type'; LLaMA-Factory knows no
-finetuning_type qlora) and no quantization at all."""
+"""A QLoRA recipe in each launch file (LoRA plus the 4-bit quantization it was probed with):
+every target wrote `qlora` as its tuner (ms-swift: 'Unknown tuner_type'; LLaMA-Factory knows no
+finetuning_type qlora) and no quantization at all. And an FSDP recipe in ms-swift's file."""
 
 import dataclasses
 import json
@@ -52,3 +52,16 @@ def test_a_qlora_file_reads_back_as_qlora(tmp_path):
     out = tmp_path / "s.yaml"
     out.write_text(files("swift", qlora(), str(out), swift_version="4.6")[str(out)])
     assert settings_from_args(read_args(out))[1]["train_type"] == "qlora"
+
+
+def test_an_fsdp_recipe_says_what_ms_swifts_preset_does_and_3x_is_refused():
+    """ms-swift 4's fsdp2 preset turns on FSDP's own activation checkpointing; 3.12.6 ships no preset."""
+    import pytest
+
+    from autotune.errors import UsageError
+
+    r = variant("fsdp")
+    text = swift.render_yaml(r, "4.6")
+    assert yaml.safe_load(text)["fsdp"] == "fsdp2" and "checkpoints activations itself" in text
+    with pytest.raises(UsageError, match="no fsdp2 preset"):
+        swift.render_yaml(r, "3.12")
