@@ -299,3 +299,12 @@ def test_a_mixed_precision_other_than_the_probes_is_refused(tmp_path, model_dir,
     else:
         with pytest.raises(UsageError, match="mixed precision"):
             flags_from_file(mine, NO_CLUSTER, set())
+
+
+def test_the_max_pixels_argument_caps_images_as_the_template_rescales_them(tmp_path):
+    """ms-swift's `max_pixels` argument rescales every image before the processor (whose
+    MAX_PIXELS then applies too): the smaller of the two is the worst image."""
+    vision = Namespace(nproc_per_node=None, nnodes=None, model=None, model_config="tiny-qwen2.5-vl")
+    mine = write(tmp_path, "mine.yaml", {"max_length": 4096, "max_pixels": 50176})
+    assert flags_from_file(mine, vision, {"model_config"}, environ={})[0]["max_pixels"] == 50176
+    assert flags_from_file(mine, vision, {"model_config"}, environ={"MAX_PIXELS": "25088"})[0]["max_pixels"] == 25088

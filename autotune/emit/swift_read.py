@@ -207,6 +207,9 @@ def settings_from_args(args: dict, environ: dict | None = None, pixels_per_token
     for name, key in TOKEN_ENV.items():
         if name in env and pixels_per_token:
             settings[key] = int(env[name]) * pixels_per_token
+    if args.get("max_pixels") not in (None, "", "None"):  # the template's own rescale, before the processor's MAX_PIXELS
+        cap = int(args["max_pixels"])
+        settings["max_pixels"] = min(cap, settings["max_pixels"]) if "max_pixels" in settings else cap
     if settings.get("video_frames") or "USE_AUDIO_IN_VIDEO" in env:
         # ms-swift's Qwen2.5-Omni template loads a video's sound track only when told (default false)
         settings["use_audio_in_video"] = _as_bool("USE_AUDIO_IN_VIDEO", env.get("USE_AUDIO_IN_VIDEO", False))
