@@ -36,6 +36,9 @@ def test_llamafactory_writes_lora_with_4bit_quantization(tmp_path):
 
 
 def test_hf_sidecar_gives_the_bitsandbytes_config(tmp_path):
+    import pytest
+
+    pytest.importorskip("bitsandbytes")  # BitsAndBytesConfig reads its version
     from transformers import BitsAndBytesConfig
 
     out = str(tmp_path / "args.json")

@@ -154,6 +154,8 @@ def test_real_ms_swift_parses_the_file(name, tmp_path):
     its own HfArgumentParser over the real SftArguments/TrainArguments converts every value."""
     pytest.importorskip("swift")
     version = swift.resolve_version(None)
+    if name == "fsdp" and version.startswith("3."):
+        pytest.skip("refused: ms-swift 3.12 ships no fsdp2 preset (tests/test_emit_quant_fsdp.py)")
     path = tmp_path / "args.yaml"
     path.write_text(swift.render_yaml(variant(name), version))
     assert_real_swift_accepts(path, "sft", _installed_major())
