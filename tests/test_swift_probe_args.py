@@ -308,3 +308,12 @@ def test_the_max_pixels_argument_caps_images_as_the_template_rescales_them(tmp_p
     mine = write(tmp_path, "mine.yaml", {"max_length": 4096, "max_pixels": 50176})
     assert flags_from_file(mine, vision, {"model_config"}, environ={})[0]["max_pixels"] == 50176
     assert flags_from_file(mine, vision, {"model_config"}, environ={"MAX_PIXELS": "25088"})[0]["max_pixels"] == 25088
+
+
+def test_one_process_on_several_cards_is_said(tmp_path, model_dir):
+    """Without NPROC_PER_NODE ms-swift runs one process and splits the model over the visible cards."""
+    mine = write(tmp_path, "mine.yaml", {"model": str(model_dir), "max_length": 32, "ENV": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}})
+    _, notes = flags_from_file(mine, NO_CLUSTER, set(), environ={})
+    assert any("splits the model over them" in n for n in notes)
+    _, notes = flags_from_file(mine, NO_CLUSTER, set(), environ={"CUDA_VISIBLE_DEVICES": "0"})  # the shell's wins
+    assert not any("splits the model" in n for n in notes)

@@ -179,10 +179,14 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
         notes.append(f"{path} sets no max_length: ms-swift then trains at the model's full length, {full} tokens, and so does this "
                      f"probe (give --max-length auto for the longest that fits, or --max-length N)")
     if "global_batch_size" not in given:
-        layout = launch_environment(file, environ, ("NPROC_PER_NODE", "NNODES"))  # a 3.x YAML's launch: the shell's exports
+        layout = launch_environment(file, environ, ("NPROC_PER_NODE", "NNODES", "CUDA_VISIBLE_DEVICES"))  # a 3.x YAML's: the shell's
         flags["global_batch_size"], note = _global_batch(file, settings, layout, args, path)
         if note:
             notes.append(note)
+        cards = [c for c in layout.get("CUDA_VISIBLE_DEVICES", "").split(",") if c.strip()]
+        if len(cards) > 1 and "NPROC_PER_NODE" not in layout:
+            notes.append(f"{path} launches one process on {len(cards)} cards (CUDA_VISIBLE_DEVICES, no NPROC_PER_NODE): ms-swift then "
+                         "splits the model over them (device_map auto); this probe holds it on one card, more than any of them will")
     return {k: v for k, v in flags.items() if k not in given}, notes
 
 
