@@ -294,3 +294,18 @@ def test_the_length_steps_down_to_where_the_evaluation_fits_too():
              if t.phase == "eval" and t.settings.get("per_device_eval_batch_size") == 1}
     assert evals[record["fit"]] and not evals[record["non_fit"]]
     assert recipe.validation.passed and recipe.validation.eval_steps > 0
+
+
+def test_the_full_length_of_a_nested_thinker_is_found_as_ms_swift_finds_it():
+    """Qwen2.5-Omni keeps its length in thinker_config.text_config, which ms-swift's
+    get_max_model_len reaches; the reader found none ('states no length')."""
+    from autotune.emit.swift_read import default_max_length
+    from autotune.model.source import resolve
+
+    config = resolve(None, "tiny-qwen2.5-omni-thinker").config
+    assert default_max_length(config) == config.get_text_config().max_position_embeddings
+    # the whole Omni model's config: the thinker's language model counts, the talker's does not
+    omni = {"model_type": "qwen2_5_omni", "thinker_config": {"text_config": {"max_position_embeddings": 32768},
+                                                             "vision_config": {"max_position_embeddings": 64}},
+            "talker_config": {"max_position_embeddings": 4096}}
+    assert default_max_length(omni) == 32768

@@ -122,11 +122,34 @@ MODEL_LEN_KEYS = ("seq_length", "max_position_embeddings", "n_positions", "model
                   "max_sequence_length", "max_seq_length")
 
 
+LLM_KEYS = ("language_config", "llm_config", "text_config")
+
+
+def _config_values(config, name: str, parent: str | None = None) -> list:
+    """ms-swift's HfConfigFactory._get_config_attrs: `name` on the config and on its language
+    configs, depth first through every nested *_config but the talker's (Qwen2.5-Omni's
+    thinker_config.text_config counts; a vision tower's does not)."""
+    from transformers import PretrainedConfig
+
+    if not isinstance(config, (PretrainedConfig, dict)):
+        return []
+    keys = list(config) if isinstance(config, dict) else dir(config)
+    get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k, None))
+    found = [get(name)] if name in keys and parent in (None, *LLM_KEYS) else []
+    for key in keys:
+        if key.endswith("_config") and key != "talker_config":
+            found += _config_values(get(key), name, key)
+    return found
+
+
 def default_max_length(config) -> int | None:
-    """The max_length ms-swift uses when the arguments set none: the model's full length."""
-    configs = [config] + [getattr(config, name) for name in ("text_config", "llm_config", "language_config")
-                          if getattr(config, name, None) is not None]
-    found = [v for c in configs for key in MODEL_LEN_KEYS if isinstance(v := getattr(c, key, None), int) and v > 0]
+    """The max_length ms-swift uses when the arguments set none: the model's full length, as its
+    get_max_model_len finds it (for each key the first value found, the smallest over the keys)."""
+    found = []
+    for key in MODEL_LEN_KEYS:
+        values = [v for v in _config_values(config, key) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        if values:
+            found.append(values[0])
     return min(found) if found else None
 
 
