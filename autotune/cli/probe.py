@@ -42,6 +42,9 @@ examples:
   python -m autotune probe --model-config tiny-qwen2 --device sim --gpu-memory 2GiB --max-length 256 \\
       --attn sdpa --gradient-checkpointing on --prediction-loss-only --plot probe.png
 
+  # your ms-swift file as the input: its model, tuner, length and global batch; written back tuned, the rest kept
+  python -m autotune probe --swift-args my-sft.yaml --out my-sft.recipe.yaml --emit swift
+
   # real weights, emulate a 24 GiB card on a bigger one, machine-readable output
   python -m autotune probe --model ./Qwen2.5-0.5B --max-length 2048 --gpu-memory 24GiB --format json
 
