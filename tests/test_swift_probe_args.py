@@ -317,3 +317,10 @@ def test_one_process_on_several_cards_is_said(tmp_path, model_dir):
     assert any("splits the model over them" in n for n in notes)
     _, notes = flags_from_file(mine, NO_CLUSTER, set(), environ={"CUDA_VISIBLE_DEVICES": "0"})  # the shell's wins
     assert not any("splits the model" in n for n in notes)
+
+
+def test_packing_with_padding_free_is_packing(tmp_path, model_dir):
+    """ms-swift turns padding_free on with packing: a file setting both packs (autotune refuses the two levers together)."""
+    mine = write(tmp_path, "mine.yaml", {"model": str(model_dir), "max_length": 32, "packing": True, "padding_free": True})
+    flags, _ = flags_from_file(mine, NO_CLUSTER, set())
+    assert flags["packing"] == "on" and "padding_free" not in flags and flags["attn"] == "flash_attention_2"

@@ -164,7 +164,7 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
         if settings.get(key):
             flags[dest] = True
     for key, dest in _LEVERS.items():
-        if settings.get(key):
+        if settings.get(key) and not (key == "padding_free" and settings.get("packing")):  # ms-swift's packing is padding-free
             flags[dest] = "on"  # the file needs it (padding_free's collator, packing's rows): not searched away
     if settings.get("packing") or settings.get("padding_free"):
         flags["attn"] = "flash_attention_2"  # the only attention ms-swift runs them with (SftArguments._check_padding_free)
