@@ -64,6 +64,10 @@ def test_a_probe_of_the_users_file_runs_its_workload_and_writes_it_back_tuned(tm
     assert "--learning_rate 2e-05" in script and "--system 'Be brief.'" in script
     capsys.readouterr()
     assert main(["check", str(out), "--swift-args", str(tmp_path / "r.swift.yaml")]) == 0, capsys.readouterr().err  # the file as launched fits
+    assert recipe.swift_args == str(Path(mine).resolve())  # so a later `emit swift` can say how to write it back
+    capsys.readouterr()
+    assert main(["emit", "swift", str(out), "-o", str(tmp_path / "later.yaml")]) == 0
+    assert f"--swift-args {mine}" in capsys.readouterr().err
 
 
 def test_a_flag_on_the_command_line_wins_over_the_file(tmp_path, model_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from ..emit import TARGETS, files, require_validated
@@ -108,6 +109,9 @@ def run(args) -> int:
     write_files(outputs, args.force)
     for path in outputs:
         print(f"wrote {path}", file=sys.stderr)
+    if args.target == "swift" and recipe.swift_args and not args.swift_args:
+        print(f"note: the recipe was probed from {recipe.swift_args}; add --swift-args {shlex.quote(recipe.swift_args)} "
+              "to write that file back with these settings (its dataset, learning rate, ... kept)", file=sys.stderr)
     for path in outputs:
         command = next_steps.launch_command(args.target, path, args.swift_version, recipe.settings.rlhf_type)
         if command:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import os
 
 from ..cluster import launch
 from ..cluster.journal import journal_path
@@ -263,6 +265,8 @@ def run(args) -> int:
     recipe = probe(spec, progress=progress, plan=plan)
     if not main_rank:
         return 0
+    if getattr(args, "swift_args", None):  # what `emit swift` later needs to write the user's file back
+        recipe = dataclasses.replace(recipe, swift_args=os.path.abspath(args.swift_args))
     save_recipe(recipe, args.out)
     written, emitted = [args.out], {}
     for target in args.emit or []:

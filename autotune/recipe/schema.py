@@ -205,6 +205,7 @@ class Recipe:
     # RLHF (issue #12): how the run was modelled -- type, target framework, the reference model's
     # residency, the rollout engine's share of the card (reserved or measured, `auto`'s sizing).
     rlhf: dict | None = None
+    swift_args: str | None = None  # probe --swift-args: the user's ms-swift file (absolute), which `emit swift --swift-args` writes back
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
