@@ -328,3 +328,13 @@ def test_packing_with_padding_free_is_packing(tmp_path, model_dir):
     mine = write(tmp_path, "mine.yaml", {"model": str(model_dir), "max_length": 32, "packing": True, "padding_free": True})
     flags, _ = flags_from_file(mine, NO_CLUSTER, set())
     assert flags["packing"] == "on" and "padding_free" not in flags and flags["attn"] == "flash_attention_2"
+
+
+def test_a_qlora_file_written_back_from_a_lora_recipe_loses_its_quantization(tmp_path):
+    """probe --swift-args qlora.yaml --train-type lora probes LoRA: the file written back must not
+    quantize (its quant keys kept would launch QLoRA, not the run probed)."""
+    from autotune.emit.swift_base import merge
+
+    base = {"model": "/m", "tuner_type": "lora", "quant_method": "bnb", "quant_bits": 4, "bnb_4bit_compute_dtype": "bfloat16"}
+    merged, removed = merge({"tuner_type": "lora", "lora_rank": 8}, base, False)
+    assert not {"quant_method", "quant_bits", "bnb_4bit_compute_dtype"} & set(merged) and "quant_method" in removed

@@ -22,6 +22,8 @@ OWNED = frozenset((
     "rlhf_type", "num_generations", "max_completion_length", "beta", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization",
     "vllm_max_model_len", "sleep_level", "offload_model", "offload_optimizer", "steps_per_generation", "generation_batch_size",
     "precompute_ref_log_probs", "reward_model",
+    # the quantization QLoRA is probed with (a LoRA recipe keeps none of a QLoRA file's)
+    "quant_method", "quant_bits", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage",
     # swift rlhf takes response_length or max_new_tokens before max_completion_length: kept, they would override it
     "response_length", "max_new_tokens",
 ))
