@@ -113,30 +113,21 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
     return recipe, note
 
 
-_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-               "vocab_size", "num_local_experts", "num_experts")
-
-
-def _shape(config) -> dict:
-    """What decides a model's memory, from its config (a vision-language model's language part included)."""
-    text = getattr(config, "text_config", None) or getattr(config, "llm_config", None)
-    return {f"{part}{k}": getattr(c, k, None) for part, c in (("", config), ("text_config.", text)) if c is not None for k in _SHAPE_KEYS}
-
-
 def _same_model(recipe, args: dict, path: str, model_config) -> None:
     """Refuse a file that trains another model than the recipe's (where the file's model is a local
     directory: a hub id cannot be read here). The check would run the recipe's model, not the file's."""
     from ..model.source import resolve
+    from ..plan.match import config_sizes, size_differences
 
     name = args.get("model")
     if not name or not (Path(str(name)).expanduser() / "config.json").is_file():
         return
-    theirs, ours = _shape(resolve(None, str(Path(str(name)).expanduser())).config), _shape(model_config(recipe))
-    differ = [k for k in ours if theirs.get(k) != ours[k]]
+    theirs, ours = resolve(None, str(Path(str(name)).expanduser())).config, model_config(recipe)
+    differ = ([f"model_type {theirs.model_type} vs {ours.model_type}"] if theirs.model_type != ours.model_type
+              else size_differences(config_sizes(theirs), config_sizes(ours)))
     if differ:
-        k = differ[0]
-        raise UsageError("--swift-args", f"{path} trains another model ({name}: {k} {theirs.get(k)}) than the recipe was probed on "
-                                         f"({recipe.model.path}: {k} {ours[k]})", f"probe that model: autotune probe --swift-args {path}")
+        raise UsageError("--swift-args", f"{path} trains another model ({name}) than the recipe was probed on ({recipe.model.path}): "
+                                         f"{differ[0]}", f"probe that model: autotune probe --swift-args {path}")
 
 
 def _attention_runs_here(recipe, args) -> None:

@@ -32,13 +32,13 @@ def config_sizes(config) -> dict:
     return sizes
 
 
-def _differences(planned: dict, probed: dict, where: str = "") -> list[str]:
+def size_differences(planned: dict, probed: dict, where: str = "") -> list[str]:
     """Sizes both record and that differ (a size only one side's transformers names is not one)."""
     found = []
     for key in planned.keys() & probed.keys():
         a, b = planned[key], probed[key]
         if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{where}{key}.")
+            found += size_differences(a, b, f"{where}{key}.")
         elif a != b:
             found.append(f"{where}{key} {a} vs {b}")
     return sorted(found)
@@ -62,7 +62,7 @@ def _check_model(recipe: Recipe, source) -> None:
     if (model.model_type, model.architecture) != (source.model_type, source.architecture):
         differs = ["another architecture"]
     elif recorded is not None:
-        differs = _differences(recorded, config_sizes(source.config))
+        differs = size_differences(recorded, config_sizes(source.config))
     else:  # a plan written before its sizes were recorded: the size the recipe keeps
         hidden = _hidden_size(source.config)
         differs = [f"hidden_size {model.hidden_size} vs {hidden}"] if None not in (model.hidden_size, hidden) and model.hidden_size != hidden else []
