@@ -55,7 +55,9 @@ def check_targets(args) -> None:
     from ..errors import UsageError
 
     swift = "swift" in (getattr(args, "emit", None) or []) or bool(getattr(args, "swift_args", None))
-    flash = {a.strip() for a in getattr(args, "attn", "").split(",")} <= {"flash_attention_2", "flash_attention_3"}
+    from ..emit.swift import FLASH_IMPLS
+
+    flash = {a.strip() for a in getattr(args, "attn", "").split(",")} <= set(FLASH_IMPLS)
     for name, flag in (("packing", "--packing"), ("padding_free", "--padding-free")):
         if swift and getattr(args, name, "off") != "off" and not flash:
             raise UsageError(flag, "ms-swift runs it with flash attention only (its packing is padding-free), so a recipe using it "

@@ -93,18 +93,12 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run, option_dests=swift_probe_args.option_dests(p))
 
 
-def _read_swift_args(args) -> list[str]:
-    """Fill the flags not given from --swift-args's file; its notes, for the console."""
-    if not getattr(args, "swift_args", None):
-        return []
-    given = swift_probe_args.given_dests(getattr(args, "argv", []), getattr(args, "option_dests", {}))
-    flags, notes = swift_probe_args.flags_from_file(args.swift_args, args, given)
+def _plan_eval(flags: dict) -> dict:
+    """A plan keeps the loss, logits or argmax ids; generation is probe's: a generating file's eval is planned as the loss."""
     if flags.pop("predict_with_generate", None) or flags.pop("prediction_loss_only", None):
-        flags.setdefault("eval_outputs", "loss")  # a plan keeps the loss, logits or argmax ids; generation is probe's
+        flags.setdefault("eval_outputs", "loss")
     flags.pop("max_new_tokens", None)
-    for dest, value in flags.items():
-        setattr(args, dest, value)
-    return notes
+    return flags
 
 
 def options_from_args(args):
@@ -135,7 +129,7 @@ def _size_or_zero(text: str, flag: str) -> int:
 
 
 def run(args) -> int:
-    notes = _read_swift_args(args)
+    notes = swift_probe_args.fill(args, _plan_eval)
     if args.max_length is None:
         raise UsageError("--max-length", "missing (the tokens per sample)", "give --max-length N, or --swift-args FILE (your ms-swift arguments)")
     if args.dataset:

@@ -211,13 +211,7 @@ def _launches_swift(args) -> bool:
 
 def _read_swift_args(args, console) -> None:
     """Fill the flags the command line does not give from --swift-args's file (README: Your ms-swift file)."""
-    if not getattr(args, "swift_args", None):
-        return
-    given = swift_probe_args.given_dests(getattr(args, "argv", []), getattr(args, "option_dests", {}))
-    flags, notes = swift_probe_args.flags_from_file(args.swift_args, args, given)
-    for dest, value in flags.items():
-        setattr(args, dest, value)
-    for note in notes:
+    for note in swift_probe_args.fill(args):
         console.print(f"note: {note}", soft_wrap=True)
 
 

@@ -50,6 +50,18 @@ def given_dests(argv: list[str], options: dict[str, str]) -> set[str]:
     return given
 
 
+def fill(args, adjust=None) -> list[str]:
+    """Set on `args` every flag --swift-args's file gives and the command line does not (`adjust`:
+    a command's own change to those flags first, as plan's); returns the notes for the console."""
+    if not getattr(args, "swift_args", None):
+        return []
+    given = given_dests(getattr(args, "argv", []), getattr(args, "option_dests", {}))
+    flags, notes = flags_from_file(args.swift_args, args, given)
+    for dest, value in (adjust(flags) if adjust else flags).items():
+        setattr(args, dest, value)
+    return notes
+
+
 def _world_of(args) -> int | None:
     """The world size the probe runs at, where its flags say it plainly (--nnodes 2, not 1:2);
     a plan's --world-size."""
