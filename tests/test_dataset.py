@@ -72,8 +72,8 @@ def test_distribution_and_problem_lines(data):
     spec = ProbeSpec(max_length=None, model_config="tiny-qwen2-vl", dataset=str(tmp_path / "train.jsonl"), tokenizer=tokenizer)
     new_spec, profile, record = from_dataset(spec, resolve(None, "tiny-qwen2-vl"))
     assert profile.token_counts() == expected
-    assert [line for line, _ in profile.issues] == [4, 5, 6, 7]
-    problems = dict(profile.issues)
+    assert [(file, line) for file, line, _ in profile.issues] == [(str(tmp_path / "train.jsonl"), n) for n in (4, 5, 6, 7)]
+    problems = {line: problem for _, line, problem in profile.issues}
     assert "not valid JSON" in problems[4] and "missing.png" in problems[5] and "broken.png" in problems[6] and "messages" in problems[7]
     assert record["tokens"] == {"p50": expected[1], "p95": expected[3], "max": expected[3], "count": 4}
     assert record["image_pixels"]["max"] == 308 * 196 and record["image_pixels"]["count"] == 3
@@ -151,7 +151,7 @@ def test_a_model_directory_supplies_weights_and_tokenizer(data, tmp_path):
 
 @pytest.mark.parametrize("text,needle", [
     ("", "empty.jsonl holds no sample; write one ms-swift sample per line: a JSON object with a 'messages' list"),
-    ('{"foo": 1}\n', "(1 problem line(s); first: line 1: no 'messages' list); fix that line and the others like it"),
+    ('{"foo": 1}\n', "(1 problem line(s); first: {path}:1: no 'messages' list); fix that line and the others like it"),
 ])
 def test_no_usable_sample_says_what_to_fix(tmp_path, text, needle):
     """Raised before any problem line is printed: the hint used to say 'fix the lines named above'."""
@@ -160,6 +160,7 @@ def test_no_usable_sample_says_what_to_fix(tmp_path, text, needle):
                      tokenizer=make_tokenizer(tmp_path / "tok"))
     with pytest.raises(UsageError) as info:
         from_dataset(spec, resolve(None, "tiny-llama"))
+    needle = needle.format(path=tmp_path / "empty.jsonl")
     assert info.value.flag == "--dataset" and needle in str(info.value) and "named above" not in str(info.value)
 
 

@@ -83,7 +83,9 @@ def add_arguments(parser) -> None:
                     help="true: the video's own sound track goes in too, its 30 s of audio tokens interleaved with the frames' "
                          "(Qwen2.5-Omni's thinker; ms-swift's USE_AUDIO_IN_VIDEO)")
     data = parser.add_argument_group("your own data")
-    data.add_argument("--dataset", metavar="FILE.jsonl", help="ms-swift JSONL: measure every sample and probe at the longest (or --length-percentile)")
+    data.add_argument("--dataset", metavar="FILE.jsonl", nargs="+",
+                      help="ms-swift JSONL file(s): measure every sample and probe at the longest (or --length-percentile); "
+                           "none: probe at --max-length, not at the data --swift-args's file names")
     data.add_argument("--length-percentile", type=float, metavar="P", help="probe at the P-th percentile of the data's lengths and pixels; longer samples are truncated (counted in the recipe)")
     data.add_argument("--tokenizer", metavar="DIR", help="local tokenizer/processor files for --dataset when --model/--model-config has none")
 
@@ -91,4 +93,14 @@ def add_arguments(parser) -> None:
 def spec_kwargs(args) -> dict:
     kwargs = {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
                                             "audio_clips", "video_frames", "video_max_pixels", "video_min_pixels", "use_audio_in_video", "image_resize", "dataset", "length_percentile", "tokenizer")}
+    kwargs["dataset"] = dataset_files(kwargs["dataset"])
     return {k: None if v == "auto" else v for k, v in kwargs.items()}
+
+
+def dataset_files(files: list[str] | str | None) -> str | tuple[str, ...] | None:
+    """--dataset's files: one path, a tuple of several, None for none (`--dataset none`)."""
+    if files is None or isinstance(files, str):
+        return files
+    if [f.lower() for f in files] == ["none"]:
+        return None
+    return files[0] if len(files) == 1 else tuple(files)

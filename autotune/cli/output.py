@@ -71,8 +71,8 @@ class ConsoleProgress(ProgressSink):
 
 
     def dataset(self, profile, record: dict) -> None:
-        for line, problem in profile.issues:
-            self.console.print(f"[yellow]{profile.path}:{line}[/yellow]: {problem}", soft_wrap=True)
+        for file, line, problem in profile.issues:
+            self.console.print(f"[yellow]{file}:{line}[/yellow]: {problem}", soft_wrap=True)
         self.console.print(dataset_lines(record))
 
 

@@ -129,10 +129,10 @@ def _size_or_zero(text: str, flag: str) -> int:
 
 
 def run(args) -> int:
-    notes = swift_probe_args.fill(args, _plan_eval)
+    notes = swift_probe_args.fill(args, _plan_eval, measure_data=False)
     if args.max_length is None:
         raise UsageError("--max-length", "missing (the tokens per sample)", "give --max-length N, or --swift-args FILE (your ms-swift arguments)")
-    if args.dataset:
+    if multimodal_args.dataset_files(args.dataset):
         raise UsageError("--dataset", "plan takes the worst case from --max-length and the pixel flags, not from data",
                          "run `autotune probe --dataset ...` to measure your data, or give --max-length")
     options = options_from_args(args)

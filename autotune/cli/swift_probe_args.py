@@ -8,7 +8,8 @@ gradient_accumulation_steps x the processes the file launches, with ms-swift's o
 an unset accumulation), freezing, the media limits of its ENV block (and the shell's exports),
 what its evaluation keeps (eval_metric / metric acc, predict_with_generate), the levers it turns
 on (packing, padding_free, use_liger_kernel, sequence_parallel_size), the DeepSpeed preset, the
-optimizer and the `swift rlhf` settings. What autotune searches is not taken: the per-device
+optimizer, the `swift rlhf` settings, and its local data (dataset, val_dataset), measured as
+--dataset measures it. What autotune searches is not taken: the per-device
 batches and accumulation (at the kept global batch), gradient checkpointing and attention; the
 file's values for those are what the emitted file then replaces.
 
@@ -50,13 +51,14 @@ def given_dests(argv: list[str], options: dict[str, str]) -> set[str]:
     return given
 
 
-def fill(args, adjust=None) -> list[str]:
+def fill(args, adjust=None, measure_data: bool = True) -> list[str]:
     """Set on `args` every flag --swift-args's file gives and the command line does not (`adjust`:
-    a command's own change to those flags first, as plan's); returns the notes for the console."""
+    a command's own change to those flags first, as plan's; `measure_data`: the file's local
+    dataset becomes --dataset, as a probe measures it); returns the notes for the console."""
     if not getattr(args, "swift_args", None):
         return []
     given = given_dests(getattr(args, "argv", []), getattr(args, "option_dests", {}))
-    flags, notes = flags_from_file(args.swift_args, args, given)
+    flags, notes = flags_from_file(args.swift_args, args, given, measure_data=measure_data)
     for dest, value in (adjust(flags) if adjust else flags).items():
         setattr(args, dest, value)
     return notes
@@ -148,7 +150,7 @@ _SWITCHES = {"use_vllm": "use_vllm", "offload_model": "offload_model", "offload_
 _LEVERS = {"packing": "packing", "padding_free": "padding_free", "use_liger_kernel": "liger"}
 
 
-def flags_from_file(path: str, args, given: set[str], environ: dict | None = None) -> tuple[dict, list[str]]:
+def flags_from_file(path: str, args, given: set[str], environ: dict | None = None, measure_data: bool = True) -> tuple[dict, list[str]]:
     """(argparse dest -> value for every flag the file sets and the command line does not, notes
     for the user). Raises UsageError naming what in the file cannot be probed."""
     from ..emit.swift_read import default_max_length, launch_environment, read_args, refuse_unprobed, settings_from_args
@@ -183,13 +185,18 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     notes = _media_the_model_takes(flags, config.get(), path)
     flags.update(_eval_flags(file, settings))
     flags.update(_strategy_flags(file, settings))
+    data, data_note = _dataset_flags(file, flags, args, given, path, measure_data)
+    flags.update(data)
     if flags.get("max_length") is None and "max_length" not in given:
         full = default_max_length(config.get())
         if full is None:
             raise UsageError(FLAG, f"{path} sets no max_length and the model's config states no length", "add max_length to it, or give --max-length N")
         flags["max_length"] = full
-        notes.append(f"{path} sets no max_length: ms-swift then trains at the model's full length, {full} tokens, and so does this "
-                     f"probe (give --max-length auto for the longest that fits, or --max-length N)")
+        probed = ("its longest sample up to that" if data else "that") + (", and so does this probe" if measure_data else "; plan at that")
+        notes.append(f"{path} sets no max_length: ms-swift then trains at up to the model's full length, {full} tokens, {probed} "
+                     f"(give --max-length auto for the longest that fits, or --max-length N)")
+    if data_note:
+        notes.append(data_note)
     if "global_batch_size" not in given:
         layout = launch_environment(file, environ, ("NPROC_PER_NODE", "NNODES", "CUDA_VISIBLE_DEVICES"))  # a 3.x YAML's: the shell's
         flags["global_batch_size"], note = _global_batch(file, settings, layout, args, path)
@@ -200,6 +207,83 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
             notes.append(f"{path} launches one process on {len(cards)} cards (CUDA_VISIBLE_DEVICES, no NPROC_PER_NODE): ms-swift then "
                          "splits the model over them (device_map auto); this probe holds it on one card, more than any of them will")
     return {k: v for k, v in flags.items() if k not in given}, notes
+
+
+_AUTO = ("max_length", "max_pixels", "video_frames")  # a limit search takes no --dataset (spec.py)
+
+
+def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, measure_data: bool) -> tuple[dict, str | None]:
+    """({"dataset": the file's local JSONL files} where the probe can measure them, else {}; the note
+    that says which). ms-swift drops (or truncates) a sample longer than max_length, so the data's
+    longest sample, capped by max_length, is the run's worst case. The data is measured only where
+    all of it can be (a hub id is not downloaded; only ms-swift's `messages` JSONL is read), and the
+    file's val_dataset counts too: the mid-training evaluation runs on it."""
+    if "dataset" in given:  # --dataset on the command line, or `--dataset none` to probe at max_length
+        return {}, None
+    names = _as_list(file.get("dataset")) + _as_list(file.get("val_dataset"))
+    if not names:
+        return {}, None
+    local = [_local_file(name) for name in names]
+    at = "plan takes the worst case from max_length" if not measure_data else "probing at max_length"
+    hub = [name for name, found in zip(names, local) if found is None]
+    if hub:
+        return {}, (f"{path}'s dataset {', '.join(map(str, hub))} is not a local file here (autotune downloads nothing): not measured, "
+                    f"{at}")
+    unread = [str(found) for found in local if found.suffix != ".jsonl" or not _holds_messages(found)]
+    if unread:
+        return {}, (f"{path}'s dataset {', '.join(unread)} is not an ms-swift `messages` JSONL, the one format autotune measures: "
+                    f"not measured, {at}")
+    if not measure_data:
+        return {}, f"{path}'s dataset is not measured by a plan: `autotune probe --swift-args {path}` measures it"
+    blocked = ("an RLHF probe does not measure data yet" if flags.get("rlhf_type") or getattr(args, "rlhf_type", None) else
+               next((f"--{key.replace('_', '-')} auto searches the limit" for key in _AUTO if getattr(args, key, None) == "auto"), None))
+    if blocked:
+        return {}, f"{path}'s dataset is not measured: {blocked}; {at}"
+    if not _tokenizer_at(flags, args):
+        return {}, (f"{path}'s dataset is not measured: the model directory has no tokenizer to count its tokens with "
+                    f"(give --tokenizer DIR to measure it); {at}")
+    files = [str(found) for found in local]
+    return {"dataset": files[0] if len(files) == 1 else files}, (
+        f"measuring {path}'s dataset ({', '.join(files)}): the probe runs at its longest sample, as ms-swift would meet it "
+        "(give --dataset none to probe at max_length instead)")
+
+
+def _as_list(value) -> list:
+    if value in (None, "", []):
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _local_file(name) -> Path | None:
+    """The file an ms-swift dataset entry names here (`PATH`, `PATH#N` sampling N of it), as ms-swift's
+    DatasetSyntax finds it: relative to the directory it is launched from. None for a hub id."""
+    text = str(name)
+    for candidate in (text, text.rsplit("#", 1)[0]):
+        found = Path(candidate).expanduser()
+        if found.is_file():
+            return found
+    return None
+
+
+def _holds_messages(path: Path) -> bool:
+    """The file's first sample is an ms-swift `messages` record (alpaca, sharegpt, query/response
+    columns are ms-swift's too, and autotune does not read them)."""
+    import json
+
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = next((line for line in handle if line.strip()), "")
+        return isinstance(json.loads(first).get("messages"), list)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def _tokenizer_at(flags: dict, args) -> bool:
+    from ..model.dataset import TOKENIZER_FILES
+
+    places = [getattr(args, "tokenizer", None), flags.get("model") or getattr(args, "model", None),
+              flags.get("model_config") or getattr(args, "model_config", None)]
+    return any(place and Path(place).is_dir() and any((Path(place) / f).is_file() for f in TOKENIZER_FILES) for place in places)
 
 
 _IMAGE_KEYS = ("max_pixels",)

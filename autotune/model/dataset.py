@@ -37,7 +37,7 @@ class DatasetProfile:
     path: str
     lines: int
     samples: list[Sample]
-    issues: list[tuple[int, str]]  # (line number, what is wrong)
+    issues: list[tuple[str, int, str]]  # (file, line number, what is wrong)
     tokenizer: str
 
     def token_counts(self) -> list[int]:
@@ -121,29 +121,54 @@ def _image_size(path: Path) -> tuple[int, int]:
     return size
 
 
+def dataset_paths(dataset) -> list[str]:
+    """--dataset's files: one path, or several (ms-swift's `dataset` list)."""
+    return [dataset] if isinstance(dataset, str) else list(dataset)
+
+
 def measure(spec, source, family, vision_plan) -> DatasetProfile:
-    """Measure every sample. `vision_plan` supplies the per-item wrapper tokens and the video
-    worst case; `family` the per-image rule."""
+    """Measure every sample of every file. `vision_plan` supplies the per-item wrapper tokens and
+    the video worst case; `family` the per-image rule."""
     from transformers import AutoTokenizer
 
-    path = Path(spec.dataset).expanduser()
-    if not path.is_file():
-        raise UsageError("--dataset", f"no file at {spec.dataset}", "give an ms-swift JSONL file")
+    paths = [Path(name).expanduser() for name in dataset_paths(spec.dataset)]
+    for path in paths:
+        if not path.is_file():
+            raise UsageError("--dataset", f"no file at {path}", "give an ms-swift JSONL file")
     tokenizer_dir = find_tokenizer(spec, source)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     if not getattr(tokenizer, "chat_template", None):
         raise UsageError("--tokenizer", f"the tokenizer in {tokenizer_dir} has no chat template", "use the model's own tokenizer files")
     max_pixels = spec.max_pixels or (family.default_max_pixels if family else None)
     samples, issues, lines = [], [], 0
+    for path in paths:
+        file_samples, file_issues, file_lines = _measure_file(path, tokenizer, source, family, vision_plan, max_pixels)
+        samples += file_samples
+        issues += file_issues
+        lines += file_lines
+    where = ", ".join(str(path) for path in paths)
+    if not samples:
+        # Raised before any problem line is printed: the message itself names the first one.
+        if issues:
+            file, line, problem = issues[0]
+            raise UsageError("--dataset", f"no usable sample in {where} ({len(issues)} problem line(s); first: {file}:{line}: {problem})",
+                             "fix that line and the others like it")
+        raise UsageError("--dataset", f"{where} holds no sample", "write one ms-swift sample per line: a JSON object with a 'messages' list")
+    return DatasetProfile(where, lines, samples, issues, tokenizer_dir)
+
+
+def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels) -> tuple[list[Sample], list[tuple[str, int, str]], int]:
+    """(samples, (file, line, problem) for each line that cannot be measured, lines read) of one file."""
+    samples, issues, lines = [], [], 0
     for number, record, problem in _records(path):
         lines = number
         problem = problem or _check_record(record)
         if problem:
-            issues.append((number, problem))
+            issues.append((str(path), number, problem))
             continue
         images, videos = _paths(record, "images"), _paths(record, "videos")
         if (images or videos) and family is None:
-            issues.append((number, "has images or videos, but the model is text-only"))
+            issues.append((str(path), number, "has images or videos, but the model is text-only"))
             continue
         pixels, sizes, vision_tokens, bad = [], [], 0, None
         for name in images:
@@ -168,22 +193,16 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
                 bad = bad or f"video not found: {name}"
             vision_tokens += vision_plan.video_tokens + vision_plan.video_wrap
         if bad:
-            issues.append((number, bad))
+            issues.append((str(path), number, bad))
             continue
         messages = [{"role": m["role"], "content": _strip_tags(m["content"])} for m in record["messages"]]
         try:
             text_tokens = len(_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
         except Exception as exc:  # noqa: BLE001 - a template can reject a conversation (roles out of order...)
-            issues.append((number, f"the chat template rejects it ({str(exc).splitlines()[0][:120]})"))
+            issues.append((str(path), number, f"the chat template rejects it ({str(exc).splitlines()[0][:120]})"))
             continue
         samples.append(Sample(number, text_tokens + vision_tokens, len(images), pixels, sizes))
-    if not samples:
-        # Raised before any problem line is printed: the message itself names the first one.
-        if issues:
-            raise UsageError("--dataset", f"no usable sample in {path} ({len(issues)} problem line(s); first: line {issues[0][0]}: {issues[0][1]})",
-                             "fix that line and the others like it")
-        raise UsageError("--dataset", f"{path} holds no sample", "write one ms-swift sample per line: a JSON object with a 'messages' list")
-    return DatasetProfile(str(path), lines, samples, issues, tokenizer_dir)
+    return samples, issues, lines
 
 
 def _ids(encoded) -> list:
@@ -229,7 +248,7 @@ def record(profile: DatasetProfile, limits: Limits, spec) -> dict:
     """What the recipe keeps about the data."""
     return {
         "path": profile.path, "lines": profile.lines, "samples": len(profile.samples), "tokenizer": profile.tokenizer,
-        "issues": [{"line": line, "problem": problem} for line, problem in profile.issues[:100]],
+        "issues": [{"file": file, "line": line, "problem": problem} for file, line, problem in profile.issues[:100]],
         "issue_count": len(profile.issues),
         "tokens": distribution(profile.token_counts()), "image_pixels": distribution(profile.pixel_counts()),
         "length_percentile": spec.length_percentile, "max_length": limits.max_length, "max_pixels": limits.max_pixels,

@@ -1,0 +1,161 @@
+"""`probe --swift-args FILE`: the file's own local data is measured, as `--dataset` measures it,
+so the probe runs at the longest sample ms-swift will meet (capped by the file's max_length), and
+where it cannot be measured the probe runs at max_length and says why."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from autotune.cli import build_parser, main
+from autotune.cli.swift_probe_args import flags_from_file, given_dests
+from autotune.model.dataset import from_dataset
+from autotune.model.source import BUILTIN_DIR, resolve
+from autotune.recipe.schema import load_recipe
+from autotune.spec import ProbeSpec
+from test_dataset import chat, make_tokenizer, text_tokens
+
+LONG = " ".join(["word"] * 20)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A config-only model directory with its tokenizer, as a user's copy without the weights."""
+    directory = tmp_path / "tiny"
+    directory.mkdir()
+    shutil.copy(BUILTIN_DIR / "tiny-llama.json", directory / "config.json")
+    make_tokenizer(directory)
+    return directory
+
+
+def jsonl(path, *records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def swift_file(tmp_path, **keys):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(keys, sort_keys=False))
+    return str(path)
+
+
+def read(path, argv=()):
+    args = build_parser().parse_args(["probe", "--swift-args", path, *argv])
+    return flags_from_file(path, args, given_dests(list(argv), args.option_dests))
+
+
+def test_the_files_local_data_sets_the_probed_length_and_the_file_written_back(tmp_path, model_dir):
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"), chat(LONG))
+    mine = swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=64, per_device_train_batch_size=1,
+                      gradient_accumulation_steps=2, output_dir="runs/mine")
+    out = tmp_path / "r.yaml"
+    assert main(["probe", "--swift-args", mine, "--device", "sim", "--gpu-memory", "64MiB", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--max-batch-size", "4", "--validate-steps", "3", "--quiet",
+                 "--out", str(out), "--emit", "swift", "--swift-version", "4.6"]) == 0
+    recipe = load_recipe(out)
+    longest = text_tokens(LONG, "ok")
+    assert recipe.settings.max_length == longest < 64
+    assert recipe.dataset["path"] == train and recipe.dataset["tokens"]["max"] == longest
+    tuned = yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
+    assert tuned["dataset"] == [train] and tuned["max_length"] == longest
+
+
+def test_the_files_max_length_caps_the_data_and_val_dataset_counts(tmp_path, model_dir):
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    val = jsonl(tmp_path / "val.jsonl", chat(LONG))  # the mid-training evaluation meets the longest sample
+    mine = swift_file(tmp_path, model=str(model_dir), dataset=train, val_dataset=[val], max_length=12)
+    flags, notes = read(mine)
+    assert flags["dataset"] == [train, val] and flags["max_length"] == 12
+    assert any("measuring" in n and "--dataset none" in n for n in notes)
+    spec, _, record = from_dataset(ProbeSpec(max_length=flags["max_length"], model_config=str(model_dir), dataset=flags["dataset"]),
+                                   resolve(None, str(model_dir)))
+    assert spec.max_length == 12 and record["truncated_samples"] == 1 and record["tokens"]["max"] == text_tokens(LONG, "ok")
+
+
+def test_an_unset_max_length_probes_the_longest_sample_up_to_the_models_length(tmp_path, model_dir):
+    """The Ovis2 report with the data at hand: ms-swift keeps samples up to the model's length, the
+    data's longest is what the run meets."""
+    train = jsonl(tmp_path / "train.jsonl", chat(LONG))
+    flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=[train]))
+    full = json.loads((BUILTIN_DIR / "tiny-llama.json").read_text())["max_position_embeddings"]
+    assert flags["dataset"] == train and flags["max_length"] == full
+    assert any(f"full length, {full} tokens, its longest sample up to that" in n for n in notes)
+
+
+@pytest.mark.parametrize("entry,kind", [
+    ("AI-ModelScope/alpaca-gpt4-data-en#500", "hub"),
+    ("alpaca.jsonl", "format"),
+    ("train.csv", "format"),
+])
+def test_data_that_cannot_be_measured_is_said_and_the_probe_runs_at_max_length(tmp_path, model_dir, monkeypatch, entry, kind):
+    monkeypatch.chdir(tmp_path)  # ms-swift finds a relative dataset path from where it is launched
+    jsonl(tmp_path / "alpaca.jsonl", {"instruction": "say hi", "output": "hi"})
+    (tmp_path / "train.csv").write_text("query,response\nhi,ok\n")
+    jsonl(tmp_path / "ok.jsonl", chat("hi"))
+    flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=["ok.jsonl", entry], max_length=32))
+    assert "dataset" not in flags and flags["max_length"] == 32
+    needle = "is not a local file here" if kind == "hub" else "is not an ms-swift `messages` JSONL"
+    assert any(needle in n and entry.split("#")[0] in n and "probing at max_length" in n for n in notes), notes
+
+
+def test_a_sampled_local_file_is_measured_whole(tmp_path, model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    jsonl(tmp_path / "train.jsonl", chat("hi"))
+    flags, _ = read(swift_file(tmp_path, model=str(model_dir), dataset=["train.jsonl#100"], max_length=32))
+    assert flags["dataset"] == "train.jsonl"  # ms-swift samples 100 of it: which ones is not known, so all count
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--dataset", "none"], None),                                     # the user's choice: probe at max_length
+    (["--max-length", "auto"], "--max-length auto searches the limit"),
+    (["--rlhf-type", "dpo"], "an RLHF probe does not measure data yet"),
+])
+def test_the_command_line_can_leave_the_data_out(tmp_path, model_dir, argv, needle):
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32), argv)
+    assert not flags.get("dataset")
+    assert needle is None or any(needle in n for n in notes), notes
+
+
+def test_rlhf_files_data_is_not_measured(tmp_path, model_dir):
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32, rlhf_type="dpo"))
+    assert "dataset" not in flags and any("an RLHF probe does not measure data yet" in n for n in notes)
+
+
+def test_a_model_without_a_tokenizer_probes_at_max_length_and_names_the_fix(tmp_path, model_dir):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model_dir / name).unlink(missing_ok=True)
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    mine = swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32)
+    flags, notes = read(mine)
+    assert "dataset" not in flags and any("no tokenizer" in n and "--tokenizer DIR" in n for n in notes)
+    flags, _ = read(mine, ["--tokenizer", str(make_tokenizer(tmp_path / "tok"))])
+    assert flags["dataset"] == train
+
+
+def test_probe_dataset_takes_several_files(tmp_path, model_dir, capsys):
+    """`--dataset A B` as ms-swift's --dataset takes them: the worst case is over both, and a problem
+    line names its own file."""
+    a = jsonl(tmp_path / "a.jsonl", chat("hi"))
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps(chat(LONG)) + "\nnot json\n")
+    out = tmp_path / "r.yaml"
+    assert main(["probe", "--model-config", str(model_dir), "--dataset", a, str(b), "--device", "sim", "--gpu-memory", "64MiB",
+                 "--attn", "sdpa", "--gradient-checkpointing", "off", "--max-batch-size", "2", "--no-eval", "--validate-steps", "3",
+                 "--out", str(out)]) == 0
+    recipe = load_recipe(out)
+    assert recipe.settings.max_length == text_tokens(LONG, "ok") and recipe.dataset["samples"] == 2
+    assert recipe.dataset["issues"] == [{"file": str(b), "line": 2, "problem": recipe.dataset["issues"][0]["problem"]}]
+    assert f"{b}:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_plan_says_it_does_not_measure_the_files_data(tmp_path, model_dir, capsys):
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    mine = swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32)
+    assert main(["plan", "--swift-args", mine, "--gpu-memory", "64MiB", "--attn", "sdpa", "--gradient-checkpointing", "off",
+                 "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["max_length"] == 32
+    assert f"`autotune probe --swift-args {mine}` measures it" in captured.err
