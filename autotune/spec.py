@@ -108,6 +108,7 @@ class ProbeSpec:
     dataset: str | None = None  # ms-swift JSONL; its samples set max_length / max_pixels
     length_percentile: float | None = None  # probe at this percentile of the dataset instead of its max
     tokenizer: str | None = None  # a local tokenizer/processor directory for --dataset
+    system: str | None = None  # the system prompt the run gives a --dataset sample without one (ms-swift's --system)
     # Issue #14. `frontier`: the one limit searched instead of the batch ("auto" on the command
     # line), at a fixed per-device batch; the searched field's own value is ignored (max_length
     # None: up to the model's position limit).
@@ -230,6 +231,8 @@ class ProbeSpec:
             raise UsageError("--use-audio-in-video", "needs a video to take the sound track of", "add --video-frames N (or auto), or set it false")
         if self.tokenizer is not None and self.dataset is None:  # read only to measure the data
             raise UsageError("--tokenizer", "tokenizes --dataset FILE.jsonl, and no dataset is given", "add --dataset, or leave --tokenizer out")
+        if self.system is not None and self.dataset is None:
+            raise UsageError("--system", "counts in each --dataset sample's length, and no dataset is given", "add --dataset, or leave --system out")
         if self.length_percentile is not None:
             if self.dataset is None:
                 raise UsageError("--length-percentile", "needs --dataset FILE.jsonl to take the percentile of")

@@ -3,9 +3,11 @@
 # their own -> `autotune probe --swift-args FILE --emit swift` (simulated GPU) -> the file written
 # back with the tuned settings -> `swift sft` of that file runs to its end (on the CPU).
 #   SWIFT_VENV=/work/venvs/swift46 bash scripts/swift_sft_roundtrip.sh     # or swift312 (README: ms-swift's real parsers)
-# A tiny Qwen2 model (weights and a word-level tokenizer from the `tokenizers` library) and a
-# 40-sample dataset are made in a temporary folder; nothing is downloaded. Exit 0: swift sft
-# trained on the file autotune wrote.
+# A tiny Qwen2 model (weights and a byte-level tokenizer from the `tokenizers` library, with a
+# ChatML chat template) and a 40-sample dataset are made in a temporary folder; nothing is
+# downloaded. The probe measures the file's dataset (with its `system`); ms-swift's own count of
+# the same data with its qwen2_5 template must give the same longest sample. Exit 0: the counts
+# agree and swift sft trained on the file autotune wrote.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SWIFT_VENV=${SWIFT_VENV:-/work/venvs/swift46}
@@ -17,19 +19,29 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$SWIFT_VENV/bin/python" - "$work" "$PWD/autotune/configs/tiny-qwen2.json" <<'EOF'
 import json, sys
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 work, config = sys.argv[1], json.load(open(sys.argv[2]))
-vocab = {"[UNK]": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<|endoftext|>": 3, **{f"w{i}": 4 + i for i in range(200)}}
-core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token="<|im_end|>", pad_token="<|endoftext|>")
+# Byte-level with no merges: one token per byte. transformers 5 rebuilds a qwen2 model's tokenizer
+# with Qwen2's own pre-tokenizer, which a word-level vocabulary would not survive; bytes do.
+vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+vocab.update({s: len(vocab) + k for k, s in enumerate(("<|endoftext|>", "<|im_start|>", "<|im_end|>"))})
+core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+core.decoder = decoders.ByteLevel()
+tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                    additional_special_tokens=["<|im_start|>"])
+# The layout ms-swift's qwen2_5 template writes (its default system, ChatML turns), as Qwen2.5's own
+# chat template does: autotune counts the data with this, ms-swift with its template.
+tokenizer.chat_template = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
 model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
 model.save_pretrained(f"{work}/Qwen2.5-0.5B-Instruct")
 tokenizer.save_pretrained(f"{work}/Qwen2.5-0.5B-Instruct")
 with open(f"{work}/data.jsonl", "w") as f:
     for i in range(40):
-        user = " ".join(f"w{(i + j) % 200}" for j in range(20))
+        user = " ".join(f"w{(i + j) % 200}" for j in range(10 + i % 15))  # samples of 10 to 24 words
         f.write(json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": "w1 w2 w3"}]}) + "\n")
 EOF
 cat > "$work/my-sft.yaml" <<EOF
@@ -39,7 +51,8 @@ template: qwen2_5
 $tuner: lora
 lora_rank: 8
 dataset: [$work/data.jsonl]
-max_length: 64
+max_length: 256
+system: 'Answer in three words, each one a w-word.'
 per_device_train_batch_size: 2
 gradient_accumulation_steps: 2
 max_steps: 4
@@ -56,4 +69,10 @@ cat "$work/r.swift.yaml"
 echo "== swift sft"
 "$SWIFT_VENV/bin/swift" sft $config "$work/r.swift.yaml" >"$work/sft.log" 2>&1 || { tail -n 30 "$work/sft.log"; exit 1; }
 grep -oE "'train_loss': '[^']*'|'global_step/max_steps': '[^']*'" "$work/sft.log" | tail -n 2
+# The probe ran at the data's longest sample as autotune counted it; ms-swift's own count of the
+# same data (its "Dataset Token Length" line) must agree, and keep every sample at that max_length.
+ours=$("$AUTOTUNE_PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["dataset"]["tokens"]["max"])' "$work/r.yaml")
+theirs=$(grep -oE "Dataset Token Length: .*" "$work/sft.log" | head -n 1)
+echo "autotune counted the longest sample at $ours tokens; ms-swift: $theirs"
+echo "$theirs" | grep -qE "max=$ours(\.0+)?, size=40" || { echo "ms-swift counts the data otherwise (or dropped samples)"; exit 1; }
 echo "swift sft ($("$SWIFT_VENV/bin/python" -c 'import swift; print(swift.__version__)')) trained on the file autotune wrote: exit 0"

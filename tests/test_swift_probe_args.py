@@ -39,7 +39,7 @@ def write(tmp_path, name, data):
 def test_a_probe_of_the_users_file_runs_its_workload_and_writes_it_back_tuned(tmp_path, model_dir, capsys):
     mine = write(tmp_path, "mine.yaml", {
         "model": str(model_dir), "tuner_type": "lora", "lora_rank": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
-        "dataset": ["my-data.jsonl"], "max_length": 32, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 3,
+        "dataset": ["my-data.jsonl"], "split_dataset_ratio": 0.05, "max_length": 32, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 3,
         "learning_rate": 2e-5, "num_train_epochs": 2, "gradient_checkpointing": True,
         "gradient_checkpointing_kwargs": json.dumps({"use_reentrant": True}), "output_dir": "runs/mine", "system": "Be brief."})
     out = tmp_path / "r.yaml"
@@ -122,7 +122,7 @@ def test_what_cannot_be_probed_is_one_line_naming_the_file(tmp_path, model_dir, 
 def test_a_script_is_read_with_its_environment(tmp_path, model_dir):
     script = write(tmp_path, "train.sh", f"NPROC_PER_NODE=2 MAX_PIXELS=200704 swift sft \\\n    --model {model_dir} \\\n"
                                          "    --max_length 64 --per_device_train_batch_size 2 --gradient_accumulation_steps 4 \\\n"
-                                         "    --padding_free true --eval_metric acc\n")
+                                         "    --padding_free true --eval_metric acc --split_dataset_ratio 0.01\n")
     vision = Namespace(nproc_per_node=2, nnodes=None, model=None, model_config="tiny-qwen2.5-vl")  # a model that reads MAX_PIXELS
     flags, _ = flags_from_file(script, vision, {"model_config"})
     assert flags["global_batch_size"] == 16 and flags["max_pixels"] == 200704 and flags["padding_free"] == "on"

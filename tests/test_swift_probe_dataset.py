@@ -159,3 +159,63 @@ def test_plan_says_it_does_not_measure_the_files_data(tmp_path, model_dir, capsy
     captured = capsys.readouterr()
     assert json.loads(captured.out)["max_length"] == 32
     assert f"`autotune probe --swift-args {mine}` measures it" in captured.err
+
+
+@pytest.mark.parametrize("keys,argv,evaluates", [
+    ({}, [], False),                                       # ms-swift's split_dataset_ratio 0: no evaluation set
+    ({"split_dataset_ratio": 0.01}, [], True),
+    ({"val_dataset": ["hub/val"]}, [], True),
+    ({"val_dataset": ["hub/val"], "eval_strategy": "no"}, [], False),
+    ({}, ["--eval-outputs", "argmax"], True),              # asked for on the command line
+])
+def test_the_eval_phase_is_probed_only_where_ms_swift_evaluates(tmp_path, model_dir, keys, argv, evaluates):
+    flags, notes = read(swift_file(tmp_path, model=str(model_dir), max_length=32, **keys), argv)
+    assert flags.get("no_eval", False) is (not evaluates)
+    assert evaluates or any("no eval batch is probed" in n for n in notes)
+
+
+def test_a_run_without_evaluation_probes_no_eval_batch_and_writes_none(tmp_path, model_dir):
+    mine = swift_file(tmp_path, model=str(model_dir), max_length=16, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                      per_device_eval_batch_size=4)
+    out = tmp_path / "r.yaml"
+    assert main(["probe", "--swift-args", mine, "--device", "sim", "--gpu-memory", "64MiB", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--max-batch-size", "2", "--validate-steps", "3", "--quiet",
+                 "--out", str(out), "--emit", "swift", "--swift-version", "4.6"]) == 0
+    recipe = load_recipe(out)
+    assert recipe.settings.per_device_eval_batch_size is None
+    assert not any(t.phase == "eval" for t in recipe.search.trials)
+    assert "per_device_eval_batch_size" not in yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
+
+
+def test_the_files_system_prompt_counts_in_a_sample_without_its_own(tmp_path, model_dir):
+    """ms-swift gives `system` to every sample without a system message; the sample's own wins."""
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"),
+                  {"messages": [{"role": "system", "content": "short"}, *chat("hi")["messages"]]})
+    system = " ".join(["rule"] * 30)
+    flags, _ = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=256, system=system))
+    assert flags["system"] == system
+    spec = ProbeSpec(max_length=256, model_config=str(model_dir), dataset=flags["dataset"], system=flags["system"])
+    _, profile, _ = from_dataset(spec, resolve(None, str(model_dir)))
+    assert profile.token_counts() == sorted([text_tokens(system, "hi", "ok"), text_tokens("short", "hi", "ok")])
+
+
+def test_probe_system_reads_a_txt_file_as_ms_swift_does(tmp_path, model_dir, capsys):
+    (tmp_path / "system.txt").write_text("one two three")
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    out = tmp_path / "r.yaml"
+    assert main(["probe", "--model-config", str(model_dir), "--dataset", train, "--system", str(tmp_path / "system.txt"),
+                 "--device", "sim", "--gpu-memory", "64MiB", "--attn", "sdpa", "--gradient-checkpointing", "off",
+                 "--max-batch-size", "1", "--no-eval", "--validate-steps", "3", "--quiet", "--out", str(out)]) == 0
+    assert load_recipe(out).settings.max_length == text_tokens("one two three", "hi", "ok")
+    assert main(["probe", "--model-config", str(model_dir), "--system", "be brief", "--max-length", "16", "--device", "sim"]) == 2
+    assert "--system: counts in each --dataset sample's length" in capsys.readouterr().err
+
+
+def test_a_tokenizer_without_a_chat_template_is_not_guessed_at(tmp_path, model_dir):
+    (model_dir / "chat_template.jinja").unlink()
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32))
+    assert "dataset" not in flags and any("has no chat template" in n for n in notes), notes

@@ -4,7 +4,9 @@ kept apart from the core flags; the names follow ms-swift."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..errors import UsageError
 from ..spec import IMAGE_RULES, OPTIMIZERS
 
 EXAMPLES = """\
@@ -88,13 +90,26 @@ def add_arguments(parser) -> None:
                            "none: probe at --max-length, not at the data --swift-args's file names")
     data.add_argument("--length-percentile", type=float, metavar="P", help="probe at the P-th percentile of the data's lengths and pixels; longer samples are truncated (counted in the recipe)")
     data.add_argument("--tokenizer", metavar="DIR", help="local tokenizer/processor files for --dataset when --model/--model-config has none")
+    data.add_argument("--system", metavar="TEXT|FILE.txt",
+                      help="the system prompt your run gives a sample that has none (ms-swift's --system), counted in its length")
 
 
 def spec_kwargs(args) -> dict:
     kwargs = {k: getattr(args, k) for k in ("optim", "freeze_vit", "freeze_aligner", "freeze_llm", "max_pixels", "images_per_sample",
-                                            "audio_clips", "video_frames", "video_max_pixels", "video_min_pixels", "use_audio_in_video", "image_resize", "dataset", "length_percentile", "tokenizer")}
+                                            "audio_clips", "video_frames", "video_max_pixels", "video_min_pixels", "use_audio_in_video", "image_resize", "dataset", "length_percentile", "tokenizer", "system")}
     kwargs["dataset"] = dataset_files(kwargs["dataset"])
+    kwargs["system"] = system_prompt(kwargs["system"])
     return {k: None if v == "auto" else v for k, v in kwargs.items()}
+
+
+def system_prompt(value: str | None) -> str | None:
+    """--system as ms-swift reads it: a .txt file's text, else the string with its \\n as newlines."""
+    if value is None or not value.endswith(".txt"):
+        return None if value is None else value.replace("\\n", "\n")
+    try:
+        return Path(value).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError("--system", f"cannot read {value}: {exc.strerror}", "give the prompt itself, or a readable .txt file") from None
 
 
 def dataset_files(files: list[str] | str | None) -> str | tuple[str, ...] | None:

@@ -94,8 +94,9 @@ def add_parser(sub) -> None:
 
 
 def _plan_eval(flags: dict) -> dict:
-    """A plan keeps the loss, logits or argmax ids; generation is probe's: a generating file's eval is planned as the loss."""
-    if flags.pop("predict_with_generate", None) or flags.pop("prediction_loss_only", None):
+    """A plan keeps the loss, logits or argmax ids; generation is probe's: a generating file's eval is planned as the loss
+    (and so is a file's run without evaluation: a plan always has its eval rows)."""
+    if flags.pop("predict_with_generate", None) or flags.pop("prediction_loss_only", None) or flags.pop("no_eval", None):
         flags.setdefault("eval_outputs", "loss")
     flags.pop("max_new_tokens", None)
     return flags

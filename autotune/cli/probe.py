@@ -156,15 +156,12 @@ def spec_from_args(args, cluster: bool = True) -> ProbeSpec:
 
 
 # The eval phase's flags (--eval-steps has no argparse default, so that giving it is seen).
-_EVAL_FLAGS = ("eval_steps", "eval_outputs", "prediction_loss_only", "predict_with_generate", "max_new_tokens")
-
-
 def _check_no_eval(args) -> None:
     """With --no-eval no eval phase runs and the recipe keeps no eval settings: an eval flag beside
     it would be dropped without a word."""
     if not getattr(args, "no_eval", False):
         return
-    for name in _EVAL_FLAGS:
+    for name in swift_probe_args.EVAL_FLAGS:
         if getattr(args, name, None) not in (None, False):
             flag = "--" + name.replace("_", "-")
             raise UsageError(flag, "sets the eval phase, which --no-eval skips", f"leave {flag} out, or drop --no-eval")

@@ -130,6 +130,31 @@ def _eval_flags(file: dict, settings: dict) -> dict:
     return {"eval_outputs": "argmax" if metric == "acc" else "loss"}
 
 
+# probe's flags that set the eval phase (--no-eval refuses them beside it); one on the command line
+# asks for an eval phase the file's run may not have
+EVAL_FLAGS = ("eval_steps", "eval_outputs", "prediction_loss_only", "predict_with_generate", "max_new_tokens")
+
+
+def _evaluates(file: dict, given: set[str], path: str) -> tuple[bool, str | None]:
+    """Whether the file's run evaluates during training, as ms-swift decides it (3.x and 4.x alike):
+    only with an evaluation set (val_dataset, split_dataset_ratio > 0, a cached one) and an
+    eval_strategy other than "no"; without one it sets eval_strategy no. (False, note) where it
+    does not and the command line asks nothing of the eval phase: the probe then probes none."""
+    if given & {"no_eval", *EVAL_FLAGS}:
+        return True, None
+    if str(file.get("eval_strategy", "")).lower() == "no":
+        return False, f"{path} sets eval_strategy no: the run evaluates nothing, so no eval batch is probed"
+    try:
+        split = float(file.get("split_dataset_ratio") or 0)
+    except (TypeError, ValueError):
+        raise UsageError(FLAG, f"{path}'s split_dataset_ratio {file.get('split_dataset_ratio')!r} is not a number") from None
+    if split > 0 or any(file.get(key) for key in ("val_dataset", "cached_val_dataset", "eval_dataset")):
+        return True, None
+    return False, (f"{path} has no evaluation set (val_dataset, or split_dataset_ratio > 0; ms-swift's default is 0), so ms-swift "
+                   "evaluates nothing during training: no eval batch is probed (add one to the file and probe again, or give "
+                   "--eval-outputs loss to probe the eval phase anyway)")
+
+
 def _strategy_flags(file: dict, settings: dict) -> dict:
     if file.get("fsdp"):
         return {"strategy": "fsdp"}
@@ -183,7 +208,10 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     if settings.get("packing") or settings.get("padding_free"):
         flags["attn"] = "flash_attention_2"  # the only attention ms-swift runs them with (SftArguments._check_padding_free)
     notes = _media_the_model_takes(flags, config.get(), path)
-    flags.update(_eval_flags(file, settings))
+    evaluates, eval_note = _evaluates(file, given, path)
+    flags.update(_eval_flags(file, settings) if evaluates else {"no_eval": True})
+    if eval_note:
+        notes.append(eval_note)
     flags.update(_strategy_flags(file, settings))
     data, data_note = _dataset_flags(file, flags, args, given, path, measure_data)
     flags.update(data)
@@ -239,13 +267,16 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
                next((f"--{key.replace('_', '-')} auto searches the limit" for key in _AUTO if getattr(args, key, None) == "auto"), None))
     if blocked:
         return {}, f"{path}'s dataset is not measured: {blocked}; {at}"
-    if not _tokenizer_at(flags, args):
-        return {}, (f"{path}'s dataset is not measured: the model directory has no tokenizer to count its tokens with "
-                    f"(give --tokenizer DIR to measure it); {at}")
+    missing = _tokenizer_missing(flags, args)
+    if missing:
+        return {}, f"{path}'s dataset is not measured: {missing} (give --tokenizer DIR, the model's own, to measure it); {at}"
     files = [str(found) for found in local]
-    return {"dataset": files[0] if len(files) == 1 else files}, (
-        f"measuring {path}'s dataset ({', '.join(files)}): the probe runs at its longest sample, as ms-swift would meet it "
-        "(give --dataset none to probe at max_length instead)")
+    data = {"dataset": files[0] if len(files) == 1 else files}
+    if file.get("system") is not None and "system" not in given:
+        data["system"] = str(file["system"])  # ms-swift gives it to every sample without its own
+    return data, (f"measuring {path}'s dataset ({', '.join(files)}) with the tokenizer's chat template, which ms-swift's template "
+                  "reproduces: the probe runs at its longest sample, as ms-swift would meet it (give --dataset none to probe at "
+                  "max_length instead)")
 
 
 def _as_list(value) -> list:
@@ -278,12 +309,31 @@ def _holds_messages(path: Path) -> bool:
         return False
 
 
-def _tokenizer_at(flags: dict, args) -> bool:
+def _tokenizer_missing(flags: dict, args) -> str | None:
+    """Why the data's tokens cannot be counted here (no tokenizer files, or a tokenizer without a
+    chat template to lay a conversation out with), or None."""
     from ..model.dataset import TOKENIZER_FILES
 
     places = [getattr(args, "tokenizer", None), flags.get("model") or getattr(args, "model", None),
               flags.get("model_config") or getattr(args, "model_config", None)]
-    return any(place and Path(place).is_dir() and any((Path(place) / f).is_file() for f in TOKENIZER_FILES) for place in places)
+    found = next((Path(p) for p in places if p and Path(p).is_dir() and any((Path(p) / f).is_file() for f in TOKENIZER_FILES)), None)
+    if found is None:
+        return "the model directory has no tokenizer to count its tokens with"
+    if not _has_chat_template(found):
+        return f"the tokenizer in {found} has no chat template to lay a conversation out with"
+    return None
+
+
+def _has_chat_template(directory: Path) -> bool:
+    """As transformers saves it: chat_template.jinja / .json beside the tokenizer, or in tokenizer_config.json."""
+    import json
+
+    if any((directory / name).is_file() for name in ("chat_template.jinja", "chat_template.json")):
+        return True
+    try:
+        return bool(json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 _IMAGE_KEYS = ("max_pixels",)

@@ -142,7 +142,7 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
     max_pixels = spec.max_pixels or (family.default_max_pixels if family else None)
     samples, issues, lines = [], [], 0
     for path in paths:
-        file_samples, file_issues, file_lines = _measure_file(path, tokenizer, source, family, vision_plan, max_pixels)
+        file_samples, file_issues, file_lines = _measure_file(path, tokenizer, source, family, vision_plan, max_pixels, spec.system)
         samples += file_samples
         issues += file_issues
         lines += file_lines
@@ -157,8 +157,9 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
     return DatasetProfile(where, lines, samples, issues, tokenizer_dir)
 
 
-def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels) -> tuple[list[Sample], list[tuple[str, int, str]], int]:
-    """(samples, (file, line, problem) for each line that cannot be measured, lines read) of one file."""
+def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels, system: str | None) -> tuple[list[Sample], list[tuple[str, int, str]], int]:
+    """(samples, (file, line, problem) for each line that cannot be measured, lines read) of one file.
+    `system`: the prompt the run gives a sample without a system message (ms-swift: the sample's own wins)."""
     samples, issues, lines = [], [], 0
     for number, record, problem in _records(path):
         lines = number
@@ -196,6 +197,8 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
             issues.append((str(path), number, bad))
             continue
         messages = [{"role": m["role"], "content": _strip_tags(m["content"])} for m in record["messages"]]
+        if system is not None and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system})
         try:
             text_tokens = len(_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
         except Exception as exc:  # noqa: BLE001 - a template can reject a conversation (roles out of order...)
