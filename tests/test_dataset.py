@@ -178,3 +178,20 @@ def test_the_data_decides_the_image_rule_at_the_chosen_limit():
     assert image_rule(square, family, source.config, 12544) == "qwen-vl-utils"
     assert image_rule(thin, family, source.config, 12544) == "processor"
     assert image_rule(thin, family, source.config, 2000 * 28) == "qwen-vl-utils"  # under a larger limit it is no strip
+
+
+def test_images_are_found_where_ms_swift_looks(tmp_path, monkeypatch):
+    """ms-swift opens a relative image path from the launch directory, then under $ROOT_IMAGE_DIR; a
+    sample whose image autotune missed would be left out of the worst case."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "root").mkdir()
+    Image.new("RGB", (112, 112)).save(tmp_path / "pics" / "a.png")
+    Image.new("RGB", (112, 112)).save(tmp_path / "root" / "b.png")
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps({**chat("<image> one"), "images": ["pics/a.png"]}) + "\n"
+                                                   + json.dumps({**chat("<image> two"), "images": ["b.png"]}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROOT_IMAGE_DIR", str(tmp_path / "root"))
+    spec = ProbeSpec(max_length=None, model_config="tiny-qwen2-vl", dataset="data/train.jsonl", tokenizer=make_tokenizer(tmp_path / "tok"))
+    _, profile, _ = from_dataset(spec, resolve(None, "tiny-qwen2-vl"))
+    assert profile.issues == [] and len(profile.samples) == 2

@@ -109,6 +109,19 @@ def _paths(record, key: str) -> list[str]:
     return [value] if isinstance(value, str) else value
 
 
+def media_file(name: str, data_file: Path) -> Path:
+    """Where a sample's image or video is, as ms-swift looks for it: the path as given (from the
+    directory it is launched from), then under $ROOT_IMAGE_DIR; then beside the JSONL file."""
+    import os
+
+    given = Path(name).expanduser()
+    places = [given]
+    if os.environ.get("ROOT_IMAGE_DIR"):
+        places.append(Path(os.environ["ROOT_IMAGE_DIR"]).expanduser() / given)
+    places.append(data_file.parent / given)
+    return next((place for place in places if place.is_file()), places[-1])
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     try:
         from PIL import Image
@@ -173,7 +186,7 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
             continue
         pixels, sizes, vision_tokens, bad = [], [], 0, None
         for name in images:
-            file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+            file = media_file(name, path)
             if not file.is_file():
                 bad = f"image not found: {name}"
                 break
@@ -189,7 +202,7 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
             vision_tokens += tokens + vision_plan.extra_tokens
             pixels.append(tokens * family.pixels_per_token(source.config) if family.pixels_per_token else width * height)
         for name in videos:
-            file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+            file = media_file(name, path)
             if not file.is_file():
                 bad = bad or f"video not found: {name}"
             vision_tokens += vision_plan.video_tokens + vision_plan.video_wrap
