@@ -109,6 +109,8 @@ class ProbeSpec:
     length_percentile: float | None = None  # probe at this percentile of the dataset instead of its max
     tokenizer: str | None = None  # a local tokenizer/processor directory for --dataset
     system: str | None = None  # the system prompt the run gives a --dataset sample without one (ms-swift's --system)
+    root_image_dir: str | None = None  # ms-swift's ROOT_IMAGE_DIR as the --swift-args file sets it (else the shell's)
+    dataset_whole: bool = False  # --swift-args's data: its worst case only where every sample is measured, else max_length
     # Issue #14. `frontier`: the one limit searched instead of the batch ("auto" on the command
     # line), at a fixed per-device batch; the searched field's own value is ignored (max_length
     # None: up to the model's position limit).

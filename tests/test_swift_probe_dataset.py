@@ -219,3 +219,92 @@ def test_a_tokenizer_without_a_chat_template_is_not_guessed_at(tmp_path, model_d
     train = jsonl(tmp_path / "train.jsonl", chat("hi"))
     flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32))
     assert "dataset" not in flags and any("has no chat template" in n for n in notes), notes
+
+
+def measured(flags, model):
+    """The probe's measurement of the data flags_from_file took, as spec_from_args passes it on."""
+    spec = ProbeSpec(max_length=flags["max_length"], model_config=str(model), dataset=flags["dataset"], system=flags.get("system"),
+                     root_image_dir=flags.get("root_image_dir"), dataset_whole=flags.get("dataset_whole", False),
+                     tokenizer=flags.get("tokenizer"))
+    return from_dataset(spec, resolve(None, str(model)))
+
+
+def test_a_samples_own_system_wins_over_the_files_and_sharegpt_keys_are_read(tmp_path, model_dir):
+    """ms-swift's MessagesPreprocessor: `system` / `system_prompt` of the sample, `from` / `value`,
+    human / gpt roles, `conversations`."""
+    own = " ".join(["own"] * 40)
+    train = jsonl(tmp_path / "train.jsonl", {"system_prompt": own, **chat("hi")},
+                  {"conversations": [{"from": "human", "value": "hi there"}, {"from": "gpt", "value": "ok"}]})
+    flags, _ = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=256, system="file wide"))
+    _, profile, record = measured(flags, model_dir)
+    assert profile.issues == [] and record.get("used") is not False
+    assert profile.token_counts() == sorted([text_tokens(own, "hi", "ok"), text_tokens("file wide", "hi there", "ok")])
+
+
+def test_data_with_a_sample_autotune_cannot_count_is_probed_at_max_length(tmp_path, model_dir, capsys):
+    """Tools and tool calls are laid out by ms-swift's agent template: such a sample could be the
+    run's longest, so the file's data as a whole sets nothing and the probe keeps max_length."""
+    tools = json.dumps([{"type": "function", "function": {"name": "f", "description": LONG, "parameters": {}}}])
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"), {"tools": tools, **chat("hi")})
+    mine = swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=48, per_device_train_batch_size=1,
+                      gradient_accumulation_steps=1)
+    out = tmp_path / "r.yaml"
+    assert main(["probe", "--swift-args", mine, "--device", "sim", "--gpu-memory", "64MiB", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--max-batch-size", "2", "--validate-steps", "3", "--out", str(out)]) == 0
+    recipe = load_recipe(out)
+    assert recipe.settings.max_length == 48 and recipe.dataset["used"] is False and recipe.dataset["issue_count"] == 1
+    err = capsys.readouterr().err
+    assert f"{train}:2: has tools" in err and "probe runs at max_length 48" in err
+    # the same data given as --dataset: the sample is left out, as the lines above it say
+    spec = ProbeSpec(max_length=48, model_config=str(model_dir), dataset=train)
+    new_spec, profile, _ = from_dataset(spec, resolve(None, str(model_dir)))
+    assert new_spec.max_length == text_tokens("hi", "ok") and len(profile.issues) == 1
+
+
+def test_the_files_root_image_dir_finds_the_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ROOT_IMAGE_DIR", raising=False)
+    from PIL import Image
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (112, 112)).save(tmp_path / "root" / "b.png")
+    train = jsonl(tmp_path / "data" / "train.jsonl", {**chat("<image> two"), "images": ["b.png"]})
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    mine = swift_file(tmp_path, model_config="tiny-qwen2-vl", dataset=[train], max_length=2048, ENV={"ROOT_IMAGE_DIR": str(tmp_path / "root")})
+    flags, _ = read(mine, ["--model-config", "tiny-qwen2-vl", "--tokenizer", tokenizer])
+    assert flags["root_image_dir"] == str(tmp_path / "root")
+    _, profile, _ = measured({**flags, "tokenizer": tokenizer}, "tiny-qwen2-vl")
+    assert profile.issues == [] and profile.samples[0].images == 1
+
+
+def test_renamed_columns_are_not_guessed_at(tmp_path, model_dir):
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32, columns={"img": "images"}))
+    assert "dataset" not in flags and any("(columns)" in n for n in notes)
+
+
+def test_swift_rlhf_without_a_type_is_ms_swifts_dpo(tmp_path, model_dir):
+    train = jsonl(tmp_path / "train.jsonl", {**chat("hi"), "rejected_response": LONG})
+    script = tmp_path / "run.sh"
+    script.write_text(f"swift rlhf --model {model_dir} --dataset {train} --max_length 256\n")
+    flags, notes = read(str(script))
+    assert flags["rlhf_type"] == "dpo" and "dataset" not in flags
+
+
+@pytest.mark.parametrize("keys", [
+    {"streaming": True, "split_dataset_ratio": 0.01},       # ms-swift cannot split a stream: no evaluation set
+    {"save_strategy": "no", "split_dataset_ratio": 0.01},   # an unset eval_strategy follows save_strategy
+    {"eval_dataset": ["gsm8k"]},                            # EvalScope's benchmark generates: no eval batch
+])
+def test_more_runs_that_evaluate_no_batch(tmp_path, model_dir, keys):
+    flags, notes = read(swift_file(tmp_path, model=str(model_dir), max_length=32, **keys))
+    assert flags["no_eval"] is True and any("no eval batch is probed" in n for n in notes)
+
+
+def test_no_eval_on_the_command_line_beside_a_file_that_evaluates(tmp_path, model_dir):
+    mine = swift_file(tmp_path, model=str(model_dir), max_length=16, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                      split_dataset_ratio=0.01)
+    assert main(["probe", "--swift-args", mine, "--no-eval", "--device", "sim", "--gpu-memory", "64MiB", "--attn", "sdpa",
+                 "--gradient-checkpointing", "off", "--max-batch-size", "2", "--validate-steps", "3", "--quiet",
+                 "--out", str(tmp_path / "r.yaml")]) == 0

@@ -99,6 +99,9 @@ def spec_kwargs(args) -> dict:
                                             "audio_clips", "video_frames", "video_max_pixels", "video_min_pixels", "use_audio_in_video", "image_resize", "dataset", "length_percentile", "tokenizer", "system")}
     kwargs["dataset"] = dataset_files(kwargs["dataset"])
     kwargs["system"] = system_prompt(kwargs["system"])
+    # set by --swift-args (swift_probe_args), not flags: the file's ROOT_IMAGE_DIR, and its data as all-or-nothing
+    kwargs["root_image_dir"] = getattr(args, "root_image_dir", None)
+    kwargs["dataset_whole"] = bool(getattr(args, "dataset_whole", False)) and kwargs["dataset"] is not None
     return {k: None if v == "auto" else v for k, v in kwargs.items()}
 
 

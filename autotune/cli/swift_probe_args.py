@@ -136,23 +136,32 @@ EVAL_FLAGS = ("eval_steps", "eval_outputs", "prediction_loss_only", "predict_wit
 
 
 def _evaluates(file: dict, given: set[str], path: str) -> tuple[bool, str | None]:
-    """Whether the file's run evaluates during training, as ms-swift decides it (3.x and 4.x alike):
-    only with an evaluation set (val_dataset, split_dataset_ratio > 0, a cached one) and an
-    eval_strategy other than "no"; without one it sets eval_strategy no. (False, note) where it
-    does not and the command line asks nothing of the eval phase: the probe then probes none."""
-    if given & {"no_eval", *EVAL_FLAGS}:
+    """Whether the file's run evaluates a loss batch during training, as ms-swift decides it (3.x
+    and 4.x alike): only with an evaluation set (val_dataset, a cached one, or split_dataset_ratio >
+    0, which streaming data resets to 0) and an eval_strategy other than "no" (unset, it follows
+    save_strategy); without a set it sets eval_strategy no. An eval_dataset alone is EvalScope's
+    benchmark, which generates rather than running the eval batch. (False, note) where it does
+    not and the command line asks nothing of the eval phase: the probe then probes none."""
+    if "no_eval" in given:
+        return False, None
+    if given & set(EVAL_FLAGS):
         return True, None
-    if str(file.get("eval_strategy", "")).lower() == "no":
-        return False, f"{path} sets eval_strategy no: the run evaluates nothing, so no eval batch is probed"
+    strategy = file.get("eval_strategy", file.get("save_strategy"))
+    if str(strategy).lower() == "no":
+        key = "eval_strategy" if "eval_strategy" in file else "save_strategy (which an unset eval_strategy follows)"
+        return False, f"{path} sets {key} no: the run evaluates nothing, so no eval batch is probed"
     try:
         split = float(file.get("split_dataset_ratio") or 0)
     except (TypeError, ValueError):
         raise UsageError(FLAG, f"{path}'s split_dataset_ratio {file.get('split_dataset_ratio')!r} is not a number") from None
-    if split > 0 or any(file.get(key) for key in ("val_dataset", "cached_val_dataset", "eval_dataset")):
+    if str(file.get("streaming", "")).lower() in ("true", "1"):
+        split = 0.0  # ms-swift cannot split a stream
+    if split > 0 or any(file.get(key) for key in ("val_dataset", "cached_val_dataset")):
         return True, None
-    return False, (f"{path} has no evaluation set (val_dataset, or split_dataset_ratio > 0; ms-swift's default is 0), so ms-swift "
-                   "evaluates nothing during training: no eval batch is probed (add one to the file and probe again, or give "
-                   "--eval-outputs loss to probe the eval phase anyway)")
+    evalscope = " (its eval_dataset is EvalScope's benchmark, which generates; not probed)" if file.get("eval_dataset") else ""
+    return False, (f"{path} has no evaluation set (val_dataset, or split_dataset_ratio > 0 on data that does not stream; ms-swift's "
+                   f"default is 0), so ms-swift evaluates no batch during training{evalscope}: no eval batch is probed (add one "
+                   "to the file and probe again, or give --eval-outputs loss to probe the eval phase anyway)")
 
 
 def _strategy_flags(file: dict, settings: dict) -> dict:
@@ -213,7 +222,7 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     if eval_note:
         notes.append(eval_note)
     flags.update(_strategy_flags(file, settings))
-    data, data_note = _dataset_flags(file, flags, args, given, path, measure_data)
+    data, data_note = _dataset_flags(file, flags, args, given, path, measure_data, environ)
     flags.update(data)
     if flags.get("max_length") is None and "max_length" not in given:
         full = default_max_length(config.get())
@@ -240,7 +249,8 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
 _AUTO = ("max_length", "max_pixels", "video_frames")  # a limit search takes no --dataset (spec.py)
 
 
-def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, measure_data: bool) -> tuple[dict, str | None]:
+def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, measure_data: bool,
+                   environ: dict) -> tuple[dict, str | None]:
     """({"dataset": the file's local JSONL files} where the probe can measure them, else {}; the note
     that says which). ms-swift drops (or truncates) a sample longer than max_length, so the data's
     longest sample, capped by max_length, is the run's worst case. The data is measured only where
@@ -261,6 +271,8 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
     if unread:
         return {}, (f"{path}'s dataset {', '.join(unread)} is not an ms-swift `messages` JSONL, the one format autotune measures: "
                     f"not measured, {at}")
+    if file.get("columns"):
+        return {}, f"{path} renames the data's columns (columns), which autotune does not follow: not measured, {at}"
     if not measure_data:
         return {}, f"{path}'s dataset is not measured by a plan: `autotune probe --swift-args {path}` measures it"
     blocked = ("an RLHF probe does not measure data yet" if flags.get("rlhf_type") or getattr(args, "rlhf_type", None) else
@@ -271,12 +283,18 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
     if missing:
         return {}, f"{path}'s dataset is not measured: {missing} (give --tokenizer DIR, the model's own, to measure it); {at}"
     files = [str(found) for found in local]
-    data = {"dataset": files[0] if len(files) == 1 else files}
+    # every sample counts: one autotune cannot measure could be the run's longest
+    data = {"dataset": files[0] if len(files) == 1 else files, "dataset_whole": True}
+    from ..emit.swift_read import launch_environment
+
+    root = launch_environment(file, environ, ("ROOT_IMAGE_DIR",)).get("ROOT_IMAGE_DIR")
+    if root:
+        data["root_image_dir"] = root
     if file.get("system") is not None and "system" not in given:
         data["system"] = str(file["system"])  # ms-swift gives it to every sample without its own
     return data, (f"measuring {path}'s dataset ({', '.join(files)}) with the tokenizer's chat template, which ms-swift's template "
-                  "reproduces: the probe runs at its longest sample, as ms-swift would meet it (give --dataset none to probe at "
-                  "max_length instead)")
+                  "reproduces: the probe runs at its longest sample, as ms-swift would meet it, where every sample can be "
+                  "measured (else at max_length; give --dataset none to probe at max_length anyway)")
 
 
 def _as_list(value) -> list:

@@ -77,6 +77,8 @@ def _read_script(text: str) -> dict | None:
                 elif name is not None and word != "$@":
                     args[name].append(word)
             args = {k: (True if not v else v[0] if len(v) == 1 else v) for k, v in args.items()}
+            if words[1] == "rlhf":
+                args.setdefault("rlhf_type", "dpo")  # RLHFArguments' default (3.x and 4.x)
     if args is None:
         return None
     if env:

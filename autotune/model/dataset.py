@@ -86,22 +86,47 @@ def _records(path: Path):
                 yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
 
 
-def _check_record(record) -> str | None:
+# How ms-swift's MessagesPreprocessor reads a conversation (swift/dataset/preprocessor/core.py):
+# the keys and role names it accepts, mapped to the chat template's.
+MESSAGE_KEYS = ("messages", "conversation", "conversations")
+ROLE_KEYS, CONTENT_KEYS = ("role", "from"), ("content", "value")
+ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "system": "system"}
+
+
+def _conversation(record, system: str | None) -> tuple[list[dict] | None, str | None]:
+    """(the sample's messages as the chat template takes them, None) or (None, why it cannot be
+    counted). As ms-swift: `messages` / `conversation(s)`, role or from, content or value, human /
+    gpt / bot roles; the system prompt is the conversation's own, else the sample's `system` /
+    `system_prompt`, else `system` (the run's --system). Tools and tool calls, which ms-swift's
+    agent template writes into the prompt in its own layout, are not guessed at."""
     if not isinstance(record, dict):
-        return "not a JSON object"
-    messages = record.get("messages")
+        return None, "not a JSON object"
+    messages = next((record[key] for key in MESSAGE_KEYS if key in record), None)
     if not isinstance(messages, list) or not messages:
-        return "no 'messages' list"
+        return None, "no 'messages' list"
+    if record.get("tools"):
+        return None, "has tools, which ms-swift's agent template writes into the prompt: its length is not counted"
+    out = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-            return f"messages[{i}] needs a string 'role' and a string 'content'"
+        role = next((message[k] for k in ROLE_KEYS if k in message), None) if isinstance(message, dict) else None
+        content = next((message[k] for k in CONTENT_KEYS if k in message), None) if isinstance(message, dict) else None
+        if isinstance(message, dict) and message.get("tool_calls"):
+            return None, f"messages[{i}] holds tool calls, which ms-swift's agent template lays out: its length is not counted"
+        if not isinstance(role, str) or not isinstance(content, str):
+            return None, f"messages[{i}] needs a string 'role' and a string 'content'"
+        if role not in ROLES:
+            return None, f"messages[{i}] has the role {role!r}, which ms-swift's agent template lays out: its length is not counted"
+        out.append({"role": ROLES[role], "content": _strip_tags(content)})
+    own = next((record[key] for key in ("system", "system_prompt") if isinstance(record.get(key), str)), None)
+    if out[0]["role"] != "system" and (own if own is not None else system) is not None:
+        out.insert(0, {"role": "system", "content": own if own is not None else system})
     for key in ("images", "videos"):
         value = record.get(key, [])
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return f"'{key}' must be a path or a list of paths"
-    return None
+            return None, f"'{key}' must be a path or a list of paths"
+    return out, None
 
 
 def _paths(record, key: str) -> list[str]:
@@ -109,15 +134,17 @@ def _paths(record, key: str) -> list[str]:
     return [value] if isinstance(value, str) else value
 
 
-def media_file(name: str, data_file: Path) -> Path:
+def media_file(name: str, data_file: Path, root: str | None = None) -> Path:
     """Where a sample's image or video is, as ms-swift looks for it: the path as given (from the
-    directory it is launched from), then under $ROOT_IMAGE_DIR; then beside the JSONL file."""
+    directory it is launched from), then under ROOT_IMAGE_DIR (`root`: the run's, else this
+    shell's); then beside the JSONL file."""
     import os
 
     given = Path(name).expanduser()
     places = [given]
-    if os.environ.get("ROOT_IMAGE_DIR"):
-        places.append(Path(os.environ["ROOT_IMAGE_DIR"]).expanduser() / given)
+    root = root or os.environ.get("ROOT_IMAGE_DIR")
+    if root:
+        places.append(Path(root).expanduser() / given)
     places.append(data_file.parent / given)
     return next((place for place in places if place.is_file()), places[-1])
 
@@ -155,12 +182,13 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
     max_pixels = spec.max_pixels or (family.default_max_pixels if family else None)
     samples, issues, lines = [], [], 0
     for path in paths:
-        file_samples, file_issues, file_lines = _measure_file(path, tokenizer, source, family, vision_plan, max_pixels, spec.system)
+        file_samples, file_issues, file_lines = _measure_file(path, tokenizer, source, family, vision_plan, max_pixels, spec.system,
+                                                                spec.root_image_dir)
         samples += file_samples
         issues += file_issues
         lines += file_lines
     where = ", ".join(str(path) for path in paths)
-    if not samples:
+    if not samples and not spec.dataset_whole:
         # Raised before any problem line is printed: the message itself names the first one.
         if issues:
             file, line, problem = issues[0]
@@ -170,13 +198,14 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
     return DatasetProfile(where, lines, samples, issues, tokenizer_dir)
 
 
-def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels, system: str | None) -> tuple[list[Sample], list[tuple[str, int, str]], int]:
+def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels, system: str | None,
+                  root_image_dir: str | None) -> tuple[list[Sample], list[tuple[str, int, str]], int]:
     """(samples, (file, line, problem) for each line that cannot be measured, lines read) of one file.
     `system`: the prompt the run gives a sample without a system message (ms-swift: the sample's own wins)."""
     samples, issues, lines = [], [], 0
     for number, record, problem in _records(path):
         lines = number
-        problem = problem or _check_record(record)
+        messages, problem = (None, problem) if problem else _conversation(record, system)
         if problem:
             issues.append((str(path), number, problem))
             continue
@@ -186,7 +215,7 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
             continue
         pixels, sizes, vision_tokens, bad = [], [], 0, None
         for name in images:
-            file = media_file(name, path)
+            file = media_file(name, path, root_image_dir)
             if not file.is_file():
                 bad = f"image not found: {name}"
                 break
@@ -202,16 +231,13 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
             vision_tokens += tokens + vision_plan.extra_tokens
             pixels.append(tokens * family.pixels_per_token(source.config) if family.pixels_per_token else width * height)
         for name in videos:
-            file = media_file(name, path)
+            file = media_file(name, path, root_image_dir)
             if not file.is_file():
                 bad = bad or f"video not found: {name}"
             vision_tokens += vision_plan.video_tokens + vision_plan.video_wrap
         if bad:
             issues.append((str(path), number, bad))
             continue
-        messages = [{"role": m["role"], "content": _strip_tags(m["content"])} for m in record["messages"]]
-        if system is not None and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": system})
         try:
             text_tokens = len(_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
         except Exception as exc:  # noqa: BLE001 - a template can reject a conversation (roles out of order...)
@@ -260,13 +286,20 @@ def choose_limits(profile: DatasetProfile, spec, family, position_limit: int | N
                   downscaled_images=sum(px > max_pixels for px in pixels) if max_pixels else 0)
 
 
-def record(profile: DatasetProfile, limits: Limits, spec) -> dict:
-    """What the recipe keeps about the data."""
+def _measured(profile: DatasetProfile) -> dict:
+    """What was measured, as the recipe keeps it: the files, the distribution, the problem lines."""
     return {
         "path": profile.path, "lines": profile.lines, "samples": len(profile.samples), "tokenizer": profile.tokenizer,
         "issues": [{"file": file, "line": line, "problem": problem} for file, line, problem in profile.issues[:100]],
         "issue_count": len(profile.issues),
         "tokens": distribution(profile.token_counts()), "image_pixels": distribution(profile.pixel_counts()),
+    }
+
+
+def record(profile: DatasetProfile, limits: Limits, spec) -> dict:
+    """What the recipe keeps about the data and the limits it set."""
+    return {
+        **_measured(profile),
         "length_percentile": spec.length_percentile, "max_length": limits.max_length, "max_pixels": limits.max_pixels,
         "images_per_sample": limits.images_per_sample, "truncated_samples": limits.truncated_samples,
         "downscaled_images": limits.downscaled_images,
@@ -285,6 +318,8 @@ def from_dataset(spec, source):
         vplan = family.plan(source.config, Media(images=1, max_pixels=spec.max_pixels, video_frames=spec.video_frames or 0,
                                                  video_max_pixels=spec.video_max_pixels))
     profile = measure(spec, source, family, vplan)
+    if spec.dataset_whole and (profile.issues or not profile.samples):
+        return spec, profile, _not_used(profile, spec)
     limits = choose_limits(profile, spec, family, position_limit(source.config))
     changes = {"max_length": limits.max_length}
     if family is not None:
@@ -298,6 +333,14 @@ def from_dataset(spec, source):
     data = record(profile, limits, spec)
     data["images_per_sample"] = changes.get("images_per_sample", 0)
     return spec.replace(**changes), profile, data
+
+
+def _not_used(profile: DatasetProfile, spec) -> dict:
+    """The record of data whose every sample had to count (--swift-args's: the run meets them all)
+    and some could not be: the probe keeps max_length and the media limits it was given."""
+    tokens = profile.token_counts()
+    return {**_measured(profile), "used": False, "max_length": spec.max_length, "max_pixels": spec.max_pixels,
+            "longer_than_max_length": sum(t > spec.max_length for t in tokens) if spec.max_length else 0}
 
 
 def image_rule(profile: DatasetProfile, family, config, max_pixels: int) -> str:
