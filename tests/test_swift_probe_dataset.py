@@ -225,7 +225,7 @@ def measured(flags, model):
     """The probe's measurement of the data flags_from_file took, as spec_from_args passes it on."""
     spec = ProbeSpec(max_length=flags["max_length"], model_config=str(model), dataset=flags["dataset"], system=flags.get("system"),
                      root_image_dir=flags.get("root_image_dir"), dataset_whole=flags.get("dataset_whole", False),
-                     tokenizer=flags.get("tokenizer"))
+                     tokenizer=flags.get("tokenizer"), max_pixels=flags.get("max_pixels"), image_resize=flags.get("image_resize"))
     return from_dataset(spec, resolve(None, str(model)))
 
 
@@ -308,3 +308,88 @@ def test_no_eval_on_the_command_line_beside_a_file_that_evaluates(tmp_path, mode
     assert main(["probe", "--swift-args", mine, "--no-eval", "--device", "sim", "--gpu-memory", "64MiB", "--attn", "sdpa",
                  "--gradient-checkpointing", "off", "--max-batch-size", "2", "--validate-steps", "3", "--quiet",
                  "--out", str(tmp_path / "r.yaml")]) == 0
+
+
+def test_a_rank_torchrun_started_reads_the_world_size_from_torchrun(tmp_path, model_dir):
+    """A relaunched rank's command line has lost --nproc-per-node: WORLD_SIZE says it."""
+    mine = swift_file(tmp_path, model=str(model_dir), max_length=32, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                      ENV={"NPROC_PER_NODE": "2"})
+    args = build_parser().parse_args(["probe", "--swift-args", mine])
+    flags, _ = flags_from_file(mine, args, set(), environ={"WORLD_SIZE": "2"})
+    assert flags["global_batch_size"] == 4
+
+
+def test_a_line_that_is_not_utf8_is_that_lines_problem(tmp_path, model_dir):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes((json.dumps(chat("hi")) + "\n").encode() * 400 + b'{"messages": "\xff"}\n')
+    flags, _ = read(swift_file(tmp_path, model=str(model_dir), dataset=[str(path)], max_length=32))
+    _, profile, record = measured(flags, model_dir)
+    assert profile.issues == [(str(path), 401, "not UTF-8 (byte 15)")] and record["used"] is False
+
+
+def vision_data(tmp_path, *records):
+    from PIL import Image
+
+    Image.new("RGB", (112, 112)).save(tmp_path / "small.png")
+    Image.new("RGB", (1000, 1000)).save(tmp_path / "big.png")
+    return jsonl(tmp_path / "train.jsonl", *records)
+
+
+def test_vision_data_under_the_files_max_pixels_probes_the_datas_largest_image(tmp_path, monkeypatch):
+    """The file's MAX_PIXELS caps the images; the probe's image is the data's largest under it, not
+    the largest grid the cap allows (which would not fit in the data's longest sample)."""
+    monkeypatch.chdir(tmp_path)
+    train = vision_data(tmp_path, {**chat("<image> a"), "images": ["big.png"]}, {**chat("<image> b"), "images": ["small.png"]})
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    mine = swift_file(tmp_path, model_config="tiny-qwen2-vl", dataset=[train], max_length=4096, ENV={"MAX_PIXELS": "401408"})
+    flags, _ = read(mine, ["--model-config", "tiny-qwen2-vl", "--tokenizer", tokenizer])
+    spec, profile, record = measured({**flags, "tokenizer": tokenizer}, "tiny-qwen2-vl")
+    assert spec.max_pixels == max(profile.pixel_counts()) <= 401408 and record.get("used") is not False
+    from autotune.model.families import Media, family_for
+    from autotune.spec import PROCESSOR
+
+    config = resolve(None, "tiny-qwen2-vl").config
+    plan = family_for(config).plan(config, Media(images=1, max_pixels=spec.max_pixels, image_resize=spec.image_resize or PROCESSOR))
+    assert plan.tokens < spec.max_length  # the worst case fits in the data's longest sample
+
+
+@pytest.mark.parametrize("record,env,needle", [
+    ({"videos": ["clip.mp4"]}, {}, "no frame limit is set"),
+    ({"audios": ["a.wav"]}, {}, "has audio"),
+    ({"objects": {"ref": ["cat"], "bbox": [[0, 0, 1, 1]]}}, {}, "grounding objects"),
+])
+def test_media_autotune_cannot_count_keeps_the_probe_at_max_length(tmp_path, monkeypatch, record, env, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    train = vision_data(tmp_path, {**chat("<image> a"), "images": ["small.png"]}, {**chat("b"), **record})
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    flags, _ = read(swift_file(tmp_path, model_config="tiny-qwen2-vl", dataset=[train], max_length=512, ENV=env),
+                    ["--model-config", "tiny-qwen2-vl", "--tokenizer", tokenizer])
+    spec, profile, record_ = measured({**flags, "tokenizer": tokenizer}, "tiny-qwen2-vl")
+    assert record_["used"] is False and spec.max_length == 512 and needle in profile.issues[0][2]
+
+
+def test_min_pixels_is_not_guessed_at(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train = vision_data(tmp_path, {**chat("<image> a"), "images": ["small.png"]})
+    flags, notes = read(swift_file(tmp_path, model_config="tiny-qwen2-vl", dataset=[train], max_length=512, ENV={"MIN_PIXELS": "200704"}),
+                        ["--model-config", "tiny-qwen2-vl", "--tokenizer", make_tokenizer(tmp_path / "tok")])
+    assert "dataset" not in flags and any("MIN_PIXELS" in n for n in notes)
+
+
+def test_the_runs_images_must_be_where_ms_swift_looks(tmp_path, monkeypatch):
+    """Beside the JSONL is not where ms-swift looks: the run would fail on that sample."""
+    (tmp_path / "data").mkdir()
+    train = vision_data(tmp_path / "data", {**chat("<image> a"), "images": ["small.png"]})
+    monkeypatch.chdir(tmp_path)
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    flags, _ = read(swift_file(tmp_path, model_config="tiny-qwen2-vl", dataset=[train], max_length=512),
+                    ["--model-config", "tiny-qwen2-vl", "--tokenizer", tokenizer])
+    _, profile, record = measured({**flags, "tokenizer": tokenizer}, "tiny-qwen2-vl")
+    assert record["used"] is False and "ms-swift looks from the launch directory" in profile.issues[0][2]
+
+
+def test_a_conversations_file_is_measured(tmp_path, model_dir):
+    train = jsonl(tmp_path / "train.jsonl", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]})
+    flags, _ = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32))
+    assert flags["dataset"] == train

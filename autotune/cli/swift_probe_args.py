@@ -64,11 +64,14 @@ def fill(args, adjust=None, measure_data: bool = True) -> list[str]:
     return notes
 
 
-def _world_of(args) -> int | None:
-    """The world size the probe runs at, where its flags say it plainly (--nnodes 2, not 1:2);
-    a plan's --world-size."""
+def _world_of(args, environ: dict) -> int | None:
+    """The world size the probe runs at: torchrun's WORLD_SIZE in a rank it started (a relaunched
+    rank's command line has lost --nproc-per-node), else where the flags say it plainly (--nnodes
+    2, not 1:2); a plan's --world-size."""
     if getattr(args, "world_size", None):
         return int(args.world_size)
+    if str(environ.get("WORLD_SIZE", "")).isdigit():
+        return int(environ["WORLD_SIZE"])
     try:
         return int(getattr(args, "nproc_per_node", None) or 1) * int(getattr(args, "nnodes", None) or 1)
     except (TypeError, ValueError):
@@ -222,7 +225,7 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
     if eval_note:
         notes.append(eval_note)
     flags.update(_strategy_flags(file, settings))
-    data, data_note = _dataset_flags(file, flags, args, given, path, measure_data, environ)
+    data, data_note = _dataset_flags(file, flags, args, given, path, measure_data, environ, config.get())
     flags.update(data)
     if flags.get("max_length") is None and "max_length" not in given:
         full = default_max_length(config.get())
@@ -236,7 +239,7 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
         notes.append(data_note)
     if "global_batch_size" not in given:
         layout = launch_environment(file, environ, ("NPROC_PER_NODE", "NNODES", "CUDA_VISIBLE_DEVICES"))  # a 3.x YAML's: the shell's
-        flags["global_batch_size"], note = _global_batch(file, settings, layout, args, path)
+        flags["global_batch_size"], note = _global_batch(file, settings, layout, args, path, environ)
         if note:
             notes.append(note)
         cards = [c for c in layout.get("CUDA_VISIBLE_DEVICES", "").split(",") if c.strip()]
@@ -247,10 +250,11 @@ def flags_from_file(path: str, args, given: set[str], environ: dict | None = Non
 
 
 _AUTO = ("max_length", "max_pixels", "video_frames")  # a limit search takes no --dataset (spec.py)
+_MIN_IMAGE = ("MIN_PIXELS", "IMAGE_MIN_TOKEN_NUM")  # ms-swift's qwen-vl-utils patch: a smallest image size
 
 
 def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, measure_data: bool,
-                   environ: dict) -> tuple[dict, str | None]:
+                   environ: dict, config) -> tuple[dict, str | None]:
     """({"dataset": the file's local JSONL files} where the probe can measure them, else {}; the note
     that says which). ms-swift drops (or truncates) a sample longer than max_length, so the data's
     longest sample, capped by max_length, is the run's worst case. The data is measured only where
@@ -273,6 +277,15 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
                     f"not measured, {at}")
     if file.get("columns"):
         return {}, f"{path} renames the data's columns (columns), which autotune does not follow: not measured, {at}"
+    from ..emit.swift_read import launch_environment
+    from ..model.families import family_for
+
+    layout = launch_environment(file, environ, ("ROOT_IMAGE_DIR", *_MIN_IMAGE))
+    raised = [key for key in _MIN_IMAGE if layout.get(key)]
+    family = family_for(config)
+    if raised and family is not None and family.pixels_per_token is not None:
+        return {}, (f"{path} sets {', '.join(raised)}, which enlarges small images past the count autotune makes of them: "
+                    f"not measured, {at}")
     if not measure_data:
         return {}, f"{path}'s dataset is not measured by a plan: `autotune probe --swift-args {path}` measures it"
     blocked = ("an RLHF probe does not measure data yet" if flags.get("rlhf_type") or getattr(args, "rlhf_type", None) else
@@ -285,9 +298,7 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
     files = [str(found) for found in local]
     # every sample counts: one autotune cannot measure could be the run's longest
     data = {"dataset": files[0] if len(files) == 1 else files, "dataset_whole": True}
-    from ..emit.swift_read import launch_environment
-
-    root = launch_environment(file, environ, ("ROOT_IMAGE_DIR",)).get("ROOT_IMAGE_DIR")
+    root = layout.get("ROOT_IMAGE_DIR")
     if root:
         data["root_image_dir"] = root
     if file.get("system") is not None and "system" not in given:
@@ -315,15 +326,19 @@ def _local_file(name) -> Path | None:
 
 
 def _holds_messages(path: Path) -> bool:
-    """The file's first sample is an ms-swift `messages` record (alpaca, sharegpt, query/response
-    columns are ms-swift's too, and autotune does not read them)."""
+    """The file's first sample is a conversation as ms-swift's MessagesPreprocessor reads it
+    (`messages` / `conversation(s)`); alpaca and query/response columns are ms-swift's too, and
+    autotune does not read them."""
     import json
 
+    from ..model.dataset import MESSAGE_KEYS
+
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8", errors="replace") as handle:
             first = next((line for line in handle if line.strip()), "")
-        return isinstance(json.loads(first).get("messages"), list)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        record = json.loads(first)
+        return any(isinstance(record.get(key), list) for key in MESSAGE_KEYS)
+    except (OSError, ValueError, AttributeError):
         return False
 
 
@@ -419,11 +434,11 @@ class _Config:
         return name if name in ("bfloat16", "float16", "float32") else None
 
 
-def _global_batch(file: dict, settings: dict, env: dict, args, path: str) -> tuple[int, str | None]:
+def _global_batch(file: dict, settings: dict, env: dict, args, path: str, environ: dict) -> tuple[int, str | None]:
     """per_device_train_batch_size x gradient_accumulation_steps x the launch's processes, with
     ms-swift's defaults (batch 1; accumulation ceil(16 / batch / world), GRPO's 1)."""
     world = _launch_world(env)
-    here = _world_of(args)
+    here = _world_of(args, environ)
     if here is not None and here != world:
         raise UsageError(FLAG, f"{path} launches {world} process(es) (NPROC_PER_NODE x NNODES) and this probe runs at world size {here}, "
                                "so its global batch has no per-device split here",

@@ -6,8 +6,10 @@ A sample's length is its chat-templated text (the `<image>` / `<video>` tags rem
 image, the tokens the family's processor rule makes of that image's real size (for the Qwen2-VL
 family: smart_resize under max_pixels, then / 28^2, plus the vision start/end tokens). Videos
 count at the worst case of --video-frames / --video-max-pixels: decoding video is out of scope.
-Broken lines, missing and unreadable images are collected with their line numbers; the
-remaining samples are measured."""
+Broken lines, missing and unreadable images, and what is not counted (tools, audio, a video
+without a frame limit) are collected with their line numbers; the remaining samples are
+measured. The run's own data (--swift-args's, `dataset_whole`) sets the worst case only where
+every sample was measured."""
 
 from __future__ import annotations
 
@@ -73,11 +75,16 @@ def find_tokenizer(spec, source) -> str:
 def _records(path: Path):
     """(line number, object or None, problem or None) for every non-empty line."""
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")  # decoded line by line: one bad byte is that line's problem, not the file's
     except OSError as exc:
         raise UsageError("--dataset", f"cannot read {path}: {exc.strerror}") from None
     with handle:
-        for number, text in enumerate(handle, 1):
+        for number, raw in enumerate(handle, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, f"not UTF-8 (byte {exc.start + 1})"
+                continue
             if not text.strip():
                 continue
             try:
@@ -134,10 +141,10 @@ def _paths(record, key: str) -> list[str]:
     return [value] if isinstance(value, str) else value
 
 
-def media_file(name: str, data_file: Path, root: str | None = None) -> Path:
+def media_file(name: str, data_file: Path, root: str | None = None, beside: bool = True) -> Path:
     """Where a sample's image or video is, as ms-swift looks for it: the path as given (from the
     directory it is launched from), then under ROOT_IMAGE_DIR (`root`: the run's, else this
-    shell's); then beside the JSONL file."""
+    shell's); then, with `beside`, next to the JSONL file (where ms-swift does not look)."""
     import os
 
     given = Path(name).expanduser()
@@ -145,8 +152,24 @@ def media_file(name: str, data_file: Path, root: str | None = None) -> Path:
     root = root or os.environ.get("ROOT_IMAGE_DIR")
     if root:
         places.append(Path(root).expanduser() / given)
-    places.append(data_file.parent / given)
+    if beside:
+        places.append(data_file.parent / given)
     return next((place for place in places if place.is_file()), places[-1])
+
+
+def _uncounted_media(record: dict, videos: list, family, spec) -> str | None:
+    """Why a sample's media cannot be counted: a video with no frame limit (qwen-vl-utils' own
+    default runs to hundreds of frames), audio, grounding objects (which ms-swift's template
+    expands into the text)."""
+    if videos and not family.supports_video:
+        return f"has a video, and {family.name} takes none"
+    if videos and not spec.video_frames:
+        return "has a video, and no frame limit is set (--video-frames; ms-swift's FPS_MAX_FRAMES): its frames are not counted"
+    if record.get("audios"):
+        return "has audio, whose tokens are not counted"
+    if record.get("objects"):
+        return "has grounding objects, which ms-swift's template writes into the text: not counted"
+    return None
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -182,8 +205,7 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
     max_pixels = spec.max_pixels or (family.default_max_pixels if family else None)
     samples, issues, lines = [], [], 0
     for path in paths:
-        file_samples, file_issues, file_lines = _measure_file(path, tokenizer, source, family, vision_plan, max_pixels, spec.system,
-                                                                spec.root_image_dir)
+        file_samples, file_issues, file_lines = _measure_file(path, tokenizer, source, family, vision_plan, max_pixels, spec)
         samples += file_samples
         issues += file_issues
         lines += file_lines
@@ -198,14 +220,16 @@ def measure(spec, source, family, vision_plan) -> DatasetProfile:
     return DatasetProfile(where, lines, samples, issues, tokenizer_dir)
 
 
-def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels, system: str | None,
-                  root_image_dir: str | None) -> tuple[list[Sample], list[tuple[str, int, str]], int]:
+def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels, spec) -> tuple[list[Sample], list[tuple[str, int, str]], int]:
     """(samples, (file, line, problem) for each line that cannot be measured, lines read) of one file.
-    `system`: the prompt the run gives a sample without a system message (ms-swift: the sample's own wins)."""
+    `spec.system`: the prompt the run gives a sample without a system message (ms-swift: the
+    sample's own wins); `spec.root_image_dir`: the run's ROOT_IMAGE_DIR; `spec.dataset_whole`: the
+    run's own data, whose media must be where ms-swift looks (not beside the file)."""
+    root, beside = spec.root_image_dir, not spec.dataset_whole
     samples, issues, lines = [], [], 0
     for number, record, problem in _records(path):
         lines = number
-        messages, problem = (None, problem) if problem else _conversation(record, system)
+        messages, problem = (None, problem) if problem else _conversation(record, spec.system)
         if problem:
             issues.append((str(path), number, problem))
             continue
@@ -213,11 +237,15 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
         if (images or videos) and family is None:
             issues.append((str(path), number, "has images or videos, but the model is text-only"))
             continue
+        uncounted = _uncounted_media(record, videos, family, spec)
+        if uncounted:
+            issues.append((str(path), number, uncounted))
+            continue
         pixels, sizes, vision_tokens, bad = [], [], 0, None
         for name in images:
-            file = media_file(name, path, root_image_dir)
+            file = media_file(name, path, root, beside)
             if not file.is_file():
-                bad = f"image not found: {name}"
+                bad = f"image not found: {name}" + ("" if beside else " (ms-swift looks from the launch directory, then under ROOT_IMAGE_DIR)")
                 break
             try:
                 width, height = _image_size(file)
@@ -231,7 +259,7 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
             vision_tokens += tokens + vision_plan.extra_tokens
             pixels.append(tokens * family.pixels_per_token(source.config) if family.pixels_per_token else width * height)
         for name in videos:
-            file = media_file(name, path, root_image_dir)
+            file = media_file(name, path, root, beside)
             if not file.is_file():
                 bad = bad or f"video not found: {name}"
             vision_tokens += vision_plan.video_tokens + vision_plan.video_wrap
@@ -268,7 +296,8 @@ class Limits:
 
 
 def choose_limits(profile: DatasetProfile, spec, family, position_limit: int | None) -> Limits:
-    """The max of the data, or its --length-percentile; --max-length / --max-pixels cap them.
+    """The max of the data, or its --length-percentile; --max-length / --max-pixels cap them (the
+    pixels were measured under --max-pixels, so they are capped already).
     Records how many samples the chosen limits cut."""
     p = spec.length_percentile or 100.0
     tokens = profile.token_counts()
@@ -279,7 +308,7 @@ def choose_limits(profile: DatasetProfile, spec, family, position_limit: int | N
     max_pixels = None
     pixels = profile.pixel_counts()
     if family is not None and family.pixels_per_token is not None and pixels:
-        max_pixels = spec.max_pixels or percentile(pixels, p)
+        max_pixels = percentile(pixels, p)  # the data's images as the processor resizes them (under --max-pixels: a cap)
     images = max(s.images for s in profile.samples)
     return Limits(max_length=length, max_pixels=max_pixels, images_per_sample=images,
                   truncated_samples=sum(t > length for t in tokens),
