@@ -45,7 +45,7 @@ def read(path, argv=()):
     return flags_from_file(path, args, given_dests(list(argv), args.option_dests))
 
 
-def test_the_files_local_data_sets_the_probed_length_and_the_file_written_back(tmp_path, model_dir):
+def test_the_files_local_data_sets_the_probed_length_and_the_file_written_back(tmp_path, model_dir, capsys):
     train = jsonl(tmp_path / "train.jsonl", chat("hi"), chat(LONG))
     mine = swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=64, per_device_train_batch_size=1,
                       gradient_accumulation_steps=2, output_dir="runs/mine")
@@ -59,6 +59,17 @@ def test_the_files_local_data_sets_the_probed_length_and_the_file_written_back(t
     assert recipe.dataset["path"] == train and recipe.dataset["tokens"]["max"] == longest
     tuned = yaml.safe_load((tmp_path / "r.swift.yaml").read_text())
     assert tuned["dataset"] == [train] and tuned["max_length"] == longest
+    assert f"# max_length 64 -> {longest}: the longest sample of {train}" in (tmp_path / "r.swift.yaml").read_text()
+    # the recipe written onto a file that trains on other data: said, loudly
+    other = jsonl(tmp_path / "other.jsonl", chat(LONG + " " + LONG))
+    theirs = tmp_path / "theirs.yaml"
+    theirs.write_text(yaml.safe_dump({"model": str(model_dir), "dataset": [other], "max_length": 64}))
+    assert main(["emit", "swift", str(out), "--swift-args", str(theirs), "-o", str(tmp_path / "t.yaml"), "--swift-version", "4.6"]) == 0
+    assert f"WARNING: the recipe's max_length {longest} is the longest sample of {train}" in (tmp_path / "t.yaml").read_text()
+    # check of the file as the user wrote it: at its own max_length, and says what the recipe was probed at
+    capsys.readouterr()
+    main(["check", str(out), "--swift-args", mine])
+    assert f"the recipe was probed at {longest} tokens, the longest sample of {train}" in capsys.readouterr().out
 
 
 def test_the_files_max_length_caps_the_data_and_val_dataset_counts(tmp_path, model_dir):

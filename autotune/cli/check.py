@@ -87,9 +87,17 @@ def with_swift_args(recipe, path: str, environ: dict | None = None):
         settings, ignored = swift_read.without_vision(settings)
     if model.get("lora"):  # refused here, naming the file, not at the model load
         check_before_load(model_config(recipe), *lora.from_record(model["lora"]), flag="--swift-args")
+    probed_length = recipe.settings.max_length
     recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, **settings),
                                  model=dataclasses.replace(recipe.model, **model))
     recipe, note = unset_length(recipe, args, path)
+    data = recipe.dataset or {}
+    if data and data.get("used") is not False and args.get("max_length") is not None and \
+            (recipe.settings.max_length or 0) > (probed_length or 0):
+        text = (f"the recipe was probed at {probed_length} tokens, the longest sample of {data['path']} it measured; {path} sets "
+                f"max_length {recipe.settings.max_length}, checked as written (`emit swift --swift-args {path}` writes max_length "
+                f"{probed_length})")
+        note = f"{note}; {text}" if note else text
     given = swift_read.media_env(args, environ)
     held = {k: v for k, v in (recipe.settings.env or {}).items() if k in HELD_ENV}
     for key, value in held.items():

@@ -262,10 +262,12 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
     file's val_dataset counts too: the mid-training evaluation runs on it."""
     if "dataset" in given:  # --dataset on the command line, or `--dataset none` to probe at max_length
         return {}, None
-    names = _as_list(file.get("dataset")) + _as_list(file.get("val_dataset"))
+    from ..emit.swift_read import dataset_entries, local_dataset_file
+
+    names = dataset_entries(file)
     if not names:
         return {}, None
-    local = [_local_file(name) for name in names]
+    local = [local_dataset_file(name) for name in names]
     at = "plan takes the worst case from max_length" if not measure_data else "probing at max_length"
     hub = [name for name, found in zip(names, local) if found is None]
     if hub:
@@ -306,23 +308,6 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
     return data, (f"measuring {path}'s dataset ({', '.join(files)}) with the tokenizer's chat template, which ms-swift's template "
                   "reproduces: the probe runs at its longest sample, as ms-swift would meet it, where every sample can be "
                   "measured (else at max_length; give --dataset none to probe at max_length anyway)")
-
-
-def _as_list(value) -> list:
-    if value in (None, "", []):
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _local_file(name) -> Path | None:
-    """The file an ms-swift dataset entry names here (`PATH`, `PATH#N` sampling N of it), as ms-swift's
-    DatasetSyntax finds it: relative to the directory it is launched from. None for a hub id."""
-    text = str(name)
-    for candidate in (text, text.rsplit("#", 1)[0]):
-        found = Path(candidate).expanduser()
-        if found.is_file():
-            return found
-    return None
 
 
 def _holds_messages(path: Path) -> bool:

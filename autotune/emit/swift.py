@@ -252,6 +252,7 @@ def _on_base(recipe: Recipe, version: str, dataset: str | None, base: dict | Non
     lines = [f"# {source}'s arguments with the recipe's settings put in (its comments are not kept)"]
     if removed:
         lines.append(f"# removed from {source} (the probed configuration does not use them): {', '.join(removed)}")
+    lines += swift_base.data_lines(recipe, base, source)
     world = swift_base.launch_world_note(env, world_size(recipe), args, source)
     return args, env, lines + ([world] if world else [])
 

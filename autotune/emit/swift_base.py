@@ -78,3 +78,27 @@ def merge_env(recipe_env: dict[str, str], base: dict) -> dict[str, str]:
     if cards and "CUDA_VISIBLE_DEVICES" in recipe_env and len(cards.split(",")) == len(recipe_env["CUDA_VISIBLE_DEVICES"].split(",")):
         env["CUDA_VISIBLE_DEVICES"] = cards
     return env
+
+
+def data_lines(recipe, base: dict, source: str) -> list[str]:
+    """Head lines where the recipe's length is its measured data's longest sample: that the file's
+    max_length gives way to it, or, where the file trains on other data, that the length is not
+    this data's (probe the file to measure its own)."""
+    from pathlib import Path
+
+    from .swift_read import dataset_entries, local_dataset_file
+
+    data = recipe.dataset
+    if not data or data.get("used") is False:
+        return []
+    ours = recipe.settings.max_length
+    measured = {Path(p).resolve() for p in str(data["path"]).split(", ")}
+    entries = dataset_entries(base)
+    files = {found.resolve() for found in map(local_dataset_file, entries) if found is not None}
+    if files != measured or len(files) < len(entries):
+        return [f"# WARNING: the recipe's max_length {ours} is the longest sample of {data['path']}, and {source} trains on "
+                f"{', '.join(map(str, entries)) or 'no dataset it names'}: run `autotune probe --swift-args {source}` to measure its own"]
+    theirs = base.get("max_length")
+    if theirs is not None and str(theirs) != str(ours):
+        return [f"# max_length {theirs} -> {ours}: the longest sample of {data['path']} as the probe counted it (none is longer)"]
+    return []
