@@ -404,3 +404,12 @@ def test_a_conversations_file_is_measured(tmp_path, model_dir):
     train = jsonl(tmp_path / "train.jsonl", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]})
     flags, _ = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32))
     assert flags["dataset"] == train
+
+
+def test_data_given_on_the_command_line_counts_the_files_system_prompt(tmp_path, model_dir):
+    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
+    mine = swift_file(tmp_path, model=str(model_dir), max_length=32, system="be brief")
+    flags, _ = read(mine, ["--dataset", train])
+    assert flags["system"] == "be brief" and "dataset" not in flags and not flags.get("dataset_whole")
+    flags, _ = read(mine, ["--dataset", "none"])
+    assert "system" not in flags

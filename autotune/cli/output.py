@@ -80,7 +80,8 @@ def dataset_lines(d: dict) -> str:
     t, px = d["tokens"], d["image_pixels"]
     if d.get("used") is False:  # --swift-args's data, not all of it measurable: the probe keeps max_length
         return (f"dataset     {d['samples']} samples measured, {d['issue_count']} not (the lines above): the worst case of the "
-                f"data ms-swift will train on is not known, so the probe runs at max_length {d['max_length']}")
+                f"data ms-swift will train on is not known, so the probe runs at max_length {d['max_length']} (fix those lines, "
+                f"or give --dataset FILE to measure the rest and leave them out)")
     text = (f"dataset     {d['samples']} samples measured ({d['issue_count']} problem lines): tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']}")
     if px["count"]:
         text += f"; image pixels p50 {px['p50']}, p95 {px['p95']}, max {px['max']}"

@@ -260,8 +260,11 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
     longest sample, capped by max_length, is the run's worst case. The data is measured only where
     all of it can be (a hub id is not downloaded; only ms-swift's `messages` JSONL is read), and the
     file's val_dataset counts too: the mid-training evaluation runs on it."""
-    if "dataset" in given:  # --dataset on the command line, or `--dataset none` to probe at max_length
-        return {}, None
+    if "dataset" in given:  # --dataset on the command line (the file's system prompt counts in it), or `--dataset none`
+        from .multimodal_args import dataset_files
+
+        counts = dataset_files(getattr(args, "dataset", None)) and file.get("system") is not None and "system" not in given
+        return ({"system": str(file["system"])} if counts else {}), None
     from ..emit.swift_read import dataset_entries, local_dataset_file
 
     names = dataset_entries(file)
