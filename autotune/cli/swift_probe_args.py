@@ -265,7 +265,7 @@ def _dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, me
 
         counts = dataset_files(getattr(args, "dataset", None)) and file.get("system") is not None and "system" not in given
         return ({"system": str(file["system"])} if counts else {}), None
-    from ..emit.swift_read import dataset_entries, local_dataset_file
+    from ..emit.swift_data import dataset_entries, local_dataset_file
 
     names = dataset_entries(file)
     if not names:

@@ -86,7 +86,7 @@ def data_lines(recipe, base: dict, source: str) -> list[str]:
     this data's (probe the file to measure its own)."""
     from pathlib import Path
 
-    from .swift_read import dataset_entries, local_dataset_file
+    from .swift_data import dataset_entries, local_dataset_file
 
     data = recipe.dataset
     if not data or data.get("used") is False:

@@ -306,24 +306,3 @@ def lora_targets_back(args: dict) -> dict:
             raise UsageError("--swift-args", f"target_modules item {item!r} is one module name to ms-swift",
                              "write the names as a list: target_modules: [q_proj, v_proj]")
     return lora.record(lora.parse_names([str(i) for i in items], "--swift-args target_modules"), None)
-
-
-def dataset_entries(args: dict) -> list:
-    """The file's `dataset` and `val_dataset` entries, in order (one string or a list each)."""
-    entries = []
-    for key in ("dataset", "val_dataset"):
-        value = args.get(key)
-        if value not in (None, "", []):
-            entries += list(value) if isinstance(value, (list, tuple)) else [value]
-    return entries
-
-
-def local_dataset_file(name) -> Path | None:
-    """The file an ms-swift dataset entry names here (`PATH`, `PATH#N` sampling N of it), as ms-swift's
-    DatasetSyntax finds it: relative to the directory it is launched from. None for a hub id."""
-    text = str(name)
-    for candidate in (text, text.rsplit("#", 1)[0]):
-        found = Path(candidate).expanduser()
-        if found.is_file():
-            return found
-    return None
