@@ -60,11 +60,18 @@ def distribution(values: list[int]) -> dict:
     return {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": values[-1] if values else 0, "count": len(values)}
 
 
-def find_tokenizer(spec, source) -> str:
-    candidates = [spec.tokenizer, spec.model, spec.model_config]
+def tokenizer_dir(candidates) -> str | None:
+    """The first of `candidates` (--tokenizer, --model, --model-config) that is a directory holding tokenizer files."""
     for candidate in candidates:
         if candidate and Path(candidate).is_dir() and any((Path(candidate) / f).is_file() for f in TOKENIZER_FILES):
             return str(candidate)
+    return None
+
+
+def find_tokenizer(spec, source) -> str:
+    found = tokenizer_dir([spec.tokenizer, spec.model, spec.model_config])
+    if found:
+        return found
     if spec.tokenizer:
         raise UsageError("--tokenizer", f"no tokenizer files in {spec.tokenizer}", f"the directory needs one of {', '.join(TOKENIZER_FILES)}")
     where = spec.model or spec.model_config
