@@ -76,17 +76,17 @@ def _holds_messages(path: Path) -> bool:
     """The file's first sample is a conversation as ms-swift's MessagesPreprocessor reads it
     (`messages` / `conversation(s)`); alpaca and query/response columns are ms-swift's too, and
     autotune does not read them."""
-    import json
+    from contextlib import closing
 
-    from ..model.dataset import MESSAGE_KEYS
+    from ..errors import UsageError
+    from ..model.dataset_samples import MESSAGE_KEYS, records
 
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            first = next((line for line in handle if line.strip()), "")
-        record = json.loads(first)
-        return any(isinstance(record.get(key), list) for key in MESSAGE_KEYS)
-    except (OSError, ValueError, AttributeError):
+        with closing(records(path)) as lines:
+            _, record, _ = next(lines, (None, None, None))
+    except UsageError:  # unreadable: not measured
         return False
+    return isinstance(record, dict) and any(isinstance(record.get(key), list) for key in MESSAGE_KEYS)
 
 
 def _tokenizer_missing(flags: dict, args) -> str | None:
