@@ -204,7 +204,7 @@ class ProbeSpec:
             self.global_batch_size = self.rlhf.default_global_batch(self.world_size)
             self.rlhf = dataclasses.replace(self.rlhf, global_batch_defaulted=True)
         for flag, bad in (("--task eval", self.task == "eval"), ("--max-length auto", self.frontier is not None),
-                          ("--dataset", self.dataset is not None), ("--predict-with-generate", self.predict_with_generate)):
+                          ("--predict-with-generate", self.predict_with_generate)):
             if bad:
                 raise UsageError("--rlhf-type", f"an RLHF probe does not take {flag} yet", f"leave {flag} out")
         if "fsdp" in self.strategies:

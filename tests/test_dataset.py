@@ -16,7 +16,8 @@ from autotune.spec import ProbeSpec
 
 # The template writes "role content" per message, split on whitespace by the tokenizer below:
 # a message is 1 + len(content.split()) tokens, an oracle independent of the code under test.
-TEMPLATE = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+# With the generation prompt (GRPO's prompts) it ends on "assistant": one token more.
+TEMPLATE = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant {% endif %}"
 
 
 def make_tokenizer(directory):

@@ -120,19 +120,12 @@ def test_a_sampled_local_file_is_measured_whole(tmp_path, model_dir, monkeypatch
 @pytest.mark.parametrize("argv,needle", [
     (["--dataset", "none"], None),                                     # the user's choice: probe at max_length
     (["--max-length", "auto"], "--max-length auto searches the limit"),
-    (["--rlhf-type", "dpo"], "an RLHF probe does not measure data yet"),
 ])
 def test_the_command_line_can_leave_the_data_out(tmp_path, model_dir, argv, needle):
     train = jsonl(tmp_path / "train.jsonl", chat("hi"))
     flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32), argv)
     assert not flags.get("dataset")
     assert needle is None or any(needle in n for n in notes), notes
-
-
-def test_rlhf_files_data_is_not_measured(tmp_path, model_dir):
-    train = jsonl(tmp_path / "train.jsonl", chat("hi"))
-    flags, notes = read(swift_file(tmp_path, model=str(model_dir), dataset=[train], max_length=32, rlhf_type="dpo"))
-    assert "dataset" not in flags and any("an RLHF probe does not measure data yet" in n for n in notes)
 
 
 def test_a_model_without_a_tokenizer_probes_at_max_length_and_names_the_fix(tmp_path, model_dir):
@@ -300,7 +293,7 @@ def test_swift_rlhf_without_a_type_is_ms_swifts_dpo(tmp_path, model_dir):
     script = tmp_path / "run.sh"
     script.write_text(f"swift rlhf --model {model_dir} --dataset {train} --max_length 256\n")
     flags, notes = read(str(script))
-    assert flags["rlhf_type"] == "dpo" and "dataset" not in flags
+    assert flags["rlhf_type"] == "dpo" and flags["dataset"] == train  # measured as DPO's pairs (test_dataset_rlhf.py)
 
 
 @pytest.mark.parametrize("keys", [

@@ -82,10 +82,13 @@ def dataset_lines(d: dict) -> str:
         return (f"dataset     {d['samples']} samples measured, {d['issue_count']} not (the lines above): the worst case of the "
                 f"data ms-swift will train on is not known, so the probe runs at max_length {d['max_length']} (fix those lines, "
                 f"or give --dataset FILE to measure the rest and leave them out)")
-    text = (f"dataset     {d['samples']} samples measured ({d['issue_count']} problem lines): tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']}")
+    counted = f" ({d['counted']})" if d.get("counted", "conversation") != "conversation" else ""
+    text = (f"dataset     {d['samples']} samples measured ({d['issue_count']} problem lines): tokens{counted} p50 {t['p50']}, "
+            f"p95 {t['p95']}, max {t['max']}")
     if px["count"]:
         text += f"; image pixels p50 {px['p50']}, p95 {px['p95']}, max {px['max']}"
-    text += f"\n            probing max_length {d['max_length']} ({d['truncated_samples']} samples longer: truncated)"
+    text += (f"\n            probing max_length {d['max_length']} ({d['truncated_samples']} samples longer: dropped or cut to it, "
+             "as ms-swift's truncation_strategy says)")
     if d["max_pixels"]:
         text += f", max_pixels {d['max_pixels']} ({d['downscaled_images']} images downscaled)"
     return text

@@ -1,7 +1,7 @@
 """`probe --swift-args FILE`'s data: the file's local dataset / val_dataset become --dataset
 where the probe can count every sample as ms-swift will feed it, and the note says why not
 where it cannot (a hub id, another format, renamed columns, MIN_PIXELS, no tokenizer or chat
-template, an RLHF file, a limit searched instead). swift_probe_args.py maps the rest of the file."""
+template, a limit searched instead); an RLHF file's data is measured as its type feeds it. swift_probe_args.py maps the rest of the file."""
 
 from __future__ import annotations
 
@@ -52,8 +52,7 @@ def dataset_flags(file: dict, flags: dict, args, given: set[str], path: str, mea
                     f"not measured, {at}")
     if not measure_data:
         return {}, f"{path}'s dataset is not measured by a plan: `autotune probe --swift-args {path}` measures it"
-    blocked = ("an RLHF probe does not measure data yet" if flags.get("rlhf_type") or getattr(args, "rlhf_type", None) else
-               next((f"--{key.replace('_', '-')} auto searches the limit" for key in _AUTO if getattr(args, key, None) == "auto"), None))
+    blocked = next((f"--{key.replace('_', '-')} auto searches the limit" for key in _AUTO if getattr(args, key, None) == "auto"), None)
     if blocked:
         return {}, f"{path}'s dataset is not measured: {blocked}; {at}"
     missing = _tokenizer_missing(flags, args)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from .dataset_samples import conversation, image_size, media_file, media_paths, records, uncounted_media
+from .dataset_samples import image_size, media_file, media_paths, records, sequences, uncounted_media
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -117,55 +117,80 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
     """(samples, (file, line, problem) for each line that cannot be measured, lines read) of one file.
     `spec.system`: the prompt the run gives a sample without a system message (ms-swift: the
     sample's own wins); `spec.root_image_dir`: the run's ROOT_IMAGE_DIR; `spec.dataset_whole`: the
-    run's own data, whose media must be where ms-swift looks (not beside the file)."""
-    root, beside = spec.root_image_dir, not spec.dataset_whole
+    run's own data, whose media must be where ms-swift looks (not beside the file); `spec.rlhf`:
+    what a sample becomes (DPO's chosen and rejected, GRPO's prompt: dataset_samples.sequences)."""
+    rlhf_type = spec.rlhf.rlhf_type if spec.rlhf is not None else None
+    vision = _Vision(path, source, family, vision_plan, max_pixels, spec)
     samples, issues, lines = [], [], 0
     for number, record, problem in records(path):
         lines = number
-        messages, problem = (None, problem) if problem else conversation(record, spec.system)
+        parts, problem = (None, problem) if problem else sequences(record, spec.system, rlhf_type)
+        counted, by_record = [], {}  # DPO's rejected reply shares the chosen's record: its images count once
+        for messages, media, generation_prompt in parts or ():
+            if id(media) not in by_record:
+                by_record[id(media)] = vision.count(media)
+            images, problem = by_record[id(media)]
+            if problem:
+                break
+            try:
+                text = len(_ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)))
+            except Exception as exc:  # noqa: BLE001 - a template can reject a conversation (roles out of order...)
+                problem = f"the chat template rejects it ({str(exc).splitlines()[0][:120]})"
+                break
+            counted.append((text, images))
         if problem:
             issues.append((str(path), number, problem))
             continue
+        longest_text, longest_images = max(counted, key=lambda c: c[0] + c[1].tokens)
+        seen = {id(c[1]): c[1] for c in counted}.values()
+        samples.append(Sample(number, longest_text + longest_images.tokens, max(c[1].count for c in counted),
+                              [px for media in seen for px in media.pixels], [size for media in seen for size in media.sizes]))
+    return samples, issues, lines
+
+
+@dataclass
+class _Media:
+    count: int = 0
+    tokens: int = 0
+    pixels: list[int] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+class _Vision:
+    """The vision tokens of one record's images and videos, as the family's processor makes them."""
+
+    def __init__(self, path, source, family, vision_plan, max_pixels, spec):
+        self.path, self.source, self.family, self.plan, self.max_pixels, self.spec = path, source, family, vision_plan, max_pixels, spec
+        self.root, self.beside = spec.root_image_dir, not spec.dataset_whole
+
+    def count(self, record) -> tuple[_Media | None, str | None]:
         images, videos = media_paths(record, "images"), media_paths(record, "videos")
+        family, path = self.family, self.path
         if (images or videos) and family is None:
-            issues.append((str(path), number, "has images or videos, but the model is text-only"))
-            continue
-        uncounted = uncounted_media(record, videos, family, spec)
+            return None, "has images or videos, but the model is text-only"
+        uncounted = uncounted_media(record, videos, family, self.spec)
         if uncounted:
-            issues.append((str(path), number, uncounted))
-            continue
-        pixels, sizes, vision_tokens, bad = [], [], 0, None
+            return None, uncounted
+        media = _Media(count=len(images))
         for name in images:
-            file = media_file(name, path, root, beside)
+            file = media_file(name, path, self.root, self.beside)
             if not file.is_file():
-                bad = f"image not found: {name}" + ("" if beside else " (ms-swift looks from the launch directory, then under ROOT_IMAGE_DIR)")
-                break
+                return None, f"image not found: {name}" + ("" if self.beside else " (ms-swift looks from the launch directory, then under ROOT_IMAGE_DIR)")
             try:
                 width, height = image_size(file)
             except UsageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
-                bad = f"cannot read image {name} ({type(exc).__name__})"
-                break
-            tokens = family.image_tokens_for_size(source.config, width, height, max_pixels)
-            sizes.append((width, height))
-            vision_tokens += tokens + vision_plan.extra_tokens
-            pixels.append(tokens * family.pixels_per_token(source.config) if family.pixels_per_token else width * height)
+                return None, f"cannot read image {name} ({type(exc).__name__})"
+            tokens = family.image_tokens_for_size(self.source.config, width, height, self.max_pixels)
+            media.sizes.append((width, height))
+            media.tokens += tokens + self.plan.extra_tokens
+            media.pixels.append(tokens * family.pixels_per_token(self.source.config) if family.pixels_per_token else width * height)
         for name in videos:
-            file = media_file(name, path, root, beside)
-            if not file.is_file():
-                bad = bad or f"video not found: {name}"
-            vision_tokens += vision_plan.video_tokens + vision_plan.video_wrap
-        if bad:
-            issues.append((str(path), number, bad))
-            continue
-        try:
-            text_tokens = len(_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
-        except Exception as exc:  # noqa: BLE001 - a template can reject a conversation (roles out of order...)
-            issues.append((str(path), number, f"the chat template rejects it ({str(exc).splitlines()[0][:120]})"))
-            continue
-        samples.append(Sample(number, text_tokens + vision_tokens, len(images), pixels, sizes))
-    return samples, issues, lines
+            if not media_file(name, path, self.root, self.beside).is_file():
+                return None, f"video not found: {name}"
+            media.tokens += self.plan.video_tokens + self.plan.video_wrap
+        return media, None
 
 
 def _ids(encoded) -> list:
@@ -202,10 +227,15 @@ def choose_limits(profile: DatasetProfile, spec, family, position_limit: int | N
                   downscaled_images=sum(px > max_pixels for px in pixels) if max_pixels else 0)
 
 
-def _measured(profile: DatasetProfile) -> dict:
-    """What was measured, as the recipe keeps it: the files, the distribution, the problem lines."""
+# What one sample's length is, by the run it feeds (dataset_samples.sequences).
+COUNTED = {None: "conversation", "dpo": "the longer of chosen and rejected", "grpo": "the prompt (completions: max_completion_length)"}
+
+
+def _measured(profile: DatasetProfile, spec) -> dict:
+    """What was measured, as the recipe keeps it: the files, what a sample's length is, the
+    distribution, the problem lines."""
     return {
-        "path": profile.path, "lines": profile.lines, "samples": len(profile.samples), "tokenizer": profile.tokenizer,
+        "path": profile.path, "counted": COUNTED[spec.rlhf.rlhf_type if spec.rlhf is not None else None], "lines": profile.lines, "samples": len(profile.samples), "tokenizer": profile.tokenizer,
         "issues": [{"file": file, "line": line, "problem": problem} for file, line, problem in profile.issues[:100]],
         "issue_count": len(profile.issues),
         "tokens": distribution(profile.token_counts()), "image_pixels": distribution(profile.pixel_counts()),
@@ -215,7 +245,7 @@ def _measured(profile: DatasetProfile) -> dict:
 def record(profile: DatasetProfile, limits: Limits, spec) -> dict:
     """What the recipe keeps about the data and the limits it set."""
     return {
-        **_measured(profile),
+        **_measured(profile, spec),
         "length_percentile": spec.length_percentile, "max_length": limits.max_length, "max_pixels": limits.max_pixels,
         "images_per_sample": limits.images_per_sample, "truncated_samples": limits.truncated_samples,
         "downscaled_images": limits.downscaled_images,
@@ -255,7 +285,7 @@ def _not_used(profile: DatasetProfile, spec) -> dict:
     """The record of data whose every sample had to count (--swift-args's: the run meets them all)
     and some could not be: the probe keeps max_length and the media limits it was given."""
     tokens = profile.token_counts()
-    return {**_measured(profile), "used": False, "max_length": spec.max_length, "max_pixels": spec.max_pixels,
+    return {**_measured(profile, spec), "used": False, "max_length": spec.max_length, "max_pixels": spec.max_pixels,
             "longer_than_max_length": sum(t > spec.max_length for t in tokens) if spec.max_length else 0}
 
 

@@ -78,6 +78,64 @@ def conversation(record, system: str | None) -> tuple[list[dict] | None, str | N
     return out, None
 
 
+def sequences(record, system: str | None, rlhf_type: str | None = None) -> tuple[list[tuple[list[dict], dict, bool]] | None, str | None]:
+    """The sequences one sample becomes in the run, each (messages, the record holding its media,
+    whether the chat template adds the generation prompt), or (None, why it cannot be counted).
+    Supervised: the conversation. DPO (ms-swift's TemplateInputs): the chosen conversation and the
+    rejected one -- `rejected_response` (a reply, or a list of assistant / tool messages) in place of
+    everything after the last user turn, with the chosen's media, or a whole `rejected_messages`
+    with its own `rejected_images` / `rejected_videos`; each is cut to max_length on its own, so the
+    longer one is the sample's length. GRPO: the prompt the policy completes, the conversation
+    without its last assistant reply (ms-swift's remove_response) and with the generation prompt;
+    max_length limits it, the completion has max_completion_length."""
+    messages, problem = conversation(record, system)
+    if problem:
+        return None, problem
+    if rlhf_type == "grpo":
+        prompt = messages[:-1] if messages[-1]["role"] == "assistant" else messages
+        if not any(m["role"] == "user" for m in prompt):
+            return None, "has no user turn for GRPO to prompt with"
+        return [(prompt, record, True)], None
+    if rlhf_type != "dpo":
+        return [(messages, record, False)], None
+    if messages[-1]["role"] != "assistant":
+        return None, "ends without an assistant reply: DPO's chosen response"
+    if record.get("rejected_messages") is not None:
+        rejected_record = {"messages": record["rejected_messages"], "system": record.get("rejected_system"),
+                           **{key: record[f"rejected_{key}"] for key in ("images", "videos") if f"rejected_{key}" in record}}
+        rejected, problem = conversation(rejected_record, system)
+        if problem:
+            return None, f"rejected_messages: {problem}"
+        return [(messages, record, False), (rejected, rejected_record, False)], None
+    reply = record.get("rejected_response")
+    if reply is None:
+        return None, "has no rejected_response or rejected_messages, which DPO needs"
+    reply, problem = _rejected_reply(reply)
+    if problem:
+        return None, problem
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user") if any(m["role"] == "user" for m in messages) else -1
+    return [(messages, record, False), (messages[:last_user + 1] + reply, record, False)], None
+
+
+def _rejected_reply(reply) -> tuple[list[dict] | None, str | None]:
+    """ms-swift's rejected_response: a string (one assistant reply) or a list of messages, no user turn among them."""
+    if isinstance(reply, str):
+        return [{"role": "assistant", "content": strip_tags(reply)}], None
+    if not isinstance(reply, list) or not reply:
+        return None, "rejected_response must be a string or a list of messages"
+    out = []
+    for i, message in enumerate(reply):
+        role = next((message[k] for k in ROLE_KEYS if k in message), None) if isinstance(message, dict) else None
+        content = next((message[k] for k in CONTENT_KEYS if k in message), None) if isinstance(message, dict) else None
+        if not isinstance(role, str) or not isinstance(content, str):
+            return None, f"rejected_response[{i}] needs a string 'role' and a string 'content'"
+        if ROLES.get(role) != "assistant":
+            return None, (f"rejected_response[{i}] has the role {role!r}: ms-swift allows no user turn there, and autotune counts "
+                          "assistant replies only")
+        out.append({"role": "assistant", "content": strip_tags(content)})
+    return out, None
+
+
 def media_paths(record, key: str) -> list[str]:
     value = record.get(key) or []
     return [value] if isinstance(value, str) else value
