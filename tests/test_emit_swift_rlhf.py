@@ -168,3 +168,21 @@ def test_check_reads_the_rlhf_keys_back_from_a_swift_rlhf_file(tmp_path):
     s = checked.settings
     assert (s.num_generations, s.max_completion_length, s.beta, s.vllm_gpu_memory_utilization, s.sleep_level) == (16, 2048, 0.0, 0.45, 1)
     assert s.rlhf_type == "grpo" and s.use_vllm is True
+
+
+def test_a_file_that_names_its_reward_is_not_told_to_add_one():
+    """--swift-args writes the user's own file back: its reward_funcs stay, so no note asks for them."""
+    recipe = rlhf_variant("grpo_plain")
+    asks = "# GRPO needs your reward"
+    assert asks in swift.render_yaml(recipe, "4.6")
+    for form in (swift.render_yaml, swift.render_script):
+        written = form(recipe, "4.6", base={"rlhf_type": "grpo", "reward_funcs": ["accuracy"], "dataset": ["d.jsonl"]})
+        assert asks not in written and "accuracy" in written
+
+
+def test_generation_without_vllm_is_said_plainly():
+    recipe = rlhf_variant("grpo_plain")
+    why = "TRL without vLLM generates with the policy's generate(), inside the trials"
+    recipe = dataclasses.replace(recipe, rlhf={**recipe.rlhf, "rollout": {"engine": "generate", "how": "measured", "why": why}})
+    head = [ln for ln in swift.render_yaml(recipe, "4.6").splitlines() if ln.startswith("#")]
+    assert f"# generation was measured as the run does it: {why}" in head and not any("None" in ln for ln in head), head

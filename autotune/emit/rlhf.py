@@ -80,6 +80,8 @@ def rollout_sentence(rollout: dict) -> str:
     engine = {"vllm": "vLLM"}.get(rollout.get("engine", "vllm"), rollout.get("engine"))
     if rollout.get("mode") == "server":
         return f"{engine} runs as its own server (vllm_mode server): no share of the training cards was set aside"
+    if rollout.get("engine") == "generate":  # no rollout engine: the policy generates, inside the probed step
+        return "generation was measured as the run does it: " + (rollout.get("why") or "the policy's own generate()")
     share = rollout.get("share")
     size = f" ({format_size(rollout['share_bytes'])})" if rollout.get("share_bytes") else ""
     how = rollout.get("how")
