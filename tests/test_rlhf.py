@@ -275,8 +275,14 @@ def test_generation_by_the_policy_is_measured_at_full_length(make_workload):
 def test_targets_defaults_and_batch_rules():
     swift, trl = RLHFSpec("grpo"), RLHFSpec("grpo", target="trl")
     assert (swift.kl_beta, trl.kl_beta) == (0.04, 0.0)
-    assert (swift.completion_length, trl.completion_length) == (512, 256)
-    assert RLHFSpec("grpo", use_vllm=True).share == 0.9 and RLHFSpec("grpo", target="trl", use_vllm=True).share == 0.3
+    assert swift.completion_length == 512
+    assert RLHFSpec("grpo", use_vllm=True).share == 0.9
+    # TRL's own defaults, read from its GRPOConfig (they were 256 here while TRL's was 512)
+    from trl import GRPOConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    assert (trl.completion_length, trl.kl_beta) == (defaults["max_completion_length"], defaults["beta"])
+    assert RLHFSpec("grpo", target="trl", use_vllm=True).share == defaults["vllm_gpu_memory_utilization"]
     assert trl.reference_model("full") == "none (beta 0)" and swift.reference_model("full") == "loaded"
     assert RLHFSpec("dpo", precompute_ref_log_probs=True).reference_model("full") == "precomputed"
     rule = RLHFSpec("grpo", num_generations=8)

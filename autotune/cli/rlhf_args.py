@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
     group.add_argument("--rlhf-type", choices=RLHF_TYPES, help="probe a GRPO or DPO run instead of supervised fine-tuning")
     group.add_argument("--rlhf-target", choices=TARGETS,
                        help="whose defaults fill what is not given (beta: ms-swift 0.04, TRL 0.0 for GRPO; "
-                            "max_completion_length: 512 / 256; vllm_gpu_memory_utilization 0.9 / 0.3) (default: swift)")
+                            "max_completion_length: 512 in both; vllm_gpu_memory_utilization 0.9 / 0.3) (default: swift)")
     group.add_argument("--num-generations", type=int, metavar="N", help="GRPO: completions per prompt (default: 8)")
     group.add_argument("--max-completion-length", type=int, metavar="N",
                        help="GRPO: tokens per completion; every completion is probed at this length (--max-length is the prompt's)")

@@ -10,7 +10,7 @@ defaults, so a value left unset follows the chosen target and the recipe says wh
 |---|---|---|
 | `beta` (GRPO) | 0.04 | 0.0 |
 | `beta` (DPO) | 0.1 | 0.1 |
-| `max_completion_length` | 512 | 256 |
+| `max_completion_length` | 512 | 512 |
 | `num_generations` | 8 | 8 |
 | `vllm_gpu_memory_utilization` | 0.9 | 0.3 |
 
@@ -34,7 +34,7 @@ SLEEP_LEVELS = (0, 1, 2)
 DEFAULTS = {
     "swift": {"grpo_beta": 0.04, "dpo_beta": 0.1, "max_completion_length": 512, "num_generations": 8,
               "vllm_gpu_memory_utilization": 0.9},
-    "trl": {"grpo_beta": 0.0, "dpo_beta": 0.1, "max_completion_length": 256, "num_generations": 8,
+    "trl": {"grpo_beta": 0.0, "dpo_beta": 0.1, "max_completion_length": 512, "num_generations": 8,
             "vllm_gpu_memory_utilization": 0.3},
 }
 # ms-swift's default total batch when none is given (its gradient_accumulation_steps default
