@@ -376,3 +376,12 @@ def test_dpo_pairs_are_whole_length_and_the_prompt_a_prefix_as_trl_tokenizes_the
         alone = _tokenize(data.processing_class, prompt)["input_ids"]
         joined = _tokenize(data.processing_class, prompt + chosen)["input_ids"]
         assert common_prefix_length(alone, joined) == len(alone) == 16 and len(joined) == 32
+
+
+def test_a_grpo_global_batch_that_does_not_split_over_the_ranks_is_refused_before_any_trial():
+    """8 completions in groups of 4 cannot be split over 3 ranks: refused up front (it used to run
+    the whole search and end in a false 'does not fit')."""
+    with pytest.raises(UsageError, match="do not split over 3 ranks") as refused:
+        RLHFSpec("grpo", num_generations=4).check_global_batch(3, 8)
+    assert "--global-batch-size 24" in str(refused.value)
+    RLHFSpec("grpo", num_generations=4).check_global_batch(2, 8)  # 4 per rank: fine

@@ -158,6 +158,11 @@ class RLHFSpec:
         accumulation: it must hold whole groups of num_generations completions."""
         if self.rlhf_type != "grpo" or global_batch is None or self.steps_per_generation is not None:
             return
+        if global_batch % world_size:  # each rank generates the same share of the batch: it must split evenly
+            raise UsageError("--global-batch-size", f"GRPO's {global_batch} completions per optimizer step do not split over "
+                             f"{world_size} ranks",
+                             f"use a multiple of {math.lcm(self.generations, world_size)} (whole groups of --num-generations "
+                             f"{self.generations} on {world_size} ranks), e.g. --global-batch-size {self.default_global_batch(world_size)}")
         if global_batch % self.generations:
             raise UsageError("--global-batch-size", f"GRPO generates {global_batch} completions per optimizer step, "
                              f"which is not a multiple of --num-generations {self.generations}",
