@@ -186,3 +186,19 @@ def test_generation_without_vllm_is_said_plainly():
     recipe = dataclasses.replace(recipe, rlhf={**recipe.rlhf, "rollout": {"engine": "generate", "how": "measured", "why": why}})
     head = [ln for ln in swift.render_yaml(recipe, "4.6").splitlines() if ln.startswith("#")]
     assert f"# generation was measured as the run does it: {why}" in head and not any("None" in ln for ln in head), head
+
+
+def test_reward_models_are_written_where_ms_swift_can_load_them(tmp_path):
+    """ms-swift's reward_model is a hub id or a directory: a built-in tiny config's name is neither
+    (a placeholder, said in the head); a probed config.json is written as its directory."""
+    reward = tmp_path / "rm"
+    reward.mkdir()
+    (reward / "config.json").write_text("{}")
+    recipe = rlhf_variant("grpo_plain")
+    recipe = dataclasses.replace(recipe, settings=dataclasses.replace(
+        recipe.settings, reward_model=["tiny-qwen2", str(reward / "config.json"), str(reward)]))
+    text = swift.render_yaml(recipe, "4.6")
+    assert yaml.safe_load(text)["reward_model"] == ["YOUR_REWARD_MODEL_ID_OR_PATH", str(reward), str(reward)]
+    assert "# YOUR_REWARD_MODEL_ID_OR_PATH: the reward model was a built-in config" in text
+    assert "YOUR_REWARD_MODEL_ID_OR_PATH below is a placeholder" in swift.render_script(recipe, "4.6")
+    assert "GRPO needs your reward" not in text

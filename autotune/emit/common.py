@@ -4,6 +4,7 @@ precision, the model location, the launch environment. Pure functions, no I/O.""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..errors import UsageError
 from ..recipe.schema import STRATEGIES, Recipe
@@ -50,6 +51,18 @@ def model_location(recipe: Recipe) -> str:
         path = model.path
         return _absolute(path[: -len("/config.json")] if path.endswith("/config.json") else path)
     return MODEL_PLACEHOLDER
+
+
+REWARD_MODEL_PLACEHOLDER = "YOUR_REWARD_MODEL_ID_OR_PATH"
+
+
+def reward_model_location(ref: str) -> str:
+    """Where a launcher loads a reward model from: a directory (or the one holding the config.json
+    probed) as an absolute path; a built-in tiny config's name is no hub id or path: a placeholder."""
+    path = Path(ref).expanduser()
+    if path.is_file() and path.name == "config.json":
+        return _absolute(str(path.parent))
+    return _absolute(ref) if path.is_dir() else REWARD_MODEL_PLACEHOLDER
 
 
 def _absolute(path: str) -> str:
