@@ -42,6 +42,13 @@ ROLE_KEYS, CONTENT_KEYS = ("role", "from"), ("content", "value")
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "system": "system"}
 
 
+def role_and_content(message) -> tuple:
+    """A message's role and content under either of ms-swift's spellings (role/content, from/value)."""
+    if not isinstance(message, dict):
+        return None, None
+    return (next((message[k] for k in ROLE_KEYS if k in message), None), next((message[k] for k in CONTENT_KEYS if k in message), None))
+
+
 def conversation(record, system: str | None) -> tuple[list[dict] | None, str | None]:
     """(the sample's messages as the chat template takes them, None) or (None, why it cannot be
     counted). As ms-swift: `messages` / `conversation(s)`, role or from, content or value, human /
@@ -57,8 +64,7 @@ def conversation(record, system: str | None) -> tuple[list[dict] | None, str | N
         return None, "has tools, which ms-swift's agent template writes into the prompt: its length is not counted"
     out = []
     for i, message in enumerate(messages):
-        role = next((message[k] for k in ROLE_KEYS if k in message), None) if isinstance(message, dict) else None
-        content = next((message[k] for k in CONTENT_KEYS if k in message), None) if isinstance(message, dict) else None
+        role, content = role_and_content(message)
         if isinstance(message, dict) and message.get("tool_calls"):
             return None, f"messages[{i}] holds tool calls, which ms-swift's agent template lays out: its length is not counted"
         if not isinstance(role, str) or not isinstance(content, str):
@@ -125,8 +131,7 @@ def _rejected_reply(reply) -> tuple[list[dict] | None, str | None]:
         return None, "rejected_response must be a string or a list of messages"
     out = []
     for i, message in enumerate(reply):
-        role = next((message[k] for k in ROLE_KEYS if k in message), None) if isinstance(message, dict) else None
-        content = next((message[k] for k in CONTENT_KEYS if k in message), None) if isinstance(message, dict) else None
+        role, content = role_and_content(message)
         if not isinstance(role, str) or not isinstance(content, str):
             return None, f"rejected_response[{i}] needs a string 'role' and a string 'content'"
         if ROLES.get(role) != "assistant":
