@@ -57,10 +57,10 @@ REWARD_MODEL_PLACEHOLDER = "YOUR_REWARD_MODEL_ID_OR_PATH"
 
 
 def reward_model_location(ref: str) -> str:
-    """Where a launcher loads a reward model from: a directory (or the one holding the config.json
+    """Where a launcher loads a reward model from: a directory (or the one holding the config file
     probed) as an absolute path; a built-in tiny config's name is no hub id or path: a placeholder."""
     path = Path(ref).expanduser()
-    if path.is_file() and path.name == "config.json":
+    if path.is_file():  # a config file probed: ms-swift loads the directory it sits in
         return _absolute(str(path.parent))
     return _absolute(ref) if path.is_dir() else REWARD_MODEL_PLACEHOLDER
 
