@@ -142,7 +142,7 @@ def _measure_file(path: Path, tokenizer, source, family, vision_plan, max_pixels
             issues.append((str(path), number, problem))
             continue
         longest_text, longest_images = max(counted, key=lambda c: c[0] + c[1].tokens)
-        seen = {id(c[1]): c[1] for c in counted}.values()
+        seen = [media for media, _ in by_record.values()]  # each record's media once
         samples.append(Sample(number, longest_text + longest_images.tokens, max(c[1].count for c in counted),
                               [px for media in seen for px in media.pixels], [size for media in seen for size in media.sizes]))
     return samples, issues, lines
